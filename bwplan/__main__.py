@@ -1,0 +1,5 @@
+import sys
+
+from bwplan.cli.main import main
+
+sys.exit(main())

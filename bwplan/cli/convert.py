@@ -1,0 +1,36 @@
+"""`bwplan convert model.prototxt -o model.bw`: a Caffe net written in the .bw language,
+with the same layers, shapes, sharing and training settings."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bwplan.cli.options import caffe_options
+from bwplan.errors import BwError
+from bwplan.fsutil import write_atomic
+from bwplan.frontend.load import read_text
+from bwplan.source import Span
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a Caffe .prototxt")
+    p.add_argument("-o", "--output", metavar="FILE.bw", help="write here instead of stdout")
+    p.add_argument("--phase", choices=("train", "test"), default="train")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=N,C,H,W")
+    p.add_argument("--caffe-strict", action="store_true")
+
+
+def run(args) -> int:
+    if not args.file.endswith((".prototxt", ".pbtxt")):
+        raise BwError(Span.whole(args.file), "convert reads Caffe .prototxt files")
+    from bwplan.caffe.importer import import_caffe_text
+    from bwplan.frontend.write_bw import write_bw
+    imported = import_caffe_text(read_text(args.file), args.file, **caffe_options(args))
+    text = write_bw(imported.module)
+    if args.output:
+        write_atomic(args.output, text)
+        print(f"wrote {args.output}: {len(imported.net.layers)} layers, "
+              f"{len(imported.net.params)} parameters", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

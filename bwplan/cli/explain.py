@@ -1,0 +1,61 @@
+"""`bwplan explain FILE`: the backward plan as a table, JSON or Graphviz dot; `--why NAME`
+for the facts behind one layer's decisions; `--caffe` for Caffe's own log lines."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bwplan.cli.options import add_network_arguments, caffe_options
+from bwplan.errors import BwError
+from bwplan.explain.dot import render_dot
+from bwplan.explain.json_report import render_json
+from bwplan.explain.table import render_table
+from bwplan.explain.why import render_why
+from bwplan.fsutil import write_atomic
+from bwplan.frontend.load import load, read_text
+from bwplan.plan.plan import make_plan
+from bwplan.plan.policy import apply_policy
+from bwplan.source import Span
+
+RENDERERS = {"table": render_table, "json": render_json, "dot": render_dot}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_network_arguments(p)
+    p.add_argument("--format", choices=sorted(RENDERERS), default="table")
+    p.add_argument("--why", metavar="NAME", help="explain every decision about one layer, "
+                   "input or parameter")
+    p.add_argument("--caffe", action="store_true",
+                   help="print Caffe's own 'needs backward computation' lines for a prototxt")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+
+def is_caffe(path: str) -> bool:
+    return path.endswith((".prototxt", ".pbtxt"))
+
+
+def run(args) -> int:
+    if args.caffe:
+        text = caffe_report(args)
+    else:
+        net = load(args.file, **(caffe_options(args) if is_caffe(args.file) else {}))
+        plan = make_plan(apply_policy(net, args.rules))
+        text = render_why(plan, args.why) if args.why else RENDERERS[args.format](plan)
+    if args.output:
+        write_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def caffe_report(args) -> str:
+    if not is_caffe(args.file):
+        raise BwError(Span.synthetic("--caffe"), "--caffe needs a Caffe .prototxt file",
+                      "without --caffe, explain shows bwplan's own plan of any file")
+    if args.rules:
+        raise BwError(Span.synthetic("--caffe"), "--caffe shows what Caffe decides for the "
+                      "file as written; --freeze/--unfreeze do not apply to it")
+    from bwplan.caffe.compare import render_caffe_view
+    from bwplan.caffe.importer import import_caffe_text
+    imported = import_caffe_text(read_text(args.file), args.file, **caffe_options(args))
+    return render_caffe_view(imported, make_plan(imported.net))

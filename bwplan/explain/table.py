@@ -1,0 +1,87 @@
+"""The readable report of `bwplan explain`: one row per layer, the summary figures, the
+parameter updates and the warnings."""
+from __future__ import annotations
+
+from bwplan.explain.units import flops, nbytes, saving
+from bwplan.plan.plan import LayerPlan, Plan
+
+MARK = {True: "yes", False: "-"}
+# skips that hold for every net and are not worth the one reason a row has room for
+_ROUTINE = ("dx_integer", "dx_not_differentiable", "dw_statistics", "dx_data_input")
+
+
+def _row(plan: Plan, lp: LayerPlan) -> list[str]:
+    layer = plan.net.layer(lp.name)
+    dx = "  ".join(f"{e.src}:{MARK[d.needed]}" for e, d in zip(layer.inputs, lp.dx)) or "-"
+    dw = "  ".join(f"{u.slot}:{MARK[d.needed]}" for u, d in zip(layer.params, lp.dw)) or "-"
+    keeps = ", ".join(lp.keeps) or "-"
+    return [lp.name, lp.op, MARK[lp.forward.needed], dx, dw, keeps, _why(lp)]
+
+
+def _why(lp: LayerPlan) -> str:
+    """The one reason most worth reading: a skip if something was skipped, else why the
+    backward runs, else why the forward is or is not needed."""
+    decisions = list(lp.dw) + list(lp.dx)
+    skipped = [d for d in decisions if not d.needed and d.reason.code not in _ROUTINE]
+    running = [d for d in decisions if d.needed]
+    if running and skipped:
+        return skipped[0].reason.text
+    if running:
+        return running[0].reason.text
+    if skipped:
+        return skipped[0].reason.text
+    return lp.forward.reason.text
+
+
+def render_table(plan: Plan) -> str:
+    header = ["layer", "op", "fwd", "dX", "dW", "keeps", "why"]
+    rows = [header] + [_row(plan, lp) for lp in plan.layers]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines = [f"net {plan.net.name} ({plan.net.path}): {len(plan.layers)} layers, "
+             f"{len(plan.net.params)} parameters"]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    lines.append("")
+    lines.extend(render_summary(plan))
+    return "\n".join(lines) + "\n"
+
+
+def render_summary(plan: Plan) -> list[str]:
+    s = plan.summary
+    p = plan.prefix
+    out = [
+        f"forward            {flops(s.fwd_flops)}",
+        f"backward           full {flops(s.full_bwd_flops)}, planned "
+        f"{flops(s.planned_bwd_flops)} ({saving(s.full_bwd_flops, s.planned_bwd_flops)})",
+        f"components         dX full {s.full_dx}, planned {s.planned_dx}; "
+        f"dW full {s.full_dw}, planned {s.planned_dw}",
+        f"kept for backward  full {nbytes(s.full_kept_bytes)}, planned "
+        f"{nbytes(s.planned_kept_bytes)}",
+        f"peak activations   full {nbytes(s.full_peak_bytes)}, planned "
+        f"{nbytes(s.planned_peak_bytes)} (static estimate for one step)",
+    ]
+    if p.layers:
+        out.append(f"frozen prefix      {len(p.layers)} layers, {flops(p.flops)} per batch, "
+                   f"boundary {', '.join(p.boundary[:4])}{' ...' if len(p.boundary) > 4 else ''}"
+                   f" ({nbytes(p.boundary_bytes)}); {p.reason}")
+    else:
+        out.append("frozen prefix      none: every layer depends on a trainable parameter")
+    if plan.allreduce:
+        names = ", ".join(n for n, _ in plan.allreduce[:6])
+        more = f" and {len(plan.allreduce) - 6} more" if len(plan.allreduce) > 6 else ""
+        out.append(f"all-reduce         {len(plan.allreduce)} gradients, "
+                   f"{nbytes(plan.summary.allreduce_bytes)} per step: {names}{more}")
+    else:
+        out.append("all-reduce         nothing: no parameter gets a gradient")
+    out.append("")
+    out.append("updates")
+    width = max((len(u.param) for u in plan.updates), default=0)
+    for u in plan.updates:
+        out.append(f"  {u.param.ljust(width)}  {u.kind.ljust(10)}  {u.text}")
+    if plan.findings:
+        out.append("")
+        for f in plan.findings:
+            where = f"{f.span}: " if f.span.has_position else ""
+            out.append(f"{where}{f.severity}: {f.text}")
+            out.append(f"  fix: {f.fix}")
+    return out

@@ -1,0 +1,112 @@
+"""The syntax tree of a .bw file, with a Span on every node.
+
+The parser produces a `Module` that may hold blocks and block instances; `expand` turns it
+into a flat `Module` that holds only inputs, params and layers with fully qualified names.
+The Caffe importer produces a flat Module directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from bwplan.ir.types import TensorType
+from bwplan.source import Span
+
+
+@dataclass(frozen=True, slots=True)
+class NameRef:
+    """A bare name used as a value: an enum choice, a parameter, or a block argument."""
+
+    name: str
+    span: Span
+
+
+Value = Union[int, float, bool, str, NameRef, tuple]
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """A tensor argument of a call; `stop_gradient(x)` cuts the gradient along this edge."""
+
+    name: str
+    stop_gradient: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class KwArg:
+    key: str
+    value: Value
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    op: str
+    args: tuple[Arg, ...]
+    kwargs: tuple[KwArg, ...]
+    span: Span
+    op_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Modifier:
+    """A training setting after a call: `frozen`, `shares NAME`, `lr=`, `decay=`, `weight=`
+    (loss weight), `<slot>.lr=`, `<slot>.decay=`."""
+
+    key: str
+    value: Value | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class InputDecl:
+    name: str
+    type: TensorType
+    grad: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ParamDecl:
+    name: str
+    type: TensorType
+    modifiers: tuple[Modifier, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class LayerStmt:
+    name: str
+    call: Call
+    modifiers: tuple[Modifier, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class BlockParam:
+    """A block parameter: a tensor when `kind` is None, else a value of that kind."""
+
+    name: str
+    kind: str | None
+    default: Value | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDef:
+    name: str
+    params: tuple[BlockParam, ...]
+    body: tuple[LayerStmt, ...]
+    ret: NameRef
+    span: Span
+
+
+Statement = Union[InputDecl, ParamDecl, LayerStmt, BlockDef]
+
+
+@dataclass(frozen=True, slots=True)
+class Module:
+    path: str
+    statements: tuple[Statement, ...]

@@ -1,0 +1,278 @@
+"""Parses .bw text into an AST `Module`. This is the only module that sees Lark's
+exceptions: each becomes a `BwSyntaxError` with a span and, for common mistakes, a hint."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from lark import Lark, Token, Transformer
+from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput,
+                             UnexpectedToken, VisitError)
+
+from bwplan.errors import BwSyntaxError
+from bwplan.frontend import ast
+from bwplan.ir.types import DTYPE_BYTES, TensorType
+from bwplan.resources import resource_dir
+from bwplan.source import SourceFile, Span, register
+
+GRAMMAR = resource_dir("grammar") / "bw.lark"
+
+_OPEN = {"LPAR": "RPAR", "LSQB": "RSQB"}
+_CLOSE = {"RPAR", "RSQB"}
+
+
+class _BracketNewlines:
+    """Drops newlines inside ( ) and [ ] so that long calls may span lines, and reports an
+    unclosed bracket where it was opened rather than at the end of the file."""
+
+    always_accept = ("_NL",)
+
+    def __init__(self) -> None:
+        self.path = "<input>"
+
+    def process(self, stream):
+        stack: list[Token] = []
+        for tok in stream:
+            if tok.type in _OPEN:
+                stack.append(tok)
+            elif tok.type in _CLOSE and stack:
+                stack.pop()
+            elif tok.type == "_NL" and stack:
+                continue
+            yield tok
+        if stack:
+            tok = stack[-1]
+            closer = ")" if tok.type == "LPAR" else "]"
+            span = Span(self.path, tok.line, tok.column, tok.line, tok.column + 1)
+            raise BwSyntaxError(span, f"'{tok.value}' is never closed",
+                                f"add the missing '{closer}'")
+
+
+@lru_cache(maxsize=1)
+def _parser() -> tuple[Lark, _BracketNewlines]:
+    """A plain parser, used only to analyse a syntax error (`match_examples`)."""
+    postlex = _BracketNewlines()
+    return Lark(GRAMMAR.read_text(), parser="lalr", postlex=postlex), postlex
+
+
+@lru_cache(maxsize=1)
+def _building_parser() -> tuple[Lark, _BracketNewlines, "_ToAst"]:
+    """The parser that builds the AST while it parses: no intermediate tree and no
+    position propagation, which makes large files parse three times faster. Every token is
+    kept so that each node's span runs from its first token to its last."""
+    postlex = _BracketNewlines()
+    to_ast = _ToAst("<input>")
+    parser = Lark(GRAMMAR.read_text(), parser="lalr", postlex=postlex,
+                  maybe_placeholders=True, keep_all_tokens=True, transformer=to_ast)
+    return parser, postlex, to_ast
+
+
+def _tok_span(path: str, tok: Token) -> Span:
+    return Span(path, tok.line, tok.column, tok.end_line or tok.line,
+                tok.end_column or tok.column + len(tok))
+
+
+@dataclass(frozen=True, slots=True)
+class _Val:
+    """A literal value with its span, unwrapped by the node that holds it."""
+
+    value: object
+    span: Span
+
+
+def _span_of(item) -> Span | None:
+    if isinstance(item, Token):
+        return None if item.type.startswith("_") else item
+    return getattr(item, "span", None)
+
+
+class _ToAst(Transformer):
+    """Callbacks run by the parser as it reduces each rule; children arrive already
+    converted (tokens, _Val, or AST nodes)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def _span(self, items) -> Span:
+        marks = [m for m in map(_span_of, items) if m is not None]
+        first, last = marks[0], marks[-1]
+        if isinstance(first, Token):
+            first = _tok_span(self.path, first)
+        if isinstance(last, Token):
+            last = _tok_span(self.path, last)
+        return Span(self.path, first.line, first.col, last.end_line, last.end_col)
+
+    def start(self, items):
+        return ast.Module(self.path, tuple(i for i in items if not isinstance(i, Token)
+                                           and i is not None))
+
+    def tensor_type(self, items):
+        dtype = items[0]
+        dims = [t for t in items[2:-1] if isinstance(t, Token) and t.type == "INT"]
+        if str(dtype) not in DTYPE_BYTES:
+            raise BwSyntaxError(_tok_span(self.path, dtype), f"unknown element type '{dtype}'",
+                                "use one of " + ", ".join(sorted(DTYPE_BYTES)))
+        return _Val(TensorType(str(dtype), tuple(int(d) for d in dims)), self._span(items))
+
+    def input_decl(self, items):
+        _, name, _, ttype, grad = items
+        return ast.InputDecl(str(name), ttype.value, grad is not None, self._span(items))
+
+    def param_decl(self, items):
+        _, name, _, ttype, *mods = items
+        return ast.ParamDecl(str(name), ttype.value, tuple(mods), self._span(items))
+
+    def layer_stmt(self, items):
+        name, _, call, *mods = items
+        return ast.LayerStmt(str(name), call, tuple(mods), self._span(items),
+                             _tok_span(self.path, name))
+
+    def call(self, items):
+        op = items[0]
+        arguments = [a for a in items[2:-1] if isinstance(a, (ast.Arg, ast.KwArg))]
+        args = tuple(a for a in arguments if isinstance(a, ast.Arg))
+        kwargs = tuple(a for a in arguments if isinstance(a, ast.KwArg))
+        first_kw = next((i for i, a in enumerate(arguments) if isinstance(a, ast.KwArg)), None)
+        if first_kw is not None:
+            for late in arguments[first_kw:]:
+                if isinstance(late, ast.Arg):
+                    raise BwSyntaxError(late.span, "a tensor argument follows a keyword argument",
+                                        "put tensor inputs first: op(x, y, key=value)")
+        return ast.Call(str(op), args, kwargs, self._span(items), _tok_span(self.path, op))
+
+    def tensor_arg(self, items):
+        return ast.Arg(str(items[0]), False, self._span(items))
+
+    def stopped_arg(self, items):
+        return ast.Arg(str(items[2]), True, self._span(items))
+
+    def kwarg(self, items):
+        key, _, value = items
+        return ast.KwArg(str(key), _value(value), self._span(items))
+
+    def number(self, items):
+        text = str(items[0])
+        value = float(text) if any(c in text for c in ".eE") else int(text)
+        return _Val(value, self._span(items))
+
+    def true(self, items):
+        return _Val(True, self._span(items))
+
+    def false(self, items):
+        return _Val(False, self._span(items))
+
+    def string(self, items):
+        return _Val(str(items[0])[1:-1], self._span(items))
+
+    def name_value(self, items):
+        return ast.NameRef(str(items[0]), self._span(items))
+
+    def list(self, items):
+        values = tuple(_value(i) for i in items[1:-1]
+                       if i is not None and not isinstance(i, Token))
+        return _Val(values, self._span(items))
+
+    def frozen(self, items):
+        return ast.Modifier("frozen", None, self._span(items))
+
+    def shares(self, items):
+        tok = items[1]
+        return ast.Modifier("shares", ast.NameRef(str(tok), _tok_span(self.path, tok)),
+                            self._span(items))
+
+    def setting(self, items):
+        key, _, value = items
+        return ast.Modifier(str(key), _value(value), self._span(items))
+
+    def block_param(self, items):
+        name = items[0]
+        kind = next((t for t in items[1:] if isinstance(t, Token) and t.type == "NAME"), None)
+        default = next((i for i in items[1:] if isinstance(i, (_Val, ast.NameRef))), None)
+        return ast.BlockParam(str(name), None if kind is None else str(kind),
+                              None if default is None else _value(default), self._span(items))
+
+    def return_stmt(self, items):
+        return ast.NameRef(str(items[1]), _tok_span(self.path, items[1]))
+
+    def block_def(self, items):
+        name = items[1]
+        params = tuple(p for p in items if isinstance(p, ast.BlockParam))
+        body = tuple(s for s in items if isinstance(s, ast.LayerStmt))
+        ret = next(i for i in items if isinstance(i, ast.NameRef))
+        return ast.BlockDef(str(name), params, body, ret, self._span(items))
+
+
+def _value(item):
+    return item.value if isinstance(item, _Val) else item
+
+
+# Common mistakes, recognised by the parser state they leave it in.
+_EXAMPLES = {
+    "expected '=' and an op call after a layer name": ["conv1 conv2d(x)\n", "y relu(x)\n"],
+    "expected an op call such as relu(x) after '='": ["y = x\n", "y = 3\n"],
+    "expected ':' and a type such as f32[64, 10] after the input name": [
+        "input x f32[2]\n", "input x\n"],
+    "a tensor type needs a shape in brackets, e.g. f32[64, 3, 32, 32]": ["input x : f32\n"],
+    "expected ',' or ')' between arguments": ["y = relu(x y)\n", "y = conv2d(x out=3)\n"],
+    "a block must end with 'return NAME' before its '}'": ["block b(x) {\n y = relu(x)\n}\n"],
+}
+
+
+def _describe(err: UnexpectedInput, text: str) -> str:
+    parser, postlex = _parser()
+    try:
+        label = err.match_examples(parser.parse, _EXAMPLES, use_accepts=True)
+    except BwSyntaxError:
+        label = None
+    if label:
+        return label
+    if isinstance(err, UnexpectedCharacters):
+        ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "end of file"
+        return f"unexpected character {ch!r}"
+    if isinstance(err, (UnexpectedToken, UnexpectedEOF)):
+        tok = getattr(err, "token", None)
+        got = "end of file" if tok is None or tok.type == "$END" else repr(str(tok))
+        expected = sorted(_pretty(t) for t in getattr(err, "expected", ()) or ())
+        hint = f" (expected {', '.join(expected[:6])})" if expected else ""
+        return f"unexpected {got}{hint}"
+    return "syntax error"
+
+
+_PRETTY = {"NAME": "a name", "_NL": "end of line", "LPAR": "'('", "RPAR": "')'",
+           "LSQB": "'['", "RSQB": "']'", "COMMA": "','", "EQUAL": "'='", "COLON": "':'",
+           "SIGNED_NUMBER": "a number", "INT": "an integer", "LBRACE": "'{'", "RBRACE": "'}'",
+           "STRING": "a string", "$END": "end of file"}
+
+
+def _pretty(terminal: str) -> str:
+    return _PRETTY.get(terminal, terminal.lower())
+
+
+def _error_span(err: UnexpectedInput, src: SourceFile) -> Span:
+    tok = getattr(err, "token", None)
+    if tok is not None and getattr(tok, "line", None) and tok.type != "$END":
+        return _tok_span(src.path, tok)
+    line = getattr(err, "line", None)
+    col = getattr(err, "column", None)
+    if isinstance(line, int) and line > 0 and isinstance(col, int) and col > 0:
+        return Span(src.path, line, col, line, col + 1)
+    # end of file: point just past the last non-blank character
+    stripped = src.text.rstrip()
+    line, col = src.position(len(stripped))
+    return Span(src.path, line, col, line, col + 1)
+
+
+def parse_bw(text: str, path: str = "<input>") -> ast.Module:
+    """Parse .bw source text. Raises BwSyntaxError for text that does not parse."""
+    src = register(SourceFile(path, text))
+    parser, postlex, to_ast = _building_parser()
+    postlex.path = to_ast.path = _parser()[1].path = path
+    try:
+        return parser.parse(text)
+    except UnexpectedInput as err:
+        raise BwSyntaxError(_error_span(err, src), _describe(err, text)) from None
+    except VisitError as err:
+        if isinstance(err.orig_exc, BwSyntaxError):
+            raise err.orig_exc from None
+        raise

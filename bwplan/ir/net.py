@@ -1,0 +1,160 @@
+"""The network IR: inputs, parameters and layers in a deterministic topological order,
+with the NetworkX graph built once and frozen.
+
+Every tensor is named by what produced it: an input's name or a layer's name. A layer has
+one output. Parameters are shared objects; each layer refers to them through `ParamUse`s,
+one per use, so a parameter used by two layers keeps a learning-rate multiplier per use.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import networkx as nx
+
+from bwplan.ir.types import TensorType
+from bwplan.source import Span
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """Tensor `src` feeds input `index` of layer `dst`."""
+
+    src: str
+    dst: str
+    index: int
+    stop_gradient: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ParamUse:
+    """One use of a parameter by a layer. `origin` says where the lr multiplier was set."""
+
+    param: str
+    slot: str
+    lr_mult: float
+    decay_mult: float
+    span: Span
+    origin: str = "default"
+    # the lr multiplier as written, before any freezing (what unfreezing restores)
+    written_lr: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    type: TensorType
+    learnable: bool
+    span: Span
+    init: str = "xavier"
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    name: str
+    type: TensorType
+    requires_grad: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    name: str
+    op: str
+    attrs: Mapping[str, Any]
+    inputs: tuple[Edge, ...]
+    params: tuple[ParamUse, ...]
+    out: TensorType
+    loss_weight: float
+    frozen: bool
+    span: Span
+    # where `frozen` came from, for explanations ("frozen at net.bw:3:40", "--freeze conv*")
+    frozen_by: str = ""
+    # the attributes as written, before freezing changed them (batchnorm's global_stats)
+    written_attrs: Mapping[str, Any] | None = None
+
+    def param_use(self, slot: str) -> ParamUse | None:
+        for use in self.params:
+            if use.slot == slot:
+                return use
+        return None
+
+
+@dataclass(frozen=True)
+class Net:
+    name: str
+    path: str
+    inputs: tuple[Input, ...]
+    params: Mapping[str, Param]
+    layers: tuple[Layer, ...]
+    graph: nx.MultiDiGraph = field(repr=False, compare=False)
+    _layer_index: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    _input_index: Mapping[str, Input] = field(init=False, repr=False, compare=False)
+    _consumers: Mapping[str, tuple[Edge, ...]] = field(init=False, repr=False, compare=False)
+    _param_uses: Mapping[str, tuple[tuple[str, ParamUse], ...]] = field(
+        init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        consumers: dict[str, list[Edge]] = {i.name: [] for i in self.inputs}
+        uses: dict[str, list[tuple[str, ParamUse]]] = {p: [] for p in self.params}
+        for layer in self.layers:
+            consumers.setdefault(layer.name, [])
+            for edge in layer.inputs:
+                consumers.setdefault(edge.src, []).append(edge)
+            for use in layer.params:
+                uses.setdefault(use.param, []).append((layer.name, use))
+        object.__setattr__(self, "_layer_index",
+                           MappingProxyType({l.name: i for i, l in enumerate(self.layers)}))
+        object.__setattr__(self, "_input_index",
+                           MappingProxyType({i.name: i for i in self.inputs}))
+        object.__setattr__(self, "_consumers",
+                           MappingProxyType({k: tuple(v) for k, v in consumers.items()}))
+        object.__setattr__(self, "_param_uses",
+                           MappingProxyType({k: tuple(v) for k, v in uses.items()}))
+
+    # ---- lookups -------------------------------------------------------------------
+    def layer(self, name: str) -> Layer:
+        return self.layers[self._layer_index[name]]
+
+    def has_layer(self, name: str) -> bool:
+        return name in self._layer_index
+
+    def input(self, name: str) -> Input | None:
+        return self._input_index.get(name)
+
+    def position(self, name: str) -> int:
+        """Topological position of a layer (inputs come before every layer)."""
+        return self._layer_index.get(name, -1)
+
+    def tensor_type(self, name: str) -> TensorType:
+        inp = self._input_index.get(name)
+        return inp.type if inp is not None else self.layer(name).out
+
+    def consumers(self, name: str) -> tuple[Edge, ...]:
+        return self._consumers.get(name, ())
+
+    def uses_of(self, param: str) -> tuple[tuple[str, ParamUse], ...]:
+        """(layer name, use) for every use of a parameter, in topological order."""
+        return self._param_uses.get(param, ())
+
+    def tensor_names(self) -> list[str]:
+        return [i.name for i in self.inputs] + [l.name for l in self.layers]
+
+    def replace_layers(self, layers: tuple[Layer, ...]) -> "Net":
+        """A new Net with the same structure and edited layers (same names, same order)."""
+        return Net(self.name, self.path, self.inputs, self.params, layers, self.graph)
+
+
+def make_graph(inputs, layers) -> nx.MultiDiGraph:
+    g = nx.MultiDiGraph()
+    for inp in inputs:
+        g.add_node(inp.name, kind="input")
+    for layer in layers:
+        g.add_node(layer.name, kind="layer", op=layer.op)
+    for layer in layers:
+        for edge in layer.inputs:
+            g.add_edge(edge.src, layer.name, key=edge.index, stop_gradient=edge.stop_gradient)
+    return nx.freeze(g)

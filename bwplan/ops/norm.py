@@ -1,0 +1,279 @@
+"""Normalisation along the channel dimension (dim 1): batch normalisation, Caffe's
+per-channel Scale, local response normalisation across channels, and softmax.
+
+Batch normalisation has two modes with different backwards. With batch statistics
+(training), dX reads the input and the saved per-channel mean and 1/std, because every
+output depends on the whole batch. With stored statistics (`global_stats`, set when the
+layer is frozen, or at inference) it is a per-channel affine map and dX reads only `var`.
+Updating the stored statistics is the runtime's job; the references here only read them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bwplan.ir.types import DTYPE_BYTES, TensorType
+from bwplan.ops.opdef import (Attrs, AttrSpec, AuxSpec, GradRule, OpCtx, OpDef, ParamSlot,
+                              Port, in_numel)
+
+
+def _channels(ctx: OpCtx) -> tuple[int]:
+    return (ctx.x.shape[1],)
+
+
+def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
+    """A [C] vector shaped to broadcast over dimension 1 of an ndim-D tensor."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def _other_axes(ndim: int) -> tuple[int, ...]:
+    return (0,) + tuple(range(2, ndim))
+
+
+def _channel_infer(ctx: OpCtx) -> TensorType:
+    if len(ctx.x.shape) < 2:
+        raise ValueError(f"expects channels in dimension 1, got {ctx.x}")
+    return ctx.x
+
+
+# ---- batchnorm -------------------------------------------------------------------------
+def _bn_infer(ctx: OpCtx) -> TensorType:
+    if len(ctx.x.shape) not in (2, 4):
+        raise ValueError(f"batchnorm expects an [N, C] or NCHW input, got {ctx.x}")
+    if ctx.attrs["eps"] <= 0:
+        raise ValueError(f"eps={ctx.attrs['eps']} must be positive")
+    return ctx.x
+
+
+def _bn_fwd(ctx, inputs, params, training, rng):
+    x = inputs[0]
+    axes = _other_axes(x.ndim)
+    eps = ctx.attrs["eps"]
+    aux = {}
+    if ctx.attrs["global_stats"] or not training:
+        mean, inv = params["mean"], 1.0 / np.sqrt(params["var"] + eps)
+    else:
+        mean = x.mean(axis=axes)
+        inv = 1.0 / np.sqrt(x.var(axis=axes) + eps)  # biased variance, as Caffe and torch
+        aux["batch_stats"] = np.stack([mean, inv]).astype(x.dtype)
+    out = (x - _per_channel(mean, x.ndim)) * _per_channel(inv, x.ndim)
+    if ctx.attrs["affine"]:
+        out = out * _per_channel(params["weight"], x.ndim) + _per_channel(params["bias"], x.ndim)
+    return out, aux
+
+
+def _bn_dx(ctx, saved, dout, index):
+    nd = dout.ndim
+    g = dout * _per_channel(saved["weight"], nd) if ctx.attrs["affine"] else dout
+    if ctx.attrs["global_stats"]:
+        return g / _per_channel(np.sqrt(saved["var"] + ctx.attrs["eps"]), nd)
+    axes = _other_axes(nd)
+    mean, inv = saved["batch_stats"]
+    xhat = (saved["x"] - _per_channel(mean, nd)) * _per_channel(inv, nd)
+    # d/dx of (x - mean(x)) / std(x): remove the components along 1 and along xhat.
+    return _per_channel(inv, nd) * (g - g.mean(axis=axes, keepdims=True)
+                                    - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+
+
+def _bn_dweight(ctx, saved, dout, index):
+    nd = dout.ndim
+    if ctx.attrs["global_stats"]:
+        mean, inv = saved["mean"], 1.0 / np.sqrt(saved["var"] + ctx.attrs["eps"])
+    else:
+        mean, inv = saved["batch_stats"]
+    xhat = (saved["x"] - _per_channel(mean, nd)) * _per_channel(inv, nd)
+    return (dout * xhat).sum(axis=_other_axes(nd))
+
+
+def _bn_dx_needs(attrs: Attrs) -> frozenset[str]:
+    needs = {"var"} if attrs["global_stats"] else {"x", "batch_stats"}
+    return frozenset(needs | ({"weight"} if attrs["affine"] else set()))
+
+
+def _bn_dweight_needs(attrs: Attrs) -> frozenset[str]:
+    return frozenset({"x", "mean", "var"} if attrs["global_stats"] else {"x", "batch_stats"})
+
+
+def _bn_flops(ctx: OpCtx) -> int:
+    # normalise: subtract, multiply; batch statistics: sum, square-and-sum; affine: mul-add
+    per = 2 + (0 if ctx.attrs["global_stats"] else 3) + (2 if ctx.attrs["affine"] else 0)
+    return per * ctx.x.numel
+
+
+def _bn_dx_flops(ctx: OpCtx) -> int:
+    per = 1 if ctx.attrs["global_stats"] else 8
+    return (per + (1 if ctx.attrs["affine"] else 0)) * ctx.x.numel
+
+
+def _stats_bytes(ctx: OpCtx) -> int:
+    if ctx.attrs["global_stats"]:
+        return 0
+    return 2 * ctx.x.shape[1] * DTYPE_BYTES[ctx.x.dtype]
+
+
+def _freeze_bn(attrs: Attrs) -> Attrs:
+    return {**attrs, "global_stats": True}
+
+
+def _affine(attrs: Attrs) -> bool:
+    return attrs["affine"]
+
+
+BATCHNORM = OpDef(
+    name="batchnorm",
+    family="norm",
+    doc="Normalise each channel (dimension 1) of an [N, C] or NCHW input to zero mean and "
+        "unit variance, with batch statistics or, when `global_stats`, the stored `mean` and "
+        "`var`; then, when `affine`, scale by `weight` and add `bias`.",
+    ports=(Port("x"),),
+    attrs=(
+        AttrSpec("eps", "float", 1e-5, doc="added to the variance"),
+        AttrSpec("momentum", "float", 0.999,
+                 doc="Caffe's moving_average_fraction: the weight the running statistics "
+                     "keep at each update (applied by the runtime)"),
+        AttrSpec("global_stats", "bool", False, doc="use the stored mean and var"),
+        AttrSpec("affine", "bool", False, doc="learn a per-channel weight and bias"),
+    ),
+    params=(
+        ParamSlot("mean", _channels, learnable=False, init="zeros"),
+        ParamSlot("var", _channels, learnable=False, init="ones"),
+        ParamSlot("weight", _channels, enabled=_affine, init="ones"),
+        ParamSlot("bias", _channels, enabled=_affine, init="zeros"),
+    ),
+    infer=_bn_infer,
+    flops=_bn_flops,
+    grads=(
+        GradRule("x", _bn_dx_needs, _bn_dx_flops, _bn_dx),
+        GradRule("weight", _bn_dweight_needs, lambda ctx: 3 * ctx.x.numel, _bn_dweight),
+        GradRule("bias", frozenset(), in_numel,
+                 lambda ctx, saved, dout, i: dout.sum(axis=_other_axes(dout.ndim))),
+    ),
+    aux=(AuxSpec("batch_stats", _stats_bytes),),
+    deterministic=lambda attrs: attrs["global_stats"],
+    on_freeze=_freeze_bn,
+    forward_ref=_bn_fwd,
+)
+
+
+# ---- scale -----------------------------------------------------------------------------
+def _scale_fwd(ctx, inputs, params, training, rng):
+    x = inputs[0]
+    out = x * _per_channel(params["weight"], x.ndim)
+    if ctx.attrs["bias"]:
+        out = out + _per_channel(params["bias"], x.ndim)
+    return out, {}
+
+
+SCALE = OpDef(
+    name="scale",
+    family="norm",
+    doc="Multiply each channel (dimension 1) by a learned `weight`, optionally add a learned "
+        "`bias` (Caffe Scale with one input).",
+    ports=(Port("x"),),
+    attrs=(AttrSpec("bias", "bool", False, doc="add a learned bias per channel"),),
+    params=(
+        ParamSlot("weight", _channels, init="ones"),
+        ParamSlot("bias", _channels, enabled=lambda a: a["bias"], init="zeros"),
+    ),
+    infer=_channel_infer,
+    flops=lambda ctx: (2 if ctx.attrs["bias"] else 1) * ctx.x.numel,
+    grads=(
+        GradRule("x", frozenset({"weight"}), in_numel,
+                 lambda ctx, s, dout, i: dout * _per_channel(s["weight"], dout.ndim)),
+        GradRule("weight", frozenset({"x"}), lambda ctx: 2 * ctx.x.numel,
+                 lambda ctx, s, dout, i: (dout * s["x"]).sum(axis=_other_axes(dout.ndim))),
+        GradRule("bias", frozenset(), in_numel,
+                 lambda ctx, s, dout, i: dout.sum(axis=_other_axes(dout.ndim))),
+    ),
+    forward_ref=_scale_fwd,
+)
+
+
+# ---- lrn -------------------------------------------------------------------------------
+def _lrn_infer(ctx: OpCtx) -> TensorType:
+    size = ctx.attrs["size"]
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"size={size} must be a positive odd number (a window centred on "
+                         "each channel)")
+    return _channel_infer(ctx)
+
+
+def _window_sum(v: np.ndarray, size: int) -> np.ndarray:
+    """Sum over channels c - size//2 .. c + size//2, zero padded: a symmetric window, so
+    the same sum also gathers every output a channel contributed to."""
+    half = size // 2
+    padded = np.pad(v, [(0, 0), (half, half)] + [(0, 0)] * (v.ndim - 2))
+    csum = np.cumsum(padded, axis=1)
+    csum = np.concatenate([np.zeros_like(csum[:, :1]), csum], axis=1)
+    return csum[:, size:] - csum[:, :-size]
+
+
+def _lrn_fwd(ctx, inputs, params, training, rng):
+    x = inputs[0]
+    a = ctx.attrs
+    scale = a["k"] + a["alpha"] / a["size"] * _window_sum(x * x, a["size"])
+    return x * scale ** -a["beta"], {"scale": scale}
+
+
+def _lrn_dx(ctx, saved, dout, index):
+    a = ctx.attrs
+    x, out, scale = saved["x"], saved["out"], saved["scale"]
+    spread = _window_sum(dout * out / scale, a["size"])
+    return dout * scale ** -a["beta"] - 2.0 * a["alpha"] * a["beta"] / a["size"] * x * spread
+
+
+LRN = OpDef(
+    name="lrn",
+    family="norm",
+    doc="Local response normalisation across channels (Caffe LRN ACROSS_CHANNELS): "
+        "out = x * (k + alpha/size * sum of x^2 over `size` neighbouring channels)^-beta.",
+    ports=(Port("x"),),
+    attrs=(
+        AttrSpec("size", "int", 5, doc="channels in the window (odd)"),
+        AttrSpec("alpha", "float", 1e-4),
+        AttrSpec("beta", "float", 0.75),
+        AttrSpec("k", "float", 1.0),
+    ),
+    infer=_lrn_infer,
+    # square, window sum, mul-add, power, multiply; the power counts as one FLOP
+    flops=lambda ctx: (ctx.attrs["size"] + 5) * ctx.x.numel,
+    grads=(GradRule("x", frozenset({"x", "out", "scale"}),
+                    lambda ctx: (ctx.attrs["size"] + 7) * ctx.x.numel, _lrn_dx),),
+    aux=(AuxSpec("scale", lambda ctx: ctx.x.nbytes),),
+    forward_ref=_lrn_fwd,
+)
+
+
+# ---- softmax ---------------------------------------------------------------------------
+def _softmax_infer(ctx: OpCtx) -> TensorType:
+    rank = len(ctx.x.shape)
+    if not -rank <= ctx.attrs["axis"] < rank:
+        raise ValueError(f"axis {ctx.attrs['axis']} is out of range for {ctx.x}")
+    return ctx.x
+
+
+def _softmax_fwd(ctx, inputs, params, training, rng):
+    x = inputs[0]
+    axis = ctx.attrs["axis"]
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True), {}
+
+
+def _softmax_dx(ctx, saved, dout, index):
+    out = saved["out"]
+    return out * (dout - (dout * out).sum(axis=ctx.attrs["axis"], keepdims=True))
+
+
+SOFTMAX = OpDef(
+    name="softmax",
+    family="norm",
+    doc="exp(x) normalised to sum 1 along `axis`.",
+    ports=(Port("x"),),
+    attrs=(AttrSpec("axis", "int", 1),),
+    infer=_softmax_infer,
+    # max, subtract, exp, sum, divide
+    flops=lambda ctx: 5 * ctx.x.numel,
+    grads=(GradRule("x", frozenset({"out"}), lambda ctx: 4 * ctx.x.numel, _softmax_dx),),
+    forward_ref=_softmax_fwd,
+)
+
+OPS = (BATCHNORM, SCALE, LRN, SOFTMAX)

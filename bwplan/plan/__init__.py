@@ -1,0 +1,1 @@
+"""The planner: from a Net to a Plan of explained backward decisions."""

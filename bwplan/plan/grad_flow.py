@@ -1,0 +1,134 @@
+"""The core of the planner: which tensors need a gradient.
+
+A tensor needs a gradient exactly when it lies on a differentiable, non-stopped path from a
+trainable parameter to a loss with non-zero weight. Two linear walks decide it:
+
+* forward (topological order): `up[t]` is a witness that some trainable parameter (or an
+  input that asks for its gradient) lies upstream of t along differentiable edges;
+* backward (reverse order): `down[t]` is a witness that t reaches a loss along
+  differentiable edges.
+
+A witness is the next step of a proof (the edge or parameter it came from), so any decision
+can be explained by following witnesses (`path_up`, `path_down`).
+
+Example: `a = conv2d(x) frozen; b = relu(a); c = linear(b); loss = sce(c, y)`. Nothing above
+`b` trains, so up[b] is None and no dX runs into b; `c` trains, so its dW runs, and its dX
+into b is skipped ("nothing upstream of b trains").
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bwplan import ops as registry
+from bwplan.ir.net import Edge, Net, ParamUse
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Witness maps: name -> what proves it (None: nothing does)."""
+
+    up: dict            # tensor -> ("param", layer, use) | ("edge", Edge) | ("input", name)
+    down: dict          # tensor -> ("loss", layer) | ("edge", Edge)
+    used: dict          # layer -> ("loss"|"metric", name) when its forward is needed
+    source: dict        # tensor -> the parameter (or grad input) its `up` witness leads to
+    loss: dict          # tensor -> the loss its `down` witness leads to
+
+    def needs_grad(self, tensor: str) -> bool:
+        return self.up.get(tensor) is not None and self.down.get(tensor) is not None
+
+
+def edge_carries_gradient(net: Net, edge: Edge) -> bool:
+    """Static facts about an edge: the port is differentiable, the edge is not stopped and
+    the tensor is floating point. Trainability is decided by the walks."""
+    if edge.stop_gradient:
+        return False
+    op = registry.OPS[net.layer(edge.dst).op]
+    return op.port_for(edge.index).differentiable and net.tensor_type(edge.src).is_float
+
+
+def analyse(net: Net, trains: Callable[[ParamUse], bool]) -> Flow:
+    carries = {}  # keyed by (dst, index): cheaper to hash than the Edge itself
+    for layer in net.layers:
+        for edge in layer.inputs:
+            carries[layer.name, edge.index] = edge_carries_gradient(net, edge)
+
+    up: dict = {}
+    source: dict = {}
+    for inp in net.inputs:
+        up[inp.name] = ("input", inp.name) if inp.requires_grad else None
+        source[inp.name] = inp.name if inp.requires_grad else None
+    for layer in net.layers:
+        witness = found = None
+        for use in layer.params:
+            if trains(use):
+                witness, found = ("param", layer.name, use), use.param
+                break
+        if witness is None:
+            for edge in layer.inputs:
+                if carries[edge.dst, edge.index] and up[edge.src] is not None:
+                    witness, found = ("edge", edge), source[edge.src]
+                    break
+        up[layer.name] = witness
+        source[layer.name] = found
+
+    down: dict = {}
+    loss: dict = {}
+    used: dict = {}
+    for layer in reversed(net.layers):
+        role = registry.OPS[layer.op].role
+        witness = ("loss", layer.name) if layer.loss_weight != 0 else None
+        found = layer.name if witness else None
+        use = ("loss", layer.name) if role == "loss" or layer.loss_weight != 0 else (
+            ("metric", layer.name) if role == "metric" else None)
+        for edge in net.consumers(layer.name):
+            if witness is None and carries[edge.dst, edge.index] \
+                    and down[edge.dst] is not None:
+                witness, found = ("edge", edge), loss[edge.dst]
+            if use is None and used.get(edge.dst) is not None:
+                use = used[edge.dst]
+        down[layer.name] = witness
+        loss[layer.name] = found
+        used[layer.name] = use
+    for inp in net.inputs:
+        witness = found = None
+        for edge in net.consumers(inp.name):
+            if carries[edge.dst, edge.index] and down[edge.dst] is not None:
+                witness, found = ("edge", edge), loss[edge.dst]
+                break
+        down[inp.name] = witness
+        loss[inp.name] = found
+    return Flow(up, down, used, source, loss)
+
+
+def path_up(flow: Flow, tensor: str, limit: int = 64) -> tuple[str, ...]:
+    """Names from a trainable parameter (or a grad input) down to `tensor`."""
+    names: list[str] = []
+    current = tensor
+    for _ in range(limit):
+        w = flow.up.get(current)
+        if w is None:
+            break
+        if w[0] == "param":
+            names.append(current)
+            names.append(w[2].param)
+            break
+        if w[0] == "input":
+            names.append(current)
+            break
+        names.append(current)
+        current = w[1].src
+    return tuple(reversed(names))
+
+
+def path_down(flow: Flow, tensor: str, limit: int = 64) -> tuple[str, ...]:
+    """Names from `tensor` to a loss."""
+    names = [tensor]
+    current = tensor
+    for _ in range(limit):
+        w = flow.down.get(current)
+        if w is None or w[0] == "loss":
+            break
+        current = w[1].dst
+        names.append(current)
+    return tuple(names)

@@ -1,0 +1,262 @@
+"""`make_plan`: from a Net to a Plan, every decision with its reason.
+
+Example (the printed table of `bwplan explain`):
+
+    input x : f32[8, 16]
+    input y : i64[8]
+    a = linear(x, out=16) frozen
+    b = relu(a)
+    c = linear(b, out=4)
+    loss = softmax_cross_entropy(c, y)
+
+    layer  op                     fwd  dX                 dW                    keeps
+    a      linear                 yes  x: -              weight: -, bias: -      -
+    b      relu                   yes  a: -              -                       -
+    c      linear                 yes  b: - (nothing..)  weight: yes, bias: yes  b
+    loss   softmax_cross_entropy  yes  c: yes, y: -      -                       loss:prob, y
+
+Nothing upstream of `b` trains, so no dX runs below `c`, and only `b` (read by c's dW) and
+the loss's probabilities and labels are kept for the backward.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from bwplan import ops as registry
+from bwplan.ir.net import Net
+from bwplan.plan import grad_flow
+from bwplan.plan.components import Value, dx_rule, op_ctx, values_read
+from bwplan.plan.decisions import Decision
+from bwplan.plan.grad_flow import Flow
+from bwplan.plan.memory import peak_bytes
+from bwplan.plan.prefix import FrozenPrefix, frozen_prefix
+from bwplan.plan.updates import ParamUpdate, param_updates
+
+
+@dataclass(frozen=True, slots=True)
+class LayerPlan:
+    name: str
+    op: str
+    forward: Decision
+    dx: tuple[Decision, ...]        # one per input edge, in argument order
+    dw: tuple[Decision, ...]        # one per parameter use, in slot order
+    keeps: tuple[str, ...]          # forward values this layer's planned backward reads
+    fwd_flops: int
+    bwd_flops: int                  # planned backward FLOPs
+    full_bwd_flops: int             # backward FLOPs with every parameter trainable
+
+    @property
+    def has_backward(self) -> bool:
+        return any(d.needed for d in self.dx) or any(d.needed for d in self.dw)
+
+
+@dataclass(frozen=True, slots=True)
+class KeptValue:
+    name: str
+    kind: str                       # "activation" | "input" | "aux"
+    nbytes: int
+    readers: tuple[str, ...]        # layers whose backward reads it
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    fwd_flops: int
+    full_bwd_flops: int
+    planned_bwd_flops: int
+    full_kept_bytes: int
+    planned_kept_bytes: int
+    full_peak_bytes: int
+    planned_peak_bytes: int
+    full_dx: int
+    planned_dx: int
+    full_dw: int
+    planned_dw: int
+    allreduce_bytes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    net: Net
+    layers: tuple[LayerPlan, ...]
+    kept: Mapping[str, KeptValue]
+    full_kept: Mapping[str, KeptValue]
+    summary: Summary
+    prefix: FrozenPrefix
+    updates: tuple[ParamUpdate, ...]
+    allreduce: tuple[tuple[str, int], ...]
+    findings: tuple            # tuple[Finding, ...] from plan.pitfalls
+    flow: Flow
+
+    def layer(self, name: str) -> LayerPlan:
+        return self.layers[self.net.position(name)]
+
+
+def _trains(use) -> bool:
+    return use.lr_mult > 0
+
+
+def make_plan(net: Net) -> Plan:
+    flow = grad_flow.analyse(net, _trains)
+    full_flow = grad_flow.analyse(net, lambda u: net.params[u.param].learnable)
+
+    layer_plans = []
+    kept: dict[str, tuple[Value, list[str]]] = {}
+    full_kept: dict[str, tuple[Value, list[str]]] = {}
+    dx_edges, full_dx_edges = [], []
+    dw_needed: dict[tuple[str, str], bool] = {}
+    fwd_flops: dict[str, int] = {}
+    for layer in net.layers:
+        op = registry.OPS[layer.op]
+        ctx = op_ctx(net, layer)
+        fwd_flops[layer.name] = op.flops(ctx)
+        planned_cost = full_cost = 0
+        keeps: list[str] = []
+
+        def run(rule, table, who):
+            for value in values_read(net, layer, rule, ctx):
+                entry = table.setdefault(value.name, (value, []))
+                if who not in entry[1]:
+                    entry[1].append(who)
+                if table is kept and value.name not in keeps:
+                    keeps.append(value.name)
+
+        dx = []
+        for edge in layer.inputs:
+            decision = _dx_decision(net, flow, edge)
+            dx.append(decision)
+            rule = dx_rule(op, edge.index)
+            if decision.needed:
+                run(rule, kept, layer.name)
+                planned_cost += rule.flops(ctx)
+                dx_edges.append((layer.name, edge.src))
+            if _dx_needed(net, full_flow, edge):
+                run(rule, full_kept, layer.name)
+                full_cost += rule.flops(ctx)
+                full_dx_edges.append((layer.name, edge.src))
+        dw = []
+        for use in layer.params:
+            decision = _dw_decision(net, flow, layer.name, use)
+            dw.append(decision)
+            dw_needed[(layer.name, use.slot)] = decision.needed
+            rule = op.grad_for(use.slot)
+            if decision.needed:
+                run(rule, kept, layer.name)
+                planned_cost += rule.flops(ctx)
+            if net.params[use.param].learnable and full_flow.down[layer.name] is not None:
+                run(rule, full_kept, layer.name)
+                full_cost += rule.flops(ctx)
+        layer_plans.append(LayerPlan(layer.name, layer.op, _fwd_decision(flow, layer.name),
+                                     tuple(dx), tuple(dw), tuple(keeps),
+                                     fwd_flops[layer.name], planned_cost, full_cost))
+
+    outputs = {l.name for l in net.layers if flow.used[l.name] is not None and (
+        l.loss_weight != 0 or registry.OPS[l.op].role != "layer")}
+    kept_values = _freeze_kept(kept)
+    full_values = _freeze_kept(full_kept)
+    updates = param_updates(net, dw_needed)
+    allreduce = tuple((u.param, u.nbytes) for u in updates if any(t.computed for t in u.terms))
+    summary = Summary(
+        fwd_flops=sum(fwd_flops.values()),
+        full_bwd_flops=sum(p.full_bwd_flops for p in layer_plans),
+        planned_bwd_flops=sum(p.bwd_flops for p in layer_plans),
+        full_kept_bytes=sum(v.nbytes for v in full_values.values()),
+        planned_kept_bytes=sum(v.nbytes for v in kept_values.values()),
+        full_peak_bytes=_peak(net, full_values, full_dx_edges, outputs),
+        planned_peak_bytes=_peak(net, kept_values, dx_edges, outputs),
+        full_dx=len(full_dx_edges), planned_dx=len(dx_edges),
+        full_dw=sum(1 for l in net.layers for u in l.params
+                    if net.params[u.param].learnable and full_flow.down[l.name] is not None),
+        planned_dw=sum(dw_needed.values()),
+        allreduce_bytes=sum(b for _, b in allreduce),
+    )
+    prefix = frozen_prefix(net, _trains, fwd_flops)
+    plan = Plan(net, tuple(layer_plans), kept_values, full_values, summary, prefix, updates,
+                allreduce, (), flow)
+    from bwplan.plan.pitfalls import find_pitfalls
+    return Plan(net, plan.layers, plan.kept, plan.full_kept, summary, prefix, updates,
+                allreduce, find_pitfalls(plan), flow)
+
+
+def _freeze_kept(table) -> Mapping[str, KeptValue]:
+    return MappingProxyType({name: KeptValue(v.name, v.kind, v.nbytes, tuple(readers))
+                             for name, (v, readers) in table.items()})
+
+
+def _peak(net, values: Mapping[str, KeptValue], dx_edges, outputs) -> int:
+    return peak_bytes(net, {k: v.nbytes for k, v in values.items()},
+                      {k: v.readers for k, v in values.items()}, dx_edges, outputs)
+
+
+# ---- decisions ---------------------------------------------------------------------------
+def _fwd_decision(flow: Flow, name: str) -> Decision:
+    used = flow.used[name]
+    if used is None:
+        return Decision.no("fwd_unused", "its output reaches no loss and no metric: a "
+                           "training step skips it (forward() still computes it)")
+    kind, target = used
+    if kind == "loss":
+        text = "it is a loss" if target == name else f"it feeds the loss {target}"
+        return Decision.yes("fwd_loss", text)
+    text = "it is a metric" if target == name else f"it feeds the metric {target}"
+    return Decision.yes("fwd_metric", text)
+
+
+def _dx_needed(net: Net, flow: Flow, edge) -> bool:
+    return (grad_flow.edge_carries_gradient(net, edge) and flow.down[edge.dst] is not None
+            and flow.up[edge.src] is not None)
+
+
+def _dx_decision(net: Net, flow: Flow, edge) -> Decision:
+    layer = net.layer(edge.dst)
+    op = registry.OPS[layer.op]
+    port = op.port_for(edge.index)
+    src, dst = edge.src, edge.dst
+    if not port.differentiable:
+        return Decision.no("dx_not_differentiable",
+                           f"{op.name} is not differentiable with respect to its "
+                           f"'{port.name}' input")
+    src_type = net.tensor_type(src)
+    if not src_type.is_float:
+        return Decision.no("dx_integer", f"{src} is {src_type.dtype}: integer tensors take "
+                           "no gradient")
+    if edge.stop_gradient:
+        return Decision.no("dx_stop_gradient", f"the edge {src} -> {dst} has stop_gradient "
+                           f"({edge.span})", (src, dst))
+    if flow.down[dst] is None:
+        return Decision.no("dx_no_gradient_above", f"the output of {dst} reaches no loss "
+                           "along a differentiable path")
+    if flow.up[src] is None:
+        if net.input(src) is not None:
+            return Decision.no("dx_data_input", f"{src} is a data input that does not ask "
+                               "for its gradient")
+        return Decision.no("dx_nothing_upstream_trains", f"nothing upstream of {src} trains")
+    # `via` names the ends of the proof; `explain --why` prints the whole path
+    trained, loss = flow.source[src], flow.loss[dst]
+    return Decision.yes("dx_flows", f"{trained} trains upstream of {src}, and "
+                        f"{_reaches(dst, loss)}", (trained, src, dst, loss))
+
+
+def _dw_decision(net: Net, flow: Flow, layer_name: str, use) -> Decision:
+    param = net.params[use.param]
+    if not param.learnable:
+        return Decision.no("dw_statistics", f"{use.param} holds running statistics, which "
+                           "gradients never train")
+    if use.lr_mult == 0:
+        if use.origin.startswith("frozen"):
+            return Decision.no("dw_frozen", f"{use.param} is {use.origin}")
+        return Decision.no("dw_lr_zero", f"{use.param} has lr_mult 0 ({use.origin})")
+    if flow.down[layer_name] is None:
+        return Decision.no("dw_no_gradient_above", f"the output of {layer_name} reaches no "
+                           "loss along a differentiable path")
+    loss = flow.loss[layer_name]
+    shared = len(net.uses_of(use.param)) > 1
+    text = f"{use.param} trains (lr_mult {use.lr_mult:g}) and {_reaches(layer_name, loss)}"
+    if shared:
+        text += f"; shared: this use's gradient is scaled by {use.lr_mult:g}"
+    return Decision.yes("dw_trains", text, (use.param, layer_name, loss))
+
+
+def _reaches(name: str, loss: str) -> str:
+    return f"{name} is a loss" if name == loss else f"{name} reaches the loss {loss}"

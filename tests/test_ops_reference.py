@@ -1,0 +1,599 @@
+"""The NumPy references of every op: each gradient reference, fed only the values its rule
+declares, against central finite differences; forwards against the shape rule, against
+PyTorch where PyTorch has the op, and against Caffe's pooling loops written out literally.
+
+Shapes and attributes come from Hypothesis; array values come from a NumPy generator
+seeded by Hypothesis, so examples stay small and fast. Everything runs in float64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from bwplan import ops as registry
+from bwplan.ops.opdef import GradRule, zero_flops
+from bwplan.ops.reference import (grad_index, make_ctx, run_forward, run_grad,
+                                  saved_values, tensor_type)
+
+FD_EPS = 1e-6
+DROPOUT_SEED = 7
+
+
+@dataclass
+class Case:
+    attrs: dict
+    inputs: list
+    params: dict = field(default_factory=dict)
+
+
+def _rng(draw) -> np.random.Generator:
+    return np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+
+
+def _normal(rng, *shape) -> np.ndarray:
+    return rng.standard_normal(shape)
+
+
+def _distinct(rng, shape) -> np.ndarray:
+    """Values at least 0.1 apart (a shuffled grid), so no max is ever tied and no value
+    sits within a finite-difference step of another."""
+    n = int(np.prod(shape))
+    return (rng.permutation(n) - (n - 1) / 2).reshape(shape) * 0.1
+
+
+def _shape(draw, rank_min=1, rank_max=4, dim_max=3) -> tuple[int, ...]:
+    rank = draw(st.integers(rank_min, rank_max))
+    return tuple(draw(st.integers(1, dim_max)) for _ in range(rank))
+
+
+def _valid(op_name: str, case: Case) -> Case:
+    """Rejects the rare drawn geometry that the shape rule refuses."""
+    try:
+        make_ctx(registry.OPS[op_name], case.attrs, case.inputs)
+    except ValueError:
+        assume(False)
+    return case
+
+
+# ---- one strategy per op ---------------------------------------------------------------
+@st.composite
+def conv2d_case(draw):
+    rng = _rng(draw)
+    groups = draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dil = draw(st.integers(1, 2))
+    pad = draw(st.integers(0, 2))
+    attrs = dict(out=groups * draw(st.integers(1, 2)), kernel=(kh, kw),
+                 stride=(draw(st.integers(1, 2)), draw(st.integers(1, 2))), pad=pad,
+                 dilation=dil, groups=groups, bias=draw(st.booleans()))
+    c = groups * draw(st.integers(1, 2))
+    h = max(1, dil * (kh - 1) + 1 - 2 * pad) + draw(st.integers(0, 2))
+    w = max(1, dil * (kw - 1) + 1 - 2 * pad) + draw(st.integers(0, 2))
+    params = {"weight": _normal(rng, attrs["out"], c // groups, kh, kw)}
+    if attrs["bias"]:
+        params["bias"] = _normal(rng, attrs["out"])
+    return Case(attrs, [_normal(rng, draw(st.integers(1, 2)), c, h, w)], params)
+
+
+@st.composite
+def linear_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw, 2, 3)
+    attrs = dict(out=draw(st.integers(1, 3)), bias=draw(st.booleans()))
+    params = {"weight": _normal(rng, attrs["out"], int(np.prod(shape[1:])))}
+    if attrs["bias"]:
+        params["bias"] = _normal(rng, attrs["out"])
+    return Case(attrs, [_normal(rng, *shape)], params)
+
+
+@st.composite
+def relu_case(draw):
+    x = _normal(_rng(draw), *_shape(draw))
+    x = np.sign(x) * (0.05 + np.abs(x))  # never within 0.05 of the kink at 0
+    return Case(dict(negative_slope=draw(st.sampled_from([0.0, 0.1]))), [x])
+
+
+@st.composite
+def unary_case(draw):
+    return Case({}, [_normal(_rng(draw), *_shape(draw))])
+
+
+@st.composite
+def dropout_case(draw):
+    p = draw(st.sampled_from([0.0, 0.3, 0.5, 0.9]))
+    return Case(dict(p=p), [_normal(_rng(draw), *_shape(draw))])
+
+
+@st.composite
+def add_case(draw):
+    rng = _rng(draw)
+    shape, k = _shape(draw), draw(st.integers(1, 3))
+    coeffs = tuple(draw(st.lists(st.sampled_from([-1.0, 0.5, 2.0]), min_size=k, max_size=k))
+                   ) if draw(st.booleans()) else ()
+    return Case(dict(coeffs=coeffs), [_normal(rng, *shape) for _ in range(k)])
+
+
+@st.composite
+def mul_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw)
+    return Case({}, [_normal(rng, *shape), _normal(rng, *shape)])
+
+
+@st.composite
+def maximum_case(draw):
+    shape, k = _shape(draw), draw(st.integers(2, 3))
+    values = _distinct(_rng(draw), (k,) + shape)
+    return Case({}, list(values))
+
+
+@st.composite
+def pool_case(draw, torch_compatible=False):
+    """Caffe pooling geometry; `torch_compatible` keeps pad <= kernel / 2, as torch wants."""
+    rng = _rng(draw)
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    pad_limit = (kh // 2, kw // 2) if torch_compatible else (kh - 1, kw - 1)
+    pad = (draw(st.integers(0, pad_limit[0])), draw(st.integers(0, pad_limit[1])))
+    attrs = dict(kernel=(kh, kw), stride=stride, pad=pad, ceil=draw(st.booleans()))
+    h = max(1, kh - 2 * pad[0]) + draw(st.integers(0, 3))
+    w = max(1, kw - 2 * pad[1]) + draw(st.integers(0, 3))
+    x = _distinct(rng, (draw(st.integers(1, 2)), draw(st.integers(1, 2)), h, w))
+    return Case(attrs, [x])
+
+
+@st.composite
+def global_pool_case(draw):
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 2)),
+             draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    return Case({}, [_distinct(_rng(draw), shape)])
+
+
+@st.composite
+def flatten_case(draw):
+    shape = _shape(draw, 1, 4)
+    rank = len(shape)
+    axis = draw(st.integers(0, rank - 1))
+    end = draw(st.integers(axis, rank - 1))
+    attrs = dict(axis=axis - rank if draw(st.booleans()) else axis,
+                 end_axis=end - rank if draw(st.booleans()) else end)
+    return Case(attrs, [_normal(_rng(draw), *shape)])
+
+
+@st.composite
+def reshape_case(draw):
+    shape = _shape(draw, 2, 4)
+    flipped = tuple(reversed(shape))
+    hole = draw(st.integers(0, len(shape) - 1))
+    target = draw(st.sampled_from([(0, -1), (-1,), flipped,
+                                   flipped[:hole] + (-1,) + flipped[hole + 1:]]))
+    return Case(dict(shape=target), [_normal(_rng(draw), *shape)])
+
+
+@st.composite
+def concat_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw, 1, 3)
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    inputs = []
+    for _ in range(draw(st.integers(1, 3))):
+        s = list(shape)
+        s[axis] = draw(st.integers(1, 3))
+        inputs.append(_normal(rng, *s))
+    return Case(dict(axis=axis), inputs)
+
+
+@st.composite
+def slice_case(draw):
+    shape = _shape(draw, 1, 3, dim_max=4)
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    begin = draw(st.integers(0, shape[axis] - 1))
+    end = draw(st.integers(begin + 1, shape[axis]))
+    return Case(dict(axis=axis, begin=begin, end=end), [_normal(_rng(draw), *shape)])
+
+
+@st.composite
+def batchnorm_case(draw):
+    rng = _rng(draw)
+    c = draw(st.integers(1, 3))
+    n = draw(st.integers(1, 3))
+    shape = (n, c) if draw(st.booleans()) else (n, c, draw(st.integers(1, 3)),
+                                                draw(st.integers(1, 2)))
+    attrs = dict(eps=draw(st.sampled_from([1e-5, 0.1])), global_stats=draw(st.booleans()),
+                 affine=draw(st.booleans()))
+    params = {"mean": _normal(rng, c), "var": rng.uniform(0.5, 2.0, c)}
+    if attrs["affine"]:
+        params.update(weight=_normal(rng, c), bias=_normal(rng, c))
+    return Case(attrs, [_normal(rng, *shape)], params)
+
+
+@st.composite
+def scale_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw, 2, 4)
+    attrs = dict(bias=draw(st.booleans()))
+    params = {"weight": _normal(rng, shape[1])}
+    if attrs["bias"]:
+        params["bias"] = _normal(rng, shape[1])
+    return Case(attrs, [_normal(rng, *shape)], params)
+
+
+@st.composite
+def lrn_case(draw):
+    # alpha well above Caffe's default, so the cross-channel term of dX is not negligible
+    attrs = dict(size=draw(st.sampled_from([1, 3, 5])), alpha=draw(st.floats(0.1, 2.0)),
+                 beta=draw(st.floats(0.5, 1.0)), k=draw(st.floats(1.0, 2.0)))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 6)), draw(st.integers(1, 2)),
+             draw(st.integers(1, 2)))
+    return Case(attrs, [_normal(_rng(draw), *shape)])
+
+
+@st.composite
+def softmax_case(draw):
+    shape = _shape(draw, 1, 3)
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    return Case(dict(axis=axis), [_normal(_rng(draw), *shape)])
+
+
+@st.composite
+def labelled_case(draw, ignore=True):
+    """Logits [N, C] or [N, C, H] and labels [N] or [N, H]; at least one label counts."""
+    rng = _rng(draw)
+    n, c = draw(st.integers(1, 3)), draw(st.integers(2, 4))
+    spatial = draw(st.sampled_from([(), (2,)]))
+    label = rng.integers(0, c, (n,) + spatial).astype(np.int32)
+    if ignore and draw(st.booleans()):
+        label.reshape(-1)[1:] = np.where(rng.random(label.size - 1) < 0.5, -1,
+                                         label.reshape(-1)[1:])
+    return Case({}, [_normal(rng, n, c, *spatial), label])
+
+
+@st.composite
+def euclidean_case(draw):
+    rng = _rng(draw)
+    n, d = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    b_shape = draw(st.sampled_from([(n, d), (n, d, 1)]))
+    return Case({}, [_normal(rng, n, d), _normal(rng, *b_shape)])
+
+
+@st.composite
+def contrastive_case(draw):
+    rng = _rng(draw)
+    n, d = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    a, b = _normal(rng, n, d, 1, 1), _normal(rng, n, d, 1, 1)
+    sim = rng.integers(0, 2, (n, 1, 1, 1)).astype(np.float64)
+    attrs = dict(margin=draw(st.sampled_from([0.5, 1.0, 2.0])), legacy=draw(st.booleans()))
+    d2 = ((a - b) ** 2).reshape(n, -1).sum(axis=1)
+    gap = attrs["margin"] - (d2 if attrs["legacy"] else np.sqrt(d2))
+    assume(np.all(np.abs(gap) > 1e-3))  # away from the hinge's kink
+    return Case(attrs, [a, b, sim])
+
+
+@st.composite
+def accuracy_case(draw):
+    case = draw(labelled_case(ignore=False))
+    case.attrs["top_k"] = draw(st.integers(1, case.inputs[0].shape[1]))
+    return case
+
+
+CASES = {
+    "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
+    "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
+    "add": add_case(), "mul": mul_case(), "maximum": maximum_case(),
+    "maxpool": pool_case(), "avgpool": pool_case(),
+    "global_maxpool": global_pool_case(), "global_avgpool": global_pool_case(),
+    "flatten": flatten_case(), "reshape": reshape_case(), "concat": concat_case(),
+    "slice": slice_case(), "batchnorm": batchnorm_case(), "scale": scale_case(),
+    "lrn": lrn_case(), "softmax": softmax_case(), "softmax_cross_entropy": labelled_case(),
+    "euclidean_loss": euclidean_case(), "contrastive_loss": contrastive_case(),
+    "accuracy": accuracy_case(),
+}
+WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
+
+
+def draw_case(data, name: str) -> Case:
+    return _valid(name, data.draw(CASES[name], label=name))
+
+
+def test_every_op_has_a_case():
+    assert set(CASES) == set(registry.OPS)
+
+
+# ---- gradients against finite differences ----------------------------------------------
+class _Recording(dict):
+    """A dict that remembers which keys a reference read."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def _forward(op, case, inputs, params):
+    return run_forward(op, case.attrs, inputs, params, training=True,
+                       rng=np.random.default_rng(DROPOUT_SEED))
+
+
+def _numeric_grad(f, value: np.ndarray) -> np.ndarray:
+    """Central differences of the scalar f() with respect to `value`, edited in place."""
+    grad = np.zeros_like(value)
+    flat, gflat = value.reshape(-1), grad.reshape(-1)
+    for j in range(flat.size):
+        keep = flat[j]
+        flat[j] = keep + FD_EPS
+        up = f()
+        flat[j] = keep - FD_EPS
+        down = f()
+        flat[j] = keep
+        gflat[j] = (up - down) / (2 * FD_EPS)
+    return grad
+
+
+def _targets(op, ctx, rule, inputs, params):
+    """(index passed to the reference, array the gradient is taken against) per target."""
+    if op.slot(rule.wrt) is not None:
+        if op.slot(rule.wrt) in op.param_slots(ctx.attrs):
+            yield 0, params[rule.wrt]
+        return
+    for i, x in enumerate(inputs):
+        if op.port_for(i).name == rule.wrt:
+            yield grad_index(op, rule.wrt, i), x
+
+
+@pytest.mark.parametrize("name", WITH_GRADS)
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_grad_reference_matches_finite_differences(name, data):
+    op = registry.OPS[name]
+    case = draw_case(data, name)
+    inputs = [x.copy() for x in case.inputs]
+    params = {k: v.copy() for k, v in case.params.items()}
+    ctx = make_ctx(op, case.attrs, inputs)
+    out, aux = _forward(op, case, inputs, params)
+    weights = np.random.default_rng(1).standard_normal(np.shape(out))
+
+    def objective():
+        again, again_aux = _forward(op, case, inputs, params)
+        for key, value in aux.items():
+            if key == "mask":  # dropout: the same mask for every perturbed forward
+                assert np.array_equal(again_aux[key], value)
+        return float(np.sum(again * weights))
+
+    for rule in op.grads:
+        for index, target in _targets(op, ctx, rule, inputs, params):
+            saved = _Recording(saved_values(op, rule, ctx, inputs, params, out, aux))
+            got = rule.reference(ctx, saved, weights, index)
+            unread = rule.needs_for(ctx.attrs) - saved.read
+            assert not unread, f"{name}.{rule.wrt} declares {sorted(unread)} but never reads"
+            assert np.shape(got) == target.shape
+            expected = _numeric_grad(objective, target)
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name} d/d{rule.wrt}[{index}]")
+
+
+def test_run_grad_passes_the_input_position_of_a_variadic_port():
+    op = registry.OPS["concat"]
+    xs = [np.zeros((2, 1)), np.ones((2, 3)), np.full((2, 2), 2.0)]
+    ctx = make_ctx(op, {}, xs)
+    out, aux = run_forward(op, {}, xs, {})
+    for i, x in enumerate(xs):
+        assert run_grad(op, "xs", ctx, xs, {}, out, aux, out, index=i).tolist() == x.tolist()
+
+
+def test_saved_values_holds_exactly_the_declared_needs():
+    op = registry.OPS["batchnorm"]
+    x = np.arange(12.0).reshape(3, 4)
+    params = {"mean": np.zeros(4), "var": np.ones(4), "weight": np.ones(4),
+              "bias": np.zeros(4)}
+    for global_stats in (False, True):
+        attrs = dict(affine=True, global_stats=global_stats)
+        ctx = make_ctx(op, attrs, [x])
+        out, aux = run_forward(op, attrs, [x], params)
+        saved = saved_values(op, op.grad_for("x"), ctx, [x], params, out, aux)
+        assert set(saved) == op.grad_for("x").needs_for(ctx.attrs)
+    op = registry.OPS["mul"]
+    a, b = np.ones(3), np.full(3, 2.0)
+    ctx = make_ctx(op, {}, [a, b])
+    saved = saved_values(op, op.grad_for("a"), ctx, [a, b], {}, a * b, {})
+    assert list(saved) == ["b"] and saved["b"] is b
+
+
+def test_saved_values_gives_a_variadic_port_as_a_list():
+    op = registry.OPS["concat"]
+    xs = [np.zeros((1, 2)), np.ones((1, 3))]
+    ctx = make_ctx(op, {}, xs)
+    rule = GradRule("xs", frozenset({"xs", "out"}), zero_flops)
+    saved = saved_values(op, rule, ctx, xs, {}, "the output", {})
+    assert saved["out"] == "the output"
+    assert len(saved["xs"]) == 2 and all(a is b for a, b in zip(saved["xs"], xs))
+
+
+# ---- forwards against the shape rule -----------------------------------------------------
+@pytest.mark.parametrize("name", sorted(registry.OPS))
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_forward_agrees_with_shape_rule_and_aux_specs(name, data):
+    op = registry.OPS[name]
+    case = draw_case(data, name)
+    ctx = make_ctx(op, case.attrs, case.inputs)
+    out, aux = _forward(op, case, case.inputs, case.params)
+    assert tensor_type(out) == ctx.out
+    declared = {a.name for a in op.aux if a.nbytes(ctx) > 0}
+    assert set(aux) == declared
+    for spec in op.aux:
+        if spec.name in aux:
+            assert aux[spec.name].nbytes == spec.nbytes(ctx), spec.name
+
+
+# ---- hand-checked facts ------------------------------------------------------------------
+def test_accuracy_counts_ties_against_the_true_class():
+    op = registry.OPS["accuracy"]
+    logits = np.array([[1.0, 2.0, 2.0], [3.0, 1.0, 0.0]])
+    label = np.array([1, 0], dtype=np.int32)
+    assert run_forward(op, dict(top_k=1), [logits, label], {})[0] == 0.5
+    assert run_forward(op, dict(top_k=2), [logits, label], {})[0] == 1.0
+
+
+def test_dropout_keeps_the_expected_fraction_and_scales_it():
+    op = registry.OPS["dropout"]
+    x = np.ones((100, 100))
+    out, aux = run_forward(op, dict(p=0.25), [x], {}, rng=np.random.default_rng(0))
+    kept = aux["mask"].astype(bool)
+    assert abs(kept.mean() - 0.75) < 0.02
+    assert np.allclose(out[kept], 1 / 0.75) and np.all(out[~kept] == 0)
+    out, aux = run_forward(op, dict(p=0.25), [x], {}, training=False)
+    assert np.array_equal(out, x) and aux == {}
+
+
+def test_dropout_needs_a_generator_when_training():
+    with pytest.raises(ValueError, match="random generator"):
+        run_forward(registry.OPS["dropout"], {}, [np.ones(3)], {})
+
+
+def test_batchnorm_uses_stored_statistics_at_inference():
+    op = registry.OPS["batchnorm"]
+    x = np.arange(8.0).reshape(4, 2)
+    params = {"mean": np.array([1.0, 2.0]), "var": np.array([3.0, 8.0])}
+    out, aux = run_forward(op, dict(eps=1.0), [x], params, training=False)
+    assert np.allclose(out, (x - params["mean"]) / np.sqrt(params["var"] + 1.0))
+    assert aux == {}
+
+
+def _caffe_pool(x, kernel, stride, pad, out_hw, mode):
+    """Caffe's PoolingLayer::Forward_cpu loops, written out literally."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, c) + tuple(out_hw))
+    for ph in range(out_hw[0]):
+        for pw in range(out_hw[1]):
+            hstart, wstart = ph * stride[0] - pad[0], pw * stride[1] - pad[1]
+            if mode == "max":
+                hend, wend = min(hstart + kernel[0], h), min(wstart + kernel[1], w)
+                hstart, wstart = max(hstart, 0), max(wstart, 0)
+                out[:, :, ph, pw] = x[:, :, hstart:hend, wstart:wend].max(axis=(2, 3))
+            else:
+                hend = min(hstart + kernel[0], h + pad[0])
+                wend = min(wstart + kernel[1], w + pad[1])
+                size = (hend - hstart) * (wend - wstart)
+                hstart, wstart = max(hstart, 0), max(wstart, 0)
+                hend, wend = min(hend, h), min(wend, w)
+                out[:, :, ph, pw] = x[:, :, hstart:hend, wstart:wend].sum(axis=(2, 3)) / size
+    return out
+
+
+@pytest.mark.parametrize("name,mode", [("maxpool", "max"), ("avgpool", "ave")])
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_pooling_matches_caffe_loops(name, mode, data):
+    op = registry.OPS[name]
+    case = draw_case(data, name)
+    x = case.inputs[0] - 10.0  # all negative: a padding zero would win a wrong max
+    ctx = make_ctx(op, case.attrs, [x])
+    out, _ = run_forward(op, case.attrs, [x], {})
+    kernel = case.attrs["kernel"]
+    stride = case.attrs["stride"] or kernel
+    expected = _caffe_pool(x, kernel, stride, case.attrs["pad"], ctx.out.shape[2:], mode)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+# ---- forwards against PyTorch --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def torch():
+    """Skips only the tests that use it: everything above needs NumPy alone."""
+    return pytest.importorskip("torch")
+
+
+def _t(torch, a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _torch_conv2d(torch, case):
+    a, p = case.attrs, case.params
+    return torch.nn.functional.conv2d(_t(torch, case.inputs[0]), _t(torch, p["weight"]),
+                                      _t(torch, p["bias"]) if "bias" in p else None,
+                                      a["stride"], a["pad"], a["dilation"], a["groups"])
+
+
+def _torch_linear(torch, case):
+    x = case.inputs[0].reshape(case.inputs[0].shape[0], -1)
+    bias = case.params.get("bias")
+    return torch.nn.functional.linear(_t(torch, x), _t(torch, case.params["weight"]),
+                                      None if bias is None else _t(torch, bias))
+
+
+def _torch_pool(kind):
+    def run(torch, case):
+        a = case.attrs
+        f = getattr(torch.nn.functional, kind)
+        extra = {"count_include_pad": True} if kind == "avg_pool2d" else {}
+        return f(_t(torch, case.inputs[0]), a["kernel"], a["stride"] or a["kernel"],
+                 a["pad"], ceil_mode=a["ceil"], **extra)
+    return run
+
+
+def _torch_batchnorm(training):
+    def run(torch, case):
+        p, a = case.params, case.attrs
+        affine = a["affine"]
+        return torch.nn.functional.batch_norm(
+            _t(torch, case.inputs[0]), _t(torch, p["mean"].copy()), _t(torch, p["var"].copy()),
+            _t(torch, p["weight"]) if affine else None, _t(torch, p["bias"]) if affine else None,
+            training=training, eps=a["eps"])
+    return run
+
+
+def _torch_cross_entropy(torch, case):
+    logits, label = case.inputs
+    return torch.nn.functional.cross_entropy(_t(torch, logits), _t(torch, label.astype(np.int64)),
+                                             ignore_index=-1)
+
+
+TORCH = {
+    "conv2d": (conv2d_case(), _torch_conv2d),
+    "linear": (linear_case(), _torch_linear),
+    "maxpool": (pool_case(torch_compatible=True), _torch_pool("max_pool2d")),
+    "avgpool": (pool_case(torch_compatible=True), _torch_pool("avg_pool2d")),
+    "global_maxpool": (global_pool_case(),
+                       lambda torch, c: torch.amax(_t(torch, c.inputs[0]), (2, 3), True)),
+    "global_avgpool": (global_pool_case(),
+                       lambda torch, c: torch.mean(_t(torch, c.inputs[0]), (2, 3), True)),
+    "softmax": (softmax_case(),
+                lambda torch, c: torch.softmax(_t(torch, c.inputs[0]), c.attrs["axis"])),
+    "lrn": (lrn_case(), lambda torch, c: torch.nn.functional.local_response_norm(
+        _t(torch, c.inputs[0]), c.attrs["size"], c.attrs["alpha"], c.attrs["beta"],
+        c.attrs["k"])),
+    # torch refuses batch statistics over a single value per channel
+    "batchnorm-training": (batchnorm_case().filter(
+        lambda c: not c.attrs["global_stats"] and c.inputs[0].size > c.inputs[0].shape[1]),
+        _torch_batchnorm(True)),
+    "batchnorm-eval": (batchnorm_case().filter(lambda c: c.attrs["global_stats"]),
+                       _torch_batchnorm(False)),
+    "softmax_cross_entropy": (labelled_case(), _torch_cross_entropy),
+    "dropout": (dropout_case().filter(lambda c: c.attrs["p"] == 0.0),
+                lambda torch, c: torch.nn.functional.dropout(_t(torch, c.inputs[0]), 0.0, True)),
+    "flatten": (flatten_case(), lambda torch, c: torch.flatten(
+        _t(torch, c.inputs[0]), c.attrs["axis"], c.attrs["end_axis"])),
+    "sigmoid": (unary_case(), lambda torch, c: torch.sigmoid(_t(torch, c.inputs[0]))),
+    "tanh": (unary_case(), lambda torch, c: torch.tanh(_t(torch, c.inputs[0]))),
+}
+
+
+@pytest.mark.parametrize("key", sorted(TORCH))
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_forward_matches_torch(torch, key, data):
+    name = key.split("-")[0]
+    strategy, run_torch = TORCH[key]
+    case = _valid(name, data.draw(strategy))
+    out, _ = run_forward(registry.OPS[name], case.attrs, case.inputs, case.params,
+                         training=True, rng=np.random.default_rng(0))
+    with torch.no_grad():
+        expected = run_torch(torch, case).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-10)
+
