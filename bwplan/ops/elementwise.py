@@ -127,7 +127,7 @@ DROPOUT = OpDef(
     infer=_dropout_infer,
     flops=lambda ctx: 2 * ctx.x.numel,
     grads=(GradRule("x", frozenset({"mask"}), lambda ctx: 2 * ctx.x.numel, _dropout_dx),),
-    aux=(AuxSpec("mask", lambda ctx: ctx.x.numel),),
+    aux=(AuxSpec("mask", lambda ctx: ctx.x.shape, "u8"),),
     deterministic=False,
     forward_ref=_dropout_fwd,
 )
@@ -214,7 +214,7 @@ MAXIMUM = OpDef(
     infer=lambda ctx: _same_types(ctx, least=2),
     flops=lambda ctx: (len(ctx.inputs) - 1) * ctx.x.numel,
     grads=(GradRule("xs", frozenset({"argmax"}), out_numel, _maximum_dx),),
-    aux=(AuxSpec("argmax", lambda ctx: 4 * ctx.x.numel),),
+    aux=(AuxSpec("argmax", lambda ctx: ctx.x.shape, "i32"),),
     forward_ref=_maximum_fwd,
 )
 

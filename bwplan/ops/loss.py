@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bwplan.ir.types import DTYPE_BYTES, TensorType
+from bwplan.ir.types import TensorType
 from bwplan.ops.opdef import AttrSpec, AuxSpec, GradRule, OpCtx, OpDef, Port, in_numel
 
 
@@ -67,7 +67,7 @@ SOFTMAX_CROSS_ENTROPY = OpDef(
     flops=lambda ctx: 5 * ctx.inputs[0].numel,
     grads=(GradRule("logits", frozenset({"prob", "label"}),
                     lambda ctx: 2 * ctx.inputs[0].numel, _sce_dx),),
-    aux=(AuxSpec("prob", lambda ctx: ctx.inputs[0].nbytes),),
+    aux=(AuxSpec("prob", lambda ctx: ctx.inputs[0].shape),),
     role="loss",
     forward_ref=_sce_fwd,
 )
@@ -110,7 +110,7 @@ EUCLIDEAN_LOSS = OpDef(
         GradRule("a", frozenset({"diff"}), in_numel, _euclid_grad(1.0, 0)),
         GradRule("b", frozenset({"diff"}), in_numel, _euclid_grad(-1.0, 1)),
     ),
-    aux=(AuxSpec("diff", lambda ctx: ctx.x.nbytes),),
+    aux=(AuxSpec("diff", lambda ctx: ctx.x.shape),),
     role="loss",
     forward_ref=_euclid_fwd,
 )
@@ -183,8 +183,8 @@ CONTRASTIVE_LOSS = OpDef(
         GradRule("b", _CONTRASTIVE_NEEDS, lambda ctx: 2 * ctx.x.numel,
                  _contrastive_grad(-1.0, 1)),
     ),
-    aux=(AuxSpec("diff", lambda ctx: ctx.x.nbytes),
-         AuxSpec("dist_sq", lambda ctx: ctx.x.shape[0] * DTYPE_BYTES[ctx.x.dtype])),
+    aux=(AuxSpec("diff", lambda ctx: ctx.x.shape),
+         AuxSpec("dist_sq", lambda ctx: (ctx.x.shape[0],))),
     role="loss",
     forward_ref=_contrastive_fwd,
 )

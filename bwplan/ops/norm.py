@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bwplan.ir.types import DTYPE_BYTES, TensorType
+from bwplan.ir.types import TensorType
 from bwplan.ops.opdef import (Attrs, AttrSpec, AuxSpec, GradRule, OpCtx, OpDef, ParamSlot,
                               Port, in_numel)
 
@@ -104,10 +104,9 @@ def _bn_dx_flops(ctx: OpCtx) -> int:
     return (per + (1 if ctx.attrs["affine"] else 0)) * ctx.x.numel
 
 
-def _stats_bytes(ctx: OpCtx) -> int:
-    if ctx.attrs["global_stats"]:
-        return 0
-    return 2 * ctx.x.shape[1] * DTYPE_BYTES[ctx.x.dtype]
+def _stats_shape(ctx: OpCtx) -> tuple[int, ...]:
+    """Batch mean and 1/sqrt(var + eps) per channel; nothing in global-statistics mode."""
+    return (0,) if ctx.attrs["global_stats"] else (2, ctx.x.shape[1])
 
 
 def _freeze_bn(attrs: Attrs) -> Attrs:
@@ -147,7 +146,7 @@ BATCHNORM = OpDef(
         GradRule("bias", frozenset(), in_numel,
                  lambda ctx, saved, dout, i: dout.sum(axis=_other_axes(dout.ndim))),
     ),
-    aux=(AuxSpec("batch_stats", _stats_bytes),),
+    aux=(AuxSpec("batch_stats", _stats_shape),),
     deterministic=lambda attrs: attrs["global_stats"],
     on_freeze=_freeze_bn,
     forward_ref=_bn_fwd,
@@ -238,7 +237,7 @@ LRN = OpDef(
     flops=lambda ctx: (ctx.attrs["size"] + 5) * ctx.x.numel,
     grads=(GradRule("x", frozenset({"x", "out", "scale"}),
                     lambda ctx: (ctx.attrs["size"] + 7) * ctx.x.numel, _lrn_dx),),
-    aux=(AuxSpec("scale", lambda ctx: ctx.x.nbytes),),
+    aux=(AuxSpec("scale", lambda ctx: ctx.x.shape),),
     forward_ref=_lrn_fwd,
 )
 

@@ -85,10 +85,19 @@ class ParamSlot:
 
 @dataclass(frozen=True, slots=True)
 class AuxSpec:
-    """A buffer the forward saves only for the backward (argmax indices, dropout mask)."""
+    """A buffer the forward saves only for the backward (argmax indices, dropout mask).
+    `dtype` "same" means the element type of the op's first input."""
 
     name: str
-    nbytes: Callable[[OpCtx], int]
+    shape: Callable[[OpCtx], tuple[int, ...]]
+    dtype: str = "same"
+
+    def type(self, ctx: OpCtx) -> TensorType:
+        dtype = ctx.x.dtype if self.dtype == "same" else self.dtype
+        return TensorType(dtype, tuple(self.shape(ctx)))
+
+    def nbytes(self, ctx: OpCtx) -> int:
+        return self.type(ctx).nbytes
 
 
 # reference backward: (ctx, saved values, d(out), input index) -> gradient
