@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from bwplan.cli.options import add_network_arguments, caffe_options
 from bwplan.errors import BwError
@@ -38,14 +39,25 @@ def run(args) -> int:
     if args.caffe:
         text = caffe_report(args)
     else:
-        net = load(args.file, **(caffe_options(args) if is_caffe(args.file) else {}))
-        plan = make_plan(apply_policy(net, args.rules))
+        plan = _plan(args)
         text = render_why(plan, args.why) if args.why else RENDERERS[args.format](plan)
     if args.output:
         write_atomic(args.output, text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _plan(args):
+    """The plan of the file; for a Caffe net, the importer's warnings join the findings."""
+    if not is_caffe(args.file):
+        return make_plan(apply_policy(load(args.file), args.rules))
+    from bwplan.caffe.importer import import_caffe_text
+    from bwplan.plan.pitfalls import Finding
+    imported = import_caffe_text(read_text(args.file), args.file, **caffe_options(args))
+    plan = make_plan(apply_policy(imported.net, args.rules))
+    extra = tuple(Finding(w.code, "warning", w.span, w.text, w.fix) for w in imported.warnings)
+    return replace(plan, findings=plan.findings + extra)
 
 
 def caffe_report(args) -> str:

@@ -1,0 +1,72 @@
+"""`bwplan explain --caffe`: Caffe's own decision lines, exactly as Caffe logs them, followed
+by the places where bwplan's own plan computes less than Caffe, and why.
+
+The decision lines come first and unchanged so that `diff` against a Caffe log works; every
+line after them starts with '#'.
+"""
+from __future__ import annotations
+
+from bwplan.caffe.log import backward_lines
+from bwplan.plan.plan import Plan
+
+
+def differences(imported, plan: Plan) -> list[str]:
+    """Where Caffe runs backward work that bwplan's plan skips: whole layers, bottom
+    gradients and parameter gradients, each with bwplan's reason."""
+    net = plan.net
+    out = []
+    for layer in imported.caffe.layers:
+        ir_names = imported.layer_map.get(layer.name, ())
+        if not ir_names or not layer.need_backward:
+            continue
+        plans = [plan.layer(n) for n in ir_names if net.has_layer(n)]
+        if not plans:
+            continue
+        if not any(p.has_backward for p in plans):
+            reason = _first_skip(plans)
+            out.append(f"# {layer.name}: Caffe runs its backward; bwplan runs none ({reason})")
+            continue
+        if len(plans) == 1:
+            lp = plans[0]
+            ir_layer = net.layer(lp.name)
+            for i, bottom in enumerate(layer.bottoms):
+                if bottom.propagate and i < len(lp.dx) and not lp.dx[i].needed:
+                    out.append(f"# {layer.name}: Caffe computes the gradient into "
+                               f"{ir_layer.inputs[i].src}; bwplan skips it "
+                               f"({lp.dx[i].reason.text})")
+            for i, param in enumerate(layer.params):
+                if param.propagate and i < len(lp.dw) and not lp.dw[i].needed:
+                    out.append(f"# {layer.name}: Caffe computes the gradient of "
+                               f"{ir_layer.params[i].param}; bwplan skips it "
+                               f"({lp.dw[i].reason.text})")
+                elif param.propagate and i >= len(lp.dw):
+                    out.append(f"# {layer.name}: Caffe computes the gradient of its param "
+                               f"{param.display_name}, which bwplan does not model as a "
+                               "trained parameter")
+    return out
+
+
+def _first_skip(plans) -> str:
+    """The most telling reason a layer runs no backward: why its input gets no gradient
+    before why a parameter does not train, and statistics last."""
+    skips = [d for lp in plans for d in lp.dx + lp.dw if not d.needed]
+    order = ("dx_no_gradient_above", "dx_stop_gradient", "dx_nothing_upstream_trains",
+             "dw_frozen", "dw_lr_zero", "dw_no_gradient_above")
+    for code in order:
+        for d in skips:
+            if d.reason.code == code:
+                return d.reason.text
+    return skips[0].reason.text if skips else plans[0].forward.reason.text
+
+
+def render_caffe_view(imported, plan: Plan) -> str:
+    lines = backward_lines(imported.caffe)
+    diffs = differences(imported, plan)
+    if diffs:
+        lines.append("# bwplan's own plan computes less than Caffe here:")
+        lines.extend(diffs)
+    for w in imported.warnings:
+        where = f"{w.span}: " if w.span.has_position else ""
+        lines.append(f"# {where}warning: {w.text}")
+        lines.append(f"#   fix: {w.fix}")
+    return "\n".join(lines) + "\n"

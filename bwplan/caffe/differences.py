@@ -1,0 +1,97 @@
+"""Where an imported net's training differs from Caffe's, as warnings a user can act on.
+
+Each warning is (code, span, text, fix). They come from Caffe's state alone:
+
+  caffe-rejects-shared-lr    Caffe rejects shared params with different explicit lr_mult;
+                             bwplan accepted them (per-use multipliers)
+  caffe-force-backward       force_backward asks for input gradients; inputs are marked grad
+  caffe-propagate-down-true  Caffe computes a bottom gradient nothing needs
+  caffe-unused-param-grad    Caffe computes param gradients it never applies (the shared
+                             param's effective lr_mult is 0)
+  caffe-batchnorm-statistics Caffe differentiates BatchNorm statistics that have no
+                             `param { lr_mult: 0 }` (it masks them only in the layer's copy)
+
+In each case bwplan's own plan computes less than Caffe, never more.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from bwplan.caffe.prepare import built_layers
+from bwplan.caffe.state import CaffeState, LayerState
+from bwplan.caffe.model import CaffeLayer, CaffeNet
+from bwplan.source import Span
+
+
+class ImportWarning(NamedTuple):
+    code: str
+    span: Span
+    text: str
+    fix: str
+
+
+def _rejected(state: CaffeState) -> list[ImportWarning]:
+    return [ImportWarning(
+        "caffe-rejects-shared-lr", w.span,
+        f"Caffe rejects this net ({w.message}); bwplan accepts it and trains each use of the "
+        "shared param with its own lr_mult",
+        "give every use of the shared param the same lr_mult, or pass --caffe-strict "
+        "(strict=True) to reject the net as Caffe does") for w in state.waived]
+
+
+def _force_backward(net: CaffeNet, state: CaffeState) -> list[ImportWarning]:
+    if not net.force_backward:
+        return []
+    return [ImportWarning(
+        "caffe-force-backward", net.record.where("force_backward"),
+        "force_backward: true asks Caffe for the gradient of every input: bwplan marks the "
+        "float inputs 'grad' and computes their gradients too",
+        "remove force_backward: true unless you need gradients with respect to the inputs")]
+
+
+def _propagate_down(layer: CaffeLayer, ls: LayerState, state: CaffeState
+                    ) -> list[ImportWarning]:
+    out = []
+    for j, (given, bottom) in enumerate(zip(layer.propagate_down, ls.bottoms)):
+        if given and bottom.propagate and not state.blob_need_backward.get(bottom.blob, True):
+            out.append(ImportWarning(
+                "caffe-propagate-down-true", layer.record.where("propagate_down", j),
+                f"propagate_down: true makes Caffe compute the gradient of '{ls.name}' with "
+                f"respect to '{bottom.blob}', which nothing below needs; bwplan skips it",
+                "drop propagate_down: true here (it only costs Caffe time)"))
+    return out
+
+
+def _unused_params(layer: CaffeLayer, ls: LayerState) -> list[ImportWarning]:
+    wasted = [p for p in ls.params if p.propagate and p.effective_lr_mult == 0]
+    if not wasted:
+        return []
+    names = ", ".join(f"'{p.display_name}'" for p in wasted)
+    if ls.type == "BatchNorm":
+        return [ImportWarning(
+            "caffe-batchnorm-statistics", layer.span,
+            f"Caffe marks '{ls.name}' as needing backward and computes gradients for its "
+            f"statistics ({names}): with no param {{ lr_mult: 0 }} in the prototxt, Net::Init "
+            "sees lr_mult 1, while BatchNorm masks them with lr_mult 0 only in its own copy, "
+            "so the gradients are never applied; bwplan treats them as statistics",
+            f"add param {{ lr_mult: 0 }} three times to '{ls.name}' to make Caffe skip "
+            "them too")]
+    owners = sorted({p.shared_from[0] for p in wasted if p.shared_from})
+    why = (f"shared with {', '.join(repr(o) for o in owners)}, whose lr_mult is 0"
+           if owners else "their effective lr_mult is 0")
+    return [ImportWarning(
+        "caffe-unused-param-grad", layer.span,
+        f"Caffe computes the gradient of {names} in '{ls.name}' but never applies it ({why}); "
+        "bwplan skips it",
+        f"give those params lr_mult: 0 in '{ls.name}' too, so that Caffe skips them")]
+
+
+def differences(net: CaffeNet, state: CaffeState) -> tuple[ImportWarning, ...]:
+    out = _rejected(state) + _force_backward(net, state)
+    for (built, original), ls in zip(built_layers(net, state.phase), state.layers):
+        if original is None:
+            continue
+        out += _propagate_down(original, ls, state)
+        if not state.force_backward:
+            out += _unused_params(original, ls)
+    return tuple(out)

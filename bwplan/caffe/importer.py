@@ -1,0 +1,48 @@
+"""Imports a Caffe .prototxt: reads it, emulates Caffe's Net::Init on it, maps it to bwplan's
+flat AST and builds the Net. The entry point the loader calls for .prototxt files.
+
+    text -read_net-> CaffeNet -emulate-> CaffeState -to_flat_ast-> flat AST -build-> Net
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from bwplan.caffe.differences import ImportWarning, differences
+from bwplan.caffe.emulate import emulate
+from bwplan.caffe.state import CaffeState
+from bwplan.caffe.model import read_net
+from bwplan.caffe.to_ast import to_flat_ast
+from bwplan.frontend import ast
+from bwplan.ir.build import build
+from bwplan.ir.net import Net
+
+
+@dataclass(frozen=True)
+class CaffeImport:
+    caffe: CaffeState                           # Caffe's own decisions (`explain --caffe`)
+    module: ast.Module                          # the flat AST, spans into the prototxt
+    net: Net
+    layer_map: Mapping[str, tuple[str, ...]]    # Caffe layer -> bwplan layers
+    warnings: tuple[ImportWarning, ...]
+
+
+def caffe_module(text: str, path: str = "<input>", phase: str = "TRAIN",
+                 input_shapes: Mapping[str, Sequence[int]] | None = None,
+                 strict: bool = False):
+    """Everything but the Net: (state, flat import, warnings). Needs no op registry."""
+    net = read_net(text, path)
+    state = emulate(net, phase, input_shapes, strict)
+    return state, to_flat_ast(net, state, input_shapes), differences(net, state)
+
+
+def import_caffe_text(text: str, path: str = "<input>", phase: str = "TRAIN",
+                      input_shapes: Mapping[str, Sequence[int]] | None = None,
+                      strict: bool = False) -> CaffeImport:
+    """Import prototxt text. `phase` picks the layers (TRAIN or TEST rules); `input_shapes`
+    ({blob: shape}) gives or overrides data shapes; `strict` rejects every net Caffe rejects
+    (by default, shared params with different explicit lr_mult are accepted with a warning).
+    Raises BwSyntaxError for text that does not parse and CaffeError for a net Caffe rejects
+    or bwplan cannot import."""
+    state, flat, warnings = caffe_module(text, path, phase, input_shapes, strict)
+    return CaffeImport(state, flat.module, build(flat.module), flat.layer_map, warnings)

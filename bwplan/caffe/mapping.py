@@ -1,0 +1,275 @@
+"""The Caffe layer table: one row per Caffe layer type saying what it becomes in bwplan.
+
+A row's `kind` is one of
+  layer   one IR layer, named after the Caffe layer (`op` and `attrs` give the call)
+  inputs  an input per top (data layers: the data comes from outside the net)
+  alias   no IR layer: each top is another name for the bottom (Split)
+  per_top one IR layer per top, named after the top blob (Slice)
+`slots` names the bwplan param slot of each Caffe param blob, in Caffe's blob order; None
+marks a Caffe blob that has no bwplan slot. `stats` says the blobs are statistics that
+never train, so their lr_mult / decay_mult are not carried over.
+
+Attribute functions return (key, value, span) triples and raise CaffeError for settings
+bwplan cannot represent. A value equal to both Caffe's default and the op's is left out, so
+that `bwplan convert` writes what the prototxt says and little else.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from bwplan.caffe.model import CaffeLayer
+from bwplan.caffe.schema import Record
+from bwplan.errors import CaffeError
+from bwplan.source import Span
+
+Attr = tuple[str, Any, Span]
+AttrFn = Callable[[CaffeLayer, "MapCtx"], list[Attr]]
+
+
+@dataclass(frozen=True, slots=True)
+class MapCtx:
+    """What a row may need besides the layer: the phase and the bottoms' Caffe shapes."""
+
+    phase: str
+    bottom_shapes: tuple[tuple[int, ...] | None, ...]
+    top_shapes: tuple[tuple[int, ...] | None, ...]
+
+
+def _none(layer: CaffeLayer, ctx: MapCtx) -> list[Attr]:
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    kind: str
+    op: str | Callable[[CaffeLayer], str] = ""
+    attrs: AttrFn = _none
+    slots: tuple[str | None, ...] = ()
+    stats: bool = False
+
+    def op_for(self, layer: CaffeLayer) -> str:
+        return self.op(layer) if callable(self.op) else self.op
+
+
+def unsupported(layer: CaffeLayer, p: Record, field: str, why: str) -> CaffeError:
+    return CaffeError(p.where(field), f"{layer.type} layer '{layer.name}': {why}",
+                      "bwplan cannot import this setting; see docs/caffe.md")
+
+
+def _pair(h: int, w: int) -> int | tuple[int, int]:
+    return h if h == w else (h, w)
+
+
+def _size(p: Record, name: str, full: str, default: int | None) -> int | tuple | None:
+    """A 2-D size written as name_h / name_w or as `full` (one value, or one per axis)."""
+    if p.has(f"{name}_h") or p.has(f"{name}_w"):
+        return _pair(p.get(f"{name}_h", default), p.get(f"{name}_w", default))
+    value = p.get(full, default)
+    if isinstance(value, tuple):
+        if not value:
+            return default
+        return _pair(value[0], value[-1]) if len(value) <= 2 else value
+    return value
+
+
+def _kernel(layer: CaffeLayer, p: Record, full: str) -> int | tuple:
+    kernel = _size(p, "kernel", full, None)
+    if kernel is None or (isinstance(kernel, tuple) and None in kernel):
+        raise CaffeError(p.span, f"{layer.type} layer '{layer.name}' needs kernel_size (or "
+                         "kernel_h and kernel_w)")
+    if isinstance(kernel, tuple) and len(kernel) > 2:
+        raise unsupported(layer, p, full, "only 2-D kernels are supported")
+    return kernel
+
+
+def _required(layer: CaffeLayer, p: Record, field: str) -> Any:
+    if not p.has(field):
+        raise CaffeError(p.span, f"{layer.type} layer '{layer.name}' needs {field}")
+    return p.get(field)
+
+
+def _opt(p: Record, field: str, key: str, default: Any, value: Any = None) -> list[Attr]:
+    """(key, value) when the value differs from the default both sides share."""
+    value = p.get(field) if value is None else value
+    return [] if value == default else [(key, value, p.where(field))]
+
+
+# ---- rows ---------------------------------------------------------------------------------
+def _conv(layer, ctx):
+    p = layer.sub("convolution_param")
+    if p.get("axis") != 1:
+        raise unsupported(layer, p, "axis", "only axis 1 (NCHW) is supported")
+    out = [("out", _required(layer, p, "num_output"), p.where("num_output")),
+           ("kernel", _kernel(layer, p, "kernel_size"), p.where("kernel_size"))]
+    out += _opt(p, "stride", "stride", 1, _size(p, "stride", "stride", 1))
+    out += _opt(p, "pad", "pad", 0, _size(p, "pad", "pad", 0))
+    out += _opt(p, "dilation", "dilation", 1, _size(p, "dilation", "dilation", 1))
+    out += _opt(p, "group", "groups", 1)
+    return out + _opt(p, "bias_term", "bias", True)
+
+
+def _inner_product(layer, ctx):
+    p = layer.sub("inner_product_param")
+    if p.get("axis") != 1:
+        raise unsupported(layer, p, "axis", "only axis 1 is supported (bwplan's linear "
+                          "flattens from dimension 1)")
+    if p.get("transpose"):
+        raise unsupported(layer, p, "transpose", "transposed weights are not supported")
+    return ([("out", _required(layer, p, "num_output"), p.where("num_output"))]
+            + _opt(p, "bias_term", "bias", True))
+
+
+def _relu(layer, ctx):
+    return _opt(layer.sub("relu_param"), "negative_slope", "negative_slope", 0.0)
+
+
+def _pool_op(layer: CaffeLayer) -> str:
+    p = layer.sub("pooling_param")
+    kind = {"MAX": "maxpool", "AVE": "avgpool"}.get(p.get("pool"))
+    if kind is None:
+        raise unsupported(layer, p, "pool", "STOCHASTIC pooling is not supported")
+    return ("global_" + kind) if p.get("global_pooling") else kind
+
+
+def _pool(layer, ctx):
+    p = layer.sub("pooling_param")
+    if p.get("global_pooling"):
+        return []
+    # Caffe's stride defaults to 1, not to the kernel: always write it
+    stride = _size(p, "stride", "stride", 1)
+    out = [("kernel", _kernel(layer, p, "kernel_size"), p.where("kernel_size")),
+           ("stride", stride, p.where("stride"))]
+    out += _opt(p, "pad", "pad", 0, _size(p, "pad", "pad", 0))
+    if p.get("round_mode") == "CEIL":
+        out.append(("ceil", True, p.where("round_mode")))
+    return out
+
+
+def _lrn(layer, ctx):
+    p = layer.sub("lrn_param")
+    if p.get("norm_region") != "ACROSS_CHANNELS":
+        raise unsupported(layer, p, "norm_region", "WITHIN_CHANNEL normalisation is not "
+                          "supported")
+    # every value written: Caffe's default alpha (1) is not the usual 1e-4
+    return [(key, p.get(field), p.where(field)) for key, field in
+            (("size", "local_size"), ("alpha", "alpha"), ("beta", "beta"), ("k", "k"))]
+
+
+def _concat(layer, ctx):
+    p = layer.sub("concat_param")
+    axis = p.get("concat_dim") if p.has("concat_dim") else p.get("axis")
+    return _opt(p, "axis", "axis", 1, axis)
+
+
+def _eltwise_op(layer: CaffeLayer) -> str:
+    return {"SUM": "add", "PROD": "mul", "MAX": "maximum"}[
+        layer.sub("eltwise_param").get("operation")]
+
+
+def _eltwise(layer, ctx):
+    p = layer.sub("eltwise_param")
+    op = p.get("operation")
+    if op == "PROD" and len(layer.bottoms) != 2:
+        raise unsupported(layer, p, "operation", "PROD of more than two bottoms is not "
+                          "supported (bwplan's mul takes two)")
+    coeff = p.get("coeff")
+    if coeff and op != "SUM":
+        raise unsupported(layer, p, "coeff", "coefficients apply only to SUM")
+    return [("coeffs", tuple(coeff), p.where("coeff", 0))] if coeff else []
+
+
+def _dropout(layer, ctx):
+    return _opt(layer.sub("dropout_param"), "dropout_ratio", "p", 0.5)
+
+
+def _batch_norm(layer, ctx):
+    p = layer.sub("batch_norm_param")
+    phase = layer.record.get("phase") or ctx.phase
+    global_stats = p.get("use_global_stats") if p.has("use_global_stats") \
+        else phase == "TEST"
+    out = _opt(p, "eps", "eps", 1e-5)
+    out += _opt(p, "moving_average_fraction", "momentum", 0.999)
+    return out + _opt(p, "use_global_stats", "global_stats", False, global_stats)
+
+
+def _scale(layer, ctx):
+    p = layer.sub("scale_param")
+    if len(layer.bottoms) != 1:
+        raise unsupported(layer, p, "axis", "a Scale layer with a second bottom (the scale "
+                          "as an input) is not supported")
+    if p.get("axis") != 1 or p.get("num_axes") != 1:
+        raise unsupported(layer, p, "axis", "only the per-channel form (axis 1, num_axes 1) "
+                          "is supported")
+    return _opt(p, "bias_term", "bias", False)
+
+
+def _softmax(layer, ctx):
+    return _opt(layer.sub("softmax_param"), "axis", "axis", 1)
+
+
+def _softmax_loss(layer, ctx):
+    p = layer.sub("loss_param")
+    return [("ignore_label", p.get("ignore_label"), p.where("ignore_label"))] \
+        if p.has("ignore_label") else []
+
+
+def _contrastive(layer, ctx):
+    p = layer.sub("contrastive_loss_param")
+    return _opt(p, "margin", "margin", 1.0) + _opt(p, "legacy_version", "legacy", False)
+
+
+def _accuracy(layer, ctx):
+    p = layer.sub("accuracy_param")
+    if p.get("axis") != 1:
+        raise unsupported(layer, p, "axis", "only axis 1 is supported")
+    if p.has("ignore_label"):
+        raise unsupported(layer, p, "ignore_label", "ignore_label is not supported")
+    return _opt(p, "top_k", "top_k", 1)
+
+
+def _flatten(layer, ctx):
+    p = layer.sub("flatten_param")
+    return _opt(p, "axis", "axis", 1) + _opt(p, "end_axis", "end_axis", -1)
+
+
+def _reshape(layer, ctx):
+    p = layer.sub("reshape_param")
+    if not p.has("shape"):
+        raise CaffeError(p.span, f"Reshape layer '{layer.name}' needs reshape_param.shape")
+    dims = tuple(p.sub("shape").get("dim"))
+    if p.get("axis") != 0 or p.get("num_axes") != -1:
+        # bwplan's reshape rewrites the whole shape: use the shape Caffe computes
+        if ctx.top_shapes[0] is None:
+            raise unsupported(layer, p, "axis", "a partial reshape (axis / num_axes) needs "
+                              "a known input shape")
+        dims = tuple(ctx.top_shapes[0])
+    return [("shape", dims, p.where("shape"))]
+
+
+_DATA = Row("inputs")
+_ONE_TO_ONE = {"ReLU": ("relu", _relu), "Sigmoid": ("sigmoid", _none),
+               "TanH": ("tanh", _none), "Dropout": ("dropout", _dropout),
+               "LRN": ("lrn", _lrn), "Concat": ("concat", _concat),
+               "Softmax": ("softmax", _softmax), "Flatten": ("flatten", _flatten),
+               "Reshape": ("reshape", _reshape),
+               "SoftmaxWithLoss": ("softmax_cross_entropy", _softmax_loss),
+               "EuclideanLoss": ("euclidean_loss", _none),
+               "ContrastiveLoss": ("contrastive_loss", _contrastive),
+               "Accuracy": ("accuracy", _accuracy)}
+
+ROWS: Mapping[str, Row] = MappingProxyType({
+    "Convolution": Row("layer", "conv2d", _conv, ("weight", "bias")),
+    "InnerProduct": Row("layer", "linear", _inner_product, ("weight", "bias")),
+    "Pooling": Row("layer", _pool_op, _pool),
+    "Eltwise": Row("layer", _eltwise_op, _eltwise),
+    "BatchNorm": Row("layer", "batchnorm", _batch_norm, ("mean", "var", None), stats=True),
+    "Scale": Row("layer", "scale", _scale, ("weight", "bias")),
+    **{t: Row("layer", op, fn) for t, (op, fn) in _ONE_TO_ONE.items()},
+    "Slice": Row("per_top", "slice"),
+    "Split": Row("alias"),
+    "Input": _DATA, "Data": _DATA, "DummyData": _DATA, "ImageData": _DATA,
+    "MemoryData": _DATA, "HDF5Data": _DATA, "WindowData": _DATA,
+})

@@ -1,0 +1,258 @@
+"""Parses protobuf text format into a tree of `Message`s, each field with its Span.
+
+This module knows the syntax only: it does not know which fields a Caffe net may hold or
+what type their values have (`schema` and `model` decide that). It is the one place that
+sees Lark's exceptions; each becomes a `BwSyntaxError` at file:line:col.
+
+    >>> msg = parse_prototxt('layer { name: "a" top: "a" }  force_backward: true')
+    >>> [f.name for f in msg.fields]
+    ['layer', 'force_backward']
+    >>> msg.fields[0].value.first("name").value
+    'a'
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Union
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
+
+from bwplan.errors import BwSyntaxError
+from bwplan.source import SourceFile, Span, register
+
+GRAMMAR = Path(__file__).resolve().parents[2] / "grammar" / "prototxt.lark"
+
+
+@dataclass(frozen=True, slots=True)
+class Ident:
+    """A bare word used as a value: an enum name, true / false, inf, nan."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    value: "Scalar | Message"
+    span: Span          # the whole field, name to value
+    name_span: Span
+    value_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message body: its fields in the order written (repeated fields stay separate)."""
+
+    fields: tuple[Field, ...]
+    span: Span
+
+    def all(self, name: str) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.name == name)
+
+    def first(self, name: str) -> Field | None:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        return None
+
+
+Scalar = Union[int, float, str, Ident]
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark(GRAMMAR.read_text(), parser="lalr", propagate_positions=True)
+
+
+def _tok_span(path: str, tok: Token) -> Span:
+    return Span(path, tok.line, tok.column, tok.end_line or tok.line,
+                tok.end_column or tok.column + len(tok))
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v",
+            "\\": "\\", "'": "'", '"': '"', "?": "?"}
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)")
+
+
+def _unescape(body: str) -> str:
+    def one(m: re.Match) -> str:
+        e = m.group(1)
+        if e[0] == "x":
+            return chr(int(e[1:], 16))
+        if e[0] in "01234567":
+            return chr(int(e, 8))
+        return _ESCAPES.get(e, e)
+    return _ESCAPE.sub(one, body)
+
+
+def _number(text: str) -> int | float:
+    t = text.lstrip("+-")
+    sign = -1 if text.startswith("-") else 1
+    if t[:2] in ("0x", "0X"):
+        return sign * int(t[2:], 16)
+    if t.isdigit():
+        return sign * int(t)
+    return sign * float(t.rstrip("fF"))
+
+
+class _ToTree(Transformer):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def _span(self, meta) -> Span:
+        return Span(self.path, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    @v_args(meta=True)
+    def start(self, meta, items):
+        if meta.empty:
+            return Message(tuple(items), Span(self.path, 1, 1, 1, 1))
+        return Message(tuple(items), self._span(meta))
+
+    @v_args(meta=True)
+    def message(self, meta, items):
+        return Message(tuple(items), self._span(meta))
+
+    # values arrive as (value, span) pairs so that each field knows where its value is
+    def number(self, items):
+        return _number(str(items[0])), _tok_span(self.path, items[0])
+
+    def string(self, items):
+        first, last = _tok_span(self.path, items[0]), _tok_span(self.path, items[-1])
+        text = "".join(_unescape(str(t)[1:-1]) for t in items)
+        return text, Span(self.path, first.line, first.col, last.end_line, last.end_col)
+
+    def identifier(self, items):
+        return Ident(str(items[0])), _tok_span(self.path, items[0])
+
+    @v_args(meta=True)
+    def negative_identifier(self, meta, items):
+        return Ident("-" + str(items[0])), self._span(meta)
+
+    @v_args(meta=True)
+    def scalar_field(self, meta, items):
+        name, (value, vspan) = items
+        return Field(str(name), value, self._span(meta), _tok_span(self.path, name), vspan)
+
+    @v_args(meta=True)
+    def message_field(self, meta, items):
+        name, msg = items
+        return Field(str(name), msg, self._span(meta), _tok_span(self.path, name), msg.span)
+
+    @v_args(meta=True)
+    def list_field(self, meta, items):
+        """`dim: [1, 2]` means `dim: 1 dim: 2`: one Field per element."""
+        name, *elements = items
+        nspan = _tok_span(self.path, name)
+        out = []
+        for el in elements:
+            if el is None:
+                continue
+            value, vspan = (el, el.span) if isinstance(el, Message) else el
+            out.append(Field(str(name), value, vspan, nspan, vspan))
+        return _Many(tuple(out))
+
+
+@dataclass(frozen=True, slots=True)
+class _Many:
+    fields: tuple[Field, ...]
+
+
+def _flatten(msg: Message) -> Message:
+    """Splice list fields into their message and recurse."""
+    fields: list[Field] = []
+    for f in msg.fields:
+        parts = f.fields if isinstance(f, _Many) else (f,)
+        for p in parts:
+            if isinstance(p.value, Message):
+                p = Field(p.name, _flatten(p.value), p.span, p.name_span, p.value_span)
+            fields.append(p)
+    return Message(tuple(fields), msg.span)
+
+
+# Common mistakes, recognised by the parser state they leave it in.
+_EXAMPLES = {
+    "expected ':' between the field name and its value": [
+        'name "conv1"', "num_output 10", 'layer { name "x" }'],
+    "expected a value after ':'": ["name: }", "a { name: }", "name: :"],
+    "expected a field name": ['"conv1"', "3", 'layer { "x" }', ": 3"],
+    "'}' closes a message that was never opened": ["}", "a: 1 }"],
+}
+
+_PRETTY = {"NAME": "a field name or word", "NUMBER": "a number", "STRING": "a string",
+           "COLON": "':'", "LBRACE": "'{'", "RBRACE": "'}'", "LESSTHAN": "'<'",
+           "MORETHAN": "'>'", "LSQB": "'['", "RSQB": "']'", "COMMA": "','",
+           "SEMICOLON": "';'", "MINUS": "'-'", "$END": "end of file"}
+
+
+def _describe(err: UnexpectedInput, text: str) -> str:
+    if isinstance(err, UnexpectedCharacters) and text[err.pos_in_stream:][:1] in ("'", '"'):
+        return "this string is never closed (a string ends on the line it starts)"
+    try:
+        label = err.match_examples(_parser().parse, _EXAMPLES, use_accepts=True)
+    except LarkError:
+        label = None
+    if label:
+        return label
+    if isinstance(err, UnexpectedCharacters):
+        ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "end of file"
+        return f"unexpected character {ch!r}"
+    tok = getattr(err, "token", None)
+    got = "end of file" if tok is None or tok.type == "$END" else repr(str(tok))
+    expected = sorted({_PRETTY.get(t, t) for t in getattr(err, "expected", ()) or ()})
+    hint = f" (expected {', '.join(expected[:6])})" if expected else ""
+    return f"unexpected {got}{hint}"
+
+
+def _unclosed(text: str, path: str) -> BwSyntaxError | None:
+    """At the end of the file, point at the innermost '{' or '<' that was never closed."""
+    stack: list[Token] = []
+    closers = {"RBRACE": "LBRACE", "MORETHAN": "LESSTHAN"}
+    try:
+        for tok in _parser().lex(text):
+            if tok.type in ("LBRACE", "LESSTHAN"):
+                stack.append(tok)
+            elif tok.type in closers and stack:
+                stack.pop()
+    except LarkError:
+        return None
+    if not stack:
+        return None
+    tok = stack[-1]
+    closer = "}" if tok.type == "LBRACE" else ">"
+    return BwSyntaxError(_tok_span(path, tok), f"'{tok}' is never closed",
+                         f"add the missing '{closer}'")
+
+
+def _error(err: UnexpectedInput, src: SourceFile) -> BwSyntaxError:
+    tok = getattr(err, "token", None)
+    at_end = isinstance(err, UnexpectedEOF) or (tok is not None and tok.type == "$END")
+    if at_end:
+        unclosed = _unclosed(src.text, src.path)
+        if unclosed is not None:
+            return unclosed
+    if tok is not None and tok.type != "$END" and getattr(tok, "line", None):
+        span = _tok_span(src.path, tok)
+    elif isinstance(getattr(err, "line", None), int) and err.line > 0 and not at_end:
+        span = Span(src.path, err.line, err.column, err.line, err.column + 1)
+    else:
+        line, col = src.position(len(src.text.rstrip()))
+        span = Span(src.path, line, col, line, col + 1)
+    return BwSyntaxError(span, _describe(err, src.text))
+
+
+def parse_prototxt(text: str, path: str = "<input>") -> Message:
+    """Parse protobuf text. Raises BwSyntaxError for text that does not parse."""
+    src = register(SourceFile(path, text))
+    try:
+        tree = _parser().parse(text)
+    except UnexpectedInput as err:
+        raise _error(err, src) from None
+    return _flatten(_ToTree(path).transform(tree))

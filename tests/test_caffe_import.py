@@ -1,0 +1,264 @@
+"""Caffe nets imported into bwplan's IR: the mapping table, training settings, names, shapes
+and warnings, and the rule that bwplan's own plan never computes a gradient Caffe skips.
+
+Building the IR needs the op registry: a test whose net uses an op that is not registered
+skips with the op's name, and the emulation tests (test_caffe_emulate.py) do not depend on
+it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bwplan import ops as registry
+from bwplan.caffe.importer import caffe_module, import_caffe_text
+from bwplan.errors import CaffeError
+from bwplan.frontend import ast
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "caffe"
+CASES = sorted(p.stem for p in CORPUS.glob("*.prototxt")) if CORPUS.is_dir() else []
+needs_corpus = pytest.mark.skipif(not CASES, reason=f"Caffe corpus not found at {CORPUS}")
+REJECTED = {"lenet_error_loss_weight_on_inplace_top", "lenet_error_propdown_count",
+            "siamese_error_mismatched_decay"}
+
+
+def require_ops(module: ast.Module) -> None:
+    missing = sorted({s.call.op for s in module.statements if isinstance(s, ast.LayerStmt)
+                      and registry.get(s.call.op) is None})
+    if missing:
+        pytest.skip(f"ops not registered yet: {', '.join(missing)}")
+
+
+def imported(text: str, path: str = "t.prototxt", **kw):
+    _, flat, _ = caffe_module(text, path, **kw)
+    require_ops(flat.module)
+    return import_caffe_text(text, path, **kw)
+
+
+def corpus(case: str, **kw):
+    path = CORPUS / f"{case}.prototxt"
+    return imported(path.read_text(), str(path), **kw)
+
+
+@needs_corpus
+@pytest.mark.parametrize("case", [c for c in CASES if c not in REJECTED])
+def test_every_corpus_net_imports(case):
+    result = corpus(case)
+    names = [l.name for l in result.net.layers]
+    mapped = [n for caffe in result.layer_map.values() for n in caffe]
+    assert sorted(mapped) == sorted(names)
+    assert sorted(result.layer_map) == sorted({l.name for l in result.caffe.layers})
+    for layer in result.caffe.layers:
+        if layer.type == "Split":
+            assert result.layer_map[layer.name] == ()
+
+
+@needs_corpus
+@pytest.mark.parametrize("case", [c for c in CASES if c not in REJECTED])
+def test_bwplan_never_computes_a_gradient_caffe_skips(case):
+    plan_module = pytest.importorskip("bwplan.plan.plan")
+    result = corpus(case)
+    plan = plan_module.make_plan(result.net)
+    for layer in result.caffe.layers:
+        for ir_name in result.layer_map.get(layer.name, ()) if layer.source else ():
+            lp, ir = plan.layer(ir_name), result.net.layer(ir_name)
+            where = f"{case}: {layer.name} -> {ir_name}"
+            if not layer.need_backward:
+                assert not lp.has_backward, where
+            for edge, decision in zip(ir.inputs, lp.dx):
+                caffe_bottom = layer.bottoms[min(edge.index, len(layer.bottoms) - 1)]
+                if not caffe_bottom.propagate:
+                    assert not decision.needed, f"{where}: dX {edge.src}"
+            slots = {"weight": 0, "bias": 1}
+            for use, decision in zip(ir.params, lp.dw):
+                caffe_param = layer.params[slots.get(use.slot, 0)] if layer.params else None
+                if caffe_param is not None and not caffe_param.propagate:
+                    assert not decision.needed, f"{where}: dW {use.slot}"
+
+
+@needs_corpus
+def test_settings_carry_over():
+    result = corpus("seed001_inception_branch")
+    net = result.net
+    proj = net.layer("test/pool_proj")
+    assert [e.stop_gradient for e in proj.inputs] == [True]
+    assert [(u.slot, u.lr_mult, u.decay_mult) for u in proj.params] == \
+        [("weight", 1, 1), ("bias", 2, 0)]
+    assert net.input("data").type.dtype == "f32" and net.input("label").type.dtype == "i64"
+    # in place: the ReLU's output is what the pooling reads
+    assert [e.src for e in net.layer("pool1/3x3_s2").inputs] == ["conv1/relu_7x7"]
+    assert net.layer("loss3").loss_weight == 1
+
+
+@needs_corpus
+def test_shared_params_follow_caffes_effective_lr():
+    result = corpus("siamese_shared_frozen_owner_only")
+    net = result.net
+    uses = {name: use.lr_mult for name, use in net.uses_of("conv1_w")}
+    assert uses == {"conv1": 0, "conv1_p": 0}
+    assert net.params["conv1_w"].type.shape == (20, 1, 5, 5)
+    assert [w.code for w in result.warnings] == ["caffe-unused-param-grad"]
+    assert net.input("sim").type.dtype == "i64"
+
+
+@needs_corpus
+def test_mismatched_lr_is_per_use_unless_strict():
+    result = corpus("siamese_error_mismatched_lr")
+    uses = {name: use.lr_mult for name, use in result.net.uses_of("conv1_w")}
+    assert uses == {"conv1": 1, "conv1_p": 0}
+    assert "caffe-rejects-shared-lr" in [w.code for w in result.warnings]
+    with pytest.raises(CaffeError) as info:
+        corpus("siamese_error_mismatched_lr", strict=True)
+    assert "Shared param 'conv1_w' has mismatched lr_mult." in info.value.message
+
+
+@needs_corpus
+def test_force_backward_marks_float_inputs():
+    result = corpus("lenet_force_backward")
+    assert result.net.input("data").requires_grad
+    assert not result.net.input("label").requires_grad
+    assert [w.code for w in result.warnings] == ["caffe-force-backward"]
+
+
+@needs_corpus
+def test_difference_warnings():
+    assert [w.code for w in corpus("lenet_propdown_true_on_data").warnings] == \
+        ["caffe-propagate-down-true"]
+    warnings = corpus("bn_on_data_no_param_specs").warnings
+    assert [w.code for w in warnings] == ["caffe-batchnorm-statistics"] * 2
+    code, span, text, fix = warnings[0]
+    assert span.line > 0 and "bn0" in text and "lr_mult: 0" in fix
+
+
+@needs_corpus
+def test_data_layer_shapes_and_overrides():
+    path = CORPUS / "seed_inception_branch.prototxt"
+    text = path.read_text()
+    net = imported(text, str(path)).net
+    assert net.input("data").type.shape == (32, 3, 224, 224)
+    assert imported(text, phase="TEST").net.input("data").type.shape == (50, 3, 224, 224)
+    net = imported(text, input_shapes={"data": (8, 3, 224, 224), "label": (8,)}).net
+    assert net.input("data").type.shape == (8, 3, 224, 224)
+
+
+# ---- hand-written nets ------------------------------------------------------------------
+DATA = ('layer { name: "d" type: "Data" top: "data" top: "label" data_param { batch_size: 4 '
+        '} }\nlayer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+        'inner_product_param { num_output: 3 } }\nlayer { name: "loss" type: '
+        '"SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n')
+
+
+def test_unknown_data_shape_asks_for_input_shape():
+    with pytest.raises(CaffeError) as info:
+        caffe_module(DATA, "t.prototxt")
+    assert "--input-shape data=" in info.value.hint
+    assert info.value.span.line == 1
+    net = imported(DATA, input_shapes={"data": (4, 1, 5, 5)}).net
+    assert net.input("data").type.shape == (4, 1, 5, 5)
+    assert (net.input("label").type.dtype, net.input("label").type.shape) == ("i64", (4,))
+    with pytest.raises(CaffeError) as info:
+        caffe_module(DATA, "t.prototxt", input_shapes={"dat": (4, 1, 5, 5)})
+    assert "'dat'" in info.value.message and "data, label" in info.value.hint
+
+
+HEAD = ('layer { name: "data" type: "Input" top: "data" top: "label" input_param { '
+        'shape { dim: 2 dim: 4 dim: 6 dim: 6 } shape { dim: 2 } } }\n')
+LOSS = ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "%s" bottom: "label" '
+        'top: "loss" }\n')
+
+
+def test_layer_table_rows():
+    body = (
+        'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+        'param { lr_mult: 0 } convolution_param { num_output: 4 kernel_h: 3 kernel_w: 1 '
+        'pad_h: 1 group: 2 bias_term: false } }\n'
+        'layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }\n'
+        'layer { name: "sc" type: "Scale" bottom: "conv" top: "conv" scale_param { '
+        'bias_term: true } }\n'
+        'layer { name: "ave" type: "Pooling" bottom: "conv" top: "ave" pooling_param { '
+        'pool: AVE kernel_size: 2 stride: 2 } }\n'
+        'layer { name: "gmax" type: "Pooling" bottom: "ave" top: "gmax" pooling_param { '
+        'pool: MAX global_pooling: true } }\n'
+        'layer { name: "lrn" type: "LRN" bottom: "ave" top: "lrn" }\n'
+        'layer { name: "cat" type: "Concat" bottom: "ave" bottom: "lrn" top: "cat" '
+        'concat_param { concat_dim: 1 } }\n'
+        'layer { name: "sum" type: "Eltwise" bottom: "ave" bottom: "lrn" top: "sum" '
+        'eltwise_param { coeff: 1 coeff: -1 } }\n'
+        'layer { name: "prod" type: "Eltwise" bottom: "ave" bottom: "lrn" top: "prod" '
+        'eltwise_param { operation: PROD } }\n'
+        'layer { name: "max" type: "Eltwise" bottom: "sum" bottom: "prod" top: "max" '
+        'eltwise_param { operation: MAX } }\n'
+        'layer { name: "flat" type: "Flatten" bottom: "max" top: "flat" }\n'
+        'layer { name: "drop" type: "Dropout" bottom: "flat" top: "flat" dropout_param { '
+        'dropout_ratio: 0.3 } }\n'
+        'layer { name: "sig" type: "Sigmoid" bottom: "flat" top: "sig" }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "sig" top: "fc" '
+        'inner_product_param { num_output: 3 } }\n')
+    net = imported(HEAD + body + LOSS % "fc").net
+    ops = {l.name: l.op for l in net.layers}
+    assert ops == {"conv": "conv2d", "bn": "batchnorm", "sc": "scale", "ave": "avgpool",
+                   "gmax": "global_maxpool", "lrn": "lrn", "cat": "concat", "sum": "add",
+                   "prod": "mul", "max": "maximum", "flat": "flatten", "drop": "dropout",
+                   "sig": "sigmoid", "fc": "linear", "loss": "softmax_cross_entropy"}
+    conv = net.layer("conv")
+    assert (conv.attrs["kernel"], conv.attrs["pad"], conv.attrs["groups"]) == \
+        ((3, 1), (1, 0), 2)
+    assert [(u.slot, u.lr_mult) for u in conv.params] == [("weight", 0)]
+    assert net.layer("ave").attrs["ceil"] and net.layer("ave").out.shape == (2, 4, 3, 3)
+    assert net.layer("lrn").attrs["alpha"] == 1.0
+    assert net.layer("sum").attrs["coeffs"] == (1.0, -1.0)
+    assert net.layer("drop").attrs["p"] == pytest.approx(0.3)
+    assert not net.layer("bn").attrs["global_stats"]
+    assert [u.slot for u in net.layer("bn").params] == ["mean", "var"]
+    test = imported(HEAD + body + LOSS % "fc", phase="TEST").net
+    assert test.layer("bn").attrs["global_stats"]
+
+
+def test_slice_becomes_one_layer_per_top_and_names_stay_unique():
+    body = ('layer { name: "s" type: "Slice" bottom: "data" top: "a" top: "fc" top: "c" '
+            'slice_param { slice_point: 1 slice_point: 3 } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "c" top: "out" '
+            'inner_product_param { num_output: 3 } }\n')
+    result = imported(HEAD + body + LOSS % "out")
+    assert result.layer_map["s"] == ("a", "fc_2", "c")
+    assert result.layer_map["fc"] == ("fc",)
+    begins = [(l.attrs["begin"], l.attrs["end"]) for l in result.net.layers[:3]]
+    assert begins == [(0, 1), (1, 3), (3, 4)]
+    assert [e.src for e in result.net.layer("fc").inputs] == ["c"]
+
+
+@pytest.mark.parametrize("body, words", [
+    ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { '
+     'pool: STOCHASTIC kernel_size: 2 } }\n', "STOCHASTIC"),
+    ('layer { name: "p" type: "LRN" bottom: "data" top: "p" lrn_param { '
+     'norm_region: WITHIN_CHANNEL } }\n', "WITHIN_CHANNEL"),
+    ('layer { name: "p" type: "InnerProduct" bottom: "data" top: "p" inner_product_param { '
+     'num_output: 2 axis: 2 } }\n', "axis"),
+    ('layer { name: "p" type: "Convolution" bottom: "data" top: "p" convolution_param { '
+     'num_output: 2 } }\n', "needs kernel_size"),
+    ('layer { name: "p" type: "PReLU" bottom: "data" top: "p" }\n', "does not import"),
+])
+def test_unsupported_settings_are_clear_errors(body, words):
+    with pytest.raises(CaffeError) as info:
+        caffe_module(HEAD + body + LOSS % "p", "t.prototxt")
+    assert words in info.value.message
+    assert info.value.span.line == 2
+
+
+def test_a_loss_without_a_top_is_still_the_loss():
+    body = ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n'
+            'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" }\n')
+    result = imported(HEAD + body)
+    assert result.net.layer("loss").loss_weight == 1
+    assert result.caffe.layer("fc").need_backward
+
+
+def test_a_second_top_is_refused():
+    body = ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n'
+            'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" '
+            'top: "loss" top: "prob" loss_weight: 1 loss_weight: 0 }\n')
+    with pytest.raises(CaffeError) as info:
+        caffe_module(HEAD + body, "t.prototxt")
+    assert "2 tops" in info.value.message and info.value.span.line == 3
