@@ -4,10 +4,12 @@
     plan = bwplan.make_plan(net)                # every dX / dW decision, with reasons
     print(bwplan.render_table(plan))
 """
+from bwplan.api import CompiledNet, compile
 from bwplan.explain.table import render_table
 from bwplan.frontend.load import load, load_bw_text
 from bwplan.plan.plan import make_plan
 from bwplan.plan.policy import apply_policy
 
-__all__ = ["load", "load_bw_text", "make_plan", "apply_policy", "render_table"]
+__all__ = ["compile", "CompiledNet", "load", "load_bw_text", "make_plan", "apply_policy",
+           "render_table"]
 __version__ = "0.1.0"

@@ -13,6 +13,9 @@ from bwplan.errors import BwError, InternalError
 COMMANDS = {
     "explain": ("bwplan.cli.explain", "show the backward plan of a network and why"),
     "convert": ("bwplan.cli.convert", "write a Caffe .prototxt as a .bw file"),
+    "compile": ("bwplan.cli.compile", "lower the plan to a program for a target and write it"),
+    "train": ("bwplan.cli.train", "train or fine-tune with the planned backward"),
+    "data": ("bwplan.cli.data", "export a small packaged data set for bwplan train"),
 }
 
 

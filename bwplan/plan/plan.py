@@ -46,6 +46,9 @@ class LayerPlan:
     fwd_flops: int
     bwd_flops: int                  # planned backward FLOPs
     full_bwd_flops: int             # backward FLOPs with every parameter trainable
+    # which components the unpruned backward (every parameter trainable) runs
+    full_dx: tuple[bool, ...] = ()
+    full_dw: tuple[bool, ...] = ()
 
     @property
     def has_backward(self) -> bool:
@@ -122,7 +125,7 @@ def make_plan(net: Net) -> Plan:
                 if table is kept and value.name not in keeps:
                     keeps.append(value.name)
 
-        dx = []
+        dx, full_dx, full_dw = [], [], []
         for edge in layer.inputs:
             decision = _dx_decision(net, flow, edge)
             dx.append(decision)
@@ -131,7 +134,8 @@ def make_plan(net: Net) -> Plan:
                 run(rule, kept, layer.name)
                 planned_cost += rule.flops(ctx)
                 dx_edges.append((layer.name, edge.src))
-            if _dx_needed(net, full_flow, edge):
+            full_dx.append(_dx_needed(net, full_flow, edge))
+            if full_dx[-1]:
                 run(rule, full_kept, layer.name)
                 full_cost += rule.flops(ctx)
                 full_dx_edges.append((layer.name, edge.src))
@@ -144,12 +148,15 @@ def make_plan(net: Net) -> Plan:
             if decision.needed:
                 run(rule, kept, layer.name)
                 planned_cost += rule.flops(ctx)
-            if net.params[use.param].learnable and full_flow.down[layer.name] is not None:
+            full_dw.append(net.params[use.param].learnable
+                           and full_flow.down[layer.name] is not None)
+            if full_dw[-1]:
                 run(rule, full_kept, layer.name)
                 full_cost += rule.flops(ctx)
         layer_plans.append(LayerPlan(layer.name, layer.op, _fwd_decision(flow, layer.name),
                                      tuple(dx), tuple(dw), tuple(keeps),
-                                     fwd_flops[layer.name], planned_cost, full_cost))
+                                     fwd_flops[layer.name], planned_cost, full_cost,
+                                     tuple(full_dx), tuple(full_dw)))
 
     outputs = {l.name for l in net.layers if flow.used[l.name] is not None and (
         l.loss_weight != 0 or registry.OPS[l.op].role != "layer")}
@@ -166,8 +173,7 @@ def make_plan(net: Net) -> Plan:
         full_peak_bytes=_peak(net, full_values, full_dx_edges, outputs),
         planned_peak_bytes=_peak(net, kept_values, dx_edges, outputs),
         full_dx=len(full_dx_edges), planned_dx=len(dx_edges),
-        full_dw=sum(1 for l in net.layers for u in l.params
-                    if net.params[u.param].learnable and full_flow.down[l.name] is not None),
+        full_dw=sum(sum(p.full_dw) for p in layer_plans),
         planned_dw=sum(dw_needed.values()),
         allreduce_bytes=sum(b for _, b in allreduce),
     )

@@ -1,0 +1,247 @@
+"""The library's front door: `bwplan.compile` turns a network into a `CompiledNet` that
+runs the forward pass, only the backward work the plan kept, and the parameter update.
+
+    prog = bwplan.compile("examples/frozen_backbone.bw", target="cpu")
+    prog.set_optimizer(lr=0.01, momentum=0.9, weight_decay=5e-4)
+    loss = prog.step({"image": x, "label": y})
+    prog.grads                      # the gradients this step computed, by parameter
+    prog.save_weights("tuned.npz")
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+
+import numpy as np
+
+from bwplan.errors import BwError
+from bwplan.frontend import ast
+from bwplan.frontend.expand import expand
+from bwplan.frontend.load import read_text
+from bwplan.frontend.parse_bw import parse_bw
+from bwplan.ir.build import build
+from bwplan.ir.net import Net
+from bwplan.lower.program import Program
+from bwplan.lower.schedule import lower, lower_inference
+from bwplan.plan.plan import Plan, make_plan
+from bwplan.plan.policy import apply_policy
+from bwplan.runtime.backend import BACKENDS, numpy_dtype
+from bwplan.runtime.executor import Executor, StepResult, StepStats
+from bwplan.runtime.init import initial_params
+from bwplan.runtime.optimizer import Sgd, SgdSettings
+from bwplan.runtime.weights import load_into, save_weights
+from bwplan.source import Span
+
+
+class BatchError(BwError):
+    """A batch that does not match the net's inputs."""
+
+
+def _module(source: str, caffe_options: Mapping | None) -> tuple[ast.Module, str]:
+    looks_like_path = "\n" not in source and source.endswith((".bw", ".prototxt", ".pbtxt"))
+    if looks_like_path or (len(source) < 4096 and "\n" not in source and os.path.exists(source)):
+        path, text = source, read_text(source)
+    else:
+        path, text = "<source>", source
+    if path.endswith((".prototxt", ".pbtxt")):
+        from bwplan.caffe.importer import import_caffe_text
+        return import_caffe_text(text, path, **dict(caffe_options or {})).module, path
+    return expand(parse_bw(text, path)), path
+
+
+def _rules(freeze: Iterable[str], unfreeze: Iterable[str]) -> list[tuple[str, str]]:
+    return [("freeze", p) for p in freeze] + [("unfreeze", p) for p in unfreeze]
+
+
+def compile(source: str, target: str = "cpu", freeze: Iterable[str] = (),
+            unfreeze: Iterable[str] = (), rules: Iterable[tuple[str, str]] | None = None,
+            prune: bool = True, seed: int = 0, caffe_options: Mapping | None = None
+            ) -> "CompiledNet":
+    """Compile a .bw / .prototxt file (or .bw source text) for `target` ("cpu", or
+    "reference" for the NumPy references). `freeze`/`unfreeze` are globs on layer names
+    (freezes first), or give `rules` as ordered (action, glob) pairs."""
+    module, _ = _module(source, caffe_options)
+    order = list(rules) if rules is not None else _rules(freeze, unfreeze)
+    return CompiledNet(module, target, order, prune, seed)
+
+
+class CompiledNet:
+    def __init__(self, module: ast.Module, target: str, rules, prune: bool, seed: int) -> None:
+        if target not in BACKENDS:
+            raise BwError(Span.synthetic("target"), f"unknown target '{target}'",
+                          "targets: " + ", ".join(sorted(BACKENDS)))
+        self.module = module
+        self.target = target
+        self.backend = BACKENDS[target]()
+        self.prune = prune
+        self.seed = seed
+        self.rules = list(rules)
+        self.net: Net = apply_policy(build(module), self.rules)
+        self.plan: Plan = make_plan(self.net)
+        self.program: Program = lower(self.plan, prune)
+        self.params: dict[str, np.ndarray] = initial_params(self.net, seed)
+        self.optimizer = Sgd()
+        self._grad_store: dict[str, np.ndarray] = {}
+        self._scaled: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.last_stats: StepStats | None = None
+        self.last_program: Program | None = None
+        self.steps_taken = 0
+        self._executors: dict[tuple, Executor] = {}
+
+    # ---- configuration -----------------------------------------------------------------
+    def set_optimizer(self, lr: float = 0.01, momentum: float = 0.9,
+                      weight_decay: float = 0.0) -> None:
+        velocity = self.optimizer.velocity
+        self.optimizer = Sgd(SgdSettings(lr, momentum, weight_decay))
+        self.optimizer.velocity = velocity
+
+    def replan(self, rules: Iterable[tuple[str, str]]) -> None:
+        """Apply a new freezing scheme (gradual unfreezing): re-plan and re-lower; the
+        parameters, optimizer state and every compiled kernel are kept."""
+        self.rules = list(rules)
+        self.net = apply_policy(build(self.module), self.rules)
+        self.plan = make_plan(self.net)
+        self.program = lower(self.plan, self.prune)
+        self._executors.clear()
+
+    def load_weights(self, path: str, rename: Mapping[str, str] | None = None,
+                     skip: Iterable[str] = (), strict: bool = True) -> dict[str, str]:
+        return load_into(self.params, path, rename, skip, strict)
+
+    def save_weights(self, path: str) -> None:
+        save_weights(path, self.params)
+
+    # ---- running -----------------------------------------------------------------------
+    def step(self, batch: Mapping[str, np.ndarray],
+             given: Mapping[str, np.ndarray] | None = None) -> float:
+        """One training step: forward, the planned backward, the update. Returns the
+        weighted sum of the losses. `given` supplies the frozen prefix's boundary tensors
+        (from `prefix_outputs`), whose layers are then not run."""
+        result = self.run_step(batch, given)
+        return result.loss
+
+    def run_step(self, batch, given=None, capture: tuple[str, ...] = ()) -> StepResult:
+        batch = self._check(batch)
+        executor = self._executor(batch, "train")
+        skip = frozenset()
+        if given:
+            skip = self._prefix_skip(given)
+        result = executor.run(batch, self.params, self._grad_store, self._scaled,
+                              training=True, seed=self.seed * 1_000_003 + self.steps_taken,
+                              given=given, skip=skip, capture=capture)
+        computed = {s.param for s in executor.program.backward if s.phase == "dw"}
+        self.grads = {p: self._grad_store[p] for p in computed}
+        scaled = {p: self._scaled[p] for p in computed if p in executor.program.mixed_scale}
+        launched = self.optimizer.step(executor.program.plan.updates, self.params, self.grads,
+                                       scaled)
+        result.stats.launched["update"] = launched
+        result.stats.flops["update"] = sum(
+            4 * self.params[u.param].size for u in executor.program.plan.updates
+            if u.kind != "none")
+        self.last_stats = result.stats
+        self.last_program = executor.program
+        self.steps_taken += 1
+        return result
+
+    def forward(self, batch: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
+                training: bool = False) -> dict[str, np.ndarray]:
+        """Run the forward pass only and return the requested layer outputs (default: the
+        losses, metrics and every layer nothing consumes)."""
+        batch = self._check(batch)
+        names = tuple(outputs) if outputs is not None else None
+        executor = self._executor(batch, ("infer", names))
+        program = executor.program
+        wanted = names or tuple(s.layer for s in program.forward
+                                if not executor.net.consumers(s.layer)
+                                or s.layer in dict(program.losses) or s.layer in
+                                program.metrics)
+        result = executor.run(batch, self.params, training=training, forward_only=True,
+                              seed=self.seed, capture=wanted)
+        return result.values
+
+    def prefix_outputs(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The frozen prefix's boundary tensors for this batch, to cache and pass back to
+        `step(batch, given=...)` in later epochs."""
+        prefix = self.plan.prefix
+        if not prefix.cacheable:
+            raise BwError(Span.synthetic("cache"), "the frozen prefix cannot be cached: " +
+                          prefix.reason)
+        return self.forward(batch, prefix.boundary)
+
+    # ---- internals ---------------------------------------------------------------------
+    def _prefix_skip(self, given) -> frozenset[str]:
+        prefix = self.plan.prefix
+        if not prefix.cacheable:
+            raise BwError(Span.synthetic("cache"), "the frozen prefix cannot be cached: " +
+                          prefix.reason)
+        if any(self.plan.layer(n).has_backward for n in prefix.layers):
+            raise BwError(Span.synthetic("cache"), "an input asks for its gradient through "
+                          "the frozen prefix, so the prefix must run every step")
+        missing = set(prefix.boundary) - set(given)
+        if missing:
+            raise BatchError(Span.synthetic("cache"), "cached prefix lacks " +
+                             ", ".join(sorted(missing)))
+        return frozenset(prefix.layers)
+
+    def _check(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        names = [i.name for i in self.net.inputs]
+        missing = [n for n in names if n not in batch]
+        extra = [k for k in batch if k not in names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(missing))
+            if extra:
+                parts.append("unknown " + ", ".join(extra))
+            raise BatchError(Span.synthetic("batch"), "the batch does not match the net's "
+                             "inputs: " + "; ".join(parts), "inputs: " + ", ".join(names))
+        batch_sizes = set()
+        for inp in self.net.inputs:
+            arr = np.asarray(batch[inp.name])
+            want = inp.type.shape
+            if arr.ndim != len(want) or tuple(arr.shape[1:]) != tuple(want[1:]):
+                raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' has shape "
+                                 f"{list(arr.shape)}, the net expects {list(want)}")
+            dtype = numpy_dtype(inp.type.dtype)
+            if arr.dtype != dtype:
+                if np.issubdtype(dtype, np.integer) and not np.issubdtype(arr.dtype, np.integer):
+                    raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' must hold "
+                                     f"integers ({inp.type.dtype}), got {arr.dtype}")
+                arr = arr.astype(dtype)
+            out[inp.name] = np.ascontiguousarray(arr)
+            if arr.ndim:
+                batch_sizes.add(arr.shape[0])
+        if len(batch_sizes) > 1:
+            raise BatchError(Span.synthetic("batch"), "inputs disagree on the batch size: " +
+                             ", ".join(map(str, sorted(batch_sizes))))
+        return out
+
+    def _executor(self, batch, mode) -> Executor:
+        n = next((a.shape[0] for a in batch.values() if a.ndim), None)
+        key = (mode, n)
+        ex = self._executors.get(key)
+        if ex is not None:
+            return ex
+        declared = next((i.type.shape[0] for i in self.net.inputs if i.type.shape), None)
+        if n is None or n == declared:
+            plan = self.plan
+        else:
+            plan = make_plan(apply_policy(build(_with_batch(self.module, n)), self.rules))
+        if mode == "train":
+            program = self.program if plan is self.plan else lower(plan, self.prune)
+        else:
+            program = lower_inference(plan, mode[1])
+        ex = self._executors[key] = Executor(program, self.backend)
+        return ex
+
+
+def _with_batch(module: ast.Module, n: int) -> ast.Module:
+    """The same network with every input's leading dimension set to n."""
+    statements = tuple(
+        replace(s, type=s.type.with_shape(n, *s.type.shape[1:]))
+        if isinstance(s, ast.InputDecl) and s.type.shape else s
+        for s in module.statements)
+    return ast.Module(module.path, statements)

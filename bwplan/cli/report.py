@@ -1,0 +1,35 @@
+"""Text reports shared by `compile` and `train`: what a program emits and skips, and what
+a step launched."""
+from __future__ import annotations
+
+from bwplan.explain.units import flops, nbytes
+
+# skips that every net has and nobody asks about
+_ROUTINE = ("dx_integer", "dx_not_differentiable", "dx_data_input", "dw_statistics")
+
+
+def program_lines(program) -> list[str]:
+    """One line per layer with backward work skipped, naming each skipped component."""
+    plan = program.plan
+    lines = []
+    for lp in plan.layers:
+        layer = plan.net.layer(lp.name)
+        skipped = [f"dX into {e.src} ({d.reason.code})" for e, d in zip(layer.inputs, lp.dx)
+                   if not d.needed and d.reason.code not in _ROUTINE]
+        skipped += [f"dW {u.param} ({d.reason.code})" for u, d in zip(layer.params, lp.dw)
+                    if not d.needed and d.reason.code not in _ROUTINE]
+        if skipped:
+            lines.append(f"  {lp.name}: " + ", ".join(skipped))
+    return lines
+
+
+def profile_lines(prog) -> list[str]:
+    st = prog.last_stats
+    s = prog.last_program.plan.summary
+    lines = ["last step:"]
+    for phase in ("fwd", "dx", "dw", "update"):
+        lines.append(f"  {phase:6s} {st.launched[phase]:4d} kernels  {flops(st.flops[phase])}")
+    planned = s.planned_peak_bytes if prog.last_program.pruned else s.full_peak_bytes
+    lines.append(f"  peak live activations {nbytes(st.peak_bytes)} (plan's estimate "
+                 f"{nbytes(planned)})")
+    return lines

@@ -1,0 +1,65 @@
+"""Targets as kernel tables: a backend maps a component of an op ("fwd", "dx:<port>",
+"dw:<slot>") to a callable with the kernel calling convention:
+
+    fwd(ctx, inputs, params, out, aux, training, rng)   fills out (and the aux given)
+    dx(ctx, saved, dout, index, out)                     writes d(input index) into out
+    dw(ctx, saved, dout, out)                            writes d(param slot) into out
+
+`ReferenceBackend` runs the ops' NumPy references through that convention (slow, obvious,
+the oracle); `CpuBackend` runs the Numba kernels.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from bwplan import ops as registry
+from bwplan.errors import InternalError
+
+
+class ReferenceBackend:
+    name = "reference"
+
+    def kernel(self, op_name: str, component: str) -> Callable:
+        op = registry.OPS[op_name]
+        if component == "fwd":
+            def fwd(ctx, inputs, params, out, aux, training, rng):
+                value, produced = op.forward_ref(ctx, list(inputs), dict(params), training, rng)
+                out[...] = value
+                for name, buf in aux.items():
+                    buf[...] = produced[name]
+            return fwd
+        kind, wrt = component.split(":", 1)
+        rule = op.grad_for(wrt)
+        if kind == "dx":
+            def dx(ctx, saved, dout, index, out):
+                out[...] = rule.reference(ctx, saved, dout, index)
+            return dx
+
+        def dw(ctx, saved, dout, out):
+            out[...] = rule.reference(ctx, saved, dout, 0)
+        return dw
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def __init__(self) -> None:
+        from bwplan.kernels import cpu
+        self._cpu = cpu
+
+    def kernel(self, op_name: str, component: str) -> Callable:
+        names = registry.OPS[op_name].kernels.get("cpu", {})
+        if component not in names:
+            raise InternalError(f"no cpu kernel for {op_name} {component}")
+        return self._cpu.get(names[component])
+
+
+BACKENDS = {"reference": ReferenceBackend, "cpu": CpuBackend}
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    return np.dtype({"f16": np.float16, "f32": np.float32, "f64": np.float64,
+                     "i32": np.int32, "i64": np.int64, "u8": np.uint8,
+                     "bool": np.bool_, "bf16": np.float32}[dtype])

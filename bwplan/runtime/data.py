@@ -1,0 +1,86 @@
+"""Data sets for `bwplan train`: an `.npz` file whose arrays are named after the net's inputs
+(e.g. `image`, `label`), optionally with validation arrays named `val/<input>`; and the
+scikit-learn digits set exported in that form, for a demo that needs no download."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from bwplan.errors import BwError
+from bwplan.fsutil import write_atomic
+from bwplan.runtime.weights import read_weights
+from bwplan.source import Span
+
+
+class DataError(BwError):
+    """A data file that does not fit the net."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: dict[str, np.ndarray]
+    val: dict[str, np.ndarray]
+
+    @property
+    def size(self) -> int:
+        return len(next(iter(self.train.values())))
+
+    def batches(self, batch: int, rng: np.random.Generator | None
+                ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """(sample indices, batch) pairs over one epoch, shuffled when rng is given; the
+        last batch may be smaller."""
+        order = rng.permutation(self.size) if rng is not None else np.arange(self.size)
+        for start in range(0, self.size, batch):
+            idx = np.sort(order[start:start + batch])
+            yield idx, {k: v[idx] for k, v in self.train.items()}
+
+
+def load_dataset(path: str, inputs: list[str]) -> Dataset:
+    arrays = read_weights(path)
+    missing = [n for n in inputs if n not in arrays]
+    if missing:
+        raise DataError(Span.whole(path), "the data file lacks arrays for the net's inputs: "
+                        + ", ".join(missing), "arrays in the file: " + ", ".join(sorted(arrays)))
+    train = {n: arrays[n] for n in inputs}
+    sizes = {len(v) for v in train.values()}
+    if len(sizes) != 1:
+        raise DataError(Span.whole(path), "the input arrays differ in length: " +
+                        ", ".join(f"{n}: {len(v)}" for n, v in train.items()))
+    val = {n: arrays[f"val/{n}"] for n in inputs if f"val/{n}" in arrays}
+    if val and len(val) != len(inputs):
+        raise DataError(Span.whole(path), "validation arrays must cover every input")
+    return Dataset(train, val)
+
+
+def digits(classes: list[int], val_fraction: float = 0.2, seed: int = 0,
+           relabel: bool = True) -> dict[str, np.ndarray]:
+    """scikit-learn's 8x8 digits restricted to `classes`, as image f32[N, 1, 8, 8] in [0, 1]
+    and label i64[N] (renumbered 0..k-1 in the order of `classes` when relabel)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise BwError(Span.synthetic("data"), "the digits data set comes with scikit-learn, "
+                      "which is not installed", 'pip install -e ".[demo]"') from None
+    d = load_digits()
+    keep = np.isin(d.target, classes)
+    images = (d.images[keep] / 16.0).astype(np.float32)[:, None]
+    labels = d.target[keep]
+    if relabel:
+        labels = np.searchsorted(np.array(classes), labels) if classes == sorted(classes) else \
+            np.array([classes.index(int(t)) for t in labels])
+    labels = labels.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    n_val = int(round(len(order) * val_fraction))
+    val, train = order[:n_val], order[n_val:]
+    return {"image": images[train], "label": labels[train],
+            "val/image": images[val], "val/label": labels[val]}
+
+
+def save_arrays(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(path, buf.getvalue())

@@ -1,0 +1,28 @@
+"""Initial parameter values, seeded: "xavier" (Caffe's default filler for weights: uniform
+in +-sqrt(3 / fan_in)), "zeros", "ones"."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bwplan.ir.net import Net
+from bwplan.runtime.backend import numpy_dtype
+
+
+def initial_params(net: Net, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, p in net.params.items():
+        dtype = numpy_dtype(p.type.dtype)
+        shape = p.type.shape
+        if p.init == "zeros":
+            value = np.zeros(shape, dtype)
+        elif p.init == "ones":
+            value = np.ones(shape, dtype)
+        else:
+            fan_in = math.prod(shape[1:]) if len(shape) > 1 else max(1, shape[0])
+            bound = math.sqrt(3.0 / fan_in)
+            value = rng.uniform(-bound, bound, size=shape).astype(dtype)
+        params[name] = value
+    return params

@@ -1,0 +1,138 @@
+"""The training loop behind `bwplan train`: epochs of `CompiledNet.step`, validation with the
+net's metrics, gradual unfreezing (re-planning at each stage, reusing compiled kernels),
+and the frozen-prefix cache (computing a deterministic frozen prefix once per sample)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bwplan.api import CompiledNet
+from bwplan.runtime.data import Dataset
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    seconds: float
+    samples: int
+    val_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    rules: tuple = ()
+
+
+@dataclass
+class PrefixCache:
+    """Boundary tensors of the frozen prefix, by sample index; valid while the frozen set
+    (hence the prefix) stays the same."""
+
+    layers: tuple[str, ...]
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    filled: np.ndarray | None = None
+
+    def ensure(self, size: int, values: dict[str, np.ndarray]) -> None:
+        for name, v in values.items():
+            if name not in self.tensors:
+                self.tensors[name] = np.empty((size,) + v.shape[1:], v.dtype)
+        if self.filled is None:
+            self.filled = np.zeros(size, bool)
+
+
+def unfreeze_units(prog: CompiledNet) -> list[str]:
+    """The units gradual unfreezing thaws, from the top of the net down: block instances
+    (layers named `<instance>/...`) and single parameterised layers, in reverse
+    topological order of their last layer."""
+    units: list[str] = []
+    for layer in reversed(prog.net.layers):
+        if not layer.params:
+            continue
+        unit = layer.name.split("/", 1)[0] + "/*" if "/" in layer.name else layer.name
+        if unit not in units:
+            units.append(unit)
+    return units
+
+
+def train(prog: CompiledNet, data: Dataset, epochs: int, batch: int, seed: int = 0,
+          cache_frozen: bool = False, unfreeze_every: int = 0,
+          schedule: dict[int, list[tuple[str, str]]] | None = None,
+          on_batch: Callable[[int, int, int, float, float], None] | None = None,
+          on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
+    rng = np.random.default_rng(seed)
+    history: list[EpochRecord] = []
+    thaw = [u for u in unfreeze_units(prog) if _is_frozen(prog, u)] if unfreeze_every else []
+    cache: PrefixCache | None = None
+    for epoch in range(1, epochs + 1):
+        changed = _stage(prog, epoch, unfreeze_every, thaw, schedule or {})
+        if changed or cache is None:
+            cache = PrefixCache(prog.plan.prefix.layers) if cache_frozen and \
+                prog.plan.prefix.cacheable and prog.plan.prefix.layers else None
+        start = time.perf_counter()
+        total, seen = 0.0, 0
+        nbatches = -(-data.size // batch)
+        for k, (idx, b) in enumerate(data.batches(batch, rng)):
+            given = None
+            if cache is not None and cache.filled is not None and cache.filled[idx].all():
+                given = {n: t[idx] for n, t in cache.tensors.items()}
+                result = prog.run_step(b, given=given)
+            elif cache is not None:
+                result = prog.run_step(b, capture=prog.plan.prefix.boundary)
+                cache.ensure(data.size, result.values)
+                for n, v in result.values.items():
+                    cache.tensors[n][idx] = v
+                cache.filled[idx] = True
+            else:
+                result = prog.run_step(b)
+            total += result.loss * len(idx)
+            seen += len(idx)
+            if on_batch:
+                on_batch(epoch, k + 1, nbatches, total / seen,
+                         seen / max(1e-9, time.perf_counter() - start))
+        record = EpochRecord(epoch, total / max(1, seen), time.perf_counter() - start, seen,
+                             rules=tuple(prog.rules))
+        if data.val:
+            record.val_loss, record.metrics = evaluate(prog, data.val, batch)
+        history.append(record)
+        if on_epoch:
+            on_epoch(record)
+    return history
+
+
+def evaluate(prog: CompiledNet, arrays: dict[str, np.ndarray], batch: int
+             ) -> tuple[float, dict[str, float]]:
+    """Loss and metrics over a data split, weighted by batch size, in inference mode."""
+    n = len(next(iter(arrays.values())))
+    losses = dict(prog.program.losses)
+    names = list(losses) + list(prog.program.metrics)
+    sums = dict.fromkeys(names, 0.0)
+    for start in range(0, n, batch):
+        b = {k: v[start:start + batch] for k, v in arrays.items()}
+        out = prog.forward(b, outputs=names)
+        for name in names:
+            sums[name] += float(out[name]) * len(next(iter(b.values())))
+    loss = sum(w * sums[nm] / n for nm, w in losses.items())
+    return loss, {nm: sums[nm] / n for nm in prog.program.metrics}
+
+
+def _is_frozen(prog: CompiledNet, unit: str) -> bool:
+    import fnmatch
+    layers = [l for l in prog.net.layers if fnmatch.fnmatchcase(l.name, unit)]
+    return any(u.lr_mult == 0 and prog.net.params[u.param].learnable
+               for l in layers for u in l.params)
+
+
+def _stage(prog: CompiledNet, epoch: int, every: int, thaw: list[str],
+           schedule: dict[int, list[tuple[str, str]]]) -> bool:
+    """Apply this epoch's freezing changes; True when the plan changed."""
+    rules = list(prog.rules)
+    if every and epoch > 1 and (epoch - 1) % every == 0:
+        stage = (epoch - 1) // every
+        if stage <= len(thaw):
+            rules.append(("unfreeze", thaw[stage - 1]))
+    rules.extend(schedule.get(epoch, []))
+    if rules == prog.rules:
+        return False
+    prog.replan(rules)
+    return True
