@@ -7,6 +7,8 @@ saves. Updates are masked by the lr multipliers either way, so both programs tra
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from bwplan import ops as registry
 from bwplan.lower.program import Program, Seed, Step
 from bwplan.plan.components import dx_rule, op_ctx, values_read
@@ -26,22 +28,7 @@ def lower(plan: Plan, prune: bool = True) -> Program:
 
     # ---- forward -----------------------------------------------------------------------
     run = [l for l in net.layers if plan.layer(l.name).forward.needed]
-    last_use: dict[str, int] = {}
-    for pos, layer in enumerate(run):
-        for e in layer.inputs:
-            last_use[e.src] = pos
-    forward = []
-    for pos, layer in enumerate(run):
-        lp = plan.layer(layer.name)
-        op = registry.OPS[layer.op]
-        aux = tuple(a.name for a in op.aux if f"{layer.name}:{a.name}" in kept)
-        frees = [s for s in dict.fromkeys(e.src for e in layer.inputs)
-                 if last_use[s] == pos and s not in keep_until_end and net.input(s) is None]
-        if layer.name not in last_use and layer.name not in keep_until_end:
-            frees.append(layer.name)
-        forward.append(Step("fwd", layer.name, "fwd", target=layer.name, aux=aux,
-                            reads=tuple(e.src for e in layer.inputs), flops=lp.fwd_flops,
-                            frees=tuple(frees)))
+    forward = _forward_steps(plan, run, keep_until_end, kept)
 
     # ---- backward ----------------------------------------------------------------------
     backward: list[Step] = []
@@ -87,6 +74,30 @@ def lower(plan: Plan, prune: bool = True) -> Program:
                    metrics, mixed)
 
 
+def _forward_steps(plan: Plan, run: list, keep: frozenset[str],
+                   kept: frozenset[str]) -> list[Step]:
+    """Forward steps for the layers in `run` (topological order). A tensor is freed after
+    its last forward reader unless `keep` holds it (kept for backward, or an output); aux
+    buffers are produced only when `kept` names them."""
+    net = plan.net
+    last_use: dict[str, int] = {}
+    for pos, layer in enumerate(run):
+        for e in layer.inputs:
+            last_use[e.src] = pos
+    steps = []
+    for pos, layer in enumerate(run):
+        op = registry.OPS[layer.op]
+        aux = tuple(a.name for a in op.aux if f"{layer.name}:{a.name}" in kept)
+        frees = [s for s in dict.fromkeys(e.src for e in layer.inputs)
+                 if last_use[s] == pos and s not in keep and net.input(s) is None]
+        if layer.name not in last_use and layer.name not in keep:
+            frees.append(layer.name)
+        steps.append(Step("fwd", layer.name, "fwd", target=layer.name, aux=aux,
+                          reads=tuple(e.src for e in layer.inputs),
+                          flops=plan.layer(layer.name).fwd_flops, frees=tuple(frees)))
+    return steps
+
+
 def _grad_at(plan: Plan, name: str, prune: bool) -> bool:
     """Whether any backward component reads d(name): the loss itself must feed a gradient."""
     layer = plan.layer(name)
@@ -105,9 +116,7 @@ def _with_backward_frees(steps: list[Step], kept: frozenset[str]) -> list[Step]:
     for i, step in enumerate(steps):
         frees = tuple(n for n in dict.fromkeys(step.reads) if last[n] == i
                       and (n in kept or n.startswith("d:")))
-        out.append(Step(step.phase, step.layer, step.component, step.index, step.param,
-                        step.scale, step.target, step.accumulate, step.aux, step.reads,
-                        step.flops, frees))
+        out.append(replace(step, frees=frees))
     return out
 
 
@@ -124,17 +133,7 @@ def lower_inference(plan: Plan, outputs: tuple[str, ...] | None = None) -> Progr
         if layer.name in needed:
             needed.update(e.src for e in layer.inputs)
     run = [l for l in net.layers if l.name in needed]
-    last_use: dict[str, int] = {}
-    for pos, layer in enumerate(run):
-        for e in layer.inputs:
-            last_use[e.src] = pos
-    forward = []
-    for pos, layer in enumerate(run):
-        frees = [s for s in dict.fromkeys(e.src for e in layer.inputs)
-                 if last_use[s] == pos and s not in wanted and net.input(s) is None]
-        forward.append(Step("fwd", layer.name, "fwd", target=layer.name,
-                            reads=tuple(e.src for e in layer.inputs),
-                            flops=plan.layer(layer.name).fwd_flops, frees=tuple(frees)))
+    forward = _forward_steps(plan, run, frozenset(wanted), frozenset())
     losses = tuple((l.name, l.loss_weight) for l in run if l.name in wanted and (
         registry.OPS[l.op].role == "loss" or l.loss_weight != 0))
     metrics = tuple(l.name for l in run if l.name in wanted and registry.OPS[l.op].role ==
