@@ -10,6 +10,7 @@ runs the forward pass, only the backward work the plan kept, and the parameter u
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
@@ -134,8 +135,10 @@ class CompiledNet:
         computed = {s.param for s in executor.program.backward if s.phase == "dw"}
         self.grads = {p: self._grad_store[p] for p in computed}
         scaled = {p: self._scaled[p] for p in computed if p in executor.program.mixed_scale}
+        start = time.perf_counter()
         launched = self.optimizer.step(executor.program.plan.updates, self.params, self.grads,
                                        scaled)
+        result.stats.seconds["update"] = time.perf_counter() - start
         result.stats.launched["update"] = launched
         result.stats.flops["update"] = sum(
             4 * self.params[u.param].size for u in executor.program.plan.updates

@@ -150,6 +150,12 @@ CONV2D = OpDef(
         GradRule("bias", frozenset(), lambda ctx: ctx.out.numel, _db),
     ),
     forward_ref=_forward,
+    kernels={"cpu": {
+        "fwd": "conv.conv2d_fwd", "dx:x": "conv.conv2d_dx", "dw:weight": "conv.conv2d_dw",
+        "dw:bias": "conv.conv2d_db"},
+        "cuda": {
+        "fwd": "conv.conv2d_fwd", "dx:x": "conv.conv2d_dx", "dw:weight": "conv.conv2d_dw",
+        "dw:bias": "conv.conv2d_db"}},
 )
 
 OPS = (CONV2D,)

@@ -46,6 +46,8 @@ RELU = OpDef(
     flops=in_numel,
     grads=(GradRule("x", frozenset({"out"}), in_numel, _relu_dx),),
     forward_ref=_relu_fwd,
+    kernels={"cpu": {"fwd": "elementwise.relu_fwd", "dx:x": "elementwise.relu_dx"},
+             "cuda": {"fwd": "elementwise.relu_fwd", "dx:x": "elementwise.relu_dx"}},
 )
 
 
@@ -69,6 +71,8 @@ SIGMOID = OpDef(
     flops=lambda ctx: 4 * ctx.x.numel,
     grads=(GradRule("x", frozenset({"out"}), lambda ctx: 3 * ctx.x.numel, _sigmoid_dx),),
     forward_ref=_sigmoid_fwd,
+    kernels={"cpu": {"fwd": "elementwise.sigmoid_fwd", "dx:x": "elementwise.sigmoid_dx"},
+             "cuda": {"fwd": "elementwise.sigmoid_fwd", "dx:x": "elementwise.sigmoid_dx"}},
 )
 
 
@@ -89,6 +93,8 @@ TANH = OpDef(
     flops=lambda ctx: 4 * ctx.x.numel,
     grads=(GradRule("x", frozenset({"out"}), lambda ctx: 3 * ctx.x.numel, _tanh_dx),),
     forward_ref=_tanh_fwd,
+    kernels={"cpu": {"fwd": "elementwise.tanh_fwd", "dx:x": "elementwise.tanh_dx"},
+             "cuda": {"fwd": "elementwise.tanh_fwd", "dx:x": "elementwise.tanh_dx"}},
 )
 
 
@@ -130,6 +136,8 @@ DROPOUT = OpDef(
     aux=(AuxSpec("mask", lambda ctx: ctx.x.shape, "u8"),),
     deterministic=False,
     forward_ref=_dropout_fwd,
+    kernels={"cpu": {"fwd": "elementwise.dropout_fwd", "dx:x": "elementwise.dropout_dx"},
+             "cuda": {"fwd": "elementwise.dropout_fwd", "dx:x": "elementwise.dropout_dx"}},
 )
 
 
@@ -172,6 +180,8 @@ ADD = OpDef(
     grads=(GradRule("xs", frozenset(),
                     lambda ctx: ctx.x.numel if ctx.attrs["coeffs"] else 0, _add_dx),),
     forward_ref=_add_fwd,
+    kernels={"cpu": {"fwd": "elementwise.add_fwd", "dx:xs": "elementwise.add_dx"},
+             "cuda": {"fwd": "elementwise.add_fwd", "dx:xs": "elementwise.scaled_copy"}},
 )
 
 
@@ -191,6 +201,12 @@ MUL = OpDef(
         GradRule("b", frozenset({"a"}), in_numel, lambda ctx, s, dout, i: dout * s["a"]),
     ),
     forward_ref=_mul_fwd,
+    kernels={"cpu": {
+        "fwd": "elementwise.mul_fwd", "dx:a": "elementwise.mul_dx_a",
+        "dx:b": "elementwise.mul_dx_b"},
+        "cuda": {
+        "fwd": "elementwise.mul_fwd", "dx:a": "elementwise.mul_dx",
+        "dx:b": "elementwise.mul_dx"}},
 )
 
 
@@ -216,6 +232,8 @@ MAXIMUM = OpDef(
     grads=(GradRule("xs", frozenset({"argmax"}), out_numel, _maximum_dx),),
     aux=(AuxSpec("argmax", lambda ctx: ctx.x.shape, "i32"),),
     forward_ref=_maximum_fwd,
+    kernels={"cpu": {"fwd": "elementwise.maximum_fwd", "dx:xs": "elementwise.maximum_dx"},
+             "cuda": {"fwd": "elementwise.maximum_fwd", "dx:xs": "elementwise.maximum_dx"}},
 )
 
 OPS = (RELU, SIGMOID, TANH, DROPOUT, ADD, MUL, MAXIMUM)

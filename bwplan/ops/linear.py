@@ -69,6 +69,12 @@ LINEAR = OpDef(
         GradRule("bias", frozenset(), lambda ctx: ctx.out.numel, _db),
     ),
     forward_ref=_forward,
+    kernels={"cpu": {
+        "fwd": "linear.linear_fwd", "dx:x": "linear.linear_dx", "dw:weight": "linear.linear_dw",
+        "dw:bias": "linear.linear_db"},
+        "cuda": {
+        "fwd": "linear.linear_fwd", "dx:x": "linear.linear_dx", "dw:weight": "linear.linear_dw",
+        "dw:bias": "linear.linear_db"}},
 )
 
 OPS = (LINEAR,)

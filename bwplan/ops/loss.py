@@ -70,6 +70,10 @@ SOFTMAX_CROSS_ENTROPY = OpDef(
     aux=(AuxSpec("prob", lambda ctx: ctx.inputs[0].shape),),
     role="loss",
     forward_ref=_sce_fwd,
+    kernels={"cpu": {
+        "fwd": "loss.softmax_cross_entropy_fwd", "dx:logits": "loss.softmax_cross_entropy_dx"},
+        "cuda": {
+        "fwd": "loss.softmax_cross_entropy_fwd", "dx:logits": "loss.softmax_cross_entropy_dx"}},
 )
 
 
@@ -113,6 +117,12 @@ EUCLIDEAN_LOSS = OpDef(
     aux=(AuxSpec("diff", lambda ctx: ctx.x.shape),),
     role="loss",
     forward_ref=_euclid_fwd,
+    kernels={"cpu": {
+        "fwd": "loss.euclidean_loss_fwd", "dx:a": "loss.euclidean_loss_dx_a",
+        "dx:b": "loss.euclidean_loss_dx_b"},
+        "cuda": {
+        "fwd": "loss.euclidean_loss_fwd", "dx:a": "loss.euclidean_loss_dx",
+        "dx:b": "loss.euclidean_loss_dx"}},
 )
 
 
@@ -187,6 +197,12 @@ CONTRASTIVE_LOSS = OpDef(
          AuxSpec("dist_sq", lambda ctx: (ctx.x.shape[0],))),
     role="loss",
     forward_ref=_contrastive_fwd,
+    kernels={"cpu": {
+        "fwd": "loss.contrastive_loss_fwd", "dx:a": "loss.contrastive_loss_dx_a",
+        "dx:b": "loss.contrastive_loss_dx_b"},
+        "cuda": {
+        "fwd": "loss.contrastive_loss_fwd", "dx:a": "loss.contrastive_loss_dx",
+        "dx:b": "loss.contrastive_loss_dx"}},
 )
 
 
@@ -221,6 +237,7 @@ ACCURACY = OpDef(
     flops=lambda ctx: ctx.x.numel,
     role="metric",
     forward_ref=_accuracy_fwd,
+    kernels={"cpu": {"fwd": "loss.accuracy_fwd"}, "cuda": {"fwd": "loss.accuracy_fwd"}},
 )
 
 OPS = (SOFTMAX_CROSS_ENTROPY, EUCLIDEAN_LOSS, CONTRASTIVE_LOSS, ACCURACY)

@@ -61,6 +61,20 @@ def _bn_fwd(ctx, inputs, params, training, rng):
     return out, aux
 
 
+def _bn_update(ctx, inputs, params):
+    """running = momentum * running + (1 - momentum) * batch, with the unbiased batch
+    variance (Caffe's moving average, one step at a time)."""
+    if ctx.attrs["global_stats"]:
+        return
+    x = inputs[0]
+    axes = _other_axes(x.ndim)
+    m = x.size // x.shape[1]
+    keep = ctx.attrs["momentum"]
+    var = x.var(axis=axes) * (m / (m - 1) if m > 1 else 1.0)
+    params["mean"][...] = keep * params["mean"] + (1 - keep) * x.mean(axis=axes)
+    params["var"][...] = keep * params["var"] + (1 - keep) * var
+
+
 def _bn_dx(ctx, saved, dout, index):
     nd = dout.ndim
     g = dout * _per_channel(saved["weight"], nd) if ctx.attrs["affine"] else dout
@@ -150,6 +164,13 @@ BATCHNORM = OpDef(
     deterministic=lambda attrs: attrs["global_stats"],
     on_freeze=_freeze_bn,
     forward_ref=_bn_fwd,
+    state_update_ref=_bn_update,
+    kernels={"cpu": {
+        "fwd": "norm.batchnorm_fwd", "dx:x": "norm.batchnorm_dx", "dw:weight": "norm.batchnorm_dw",
+        "dw:bias": "norm.batchnorm_db"},
+        "cuda": {
+        "fwd": "norm.batchnorm_fwd", "dx:x": "norm.batchnorm_dx", "dw:weight": "norm.batchnorm_dw",
+        "dw:bias": "norm.batchnorm_db"}},
 )
 
 
@@ -184,6 +205,12 @@ SCALE = OpDef(
                  lambda ctx, s, dout, i: dout.sum(axis=_other_axes(dout.ndim))),
     ),
     forward_ref=_scale_fwd,
+    kernels={"cpu": {
+        "fwd": "norm.scale_fwd", "dx:x": "norm.scale_dx", "dw:weight": "norm.scale_dw",
+        "dw:bias": "norm.scale_db"},
+        "cuda": {
+        "fwd": "norm.scale_fwd", "dx:x": "norm.scale_dx", "dw:weight": "norm.scale_dw",
+        "dw:bias": "norm.scale_db"}},
 )
 
 
@@ -239,6 +266,8 @@ LRN = OpDef(
                     lambda ctx: (ctx.attrs["size"] + 7) * ctx.x.numel, _lrn_dx),),
     aux=(AuxSpec("scale", lambda ctx: ctx.x.shape),),
     forward_ref=_lrn_fwd,
+    kernels={"cpu": {"fwd": "norm.lrn_fwd", "dx:x": "norm.lrn_dx"},
+             "cuda": {"fwd": "norm.lrn_fwd", "dx:x": "norm.lrn_dx"}},
 )
 
 
@@ -273,6 +302,8 @@ SOFTMAX = OpDef(
     flops=lambda ctx: 5 * ctx.x.numel,
     grads=(GradRule("x", frozenset({"out"}), lambda ctx: 4 * ctx.x.numel, _softmax_dx),),
     forward_ref=_softmax_fwd,
+    kernels={"cpu": {"fwd": "norm.softmax_fwd", "dx:x": "norm.softmax_dx"},
+             "cuda": {"fwd": "norm.softmax_fwd", "dx:x": "norm.softmax_dx"}},
 )
 
 OPS = (BATCHNORM, SCALE, LRN, SOFTMAX)

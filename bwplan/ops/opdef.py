@@ -140,6 +140,9 @@ class OpDef:
     # How freezing a layer changes its attributes (batchnorm switches to stored statistics).
     on_freeze: Callable[[Attrs], Attrs] | None = None
     forward_ref: ForwardReference | None = None
+    # reference of the state a training forward updates in place (batchnorm's running
+    # statistics): (ctx, inputs, params) -> None; compiled kernels do the same
+    state_update_ref: Callable[..., None] | None = None
     # kernel names per component ("fwd", "dx:<port>", "dw:<slot>") for each target
     kernels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 

@@ -123,6 +123,8 @@ MAXPOOL = OpDef(
     grads=(GradRule("x", frozenset({"argmax"}), out_numel, _max_dx),),
     aux=(_ARGMAX,),
     forward_ref=_maxpool_fwd,
+    kernels={"cpu": {"fwd": "pool.maxpool_fwd", "dx:x": "pool.maxpool_dx"},
+             "cuda": {"fwd": "pool.maxpool_fwd", "dx:x": "pool.maxpool_dx"}},
 )
 
 
@@ -168,6 +170,8 @@ AVGPOOL = OpDef(
     flops=lambda ctx: _pool_flops(ctx) + ctx.out.numel,
     grads=(GradRule("x", frozenset(), _pool_flops, _avg_dx),),
     forward_ref=_avgpool_fwd,
+    kernels={"cpu": {"fwd": "pool.avgpool_fwd", "dx:x": "pool.avgpool_dx"},
+             "cuda": {"fwd": "pool.avgpool_fwd", "dx:x": "pool.avgpool_dx"}},
 )
 
 
@@ -196,6 +200,8 @@ GLOBAL_MAXPOOL = OpDef(
     grads=(GradRule("x", frozenset({"argmax"}), out_numel, _max_dx),),
     aux=(_ARGMAX,),
     forward_ref=_global_max_fwd,
+    kernels={"cpu": {"fwd": "pool.global_maxpool_fwd", "dx:x": "pool.global_maxpool_dx"},
+             "cuda": {"fwd": "pool.global_maxpool_fwd", "dx:x": "pool.global_maxpool_dx"}},
 )
 
 
@@ -214,6 +220,8 @@ GLOBAL_AVGPOOL = OpDef(
     grads=(GradRule("x", frozenset(), lambda ctx: ctx.x.numel, _global_avg_dx),),
     forward_ref=lambda ctx, inputs, params, training, rng: (
         inputs[0].mean(axis=(2, 3), keepdims=True), {}),
+    kernels={"cpu": {"fwd": "pool.global_avgpool_fwd", "dx:x": "pool.global_avgpool_dx"},
+             "cuda": {"fwd": "pool.global_avgpool_fwd", "dx:x": "pool.global_avgpool_dx"}},
 )
 
 OPS = (MAXPOOL, AVGPOOL, GLOBAL_MAXPOOL, GLOBAL_AVGPOOL)

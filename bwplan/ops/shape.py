@@ -50,6 +50,8 @@ FLATTEN = OpDef(
     flops=zero_flops,
     grads=(GradRule("x", frozenset(), zero_flops, _as_input),),
     forward_ref=_reshape_fwd,
+    kernels={"cpu": {"fwd": "shape.flatten_fwd", "dx:x": "shape.flatten_dx"},
+             "cuda": {"fwd": "shape.tensor_copy", "dx:x": "shape.tensor_copy"}},
 )
 
 
@@ -93,6 +95,8 @@ RESHAPE = OpDef(
     flops=zero_flops,
     grads=(GradRule("x", frozenset(), zero_flops, _as_input),),
     forward_ref=_reshape_fwd,
+    kernels={"cpu": {"fwd": "shape.reshape_fwd", "dx:x": "shape.reshape_dx"},
+             "cuda": {"fwd": "shape.tensor_copy", "dx:x": "shape.tensor_copy"}},
 )
 
 
@@ -132,6 +136,8 @@ CONCAT = OpDef(
     flops=zero_flops,
     grads=(GradRule("xs", frozenset(), zero_flops, _concat_dx),),
     forward_ref=_concat_fwd,
+    kernels={"cpu": {"fwd": "shape.concat_fwd", "dx:xs": "shape.concat_dx"},
+             "cuda": {"fwd": "shape.slab_put", "dx:xs": "shape.slab_take"}},
 )
 
 
@@ -173,6 +179,8 @@ SLICE = OpDef(
     flops=zero_flops,
     grads=(GradRule("x", frozenset(), zero_flops, _slice_dx),),
     forward_ref=_slice_fwd,
+    kernels={"cpu": {"fwd": "shape.slice_fwd", "dx:x": "shape.slice_dx"},
+             "cuda": {"fwd": "shape.slab_take", "dx:x": "shape.slice_dx"}},
 )
 
 OPS = (FLATTEN, RESHAPE, CONCAT, SLICE)

@@ -26,6 +26,8 @@ class ReferenceBackend:
         if component == "fwd":
             def fwd(ctx, inputs, params, out, aux, training, rng):
                 value, produced = op.forward_ref(ctx, list(inputs), dict(params), training, rng)
+                if training and op.state_update_ref is not None:
+                    op.state_update_ref(ctx, list(inputs), params)
                 out[...] = value
                 for name, buf in aux.items():
                     buf[...] = produced[name]
@@ -47,13 +49,27 @@ class CpuBackend:
 
     def __init__(self) -> None:
         from bwplan.kernels import cpu
+        from bwplan.kernels.cpu import threads
         self._cpu = cpu
+        _configure_once(threads)
 
     def kernel(self, op_name: str, component: str) -> Callable:
         names = registry.OPS[op_name].kernels.get("cpu", {})
         if component not in names:
             raise InternalError(f"no cpu kernel for {op_name} {component}")
         return self._cpu.get(names[component])
+
+
+_CONFIGURED: list[int] = []
+
+
+def _configure_once(threads) -> None:
+    """Thread pools are set up once per process, before the first kernel runs
+    (BWPLAN_THREADS overrides the default of every core this process may use)."""
+    if not _CONFIGURED:
+        import os
+        wanted = os.environ.get("BWPLAN_THREADS")
+        _CONFIGURED.append(threads.configure(int(wanted) if wanted else None))
 
 
 BACKENDS = {"reference": ReferenceBackend, "cpu": CpuBackend}

@@ -8,6 +8,7 @@ component, which is how a run proves that skipped work was skipped.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -32,6 +33,11 @@ class StepStats:
     kernels: list[tuple[str, str, str]] = field(default_factory=list)
     peak_bytes: int = 0
     fresh_allocations: int = 0
+    # wall-clock seconds of the forward, the backward and the update
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("forward", "backward", "update"), 0.0))
+    # live bytes when the forward ends: the batch, the outputs and what the backward keeps
+    after_forward_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,7 @@ class Executor:
         pool.live_bytes = 0
         pool.reset_peak()
         allocs0 = pool.allocations
+        start = time.perf_counter()
         values: dict[str, np.ndarray] = {}
         caller = set()
         for inp in net.inputs:
@@ -141,14 +148,19 @@ class Executor:
                 if name in values and name not in caller and name not in capture:
                     pool.release(values.pop(name))
 
+        stats.seconds["forward"] = time.perf_counter() - start
+        stats.after_forward_bytes = pool.live_bytes
         captured = {n: values[n].copy() for n in capture if n in values}
-        losses = {n: float(values[n]) for n, _ in program.losses if n in values}
+        # a weighted layer that is not a loss op contributes the sum of its output
+        losses = {n: float(np.sum(values[n])) for n, _ in program.losses if n in values}
         metrics = {n: float(values[n]) for n in program.metrics if n in values}
         loss = sum(w * losses[n] for n, w in program.losses if n in losses)
 
         if not forward_only:
+            start = time.perf_counter()
             self._backward(values, params, {} if grads is None else grads,
                            {} if scaled is None else scaled, stats, caller)
+            stats.seconds["backward"] = time.perf_counter() - start
         for name in list(values):
             if name not in caller:
                 pool.release(values.pop(name))

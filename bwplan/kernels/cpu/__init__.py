@@ -1,0 +1,39 @@
+"""Numba CPU kernels, one module per op family; forward, dX and dW are separate kernels so
+the runtime can skip any of them.
+
+Names are "<family>.<function>" (e.g. "conv.conv2d_dx"); `get` imports the family module
+only when one of its kernels is first asked for, so importing this package costs nothing
+and does not load Numba.
+
+Calling convention (all arrays C-contiguous, float32 in normal use, float64 also works):
+
+    fwd(ctx, inputs, params, out, aux, training, rng) -> None
+        fills `out`, and every buffer in `aux` (name -> preallocated array); an aux buffer
+        the backward will not read is left out of `aux`, and then it is not computed.
+    dx(ctx, saved, dout, index, out) -> None
+        overwrites `out` with the gradient into input `index` (the position among the
+        op's inputs; only a variadic port's kernel reads it). `saved` holds exactly what
+        the gradient rule's `needs` names. A loss's `dout` is a 0-d array: the loss weight.
+    dw(ctx, saved, dout, out) -> None
+        overwrites `out` with the gradient of the rule's parameter slot.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+FAMILIES = ("conv", "linear", "elementwise", "pool", "norm", "shape", "loss")
+
+
+def get(name: str) -> Callable[..., Any]:
+    """The kernel called `name` ("<family>.<function>"); KeyError if there is none."""
+    family, _, function = name.partition(".")
+    if family not in FAMILIES or not function:
+        raise KeyError(f"no CPU kernel family for {name!r}; families: {', '.join(FAMILIES)}")
+    kernel = None
+    if not function.startswith("_"):  # a module's private helpers are not kernels
+        kernel = getattr(importlib.import_module(f"{__name__}.{family}"), function, None)
+    if kernel is None:
+        raise KeyError(f"CPU kernel module {family!r} has no kernel {function!r}")
+    return kernel

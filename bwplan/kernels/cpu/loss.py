@@ -1,0 +1,236 @@
+"""Losses and metrics on the CPU: softmax cross-entropy, Euclidean, contrastive, accuracy.
+
+Logits are seen as [N, C, S] (classes on dimension 1, S spatial positions) and labels as
+N*S values in the same sample-major order. A loss's forward writes its scalar into the 0-d
+`out`; its dX reads the loss weight from the 0-d `dout`. Sums accumulate in float64.
+
+A label outside [0, C) that is not the ignore label makes the reference fail (or, when
+negative, silently wrap around); here it raises ValueError instead of reading past the row.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from bwplan.kernels.cpu.views import flat, ncs, scalar, view
+
+
+def _bad_label(where: int, label: np.ndarray, classes: int) -> ValueError:
+    return ValueError(f"label {label.reshape(-1)[where]} at position {where} is outside "
+                      f"the {classes} classes")
+
+
+# ---- softmax cross-entropy -----------------------------------------------------------------
+@njit(cache=True)
+def _check_labels(label, classes, ignore):
+    """The first position of a label outside [0, classes) and not `ignore`, or -1."""
+    for i in range(label.size):
+        lab = int(label[i])
+        if lab != ignore and (lab < 0 or lab >= classes):
+            return i
+    return -1
+
+
+@njit(cache=True, parallel=True)
+def _sce_fwd(z, label, ignore, prob, keep_prob):
+    """Sum of -log softmax(z)[label] over the counted positions, and their number; the
+    probabilities too when kept. Parallel over samples, reduced by Numba."""
+    c_n, s_n = z.shape[1], z.shape[2]
+    loss = 0.0
+    count = 0
+    for n in prange(z.shape[0]):
+        for s in range(s_n):
+            top = z[n, 0, s]
+            for c in range(1, c_n):
+                top = max(top, z[n, c, s])
+            total = 0.0
+            for c in range(c_n):
+                total += np.exp(z[n, c, s] - top)
+            log_total = np.log(total)
+            lab = int(label[n * s_n + s])
+            if lab != ignore:
+                loss += top + log_total - z[n, lab, s]
+                count += 1
+            if keep_prob:
+                for c in range(c_n):
+                    prob[n, c, s] = np.exp(z[n, c, s] - top - log_total)
+    return loss, count
+
+
+@njit(cache=True, parallel=True)
+def _sce_back(prob, label, ignore, weight, out):
+    """(prob - onehot(label)) * weight at counted positions, 0 at ignored ones."""
+    c_n, s_n = prob.shape[1], prob.shape[2]
+    for n in prange(prob.shape[0]):
+        for s in range(s_n):
+            lab = int(label[n * s_n + s])
+            if lab == ignore:
+                for c in range(c_n):
+                    out[n, c, s] = 0
+                continue
+            for c in range(c_n):
+                out[n, c, s] = prob[n, c, s] * weight
+            out[n, lab, s] -= weight
+
+
+@njit(cache=True)
+def _counted(label, ignore):
+    count = 0
+    for i in range(label.size):
+        if int(label[i]) != ignore:
+            count += 1
+    return max(count, 1)
+
+
+def softmax_cross_entropy_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    z, label = ncs(inputs[0]), flat(inputs[1])
+    ignore = ctx.attrs["ignore_label"]
+    bad = _check_labels(label, z.shape[1], ignore)
+    if bad >= 0:
+        raise _bad_label(bad, label, z.shape[1])
+    keep = "prob" in aux
+    prob = ncs(aux["prob"]) if keep else z  # never written when not kept
+    loss, count = _sce_fwd(z, label, ignore, prob, keep)
+    out[()] = loss / max(count, 1)
+
+
+def softmax_cross_entropy_dx(ctx, saved, dout, index, out) -> None:
+    prob, label = ncs(saved["prob"]), flat(saved["label"])
+    ignore = ctx.attrs["ignore_label"]
+    weight = scalar(dout) / _counted(label, ignore)
+    _sce_back(prob, label, ignore, weight, ncs(out))
+
+
+# ---- Euclidean -----------------------------------------------------------------------------
+@njit(cache=True)
+def _euclid(a, b, diff, keep_diff):
+    """Sum of (a - b)^2; diff = a - b when kept. Serial: one pass over two vectors."""
+    acc = 0.0
+    for i in range(a.size):
+        d = a[i] - b[i]
+        acc += d * d
+        if keep_diff:
+            diff[i] = d
+    return acc
+
+
+@njit(cache=True)
+def _scaled(src, coef, out):
+    for i in range(src.size):
+        out[i] = src[i] * coef
+
+
+def euclidean_loss_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    a, b = flat(inputs[0]), flat(inputs[1])
+    keep = "diff" in aux
+    total = _euclid(a, b, flat(aux["diff"]) if keep else a, keep)
+    out[()] = total / (2 * inputs[0].shape[0])
+
+
+def _euclid_dx(sign: float):
+    """d/da = diff * w / N, d/db = -diff * w / N: both read only the saved diff."""
+    def dx(ctx, saved, dout, index, out) -> None:
+        coef = sign * scalar(dout) / ctx.inputs[0].shape[0]
+        _scaled(flat(saved["diff"]), coef, flat(out))
+    return dx
+
+
+euclidean_loss_dx_a = _euclid_dx(1.0)
+euclidean_loss_dx_b = _euclid_dx(-1.0)
+
+
+# ---- contrastive ---------------------------------------------------------------------------
+@njit(cache=True)
+def _contrastive(a, b, sim, margin, legacy, diff, dist_sq, keep_diff, keep_dist):
+    """Sum over samples of d^2 (similar) or the margin hinge (dissimilar). a and b are
+    [N, D]; Caffe truncates the flag to an int, so anything in (-1, 1) is dissimilar."""
+    total = 0.0
+    for n in range(a.shape[0]):
+        acc = 0.0
+        for j in range(a.shape[1]):
+            d = a[n, j] - b[n, j]
+            acc += d * d
+            if keep_diff:
+                diff[n, j] = d
+        if keep_dist:
+            dist_sq[n] = acc
+        if int(sim[n]) != 0:
+            total += acc
+        elif legacy:
+            total += max(margin - acc, 0.0)
+        else:
+            total += max(margin - np.sqrt(acc), 0.0) ** 2
+    return total
+
+
+@njit(cache=True)
+def _contrastive_back(diff, dist_sq, sim, margin, legacy, coef, out):
+    """Similar pairs pull with diff; dissimilar pairs inside the margin push (the exact
+    derivative; 0 at distance 0, where the loss has none)."""
+    for n in range(diff.shape[0]):
+        d2 = dist_sq[n]
+        if int(sim[n]) != 0:
+            k = 1.0
+        elif legacy:
+            k = -1.0 if margin - d2 > 0 else 0.0
+        else:
+            dist = np.sqrt(d2)
+            k = -max(margin - dist, 0.0) / dist if dist > 0 else 0.0
+        for j in range(diff.shape[1]):
+            out[n, j] = diff[n, j] * (k * coef)
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    return view(a, (a.shape[0], -1))
+
+
+def contrastive_loss_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    a = _rows(inputs[0])
+    b = view(inputs[1], a.shape)
+    keep_diff, keep_dist = "diff" in aux, "dist_sq" in aux
+    diff = _rows(aux["diff"]) if keep_diff else a
+    dist_sq = aux["dist_sq"] if keep_dist else np.empty(0, a.dtype)
+    total = _contrastive(a, b, flat(inputs[2]), ctx.attrs["margin"], ctx.attrs["legacy"],
+                         diff, dist_sq, keep_diff, keep_dist)
+    out[()] = total / (2 * a.shape[0])
+
+
+def _contrastive_dx(sign: float):
+    def dx(ctx, saved, dout, index, out) -> None:
+        diff = _rows(saved["diff"])
+        coef = sign * scalar(dout) / diff.shape[0]
+        _contrastive_back(diff, saved["dist_sq"], flat(saved["sim"]), ctx.attrs["margin"],
+                          ctx.attrs["legacy"], coef, view(out, diff.shape))
+    return dx
+
+
+contrastive_loss_dx_a = _contrastive_dx(1.0)
+contrastive_loss_dx_b = _contrastive_dx(-1.0)
+
+
+# ---- accuracy ------------------------------------------------------------------------------
+@njit(cache=True)
+def _top_k_hits(z, label, top_k):
+    """Positions whose label is among the top_k scores; a score tied with the label's
+    counts as ranked above it, as in Caffe."""
+    c_n, s_n = z.shape[1], z.shape[2]
+    hits = 0
+    for n in range(z.shape[0]):
+        for s in range(s_n):
+            true = z[n, int(label[n * s_n + s]), s]
+            ahead = -1
+            for c in range(c_n):
+                if z[n, c, s] >= true:
+                    ahead += 1
+            if ahead < top_k:
+                hits += 1
+    return hits
+
+
+def accuracy_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    z, label = ncs(inputs[0]), flat(inputs[1])
+    # 0 is always a valid class, so passing it as the ignore label ignores nothing
+    bad = _check_labels(label, z.shape[1], 0)
+    if bad >= 0:
+        raise _bad_label(bad, label, z.shape[1])
+    out[()] = _top_k_hits(z, label, ctx.attrs["top_k"]) / label.size

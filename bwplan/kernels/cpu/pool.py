@@ -1,0 +1,212 @@
+"""Pooling on the CPU: max and average windows with Caffe's geometry, and the global forms.
+
+Every loop runs in parallel over the N*C planes: a plane is independent in the forward
+and in the backward (a window never crosses planes), so no two threads write one element.
+
+Windows follow the reference: a window starts at o*stride - pad; a max window is clipped
+to the image (padding never wins), an average divides by the window clipped to the padded
+image [-pad, size + pad) and sums only the real cells. The argmax is the flat position
+h * W + w within the plane; the first maximum in row-major window order wins ties.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from bwplan.kernels.cpu.views import view
+from bwplan.ops._shapes import pair
+
+
+def _planes(a: np.ndarray) -> np.ndarray:
+    """[N, C, H, W] as [N*C, H, W]."""
+    return view(a, (a.shape[0] * a.shape[1], a.shape[2], a.shape[3]))
+
+
+def _window(ctx) -> tuple[int, ...]:
+    """(kh, kw, sh, sw, ph, pw): stride defaults to the kernel."""
+    kh, kw = pair(ctx.attrs["kernel"])
+    stride = ctx.attrs["stride"]
+    sh, sw = (kh, kw) if stride is None else pair(stride)
+    ph, pw = pair(ctx.attrs["pad"])
+    return kh, kw, sh, sw, ph, pw
+
+
+# ---- max -----------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _max_fwd(x, kh, kw, sh, sw, ph, pw, out):
+    """The forward without an argmax: a plain max, nothing else stored."""
+    h, w = x.shape[1], x.shape[2]
+    for t in prange(x.shape[0]):
+        for oh in range(out.shape[1]):
+            h0 = max(oh * sh - ph, 0)
+            h1 = min(oh * sh - ph + kh, h)
+            for ow in range(out.shape[2]):
+                w0 = max(ow * sw - pw, 0)
+                w1 = min(ow * sw - pw + kw, w)
+                best = x[t, h0, w0]
+                for i in range(h0, h1):
+                    for j in range(w0, w1):
+                        best = max(best, x[t, i, j])
+                out[t, oh, ow] = best
+
+
+@njit(cache=True, parallel=True)
+def _max_fwd_arg(x, kh, kw, sh, sw, ph, pw, out, arg):
+    h, w = x.shape[1], x.shape[2]
+    for t in prange(x.shape[0]):
+        for oh in range(out.shape[1]):
+            h0 = max(oh * sh - ph, 0)
+            h1 = min(oh * sh - ph + kh, h)
+            for ow in range(out.shape[2]):
+                w0 = max(ow * sw - pw, 0)
+                w1 = min(ow * sw - pw + kw, w)
+                best = x[t, h0, w0]
+                where = h0 * w + w0
+                for i in range(h0, h1):
+                    for j in range(w0, w1):
+                        if x[t, i, j] > best:
+                            best = x[t, i, j]
+                            where = i * w + j
+                out[t, oh, ow] = best
+                arg[t, oh, ow] = where
+
+
+@njit(cache=True, parallel=True)
+def _max_back(arg, dout, dx):
+    """dx[plane][arg] += dout: overlapping windows may pick the same cell."""
+    for t in prange(dx.shape[0]):
+        dx[t] = 0
+        for q in range(dout.shape[1]):
+            dx[t, arg[t, q]] += dout[t, q]
+
+
+def maxpool_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    x, window = _planes(inputs[0]), _window(ctx)
+    if "argmax" in aux:
+        _max_fwd_arg(x, *window, _planes(out), _planes(aux["argmax"]))
+    else:
+        _max_fwd(x, *window, _planes(out))
+
+
+def _scatter_max(saved, dout, out) -> None:
+    nc = out.shape[0] * out.shape[1]
+    _max_back(view(saved["argmax"], (nc, -1)), view(dout, (nc, -1)), view(out, (nc, -1)))
+
+
+def maxpool_dx(ctx, saved, dout, index, out) -> None:
+    _scatter_max(saved, dout, out)
+
+
+# ---- average -------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _ave_extent(o, k, s, p, size):
+    """(first real cell, one past the last, divisor) of window o along one axis."""
+    start = o * s - p
+    end = min(start + k, size + p)
+    return max(start, 0), min(end, size), end - start
+
+
+@njit(cache=True, parallel=True)
+def _ave_fwd(x, kh, kw, sh, sw, ph, pw, out):
+    h, w = x.shape[1], x.shape[2]
+    for t in prange(x.shape[0]):
+        for oh in range(out.shape[1]):
+            h0, h1, dh = _ave_extent(oh, kh, sh, ph, h)
+            for ow in range(out.shape[2]):
+                w0, w1, dw = _ave_extent(ow, kw, sw, pw, w)
+                acc = 0.0
+                for i in range(h0, h1):
+                    for j in range(w0, w1):
+                        acc += x[t, i, j]
+                out[t, oh, ow] = acc / (dh * dw)
+
+
+@njit(cache=True, parallel=True)
+def _ave_back(dout, kh, kw, sh, sw, ph, pw, dx):
+    h, w = dx.shape[1], dx.shape[2]
+    for t in prange(dx.shape[0]):
+        dx[t] = 0
+        for oh in range(dout.shape[1]):
+            h0, h1, dh = _ave_extent(oh, kh, sh, ph, h)
+            for ow in range(dout.shape[2]):
+                w0, w1, dw = _ave_extent(ow, kw, sw, pw, w)
+                g = dout[t, oh, ow] / (dh * dw)
+                for i in range(h0, h1):
+                    for j in range(w0, w1):
+                        dx[t, i, j] += g
+
+
+def avgpool_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    _ave_fwd(_planes(inputs[0]), *_window(ctx), _planes(out))
+
+
+def avgpool_dx(ctx, saved, dout, index, out) -> None:
+    _ave_back(_planes(dout), *_window(ctx), _planes(out))
+
+
+# ---- global --------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _global_max(x, out):
+    for t in prange(x.shape[0]):
+        best = x[t, 0]
+        for q in range(1, x.shape[1]):
+            best = max(best, x[t, q])
+        out[t] = best
+
+
+@njit(cache=True, parallel=True)
+def _global_max_arg(x, out, arg):
+    for t in prange(x.shape[0]):
+        best = x[t, 0]
+        where = 0
+        for q in range(1, x.shape[1]):
+            if x[t, q] > best:
+                best = x[t, q]
+                where = q
+        out[t] = best
+        arg[t] = where
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def _global_mean(x, out):
+    for t in prange(x.shape[0]):
+        acc = 0.0
+        for q in range(x.shape[1]):
+            acc += x[t, q]
+        out[t] = acc / x.shape[1]
+
+
+@njit(cache=True, parallel=True)
+def _global_mean_back(dout, dx):
+    for t in prange(dx.shape[0]):
+        dx[t] = dout[t] / dx.shape[1]
+
+
+def _flat_planes(a: np.ndarray) -> np.ndarray:
+    """[N, C, H, W] as [N*C, H*W]."""
+    return view(a, (a.shape[0] * a.shape[1], -1))
+
+
+def _per_plane(a: np.ndarray) -> np.ndarray:
+    """[N, C, 1, 1] as [N*C]."""
+    return view(a, (a.size,))
+
+
+def global_maxpool_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    x = _flat_planes(inputs[0])
+    if "argmax" in aux:
+        _global_max_arg(x, _per_plane(out), _per_plane(aux["argmax"]))
+    else:
+        _global_max(x, _per_plane(out))
+
+
+def global_maxpool_dx(ctx, saved, dout, index, out) -> None:
+    _scatter_max(saved, dout, out)
+
+
+def global_avgpool_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    _global_mean(_flat_planes(inputs[0]), _per_plane(out))
+
+
+def global_avgpool_dx(ctx, saved, dout, index, out) -> None:
+    _global_mean_back(_per_plane(dout), _flat_planes(out))

@@ -1,0 +1,341 @@
+"""The Numba CPU kernels against the NumPy references (bwplan/ops/reference.py).
+
+For every op: the forward kernel's output and aux buffers, then every dX and dW kernel fed
+the kernel forward's own saved values, each against the reference in float64. Kernels run
+in float32 (the dtype used in training); the reference gets the same float32 values
+widened, so only the kernels' arithmetic is measured, with a tolerance tol + |ref| * eps.
+Output buffers start as NaN, so a kernel that leaves an element unwritten fails.
+
+Shapes and attributes come from the Hypothesis strategies of test_ops_reference.py, plus
+a conv strategy here with larger batches and a shrunken chunk size, so that tiny inputs
+cross the chunk boundaries of the im2col loop. A few float64 examples per op check the
+second dtype. Numba compilation dominates the run time (about 40 s with a cold cache on two
+cores, a few seconds warm), so dtypes and ranks are few; the kernels are cached on disk.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+
+from bwplan import ops as registry  # noqa: E402
+from bwplan.kernels import cpu  # noqa: E402
+from bwplan.kernels.cpu import conv as conv_kernels  # noqa: E402
+from bwplan.kernels.cpu import scratch  # noqa: E402
+from bwplan.ops.reference import grad_index, make_ctx, run_forward, saved_values  # noqa: E402
+from test_ops_reference import CASES, Case, _normal, _rng, _valid  # noqa: E402
+
+SEED = 11
+# float32 kernels against float64 references: |got - ref| <= TOL + |ref| * EPS
+TOL = {np.float32: 2e-4, np.float64: 1e-9}
+EPS = {np.float32: 2e-4, np.float64: 1e-9}
+SETTINGS = settings(max_examples=25, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def assert_close(got, ref, dtype, what: str) -> None:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape}, reference {ref.shape}"
+    bad = ~(np.abs(got - ref) <= TOL[dtype] + np.abs(ref) * EPS[dtype])
+    if bad.any():
+        where = np.argwhere(bad)[:5]
+        lines = [f"  at {tuple(int(i) for i in w)}: got {got[tuple(w)]!r}, "
+                 f"reference {ref[tuple(w)]!r}" for w in where]
+        pytest.fail(f"{what}: {int(bad.sum())} of {bad.size} elements differ\n"
+                    + "\n".join(lines))
+
+
+def _cast(a, dtype):
+    a = np.asarray(a)
+    return np.ascontiguousarray(a, dtype) if a.dtype.kind == "f" else np.ascontiguousarray(a)
+
+
+def _empty(shape, dtype) -> np.ndarray:
+    a = np.empty(shape, dtype)
+    if a.dtype.kind == "f":
+        a.fill(np.nan)
+    else:
+        a.fill(np.iinfo(a.dtype).max)
+    return a
+
+
+def _np_dtype(name: str):
+    return {"f32": np.float32, "f64": np.float64, "i32": np.int32, "u8": np.uint8}[name]
+
+
+def kernel(op, component: str):
+    return cpu.get(op.kernels["cpu"][component])
+
+
+class Run:
+    """One op run through its kernels (in `dtype`) and through its references (in float64,
+    on the same values)."""
+
+    def __init__(self, name: str, case: Case, dtype=np.float32, training: bool = True,
+                 keep: frozenset[str] | None = None):
+        self.op = op = registry.OPS[name]
+        self.dtype, self.training = dtype, training
+        self.inputs = [_cast(x, dtype) for x in case.inputs]
+        self.params = {k: _cast(v, dtype) for k, v in case.params.items()}
+        self.ref_inputs = [_cast(x, np.float64) for x in self.inputs]
+        self.ref_params = {k: _cast(v, np.float64) for k, v in self.params.items()}
+        self.ctx = make_ctx(op, case.attrs, self.inputs)
+        self.ref_ctx = make_ctx(op, case.attrs, self.ref_inputs)
+        self.ref_out, self.ref_aux = run_forward(
+            op, case.attrs, self.ref_inputs, self.ref_params, training,
+            np.random.default_rng(SEED))
+        kept = set(self.ref_aux) if keep is None else keep
+        self.aux = {}
+        for spec in op.aux:
+            if spec.name in kept:
+                t = spec.type(self.ctx)
+                self.aux[spec.name] = _empty(t.shape, _np_dtype(t.dtype))
+        self.out = _empty(self.ctx.out.shape, _np_dtype(self.ctx.out.dtype))
+        # the kernel may update stored statistics in place; the reference must not see it
+        self.kernel_params = {k: v.copy() for k, v in self.params.items()}
+        kernel(op, "fwd")(self.ctx, self.inputs, self.kernel_params, self.out, self.aux,
+                          training, np.random.default_rng(SEED))
+
+    def check_forward(self) -> None:
+        name = self.op.name
+        assert_close(self.out, self.ref_out, self.dtype, f"{name} forward out")
+        for key, value in self.aux.items():
+            assert_close(value, self.ref_aux[key], self.dtype, f"{name} forward aux {key}")
+
+    def targets(self, rule):
+        """(component, index, shape, dtype) of every gradient the rule gives."""
+        op, ctx = self.op, self.ctx
+        if op.slot(rule.wrt) is not None:
+            if rule.wrt in {s.name for s in op.param_slots(ctx.attrs)}:
+                p = self.params[rule.wrt]
+                yield f"dw:{rule.wrt}", 0, p.shape, p.dtype
+            return
+        for i, x in enumerate(self.inputs):
+            if op.port_for(i).name == rule.wrt:
+                yield f"dx:{rule.wrt}", i, x.shape, x.dtype
+
+    def check_grads(self) -> None:
+        op = self.op
+        rng = np.random.default_rng(SEED + 1)
+        dout = _cast(rng.standard_normal(np.shape(self.ref_out)), self.dtype)
+        for rule in op.grads:
+            saved = saved_values(op, rule, self.ctx, self.inputs, self.params, self.out,
+                                 self.aux)
+            ref_saved = saved_values(op, rule, self.ref_ctx, self.ref_inputs,
+                                     self.ref_params, self.ref_out, self.ref_aux)
+            for component, i, shape, dtype in self.targets(rule):
+                got = _empty(shape, dtype)
+                if component.startswith("dw:"):
+                    kernel(op, component)(self.ctx, saved, dout, got)
+                else:
+                    kernel(op, component)(self.ctx, saved, dout, i, got)
+                index = grad_index(op, rule.wrt, i) if component.startswith("dx:") else 0
+                ref = rule.reference(self.ref_ctx, ref_saved, dout.astype(np.float64), index)
+                assert_close(got, ref, self.dtype, f"{op.name} {component}[{i}]")
+
+
+def draw(data, name: str, strategy=None) -> Case:
+    return _valid(name, data.draw(strategy or CASES[name], label=name))
+
+
+# ---- every op, float32 -----------------------------------------------------------------
+GENERIC = sorted(set(registry.OPS) - {"conv2d"})  # conv2d has its own strategy below
+
+
+@pytest.mark.parametrize("name", GENERIC)
+@SETTINGS
+@given(data=st.data())
+def test_kernels_match_references(name, data):
+    run = Run(name, draw(data, name))
+    run.check_forward()
+    run.check_grads()
+
+
+@st.composite
+def conv_case(draw):
+    """Batches of up to 5 samples with 1 to 3 groups; `chunk` is the samples per chunk."""
+    rng = _rng(draw)
+    groups = draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    attrs = dict(out=groups * draw(st.integers(1, 3)), kernel=(kh, kw),
+                 stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))), pad=(ph, pw),
+                 dilation=(dh, dw), groups=groups, bias=draw(st.booleans()))
+    c = groups * draw(st.integers(1, 3))
+    h = max(1, dh * (kh - 1) + 1 - 2 * ph) + draw(st.integers(0, 4))
+    w = max(1, dw * (kw - 1) + 1 - 2 * pw) + draw(st.integers(0, 4))
+    n = draw(st.integers(1, 5))
+    params = {"weight": _normal(rng, attrs["out"], c // groups, kh, kw)}
+    if attrs["bias"]:
+        params["bias"] = _normal(rng, attrs["out"])
+    return Case(attrs, [_normal(rng, n, c, h, w)], params), draw(st.integers(1, n))
+
+
+def _chunk_bytes(name: str, case: Case, samples: int) -> int:
+    """A CHUNK_BYTES that gives `samples` samples per chunk for this case in float32."""
+    ctx = make_ctx(registry.OPS[name], case.attrs, [x.astype(np.float32) for x in case.inputs])
+    g = conv_kernels.geometry(ctx)
+    return samples * max(g.k, g.o) * g.p * 4
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_conv2d_matches_reference_across_chunks(data):
+    case, samples = data.draw(conv_case(), label="conv2d")
+    _valid("conv2d", case)
+    saved_limit = conv_kernels.CHUNK_BYTES
+    conv_kernels.CHUNK_BYTES = _chunk_bytes("conv2d", case, samples)
+    try:
+        run = Run("conv2d", case)
+        run.check_forward()
+        run.check_grads()
+    finally:
+        conv_kernels.CHUNK_BYTES = saved_limit
+
+
+def test_conv2d_chunks_partition_the_batch():
+    g = conv_kernels.Geometry(7, 2, 4, 4, 3, 3, 3, 1, 1, 1, 1, 1, 1, 4, 4, 1)
+    saved_limit = conv_kernels.CHUNK_BYTES
+    conv_kernels.CHUNK_BYTES = 3 * g.k * g.p * 4
+    try:
+        assert list(conv_kernels.chunks(g, 4)) == [(0, 3), (3, 3), (6, 1)]
+    finally:
+        conv_kernels.CHUNK_BYTES = saved_limit
+
+
+# ---- the second dtype --------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(registry.OPS))
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_kernels_work_in_float64(name, data):
+    run = Run(name, draw(data, name), dtype=np.float64)
+    run.check_forward()
+    run.check_grads()
+
+
+# ---- modes and aux buffers ---------------------------------------------------------------
+@pytest.mark.parametrize("name", ["batchnorm", "dropout"])
+@SETTINGS
+@given(data=st.data())
+def test_inference_mode_matches_reference(name, data):
+    run = Run(name, draw(data, name), training=False)
+    run.check_forward()
+    assert not run.aux
+
+
+WITH_AUX = sorted(name for name, op in registry.OPS.items() if op.aux)
+
+
+@pytest.mark.parametrize("name", WITH_AUX)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_forward_without_aux_gives_the_same_output(name, data):
+    """A forward asked for no aux buffer (the backward will not run) takes its own path,
+    and still writes the same output; dropout still draws the same mask."""
+    case = draw(data, name)
+    full = Run(name, case)
+    bare = Run(name, case, keep=frozenset())
+    assert not bare.aux
+    assert np.array_equal(full.out, bare.out, equal_nan=True)
+
+
+def test_dropout_mask_depends_only_on_the_generator_state():
+    op = registry.OPS["dropout"]
+    x = np.ones((3, 50), np.float32)
+    ctx = make_ctx(op, {"p": 0.4}, [x])
+    fwd = kernel(op, "fwd")
+    outs, masks = [], []
+    for keep in (True, False, True):
+        out, aux = np.empty_like(x), {"mask": np.empty(x.shape, np.uint8)} if keep else {}
+        fwd(ctx, [x], {}, out, aux, True, np.random.default_rng(5))
+        outs.append(out)
+        masks.extend(aux.values())
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    assert np.array_equal(masks[0], masks[1])
+    assert np.array_equal(masks[0].astype(bool), outs[0] != 0)
+    other = np.empty_like(x)
+    fwd(ctx, [x], {}, other, {}, True, np.random.default_rng(6))
+    assert not np.array_equal(other, outs[0])
+
+
+def test_maxpool_without_argmax_takes_its_own_path_to_the_same_output():
+    op = registry.OPS["maxpool"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 7)).astype(np.float32)
+    attrs = dict(kernel=3, stride=2, pad=1, ceil=True)
+    ctx = make_ctx(op, attrs, [x])
+    with_arg, without = _empty(ctx.out.shape, np.float32), _empty(ctx.out.shape, np.float32)
+    arg = _empty(ctx.out.shape, np.int32)
+    kernel(op, "fwd")(ctx, [x], {}, with_arg, {"argmax": arg}, True, None)
+    kernel(op, "fwd")(ctx, [x], {}, without, {}, True, None)
+    assert np.array_equal(with_arg, without)
+    expected, aux = run_forward(op, attrs, [x.astype(np.float64)], {})
+    assert np.array_equal(arg, aux["argmax"])
+    assert_close(with_arg, expected, np.float32, "maxpool")
+
+
+@pytest.mark.parametrize("name,attrs,inputs", [
+    ("maxpool", dict(kernel=3, stride=2, pad=1, ceil=True), 1),
+    ("global_maxpool", {}, 1),
+    ("maximum", {}, 3),
+])
+def test_max_ties_go_to_the_first_candidate_as_in_the_reference(name, attrs, inputs):
+    """The strategies draw distinct values; here most windows hold ties."""
+    op = registry.OPS[name]
+    rng = np.random.default_rng(2)
+    xs = [rng.integers(0, 2, (2, 2, 7, 6)).astype(np.float32) for _ in range(inputs)]
+    run = Run(name, Case(attrs, xs))
+    assert np.array_equal(run.aux["argmax"], run.ref_aux["argmax"])
+    run.check_grads()
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5, 2), (1, 2, 1, 1)])
+def test_batchnorm_updates_running_statistics(shape):
+    op = registry.OPS["batchnorm"]
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    c = shape[1]
+    mean0, var0 = rng.standard_normal(c).astype(np.float32), np.full(c, 0.5, np.float32)
+    attrs = dict(momentum=0.9)
+    ctx = make_ctx(op, attrs, [x])
+    params = {"mean": mean0.copy(), "var": var0.copy()}
+    kernel(op, "fwd")(ctx, [x], params, np.empty_like(x), {}, True, None)
+    # by hand: m values per channel, unbiased variance (a factor 1 when m = 1)
+    xs = np.moveaxis(x.astype(np.float64), 1, 0).reshape(c, -1)
+    m = xs.shape[1]
+    batch_var = xs.var(axis=1) * (m / (m - 1) if m > 1 else 1.0)
+    assert_close(params["mean"], 0.9 * mean0 + 0.1 * xs.mean(axis=1), np.float32, "mean")
+    assert_close(params["var"], 0.9 * var0 + 0.1 * batch_var, np.float32, "var")
+    # frozen (global statistics) or inference: the stored statistics stay as they are
+    for attrs, training in ((dict(global_stats=True), True), ({}, False)):
+        ctx = make_ctx(op, attrs, [x])
+        before = {k: v.copy() for k, v in params.items()}
+        kernel(op, "fwd")(ctx, [x], params, np.empty_like(x), {}, training, None)
+        assert all(np.array_equal(before[k], params[k]) for k in params)
+
+
+def test_loss_labels_outside_the_classes_are_refused():
+    op = registry.OPS["softmax_cross_entropy"]
+    logits = np.zeros((2, 3), np.float32)
+    label = np.array([1, 3], np.int32)
+    ctx = make_ctx(op, {}, [logits, label])
+    with pytest.raises(ValueError, match="outside the 3 classes"):
+        kernel(op, "fwd")(ctx, [logits, label], {}, np.empty((), np.float32), {}, True,
+                          None)
+
+
+def test_scratch_buffers_are_reused_between_calls():
+    op = registry.OPS["conv2d"]
+    x = np.ones((2, 3, 8, 8), np.float32)
+    attrs = dict(out=4, kernel=3, pad=1)
+    ctx = make_ctx(op, attrs, [x])
+    params = {"weight": np.ones((4, 3, 3, 3), np.float32), "bias": np.zeros(4, np.float32)}
+    out = np.empty(ctx.out.shape, np.float32)
+    kernel(op, "fwd")(ctx, [x], params, out, {}, True, None)
+    held = scratch.held_bytes()
+    kernel(op, "fwd")(ctx, [x], params, out, {}, True, None)
+    assert scratch.held_bytes() == held > 0
+    assert out[0, 0, 4, 4] == 27 and out[0, 0, 0, 0] == 12  # 3x3x3 ones; a padded corner
