@@ -69,12 +69,13 @@ def compile(source: str, target: str = "cpu", freeze: Iterable[str] = (),
 
 class CompiledNet:
     def __init__(self, module: ast.Module, target: str, rules, prune: bool, seed: int) -> None:
-        if target not in BACKENDS:
+        if target not in BACKENDS and target != "cuda":
             raise BwError(Span.synthetic("target"), f"unknown target '{target}'",
-                          "targets: " + ", ".join(sorted(BACKENDS)))
+                          "targets: " + ", ".join(sorted(BACKENDS) + ["cuda"]))
         self.module = module
         self.target = target
-        self.backend = BACKENDS[target]()
+        # the cuda target runs its own executor, with parameters resident on the device
+        self.backend = None if target == "cuda" else BACKENDS[target]()
         self.prune = prune
         self.seed = seed
         self.rules = list(rules)
@@ -82,6 +83,10 @@ class CompiledNet:
         self.plan: Plan = make_plan(self.net)
         self.program: Program = lower(self.plan, prune)
         self.params: dict[str, np.ndarray] = initial_params(self.net, seed)
+        self._cuda_params = None
+        if target == "cuda":
+            from bwplan.runtime.cuda import CudaParams, device
+            self._cuda_params = CudaParams(device(), self.params)
         self.optimizer = Sgd()
         self._grad_store: dict[str, np.ndarray] = {}
         self._scaled: dict[str, np.ndarray] = {}
@@ -97,6 +102,9 @@ class CompiledNet:
         velocity = self.optimizer.velocity
         self.optimizer = Sgd(SgdSettings(lr, momentum, weight_decay))
         self.optimizer.velocity = velocity
+        if self._cuda_params is not None:
+            for executor in self._executors.values():
+                executor.set_optimizer(self.optimizer.settings)
 
     def replan(self, rules: Iterable[tuple[str, str]]) -> None:
         """Apply a new freezing scheme (gradual unfreezing): re-plan and re-lower; the
@@ -109,7 +117,10 @@ class CompiledNet:
 
     def load_weights(self, path: str, rename: Mapping[str, str] | None = None,
                      skip: Iterable[str] = (), strict: bool = True) -> dict[str, str]:
-        return load_into(self.params, path, rename, skip, strict)
+        loaded = load_into(self.params, path, rename, skip, strict)
+        if self._cuda_params is not None:
+            self._cuda_params.upload(self.params)
+        return loaded
 
     def save_weights(self, path: str) -> None:
         save_weights(path, self.params)
@@ -126,6 +137,8 @@ class CompiledNet:
     def run_step(self, batch, given=None, capture: tuple[str, ...] = ()) -> StepResult:
         batch = self._check(batch)
         executor = self._executor(batch, "train")
+        if self._cuda_params is not None:
+            return self._cuda_step(executor, batch, given, capture)
         skip = frozenset()
         if given:
             skip = self._prefix_skip(given)
@@ -148,6 +161,20 @@ class CompiledNet:
         self.steps_taken += 1
         return result
 
+    def _cuda_step(self, executor, batch, given, capture) -> StepResult:
+        """Forward, backward and update all run on the device; the gradients and the
+        updated parameters come back so that `grads` and `params` stay current."""
+        if given or capture:
+            raise BwError(Span.synthetic("cuda"), "the cuda target keeps the frozen prefix "
+                          "on the device: --cache-frozen is a cpu-target option")
+        result = executor.run(batch)
+        self.grads = executor.grads()
+        self.params.update(self._cuda_params.download())
+        self.last_stats = result.stats
+        self.last_program = executor.program
+        self.steps_taken += 1
+        return result
+
     def forward(self, batch: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
                 training: bool = False) -> dict[str, np.ndarray]:
         """Run the forward pass only and return the requested layer outputs (default: the
@@ -156,6 +183,13 @@ class CompiledNet:
         names = tuple(outputs) if outputs is not None else None
         executor = self._executor(batch, ("infer", names))
         program = executor.program
+        if self._cuda_params is not None:
+            result = executor.run(batch, training, forward_only=True)
+            known = {**result.losses, **result.metrics}
+            if names and set(names) - set(known):
+                raise BwError(Span.synthetic("cuda"), "the cuda target returns losses and "
+                              "metrics only; use the cpu target to read other layers")
+            return {n: np.asarray(v) for n, v in known.items()}
         wanted = names or tuple(s.layer for s in program.forward
                                 if not executor.net.consumers(s.layer)
                                 or s.layer in dict(program.losses) or s.layer in
@@ -237,7 +271,13 @@ class CompiledNet:
             program = self.program if plan is self.plan else lower(plan, self.prune)
         else:
             program = lower_inference(plan, mode[1])
-        ex = self._executors[key] = Executor(program, self.backend)
+        if self._cuda_params is not None:
+            from bwplan.runtime.cuda import CudaExecutor
+            ex = CudaExecutor(program, self._cuda_params, self.optimizer.settings,
+                              seed=self.seed)
+        else:
+            ex = Executor(program, self.backend)
+        self._executors[key] = ex
         return ex
 
 

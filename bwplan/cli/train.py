@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target", choices=("cpu", "reference"), default="cpu")
+    p.add_argument("--target", choices=("cpu", "cuda", "reference"), default="cpu")
     p.add_argument("--no-prune", action="store_true",
                    help="run the full backward (updates still masked): the baseline")
     p.add_argument("--cache-frozen", action="store_true",

@@ -1,0 +1,100 @@
+"""The CUDA target's kernel table: (op, component) -> source file, kernel, launch geometry.
+
+The CUDA C lives in cuda/ at the top of the checkout (<prefix>/share/bwplan/cuda when
+installed), one file per op family plus common.cuh. Each op's `OpDef.kernels["cuda"]`
+names the kernel of every component as "<family>.<kernel>" (the file cuda/<family>.cu);
+the family modules here hold the matching launch-geometry functions, with the calling
+convention of the CPU kernels except that tensors are device addresses and the result is
+a list of `Launch` records instead of work done:
+
+    fwd(ctx, inputs, params, out, aux, training, env) -> [Launch]
+    dx(ctx, saved, dout, index, out, accumulate, env) -> [Launch]
+    dw(ctx, saved, dout, out, accumulate, env)        -> [Launch]
+
+`accumulate` asks the kernel to add to `out` instead of overwriting it; `env`
+(limits.Env) carries the device's multiprocessor count, the split-K workspace and the
+dropout step counter. Nothing here imports PyCUDA or needs a GPU: `bwplan compile
+--target cuda` and the tests use it to generate and check sources on any machine.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from bwplan import ops as registry
+from bwplan.errors import InternalError
+from bwplan.kernels.cuda import conv, elementwise, linear, loss, norm, pool, shape, update
+from bwplan.kernels.cuda.limits import Env, Launch, check
+
+# family -> its launch module; the file is cuda/<family>.cu
+FAMILIES = MappingProxyType({"conv": conv, "linear": linear, "elementwise": elementwise,
+                             "pool": pool, "norm": norm, "shape": shape, "loss": loss})
+COMMON = "common.cuh"
+# the runtime's own kernels (optimizer step, seeds, gradient sums), not an op's
+RUNTIME_SOURCE = "update.cu"
+RUNTIME_KERNELS = update.KERNELS
+
+
+@dataclass(frozen=True, slots=True)
+class KernelEntry:
+    op: str
+    component: str
+    source: str                       # file name in cuda/
+    kernel: str                       # the extern "C" name the registry gives
+    launch: Callable[..., list[Launch]]
+    also: tuple[str, ...] = ()        # further kernels its launches may use (split-K)
+    workspace: Callable[[object, Env], int] | None = None
+
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        return (self.kernel,) + self.also
+
+
+def _entry(op_name: str, component: str) -> KernelEntry:
+    op = registry.OPS[op_name]
+    name = op.kernels.get("cuda", {}).get(component)
+    if name is None:
+        raise InternalError(f"no cuda kernel registered for {op_name} {component}")
+    family, _, kernel = name.partition(".")
+    module = FAMILIES.get(family)
+    key = (op_name, component)
+    if module is None or key not in module.LAUNCH:
+        raise InternalError(f"the cuda kernel {name} of {op_name} {component} has no launch "
+                            "geometry in bwplan/kernels/cuda")
+    return KernelEntry(op_name, component, f"{family}.cu", kernel, module.LAUNCH[key],
+                       getattr(module, "ALSO", {}).get(key, ()),
+                       getattr(module, "WORKSPACE", {}).get(key))
+
+
+def _table() -> MappingProxyType:
+    table = {}
+    for op in registry.OPS.values():
+        for component in op.kernels.get("cuda", {}):
+            table[(op.name, component)] = _entry(op.name, component)
+    return MappingProxyType(table)
+
+
+# (op, component) -> KernelEntry, for every cuda kernel the registry names
+TABLE = _table()
+
+
+def entry(op_name: str, component: str) -> KernelEntry:
+    found = TABLE.get((op_name, component))
+    return found if found is not None else _entry(op_name, component)
+
+
+def launches(entry_: KernelEntry, *args) -> list[Launch]:
+    """The entry's launches for these arguments, each checked against the device limits
+    and against the kernels the entry may use."""
+    out = entry_.launch(*args)
+    for launch in out:
+        if launch.kernel not in entry_.kernels:
+            raise InternalError(f"{entry_.op} {entry_.component} launches {launch.kernel}, "
+                                f"which its entry does not list")
+        check(launch)
+    return out
+
+
+__all__ = ["COMMON", "FAMILIES", "KernelEntry", "TABLE", "entry", "launches", "Env",
+           "Launch"]

@@ -1,0 +1,71 @@
+"""Launch geometry of cuda/linear.cu: linear forward, dX, dW (split-K over the batch) and
+dB. The GEMM dimensions are listed in linear.cu's header; the split of dW follows the
+same rule as conv2d's (bwplan/kernels/cuda/conv.py)."""
+from __future__ import annotations
+
+import math
+
+from bwplan.errors import InternalError
+from bwplan.kernels.cuda.conv import gemm_grid, split_k
+from bwplan.kernels.cuda.limits import (GEMM_THREADS, Launch, check_index, flag,
+                                        grid_stride, i32, i64, per_channel, ptr)
+from bwplan.ops.opdef import OpCtx
+
+
+def dims(ctx: OpCtx) -> tuple[int, int, int]:
+    """(B, K, O): batch, input features (flattened from dimension 1), output features."""
+    b, k, o = ctx.x.shape[0], math.prod(ctx.x.shape[1:]), ctx.attrs["out"]
+    check_index(b, k, o)  # the GEMM dimensions are int; addresses are 64-bit
+    return b, k, o
+
+
+def fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    b, k, o = dims(ctx)
+    return [Launch("linear_fwd", gemm_grid(b, o), (GEMM_THREADS, 1, 1),
+                   (ptr(inputs[0]), ptr(params["weight"]), ptr(params.get("bias")), ptr(out),
+                    i32(b), i32(k), i32(o)))]
+
+
+def dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    b, k, o = dims(ctx)
+    return [Launch("linear_dx", gemm_grid(b, k), (GEMM_THREADS, 1, 1),
+                   (ptr(saved["weight"]), ptr(dout), ptr(out), i32(b), i32(k), i32(o),
+                    flag(accumulate)))]
+
+
+def dw_workspace(ctx, env) -> int:
+    b, k, o = dims(ctx)
+    splits = split_k(o, k, b, 1, o * k, env)
+    return 4 * splits * o * k if splits > 1 else 0
+
+
+def dw(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
+    b, k, o = dims(ctx)
+    count = o * k
+    splits = split_k(o, k, b, 1, count, env)
+    if splits > 1 and env.workspace_bytes < 4 * splits * count:
+        raise InternalError(f"linear dW needs {4 * splits * count} bytes of workspace, "
+                            f"the runtime gave {env.workspace_bytes}")
+    launches = [Launch("linear_dw", gemm_grid(o, k, splits), (GEMM_THREADS, 1, 1),
+                       (ptr(saved["x"]), ptr(dout), ptr(out), ptr(env.workspace), i32(b),
+                        i32(k), i32(o), i32(splits), flag(accumulate)))]
+    if splits > 1:
+        launches.append(grid_stride("linear_dw_reduce", count, env, ptr(env.workspace),
+                                    ptr(out), i64(count), i32(splits), flag(accumulate)))
+    return launches
+
+
+def db(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
+    b, _, o = dims(ctx)
+    return [per_channel("linear_db", o, ptr(dout), ptr(out), i32(b), i32(o),
+                        flag(accumulate))]
+
+
+LAUNCH = {
+    ("linear", "fwd"): fwd,
+    ("linear", "dx:x"): dx,
+    ("linear", "dw:weight"): dw,
+    ("linear", "dw:bias"): db,
+}
+ALSO = {("linear", "dw:weight"): ("linear_dw_reduce",)}
+WORKSPACE = {("linear", "dw:weight"): dw_workspace}

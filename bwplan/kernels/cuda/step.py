@@ -1,0 +1,207 @@
+"""The launch list of one training step on the device, from a Program and a memory layout.
+
+Every address of a step is static (the arena's offsets, the parameter buffers' offsets),
+so the whole step is planned once: per forward step the op's forward launches, then the
+seeds, per backward step its dX or dW launches (a dW of a parameter whose uses disagree
+on their lr multipliers writes a temporary, then `grad_accumulate` adds it to the
+gradient and to the scaled sum), the one SGD launch, and the step counter's advance.
+The runtime (bwplan/runtime/cuda.py) allocates the memory and replays this list; since
+nothing here needs a GPU, the tests build it for every example on any machine and check
+every launch against the device limits.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from bwplan import ops as registry
+from bwplan.errors import BwError
+from bwplan.kernels import cuda as table
+from bwplan.kernels.cuda import update
+from bwplan.kernels.cuda.arena import Arena
+from bwplan.kernels.cuda.limits import Env, Launch, Unsupported, check
+from bwplan.lower.program import Program, Step
+from bwplan.plan.components import op_ctx
+from bwplan.runtime.optimizer import SgdSettings
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything of a step lives on the device (byte addresses; parameter offsets
+    in elements of the three flat float32 buffers)."""
+
+    arena: Arena
+    arena_base: int
+    param_offsets: Mapping[str, int]
+    param_sizes: Mapping[str, int]
+    params_base: int
+    grads_base: int
+    velocity_base: int
+    scaled_offsets: Mapping[str, int]   # elements into the scaled-sum buffer
+    scaled_base: int
+    tmp: int
+    workspace: int
+    workspace_bytes: int
+    counter: int
+    segments: int
+    sm_count: int
+
+    def addr(self, name: str) -> int:
+        return self.arena_base + self.arena.buffers[name].offset
+
+    def param(self, name: str) -> int:
+        return self.params_base + 4 * self.param_offsets[name]
+
+    def grad(self, name: str) -> int:
+        return self.grads_base + 4 * self.param_offsets[name]
+
+    def env(self, stream: int = 0) -> Env:
+        return Env(self.sm_count, self.workspace, self.workspace_bytes, self.counter, stream)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """The scratch memory a program needs besides the arena and the parameters."""
+
+    scaled_offsets: dict[str, int]
+    scaled_elems: int
+    tmp_elems: int
+    workspace_bytes: int
+
+
+def scratch_needs(program: Program, sizes: Mapping[str, int], sm_count: int) -> Needs:
+    net = program.plan.net
+    dw_params = {s.param for s in program.backward if s.phase == "dw"}
+    mixed = sorted(p for p in program.mixed_scale if p in dw_params)
+    offsets, total = {}, 0
+    for p in mixed:
+        offsets[p] = total
+        total += sizes[p]
+    env = Env(sm_count)
+    workspace = 0
+    for step in program.backward:
+        layer = net.layer(step.layer)
+        e = table.entry(layer.op, step.component)
+        if e.workspace is not None:
+            try:
+                workspace = max(workspace, e.workspace(op_ctx(net, layer), env))
+            except Unsupported as err:
+                raise _cannot(layer, e, err) from None
+    return Needs(offsets, total, max((sizes[p] for p in mixed), default=0), workspace)
+
+
+# Symbolic bases of a layout built without a device: far apart, so any address computed
+# from one stays recognisable, and aligned like real allocations.
+HOST_BASE = 1 << 40
+
+
+def host_layout(program: Program, param_sizes: Mapping[str, int], arena: Arena,
+                sm_count: int) -> Layout:
+    """A layout at symbolic addresses, to build and check a step's launches on a machine
+    without a GPU (`bwplan compile --target cuda`, the tests)."""
+    offsets, total = {}, 0
+    for name, size in param_sizes.items():
+        offsets[name] = total
+        total += size
+    needs = scratch_needs(program, param_sizes, sm_count)
+    b = HOST_BASE
+    return Layout(arena, b, offsets, dict(param_sizes), 2 * b, 3 * b, 4 * b,
+                  needs.scaled_offsets, 5 * b, 6 * b, 7 * b, needs.workspace_bytes, 8 * b,
+                  9 * b, sm_count)
+
+
+def segment_table(program: Program, layout: Layout, settings: SgdSettings) -> np.ndarray:
+    return update.update_segments(program, layout.param_offsets, layout.param_sizes,
+                                  layout.scaled_offsets, settings.weight_decay)
+
+
+@dataclass(frozen=True)
+class Planned:
+    phase: str                 # fwd, seed, dx, dw, update, counter
+    layer: str
+    launches: tuple[Launch, ...]
+
+
+def _cannot(layer, e, err: Exception) -> BwError:
+    return BwError(layer.span, f"the cuda target cannot run '{layer.name}' ({e.op} "
+                   f"{e.component}): {err}")
+
+
+def _launches(layer, e, *args) -> tuple[Launch, ...]:
+    try:
+        return tuple(table.launches(e, *args))
+    except Unsupported as err:
+        raise _cannot(layer, e, err) from None
+
+
+def _saved(program: Program, layout: Layout, step: Step) -> dict:
+    """Addresses of what the step's gradient rule reads (the CPU executor's `_spec`)."""
+    net = program.plan.net
+    layer = net.layer(step.layer)
+    op = registry.OPS[layer.op]
+    rule = op.grad_for(step.component.split(":", 1)[1])
+    saved = {}
+    for need in rule.needs_for(layer.attrs):
+        if need == "out":
+            saved[need] = layout.addr(layer.name)
+        elif need in op.port_names:
+            port = next(p for p in op.ports if p.name == need)
+            srcs = [layout.addr(e.src) for e in layer.inputs
+                    if op.port_for(e.index).name == need]
+            saved[need] = srcs if port.variadic else srcs[0]
+        elif need in op.slot_names:
+            saved[need] = layout.param(layer.param_use(need).param)
+        else:
+            saved[need] = layout.addr(f"{layer.name}:{need}")
+    return saved
+
+
+def _backward(program: Program, layout: Layout, step: Step) -> tuple[Launch, ...]:
+    net = program.plan.net
+    layer = net.layer(step.layer)
+    ctx = op_ctx(net, layer)
+    e = table.entry(layer.op, step.component)
+    saved, dout, env = _saved(program, layout, step), layout.addr(f"d:{layer.name}"), layout.env()
+    if step.phase == "dx":
+        return _launches(layer, e, ctx, saved, dout, step.index, layout.addr(step.target),
+                         step.accumulate, env)
+    p = step.param
+    if p not in layout.scaled_offsets:
+        return _launches(layer, e, ctx, saved, dout, layout.grad(p), step.accumulate, env)
+    return _launches(layer, e, ctx, saved, dout, layout.tmp, False, env) + (
+        update.grad_accumulate(layout.tmp, layout.grad(p),
+                               layout.scaled_base + 4 * layout.scaled_offsets[p],
+                               layout.param_sizes[p], step.scale, step.accumulate, env),)
+
+
+def step_launches(program: Program, layout: Layout, settings: SgdSettings,
+                  segments: np.ndarray, training: bool, backward: bool) -> list[Planned]:
+    """The whole step, in order. Without `backward`: the forward alone (no aux buffers
+    written, no update); the step counter advances either way."""
+    net, out = program.plan.net, []
+    for pos, step in enumerate(program.forward):
+        layer = net.layer(step.layer)
+        aux = {a: layout.addr(f"{layer.name}:{a}") for a in step.aux} if backward else {}
+        params = {u.slot: layout.param(u.param) for u in layer.params}
+        inputs = [layout.addr(s) for s in step.reads]
+        out.append(Planned("fwd", layer.name, _launches(
+            layer, table.entry(layer.op, "fwd"), op_ctx(net, layer), inputs, params,
+            layout.addr(layer.name), aux, training, layout.env(stream=pos))))
+    if backward:
+        for seed in program.seeds:
+            n = net.layer(seed.layer).out.numel
+            out.append(Planned("seed", seed.layer, (update.fill(
+                layout.addr(f"d:{seed.layer}"), n, seed.weight, layout.env()),)))
+        for step in program.backward:
+            out.append(Planned(step.phase, step.layer, _backward(program, layout, step)))
+        out.append(Planned("update", "", tuple(update.sgd_update(
+            layout.params_base, layout.velocity_base, layout.grads_base, layout.scaled_base,
+            layout.segments, segments, settings.lr, settings.momentum, settings.weight_decay,
+            layout.env()))))
+    out.append(Planned("counter", "", (update.advance_counter(layout.counter),)))
+    for item in out:
+        for launch in item.launches:
+            check(launch)
+    return out

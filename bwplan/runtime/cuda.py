@@ -1,0 +1,425 @@
+"""The runtime of target "cuda": runs a Program on one GPU through PyCUDA.
+
+What it does, in order:
+- compiles the program's CUDA source (bwplan/kernels/cuda/build.py: only the kernels the
+  program launches, or every kernel once for many programs) with PyCUDA's SourceModule,
+  for the device's own architecture, with an on-disk cache;
+- places every activation, aux buffer and activation gradient in ONE device allocation,
+  at offsets planned in Python from the schedule (bwplan/kernels/cuda/arena.py), so the
+  device bytes of a step are the plan's peak; the parameters, their gradients and
+  velocities live in one more allocation (CudaParams), and the split-K workspace, the
+  scaled sums of shared parameters, the dropout counter and the optimizer's segment
+  table in a last, fixed one;
+- computes the whole step's launch list once (bwplan/kernels/cuda/step.py: every address
+  is static), then per step copies the batch in, replays the list (as a captured CUDA
+  graph where this PyCUDA exposes stream capture, else as plain launches), and copies
+  back only the losses and metrics: nothing returns to the host inside a step;
+- times each step with CUDA events and counts what it ran as the CPU executor does
+  (components and FLOPs per phase), plus the device launches.
+
+What it does not do: run a cached frozen prefix (`given`/`skip`), or hold more than the
+parameters it was given: several executors (one per batch size) share one CudaParams.
+CUDA errors become bwplan errors only here, in `check`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bwplan import ops as registry
+from bwplan.errors import BwError, InternalError
+from bwplan.kernels.cuda import build, update
+from bwplan.kernels.cuda import step as step_plan
+from bwplan.kernels.cuda.arena import plan_arena
+from bwplan.kernels.cuda.limits import Launch
+from bwplan.lower.program import Program
+from bwplan.runtime.backend import numpy_dtype
+from bwplan.runtime.executor import StepResult, StepStats
+from bwplan.runtime.optimizer import SgdSettings
+from bwplan.source import Span
+
+NEEDS = "the cuda target needs a GPU and PyCUDA: pip install -e '.[cuda]'"
+
+
+class CudaUnavailable(BwError):
+    """No PyCUDA, no driver or no GPU."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(Span.synthetic("target"), f"{NEEDS} ({why})")
+
+
+def check(call, what: str):
+    """Run a PyCUDA call; its errors become bwplan errors here and nowhere else: running
+    out of device memory is the user's (a batch too large), anything else is a bug."""
+    import pycuda.driver as cuda
+    try:
+        return call()
+    except cuda.MemoryError as err:
+        raise BwError(Span.synthetic("cuda"), f"out of device memory while {what}: {err}",
+                      "use a smaller batch") from None
+    except cuda.Error as err:
+        raise InternalError(f"CUDA failed while {what}: {err}") from None
+
+
+# ---- the device ----------------------------------------------------------------------------
+class Device:
+    """The primary context of the process's GPU (PyCUDA's autoprimaryctx: GPU 0, or the
+    one CUDA_DEVICE names), shared with PyTorch or anything else in the process, and the
+    modules compiled for it, by source."""
+
+    def __init__(self, cache_dir: str | None = None) -> None:
+        try:
+            import pycuda.driver as cuda
+        except ImportError as err:
+            raise CudaUnavailable(f"cannot import pycuda: {err}") from None
+        try:
+            cuda.init()
+            if cuda.Device.count() == 0:
+                raise CudaUnavailable("no GPU found")
+            import pycuda.autoprimaryctx as primary
+        except cuda.Error as err:
+            raise CudaUnavailable(str(err)) from None
+        self._cuda = cuda
+        self.dev = primary.device
+        major, minor = self.dev.compute_capability()
+        self.arch = f"sm_{major}{minor}"
+        self.name = self.dev.name()
+        self.sm_count = self.dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
+        self.cache_dir = cache_dir or os.environ.get("BWPLAN_CUDA_CACHE") or os.path.join(
+            os.path.expanduser("~"), ".cache", "bwplan", "cuda")
+        self._modules: dict[str, KernelSet] = {}
+
+    def kernels(self, source: str) -> KernelSet:
+        key = hashlib.sha256(source.encode()).hexdigest()
+        found = self._modules.get(key)
+        if found is None:
+            found = self._modules[key] = KernelSet(self, source)
+        return found
+
+    def alloc(self, nbytes: int, what: str):
+        return check(lambda: self._cuda.mem_alloc(max(nbytes, 1)), f"allocating {what}")
+
+
+_DEVICE: Device | None = None
+
+
+def device() -> Device:
+    """The process's device (GPU 0), created on first use."""
+    global _DEVICE
+    if _DEVICE is None:
+        _DEVICE = Device()
+    return _DEVICE
+
+
+class KernelSet:
+    """One compiled module; `launch` runs a Launch record on a stream."""
+
+    def __init__(self, dev: Device, source: str) -> None:
+        from pycuda.compiler import SourceModule
+        from pycuda.driver import CompileError
+        os.makedirs(dev.cache_dir, exist_ok=True)
+        try:
+            self.module = SourceModule(source, arch=dev.arch, no_extern_c=True,
+                                       cache_dir=dev.cache_dir)
+        except CompileError as err:
+            raise InternalError("nvcc rejected the generated CUDA source",
+                                f"{err}\n{getattr(err, 'stderr', '')}") from None
+        self._functions: dict[str, object] = {}
+
+    def function(self, launch: Launch):
+        fn = self._functions.get(launch.kernel)
+        if fn is None:
+            fn = self.module.get_function(launch.kernel)
+            fn.prepare(launch.arg_format)
+            self._functions[launch.kernel] = fn
+        return fn
+
+    def launch(self, launch: Launch, stream=None) -> None:
+        fn = self.function(launch)
+        fn.prepared_async_call(launch.grid, launch.block, stream, *launch.args,
+                               shared_size=launch.shared)
+
+
+# ---- parameters ------------------------------------------------------------------------
+class CudaParams:
+    """Parameters, gradients and velocities: three flat float32 device buffers with one
+    layout (element offsets per parameter name)."""
+
+    def __init__(self, dev: Device, params: Mapping[str, np.ndarray]) -> None:
+        self.dev = dev
+        self.offsets: dict[str, int] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        total = 0
+        for name, value in params.items():
+            if np.asarray(value).dtype != np.float32:
+                raise BwError(Span.synthetic("cuda"), f"parameter '{name}' is "
+                              f"{np.asarray(value).dtype}; the cuda target runs float32")
+            self.offsets[name] = total
+            self.shapes[name] = tuple(np.shape(value))
+            total += int(np.size(value))
+        self.count = total
+        self.nbytes = 3 * 4 * max(total, 1)
+        self.memory = dev.alloc(self.nbytes, "the parameters")
+        base = int(self.memory)
+        self.params_base, self.grads_base = base, base + 4 * total
+        self.velocity_base = base + 8 * total
+        self.upload(params)
+        check(lambda: dev._cuda.memset_d32(self.velocity_base, 0, total), "zeroing velocity")
+
+    def size(self, name: str) -> int:
+        return int(np.prod(self.shapes[name], dtype=np.int64))
+
+    def ptr(self, name: str) -> int:
+        return self.params_base + 4 * self.offsets[name]
+
+    def grad_ptr(self, name: str) -> int:
+        return self.grads_base + 4 * self.offsets[name]
+
+    def upload(self, params: Mapping[str, np.ndarray]) -> None:
+        for name, value in params.items():
+            host = np.ascontiguousarray(value, dtype=np.float32)
+            check(lambda: self.dev._cuda.memcpy_htod(self.ptr(name), host), "uploading " + name)
+
+    def _download(self, base: int, names) -> dict[str, np.ndarray]:
+        out = {}
+        for name in names:
+            host = np.empty(self.shapes[name], np.float32)
+            check(lambda: self.dev._cuda.memcpy_dtoh(host, base + 4 * self.offsets[name]),
+                  "downloading " + name)
+            out[name] = host
+        return out
+
+    def download(self) -> dict[str, np.ndarray]:
+        return self._download(self.params_base, self.offsets)
+
+    def download_grads(self, names) -> dict[str, np.ndarray]:
+        return self._download(self.grads_base, names)
+
+
+# ---- the executor ------------------------------------------------------------------------
+@dataclass
+class CudaTiming:
+    """The device side of the last step: its time between CUDA events (the batch copy
+    excluded), its kernel launches per phase, the arena (the plan's bytes) and the fixed
+    state (parameters, gradients, velocities, workspace), and whether a graph ran it."""
+
+    ms: float = 0.0
+    device_launches: int = 0
+    arena_bytes: int = 0
+    state_bytes: int = 0
+    graph: bool = False
+    per_phase_launches: dict[str, int] = field(default_factory=dict)
+
+
+# the phase of a planned item, for the per-phase times
+_PHASE_OF = {"fwd": "forward", "seed": "backward", "dx": "backward", "dw": "backward",
+             "update": "update", "counter": "update"}
+
+
+class CudaExecutor:
+    """Runs one Program on the device. `params` is a CudaParams (shared by the executors of
+    one network) or a dict of host arrays to upload."""
+
+    def __init__(self, program: Program, params: CudaParams | Mapping[str, np.ndarray],
+                 settings: SgdSettings | None = None, dev: Device | None = None,
+                 seed: int = 0, use_graph: bool = True, source: str = "program") -> None:
+        """`source` "program" compiles only the kernels this program launches (one nvcc
+        run per distinct program, cached on disk); "full" compiles every kernel once per
+        process, which pays when many programs run (tests, benchmarks)."""
+        self.dev = dev or device()
+        self.program = program
+        self.net = program.plan.net
+        self.state = params if isinstance(params, CudaParams) else CudaParams(self.dev, params)
+        self.settings = settings or SgdSettings()
+        self.use_graph = use_graph
+        self._check_types()
+        arena = plan_arena(program)
+        self.kernels = self.dev.kernels(build.full_source() if source == "full"
+                                        else build.program_source(program))
+        self.arena_memory = self.dev.alloc(arena.size, "the activations")
+        self.layout = self._layout(arena)
+        check(lambda: self.dev._cuda.memcpy_htod(
+            self.layout.counter, np.array([seed * 1_000_003], np.uint64)), "seeding")
+        self.segments = step_plan.segment_table(program, self.layout, self.settings)
+        self._upload_segments()
+        self.stream = check(self.dev._cuda.Stream, "creating a stream")
+        self._lists: dict[tuple, list[step_plan.Planned]] = {}
+        self._graphs: dict[tuple, object] = {}
+        self.timing = CudaTiming(arena_bytes=arena.size,
+                                 state_bytes=self.state.nbytes + self.scratch_bytes)
+
+    def _check_types(self) -> None:
+        """The kernels run float32; integer tensors may only be labels or flags."""
+        for layer in self.net.layers:
+            op = registry.OPS[layer.op]
+            for e in layer.inputs:
+                t = self.net.tensor_type(e.src)
+                if t.dtype != "f32" and (op.port_for(e.index).differentiable
+                                         or op.role == "layer"):
+                    raise BwError(layer.span, f"'{layer.name}' reads '{e.src}' of type "
+                                  f"{t.dtype}; the cuda target runs float32 tensors")
+
+    def _layout(self, arena) -> step_plan.Layout:
+        """The second allocation: scaled sums and a per-use temporary for parameters whose
+        uses disagree on their multipliers, the split-K workspace, the step counter and the
+        optimizer's segment table."""
+        s = self.state
+        sizes = {p: s.size(p) for p in s.offsets}
+        needs = step_plan.scratch_needs(self.program, sizes, self.dev.sm_count)
+        self._segments_room = update.SEGMENT.itemsize * max(1, len(self.program.plan.updates))
+        parts = [("scaled", 4 * needs.scaled_elems), ("tmp", 4 * needs.tmp_elems),
+                 ("workspace", needs.workspace_bytes), ("counter", 8),
+                 ("segments", self._segments_room)]
+        offsets, at = {}, 0
+        for name, nbytes in parts:
+            offsets[name] = at
+            at += -(-nbytes // 256) * 256
+        self.scratch_bytes = at
+        self.scratch = self.dev.alloc(at, "the workspace")
+        base = int(self.scratch)
+        return step_plan.Layout(
+            arena, int(self.arena_memory), s.offsets, sizes, s.params_base, s.grads_base,
+            s.velocity_base, needs.scaled_offsets, base + offsets["scaled"],
+            base + offsets["tmp"], base + offsets["workspace"], needs.workspace_bytes,
+            base + offsets["counter"], base + offsets["segments"], self.dev.sm_count)
+
+    def _upload_segments(self) -> None:
+        if self.segments.nbytes > self._segments_room:
+            raise InternalError("the optimizer's segment table outgrew its room")
+        if self.segments.nbytes:
+            check(lambda: self.dev._cuda.memcpy_htod(self.layout.segments, self.segments),
+                  "uploading the update table")
+
+    def set_optimizer(self, settings: SgdSettings) -> None:
+        """New optimizer settings: the update launch and the segments change (a parameter
+        that only decays is updated only with a weight decay)."""
+        self.settings = settings
+        self.segments = step_plan.segment_table(self.program, self.layout, settings)
+        self._upload_segments()
+        self._lists.clear()
+        self._graphs.clear()
+
+    # ---- running -----------------------------------------------------------------------
+    def _planned(self, training: bool, backward: bool) -> list[step_plan.Planned]:
+        key = (training, backward)
+        if key not in self._lists:
+            self._lists[key] = step_plan.step_launches(self.program, self.layout,
+                                                       self.settings, self.segments,
+                                                       training, backward)
+        return self._lists[key]
+
+    def _upload_batch(self, batch: Mapping[str, np.ndarray]) -> None:
+        cuda = self.dev._cuda
+        for inp in self.net.inputs:
+            host = np.ascontiguousarray(batch[inp.name], dtype=numpy_dtype(inp.type.dtype))
+            if host.nbytes != inp.type.nbytes:
+                raise BwError(Span.synthetic("batch"), f"input '{inp.name}' has shape "
+                              f"{list(host.shape)}, this program expects "
+                              f"{list(inp.type.shape)}")
+            check(lambda: cuda.memcpy_htod(self.layout.addr(inp.name), host),
+                  "copying the batch")
+
+    def _replay(self, planned, key) -> tuple[bool, dict]:
+        """Run the step's launches; (whether they ran as a captured graph, an event after
+        each phase for the per-phase times; none in a graph)."""
+        if self.use_graph and key not in self._graphs:
+            self._graphs[key] = self._capture(planned)
+        graph = self._graphs.get(key)
+        if graph is not None:
+            check(lambda: graph.launch(self.stream), "replaying the step graph")
+            return True, {}
+        marks = {}
+        for i, item in enumerate(planned):
+            for launch in item.launches:
+                check(lambda: self.kernels.launch(launch, self.stream),
+                      f"launching {launch.kernel} ({item.phase} {item.layer})")
+            phase = _PHASE_OF.get(item.phase)
+            if i + 1 == len(planned) or _PHASE_OF.get(planned[i + 1].phase) != phase:
+                marks[phase] = self.dev._cuda.Event()
+                marks[phase].record(self.stream)
+        return False, marks
+
+    def _capture(self, planned):
+        """The step as an instantiated CUDA graph, or None where this PyCUDA cannot capture
+        a stream (then every step launches its kernels one by one)."""
+        stream = self.stream
+        if not (hasattr(stream, "begin_capture") and hasattr(stream, "end_capture")):
+            return None
+        try:
+            stream.begin_capture()
+            for item in planned:
+                for launch in item.launches:
+                    self.kernels.launch(launch, stream)
+            graph = stream.end_capture()
+            return graph.instance() if hasattr(graph, "instance") else graph.instantiate()
+        except Exception:  # noqa: BLE001 - a partial capture API: plain launches still work
+            try:
+                stream.end_capture()
+            except Exception:  # noqa: BLE001
+                pass
+            return None
+
+    def run(self, batch: Mapping[str, np.ndarray], training: bool = True,
+            forward_only: bool = False) -> StepResult:
+        """One step: the forward and, unless forward_only, the planned backward and the
+        parameter update, all on the device; then the losses and metrics come back."""
+        cuda = self.dev._cuda
+        backward = not forward_only
+        planned = self._planned(training, backward)
+        self._upload_batch(batch)
+        start, end = cuda.Event(), cuda.Event()
+        start.record(self.stream)
+        graph, marks = self._replay(planned, (training, backward))
+        end.record(self.stream)
+        check(end.synchronize, "running the step")
+        values = {}
+        for name in [n for n, _ in self.program.losses] + list(self.program.metrics):
+            # a weighted layer that is not a loss joins the objective with its sum
+            host = np.empty(self.net.layer(name).out.shape, np.float32)
+            check(lambda: cuda.memcpy_dtoh(host, self.layout.addr(name)), "reading " + name)
+            values[name] = float(np.sum(host, dtype=np.float64))
+        stats = self._stats(backward)
+        if hasattr(stats, "seconds"):
+            before = start
+            for phase in ("forward", "backward", "update"):
+                if phase in marks:
+                    stats.seconds[phase] = 1e-3 * marks[phase].time_since(before)
+                    before = marks[phase]
+        per_phase: dict[str, int] = {}
+        for item in planned:
+            per_phase[item.phase] = per_phase.get(item.phase, 0) + len(item.launches)
+        self.timing = CudaTiming(end.time_since(start), sum(per_phase.values()),
+                                 self.layout.arena.size,
+                                 self.state.nbytes + self.scratch_bytes, graph, per_phase)
+        losses = {n: values[n] for n, _ in self.program.losses}
+        metrics = {n: values[n] for n in self.program.metrics}
+        loss = sum(w * losses[n] for n, w in self.program.losses)
+        return StepResult(loss, losses, metrics, stats)
+
+    def _stats(self, backward: bool) -> StepStats:
+        """What ran, counted as the CPU executor counts it: one launch per component."""
+        stats = StepStats()
+        steps = self.program.forward + (self.program.backward if backward else ())
+        for step in steps:
+            stats.launched[step.phase] += 1
+            stats.flops[step.phase] += step.flops
+            stats.kernels.append((step.phase, step.layer, step.component))
+        if backward:
+            stats.launched["update"] = len(self.segments)
+            stats.flops["update"] = 4 * int(self.segments["size"].sum()) if len(
+                self.segments) else 0
+        stats.peak_bytes = self.layout.arena.size
+        if hasattr(stats, "after_forward_bytes"):
+            end = len(self.program.forward)
+            stats.after_forward_bytes = sum(b.nbytes for b in self.layout.arena.buffers.values()
+                                            if b.first <= end < b.last)
+        return stats
+
+    def grads(self) -> dict[str, np.ndarray]:
+        """The gradients the last step computed, summed over uses, by parameter."""
+        return self.state.download_grads(sorted({s.param for s in self.program.backward
+                                                 if s.phase == "dw"}))

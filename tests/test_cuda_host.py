@@ -1,0 +1,294 @@
+"""The CUDA target on any machine (no nvcc, no GPU): the kernel table against the op
+registry and the sources, the launch geometry of every example's step against the device
+limits, the one-allocation memory plan against the plan's peak estimate, the optimizer's
+segment table against the CPU optimizer, and `bwplan compile --target cuda` without nvcc.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bwplan
+from bwplan import ops as registry
+from bwplan.cli.main import main
+from bwplan.kernels import cuda as cuda_table
+from bwplan.kernels.cuda import build, limits
+from bwplan.kernels.cuda import step as step_plan
+from bwplan.kernels.cuda.arena import ALIGNMENT, plan_arena
+from bwplan.runtime.optimizer import Sgd, SgdSettings
+
+EXAMPLES = sorted(Path(__file__).parent.parent.glob("examples/*.bw"))
+ALL_OPS = sorted(registry.OPS)
+
+
+def components(op) -> set[str]:
+    return {"fwd"} | {("dw:" if op.slot(r.wrt) else "dx:") + r.wrt for r in op.grads}
+
+
+# ---- the registry ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_every_op_has_cuda_kernels_for_fwd_and_every_grad_rule(name):
+    op = registry.OPS[name]
+    assert set(op.kernels.get("cuda", {})) == components(op)
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_every_named_cuda_kernel_exists_in_its_source(name):
+    op = registry.OPS[name]
+    declared = build.kernels_in_sources()
+    for component, kernel_name in op.kernels["cuda"].items():
+        family, _, kernel = kernel_name.partition(".")
+        assert f"{family}.cu" in declared, kernel_name
+        assert kernel in declared[f"{family}.cu"], kernel_name
+        entry = cuda_table.entry(name, component)
+        for k in entry.kernels:
+            assert k in declared[entry.source], (name, component, k)
+            text = (build.source_dir() / entry.source).read_text()
+            assert f'extern "C" __global__' in text.split(f"// == kernel {k} ==")[1].split(
+                "// == kernel")[0], k
+
+
+def test_the_cpu_entries_are_kept_beside_the_cuda_ones():
+    for op in registry.OPS.values():
+        assert set(op.kernels) >= {"cuda"}
+        if "cpu" in op.kernels:
+            assert set(op.kernels["cpu"]) == set(op.kernels["cuda"]), op.name
+
+
+def test_runtime_kernels_exist():
+    declared = build.kernels_in_sources()[cuda_table.RUNTIME_SOURCE]
+    assert set(cuda_table.RUNTIME_KERNELS) <= declared
+
+
+# ---- launch geometry of every example ------------------------------------------------------
+def compiled(path, prune=True, rules=()):
+    return bwplan.compile(str(path), target="reference", prune=prune, rules=list(rules))
+
+
+def layout_of(prog, sm_count=limits.DEFAULT_SM_COUNT):
+    sizes = {name: int(v.size) for name, v in prog.params.items()}
+    return step_plan.host_layout(prog.program, sizes, plan_arena(prog.program), sm_count)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+@pytest.mark.parametrize("prune", [True, False])
+@pytest.mark.parametrize("sm_count", [1, limits.DEFAULT_SM_COUNT])
+def test_every_launch_of_every_example_is_within_the_device_limits(path, prune, sm_count):
+    prog = compiled(path, prune)
+    layout = layout_of(prog, sm_count)
+    settings = SgdSettings(weight_decay=5e-4)
+    planned = step_plan.step_launches(prog.program, layout, settings,
+                                      step_plan.segment_table(prog.program, layout, settings),
+                                      training=True, backward=True)
+    steps = [p for p in planned if p.phase in ("fwd", "dx", "dw")]
+    assert len(steps) == len(prog.program.forward) + len(prog.program.backward)
+    source = build.program_source(prog.program)
+    for item in planned:
+        assert item.launches, item
+        for launch in item.launches:
+            limits.check(launch)
+            assert f"void {launch.kernel}(" in source or f"{launch.kernel}(" in source
+            for arg in launch.args:
+                assert isinstance(arg, np.generic), (launch.kernel, arg)
+
+
+def test_split_k_fills_the_device_within_its_workspace():
+    from bwplan.kernels.cuda.conv import split_k
+    env = limits.Env(sm_count=132)
+    assert split_k(256, 2048, 64, 1, 256 * 2048, env) == 1        # enough tiles already
+    assert split_k(32, 27, 65536, 1, 32 * 27, env) > 16           # long reduction, one tile
+    assert split_k(32, 27, 100, 1, 32 * 27, env) == 1             # too short to split
+    big = split_k(64, 64, 10**8, 1, 2**24, env)
+    assert big * 4 * 2**24 <= limits.SPLIT_K_MAX_WORKSPACE or big == 1
+
+
+def test_unsupported_sizes_are_user_errors_with_a_span():
+    text = ("input x : f32[70000, 1, 200, 200]\ninput y : i64[70000]\n"
+            "c = conv2d(x, out=2, kernel=1)\nf = linear(c, out=2)\n"
+            "loss = softmax_cross_entropy(f, y)\n")
+    prog = bwplan.compile(text, target="reference")
+    with pytest.raises(bwplan.errors.BwError) as info:
+        layout = layout_of(prog)
+        step_plan.step_launches(prog.program, layout, SgdSettings(),
+                                step_plan.segment_table(prog.program, layout, SgdSettings()),
+                                True, True)
+    assert "32-bit" in info.value.message and info.value.span.line == 3
+
+
+# ---- the memory plan -----------------------------------------------------------------------
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+@pytest.mark.parametrize("prune", [True, False])
+def test_arena_never_shares_bytes_between_live_buffers(path, prune):
+    prog = compiled(path, prune)
+    arena = plan_arena(prog.program)
+    buffers = [b for b in arena.buffers.values() if b.nbytes]
+    for b in buffers:
+        assert b.offset % ALIGNMENT == 0
+        assert b.offset + b.nbytes <= arena.size
+    for a, b in itertools.combinations(buffers, 2):
+        if a.overlaps_in_time(b):
+            assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset, (a, b)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+@pytest.mark.parametrize("prune", [True, False])
+def test_arena_size_matches_the_plans_peak_estimate(path, prune):
+    prog = compiled(path, prune)
+    arena = plan_arena(prog.program)
+    s = prog.plan.summary
+    estimate = s.planned_peak_bytes if prune else s.full_peak_bytes
+    assert arena.peak_live <= arena.size
+    assert abs(arena.size - estimate) <= 0.10 * estimate, (arena.size, estimate)
+
+
+def test_arena_lifetimes_follow_the_schedule():
+    prog = compiled(Path(__file__).parent.parent / "examples/frozen_backbone.bw")
+    arena = plan_arena(prog.program)
+    bufs = arena.buffers
+    assert bufs["image"].first == 0 and bufs["image"].last == arena.positions - 1
+    # conv1's output dies after relu1 reads it; nothing below fc1 is kept
+    assert bufs["conv1"].last == bufs["relu1"].first
+    assert "d:flat" not in bufs and "d:pool3" not in bufs
+    assert bufs["flat"].last > len(prog.program.forward)      # read by fc1's dW
+
+
+# ---- the optimizer's segments --------------------------------------------------------------
+def _apply_segments(table, params, grads, scaled, velocity, s: SgdSettings):
+    """sgd_update of update.cu, in NumPy."""
+    for seg in table:
+        p = slice(seg["param_off"], seg["param_off"] + seg["size"])
+        w = params[p]
+        diff = seg["decay"] * s.weight_decay * w
+        if seg["source"] >= 0:
+            src = grads if seg["source"] == 0 else scaled
+            q = slice(seg["source_off"], seg["source_off"] + seg["size"])
+            diff = diff + seg["grad_mult"] * src[q]
+        velocity[p] = s.momentum * velocity[p] + s.lr * diff
+        params[p] = w - velocity[p]
+
+
+@pytest.mark.parametrize("name,rules", [
+    ("siamese_per_branch_lr", ()), ("frozen_backbone", ()), ("siamese_mlp", ()),
+    ("middle_frozen", ()), ("cnn_small", (("freeze", "conv*"),)),
+])
+@pytest.mark.parametrize("prune", [True, False])
+def test_segments_reproduce_the_cpu_optimizer(name, rules, prune):
+    path = Path(__file__).parent.parent / f"examples/{name}.bw"
+    prog = compiled(path, prune, rules)
+    program = prog.program
+    s = SgdSettings(lr=0.1, momentum=0.9, weight_decay=0.01)
+    sizes = {k: int(v.size) for k, v in prog.params.items()}
+    layout = layout_of(prog)
+    table = step_plan.segment_table(program, layout, s)
+    rng = np.random.default_rng(0)
+    computed = {st.param for st in program.backward if st.phase == "dw"}
+    grads = {p: rng.standard_normal(prog.params[p].shape).astype(np.float32) for p in computed}
+    scaled = {p: rng.standard_normal(prog.params[p].shape).astype(np.float32)
+              for p in computed if p in program.mixed_scale}
+    host = {k: v.copy() for k, v in prog.params.items()}
+    opt = Sgd(s)
+    for _ in range(2):
+        opt.step(program.plan.updates, host, grads, scaled)
+    flat = np.zeros(sum(sizes.values()), np.float32)
+    flat_g, velocity = np.zeros_like(flat), np.zeros_like(flat)
+    flat_s = np.zeros(max(1, sum(sizes[p] for p in layout.scaled_offsets)), np.float32)
+    for k, v in prog.params.items():
+        off = layout.param_offsets[k]
+        flat[off:off + v.size] = v.ravel()
+        if k in grads:
+            flat_g[off:off + v.size] = grads[k].ravel()
+        if k in scaled:
+            so = layout.scaled_offsets[k]
+            flat_s[so:so + v.size] = scaled[k].ravel()
+    for _ in range(2):
+        _apply_segments(table, flat, flat_g, flat_s, velocity, s)
+    for k, v in host.items():
+        off = layout.param_offsets[k]
+        np.testing.assert_allclose(flat[off:off + v.size], v.ravel(), rtol=1e-5, atol=1e-6,
+                                   err_msg=k)
+
+
+# ---- sources -------------------------------------------------------------------------------
+def test_program_source_holds_only_the_kernels_the_program_launches():
+    prog = compiled(Path(__file__).parent.parent / "examples/frozen_backbone.bw")
+    source = build.program_source(prog.program)
+    used = {k for ks in build.program_kernels(prog.program).values() for k in ks}
+    defined = set(__import__("re").findall(r'extern "C" __global__ void (?:__launch_bounds__'
+                                           r'\(\w+\)\s*)?(\w+)\(', source))
+    assert defined == used
+    assert "conv2d_dw" not in defined and "conv2d_dx" not in defined
+    assert "#include" not in source and "#pragma once" not in source
+
+
+def test_ptxas_report_is_parsed_per_kernel():
+    log = """ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'k1' for 'sm_90'
+ptxas info    : Function properties for k1
+    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 8320 bytes smem, 400 bytes cmem[0]
+ptxas info    : Compiling entry function 'k2' for 'sm_90'
+ptxas info    : Function properties for k2
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 12 registers, used 0 barriers, 380 bytes cmem[0]
+"""
+    r = build.parse_ptxas(log)
+    assert r["k1"] == build.Resources("k1", 40, 8320, 8, 4, 4)
+    assert r["k2"] == build.Resources("k2", 12, 0, 0, 0, 0)
+
+
+def test_compile_cuda_without_nvcc_still_writes_the_sources(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(build, "find_nvcc", lambda: None)
+    path = Path(__file__).parent.parent / "examples/frozen_backbone.bw"
+    assert main(["compile", str(path), "--target", "cuda", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "nvcc not found" in out
+    for name in ("frozen_backbone.cu", "plan.json", "schedule.json", "manifest.json",
+                 "frozen_backbone.bw"):
+        assert (tmp_path / name).exists(), name
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["target"] == "cuda" and manifest["cubin"] is None
+    assert manifest["arena_bytes"] == manifest["plan_peak_bytes"]
+    schedule = json.loads((tmp_path / "schedule.json").read_text())
+    assert not any(s["phase"] == "dw" and s["layer"].startswith("conv")
+                   for s in schedule["backward"])
+
+
+def test_compile_cuda_reports_a_bad_network_as_a_user_error(tmp_path, capsys):
+    bad = tmp_path / "bad.bw"
+    bad.write_text("input x : f32[2, 3]\ny = relu(z)\n")
+    assert main(["compile", str(bad), "--target", "cuda", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err
+
+
+def test_the_runtime_says_what_it_needs_without_a_gpu(monkeypatch):
+    import bwplan.runtime.cuda as runtime
+    import builtins
+    real_import = builtins.__import__
+
+    def no_pycuda(name, *args, **kwargs):
+        if name.startswith("pycuda"):
+            raise ImportError("No module named 'pycuda'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pycuda)
+    monkeypatch.setattr(runtime, "_DEVICE", None)
+    with pytest.raises(bwplan.errors.BwError) as info:
+        runtime.device()
+    assert "needs a GPU and PyCUDA" in info.value.message
+    assert "pip install -e '.[cuda]'" in info.value.message
+
+
+def test_geometry_of_the_gemm_covers_every_output():
+    """Every (m, n) of a GEMM falls in one tile of the grid, for shapes around the tile."""
+    from bwplan.kernels.cuda.conv import gemm_grid
+    for m, n in [(1, 1), (63, 65), (64, 64), (129, 1000)]:
+        gx, gy, _ = gemm_grid(m, n)
+        assert gx * limits.GEMM_TILE_N >= n > (gx - 1) * limits.GEMM_TILE_N
+        assert gy * limits.GEMM_TILE_M >= m > (gy - 1) * limits.GEMM_TILE_M
+    assert math.prod(limits.Launch("k", (1, 2, 3), (4, 8, 1), ()).grid) == 6
