@@ -68,6 +68,15 @@ def _configure_once(threads) -> None:
     (BWPLAN_THREADS overrides the default of every core this process may use)."""
     if not _CONFIGURED:
         import os
+        import sys
+        import warnings
+        if "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY", "").upper() != \
+                "PASSIVE":
+            warnings.warn("torch was loaded before bwplan's CPU kernels, so the OpenMP "
+                          "runtime they share lets idle workers spin, which can make "
+                          "either side many times slower; set OMP_WAIT_POLICY=PASSIVE in "
+                          "the environment before importing torch", RuntimeWarning,
+                          stacklevel=4)
         wanted = os.environ.get("BWPLAN_THREADS")
         _CONFIGURED.append(threads.configure(int(wanted) if wanted else None))
 

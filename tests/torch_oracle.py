@@ -1,0 +1,447 @@
+"""An outside oracle for training runs: a bwplan `Net` computed by PyTorch.
+
+Every op is written here again in torch, from the semantics the docs give it (Caffe's,
+mostly), without reading bwplan's NumPy references or kernels; torch's autograd then plays
+the role of bwplan's planned backward. The training settings map onto plain autograd:
+
+* a parameter is a torch leaf; one whose every use has lr multiplier 0 (frozen) does not
+  require a gradient, and running statistics never do;
+* each use of a trainable parameter reads a view `w * 1` whose gradient hook records that
+  use's raw gradient and returns it scaled by the use's lr multiplier, so the leaf's `.grad`
+  is sum over uses of (lr_mult * gradient), the quantity Caffe's update is built from; a use
+  with lr multiplier 0 reads `w.detach()`;
+* a stop_gradient edge reads `value.detach()`; shared parameters are the same leaf;
+* the objective is the sum of each weighted layer's output times its weight;
+* a batchnorm with batch statistics updates its running mean and (unbiased) variance in
+  the forward, as torch does, with torch's momentum = 1 - the layer's `momentum`.
+
+The oracle computes in float64 by default, so that a comparison with a float32 run sees
+bwplan's rounding and not the oracle's. At a kink (a ReLU's sign test, a max's winner) the
+two may still decide differently where float32 cannot tell; the caller can pass bwplan's
+own values to settle exactly those decisions (see "decisions at kinks").
+
+The update is `torch.optim.SGD` with one group per parameter: Caffe's
+`v = momentum*v + lr*diff; w -= v` is torch's momentum SGD for a constant learning rate,
+with the parameter's decay (weight_decay * decay_mult * its largest lr multiplier) as the
+group's weight_decay. A trainable parameter that got no gradient is given a zero one, so
+that it still decays.
+
+Not covered: dropout with p > 0 (its masks come from bwplan's generator) and gradients with
+respect to inputs.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+# Loading torch starts the OpenMP runtime that the cpu target's Numba kernels then share,
+# and the runtime reads OMP_WAIT_POLICY only then: left to spin, its idle workers made the
+# cpu target 20x slower on 2 cores in everything that ran after this import. The cpu
+# target asks for a passive policy itself (bwplan/kernels/cpu/threads.py), too late here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+LOSS_OPS = frozenset({"softmax_cross_entropy", "euclidean_loss", "contrastive_loss"})
+METRIC_OPS = frozenset({"accuracy"})
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return (int(value[0]), int(value[-1]))
+    return (int(value), int(value))
+
+
+def _channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+# ---- decisions at kinks ------------------------------------------------------------------
+# A ReLU's sign test and the max ops' choice of winner are discontinuous. Where the oracle's
+# float64 value lies within float32 rounding of such a kink, bwplan's float32 run may decide
+# either way, and one flipped decision moves a gradient by ~1e-3 of its norm (five steps of
+# cnn_small at batch 2 meet one for some seeds). So the ops below accept `hints`: bwplan's
+# own values of the layer's inputs. A decision whose margin is positive but below UNDECIDED
+# times the largest magnitude of the tensor follows them; every other decision, exact ties
+# included, is the oracle's own.
+UNDECIDED = 1e-5
+
+# ops whose functions take `hints`
+DECIDING_OPS = frozenset({"relu", "maxpool", "global_maxpool", "maximum"})
+
+
+def _undecided(margin: torch.Tensor, scale_of: torch.Tensor) -> torch.Tensor:
+    limit = UNDECIDED * float(scale_of.detach().abs().max())
+    return (margin > 0) & (margin <= limit)
+
+
+def _argmax(values: torch.Tensor, dim: int, hint: torch.Tensor | None,
+            scale_of: torch.Tensor) -> torch.Tensor:
+    """The first maximum along `dim`; where the first maximum of `hint` (laid out like
+    `values`) is another element, short of the best by an undecided margin, that one."""
+    values = values.detach()
+    pick = values.argmax(dim)
+    if hint is None:
+        return pick
+    theirs = hint.argmax(dim)
+    margin = _take(values, dim, pick) - _take(values, dim, theirs)
+    return torch.where(_undecided(margin, scale_of), theirs, pick)
+
+
+def _take(values: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """The element `index` picks along `dim`; the gradient flows to it alone."""
+    return values.gather(dim, index.unsqueeze(dim)).squeeze(dim)
+
+
+# ---- pooling with Caffe's geometry -------------------------------------------------------
+def caffe_pool_len(size: int, k: int, s: int, p: int, ceil: bool, any_pad: bool) -> int:
+    """Caffe PoolingLayer::Reshape: floor or ceil of (size + 2p - k) / s, plus one; with
+    any padding, a last window that starts at or past size + p (in the padding) is dropped."""
+    span = size + 2 * p - k
+    out = (-(-span // s) if ceil else span // s) + 1
+    if any_pad and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _pool_geometry(a, x: torch.Tensor):
+    kh, kw = _pair(a["kernel"])
+    sh, sw = _pair(a["kernel"] if a["stride"] is None else a["stride"])
+    ph, pw = _pair(a["pad"])
+    h, w = x.shape[2:]
+    any_pad = bool(ph or pw)
+    ho = caffe_pool_len(h, kh, sh, ph, a["ceil"], any_pad)
+    wo = caffe_pool_len(w, kw, sw, pw, a["ceil"], any_pad)
+    return (kh, kw), (sh, sw), (ph, pw), (ho, wo)
+
+
+def _padded_for_windows(x, value, kernel, stride, pad, out_hw):
+    """x padded by `pad` on the left and as far right as the last window reaches."""
+    h, w = x.shape[2:]
+    right_h = max(0, (out_hw[0] - 1) * stride[0] + kernel[0] - pad[0] - h)
+    right_w = max(0, (out_hw[1] - 1) * stride[1] + kernel[1] - pad[1] - w)
+    return F.pad(x, (pad[1], right_w, pad[0], right_h), value=value)
+
+
+def _pool_windows(x, fill, kernel, stride, pad, out_hw) -> torch.Tensor:
+    """[N, C, kh*kw, Ho, Wo]: the cells of every window, in row-major order."""
+    xp = _padded_for_windows(x, fill, kernel, stride, pad, out_hw)
+    rows = (xp.shape[2] - kernel[0]) // stride[0] + 1
+    cols = (xp.shape[3] - kernel[1]) // stride[1] + 1
+    cells = F.unfold(xp, kernel, stride=stride)
+    cells = cells.reshape(x.shape[0], x.shape[1], kernel[0] * kernel[1], rows, cols)
+    return cells[..., :out_hw[0], :out_hw[1]]
+
+
+def maxpool(a, xs, p, training, hints=None):
+    """Padding is -inf, so it never wins; the first maximum of a window wins a tie."""
+    x = xs[0]
+    kernel, stride, pad, out_hw = _pool_geometry(a, x)
+    cells = _pool_windows(x, float("-inf"), kernel, stride, pad, out_hw)
+    hint = None if hints is None else _pool_windows(hints[0], float("-inf"), kernel, stride,
+                                                    pad, out_hw)
+    return _take(cells, 2, _argmax(cells, 2, hint, x))
+
+
+def _avg_divisors(size: int, out: int, k: int, s: int, p: int) -> list[int]:
+    """Caffe AVE: each window's extent clipped to the padded image [-p, size + p)."""
+    return [min(o * s - p + k, size + p) - (o * s - p) for o in range(out)]
+
+
+def avgpool(a, xs, p, training):
+    x = xs[0]
+    kernel, stride, pad, (ho, wo) = _pool_geometry(a, x)
+    xp = _padded_for_windows(x, 0.0, kernel, stride, pad, (ho, wo))
+    sums = F.avg_pool2d(xp, kernel, stride, divisor_override=1)[:, :, :ho, :wo]
+    dh = torch.tensor(_avg_divisors(x.shape[2], ho, kernel[0], stride[0], pad[0]),
+                      dtype=x.dtype)
+    dw = torch.tensor(_avg_divisors(x.shape[3], wo, kernel[1], stride[1], pad[1]),
+                      dtype=x.dtype)
+    return sums / (dh[:, None] * dw[None, :])
+
+
+def global_maxpool(a, xs, p, training, hints=None):
+    x = xs[0]
+    cells = x.flatten(2)
+    hint = None if hints is None else hints[0].flatten(2)
+    return _take(cells, 2, _argmax(cells, 2, hint, x))[:, :, None, None]
+
+
+def global_avgpool(a, xs, p, training):
+    return xs[0].mean(dim=(2, 3), keepdim=True)
+
+
+# ---- layers with parameters --------------------------------------------------------------
+def conv2d(a, xs, p, training):
+    return F.conv2d(xs[0], p["weight"], p.get("bias"), _pair(a["stride"]), _pair(a["pad"]),
+                    _pair(a["dilation"]), a["groups"])
+
+
+def linear(a, xs, p, training):
+    return F.linear(xs[0].flatten(1), p["weight"], p.get("bias"))
+
+
+def scale(a, xs, p, training):
+    x = xs[0]
+    out = x * _channel_view(p["weight"], x.dim())
+    return out + _channel_view(p["bias"], x.dim()) if a["bias"] else out
+
+
+def batchnorm(a, xs, p, training):
+    """Batch statistics in training unless global_stats; torch updates the running mean and
+    the unbiased running variance in place with its momentum = 1 - Caffe's fraction."""
+    batch_stats = training and not a["global_stats"]
+    weight = p["weight"] if a["affine"] else None
+    bias = p["bias"] if a["affine"] else None
+    return F.batch_norm(xs[0], p["mean"], p["var"], weight, bias, training=batch_stats,
+                        momentum=1.0 - a["momentum"], eps=a["eps"])
+
+
+# ---- elementwise -------------------------------------------------------------------------
+def relu(a, xs, p, training, hints=None):
+    """Leaky with `negative_slope`; at exactly 0 the input takes the slope."""
+    x = xs[0]
+    keep = x.detach() > 0
+    if hints is not None:
+        keep = torch.where(_undecided(x.detach().abs(), x), hints[0] > 0, keep)
+    return torch.where(keep, x, a["negative_slope"] * x)
+
+
+def dropout(a, xs, p, training):
+    if training and a["p"] > 0:
+        raise NotImplementedError("dropout with p > 0 draws bwplan's own random masks")
+    return xs[0]
+
+
+def add(a, xs, p, training):
+    coeffs = tuple(a["coeffs"]) or (1.0,) * len(xs)
+    out = coeffs[0] * xs[0]
+    for c, x in zip(coeffs[1:], xs[1:]):
+        out = out + c * x
+    return out
+
+
+def maximum(a, xs, p, training, hints=None):
+    """A tie goes to the earliest input (bwplan's documented rule)."""
+    cells = torch.stack(xs)
+    hint = None if hints is None else torch.stack(hints)
+    return _take(cells, 0, _argmax(cells, 0, hint, cells))
+
+
+# ---- shape -------------------------------------------------------------------------------
+def reshape(a, xs, p, training):
+    x = xs[0]
+    spec = a["shape"] if isinstance(a["shape"], (tuple, list)) else (a["shape"],)
+    return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(spec)])
+
+
+def slice_(a, xs, p, training):
+    return xs[0].narrow(a["axis"], a["begin"], a["end"] - a["begin"])
+
+
+# ---- normalisation -----------------------------------------------------------------------
+def lrn(a, xs, p, training):
+    x = xs[0]
+    flat = x.dim() == 2
+    out = F.local_response_norm(x[..., None] if flat else x, a["size"], a["alpha"], a["beta"],
+                                a["k"])
+    return out[..., 0] if flat else out
+
+
+# ---- losses and metrics ------------------------------------------------------------------
+def _labels_like(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    return label.reshape((logits.shape[0],) + tuple(logits.shape[2:])).long()
+
+
+def softmax_cross_entropy(a, xs, p, training):
+    logits, label = xs
+    label = _labels_like(logits, label)
+    valid = int((label != a["ignore_label"]).sum())
+    total = F.cross_entropy(logits, label, ignore_index=a["ignore_label"], reduction="sum")
+    return total / max(1, valid)
+
+
+def euclidean_loss(a, xs, p, training):
+    x, y = xs
+    return ((x - y.reshape(x.shape)) ** 2).sum() / (2 * x.shape[0])
+
+
+def contrastive_loss(a, xs, p, training):
+    x, y, sim = xs
+    n = x.shape[0]
+    dist_sq = ((x - y.reshape(x.shape)) ** 2).reshape(n, -1).sum(dim=1)
+    similar = sim.reshape(-1).to(torch.int64) != 0      # Caffe truncates the flag
+    if a["legacy"]:
+        apart = torch.clamp(a["margin"] - dist_sq, min=0.0)
+    else:
+        apart = torch.clamp(a["margin"] - torch.sqrt(dist_sq), min=0.0) ** 2
+    return torch.where(similar, dist_sq, apart).sum() / (2 * n)
+
+
+def accuracy(a, xs, p, training):
+    logits, label = xs
+    c = logits.shape[1]
+    z = torch.movedim(logits, 1, -1).reshape(-1, c)
+    lab = label.reshape(-1).long()
+    true = z[torch.arange(len(lab)), lab]
+    ahead = (z >= true[:, None]).sum(dim=1) - 1      # a tie ranks above the true class
+    return (ahead < a["top_k"]).float().mean()
+
+
+# op(attrs, inputs, params by slot, training) -> output; DECIDING_OPS also take `hints`
+OpFn = Callable[..., torch.Tensor]
+
+OPS: dict[str, OpFn] = {
+    "conv2d": conv2d,
+    "linear": linear,
+    "relu": relu,
+    "sigmoid": lambda a, xs, p, t: torch.sigmoid(xs[0]),
+    "tanh": lambda a, xs, p, t: torch.tanh(xs[0]),
+    "dropout": dropout,
+    "add": add,
+    "mul": lambda a, xs, p, t: xs[0] * xs[1],
+    "maximum": maximum,
+    "maxpool": maxpool,
+    "avgpool": avgpool,
+    "global_maxpool": global_maxpool,
+    "global_avgpool": global_avgpool,
+    "flatten": lambda a, xs, p, t: torch.flatten(xs[0], a["axis"], a["end_axis"]),
+    "reshape": reshape,
+    "concat": lambda a, xs, p, t: torch.cat(xs, dim=a["axis"]),
+    "slice": slice_,
+    "batchnorm": batchnorm,
+    "scale": scale,
+    "lrn": lrn,
+    "softmax": lambda a, xs, p, t: torch.softmax(xs[0], dim=a["axis"]),
+    "softmax_cross_entropy": softmax_cross_entropy,
+    "euclidean_loss": euclidean_loss,
+    "contrastive_loss": contrastive_loss,
+    "accuracy": accuracy,
+}
+
+
+# ---- a whole net -------------------------------------------------------------------------
+@dataclass
+class TorchStep:
+    loss: float                                 # the objective: weighted sum of loss terms
+    losses: dict[str, float]                    # every loss term, unweighted (summed)
+    metrics: dict[str, float]
+    raw_grads: dict[str, np.ndarray]            # per parameter: sum over uses that train
+    scaled_grads: dict[str, np.ndarray]         # per parameter: sum of lr_mult * gradient
+
+
+class TorchNet:
+    """A bwplan Net with its parameters (copied), trained by torch in `dtype`."""
+
+    def __init__(self, net, params: Mapping[str, np.ndarray],
+                 dtype: torch.dtype = torch.float64) -> None:
+        self.net = net
+        self.dtype = dtype
+        self.params: dict[str, torch.Tensor] = {}
+        for name in net.params:
+            t = torch.tensor(params[name])
+            if t.is_floating_point():
+                t = t.to(dtype)
+            t.requires_grad_(self.trains(name))
+            self.params[name] = t
+        self.optimizer: torch.optim.SGD | None = None
+        self._use_grads: dict[tuple[str, str], torch.Tensor] = {}
+
+    def trains(self, name: str) -> bool:
+        """Whether the parameter ever changes: learnable, with some use's lr_mult > 0."""
+        return self.net.params[name].learnable and any(
+            u.lr_mult > 0 for _, u in self.net.uses_of(name))
+
+    def set_optimizer(self, lr: float, momentum: float, weight_decay: float) -> None:
+        groups = []
+        for name, t in self.params.items():
+            if not t.requires_grad:
+                continue
+            uses = [u for _, u in self.net.uses_of(name)]
+            decay = weight_decay * uses[0].decay_mult * max(u.lr_mult for u in uses)
+            groups.append({"params": [t], "lr": lr, "momentum": momentum,
+                           "weight_decay": decay})
+        self.optimizer = torch.optim.SGD(groups, lr=lr) if groups else None
+
+    # ---- forward ---------------------------------------------------------------------
+    def _use(self, layer: str, use) -> torch.Tensor:
+        w = self.params[use.param]
+        if not w.requires_grad or not torch.is_grad_enabled():
+            return w
+        if use.lr_mult == 0:
+            return w.detach()
+        view = w * 1
+        key, mult = (layer, use.param), use.lr_mult
+
+        def hook(g: torch.Tensor) -> torch.Tensor:
+            self._use_grads[key] = g.detach().clone()
+            return g * mult
+
+        view.register_hook(hook)
+        return view
+
+    def _tensor(self, value: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(value))
+        return t.to(self.dtype) if t.is_floating_point() else t
+
+    def run(self, batch: Mapping[str, np.ndarray], training: bool = True,
+            hints: Mapping[str, np.ndarray] | None = None
+            ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every layer's output and the objective. `hints`: bwplan's values of the same
+        step by tensor name, to settle the decisions float32 leaves open."""
+        values = {name: self._tensor(v) for name, v in batch.items()}
+        objective = torch.zeros((), dtype=self.dtype)
+        for layer in self.net.layers:
+            inputs = [values[e.src].detach() if e.stop_gradient else values[e.src]
+                      for e in layer.inputs]
+            params = {u.slot: self._use(layer.name, u) for u in layer.params}
+            extra = {}
+            if layer.op in DECIDING_OPS and hints is not None:
+                extra["hints"] = [self._tensor(hints[e.src]) for e in layer.inputs]
+            with torch.set_grad_enabled(torch.is_grad_enabled() and layer.op not in METRIC_OPS):
+                out = OPS[layer.op](layer.attrs, inputs, params, training, **extra)
+            values[layer.name] = out
+            if layer.loss_weight != 0:
+                objective = objective + layer.loss_weight * out.sum()
+        return values, objective
+
+    def forward(self, batch, outputs, training: bool = False, hints=None
+                ) -> dict[str, np.ndarray]:
+        """The named outputs, without gradients (in training mode a batchnorm still
+        updates its running statistics)."""
+        with torch.no_grad():
+            values, _ = self.run(batch, training, hints)
+        return {n: values[n].numpy().copy() for n in outputs}
+
+    # ---- one training step -----------------------------------------------------------
+    def step(self, batch: Mapping[str, np.ndarray],
+             hints: Mapping[str, np.ndarray] | None = None) -> TorchStep:
+        """Forward, backward and (when an optimizer is set) the update."""
+        self._use_grads.clear()
+        for t in self.params.values():
+            t.grad = None
+        values, objective = self.run(batch, True, hints)
+        if objective.requires_grad:
+            objective.backward()
+        raw: dict[str, np.ndarray] = {}
+        for (_, param), g in self._use_grads.items():
+            raw[param] = raw[param] + g.numpy() if param in raw else g.numpy().copy()
+        scaled = {n: t.grad.numpy().copy() for n, t in self.params.items()
+                  if t.grad is not None}
+        if self.optimizer is not None:
+            for t in self.params.values():
+                if t.requires_grad and t.grad is None:
+                    t.grad = torch.zeros_like(t)     # no gradient, but it still decays
+            self.optimizer.step()
+        losses = {l.name: float(values[l.name].detach().sum()) for l in self.net.layers
+                  if l.op in LOSS_OPS or l.loss_weight != 0}
+        metrics = {l.name: float(values[l.name]) for l in self.net.layers
+                   if l.op in METRIC_OPS}
+        return TorchStep(float(objective.detach()), losses, metrics, raw, scaled)
+
+    def numpy_params(self) -> dict[str, np.ndarray]:
+        return {n: t.detach().numpy().copy() for n, t in self.params.items()}
