@@ -16,6 +16,7 @@ COMMANDS = {
     "compile": ("bwplan.cli.compile", "lower the plan to a program for a target and write it"),
     "train": ("bwplan.cli.train", "train or fine-tune with the planned backward"),
     "data": ("bwplan.cli.data", "export a small packaged data set for bwplan train"),
+    "bench": ("bwplan.cli.bench", "run the benchmark suite (source checkout only)"),
 }
 
 

@@ -1,0 +1,118 @@
+"""Benchmark output: a Markdown table, JSON, and a PNG chart."""
+from __future__ import annotations
+
+import io
+import json
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _mib(n) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+COLUMNS = ("net", "scenario", "batch", "fwd GFLOP", "bwd GFLOP full / planned",
+           "dX+dW kernels full / pruned", "step ms pruned (min-max)", "step ms full",
+           "step ms torch", "step saved (FLOP model)", "bwd saved (FLOP model)",
+           "bwd efficiency", "fwd share", "peak MiB pruned / estimate",
+           "kept MiB bwplan / torch", "pruned / torch", "alone: ms bwplan / torch (ratio)")
+
+
+def _row(r: dict) -> list[str]:
+    f, st, sv, k = r["flops"], r["step_ms"], r["saving"], r["kernels"]
+    torch_ms = f"{st['torch']['median']:.1f}" if "torch" in st else "-"
+    alone = (f"{st['bwplan_alone']['median']:.1f} / {st['torch_alone']['median']:.1f} "
+             f"({r['vs_torch_alone']:.2f})" if "torch_alone" in st else "-")
+    return [
+        r["net"], r["scenario"], str(r["batch"]), f"{f['forward'] / 1e9:.2f}",
+        f"{f['backward_full'] / 1e9:.2f} / {f['backward_planned'] / 1e9:.2f}",
+        f"{k['full']['dx'] + k['full']['dw']} / {k['pruned']['dx'] + k['pruned']['dw']}",
+        f"{st['pruned']['median']:.1f} ({st['pruned']['min']:.1f}-{st['pruned']['max']:.1f})",
+        f"{st['full']['median']:.1f}", torch_ms,
+        f"{_pct(sv['measured_step'])} ({_pct(sv['flop_step'])})",
+        f"{_pct(sv['measured_backward'])} ({_pct(sv['flop_backward'])})",
+        _pct(sv["efficiency_backward"]), _pct(r["forward_share"]),
+        f"{_mib(r['peak_bytes']['pruned'])} / {_mib(r['peak_bytes']['planned_estimate'])}",
+        f"{_mib(r['kept_bytes']['planned'])} / {_mib(r['kept_bytes']['torch_saved'])}",
+        f"{r['vs_torch']:.2f}" if "vs_torch" in r else "-", alone,
+    ]
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_row(r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path, payload) -> None:
+    from bwplan.fsutil import write_atomic
+    write_atomic(path, json.dumps(payload, indent=1) + "\n")
+
+
+def chart(rows: list[dict], path) -> bool:
+    """Step time and peak memory per case: pruned, unpruned, PyTorch. False when matplotlib
+    is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    from bwplan.fsutil import write_atomic
+    labels = [f"{r['net']}\n{r['scenario']}" for r in rows]
+    fig, (ax_t, ax_m) = plt.subplots(2, 1, figsize=(max(8, len(rows) * 0.7), 8), dpi=100)
+    width = 0.27
+    xs = range(len(rows))
+    for i, (key, name) in enumerate((("pruned", "bwplan"), ("full", "bwplan --no-prune"),
+                                     ("torch", "PyTorch"))):
+        times = [r["step_ms"][key]["median"] if key in r["step_ms"] else 0 for r in rows]
+        ax_t.bar([x + (i - 1) * width for x in xs], times, width, label=name)
+    ax_t.set_ylabel("step time (ms, median)")
+    ax_t.legend()
+    for i, (key, name) in enumerate((("pruned", "bwplan peak"), ("full", "--no-prune peak"))):
+        mem = [r["peak_bytes"][key] / 2**20 for r in rows]
+        ax_m.bar([x + (i - 0.5) * width for x in xs], mem, width, label=name)
+    torch_kept = [(r["kept_bytes"]["torch_saved"] or 0) / 2**20 for r in rows]
+    ax_m.plot(list(xs), torch_kept, "k_", markersize=14, label="PyTorch saved tensors")
+    ax_m.set_ylabel("activation memory (MiB)")
+    ax_m.legend()
+    for ax in (ax_t, ax_m):
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+    return True
+
+
+def extras_markdown(extras: dict) -> str:
+    out = []
+    if extras.get("cache"):
+        out += ["", "Frozen-prefix cache (head scenario, epoch seconds):", "",
+                "| net | prefix layers | uncached epoch | first cached epoch | cached epochs |",
+                "| --- | --- | --- | --- | --- |"]
+        for c in extras["cache"]:
+            out.append(f"| {c['net']} | {c['prefix_layers']} | "
+                       f"{min(c['epoch_s_uncached']):.3f} | {c['epoch_s_first_cached']:.3f} | "
+                       f"{min(c['epoch_s_cached']):.3f} |")
+    for g in extras.get("gradual", []):
+        out += ["", f"Gradual unfreezing ({g['net']}): one more unit per stage", "",
+                "| stage | unfrozen | dW kernels | re-plan ms | first step ms | new kernels |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        for k, st in enumerate(g["stages"]):
+            last = st["unfrozen"][-1] if st["unfrozen"] else "(all frozen)"
+            out.append(f"| {k} | {last} | {st['dw_kernels']} | {st['replan_ms']:.1f} | "
+                       f"{st['first_step_ms']:.1f} | {st['new_compilations']} |")
+    for c in extras.get("caffe_time", []):
+        out += ["", f"Against `caffe time` ({c['net']}; Caffe's figures from its logs):", "",
+                "| case | batch | Caffe fwd ms | bwplan fwd ms | Caffe bwd ms | bwplan bwd ms |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        for x in c["cases"]:
+            out.append(f"| {x['case']} | {x['batch']} | {x['caffe_forward_ms']:.1f} | "
+                       f"{x['bwplan_forward_ms']:.1f} | {x['caffe_backward_ms']:.1f} | "
+                       f"{x['bwplan_backward_ms']:.1f} |")
+    return "\n".join(out) + ("\n" if out else "")

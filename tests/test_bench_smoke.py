@@ -1,0 +1,41 @@
+"""The benchmark suite's own machinery on one small case: the figures it reports are
+consistent with the plan (timings themselves belong to bench/, not to tests)."""
+from __future__ import annotations
+
+from bench.measure import interleaved
+from bench.nets import NETWORKS, scenario_rules
+from bench.report import markdown
+from bench.suite import run_case
+
+
+def test_interleaved_measures_wall_time_of_each_contestant():
+    import time
+    timings = interleaved({"slow": lambda: time.sleep(0.02), "fast": lambda: 1.5}, 0, 3)
+    assert timings["slow"].median >= 0.02 > timings["fast"].median
+    assert len(timings["fast"].samples) == 3
+
+
+def test_scenarios_freeze_what_they_say():
+    import bwplan
+    net = bwplan.compile(str(NETWORKS["cnn_small"].path), target="reference").net
+    head = bwplan.make_plan(bwplan.apply_policy(net, scenario_rules(net, "head")))
+    trained = {l.name for l in head.layers if any(d.needed for d in l.dw)}
+    assert trained == {"fc2"}
+    top3 = bwplan.make_plan(bwplan.apply_policy(net, scenario_rules(net, "top3")))
+    assert {l.name for l in top3.layers if any(d.needed for d in l.dw)} == {"conv3", "fc1", "fc2"}
+    mid = bwplan.make_plan(bwplan.apply_policy(net, scenario_rules(net, "mid_frozen")))
+    frozen = [l.name for l in mid.layers if l.dw and not any(d.needed for d in l.dw)]
+    assert frozen == ["conv3"] and mid.layer("conv3").dx[0].needed
+
+
+def test_one_case_end_to_end():
+    row = run_case(NETWORKS["siamese_mlp"], "head", "cpu", warmup=0, repeats=2,
+                   with_torch=False)
+    # the head trains fc alone; unpruned, both towers (4 uses) and fc compute their dW
+    assert row["kernels"]["pruned"]["dw"] == 2 and row["kernels"]["full"]["dw"] == 10
+    assert row["flops"]["backward_planned"] < row["flops"]["backward_full"]
+    assert row["peak_bytes"]["pruned"] <= row["peak_bytes"]["full"]
+    assert abs(row["peak_bytes"]["pruned"] - row["peak_bytes"]["planned_estimate"]) <= \
+        0.1 * row["peak_bytes"]["planned_estimate"]
+    assert 0 < row["saving"]["flop_backward"] <= 1
+    assert "siamese_mlp | head" in markdown([row])
