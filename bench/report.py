@@ -52,8 +52,8 @@ def write_json(path, payload) -> None:
 
 
 def chart(rows: list[dict], path) -> bool:
-    """Step time and peak memory per case: pruned, unpruned, PyTorch. False when matplotlib
-    is missing."""
+    """Step time and activation bytes kept for the backward, per case: bwplan pruned and
+    unpruned, PyTorch (interleaved, and alone where measured). False without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -62,26 +62,28 @@ def chart(rows: list[dict], path) -> bool:
         return False
     from bwplan.fsutil import write_atomic
     labels = [f"{r['net']}\n{r['scenario']}" for r in rows]
-    fig, (ax_t, ax_m) = plt.subplots(2, 1, figsize=(max(8, len(rows) * 0.7), 8), dpi=100)
-    width = 0.27
-    xs = range(len(rows))
-    for i, (key, name) in enumerate((("pruned", "bwplan"), ("full", "bwplan --no-prune"),
-                                     ("torch", "PyTorch"))):
+    fig, (ax_t, ax_m) = plt.subplots(2, 1, figsize=(max(9, len(rows) * 0.8), 9), dpi=100)
+    xs = list(range(len(rows)))
+    series = (("pruned", "bwplan"), ("full", "bwplan --no-prune"), ("torch", "PyTorch"),
+              ("bwplan_alone", "bwplan alone"), ("torch_alone", "PyTorch alone"))
+    width = 0.8 / len(series)
+    for i, (key, name) in enumerate(series):
         times = [r["step_ms"][key]["median"] if key in r["step_ms"] else 0 for r in rows]
-        ax_t.bar([x + (i - 1) * width for x in xs], times, width, label=name)
-    ax_t.set_ylabel("step time (ms, median)")
-    ax_t.legend()
-    for i, (key, name) in enumerate((("pruned", "bwplan peak"), ("full", "--no-prune peak"))):
-        mem = [r["peak_bytes"][key] / 2**20 for r in rows]
-        ax_m.bar([x + (i - 0.5) * width for x in xs], mem, width, label=name)
-    torch_kept = [(r["kept_bytes"]["torch_saved"] or 0) / 2**20 for r in rows]
-    ax_m.plot(list(xs), torch_kept, "k_", markersize=14, label="PyTorch saved tensors")
-    ax_m.set_ylabel("activation memory (MiB)")
-    ax_m.legend()
+        ax_t.bar([x + (i - 2) * width for x in xs], times, width, label=name)
+    ax_t.set_ylabel("step time, ms (median)")
+    ax_t.legend(fontsize=8)
+    kept = (("planned", "bwplan"), ("full", "bwplan --no-prune"), ("torch_saved", "PyTorch"))
+    width = 0.8 / len(kept)
+    for i, (key, name) in enumerate(kept):
+        mem = [(r["kept_bytes"][key] or 0) / 2**20 for r in rows]
+        ax_m.bar([x + (i - 1) * width for x in xs], mem, width, label=name)
+    ax_m.set_ylabel("activations kept for the backward, MiB")
+    ax_m.legend(fontsize=8)
     for ax in (ax_t, ax_m):
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, fontsize=7, rotation=60, ha="right")
         ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
