@@ -397,3 +397,42 @@ def _rel(got, want) -> float:
     want = np.asarray(want, np.float64)
     return float(np.linalg.norm(np.asarray(got, np.float64) - want)
                  / max(np.linalg.norm(want), 1e-30))
+
+
+WEIGHTED = """\
+input x : f32[4, 6]
+input y : i64[4]
+h    = linear(x, out=5)
+pen  = mul(h, h) weight=0.01
+out  = linear(h, out=3)
+loss = softmax_cross_entropy(out, y)
+"""
+
+
+@pytest.mark.parametrize("source", [str(ROOT / "examples" / "digits_pretrain.bw"), WEIGHTED])
+def test_compile_api_trains_on_the_gpu(source, tmp_path):
+    """bwplan.compile(target="cuda") end to end: steps (at a batch size other than the
+    declared one), grads, params, forward, and weights saved and loaded back."""
+    ref = bwplan.compile(source, target="reference")
+    gpu = bwplan.compile(source, target="cuda")
+    for prog in (ref, gpu):
+        prog.set_optimizer(0.05, 0.9, 1e-3)
+    rng = np.random.default_rng(3)
+    batch = {}
+    for inp in ref.net.inputs:
+        shape = (4,) + inp.type.shape[1:]
+        batch[inp.name] = (rng.integers(0, 3, shape) if inp.type.dtype == "i64"
+                           else rng.standard_normal(shape).astype(np.float32))
+    for _ in range(3):
+        want, got = ref.step(batch), gpu.step(batch)
+        assert abs(got - want) <= 1e-4 * max(1.0, abs(want)), (got, want)
+    assert set(gpu.grads) == set(ref.grads)
+    for name, value in ref.params.items():
+        assert_close(gpu.params[name], value, name, tol=1e-4, eps=1e-3)
+    out = gpu.forward(batch)
+    assert set(out) >= {"loss"}
+    path = tmp_path / "w.npz"
+    gpu.save_weights(str(path))
+    again = bwplan.compile(source, target="cuda")
+    again.load_weights(str(path))
+    assert abs(float(again.forward(batch)["loss"]) - float(out["loss"])) < 1e-5
