@@ -10,7 +10,7 @@ import numpy as np
 
 from bwplan.ir.types import TensorType
 from bwplan.ops._shapes import pair, spatial_out
-from bwplan.ops.opdef import AttrSpec, GradRule, OpCtx, OpDef, ParamSlot, Port
+from bwplan.ops.opdef import AttrSpec, GradRule, on_every_target, OpCtx, OpDef, ParamSlot, Port
 
 
 def _geometry(ctx: OpCtx):
@@ -150,12 +150,11 @@ CONV2D = OpDef(
         GradRule("bias", frozenset(), lambda ctx: ctx.out.numel, _db),
     ),
     forward_ref=_forward,
-    kernels={"cpu": {
-        "fwd": "conv.conv2d_fwd", "dx:x": "conv.conv2d_dx", "dw:weight": "conv.conv2d_dw",
-        "dw:bias": "conv.conv2d_db"},
-        "cuda": {
-        "fwd": "conv.conv2d_fwd", "dx:x": "conv.conv2d_dx", "dw:weight": "conv.conv2d_dw",
-        "dw:bias": "conv.conv2d_db"}},
+    kernels=on_every_target({
+        "fwd": "conv.conv2d_fwd",
+        "dx:x": "conv.conv2d_dx",
+        "dw:weight": "conv.conv2d_dw",
+        "dw:bias": "conv.conv2d_db"}),
 )
 
 OPS = (CONV2D,)

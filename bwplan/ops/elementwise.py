@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from bwplan.ir.types import TensorType
-from bwplan.ops.opdef import (AttrSpec, AuxSpec, GradRule, OpCtx, OpDef, Port, in_numel,
-                              out_numel, same_as_input)
+from bwplan.ops.opdef import (AttrSpec, AuxSpec, GradRule, in_numel, on_every_target, OpCtx, OpDef,
+                              out_numel, Port, same_as_input)
 
 
 def _same_types(ctx: OpCtx, least: int = 1) -> TensorType:
@@ -46,8 +46,9 @@ RELU = OpDef(
     flops=in_numel,
     grads=(GradRule("x", frozenset({"out"}), in_numel, _relu_dx),),
     forward_ref=_relu_fwd,
-    kernels={"cpu": {"fwd": "elementwise.relu_fwd", "dx:x": "elementwise.relu_dx"},
-             "cuda": {"fwd": "elementwise.relu_fwd", "dx:x": "elementwise.relu_dx"}},
+    kernels=on_every_target({
+        "fwd": "elementwise.relu_fwd",
+        "dx:x": "elementwise.relu_dx"}),
 )
 
 
@@ -71,8 +72,9 @@ SIGMOID = OpDef(
     flops=lambda ctx: 4 * ctx.x.numel,
     grads=(GradRule("x", frozenset({"out"}), lambda ctx: 3 * ctx.x.numel, _sigmoid_dx),),
     forward_ref=_sigmoid_fwd,
-    kernels={"cpu": {"fwd": "elementwise.sigmoid_fwd", "dx:x": "elementwise.sigmoid_dx"},
-             "cuda": {"fwd": "elementwise.sigmoid_fwd", "dx:x": "elementwise.sigmoid_dx"}},
+    kernels=on_every_target({
+        "fwd": "elementwise.sigmoid_fwd",
+        "dx:x": "elementwise.sigmoid_dx"}),
 )
 
 
@@ -93,8 +95,9 @@ TANH = OpDef(
     flops=lambda ctx: 4 * ctx.x.numel,
     grads=(GradRule("x", frozenset({"out"}), lambda ctx: 3 * ctx.x.numel, _tanh_dx),),
     forward_ref=_tanh_fwd,
-    kernels={"cpu": {"fwd": "elementwise.tanh_fwd", "dx:x": "elementwise.tanh_dx"},
-             "cuda": {"fwd": "elementwise.tanh_fwd", "dx:x": "elementwise.tanh_dx"}},
+    kernels=on_every_target({
+        "fwd": "elementwise.tanh_fwd",
+        "dx:x": "elementwise.tanh_dx"}),
 )
 
 
@@ -136,8 +139,9 @@ DROPOUT = OpDef(
     aux=(AuxSpec("mask", lambda ctx: ctx.x.shape, "u8"),),
     deterministic=False,
     forward_ref=_dropout_fwd,
-    kernels={"cpu": {"fwd": "elementwise.dropout_fwd", "dx:x": "elementwise.dropout_dx"},
-             "cuda": {"fwd": "elementwise.dropout_fwd", "dx:x": "elementwise.dropout_dx"}},
+    kernels=on_every_target({
+        "fwd": "elementwise.dropout_fwd",
+        "dx:x": "elementwise.dropout_dx"}),
 )
 
 
@@ -232,8 +236,9 @@ MAXIMUM = OpDef(
     grads=(GradRule("xs", frozenset({"argmax"}), out_numel, _maximum_dx),),
     aux=(AuxSpec("argmax", lambda ctx: ctx.x.shape, "i32"),),
     forward_ref=_maximum_fwd,
-    kernels={"cpu": {"fwd": "elementwise.maximum_fwd", "dx:xs": "elementwise.maximum_dx"},
-             "cuda": {"fwd": "elementwise.maximum_fwd", "dx:xs": "elementwise.maximum_dx"}},
+    kernels=on_every_target({
+        "fwd": "elementwise.maximum_fwd",
+        "dx:xs": "elementwise.maximum_dx"}),
 )
 
 OPS = (RELU, SIGMOID, TANH, DROPOUT, ADD, MUL, MAXIMUM)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from bwplan.ir.types import TensorType
-from bwplan.ops.opdef import AttrSpec, GradRule, OpCtx, OpDef, ParamSlot, Port
+from bwplan.ops.opdef import AttrSpec, GradRule, on_every_target, OpCtx, OpDef, ParamSlot, Port
 
 
 def _k(ctx: OpCtx) -> int:
@@ -69,12 +69,11 @@ LINEAR = OpDef(
         GradRule("bias", frozenset(), lambda ctx: ctx.out.numel, _db),
     ),
     forward_ref=_forward,
-    kernels={"cpu": {
-        "fwd": "linear.linear_fwd", "dx:x": "linear.linear_dx", "dw:weight": "linear.linear_dw",
-        "dw:bias": "linear.linear_db"},
-        "cuda": {
-        "fwd": "linear.linear_fwd", "dx:x": "linear.linear_dx", "dw:weight": "linear.linear_dw",
-        "dw:bias": "linear.linear_db"}},
+    kernels=on_every_target({
+        "fwd": "linear.linear_fwd",
+        "dx:x": "linear.linear_dx",
+        "dw:weight": "linear.linear_dw",
+        "dw:bias": "linear.linear_db"}),
 )
 
 OPS = (LINEAR,)

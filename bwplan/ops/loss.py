@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from bwplan.ir.types import TensorType
-from bwplan.ops.opdef import AttrSpec, AuxSpec, GradRule, OpCtx, OpDef, Port, in_numel
+from bwplan.ops.opdef import (AttrSpec, AuxSpec, GradRule, in_numel, on_every_target, OpCtx, OpDef,
+                              Port)
 
 
 def _scalar(ctx: OpCtx) -> TensorType:
@@ -70,10 +71,9 @@ SOFTMAX_CROSS_ENTROPY = OpDef(
     aux=(AuxSpec("prob", lambda ctx: ctx.inputs[0].shape),),
     role="loss",
     forward_ref=_sce_fwd,
-    kernels={"cpu": {
-        "fwd": "loss.softmax_cross_entropy_fwd", "dx:logits": "loss.softmax_cross_entropy_dx"},
-        "cuda": {
-        "fwd": "loss.softmax_cross_entropy_fwd", "dx:logits": "loss.softmax_cross_entropy_dx"}},
+    kernels=on_every_target({
+        "fwd": "loss.softmax_cross_entropy_fwd",
+        "dx:logits": "loss.softmax_cross_entropy_dx"}),
 )
 
 
@@ -237,7 +237,8 @@ ACCURACY = OpDef(
     flops=lambda ctx: ctx.x.numel,
     role="metric",
     forward_ref=_accuracy_fwd,
-    kernels={"cpu": {"fwd": "loss.accuracy_fwd"}, "cuda": {"fwd": "loss.accuracy_fwd"}},
+    kernels=on_every_target({
+        "fwd": "loss.accuracy_fwd"}),
 )
 
 OPS = (SOFTMAX_CROSS_ENTROPY, EUCLIDEAN_LOSS, CONTRASTIVE_LOSS, ACCURACY)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from bwplan.ir.types import TensorType
-from bwplan.ops.opdef import (Attrs, AttrSpec, AuxSpec, GradRule, OpCtx, OpDef, ParamSlot,
-                              Port, in_numel)
+from bwplan.ops.opdef import (Attrs, AttrSpec, AuxSpec, GradRule, in_numel, on_every_target, OpCtx,
+                              OpDef, ParamSlot, Port)
 
 
 def _channels(ctx: OpCtx) -> tuple[int]:
@@ -165,12 +165,11 @@ BATCHNORM = OpDef(
     on_freeze=_freeze_bn,
     forward_ref=_bn_fwd,
     state_update_ref=_bn_update,
-    kernels={"cpu": {
-        "fwd": "norm.batchnorm_fwd", "dx:x": "norm.batchnorm_dx", "dw:weight": "norm.batchnorm_dw",
-        "dw:bias": "norm.batchnorm_db"},
-        "cuda": {
-        "fwd": "norm.batchnorm_fwd", "dx:x": "norm.batchnorm_dx", "dw:weight": "norm.batchnorm_dw",
-        "dw:bias": "norm.batchnorm_db"}},
+    kernels=on_every_target({
+        "fwd": "norm.batchnorm_fwd",
+        "dx:x": "norm.batchnorm_dx",
+        "dw:weight": "norm.batchnorm_dw",
+        "dw:bias": "norm.batchnorm_db"}),
 )
 
 
@@ -205,12 +204,11 @@ SCALE = OpDef(
                  lambda ctx, s, dout, i: dout.sum(axis=_other_axes(dout.ndim))),
     ),
     forward_ref=_scale_fwd,
-    kernels={"cpu": {
-        "fwd": "norm.scale_fwd", "dx:x": "norm.scale_dx", "dw:weight": "norm.scale_dw",
-        "dw:bias": "norm.scale_db"},
-        "cuda": {
-        "fwd": "norm.scale_fwd", "dx:x": "norm.scale_dx", "dw:weight": "norm.scale_dw",
-        "dw:bias": "norm.scale_db"}},
+    kernels=on_every_target({
+        "fwd": "norm.scale_fwd",
+        "dx:x": "norm.scale_dx",
+        "dw:weight": "norm.scale_dw",
+        "dw:bias": "norm.scale_db"}),
 )
 
 
@@ -266,8 +264,9 @@ LRN = OpDef(
                     lambda ctx: (ctx.attrs["size"] + 7) * ctx.x.numel, _lrn_dx),),
     aux=(AuxSpec("scale", lambda ctx: ctx.x.shape),),
     forward_ref=_lrn_fwd,
-    kernels={"cpu": {"fwd": "norm.lrn_fwd", "dx:x": "norm.lrn_dx"},
-             "cuda": {"fwd": "norm.lrn_fwd", "dx:x": "norm.lrn_dx"}},
+    kernels=on_every_target({
+        "fwd": "norm.lrn_fwd",
+        "dx:x": "norm.lrn_dx"}),
 )
 
 
@@ -302,8 +301,9 @@ SOFTMAX = OpDef(
     flops=lambda ctx: 5 * ctx.x.numel,
     grads=(GradRule("x", frozenset({"out"}), lambda ctx: 4 * ctx.x.numel, _softmax_dx),),
     forward_ref=_softmax_fwd,
-    kernels={"cpu": {"fwd": "norm.softmax_fwd", "dx:x": "norm.softmax_dx"},
-             "cuda": {"fwd": "norm.softmax_fwd", "dx:x": "norm.softmax_dx"}},
+    kernels=on_every_target({
+        "fwd": "norm.softmax_fwd",
+        "dx:x": "norm.softmax_dx"}),
 )
 
 OPS = (BATCHNORM, SCALE, LRN, SOFTMAX)

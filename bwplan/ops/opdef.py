@@ -201,6 +201,11 @@ class OpDef:
         return None
 
 
+def on_every_target(names: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """The `kernels` of an op whose CPU and CUDA kernels carry the same names."""
+    return {"cpu": dict(names), "cuda": dict(names)}
+
+
 def zero_flops(ctx: OpCtx) -> int:
     return 0
 

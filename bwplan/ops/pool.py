@@ -15,7 +15,8 @@ import numpy as np
 
 from bwplan.ir.types import TensorType
 from bwplan.ops._shapes import pair, window_out
-from bwplan.ops.opdef import AttrSpec, AuxSpec, GradRule, OpCtx, OpDef, Port, out_numel
+from bwplan.ops.opdef import (AttrSpec, AuxSpec, GradRule, on_every_target, OpCtx, OpDef, out_numel,
+                              Port)
 
 
 def _nchw(ctx: OpCtx, what: str) -> tuple[int, int, int, int]:
@@ -123,8 +124,9 @@ MAXPOOL = OpDef(
     grads=(GradRule("x", frozenset({"argmax"}), out_numel, _max_dx),),
     aux=(_ARGMAX,),
     forward_ref=_maxpool_fwd,
-    kernels={"cpu": {"fwd": "pool.maxpool_fwd", "dx:x": "pool.maxpool_dx"},
-             "cuda": {"fwd": "pool.maxpool_fwd", "dx:x": "pool.maxpool_dx"}},
+    kernels=on_every_target({
+        "fwd": "pool.maxpool_fwd",
+        "dx:x": "pool.maxpool_dx"}),
 )
 
 
@@ -170,8 +172,9 @@ AVGPOOL = OpDef(
     flops=lambda ctx: _pool_flops(ctx) + ctx.out.numel,
     grads=(GradRule("x", frozenset(), _pool_flops, _avg_dx),),
     forward_ref=_avgpool_fwd,
-    kernels={"cpu": {"fwd": "pool.avgpool_fwd", "dx:x": "pool.avgpool_dx"},
-             "cuda": {"fwd": "pool.avgpool_fwd", "dx:x": "pool.avgpool_dx"}},
+    kernels=on_every_target({
+        "fwd": "pool.avgpool_fwd",
+        "dx:x": "pool.avgpool_dx"}),
 )
 
 
@@ -200,8 +203,9 @@ GLOBAL_MAXPOOL = OpDef(
     grads=(GradRule("x", frozenset({"argmax"}), out_numel, _max_dx),),
     aux=(_ARGMAX,),
     forward_ref=_global_max_fwd,
-    kernels={"cpu": {"fwd": "pool.global_maxpool_fwd", "dx:x": "pool.global_maxpool_dx"},
-             "cuda": {"fwd": "pool.global_maxpool_fwd", "dx:x": "pool.global_maxpool_dx"}},
+    kernels=on_every_target({
+        "fwd": "pool.global_maxpool_fwd",
+        "dx:x": "pool.global_maxpool_dx"}),
 )
 
 
@@ -220,8 +224,9 @@ GLOBAL_AVGPOOL = OpDef(
     grads=(GradRule("x", frozenset(), lambda ctx: ctx.x.numel, _global_avg_dx),),
     forward_ref=lambda ctx, inputs, params, training, rng: (
         inputs[0].mean(axis=(2, 3), keepdims=True), {}),
-    kernels={"cpu": {"fwd": "pool.global_avgpool_fwd", "dx:x": "pool.global_avgpool_dx"},
-             "cuda": {"fwd": "pool.global_avgpool_fwd", "dx:x": "pool.global_avgpool_dx"}},
+    kernels=on_every_target({
+        "fwd": "pool.global_avgpool_fwd",
+        "dx:x": "pool.global_avgpool_dx"}),
 )
 
 OPS = (MAXPOOL, AVGPOOL, GLOBAL_MAXPOOL, GLOBAL_AVGPOOL)
