@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-
 from bwplan.ir.types import TensorType
 from bwplan.ops.opdef import AttrSpec, GradRule, on_every_target, OpCtx, OpDef, ParamSlot, Port
 
