@@ -47,8 +47,8 @@ def param_updates(net: Net, dw_needed: dict[tuple[str, str], bool]) -> tuple[Par
             kind = "sgd"
             decay_term = f"{_g(decay)}*wd*w" if decay else ""
             if len(terms) == 1:
-                inner = "g" + (f" + {decay_term}" if decay else "")
-                text = f"w -= lr*{_g(terms[0].lr_mult)}*({inner})"
+                inner = f"(g + {decay_term})" if decay else "g"
+                text = f"w -= lr*{_g(terms[0].lr_mult)}*{inner}"
             else:
                 parts = " + ".join(f"{_g(t.lr_mult)}*g[{t.layer}]" for t in computed)
                 if decay:
