@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     for bn in nets:
         if bn.caffe_time_log and bn.caffe_time_log.exists():
             extras["caffe_time"].append(suite.caffe_time(bn))
-    table = report.markdown(rows)
+    table = report.markdown(rows) + report.targets(rows)
     report.write_json(out / "results.json", {"environment": env, "rows": rows, **extras})
     from bwplan.fsutil import write_atomic
     write_atomic(out / "results.md", table + report.extras_markdown(extras))

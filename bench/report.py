@@ -118,3 +118,42 @@ def extras_markdown(extras: dict) -> str:
                        f"{x['bwplan_forward_ms']:.1f} | {x['caffe_backward_ms']:.1f} | "
                        f"{x['bwplan_backward_ms']:.1f} |")
     return "\n".join(out) + ("\n" if out else "")
+
+
+def targets(rows: list[dict]) -> str:
+    """The CPU target's benchmark goals, each marked met or not from the rows."""
+    lines = ["", "Targets:"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    eff = [(r, r["saving"]["efficiency_backward"]) for r in rows
+           if r["saving"]["efficiency_backward"] is not None]
+    low = [f"{r['net']}/{r['scenario']} {100 * e:.0f}%" for r, e in eff if e < 0.9]
+    lines.append(f"- backward time saved >= 90% of the FLOP model's backward saving: "
+                 f"{verdict(not low)} in {len(eff) - len(low)} of {len(eff)} cases"
+                 + (f" (below: {', '.join(low)})" if low else ""))
+    head = [r for r in rows if r["scenario"] == "head"]
+    over = [f"{r['net']} {_mib(r['kept_measured'])} vs {_mib(r['kept_bytes']['planned'])} MiB"
+            for r in head if r["kept_measured"] > 1.1 * r["kept_bytes"]["planned"] + 4096]
+    peak_over = [r["net"] for r in head
+                 if r["peak_bytes"]["pruned"] > 1.1 * r["peak_bytes"]["planned_estimate"]]
+    lines.append(f"- frozen-backbone (head) run: activations surviving the forward <= planned "
+                 f"kept bytes + 10%: {verdict(not over)}"
+                 + (f" ({'; '.join(over)})" if over else "")
+                 + f"; peak <= the plan's peak estimate + 10%: {verdict(not peak_over)}")
+    mid = [r for r in rows if r["scenario"] == "mid_frozen" and r["kept_bytes"]["torch_saved"]]
+    not_below = [f"{r['net']} {_mib(r['kept_bytes']['planned'])} vs "
+                 f"{_mib(r['kept_bytes']['torch_saved'])} MiB" for r in mid
+                 if r["kept_bytes"]["planned"] >= r["kept_bytes"]["torch_saved"]]
+    lines.append(f"- middle-frozen: activations kept for the backward below PyTorch's: "
+                 f"{verdict(not not_below)} in {len(mid) - len(not_below)} of {len(mid)}"
+                 + (f" (not below: {', '.join(not_below)})" if not_below else ""))
+    ratios = [r["vs_torch"] for r in rows if "vs_torch" in r]
+    alone = [r["vs_torch_alone"] for r in rows if "vs_torch_alone" in r]
+    if ratios:
+        lines.append(f"- pruned step no slower than PyTorch: interleaved "
+                     f"{verdict(max(ratios) <= 1.0)} (ratio {min(ratios):.2f}-{max(ratios):.2f})"
+                     + (f"; each alone {verdict(max(alone) <= 1.0)} (ratio "
+                        f"{min(alone):.2f}-{max(alone):.2f})" if alone else ""))
+    return "\n".join(lines) + "\n"

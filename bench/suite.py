@@ -26,6 +26,18 @@ def random_batch(net, seed: int = 0, batch_mult: int = 1) -> dict[str, np.ndarra
     return batch
 
 
+def _held_bytes(plan, batch) -> int:
+    """Bytes live at the end of every forward whatever the plan keeps: the batch inputs the
+    backward does not read, and the step's outputs."""
+    from bwplan import ops as registry
+    net = plan.net
+    inputs = sum(v.nbytes for k, v in batch.items() if k not in plan.kept)
+    outputs = sum(l.out.nbytes for l in net.layers
+                  if plan.flow.used[l.name] is not None and l.name not in plan.kept and
+                  (l.loss_weight != 0 or registry.OPS[l.op].role != "layer"))
+    return inputs + outputs
+
+
 def _classes(net, label: str) -> int:
     """Labels index the class dimension of the logits their consumers compare them with."""
     sizes = [net.tensor_type(net.layer(e.dst).inputs[0].src).shape[1]
@@ -94,6 +106,9 @@ def run_case(bench_net, scenario: str, target: str, warmup: int, repeats: int,
         "backward_ms": {"pruned": bwd_pruned * 1e3, "full": bwd_full * 1e3},
         "peak_bytes": {"pruned": pr.peak_bytes, "full": fu.peak_bytes,
                        "planned_estimate": s.planned_peak_bytes},
+        # live when the forward ends, less the batch and the losses: what survives for the
+        # backward, measured, against the plan's kept bytes
+        "kept_measured": pr.after_forward_bytes - _held_bytes(plan, batch),
         "kept_bytes": {"planned": s.planned_kept_bytes, "full": s.full_kept_bytes,
                        "torch_saved": peer.saved_bytes if peer else None},
         "saving": {
