@@ -9,3 +9,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # tests import their helpers (netgen, ...) by plain module name
 sys.path.insert(0, str(Path(__file__).parent))
+
+# CI machines are shared: a slow moment must not fail a property test through a health
+# check on generation speed (every test still runs all its examples).
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("shared-machine", deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("shared-machine")

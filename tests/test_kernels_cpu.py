@@ -7,10 +7,13 @@ widened, so only the kernels' arithmetic is measured, with a tolerance tol + |re
 Output buffers start as NaN, so a kernel that leaves an element unwritten fails.
 
 Shapes and attributes come from the Hypothesis strategies of test_ops_reference.py, plus
-a conv strategy here with larger batches and a shrunken chunk size, so that tiny inputs
-cross the chunk boundaries of the im2col loop. A few float64 examples per op check the
-second dtype. Numba compilation dominates the run time (about 40 s with a cold cache on two
-cores, a few seconds warm), so dtypes and ranks are few; the kernels are cached on disk.
+a conv strategy here with larger batches, a shrunken chunk size and a moved pixel
+threshold, so that tiny inputs cross the chunk boundaries of the im2col loop and take
+either GEMM layout. Paths the strategies rarely reach (1x1 convolutions, 2x2 max pools,
+work split over the kernel workers) have tests of their own. A few float64 examples per op
+check the second dtype. Numba compilation dominates the run time (about 40 s with a cold
+cache on two cores, a few seconds warm), so dtypes and ranks are few; the kernels are
+cached on disk.
 """
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ pytest.importorskip("numba")
 from bwplan import ops as registry  # noqa: E402
 from bwplan.kernels import cpu  # noqa: E402
 from bwplan.kernels.cpu import conv as conv_kernels  # noqa: E402
-from bwplan.kernels.cpu import scratch  # noqa: E402
+from bwplan.kernels.cpu import elementwise as elementwise_kernels  # noqa: E402
+from bwplan.kernels.cpu import linear as linear_kernels  # noqa: E402
+from bwplan.kernels.cpu import scratch, threads  # noqa: E402
 from bwplan.ops.reference import grad_index, make_ctx, run_forward, saved_values  # noqa: E402
 from test_ops_reference import CASES, Case, _normal, _rng, _valid  # noqa: E402
 
@@ -182,19 +187,105 @@ def _chunk_bytes(name: str, case: Case, samples: int) -> int:
     return samples * max(g.k, g.o) * g.p * 4
 
 
+class conv_limits:
+    """Within it, conv2d chunks `samples` samples of `case` at a time, and multiplies
+    sample by sample (`per_sample`) or over the chunk, whatever the image size."""
+
+    def __init__(self, case: Case, samples: int, per_sample: bool):
+        self.limits = (_chunk_bytes("conv2d", case, samples), 1 if per_sample else 1 << 30)
+
+    def __enter__(self):
+        self.saved = conv_kernels.CHUNK_BYTES, conv_kernels.PER_SAMPLE_PIXELS
+        conv_kernels.CHUNK_BYTES, conv_kernels.PER_SAMPLE_PIXELS = self.limits
+
+    def __exit__(self, *exc):
+        conv_kernels.CHUNK_BYTES, conv_kernels.PER_SAMPLE_PIXELS = self.saved
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_conv2d_matches_reference_across_chunks(data):
     case, samples = data.draw(conv_case(), label="conv2d")
     _valid("conv2d", case)
-    saved_limit = conv_kernels.CHUNK_BYTES
-    conv_kernels.CHUNK_BYTES = _chunk_bytes("conv2d", case, samples)
-    try:
+    with conv_limits(case, samples, data.draw(st.booleans(), label="per_sample")):
         run = Run("conv2d", case)
         run.check_forward()
         run.check_grads()
-    finally:
-        conv_kernels.CHUNK_BYTES = saved_limit
+
+
+@pytest.mark.parametrize("groups,bias,per_sample", [
+    (1, True, True), (2, False, True), (3, True, True), (1, True, False)])
+def test_conv2d_1x1_takes_its_input_as_columns(groups, bias, per_sample):
+    rng = np.random.default_rng(4)
+    attrs = dict(out=3 * groups, kernel=1, groups=groups, bias=bias)
+    params = {"weight": _normal(rng, 3 * groups, 2, 1, 1)}
+    if bias:
+        params["bias"] = _normal(rng, 3 * groups)
+    case = Case(attrs, [_normal(rng, 5, 2 * groups, 4, 3)], params)
+    with conv_limits(case, 2, per_sample):
+        run = Run("conv2d", case)
+        run.check_forward()
+        run.check_grads()
+
+
+@pytest.fixture
+def two_workers():
+    """The kernel workers at two threads, as `threads.configure` sets them on two cores."""
+    before = threads.set_width(2)
+    yield
+    threads.set_width(before)
+
+
+@pytest.mark.parametrize("attrs,shape", [
+    (dict(out=4, kernel=3, pad=1), (7, 3, 6, 5)),
+    (dict(out=6, kernel=3, stride=2, pad=1, groups=3), (6, 3, 7, 7)),
+    (dict(out=4, kernel=1), (5, 2, 4, 4)),
+])
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_conv2d_gives_the_same_bits_on_one_thread_or_two(two_workers, attrs, shape,
+                                                        per_sample):
+    """Chunks depend on the shapes only, and the dW parts add up in chunk order."""
+    rng = np.random.default_rng(5)
+    params = {"weight": _normal(rng, attrs["out"], shape[1] // attrs.get("groups", 1),
+                                attrs["kernel"], attrs["kernel"]),
+              "bias": _normal(rng, attrs["out"])}
+    case = Case(attrs, [_normal(rng, *shape)], params)
+    results = []
+    with conv_limits(case, 2, per_sample):
+        for width in (1, 2):
+            threads.set_width(width)
+            run = Run("conv2d", case)
+            dout = _cast(rng.standard_normal(run.out.shape), np.float32) if not results \
+                else results[0][3]
+            dx, dw = np.empty_like(run.inputs[0]), np.empty_like(run.params["weight"])
+            kernel(run.op, "dx:x")(run.ctx, {"weight": run.params["weight"]}, dout, 0, dx)
+            kernel(run.op, "dw:weight")(run.ctx, {"x": run.inputs[0]}, dout, dw)
+            results.append((run.out, dx, dw, dout))
+    for what, a, b in zip(("out", "dx", "dw"), results[0], results[1]):
+        assert np.array_equal(a, b), f"{what} differs between one thread and two"
+
+
+def test_for_each_runs_every_task_once_and_raises_the_first_error(two_workers):
+    seen = []
+    threads.for_each(50, seen.append)
+    assert sorted(seen) == list(range(50))
+
+    def nested(i):  # a call from a task runs on that task's thread
+        inner = []
+        threads.for_each(3, inner.append)
+        seen.append((i, sorted(inner)))
+
+    seen.clear()
+    threads.for_each(4, nested)
+    assert sorted(seen) == [(i, [0, 1, 2]) for i in range(4)]
+
+    def failing(i):
+        if i == 7:
+            raise ValueError("task 7")
+
+    with pytest.raises(ValueError, match="task 7"):
+        threads.for_each(20, failing)
+    threads.for_each(2, seen.append)  # the workers are still there after a failure
 
 
 def test_conv2d_chunks_partition_the_batch():
@@ -205,6 +296,26 @@ def test_conv2d_chunks_partition_the_batch():
         assert list(conv_kernels.chunks(g, 4)) == [(0, 3), (3, 3), (6, 1)]
     finally:
         conv_kernels.CHUNK_BYTES = saved_limit
+
+
+@pytest.mark.parametrize("name", ["linear", "relu", "add"])
+@settings(max_examples=10, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # one width for every example
+@given(data=st.data())
+def test_kernels_match_references_in_blocks_on_two_workers(two_workers, name, data):
+    """GEMMs and elementwise loops cut into blocks as large tensors are, on tiny ones."""
+    case = draw(data, name)
+    saved = (linear_kernels.FLOPS_PER_BLOCK, linear_kernels.MIN_WIDTH,
+             elementwise_kernels.PARALLEL_ELEMENTS)
+    linear_kernels.FLOPS_PER_BLOCK, linear_kernels.MIN_WIDTH = 1, 1
+    elementwise_kernels.PARALLEL_ELEMENTS = 2
+    try:
+        run = Run(name, case)
+        run.check_forward()
+        run.check_grads()
+    finally:
+        (linear_kernels.FLOPS_PER_BLOCK, linear_kernels.MIN_WIDTH,
+         elementwise_kernels.PARALLEL_ELEMENTS) = saved
 
 
 # ---- the second dtype --------------------------------------------------------------------
@@ -262,10 +373,11 @@ def test_dropout_mask_depends_only_on_the_generator_state():
     assert not np.array_equal(other, outs[0])
 
 
-def test_maxpool_without_argmax_takes_its_own_path_to_the_same_output():
+@pytest.mark.parametrize("attrs", [dict(kernel=3, stride=2, pad=1, ceil=True),
+                                   dict(kernel=2, ceil=False)])
+def test_maxpool_without_argmax_takes_its_own_path_to_the_same_output(attrs):
     op = registry.OPS["maxpool"]
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 7)).astype(np.float32)
-    attrs = dict(kernel=3, stride=2, pad=1, ceil=True)
     ctx = make_ctx(op, attrs, [x])
     with_arg, without = _empty(ctx.out.shape, np.float32), _empty(ctx.out.shape, np.float32)
     arg = _empty(ctx.out.shape, np.int32)
@@ -279,6 +391,8 @@ def test_maxpool_without_argmax_takes_its_own_path_to_the_same_output():
 
 @pytest.mark.parametrize("name,attrs,inputs", [
     ("maxpool", dict(kernel=3, stride=2, pad=1, ceil=True), 1),
+    ("maxpool", dict(kernel=2, ceil=False), 1),  # 2x2 loops, an odd height left over
+    ("maxpool", dict(kernel=2, ceil=True), 1),  # an overhanging window: general loops
     ("global_maxpool", {}, 1),
     ("maximum", {}, 3),
 ])
@@ -289,6 +403,7 @@ def test_max_ties_go_to_the_first_candidate_as_in_the_reference(name, attrs, inp
     xs = [rng.integers(0, 2, (2, 2, 7, 6)).astype(np.float32) for _ in range(inputs)]
     run = Run(name, Case(attrs, xs))
     assert np.array_equal(run.aux["argmax"], run.ref_aux["argmax"])
+    run.check_forward()
     run.check_grads()
 
 

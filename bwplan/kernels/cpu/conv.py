@@ -1,37 +1,54 @@
-"""conv2d on the CPU: im2col in parallel Numba loops, the multiply in BLAS.
+"""conv2d on the CPU: im2col in Numba loops, the multiply in BLAS.
 
-For a chunk of `nb` samples the input is unfolded into a column matrix cols [K, nb*P]
-(K = C*kh*kw rows in weight order, one column per output pixel, sample-major), so that
-one GEMM per group covers the whole chunk:
+The batch is split into chunks of samples that run as tasks on the kernel workers
+(`threads.for_each`), each with single-threaded BLAS and serial Numba loops on its own
+scratch buffers, so that a chunk's columns are written, multiplied and consumed by one core.
+A sample's input is unfolded into columns cols_n[K, P] (K = C*kh*kw rows in weight order,
+one column per output pixel, P pixels per sample), and
 
-    forward  Y[O, nb*P]  = W[O, K] @ cols          then scattered to [nb, O, P] (+ bias)
-    dX       dcols       = W^T @ dY[O, nb*P]       then folded back (col2im) into dX
-    dW       dW^T[K, O] += cols @ dY^T           summed over chunks
+    forward  out_n[O, P]  = W[O, K] @ cols_n          one GEMM per sample, into the output
+    dX       dcols_n[K, P] = W^T @ dY_n[O, P]         one GEMM per sample, from dY, then
+                                                      folded back (col2im) into dX_n
+    dW       dW^T[K, O]   = sum_n cols_n @ dY_n^T     one GEMM per sample, from dY
 
-One big GEMM beats one small GEMM per sample (late layers have P = 64 pixels or fewer),
-and the [O, nb*P] layout makes dW a single long-inner-dimension GEMM per chunk; the price
-is a scatter/gather of dY or Y, O*P per sample, cheap next to the K-times-larger GEMM.
+One GEMM per sample reads and writes the NCHW tensors where they lie, and single-threaded
+OpenBLAS runs it about as fast per FLOP as one GEMM over the chunk while a sample has
+enough pixels. Below PER_SAMPLE_PIXELS it does not ([256, 1152] @ [1152, 16] ran at 60% of
+the chunk-wide rate), so small images multiply the whole chunk at once, with the columns
+laid out [K, nb*P]: Y[O, nb*P] = W @ cols, scattered (+ bias) into the output; dcols = W^T
+@ dY[O, nb*P], dY gathered first; dW^T = cols @ dY^T. The scatter and gather move O*P
+numbers per sample, little next to the K-times-larger GEMM. dW also takes the chunk-wide
+form where O > P, so that its per-sample parts [nb, K, O] never outgrow the columns; per
+sample, it needs no gather of dY (0.6x the time on cnn_small's conv1: K = 27, P = 1024).
+A 1x1 convolution with stride 1 and no padding needs no unfolding: its columns are the
+input itself, and its dX comes straight out of the GEMM.
 
-The chunk is chosen so that cols stays under CHUNK_BYTES: memory stays bounded for any
-batch. Buffers come from `scratch`, so a training step reuses them. Groups are slices of
-rows of cols and of W, each a contiguous block, so every GEMM is on contiguous 2-D arrays.
-The bias gradient is its own kernel (a per-channel sum of dY).
+Results do not depend on the number of threads: a sample's output and dX come from its
+own GEMMs whichever thread runs them, and dW adds its per-chunk parts in chunk order
+(chunks depend on the shapes and CHUNK_BYTES only). Groups are slices of rows of the columns
+and of W, so every GEMM is on 2-D operands with unit inner stride. The bias gradient is its
+own kernel (a per-channel sum of dY).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from bwplan.kernels.cpu import scratch
+from bwplan.kernels.cpu import scratch, threads
 from bwplan.kernels.cpu.reduce import channel_sum
 from bwplan.kernels.cpu.views import view
 from bwplan.ops._shapes import pair
 
-# Upper bound on one chunk's column buffer (and its [O, nb*P] output buffer). 32 MiB keeps
-# cnn_small's convolutions at batch 64 in a single chunk; tests shrink it to cross chunks.
-CHUNK_BYTES = 32 << 20
+# Upper bound on one chunk's column buffer: a batch makes several tasks for the workers, few
+# enough that the Python calls per chunk do not show, and memory stays bounded for any
+# batch. On cnn_small's and resnet_mini's convolutions 2-4 MiB ran fastest, within a few
+# percent of 1 and 8 MiB (narrower chunks slow the chunk-wide GEMMs). Tests shrink it to
+# cross chunk boundaries.
+CHUNK_BYTES = 4 << 20
+# Samples with fewer output pixels than this take the chunk-wide GEMM (see above).
+PER_SAMPLE_PIXELS = 128
 
 
 class Geometry(NamedTuple):
@@ -66,6 +83,22 @@ class Geometry(NamedTuple):
         return self.ho * self.wo
 
     @property
+    def per_sample(self) -> bool:
+        """Whether the forward and dX multiply sample by sample (see the module doc)."""
+        return self.p >= PER_SAMPLE_PIXELS
+
+    @property
+    def per_sample_dw(self) -> bool:
+        """Whether dW multiplies sample by sample: [K, O] parts, one per sample, summed per
+        chunk; no larger than the chunk's columns [nb, K, P] when O <= P."""
+        return self.per_sample and self.o <= self.p
+
+    @property
+    def identity(self) -> bool:
+        """Whether the columns are the input itself: 1x1, stride 1, no padding."""
+        return (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
+
+    @property
     def window(self) -> tuple[int, ...]:
         return (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.dh, self.dw,
                 self.ho, self.wo)
@@ -82,117 +115,128 @@ def geometry(ctx) -> Geometry:
                     ctx.attrs["groups"])
 
 
-def chunks(g: Geometry, itemsize: int):
+def chunks(g: Geometry, itemsize: int) -> list[tuple[int, int]]:
     """(first sample, samples) of each chunk of the batch."""
     per_sample = max(g.k, g.o) * g.p * itemsize
     nb = max(1, min(g.n, CHUNK_BYTES // per_sample))
-    for n0 in range(0, g.n, nb):
-        yield n0, min(nb, g.n - n0)
+    return [(n0, min(nb, g.n - n0)) for n0 in range(0, g.n, nb)]
 
 
 # ---- Numba loops ---------------------------------------------------------------------------
-# The loops index flat arrays with unsigned integers: Numba adds a negative-index wraparound
-# to every signed index, which keeps LLVM from vectorising the copies; unsigned, im2col runs
-# twice as fast. Every index here is non-negative by construction.
-@njit(cache=True, inline="always")
-def _valid_cols(j, sw, pw, dw, w, wo):
-    """The output columns [lo, hi) whose kernel column j lands inside the input row, and
-    the input column of output column 0 (off); outside [lo, hi) it reads padding."""
-    off = j * dw - pw
-    lo = 0 if off >= 0 else (-off + sw - 1) // sw
-    hi = (w - off + sw - 1) // sw if w > off else 0
-    hi = min(hi, wo)
-    return min(lo, hi), hi, off
-
-
-@njit(cache=True, parallel=True)
-def _im2col(x, n0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
-    """cols[(c*kh + i)*kw + j, n*P + oh*wo + ow] = x[n0 + n, c, ih, iw] (0 in padding).
-    One task per (sample, channel) plane: it reads one small plane (cache-resident) and
-    writes its kh*kw rows."""
+# Serial and `nogil`: the workers run them side by side, one chunk each. The loops index
+# flat arrays with unsigned integers: Numba adds a negative-index wraparound to every signed
+# index, which keeps LLVM from vectorising the copies; unsigned, they run twice as fast.
+# Every index here is non-negative by construction.
+#
+# The columns of sample n, row r (= (c*kh + i)*kw + j) and pixel q sit at n*ns + r*rs + q:
+# ns = K*P, rs = P for the per-sample layout [nb, K, P]; ns = P, rs = nb*P for the
+# chunk-wide layout [K, nb*P]. im2col and col2im go through one zero-padded copy of a
+# (sample, channel) plane, so that every window lies inside it: the copies have no padding
+# branches, and measured 1.3-3x faster than clipping each row to the image (the most on
+# small planes, where the branches cost the most per element).
+@njit(cache=True, nogil=True)
+def _im2col(x, n0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols, ns, rs):
+    """cols[n, (c*kh + i)*kw + j, oh*wo + ow] = x[n0 + n, c, ih, iw] (0 in padding)."""
     c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
-    p, m = ho * wo, cols.shape[1]
+    wp = w + 2 * pw
+    padded = np.zeros((h + 2 * ph) * wp, x.dtype)  # the border stays 0
     xf, cf = x.reshape(-1), cols.reshape(-1)
-    for t in prange(nb * c_n):
-        n = t // c_n
-        c = t - n * c_n
-        plane = ((n0 + n) * c_n + c) * h * w
-        for i in range(kh):
-            for j in range(kw):
-                lo, hi, off = _valid_cols(j, sw, pw, dw, w, wo)
-                row = ((c * kh + i) * kw + j) * m + n * p
-                for oh in range(ho):
-                    ih = oh * sh - ph + i * dh
-                    d = row + oh * wo
-                    if ih < 0 or ih >= h:
-                        lo_, hi_ = wo, wo
-                    else:
-                        lo_, hi_ = lo, hi
-                    for ow in range(lo_):
-                        cf[np.uint64(d + ow)] = 0
-                    s = plane + ih * w + off
-                    if sw == 1:
-                        for ow in range(lo_, hi_):
-                            cf[np.uint64(d + ow)] = xf[np.uint64(s + ow)]
-                    else:
-                        for ow in range(lo_, hi_):
-                            cf[np.uint64(d + ow)] = xf[np.uint64(s + ow * sw)]
-                    for ow in range(hi_, wo):
-                        cf[np.uint64(d + ow)] = 0
+    for n in range(nb):
+        for c in range(c_n):
+            plane = ((n0 + n) * c_n + c) * h * w
+            for ih in range(h):
+                s, d = plane + ih * w, (ih + ph) * wp + pw
+                for iw in range(w):
+                    padded[np.uint64(d + iw)] = xf[np.uint64(s + iw)]
+            for i in range(kh):
+                for j in range(kw):
+                    row = n * ns + ((c * kh + i) * kw + j) * rs
+                    for oh in range(ho):
+                        d, s = row + oh * wo, (oh * sh + i * dh) * wp + j * dw
+                        if sw == 1:
+                            for ow in range(wo):
+                                cf[np.uint64(d + ow)] = padded[np.uint64(s + ow)]
+                        else:
+                            for ow in range(wo):
+                                cf[np.uint64(d + ow)] = padded[np.uint64(s + ow * sw)]
 
 
-@njit(cache=True, parallel=True)
-def _col2im(dcols, n0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, dx):
-    """dx[n0 + n, c] = the sum of the dcols entries that im2col copied from it. One task
-    per (sample, channel) plane: a plane is written by its own rows only, so no races."""
+@njit(cache=True, nogil=True)
+def _col2im(dcols, n0, nb, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, dx, ns, rs):
+    """dx[n0 + n, c] = the sum of the dcols entries that im2col copied from it, added in
+    (i, j) order into a padded plane whose interior is then copied out."""
     c_n, h, w = dx.shape[1], dx.shape[2], dx.shape[3]
-    p, m = ho * wo, dcols.shape[1]
+    wp = w + 2 * pw
+    padded = np.empty((h + 2 * ph) * wp, dx.dtype)
     gf, xf = dcols.reshape(-1), dx.reshape(-1)
-    for t in prange(nb * c_n):
-        n = t // c_n
-        c = t - n * c_n
-        plane = ((n0 + n) * c_n + c) * h * w
-        for q in range(h * w):
-            xf[np.uint64(plane + q)] = 0
-        for i in range(kh):
-            for j in range(kw):
-                lo, hi, off = _valid_cols(j, sw, pw, dw, w, wo)
-                row = ((c * kh + i) * kw + j) * m + n * p
-                for oh in range(ho):
-                    ih = oh * sh - ph + i * dh
-                    if ih < 0 or ih >= h:
-                        continue
-                    src = row + oh * wo
-                    d = plane + ih * w + off
-                    for ow in range(lo, hi):
-                        xf[np.uint64(d + ow * sw)] += gf[np.uint64(src + ow)]
+    for n in range(nb):
+        for c in range(c_n):
+            padded[:] = 0
+            for i in range(kh):
+                for j in range(kw):
+                    row = n * ns + ((c * kh + i) * kw + j) * rs
+                    for oh in range(ho):
+                        s, d = row + oh * wo, (oh * sh + i * dh) * wp + j * dw
+                        if sw == 1:
+                            for ow in range(wo):
+                                padded[np.uint64(d + ow)] += gf[np.uint64(s + ow)]
+                        else:
+                            for ow in range(wo):
+                                padded[np.uint64(d + ow * sw)] += gf[np.uint64(s + ow)]
+            plane = ((n0 + n) * c_n + c) * h * w
+            for ih in range(h):
+                s, d = (ih + ph) * wp + pw, plane + ih * w
+                for iw in range(w):
+                    xf[np.uint64(d + iw)] = padded[np.uint64(s + iw)]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
+def _add_bias(out, bias):
+    """out[n, o, :] += bias[o], on a chunk [nb, O, P] that a worker has just written."""
+    for n in range(out.shape[0]):
+        for o in range(out.shape[1]):
+            b = bias[o]
+            for q in range(out.shape[2]):
+                out[n, o, q] += b
+
+
+@njit(cache=True, nogil=True)
 def _scatter_out(y, n0, nb, bias, out):
     """out[n0 + n, o, :] = y[o, n*P:(n+1)*P] + bias[o]."""
     o_n, p, m = out.shape[1], out.shape[2], y.shape[1]
     yf, of = y.reshape(-1), out.reshape(-1)
-    for t in prange(nb * o_n):
-        n = t // o_n
-        o = t - n * o_n
-        b = bias[o]
-        src, dst = o * m + n * p, ((n0 + n) * o_n + o) * p
-        for q in range(p):
-            of[np.uint64(dst + q)] = yf[np.uint64(src + q)] + b
+    for n in range(nb):
+        for o in range(o_n):
+            b = bias[o]
+            src, dst = o * m + n * p, ((n0 + n) * o_n + o) * p
+            for q in range(p):
+                of[np.uint64(dst + q)] = yf[np.uint64(src + q)] + b
 
 
-@njit(cache=True, parallel=True)
-def _gather_dy(dout, n0, nb, dy):
-    """dy[o, n*P:(n+1)*P] = dout[n0 + n, o, :]: dY in the layout of the GEMMs."""
-    o_n, p, m = dout.shape[1], dout.shape[2], dy.shape[1]
-    gf, df = dout.reshape(-1), dy.reshape(-1)
-    for t in prange(nb * o_n):
-        n = t // o_n
-        o = t - n * o_n
-        src, dst = ((n0 + n) * o_n + o) * p, o * m + n * p
-        for q in range(p):
-            df[np.uint64(dst + q)] = gf[np.uint64(src + q)]
+@njit(cache=True, nogil=True)
+def _gather(a, n0, nb, out):
+    """out[o, n*P:(n+1)*P] = a[n0 + n, o, :]: dY in the layout of the chunk-wide GEMMs."""
+    o_n, p, m = a.shape[1], a.shape[2], out.shape[1]
+    af, of = a.reshape(-1), out.reshape(-1)
+    for n in range(nb):
+        for o in range(o_n):
+            src, dst = ((n0 + n) * o_n + o) * p, o * m + n * p
+            for q in range(p):
+                of[np.uint64(dst + q)] = af[np.uint64(src + q)]
+
+
+@njit(cache=True, nogil=True)
+def _sum_transposed(parts, dw):
+    """dw[g, o, k] = the sum over t of parts[t, g, k, o], added in t order. Reading rows of
+    parts and writing columns of dw keeps one cache line per o live, so no blocking is
+    needed; NumPy's sum into a transposed view took several times as long."""
+    for gi in range(parts.shape[1]):
+        for k in range(parts.shape[2]):
+            for o in range(parts.shape[3]):
+                acc = parts[0, gi, k, o]
+                for t in range(1, parts.shape[0]):
+                    acc += parts[t, gi, k, o]
+                dw[gi, o, k] = acc
 
 
 # ---- kernels ------------------------------------------------------------------------------
@@ -201,16 +245,21 @@ def _weights(g: Geometry, weight: np.ndarray) -> np.ndarray:
     return view(weight, (g.groups, g.o // g.groups, g.k // g.groups))
 
 
-def _unfold(x: np.ndarray, g: Geometry, n0: int, nb: int) -> np.ndarray:
-    cols = scratch.buffer("conv.cols", (g.k, nb * g.p), x.dtype)
-    _im2col(x, n0, nb, *g.window, cols)
+def _unfold(x: np.ndarray, g: Geometry, n0: int, nb: int, per_sample: bool) -> np.ndarray:
+    """The chunk's columns, [nb, K, P] or [K, nb*P], in the calling thread's scratch."""
+    if per_sample:
+        cols = scratch.buffer("conv.cols", (nb, g.k, g.p), x.dtype)
+        _im2col(x, n0, nb, *g.window, cols, g.k * g.p, g.p)
+    else:
+        cols = scratch.buffer("conv.cols", (g.k, nb * g.p), x.dtype)
+        _im2col(x, n0, nb, *g.window, cols, g.p, nb * g.p)
     return cols
 
 
-def _gathered(dout3: np.ndarray, g: Geometry, n0: int, nb: int) -> np.ndarray:
-    dy = scratch.buffer("conv.dy", (g.o, nb * g.p), dout3.dtype)
-    _gather_dy(dout3, n0, nb, dy)
-    return dy
+def _gathered(a3: np.ndarray, n0: int, nb: int) -> np.ndarray:
+    out = scratch.buffer("conv.gathered", (a3.shape[1], nb * a3.shape[2]), a3.dtype)
+    _gather(a3, n0, nb, out)
+    return out
 
 
 def conv2d_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
@@ -218,48 +267,89 @@ def conv2d_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
     g = geometry(ctx)
     wg = _weights(g, params["weight"])
     og, kg = wg.shape[1], wg.shape[2]
-    # no bias adds zeros: one branch-free loop, and O zeros cost nothing
-    bias = params["bias"] if ctx.attrs["bias"] else np.zeros(g.o, x.dtype)
-    out3 = view(out, (g.n, g.o, g.p))
-    for n0, nb in chunks(g, x.itemsize):
-        cols = _unfold(x, g, n0, nb)
-        y = scratch.buffer("conv.y", (g.o, nb * g.p), x.dtype)
+    bias = params["bias"] if ctx.attrs["bias"] else None
+    x3, out3 = view(x, (g.n, g.c, g.h * g.w)), view(out, (g.n, g.o, g.p))
+    parts = chunks(g, x.itemsize)
+
+    def chunk(t: int) -> None:
+        n0, nb = parts[t]
+        if not g.per_sample:
+            cols = _unfold(x, g, n0, nb, False)
+            y = scratch.buffer("conv.y", (g.o, nb * g.p), x.dtype)
+            for gi in range(g.groups):
+                np.dot(wg[gi], cols[gi * kg:(gi + 1) * kg], out=y[gi * og:(gi + 1) * og])
+            # no bias adds zeros: one branch-free loop, and O zeros cost nothing
+            _scatter_out(y, n0, nb, np.zeros(g.o, x.dtype) if bias is None else bias, out3)
+            return
+        cols = x3[n0:n0 + nb] if g.identity else _unfold(x, g, n0, nb, True)
         for gi in range(g.groups):
-            np.dot(wg[gi], cols[gi * kg:(gi + 1) * kg], out=y[gi * og:(gi + 1) * og])
-        _scatter_out(y, n0, nb, bias, out3)
+            np.matmul(wg[gi], cols[:, gi * kg:(gi + 1) * kg],
+                      out=out3[n0:n0 + nb, gi * og:(gi + 1) * og])
+        if bias is not None:
+            _add_bias(out3[n0:n0 + nb], bias)
+
+    threads.for_each(len(parts), chunk)
 
 
 def conv2d_dx(ctx, saved, dout, index, out) -> None:
     g = geometry(ctx)
     wg = _weights(g, saved["weight"])
     og, kg = wg.shape[1], wg.shape[2]
-    dout3 = view(dout, (g.n, g.o, g.p))
-    for n0, nb in chunks(g, dout.itemsize):
-        dy = _gathered(dout3, g, n0, nb)
-        dcols = scratch.buffer("conv.cols", (g.k, nb * g.p), dout.dtype)
+    dout3, out3 = view(dout, (g.n, g.o, g.p)), view(out, (g.n, g.c, g.h * g.w))
+    parts = chunks(g, dout.itemsize)
+
+    def chunk(t: int) -> None:
+        n0, nb = parts[t]
+        if not g.per_sample:
+            dy = _gathered(dout3, n0, nb)
+            dcols = scratch.buffer("conv.cols", (g.k, nb * g.p), dout.dtype)
+            for gi in range(g.groups):
+                np.dot(wg[gi].T, dy[gi * og:(gi + 1) * og], out=dcols[gi * kg:(gi + 1) * kg])
+            _col2im(dcols, n0, nb, *g.window, out, g.p, nb * g.p)
+            return
+        dcols = out3[n0:n0 + nb] if g.identity else \
+            scratch.buffer("conv.cols", (nb, g.k, g.p), dout.dtype)
         for gi in range(g.groups):
-            np.dot(wg[gi].T, dy[gi * og:(gi + 1) * og], out=dcols[gi * kg:(gi + 1) * kg])
-        _col2im(dcols, n0, nb, *g.window, out)
+            np.matmul(wg[gi].T, dout3[n0:n0 + nb, gi * og:(gi + 1) * og],
+                      out=dcols[:, gi * kg:(gi + 1) * kg])
+        if not g.identity:
+            _col2im(dcols, n0, nb, *g.window, out, g.k * g.p, g.p)
+
+    threads.for_each(len(parts), chunk)
 
 
 def conv2d_dw(ctx, saved, dout, out) -> None:
     g = geometry(ctx)
     dw = _weights(g, out)
     og, kg = dw.shape[1], dw.shape[2]
-    dout3 = view(dout, (g.n, g.o, g.p))
-    for n0, nb in chunks(g, dout.itemsize):
-        cols = _unfold(saved["x"], g, n0, nb)
-        dy = _gathered(dout3, g, n0, nb)
+    x, dout3 = saved["x"], view(dout, (g.n, g.o, g.p))
+    x3 = view(x, (g.n, g.c, g.h * g.w))
+    parts = chunks(g, dout.itemsize)
+    if not parts:  # an empty batch
+        out[...] = 0
+        return
+    # one dW^T part per chunk, in the calling thread's scratch, summed in chunk order below
+    sums = scratch.buffer("conv.dw", (len(parts), g.groups, kg, og), dout.dtype)
+
+    def chunk(t: int) -> None:
+        n0, nb = parts[t]
+        if g.per_sample_dw:
+            cols = x3[n0:n0 + nb] if g.identity else _unfold(x, g, n0, nb, True)
+            each = scratch.buffer("conv.dw_n", (nb, kg, og), dout.dtype)
+            for gi in range(g.groups):
+                np.matmul(cols[:, gi * kg:(gi + 1) * kg],
+                          dout3[n0:n0 + nb, gi * og:(gi + 1) * og].transpose(0, 2, 1), out=each)
+                np.sum(each, axis=0, out=sums[t, gi])
+            return
+        cols = _unfold(x, g, n0, nb, False)
+        dy = _gathered(dout3, n0, nb)
         for gi in range(g.groups):
             # dW^T = cols @ dY^T, then transposed: OpenBLAS runs this 10-20% faster than
-            # dY @ cols^T on these long-inner-dimension shapes. NumPy exposes no GEMM
-            # with beta = 1, so later chunks multiply into scratch and add.
-            part = scratch.buffer("conv.dw", (kg, og), dout.dtype)
-            np.dot(cols[gi * kg:(gi + 1) * kg], dy[gi * og:(gi + 1) * og].T, out=part)
-            if n0 == 0:
-                dw[gi] = part.T
-            else:
-                dw[gi] += part.T
+            # dY @ cols^T on these long-inner-dimension shapes
+            np.dot(cols[gi * kg:(gi + 1) * kg], dy[gi * og:(gi + 1) * og].T, out=sums[t, gi])
+
+    threads.for_each(len(parts), chunk)
+    _sum_transposed(sums, dw)
 
 
 def conv2d_db(ctx, saved, dout, out) -> None:

@@ -1,33 +1,39 @@
-"""How many threads the CPU kernels use, and how Numba's threads and BLAS's share cores.
+"""How many threads the CPU kernels use, and how the thread pools share cores.
 
-Two thread pools do the work: Numba's (the parallel loops: im2col, pooling, batchnorm...)
-and the BLAS that NumPy ships (OpenBLAS: conv and linear GEMMs). They never run at the
-same moment, since a kernel calls one and then the other from one Python thread, but each
-keeps its workers busy-waiting for a while after its work ends, and on a machine with few
-cores a spinning idle worker takes the core the other pool needs:
+Two kinds of work run in parallel:
 
-- Numba's OpenMP workers spin after each parallel loop; measured on 2 vCPUs, a GEMM right
-  after a parallel im2col took 1.7x as long. `configure` sets OMP_WAIT_POLICY=PASSIVE
-  (unless already set) so they sleep instead; that must happen before Numba's OpenMP
-  runtime starts, i.e. before the first parallel kernel runs.
-- OpenBLAS workers spin after each GEMM (OPENBLAS_THREAD_TIMEOUT, read when NumPy loads;
-  lowering it made GEMMs several times slower here, so it is left alone). A parallel loop
-  right after a GEMM can run up to twice as slow; it is still no slower than serially.
-- BLAS's thread count is OpenBLAS's own: OPENBLAS_NUM_THREADS or OMP_NUM_THREADS before
-  NumPy is imported, or threadpoolctl at run time, which `configure` uses when it is
-  installed. Numba's count is per calling thread (numba.set_num_threads), so call
-  `configure` from the thread that runs the kernels.
-- Where the "cores" are virtual CPUs that do not really run at once (two busy processes
-  each at half speed, as on the 2-vCPU machine these figures come from), a two-thread
-  GEMM waits whole scheduler slices (8-16 ms) for its second thread; there one thread is
-  faster and far steadier.
+- BLAS calls (conv and linear GEMMs), the Numba loops around them (im2col, col2im) and the
+  largest elementwise loops run on the kernel workers here: a kernel cuts its work into
+  tasks and `for_each` runs them on the calling thread and `width - 1` helper threads,
+  each task calling single-threaded BLAS and serial `nogil` Numba loops on its own slice.
+- The other Numba kernels (pooling, batchnorm, losses) use Numba's parallel loops.
 
-Numba's threading layer is chosen OpenMP first: its idle workers can sleep (above), and
-the workqueue fallback must not be entered from two threads at once.
+BLAS itself is kept at one thread (threadpoolctl, when installed), because its own pool
+would otherwise sit beside Numba's: OpenBLAS's workers spin for a long while after each
+GEMM (OPENBLAS_THREAD_TIMEOUT, read when NumPy loads; lowering it made GEMMs several times
+slower), and on two vCPUs a spinning worker takes the core a Numba loop needs. Measured on
+the 2-vCPU machine, a 2x2 max pool ran 1.9x slower right after a GEMM than alone, and
+Numba's second thread gained nothing anywhere in a training step. The kernel workers sleep
+on a queue between tasks instead, so nothing spins between kernels (a hand-off costs about
+70 us there), and a task keeps its im2col columns, its GEMMs and its output pass on one
+core, in its cache. Without threadpoolctl, BLAS keeps the threads it chose and `for_each`
+runs every task on the calling thread. The kernels cut their work by shapes only, never by
+the number of threads, so their results do not depend on it.
+
+Numba's OpenMP workers would spin after each parallel loop as well: `configure` sets
+OMP_WAIT_POLICY=PASSIVE (unless already set) so they sleep instead; that must happen before
+Numba's OpenMP runtime starts, i.e. before the first parallel kernel runs. Numba's count is
+per calling thread (numba.set_num_threads), so call `configure` from the thread that runs
+the kernels. Numba's threading layer is chosen OpenMP first: its idle workers can sleep
+(above), and the workqueue fallback must not be entered from two threads at once.
 """
 from __future__ import annotations
 
+import itertools
 import os
+import queue
+import threading
+from collections.abc import Callable
 
 
 def available_cores() -> int:
@@ -39,9 +45,9 @@ def available_cores() -> int:
 
 def configure(threads: int | None = None) -> int:
     """Use `threads` threads (default: every core this process may run on) for the Numba
-    kernels and, when threadpoolctl is installed, for BLAS. Returns the Numba count, which
-    Numba caps at the NUMBA_NUM_THREADS it started with. Call once, before the first
-    kernel runs."""
+    kernels and, when threadpoolctl is installed, for the kernel workers, with BLAS at one
+    thread. Returns the Numba count, which Numba caps at the NUMBA_NUM_THREADS it started
+    with. Call once, before the first kernel runs."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numba  # only a runtime that executes kernels pays for importing Numba
 
@@ -53,6 +59,98 @@ def configure(threads: int | None = None) -> int:
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
+        set_width(1)
         return count
-    threadpool_limits(limits=wanted, user_api="blas")
+    threadpool_limits(limits=1, user_api="blas")
+    set_width(wanted)
     return count
+
+
+def width() -> int:
+    """How many threads `for_each` runs tasks on."""
+    return _workers.width
+
+
+def set_width(threads: int) -> int:
+    """Run `for_each`'s tasks on `threads` threads from now on (1: on the calling thread
+    only); returns the width before. `configure` sets it; tests use it to reach the
+    multi-threaded paths."""
+    before, _workers.width = _workers.width, max(1, threads)
+    return before
+
+
+def for_each(count: int, task: Callable[[int], None]) -> None:
+    """Call task(i) for every i in range(count), on the kernel workers; returns when all
+    are done, raising the first exception a task raised. Tasks are handed out in index
+    order to whichever thread is free, so a task must not depend on which thread runs it
+    or on the order the others finish in. A call made while another is running (from a
+    task, or from a second thread) runs its tasks on its own thread."""
+    _workers.run(count, task)
+
+
+class _Workers:
+    """The helper threads: each waits on its inbox for (job, done), runs the job and puts
+    a token in `done`. A run has a `done` queue of its own, so a run cut short (an
+    interrupt while waiting) leaves no token behind for the next."""
+
+    def __init__(self) -> None:
+        self.width = 1
+        self._busy = threading.Lock()
+        self._inboxes: list[queue.SimpleQueue] = []
+
+    def run(self, count: int, task: Callable[[int], None]) -> None:
+        helpers = min(self.width, count) - 1
+        if helpers <= 0 or not self._busy.acquire(blocking=False):
+            for i in range(count):
+                task(i)
+            return
+        try:
+            while len(self._inboxes) < helpers:
+                self._start_helper()
+            indices = itertools.count()  # next() on it is atomic: each index goes once
+            errors: list[BaseException] = []
+
+            def drain() -> None:
+                try:
+                    for i in indices:
+                        if i >= count or errors:  # after a failure, the rest is moot
+                            return
+                        task(i)
+                except BaseException as error:  # noqa: BLE001 - re-raised by the caller
+                    errors.append(error)
+
+            done: queue.SimpleQueue = queue.SimpleQueue()
+            for inbox in self._inboxes[:helpers]:
+                inbox.put((drain, done))
+            drain()
+            for _ in range(helpers):
+                done.get()
+        finally:
+            self._busy.release()
+        if errors:
+            raise errors[0]
+
+    def _start_helper(self) -> None:
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=_serve, args=(inbox,), daemon=True,
+                         name=f"bwplan-kernel-{len(self._inboxes) + 1}").start()
+        self._inboxes.append(inbox)
+
+    def forget_helpers(self) -> None:
+        """After a fork the child has none of the parent's threads."""
+        self._busy = threading.Lock()
+        self._inboxes = []
+
+
+def _serve(inbox: queue.SimpleQueue) -> None:
+    while True:
+        job, done = inbox.get()
+        try:
+            job()  # catches what its tasks raise
+        finally:
+            done.put(None)
+
+
+_workers = _Workers()
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_workers.forget_helpers)
