@@ -87,7 +87,7 @@ class CompiledNet:
         if target == "cuda":
             from bwplan.runtime.cuda import CudaParams, device
             self._cuda_params = CudaParams(device(), self.params)
-        self.optimizer = Sgd()
+        self.optimizer = Sgd(update=getattr(self.backend, "update_kernel", None))
         self._grad_store: dict[str, np.ndarray] = {}
         self._scaled: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
@@ -100,7 +100,7 @@ class CompiledNet:
     def set_optimizer(self, lr: float = 0.01, momentum: float = 0.9,
                       weight_decay: float = 0.0) -> None:
         velocity = self.optimizer.velocity
-        self.optimizer = Sgd(SgdSettings(lr, momentum, weight_decay))
+        self.optimizer = Sgd(SgdSettings(lr, momentum, weight_decay), self.optimizer.update)
         self.optimizer.velocity = velocity
         if self._cuda_params is not None:
             for executor in self._executors.values():

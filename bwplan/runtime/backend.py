@@ -20,6 +20,7 @@ from bwplan.errors import InternalError
 
 class ReferenceBackend:
     name = "reference"
+    update_kernel = None
 
     def kernel(self, op_name: str, component: str) -> Callable:
         op = registry.OPS[op_name]
@@ -52,6 +53,8 @@ class CpuBackend:
         from bwplan.kernels.cpu import threads
         self._cpu = cpu
         _configure_once(threads)
+        from bwplan.kernels.cpu.update import sgd_update
+        self.update_kernel = sgd_update
 
     def kernel(self, op_name: str, component: str) -> Callable:
         names = registry.OPS[op_name].kernels.get("cpu", {})

@@ -29,9 +29,13 @@ class SgdSettings:
 
 
 class Sgd:
-    def __init__(self, settings: SgdSettings | None = None) -> None:
+    """`update` is an optional fused kernel with the signature of
+    bwplan.kernels.cpu.update.sgd_update; without one, NumPy does the same arithmetic."""
+
+    def __init__(self, settings: SgdSettings | None = None, update=None) -> None:
         self.settings = settings or SgdSettings()
         self.velocity: dict[str, np.ndarray] = {}
+        self.update = update
 
     def step(self, updates: tuple[ParamUpdate, ...], params: Mapping[str, np.ndarray],
              grads: Mapping[str, np.ndarray], scaled: Mapping[str, np.ndarray]) -> int:
@@ -42,29 +46,35 @@ class Sgd:
             if u.kind == "none":
                 continue
             w = params[u.param]
-            diff = self._diff(u, grads, scaled, w)
-            if diff is None:
+            g, g_scale = self._gradient(u, grads, scaled)
+            decay = u.decay_lr_mult * u.decay_mult * s.weight_decay
+            if g is None and not decay:
                 continue
             v = self.velocity.get(u.param)
             if v is None:
                 v = self.velocity[u.param] = np.zeros_like(w)
-            v *= s.momentum
-            v += s.lr * diff
-            w -= v
+            if self.update is not None:
+                self.update(w, v, g, g_scale, decay, s.lr, s.momentum)
+            else:
+                if g is None:
+                    diff = decay * w
+                elif decay:
+                    diff = g * g_scale + decay * w
+                else:
+                    diff = g * g_scale
+                v *= s.momentum
+                v += s.lr * diff
+                w -= v
             launched += 1
         return launched
 
-    def _diff(self, u: ParamUpdate, grads, scaled, w) -> np.ndarray | None:
-        s = self.settings
-        computed = [t for t in u.terms if t.computed]
+    @staticmethod
+    def _gradient(u: ParamUpdate, grads, scaled) -> tuple[np.ndarray | None, float]:
+        """The gradient the update uses and its scale: the multiplier-weighted sum over uses
+        when their multipliers differ, else the summed gradient times the one multiplier."""
         if u.param in scaled:
-            diff = scaled[u.param].copy()
-        elif computed and u.param in grads:
-            # every computed use shares one multiplier
-            diff = grads[u.param] * computed[0].lr_mult
-        else:
-            diff = None
-        decay = u.decay_lr_mult * u.decay_mult * s.weight_decay
-        if decay:
-            diff = decay * w if diff is None else diff + decay * w
-        return diff
+            return scaled[u.param], 1.0
+        computed = [t for t in u.terms if t.computed]
+        if computed and u.param in grads:
+            return grads[u.param], computed[0].lr_mult
+        return None, 0.0
