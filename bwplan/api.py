@@ -93,6 +93,7 @@ class CompiledNet:
         self.grads: dict[str, np.ndarray] = {}
         self.last_stats: StepStats | None = None
         self.last_program: Program | None = None
+        self.last_cached = False   # whether the last step read its frozen prefix from a cache
         self.steps_taken = 0
         self._executors: dict[tuple, Executor] = {}
 
@@ -158,6 +159,7 @@ class CompiledNet:
             if u.kind != "none")
         self.last_stats = result.stats
         self.last_program = executor.program
+        self.last_cached = bool(given)
         self.steps_taken += 1
         return result
 

@@ -30,6 +30,10 @@ def profile_lines(prog) -> list[str]:
     for phase in ("fwd", "dx", "dw", "update"):
         lines.append(f"  {phase:6s} {st.launched[phase]:4d} kernels  {flops(st.flops[phase])}")
     planned = s.planned_peak_bytes if prog.last_program.pruned else s.full_peak_bytes
-    lines.append(f"  peak live activations {nbytes(st.peak_bytes)} (plan's estimate "
-                 f"{nbytes(planned)})")
+    if prog.last_cached:
+        lines.append(f"  peak live activations {nbytes(st.peak_bytes)} (the frozen prefix "
+                     f"came from the cache; a whole step's estimate is {nbytes(planned)})")
+    else:
+        lines.append(f"  peak live activations {nbytes(st.peak_bytes)} (plan's estimate "
+                     f"{nbytes(planned)})")
     return lines
