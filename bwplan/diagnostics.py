@@ -21,7 +21,9 @@ def _format_one(err: BwError) -> str:
         text = src.line_text(span.line)
         if text:
             shown = text.expandtabs(1)
-            width = (span.end_col - span.col) if span.end_line == span.line else len(text) - span.col + 1
+            # a span over several lines is underlined to the end of its first line
+            one_line = span.end_line == span.line
+            width = (span.end_col - span.col) if one_line else len(text) - span.col + 1
             width = max(1, min(width, len(shown) - span.col + 2))
             lines.append(f"  {shown}")
             lines.append("  " + " " * (span.col - 1) + "^" * width)

@@ -49,7 +49,7 @@ def test_every_named_cuda_kernel_exists_in_its_source(name):
         for k in entry.kernels:
             assert k in declared[entry.source], (name, component, k)
             text = (build.source_dir() / entry.source).read_text()
-            assert f'extern "C" __global__' in text.split(f"// == kernel {k} ==")[1].split(
+            assert 'extern "C" __global__' in text.split(f"// == kernel {k} ==")[1].split(
                 "// == kernel")[0], k
 
 

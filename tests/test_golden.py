@@ -1,7 +1,8 @@
 """Golden files: each example's source together with its expected `bwplan explain` output.
 A change in a decision, a reason or a figure shows up as a readable diff.
 
-Regenerate after an intended change with:  BWPLAN_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py
+Regenerate after an intended change with:
+    BWPLAN_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ ROOT = Path(__file__).parents[1]
 GOLDEN = Path(__file__).parent / "golden"
 SOURCE_MARK = "#### source\n"
 OUTPUT_MARK = "#### bwplan explain\n"
-CASES = {p.stem: ["explain", f"examples/{p.name}"] for p in sorted((ROOT / "examples").glob("*.bw"))}
+CASES = {p.stem: ["explain", f"examples/{p.name}"]
+         for p in sorted((ROOT / "examples").glob("*.bw"))}
 CASES["middle_frozen.why_conv2"] = ["explain", "examples/middle_frozen.bw", "--why", "conv2"]
 CASES["cnn_small.freeze_convs"] = ["explain", "examples/cnn_small.bw", "--freeze", "conv*",
                                    "--unfreeze", "conv3"]
@@ -45,7 +47,7 @@ def test_golden(name):
         _explain(args)
     if os.environ.get("BWPLAN_UPDATE_GOLDEN"):
         expected_file.write_text(actual)
-    assert expected_file.exists(), f"no golden file; run with BWPLAN_UPDATE_GOLDEN=1"
+    assert expected_file.exists(), "no golden file; run with BWPLAN_UPDATE_GOLDEN=1"
     expected = expected_file.read_text()
     assert expected.split(OUTPUT_MARK)[0] == SOURCE_MARK + source, \
         f"{args[1]} changed since its golden file was written"

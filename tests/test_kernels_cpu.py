@@ -398,7 +398,6 @@ def test_maxpool_without_argmax_takes_its_own_path_to_the_same_output(attrs):
 ])
 def test_max_ties_go_to_the_first_candidate_as_in_the_reference(name, attrs, inputs):
     """The strategies draw distinct values; here most windows hold ties."""
-    op = registry.OPS[name]
     rng = np.random.default_rng(2)
     xs = [rng.integers(0, 2, (2, 2, 7, 6)).astype(np.float32) for _ in range(inputs)]
     run = Run(name, Case(attrs, xs))

@@ -22,6 +22,7 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from bwplan.errors import BwSyntaxError
+from bwplan.frontend.lark_errors import describe
 from bwplan.source import SourceFile, Span, register
 
 GRAMMAR = Path(__file__).resolve().parents[2] / "grammar" / "prototxt.lark"
@@ -195,20 +196,7 @@ _PRETTY = {"NAME": "a field name or word", "NUMBER": "a number", "STRING": "a st
 def _describe(err: UnexpectedInput, text: str) -> str:
     if isinstance(err, UnexpectedCharacters) and text[err.pos_in_stream:][:1] in ("'", '"'):
         return "this string is never closed (a string ends on the line it starts)"
-    try:
-        label = err.match_examples(_parser().parse, _EXAMPLES, use_accepts=True)
-    except LarkError:
-        label = None
-    if label:
-        return label
-    if isinstance(err, UnexpectedCharacters):
-        ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "end of file"
-        return f"unexpected character {ch!r}"
-    tok = getattr(err, "token", None)
-    got = "end of file" if tok is None or tok.type == "$END" else repr(str(tok))
-    expected = sorted({_PRETTY.get(t, t) for t in getattr(err, "expected", ()) or ()})
-    hint = f" (expected {', '.join(expected[:6])})" if expected else ""
-    return f"unexpected {got}{hint}"
+    return describe(err, text, _parser().parse, _EXAMPLES, _PRETTY)
 
 
 def _unclosed(text: str, path: str) -> BwSyntaxError | None:

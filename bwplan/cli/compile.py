@@ -94,5 +94,5 @@ def _random_batch(prog):
             batch[inp.name] = rng.integers(0, high, inp.type.shape).astype(dtype)
         else:
             batch[inp.name] = rng.standard_normal(inp.type.shape).astype(dtype)
-    print(f"profile: one step on random data", file=sys.stderr)
+    print("profile: one step on random data", file=sys.stderr)
     return batch

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from lark import Lark, Token, Transformer
-from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput,
-                             UnexpectedToken, VisitError)
+from lark.exceptions import (UnexpectedInput,
+                             VisitError)
 
 from bwplan.errors import BwSyntaxError
 from bwplan.frontend import ast
 from bwplan.ir.types import DTYPE_BYTES, TensorType
+from bwplan.frontend.lark_errors import describe
 from bwplan.resources import resource_dir
 from bwplan.source import SourceFile, Span, register
 
@@ -220,33 +221,13 @@ _EXAMPLES = {
 
 
 def _describe(err: UnexpectedInput, text: str) -> str:
-    parser, postlex = _parser()
-    try:
-        label = err.match_examples(parser.parse, _EXAMPLES, use_accepts=True)
-    except BwSyntaxError:
-        label = None
-    if label:
-        return label
-    if isinstance(err, UnexpectedCharacters):
-        ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "end of file"
-        return f"unexpected character {ch!r}"
-    if isinstance(err, (UnexpectedToken, UnexpectedEOF)):
-        tok = getattr(err, "token", None)
-        got = "end of file" if tok is None or tok.type == "$END" else repr(str(tok))
-        expected = sorted(_pretty(t) for t in getattr(err, "expected", ()) or ())
-        hint = f" (expected {', '.join(expected[:6])})" if expected else ""
-        return f"unexpected {got}{hint}"
-    return "syntax error"
+    return describe(err, text, _parser()[0].parse, _EXAMPLES, _PRETTY)
 
 
 _PRETTY = {"NAME": "a name", "_NL": "end of line", "LPAR": "'('", "RPAR": "')'",
            "LSQB": "'['", "RSQB": "']'", "COMMA": "','", "EQUAL": "'='", "COLON": "':'",
            "SIGNED_NUMBER": "a number", "INT": "an integer", "LBRACE": "'{'", "RBRACE": "'}'",
            "STRING": "a string", "$END": "end of file"}
-
-
-def _pretty(terminal: str) -> str:
-    return _PRETTY.get(terminal, terminal.lower())
 
 
 def _error_span(err: UnexpectedInput, src: SourceFile) -> Span:
