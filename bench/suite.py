@@ -29,12 +29,8 @@ def random_batch(net, seed: int = 0, batch_mult: int = 1) -> dict[str, np.ndarra
 def _held_bytes(plan, batch) -> int:
     """Bytes live at the end of every forward whatever the plan keeps: the batch inputs the
     backward does not read, and the step's outputs."""
-    from bwplan import ops as registry
-    net = plan.net
     inputs = sum(v.nbytes for k, v in batch.items() if k not in plan.kept)
-    outputs = sum(l.out.nbytes for l in net.layers
-                  if plan.flow.used[l.name] is not None and l.name not in plan.kept and
-                  (l.loss_weight != 0 or registry.OPS[l.op].role != "layer"))
+    outputs = sum(plan.net.layer(n).out.nbytes for n in plan.outputs if n not in plan.kept)
     return inputs + outputs
 
 

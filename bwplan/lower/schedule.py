@@ -19,8 +19,7 @@ def lower(plan: Plan, prune: bool = True) -> Program:
     net = plan.net
     kept_table = plan.kept if prune else plan.full_kept
     kept = frozenset(kept_table)
-    outputs = [l for l in net.layers if plan.flow.used[l.name] is not None and (
-        l.loss_weight != 0 or registry.OPS[l.op].role != "layer")]
+    outputs = [net.layer(name) for name in plan.outputs]
     losses = tuple((l.name, l.loss_weight) for l in outputs if registry.OPS[l.op].role == "loss"
                    or l.loss_weight != 0)
     metrics = tuple(l.name for l in outputs if registry.OPS[l.op].role == "metric")

@@ -21,7 +21,7 @@ the loss's probabilities and labels are kept for the backward.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from bwplan import ops as registry
@@ -91,6 +91,9 @@ class Plan:
     allreduce: tuple[tuple[str, int], ...]
     findings: tuple            # tuple[Finding, ...] from plan.pitfalls
     flow: Flow
+    # what a training step returns and holds to its end: its losses and metrics, and every
+    # weighted layer, in topological order
+    outputs: tuple[str, ...] = ()
 
     def layer(self, name: str) -> LayerPlan:
         return self.layers[self.net.position(name)]
@@ -158,8 +161,8 @@ def make_plan(net: Net) -> Plan:
                                      fwd_flops[layer.name], planned_cost, full_cost,
                                      tuple(full_dx), tuple(full_dw)))
 
-    outputs = {l.name for l in net.layers if flow.used[l.name] is not None and (
-        l.loss_weight != 0 or registry.OPS[l.op].role != "layer")}
+    outputs = tuple(l.name for l in net.layers if flow.used[l.name] is not None and (
+        l.loss_weight != 0 or registry.OPS[l.op].role != "layer"))
     kept_values = _freeze_kept(kept)
     full_values = _freeze_kept(full_kept)
     updates = param_updates(net, dw_needed)
@@ -170,8 +173,8 @@ def make_plan(net: Net) -> Plan:
         planned_bwd_flops=sum(p.bwd_flops for p in layer_plans),
         full_kept_bytes=sum(v.nbytes for v in full_values.values()),
         planned_kept_bytes=sum(v.nbytes for v in kept_values.values()),
-        full_peak_bytes=_peak(net, full_values, full_dx_edges, outputs),
-        planned_peak_bytes=_peak(net, kept_values, dx_edges, outputs),
+        full_peak_bytes=_peak(net, full_values, full_dx_edges, set(outputs)),
+        planned_peak_bytes=_peak(net, kept_values, dx_edges, set(outputs)),
         full_dx=len(full_dx_edges), planned_dx=len(dx_edges),
         full_dw=sum(sum(p.full_dw) for p in layer_plans),
         planned_dw=sum(dw_needed.values()),
@@ -179,10 +182,9 @@ def make_plan(net: Net) -> Plan:
     )
     prefix = frozen_prefix(net, _trains, fwd_flops)
     plan = Plan(net, tuple(layer_plans), kept_values, full_values, summary, prefix, updates,
-                allreduce, (), flow)
-    from bwplan.plan.pitfalls import find_pitfalls
-    return Plan(net, plan.layers, plan.kept, plan.full_kept, summary, prefix, updates,
-                allreduce, find_pitfalls(plan), flow)
+                allreduce, (), flow, outputs)
+    from bwplan.plan.pitfalls import find_pitfalls  # the checks read the finished plan
+    return replace(plan, findings=find_pitfalls(plan))
 
 
 def _freeze_kept(table) -> Mapping[str, KeptValue]:
