@@ -43,6 +43,7 @@ from bwplan.kernels.cuda.limits import Env  # noqa: E402
 from bwplan.ops.reference import grad_index, make_ctx, run_forward, saved_values  # noqa: E402
 from bwplan.runtime.cuda import CudaExecutor  # noqa: E402
 from bwplan.runtime.optimizer import SgdSettings  # noqa: E402
+import closeness as close  # noqa: E402
 from test_ops_reference import CASES, Case, _valid  # noqa: E402
 
 SEED = 11
@@ -56,15 +57,7 @@ EXAMPLES = sorted(ROOT.glob("examples/*.bw"))
 
 
 def assert_close(got, ref, what: str, tol: float = TOL, eps: float = EPS) -> None:
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert got.shape == ref.shape, f"{what}: shape {got.shape}, reference {ref.shape}"
-    bad = ~(np.abs(got - ref) <= tol + np.abs(ref) * eps)
-    if bad.any():
-        where = np.argwhere(bad)[:5]
-        lines = [f"  at {tuple(int(i) for i in w)}: got {got[tuple(w)]!r}, "
-                 f"reference {ref[tuple(w)]!r}" for w in where]
-        pytest.fail(f"{what}: {int(bad.sum())} of {bad.size} elements differ\n"
-                    + "\n".join(lines))
+    close.assert_close(got, ref, what, tol, eps)
 
 
 # ---- device memory for one op ----------------------------------------------------------------

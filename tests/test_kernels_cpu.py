@@ -31,6 +31,7 @@ from bwplan.kernels.cpu import elementwise as elementwise_kernels  # noqa: E402
 from bwplan.kernels.cpu import linear as linear_kernels  # noqa: E402
 from bwplan.kernels.cpu import scratch, threads  # noqa: E402
 from bwplan.ops.reference import grad_index, make_ctx, run_forward, saved_values  # noqa: E402
+import closeness as close  # noqa: E402
 from test_ops_reference import CASES, Case, _normal, _rng, _valid  # noqa: E402
 
 SEED = 11
@@ -42,15 +43,7 @@ SETTINGS = settings(max_examples=25, deadline=None,
 
 
 def assert_close(got, ref, dtype, what: str) -> None:
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert got.shape == ref.shape, f"{what}: shape {got.shape}, reference {ref.shape}"
-    bad = ~(np.abs(got - ref) <= TOL[dtype] + np.abs(ref) * EPS[dtype])
-    if bad.any():
-        where = np.argwhere(bad)[:5]
-        lines = [f"  at {tuple(int(i) for i in w)}: got {got[tuple(w)]!r}, "
-                 f"reference {ref[tuple(w)]!r}" for w in where]
-        pytest.fail(f"{what}: {int(bad.sum())} of {bad.size} elements differ\n"
-                    + "\n".join(lines))
+    close.assert_close(got, ref, what, TOL[dtype], EPS[dtype])
 
 
 def _cast(a, dtype):
