@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Union
 
 from lark import Lark, Token, Transformer, v_args
@@ -23,9 +22,10 @@ from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, Unex
 
 from bwplan.errors import BwSyntaxError
 from bwplan.frontend.lark_errors import describe
+from bwplan.resources import resource_dir
 from bwplan.source import SourceFile, Span, register
 
-GRAMMAR = Path(__file__).resolve().parents[2] / "grammar" / "prototxt.lark"
+GRAMMAR = resource_dir("grammar") / "prototxt.lark"
 
 
 @dataclass(frozen=True, slots=True)

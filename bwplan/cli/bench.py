@@ -1,5 +1,6 @@
 """`bwplan bench [--quick] ...`: runs the benchmark suite of a source checkout
-(`python -m bench`); the suite is not part of the installed package."""
+(`python -m bench`) with the options given; the suite is not part of the installed
+package."""
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,9 @@ from bwplan.source import Span
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs=argparse.REMAINDER,
-                   help="options for the suite (see python -m bench --help)")
+    p.epilog = ("every other option goes to the suite, e.g. bwplan bench --quick "
+                "(see python -m bench --help in a checkout)")
+    p.set_defaults(forwards_options=True, forwarded=[])
 
 
 def run(args) -> int:
@@ -24,4 +26,4 @@ def run(args) -> int:
                       "clone the repository and run: python -m bench --quick") from None
     sys.path.insert(0, str(checkout))
     from bench.__main__ import main
-    return main(list(args.args))
+    return main(list(args.forwarded))

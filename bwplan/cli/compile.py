@@ -18,8 +18,10 @@ from bwplan.frontend.load import read_text
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_network_arguments(p)
-    p.add_argument("--target", choices=("cpu", "cuda", "reference"), default="cpu")
-    p.add_argument("-o", "--output", metavar="DIR", required=True)
+    p.add_argument("--target", choices=("cpu", "cuda", "reference"), default="cpu",
+                   help="what to compile for")
+    p.add_argument("-o", "--output", metavar="DIR", required=True,
+                   help="folder to write the program to")
     p.add_argument("--no-prune", action="store_true", help="emit the full backward")
     p.add_argument("--arch", default="sm_90", help="CUDA architecture to check against")
     p.add_argument("--profile", action="store_true",

@@ -15,9 +15,12 @@ from bwplan.source import Span
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a Caffe .prototxt")
     p.add_argument("-o", "--output", metavar="FILE.bw", help="write here instead of stdout")
-    p.add_argument("--phase", choices=("train", "test"), default="train")
-    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=N,C,H,W")
-    p.add_argument("--caffe-strict", action="store_true")
+    p.add_argument("--phase", choices=("train", "test"), default="train",
+                   help="Caffe phase to convert")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=N,C,H,W",
+                   help="shape of a Caffe data blob that the prototxt does not give")
+    p.add_argument("--caffe-strict", action="store_true",
+                   help="reject what Caffe rejects (shared params with different lr_mult)")
 
 
 def run(args) -> int:

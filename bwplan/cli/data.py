@@ -12,10 +12,11 @@ from bwplan.source import Span
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=("digits",), help="the data set")
-    p.add_argument("--classes", default="0-9", help="e.g. 0-4 or 5,6,7 (default 0-9)")
+    p.add_argument("--classes", default="0-9", help="e.g. 0-4 or 5,6,7")
     p.add_argument("--val", type=float, default=0.2, help="validation fraction")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--output", required=True, metavar="FILE.npz")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npz",
+                   help="where to write the arrays")
 
 
 def parse_classes(text: str) -> list[int]:

@@ -23,7 +23,8 @@ RENDERERS = {"table": render_table, "json": render_json, "dot": render_dot}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_network_arguments(p)
-    p.add_argument("--format", choices=sorted(RENDERERS), default="table")
+    p.add_argument("--format", choices=sorted(RENDERERS), default="table",
+                   help="table for reading, json for tools, dot for Graphviz")
     p.add_argument("--why", metavar="NAME", help="explain every decision about one layer, "
                    "input or parameter")
     p.add_argument("--caffe", action="store_true",

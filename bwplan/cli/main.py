@@ -20,14 +20,31 @@ COMMANDS = {
 }
 
 
+class HelpWithDefaults(argparse.HelpFormatter):
+    """Appends an option's default to its help where the default says something (not for
+    flags, nor for options that are off unless given)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" in text or "default" in text or not action.option_strings
+                or action.default is None or action.default is False
+                or action.default == [] or action.default is argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def parser() -> argparse.ArgumentParser:
+    from bwplan import __version__
     p = argparse.ArgumentParser(prog="bwplan", description="Plan, explain and run the "
-                                "minimal backward pass of a network.")
+                                "minimal backward pass of a network.",
+                                formatter_class=HelpWithDefaults)
+    p.add_argument("--version", action="version", version=f"bwplan {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd = sub.add_parser(name, help=help_text, description=help_text,
+                             formatter_class=HelpWithDefaults)
         cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show tracebacks")
         importlib.import_module(module).add_arguments(cmd)
@@ -36,7 +53,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, rest = p.parse_known_args(argv)
+    if rest:
+        # only a command that forwards its options (bench) takes what bwplan does not know
+        if not getattr(args, "forwards_options", False):
+            p.error("unrecognized arguments: " + " ".join(rest))
+        args.forwarded = rest[1:] if rest[0] == "--" else rest
     try:
         return importlib.import_module(args.module).run(args)
     except BwError as err:

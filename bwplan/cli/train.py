@@ -21,19 +21,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="load net parameters matching NET from file arrays FILE ('*' allowed)")
     p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="leave parameters matching PATTERN as initialised (a new head)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target", choices=("cpu", "cuda", "reference"), default="cpu")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the data")
+    p.add_argument("--batch", type=int, default=64, help="samples per step")
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initialisation and the shuffling")
+    p.add_argument("--target", choices=("cpu", "cuda", "reference"), default="cpu",
+                   help="where to run")
     p.add_argument("--no-prune", action="store_true",
                    help="run the full backward (updates still masked): the baseline")
     p.add_argument("--cache-frozen", action="store_true",
                    help="compute a deterministic frozen prefix once per sample")
     p.add_argument("--unfreeze-every", type=int, default=0, metavar="K",
-                   help="every K epochs unfreeze the next frozen block, from the top")
+                   help="every K epochs unfreeze the next frozen block, from the top "
+                   "(0: never)")
     p.add_argument("--schedule", metavar="FILE",
                    help="lines 'EPOCH freeze|unfreeze PATTERN' applied at that epoch")
     p.add_argument("--out", metavar="FILE.npz", help="write the trained weights here")
