@@ -173,8 +173,8 @@ def make_plan(net: Net) -> Plan:
         planned_bwd_flops=sum(p.bwd_flops for p in layer_plans),
         full_kept_bytes=sum(v.nbytes for v in full_values.values()),
         planned_kept_bytes=sum(v.nbytes for v in kept_values.values()),
-        full_peak_bytes=_peak(net, full_values, full_dx_edges, set(outputs)),
-        planned_peak_bytes=_peak(net, kept_values, dx_edges, set(outputs)),
+        full_peak_bytes=0,       # read from the lowered programs below
+        planned_peak_bytes=0,
         full_dx=len(full_dx_edges), planned_dx=len(dx_edges),
         full_dw=sum(sum(p.full_dw) for p in layer_plans),
         planned_dw=sum(dw_needed.values()),
@@ -183,6 +183,8 @@ def make_plan(net: Net) -> Plan:
     prefix = frozen_prefix(net, _trains, fwd_flops)
     plan = Plan(net, tuple(layer_plans), kept_values, full_values, summary, prefix, updates,
                 allreduce, (), flow, outputs)
+    plan = replace(plan, summary=replace(summary, full_peak_bytes=_peak(plan, False),
+                                         planned_peak_bytes=_peak(plan, True)))
     from bwplan.plan.pitfalls import find_pitfalls  # the checks read the finished plan
     return replace(plan, findings=find_pitfalls(plan))
 
@@ -192,9 +194,11 @@ def _freeze_kept(table) -> Mapping[str, KeptValue]:
                              for name, (v, readers) in table.items()})
 
 
-def _peak(net, values: Mapping[str, KeptValue], dx_edges, outputs) -> int:
-    return peak_bytes(net, {k: v.nbytes for k, v in values.items()},
-                      {k: v.readers for k, v in values.items()}, dx_edges, outputs)
+def _peak(plan: Plan, prune: bool) -> int:
+    """The peak of the step's live bytes: lowering gives every buffer its lifetime, and
+    the figure is read from there (the runtime measures the same buffers)."""
+    from bwplan.lower.schedule import lower  # lowering reads the plan it is given
+    return peak_bytes(lower(plan, prune))
 
 
 # ---- decisions ---------------------------------------------------------------------------

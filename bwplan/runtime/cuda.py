@@ -36,7 +36,7 @@ from bwplan.kernels.cuda import build, update
 from bwplan.kernels.cuda import step as step_plan
 from bwplan.kernels.cuda.arena import plan_arena
 from bwplan.kernels.cuda.limits import Launch
-from bwplan.lower.program import Program
+from bwplan.lower.program import Program, value
 from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.executor import StepResult, StepStats
 from bwplan.runtime.optimizer import SgdSettings
@@ -320,7 +320,7 @@ class CudaExecutor:
                 raise BwError(Span.synthetic("batch"), f"input '{inp.name}' has shape "
                               f"{list(host.shape)}, this program expects "
                               f"{list(inp.type.shape)}")
-            check(lambda: cuda.memcpy_htod(self.layout.addr(inp.name), host),
+            check(lambda: cuda.memcpy_htod(self.layout.addr(value(inp.name)), host),
                   "copying the batch")
 
     def _replay(self, planned, key) -> tuple[bool, dict]:
@@ -380,7 +380,7 @@ class CudaExecutor:
         for name in [n for n, _ in self.program.losses] + list(self.program.metrics):
             # a weighted layer that is not a loss joins the objective with its sum
             host = np.empty(self.net.layer(name).out.shape, np.float32)
-            check(lambda: cuda.memcpy_dtoh(host, self.layout.addr(name)), "reading " + name)
+            check(lambda: cuda.memcpy_dtoh(host, self.layout.addr(value(name))), "reading " + name)
             values[name] = float(np.sum(host, dtype=np.float64))
         stats = self._stats(backward)
         if hasattr(stats, "seconds"):
@@ -407,7 +407,7 @@ class CudaExecutor:
         for step in steps:
             stats.launched[step.phase] += 1
             stats.flops[step.phase] += step.flops
-            stats.kernels.append((step.phase, step.layer, step.component))
+            stats.kernels.append((step.phase, step.layer, str(step.component)))
         if backward:
             stats.launched["update"] = len(self.segments)
             stats.flops["update"] = 4 * int(self.segments["size"].sum()) if len(
