@@ -89,7 +89,7 @@ def time_bwplan(text: str, rules, prune: bool, batches, args) -> dict:
     return {"ms": statistics.median(times), "ms_spread": max(times) - min(times),
             "arena_bytes": ex.timing.arena_bytes, "state_bytes": ex.timing.state_bytes,
             "plan_peak_bytes": s.planned_peak_bytes if prune else s.full_peak_bytes,
-            "launches": ex.timing.device_launches, "graph": ex.timing.graph,
+            "launches": ex.timing.device_launches,
             "fwd_flops": program.flops("fwd"),
             "bwd_flops": program.flops("dx") + program.flops("dw"),
             "full_bwd_flops": s.full_bwd_flops, "loss_first": losses[0],

@@ -7,6 +7,7 @@ line after them starts with '#'.
 from __future__ import annotations
 
 from bwplan.caffe.log import backward_lines
+from bwplan.plan.decisions import why_no_backward
 from bwplan.plan.plan import Plan
 
 
@@ -23,7 +24,7 @@ def differences(imported, plan: Plan) -> list[str]:
         if not plans:
             continue
         if not any(p.has_backward for p in plans):
-            reason = _first_skip(plans)
+            reason = why_no_backward(plans).text
             out.append(f"# {layer.name}: Caffe runs its backward; bwplan runs none ({reason})")
             continue
         if len(plans) == 1:
@@ -44,19 +45,6 @@ def differences(imported, plan: Plan) -> list[str]:
                                f"{param.display_name}, which bwplan does not model as a "
                                "trained parameter")
     return out
-
-
-def _first_skip(plans) -> str:
-    """The most telling reason a layer runs no backward: why its input gets no gradient
-    before why a parameter does not train, and statistics last."""
-    skips = [d for lp in plans for d in lp.dx + lp.dw if not d.needed]
-    order = ("dx_no_gradient_above", "dx_stop_gradient", "dx_nothing_upstream_trains",
-             "dw_frozen", "dw_lr_zero", "dw_no_gradient_above")
-    for code in order:
-        for d in skips:
-            if d.reason.code == code:
-                return d.reason.text
-    return skips[0].reason.text if skips else plans[0].forward.reason.text
 
 
 def render_caffe_view(imported, plan: Plan) -> str:

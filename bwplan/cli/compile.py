@@ -30,15 +30,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def schedule_to_dict(program) -> dict:
     def step(s):
-        return {"phase": s.phase, "layer": s.layer, "component": s.component,
-                "index": s.index, "param": s.param, "scale": s.scale, "target": s.target,
-                "accumulate": s.accumulate, "aux": list(s.aux), "reads": list(s.reads),
-                "flops": s.flops, "frees": list(s.frees)}
+        return {"phase": s.phase, "layer": s.layer, "component": str(s.component),
+                "index": s.index, "param": s.param, "scale": s.scale,
+                "target": s.param if s.target is None else str(s.target),
+                "accumulate": s.accumulate, "aux": list(s.aux),
+                "reads": [str(b) for b in s.reads], "flops": s.flops,
+                "frees": [str(b) for b in s.frees]}
     return {"schema": "bwplan.schedule/1", "pruned": program.pruned,
             "forward": [step(s) for s in program.forward],
             "backward": [step(s) for s in program.backward],
             "seeds": [{"layer": s.layer, "weight": s.weight} for s in program.seeds],
-            "kept": sorted(program.kept),
+            "kept": sorted(str(b) for b in program.kept),
             "losses": [{"layer": n, "weight": w} for n, w in program.losses],
             "metrics": list(program.metrics)}
 

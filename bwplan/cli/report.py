@@ -3,9 +3,7 @@ a step launched."""
 from __future__ import annotations
 
 from bwplan.explain.units import flops, nbytes
-
-# skips that every net has and nobody asks about
-_ROUTINE = ("dx_integer", "dx_not_differentiable", "dx_data_input", "dw_statistics")
+from bwplan.plan.decisions import ROUTINE
 
 
 def program_lines(program) -> list[str]:
@@ -15,9 +13,9 @@ def program_lines(program) -> list[str]:
     for lp in plan.layers:
         layer = plan.net.layer(lp.name)
         skipped = [f"dX into {e.src} ({d.reason.code})" for e, d in zip(layer.inputs, lp.dx)
-                   if not d.needed and d.reason.code not in _ROUTINE]
+                   if not d.needed and d.reason.code not in ROUTINE]
         skipped += [f"dW {u.param} ({d.reason.code})" for u, d in zip(layer.params, lp.dw)
-                    if not d.needed and d.reason.code not in _ROUTINE]
+                    if not d.needed and d.reason.code not in ROUTINE]
         if skipped:
             lines.append(f"  {lp.name}: " + ", ".join(skipped))
     return lines

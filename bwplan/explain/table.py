@@ -6,8 +6,6 @@ from bwplan.explain.units import flops, nbytes, saving
 from bwplan.plan.plan import LayerPlan, Plan
 
 MARK = {True: "yes", False: "-"}
-# skips that hold for every net and are not worth the one reason a row has room for
-_ROUTINE = ("dx_integer", "dx_not_differentiable", "dw_statistics", "dx_data_input")
 
 
 def _row(plan: Plan, lp: LayerPlan) -> list[str]:
@@ -15,22 +13,7 @@ def _row(plan: Plan, lp: LayerPlan) -> list[str]:
     dx = "  ".join(f"{e.src}:{MARK[d.needed]}" for e, d in zip(layer.inputs, lp.dx)) or "-"
     dw = "  ".join(f"{u.slot}:{MARK[d.needed]}" for u, d in zip(layer.params, lp.dw)) or "-"
     keeps = ", ".join(lp.keeps) or "-"
-    return [lp.name, lp.op, MARK[lp.forward.needed], dx, dw, keeps, _why(lp)]
-
-
-def _why(lp: LayerPlan) -> str:
-    """The one reason most worth reading: a skip if something was skipped, else why the
-    backward runs, else why the forward is or is not needed."""
-    decisions = list(lp.dw) + list(lp.dx)
-    skipped = [d for d in decisions if not d.needed and d.reason.code not in _ROUTINE]
-    running = [d for d in decisions if d.needed]
-    if running and skipped:
-        return skipped[0].reason.text
-    if running:
-        return running[0].reason.text
-    if skipped:
-        return skipped[0].reason.text
-    return lp.forward.reason.text
+    return [lp.name, lp.op, MARK[lp.forward.needed], dx, dw, keeps, lp.reason.text]
 
 
 def render_table(plan: Plan) -> str:

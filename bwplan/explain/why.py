@@ -7,7 +7,7 @@ from collections import deque
 
 from bwplan import ops as registry
 from bwplan.errors import UnknownName
-from bwplan.plan.grad_flow import edge_carries_gradient, path_down, path_up
+from bwplan.plan.grad_flow import path_down, path_up
 from bwplan.plan.plan import Plan
 from bwplan.source import Span
 
@@ -47,20 +47,30 @@ def _gradient_facts(plan: Plan, tensor: str) -> list[str]:
     return out
 
 
+def _dx_of(plan: Plan, edge):
+    """The plan's decision about the dX along `edge`."""
+    return plan.layer(edge.dst).dx[edge.index]
+
+
+# dX skips that say the edge itself carries no gradient, whatever trains
+_CUT = ("dx_stop_gradient", "dx_not_differentiable", "dx_integer")
+
+
 def _why_no_loss(plan: Plan, tensor: str) -> list[str]:
+    """Per consumer, the plan's reason its edge brings no gradient back to `tensor`."""
     net = plan.net
     consumers = net.consumers(tensor)
     if not consumers:
         return [f"{tensor} has no consumers and is not a loss"]
     lines = []
     for edge in consumers[:_LIMIT]:
-        op = registry.OPS[net.layer(edge.dst).op]
-        port = op.port_for(edge.index)
-        if edge.stop_gradient:
+        code = _dx_of(plan, edge).reason.code
+        if code == "dx_stop_gradient":
             lines.append(f"{tensor} -> {edge.dst}: stop_gradient at {edge.span}")
-        elif not port.differentiable:
-            lines.append(f"{tensor} -> {edge.dst}: {op.name} is not differentiable in "
-                         f"'{port.name}'")
+        elif code == "dx_not_differentiable":
+            port = registry.OPS[net.layer(edge.dst).op].port_for(edge.index)
+            lines.append(f"{tensor} -> {edge.dst}: {net.layer(edge.dst).op} is not "
+                         f"differentiable in '{port.name}'")
         elif plan.flow.down.get(edge.dst) is None:
             lines.append(f"{tensor} -> {edge.dst}: the output of {edge.dst} reaches no loss "
                          "either")
@@ -70,8 +80,8 @@ def _why_no_loss(plan: Plan, tensor: str) -> list[str]:
 
 
 def _why_nothing_trains(plan: Plan, tensor: str) -> list[str]:
-    """Walk upstream along gradient-carrying edges and report what ends each path: a frozen
-    parameter, a data input, or a stopped edge."""
+    """Walk upstream along the edges the plan says could carry a gradient and report what
+    ends each path: a frozen parameter, a data input, or a stopped edge."""
     net = plan.net
     seen = {tensor}
     queue = deque([tensor])
@@ -85,9 +95,10 @@ def _why_nothing_trains(plan: Plan, tensor: str) -> list[str]:
         for use in layer.params:
             facts.append(f"{use.param} (in {t}): lr_mult {use.lr_mult:g}, {use.origin}")
         for edge in layer.inputs:
-            if edge.stop_gradient:
+            code = _dx_of(plan, edge).reason.code
+            if code == "dx_stop_gradient":
                 facts.append(f"{edge.src} -> {t}: stop_gradient at {edge.span}")
-            elif edge_carries_gradient(net, edge) and edge.src not in seen:
+            elif code not in _CUT and edge.src not in seen:
                 seen.add(edge.src)
                 queue.append(edge.src)
     if queue:

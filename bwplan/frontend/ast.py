@@ -82,6 +82,10 @@ class LayerStmt:
     modifiers: tuple[Modifier, ...]
     span: Span
     name_span: Span
+    # set by expansion on the layers of a block instance written with lr= / decay=: the
+    # product of the enclosing instances' values, scaling the layer's own multipliers
+    lr_scale: float = 1.0
+    decay_scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bwplan.errors import BwError, BwSyntaxError, Redefined, UnknownName, raise_all
+from bwplan.errors import (AttrError, BwError, BwSyntaxError, Redefined, UnknownName,
+                           raise_all)
 from bwplan.frontend import ast
 
 _VALUE_KINDS = {
@@ -21,12 +22,6 @@ _VALUE_KINDS = {
         isinstance(v, tuple) and all(isinstance(i, int) for i in v)),
     "name": lambda v: isinstance(v, ast.NameRef),
 }
-
-# Instance-level lr/decay scale the inner layers' own settings; these keys cannot be written
-# in source text, so they never clash with a user's modifier.
-LR_SCALE = "*lr"
-DECAY_SCALE = "*decay"
-
 
 def expand(module: ast.Module) -> ast.Module:
     blocks: dict[str, ast.BlockDef] = {}
@@ -143,12 +138,22 @@ class _Expander:
         self.aliases[stmt.name] = local[block.ret.name]
         shares = next((m for m in stmt.modifiers if m.key == "shares"), None)
         for m in stmt.modifiers:
-            if m.key not in ("frozen", "lr", "decay", "shares", LR_SCALE, DECAY_SCALE):
+            if m.key not in ("frozen", "lr", "decay", "shares"):
                 self.errors.append(BwSyntaxError(
                     m.span, f"'{m.key}' cannot be set on a block instance",
                     "only frozen, lr=, decay= and shares apply to a whole block; "
                     "set it on a layer inside the block"))
-        inherited = _instance_modifiers(stmt)
+        inherited = tuple(m for m in stmt.modifiers if m.key == "frozen")
+        # instance-level lr/decay scale the inner layers' own settings
+        lr_scale = decay_scale = 1.0
+        for m in stmt.modifiers:
+            if m.key in ("lr", "decay"):
+                if not isinstance(m.value, (int, float)) or isinstance(m.value, bool):
+                    self.errors.append(AttrError(m.span, f"'{m.key}' needs a number"))
+                elif m.key == "lr":
+                    lr_scale *= float(m.value)
+                else:
+                    decay_scale *= float(m.value)
         out: list[ast.LayerStmt] = []
         for body_stmt in block.body:
             if cut:  # stop_gradient at the call site cuts every edge from that input
@@ -163,22 +168,9 @@ class _Expander:
                     other = replace(shares.value, name=shares.value.name + "/" + suffix)
                     mods = tuple(m for m in mods if m.key != "shares") + (
                         replace(shares, value=other),)
-                out.append(replace(inner, modifiers=mods))
+                out.append(replace(inner, modifiers=mods, lr_scale=inner.lr_scale * lr_scale,
+                                   decay_scale=inner.decay_scale * decay_scale))
         return out
-
-
-def _instance_modifiers(stmt: ast.LayerStmt) -> tuple[ast.Modifier, ...]:
-    mods = []
-    for m in stmt.modifiers:
-        if m.key == "frozen":
-            mods.append(m)
-        elif m.key == "lr":
-            mods.append(replace(m, key=LR_SCALE))
-        elif m.key == "decay":
-            mods.append(replace(m, key=DECAY_SCALE))
-        elif m.key in (LR_SCALE, DECAY_SCALE):
-            mods.append(m)
-    return tuple(mods)
 
 
 def _subst(value, values: dict[str, ast.Value]):

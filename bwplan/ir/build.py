@@ -19,13 +19,12 @@ from bwplan import ops as registry
 from bwplan.errors import (AttrError, BwError, CycleError, ParamError, Redefined, ShapeError,
                            UnknownName, raise_all)
 from bwplan.frontend import ast
-from bwplan.frontend.expand import DECAY_SCALE, LR_SCALE
 from bwplan.ir.net import Edge, Input, Layer, Net, Param, ParamUse, make_graph
 from bwplan.ir.types import TensorType
 from bwplan.ops.opdef import REQUIRED, AttrSpec, OpCtx, OpDef
 from bwplan.source import Span
 
-_LAYER_SETTINGS = ("frozen", "shares", "lr", "decay", "weight", LR_SCALE, DECAY_SCALE)
+_LAYER_SETTINGS = ("frozen", "shares", "lr", "decay", "weight")
 _SLOT_SETTINGS = ("lr", "decay")
 
 
@@ -295,7 +294,7 @@ class _Builder:
         return MappingProxyType(values)
 
     def settings(self, op: OpDef, stmt: ast.LayerStmt, attrs) -> "_Settings":
-        s = _Settings()
+        s = _Settings(lr_scale=stmt.lr_scale, decay_scale=stmt.decay_scale)
         slots = {p.name for p in op.param_slots(attrs)}
         for m in stmt.modifiers:
             key = m.key
@@ -311,10 +310,6 @@ class _Builder:
                 s.loss_weight, s.weight_span = float(value), m.span
             elif key in ("lr", "decay"):
                 setattr(s, key, (float(value), m.span))
-            elif key == LR_SCALE:
-                s.lr_scale *= float(value)
-            elif key == DECAY_SCALE:
-                s.decay_scale *= float(value)
             elif "." in key and key.rsplit(".", 1)[1] in _SLOT_SETTINGS:
                 slot, field = key.rsplit(".", 1)
                 if slot not in slots:
@@ -368,10 +363,11 @@ class _Settings:
             lr *= self.lr_scale
             origin += f", scaled by the block's lr={_num(self.lr_scale)}"
         decay *= self.decay_scale
-        written = lr
+        written, frozen_by = lr, ""
         if self.frozen is not None:
-            lr, origin = 0.0, f"frozen at {self.frozen}"
-        return ParamUse(pname, slot, lr, decay, span, origin, written)
+            frozen_by = f"at {self.frozen}"
+            lr, origin = 0.0, f"frozen {frozen_by}"
+        return ParamUse(pname, slot, lr, decay, span, origin, written, frozen_by)
 
 
 def _num(x: float) -> str:

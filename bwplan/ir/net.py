@@ -41,6 +41,9 @@ class ParamUse:
     origin: str = "default"
     # the lr multiplier as written, before any freezing (what unfreezing restores)
     written_lr: float = 1.0
+    # who froze this use ("" when it is not frozen): the source position of `frozen`, or
+    # the --freeze pattern; decisions read this, never the display text in `origin`
+    frozen_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""A Program: the static schedule of one training step.
+"""A Program: the static schedule of one training step, and every buffer it uses.
 
 The forward steps run in topological order; the backward steps hold only the dX and dW
 components the plan kept (or, unpruned, every component a fully trainable net would run),
@@ -6,33 +6,106 @@ in reverse topological order; each step says which buffers die after it. The opt
 step follows the plan's parameter updates. A Program is target-neutral: a step names its
 kernel by component, and each target maps components to its own kernels.
 
-Buffer names: a tensor's name for activations, "<layer>:<aux>" for aux buffers,
-"d:<tensor>" for the gradient of a tensor.
+Lowering decides, once, what every consumer reads: per backward step the buffer behind
+each value its gradient rule needs (`Step.saved`), and the program's buffers with their
+bytes and lifetimes (`Program.buffers`). The plan's peak figure, the CPU executor, the
+CUDA arena and the CUDA launch planner read these; none of them derives them again.
+
+Schedule positions: 0 holds the batch, 1..F the forward steps, F+1 the seeds, then one
+position per backward step. A buffer is live from `first` to `last` inclusive: a step's
+outputs are live at its position, and the buffers it frees die after it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
 
+from bwplan.ir.types import TensorType
+from bwplan.ops.needs import Component
 from bwplan.plan.plan import Plan
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class BufferId:
+    """What a buffer holds: a tensor's value, a layer's aux buffer, a tensor's gradient,
+    or the scratch an accumulating dX writes before adding it to the gradient."""
+
+    kind: str          # "value" | "aux" | "grad" | "scratch"
+    tensor: str        # the tensor (input or layer output); aux: the layer
+    part: str = ""     # aux: the aux buffer's name; scratch: the dX step writing it
+
+    def __str__(self) -> str:
+        if self.kind == "value":
+            return self.tensor
+        if self.kind == "aux":
+            return f"{self.tensor}:{self.part}"
+        if self.kind == "grad":
+            return f"d:{self.tensor}"
+        return f"d:{self.tensor}@{self.part}"
+
+
+def value(tensor: str) -> BufferId:
+    return BufferId("value", tensor)
+
+
+def aux(layer: str, name: str) -> BufferId:
+    return BufferId("aux", layer, name)
+
+
+def grad(tensor: str) -> BufferId:
+    return BufferId("grad", tensor)
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """One value a backward step's gradient rule reads (`Need` bound to this net)."""
+
+    need: str                           # the name in the rule's needs
+    buffers: tuple[BufferId, ...] = ()  # forward values; several for a variadic port
+    param: str = ""                     # a parameter slot: the parameter read
+    variadic: bool = False              # the kernel receives a list
+
+
+@dataclass(frozen=True, slots=True)
+class Buffer:
+    id: BufferId
+    type: TensorType
+    first: int          # the first schedule position where it is live
+    last: int           # the last position where it is live (inclusive)
+    caller: bool = False   # the batch: the caller's memory, live for the whole step
+    # an accumulating dX's temporary: needed only by a target whose dX kernels cannot add
+    # to their output (the CPU's); a target that accumulates in place never allocates it
+    scratch: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.type.nbytes
+
+    def overlaps_in_time(self, other: Buffer) -> bool:
+        return self.first <= other.last and other.first <= self.last
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
     phase: str                 # "fwd" | "dx" | "dw"
     layer: str
-    component: str             # "fwd", "dx:<port>", "dw:<slot>"
+    component: Component
     index: int = -1            # dX: the input position
     param: str = ""            # dW: the parameter this use writes
     scale: float = 1.0         # dW: this use's lr multiplier
-    target: str = ""           # the buffer written ("<layer>", "d:<src>", or a param name)
+    target: BufferId | None = None   # the buffer written (fwd, dX); dW writes `param`
     accumulate: bool = False   # add to a gradient an earlier step already wrote
     aux: tuple[str, ...] = ()  # fwd: aux buffers to produce (only those a backward reads)
-    reads: tuple[str, ...] = ()  # buffers read: forward values, and "d:<layer>" for dX/dW
+    reads: tuple[BufferId, ...] = ()  # fwd: the inputs in order; backward: what it reads
+    saved: tuple[Saved, ...] = ()     # backward: what its gradient rule receives
+    dout: BufferId | None = None      # backward: the gradient of the layer's output
+    scratch: BufferId | None = None   # an accumulating dX's temporary (see Buffer.scratch)
     flops: int = 0
-    frees: tuple[str, ...] = ()  # buffers dead after this step
+    frees: tuple[BufferId, ...] = ()  # buffers dead after this step
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Seed:
     """Where the backward starts: d(loss)/d(layer output) = weight."""
 
@@ -47,18 +120,44 @@ class Program:
     forward: tuple[Step, ...]
     backward: tuple[Step, ...]
     seeds: tuple[Seed, ...]
-    kept: frozenset[str]             # forward values that survive the forward
+    kept: frozenset[BufferId]        # forward values that survive the forward
     losses: tuple[tuple[str, float], ...]   # (layer, weight) of every loss term
     metrics: tuple[str, ...]
     # parameters whose uses carry different lr multipliers need the scaled sum separately
     mixed_scale: frozenset[str]
+    buffers: tuple[Buffer, ...] = ()
+    positions: int = 0               # schedule positions (see the module docstring)
+    _by_id: Mapping[BufferId, Buffer] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_id", MappingProxyType({b.id: b for b in self.buffers}))
 
     @property
     def components(self) -> tuple[Step, ...]:
         return self.forward + self.backward
+
+    def buffer(self, id_: BufferId) -> Buffer:
+        return self._by_id[id_]
 
     def flops(self, phase: str) -> int:
         return sum(s.flops for s in self.components if s.phase == phase)
 
     def launches(self, phase: str) -> int:
         return sum(1 for s in self.components if s.phase == phase)
+
+    def live_bytes(self, scratch: bool = True) -> list[int]:
+        """Bytes live at each schedule position (without the scratch buffers: what a target
+        whose dX kernels accumulate in place holds)."""
+        delta = [0] * (self.positions + 1)
+        for b in self.buffers:
+            if scratch or not b.scratch:
+                delta[b.first] += b.nbytes
+                delta[b.last + 1] -= b.nbytes
+        live, out = 0, []
+        for d in delta[:-1]:
+            live += d
+            out.append(live)
+        return out
+
+    def peak_bytes(self, scratch: bool = True) -> int:
+        return max(self.live_bytes(scratch), default=0)

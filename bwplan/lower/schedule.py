@@ -4,81 +4,111 @@ Pruned, the backward holds exactly the components the plan decided are needed; w
 `prune=False` it holds every component the same net would run if all its parameters were
 trainable (stop_gradient edges still cut), which is the baseline that shows what pruning
 saves. Updates are masked by the lr multipliers either way, so both programs train alike.
+
+This is the one place that binds a gradient rule's needs to buffers (`Step.saved`) and
+gives every buffer its lifetime (`Program.buffers`); runtimes and the peak figure read it.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
 from bwplan import ops as registry
-from bwplan.lower.program import Program, Seed, Step
-from bwplan.plan.components import dx_rule, op_ctx, values_read
+from bwplan.ir.net import Layer, Net
+from bwplan.lower.program import Buffer, BufferId, Program, Saved, Seed, Step, aux, grad, value
+from bwplan.ops.needs import FWD, Component, bind_needs
+from bwplan.plan.components import dx_rule, op_ctx
 from bwplan.plan.plan import Plan
 
 
 def lower(plan: Plan, prune: bool = True) -> Program:
     net = plan.net
-    kept_table = plan.kept if prune else plan.full_kept
-    kept = frozenset(kept_table)
     outputs = [net.layer(name) for name in plan.outputs]
     losses = tuple((l.name, l.loss_weight) for l in outputs if registry.OPS[l.op].role == "loss"
                    or l.loss_weight != 0)
     metrics = tuple(l.name for l in outputs if registry.OPS[l.op].role == "metric")
-    keep_until_end = kept | {l.name for l in outputs}
-
-    # ---- forward -----------------------------------------------------------------------
     run = [l for l in net.layers if plan.layer(l.name).forward.needed]
-    forward = _forward_steps(plan, run, keep_until_end, kept)
 
-    # ---- backward ----------------------------------------------------------------------
+    # ---- backward (first: the forward keeps exactly what it reads) ---------------------
     backward: list[Step] = []
-    written: set[str] = set()
+    written: set[BufferId] = set()
     seeds = []
     for name, weight in losses:
         if weight != 0 and _grad_at(plan, name, prune):
             seeds.append(Seed(name, weight))
-            written.add(f"d:{name}")
+            written.add(grad(name))
     params_written: set[str] = set()
     for layer in reversed(run):
         lp = plan.layer(layer.name)
         op = registry.OPS[layer.op]
         ctx = op_ctx(net, layer)
+        dout = grad(layer.name)
         for k, use in enumerate(layer.params):
             needed = lp.dw[k].needed if prune else lp.full_dw[k]
             if not needed:
                 continue
             rule = op.grad_for(use.slot)
-            reads = tuple(v.name for v in values_read(net, layer, rule, ctx))
-            backward.append(Step("dw", layer.name, f"dw:{use.slot}", param=use.param,
-                                 scale=use.lr_mult, target=use.param,
-                                 accumulate=use.param in params_written,
-                                 reads=reads + (f"d:{layer.name}",), flops=rule.flops(ctx)))
+            saved = _saved(net, layer, rule)
+            backward.append(Step("dw", layer.name, Component("dw", use.slot), param=use.param,
+                                 scale=use.lr_mult, accumulate=use.param in params_written,
+                                 reads=_values(saved) + (dout,), saved=saved, dout=dout,
+                                 flops=rule.flops(ctx)))
             params_written.add(use.param)
         for k, edge in enumerate(layer.inputs):
             needed = lp.dx[k].needed if prune else lp.full_dx[k]
             if not needed:
                 continue
             rule = dx_rule(op, edge.index)
-            target = f"d:{edge.src}"
-            reads = tuple(v.name for v in values_read(net, layer, rule, ctx))
-            backward.append(Step("dx", layer.name, f"dx:{op.port_for(edge.index).name}",
-                                 index=edge.index, target=target,
-                                 accumulate=target in written,
-                                 reads=reads + (f"d:{layer.name}",), flops=rule.flops(ctx)))
+            target = grad(edge.src)
+            accumulate = target in written
+            saved = _saved(net, layer, rule)
+            backward.append(Step(
+                "dx", layer.name, Component("dx", op.port_for(edge.index).name),
+                index=edge.index, target=target, accumulate=accumulate,
+                reads=_values(saved) + (dout,), saved=saved, dout=dout,
+                scratch=BufferId("scratch", edge.src, f"{layer.name}.{edge.index}")
+                if accumulate else None, flops=rule.flops(ctx)))
             written.add(target)
-    caller_owned = frozenset(i.name for i in net.inputs)  # the batch is the caller's
+    kept = frozenset(b for s in backward for b in s.reads if b.kind != "grad")
+
+    # ---- forward -----------------------------------------------------------------------
+    keep_until_end = kept | {value(l.name) for l in outputs}
+    forward = _forward_steps(net, plan, run, keep_until_end, kept)
+
+    caller_owned = frozenset(value(i.name) for i in net.inputs)  # the batch is the caller's
     backward = _with_backward_frees(backward, kept - caller_owned)
     mixed = frozenset(u.param for u in plan.updates
                       if len({t.lr_mult for t in u.terms if t.computed or not prune}) > 1)
+    buffers, positions = _lifetimes(net, forward, seeds, backward)
     return Program(plan, prune, tuple(forward), tuple(backward), tuple(seeds), kept, losses,
-                   metrics, mixed)
+                   metrics, mixed, buffers, positions)
 
 
-def _forward_steps(plan: Plan, run: list, keep: frozenset[str],
-                   kept: frozenset[str]) -> list[Step]:
+def _saved(net: Net, layer: Layer, rule) -> tuple[Saved, ...]:
+    """The buffers (or parameters) behind each value the rule reads."""
+    op = registry.OPS[layer.op]
+    out = []
+    for need in bind_needs(op, rule, layer.attrs, len(layer.inputs)):
+        if need.kind == "out":
+            out.append(Saved(need.name, (value(layer.name),)))
+        elif need.kind == "port":
+            out.append(Saved(need.name, tuple(value(layer.inputs[i].src) for i in need.inputs),
+                             variadic=need.variadic))
+        elif need.kind == "param":
+            out.append(Saved(need.name, param=layer.param_use(need.name).param))
+        else:
+            out.append(Saved(need.name, (aux(layer.name, need.name),)))
+    return tuple(out)
+
+
+def _values(saved: tuple[Saved, ...]) -> tuple[BufferId, ...]:
+    return tuple(b for s in saved for b in s.buffers)
+
+
+def _forward_steps(net: Net, plan: Plan, run: list, keep: frozenset[BufferId],
+                   kept: frozenset[BufferId]) -> list[Step]:
     """Forward steps for the layers in `run` (topological order). A tensor is freed after
     its last forward reader unless `keep` holds it (kept for backward, or an output); aux
     buffers are produced only when `kept` names them."""
-    net = plan.net
     last_use: dict[str, int] = {}
     for pos, layer in enumerate(run):
         for e in layer.inputs:
@@ -86,13 +116,13 @@ def _forward_steps(plan: Plan, run: list, keep: frozenset[str],
     steps = []
     for pos, layer in enumerate(run):
         op = registry.OPS[layer.op]
-        aux = tuple(a.name for a in op.aux if f"{layer.name}:{a.name}" in kept)
-        frees = [s for s in dict.fromkeys(e.src for e in layer.inputs)
-                 if last_use[s] == pos and s not in keep and net.input(s) is None]
-        if layer.name not in last_use and layer.name not in keep:
-            frees.append(layer.name)
-        steps.append(Step("fwd", layer.name, "fwd", target=layer.name, aux=aux,
-                          reads=tuple(e.src for e in layer.inputs),
+        produced = tuple(a.name for a in op.aux if aux(layer.name, a.name) in kept)
+        frees = [value(s) for s in dict.fromkeys(e.src for e in layer.inputs)
+                 if last_use[s] == pos and value(s) not in keep and net.input(s) is None]
+        if layer.name not in last_use and value(layer.name) not in keep:
+            frees.append(value(layer.name))
+        steps.append(Step("fwd", layer.name, FWD, target=value(layer.name), aux=produced,
+                          reads=tuple(value(e.src) for e in layer.inputs),
                           flops=plan.layer(layer.name).fwd_flops, frees=tuple(frees)))
     return steps
 
@@ -105,18 +135,60 @@ def _grad_at(plan: Plan, name: str, prune: bool) -> bool:
     return any(layer.full_dx) or any(layer.full_dw)
 
 
-def _with_backward_frees(steps: list[Step], kept: frozenset[str]) -> list[Step]:
+def _with_backward_frees(steps: list[Step], kept: frozenset[BufferId]) -> list[Step]:
     """Each kept value and each gradient dies after the last backward step that reads it."""
-    last: dict[str, int] = {}
+    last: dict[BufferId, int] = {}
     for i, step in enumerate(steps):
-        for name in step.reads:
-            last[name] = i
+        for b in step.reads:
+            last[b] = i
     out = []
     for i, step in enumerate(steps):
-        frees = tuple(n for n in dict.fromkeys(step.reads) if last[n] == i
-                      and (n in kept or n.startswith("d:")))
+        frees = tuple(b for b in dict.fromkeys(step.reads) if last[b] == i
+                      and (b in kept or b.kind == "grad"))
         out.append(replace(step, frees=frees))
     return out
+
+
+def _lifetimes(net: Net, forward, seeds, backward) -> tuple[tuple[Buffer, ...], int]:
+    """Every buffer of the step with the positions where it is live."""
+    born: dict[BufferId, tuple[int, object, bool]] = {}
+    died: dict[BufferId, int] = {}
+    for inp in net.inputs:
+        born[value(inp.name)] = (0, inp.type, True)
+
+    def free(ids, pos):
+        for b in ids:
+            if b in born and b not in died and not born[b][2]:
+                died[b] = pos
+
+    pos = 0
+    for step in forward:
+        pos += 1
+        layer = net.layer(step.layer)
+        born[value(layer.name)] = (pos, layer.out, False)
+        ctx = op_ctx(net, layer)
+        op = registry.OPS[layer.op]
+        for a in step.aux:
+            born[aux(layer.name, a)] = (pos, op.aux_spec(a).type(ctx), False)
+        free(step.frees, pos)
+    pos += 1
+    for seed in seeds:
+        born[grad(seed.layer)] = (pos, net.layer(seed.layer).out, False)
+    for step in backward:
+        pos += 1
+        if step.phase == "dx":
+            src_type = net.tensor_type(step.target.tensor)
+            if step.accumulate:
+                born[step.scratch] = (pos, src_type, False)
+                died[step.scratch] = pos
+            else:
+                born[step.target] = (pos, src_type, False)
+        free(step.frees, pos)
+    end = pos
+    buffers = tuple(Buffer(b, t, first, end if caller else died.get(b, end), caller,
+                           b.kind == "scratch")
+                    for b, (first, t, caller) in born.items())
+    return buffers, end + 1
 
 
 def lower_inference(plan: Plan, outputs: tuple[str, ...] | None = None) -> Program:
@@ -132,10 +204,11 @@ def lower_inference(plan: Plan, outputs: tuple[str, ...] | None = None) -> Progr
         if layer.name in needed:
             needed.update(e.src for e in layer.inputs)
     run = [l for l in net.layers if l.name in needed]
-    forward = _forward_steps(plan, run, frozenset(wanted), frozenset())
+    forward = _forward_steps(net, plan, run, frozenset(value(n) for n in wanted), frozenset())
     losses = tuple((l.name, l.loss_weight) for l in run if l.name in wanted and (
         registry.OPS[l.op].role == "loss" or l.loss_weight != 0))
     metrics = tuple(l.name for l in run if l.name in wanted and registry.OPS[l.op].role ==
                     "metric")
+    buffers, positions = _lifetimes(net, forward, (), ())
     return Program(plan, True, tuple(forward), (), (), frozenset(), losses, metrics,
-                   frozenset())
+                   frozenset(), buffers, positions)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from bwplan.ir.types import TensorType
+from bwplan.ops.needs import bind_needs
 from bwplan.ops.opdef import REQUIRED, Attrs, GradRule, OpCtx, OpDef
 
 _DTYPES = {np.dtype(np.float16): "f16", np.dtype(np.float32): "f32",
@@ -64,19 +65,16 @@ def saved_values(op: OpDef, rule: GradRule, ctx: OpCtx, inputs: Sequence[np.ndar
     """The forward values `rule` declares it needs, and nothing else. A variadic port's
     name maps to the list of all its tensors."""
     saved: dict[str, Any] = {}
-    ports = {p.name: p for p in op.ports}
-    for need in rule.needs_for(ctx.attrs):
-        if need == "out":
-            saved[need] = out
-        elif need in ports:
-            bound = [x for i, x in enumerate(inputs) if op.port_for(i).name == need]
-            saved[need] = bound if ports[need].variadic else bound[0]
-        elif op.slot(need) is not None:
-            saved[need] = params[need]
-        elif op.aux_spec(need) is not None:
-            saved[need] = aux[need]
+    for need in bind_needs(op, rule, ctx.attrs, len(inputs)):
+        if need.kind == "out":
+            saved[need.name] = out
+        elif need.kind == "port":
+            bound = [inputs[i] for i in need.inputs]
+            saved[need.name] = bound if need.variadic else bound[0]
+        elif need.kind == "param":
+            saved[need.name] = params[need.name]
         else:
-            raise KeyError(f"{op.name}: the rule for {rule.wrt} needs unknown {need!r}")
+            saved[need.name] = aux[need.name]
     return saved
 
 

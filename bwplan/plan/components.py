@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from bwplan import ops as registry
 from bwplan.ir.net import Layer, Net
+from bwplan.ops.needs import bind_needs
 from bwplan.ops.opdef import GradRule, OpCtx, OpDef
 
 
@@ -26,31 +27,23 @@ def op_ctx(net: Net, layer: Layer) -> OpCtx:
     return OpCtx(layer.attrs, tuple(net.tensor_type(e.src) for e in layer.inputs), layer.out)
 
 
-def port_edges(op: OpDef, layer: Layer, port: str) -> list[int]:
-    return [e.index for e in layer.inputs if op.port_for(e.index).name == port]
-
-
 def dx_rule(op: OpDef, index: int) -> GradRule | None:
     return op.grad_for(op.port_for(index).name)
 
 
 def values_read(net: Net, layer: Layer, rule: GradRule, ctx: OpCtx) -> tuple[Value, ...]:
+    """The tensors of this net that `rule` reads (parameters stay resident: not listed)."""
     op = registry.OPS[layer.op]
-    slots, ports = op.slot_names, op.port_names
     out: list[Value] = []
-    for need in sorted(rule.needs_for(layer.attrs)):
-        if need == "out":
+    for need in bind_needs(op, rule, layer.attrs, len(layer.inputs)):
+        if need.kind == "out":
             out.append(Value(layer.name, "activation", layer.out.nbytes))
-        elif need in ports:
-            for i in port_edges(op, layer, need):
+        elif need.kind == "port":
+            for i in need.inputs:
                 src = layer.inputs[i].src
                 kind = "input" if net.input(src) is not None else "activation"
                 out.append(Value(src, kind, net.tensor_type(src).nbytes))
-        elif need in slots:
-            continue  # parameters stay resident; they are not activations
-        else:
-            aux = op.aux_spec(need)
-            if aux is None:
-                raise KeyError(f"{op.name}: grad rule for {rule.wrt} needs unknown {need!r}")
-            out.append(Value(f"{layer.name}:{need}", "aux", aux.nbytes(ctx)))
+        elif need.kind == "aux":
+            out.append(Value(f"{layer.name}:{need.name}", "aux",
+                             op.aux_spec(need.name).nbytes(ctx)))
     return tuple(out)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bwplan.source import Span
+
 
 @dataclass(frozen=True, slots=True)
 class Reason:
@@ -24,6 +26,52 @@ class Decision:
     @staticmethod
     def no(code: str, text: str, via: tuple[str, ...] = ()) -> "Decision":
         return Decision(False, Reason(code, text, via))
+
+
+# skips that hold for every net and are not worth the one reason a row has room for
+ROUTINE = frozenset({"dx_integer", "dx_not_differentiable", "dw_statistics", "dx_data_input"})
+
+
+def headline(forward: Decision, dx, dw) -> Reason:
+    """The one reason about a layer most worth reading: a skip if something was skipped,
+    else why the backward runs, else why the forward is or is not needed."""
+    decisions = list(dw) + list(dx)
+    skipped = [d for d in decisions if not d.needed and d.reason.code not in ROUTINE]
+    running = [d for d in decisions if d.needed]
+    if skipped:
+        return skipped[0].reason
+    if running:
+        return running[0].reason
+    return forward.reason
+
+
+# which skip best says why a group of layers runs no backward: why its input gets no
+# gradient before why a parameter does not train, and statistics last
+_NO_BACKWARD_ORDER = ("dx_no_gradient_above", "dx_stop_gradient",
+                      "dx_nothing_upstream_trains", "dw_frozen", "dw_lr_zero",
+                      "dw_no_gradient_above")
+
+
+def why_no_backward(layer_plans) -> Reason:
+    """The most telling reason that none of `layer_plans` (the layers one imported layer
+    became) runs a backward."""
+    skips = [d for lp in layer_plans for d in lp.dx + lp.dw if not d.needed]
+    for code in _NO_BACKWARD_ORDER:
+        for d in skips:
+            if d.reason.code == code:
+                return d.reason
+    return skips[0].reason if skips else layer_plans[0].forward.reason
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A setting that likely does not do what its author meant (plan/pitfalls.py)."""
+
+    code: str
+    severity: str        # "warning" | "note"
+    span: Span
+    text: str
+    fix: str
 
 
 # Every code a Reason may carry, with what it means; docs/json-schema.md prints this table.

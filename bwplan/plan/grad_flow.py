@@ -24,13 +24,56 @@ from bwplan import ops as registry
 from bwplan.ir.net import Edge, Net, ParamUse
 
 
+# ---- witnesses: the next step of a proof ------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TrainsHere:
+    """up: the layer itself holds a trainable parameter use."""
+
+    layer: str
+    use: ParamUse
+
+
+@dataclass(frozen=True, slots=True)
+class AsksForGrad:
+    """up: a data input that asks for its gradient."""
+
+    input: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlongEdge:
+    """up: the edge's source has a trainable parameter upstream; down: the edge's
+    destination reaches a loss."""
+
+    edge: Edge
+
+
+@dataclass(frozen=True, slots=True)
+class IsLoss:
+    """down: the layer is a loss term (non-zero weight)."""
+
+    layer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Feeds:
+    """used: the layer's forward is needed because it is, or feeds, this loss or metric."""
+
+    kind: str       # "loss" | "metric"
+    target: str
+
+
+UpWitness = TrainsHere | AsksForGrad | AlongEdge
+DownWitness = IsLoss | AlongEdge
+
+
 @dataclass(frozen=True, slots=True)
 class Flow:
     """Witness maps: name -> what proves it (None: nothing does)."""
 
-    up: dict            # tensor -> ("param", layer, use) | ("edge", Edge) | ("input", name)
-    down: dict          # tensor -> ("loss", layer) | ("edge", Edge)
-    used: dict          # layer -> ("loss"|"metric", name) when its forward is needed
+    up: dict[str, UpWitness | None]       # tensor -> why a trainable parameter is upstream
+    down: dict[str, DownWitness | None]   # tensor -> why it reaches a loss
+    used: dict[str, Feeds | None]         # layer -> why its forward is needed
     source: dict        # tensor -> the parameter (or grad input) its `up` witness leads to
     loss: dict          # tensor -> the loss its `down` witness leads to
 
@@ -56,18 +99,18 @@ def analyse(net: Net, trains: Callable[[ParamUse], bool]) -> Flow:
     up: dict = {}
     source: dict = {}
     for inp in net.inputs:
-        up[inp.name] = ("input", inp.name) if inp.requires_grad else None
+        up[inp.name] = AsksForGrad(inp.name) if inp.requires_grad else None
         source[inp.name] = inp.name if inp.requires_grad else None
     for layer in net.layers:
         witness = found = None
         for use in layer.params:
             if trains(use):
-                witness, found = ("param", layer.name, use), use.param
+                witness, found = TrainsHere(layer.name, use), use.param
                 break
         if witness is None:
             for edge in layer.inputs:
                 if carries[edge.dst, edge.index] and up[edge.src] is not None:
-                    witness, found = ("edge", edge), source[edge.src]
+                    witness, found = AlongEdge(edge), source[edge.src]
                     break
         up[layer.name] = witness
         source[layer.name] = found
@@ -77,14 +120,14 @@ def analyse(net: Net, trains: Callable[[ParamUse], bool]) -> Flow:
     used: dict = {}
     for layer in reversed(net.layers):
         role = registry.OPS[layer.op].role
-        witness = ("loss", layer.name) if layer.loss_weight != 0 else None
+        witness = IsLoss(layer.name) if layer.loss_weight != 0 else None
         found = layer.name if witness else None
-        use = ("loss", layer.name) if role == "loss" or layer.loss_weight != 0 else (
-            ("metric", layer.name) if role == "metric" else None)
+        use = Feeds("loss", layer.name) if role == "loss" or layer.loss_weight != 0 else (
+            Feeds("metric", layer.name) if role == "metric" else None)
         for edge in net.consumers(layer.name):
             if witness is None and carries[edge.dst, edge.index] \
                     and down[edge.dst] is not None:
-                witness, found = ("edge", edge), loss[edge.dst]
+                witness, found = AlongEdge(edge), loss[edge.dst]
             if use is None and used.get(edge.dst) is not None:
                 use = used[edge.dst]
         down[layer.name] = witness
@@ -94,7 +137,7 @@ def analyse(net: Net, trains: Callable[[ParamUse], bool]) -> Flow:
         witness = found = None
         for edge in net.consumers(inp.name):
             if carries[edge.dst, edge.index] and down[edge.dst] is not None:
-                witness, found = ("edge", edge), loss[edge.dst]
+                witness, found = AlongEdge(edge), loss[edge.dst]
                 break
         down[inp.name] = witness
         loss[inp.name] = found
@@ -109,15 +152,15 @@ def path_up(flow: Flow, tensor: str, limit: int = 64) -> tuple[str, ...]:
         w = flow.up.get(current)
         if w is None:
             break
-        if w[0] == "param":
+        if isinstance(w, TrainsHere):
             names.append(current)
-            names.append(w[2].param)
+            names.append(w.use.param)
             break
-        if w[0] == "input":
+        if isinstance(w, AsksForGrad):
             names.append(current)
             break
         names.append(current)
-        current = w[1].src
+        current = w.edge.src
     return tuple(reversed(names))
 
 
@@ -127,8 +170,8 @@ def path_down(flow: Flow, tensor: str, limit: int = 64) -> tuple[str, ...]:
     current = tensor
     for _ in range(limit):
         w = flow.down.get(current)
-        if w is None or w[0] == "loss":
+        if w is None or isinstance(w, IsLoss):
             break
-        current = w[1].dst
+        current = w.edge.dst
         names.append(current)
     return tuple(names)

@@ -2,19 +2,8 @@
 check, listed in one table; each returns Findings with the fix."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from bwplan import ops as registry
-from bwplan.source import Span
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    code: str
-    severity: str        # "warning" | "note"
-    span: Span
-    text: str
-    fix: str
+from bwplan.plan.decisions import Finding
 
 
 def _decay_without_gradient(plan):

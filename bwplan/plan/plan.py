@@ -28,7 +28,7 @@ from bwplan import ops as registry
 from bwplan.ir.net import Net
 from bwplan.plan import grad_flow
 from bwplan.plan.components import Value, dx_rule, op_ctx, values_read
-from bwplan.plan.decisions import Decision
+from bwplan.plan.decisions import Decision, Finding, Reason, headline
 from bwplan.plan.grad_flow import Flow
 from bwplan.plan.memory import peak_bytes
 from bwplan.plan.prefix import FrozenPrefix, frozen_prefix
@@ -49,6 +49,8 @@ class LayerPlan:
     # which components the unpruned backward (every parameter trainable) runs
     full_dx: tuple[bool, ...] = ()
     full_dw: tuple[bool, ...] = ()
+    # the one reason shown for this layer (decisions.headline), chosen here once
+    reason: Reason | None = None
 
     @property
     def has_backward(self) -> bool:
@@ -89,7 +91,7 @@ class Plan:
     prefix: FrozenPrefix
     updates: tuple[ParamUpdate, ...]
     allreduce: tuple[tuple[str, int], ...]
-    findings: tuple            # tuple[Finding, ...] from plan.pitfalls
+    findings: tuple[Finding, ...]   # from plan/pitfalls.py, on the finished plan
     flow: Flow
     # what a training step returns and holds to its end: its losses and metrics, and every
     # weighted layer, in topological order
@@ -156,10 +158,11 @@ def make_plan(net: Net) -> Plan:
             if full_dw[-1]:
                 run(rule, full_kept, layer.name)
                 full_cost += rule.flops(ctx)
-        layer_plans.append(LayerPlan(layer.name, layer.op, _fwd_decision(flow, layer.name),
-                                     tuple(dx), tuple(dw), tuple(keeps),
-                                     fwd_flops[layer.name], planned_cost, full_cost,
-                                     tuple(full_dx), tuple(full_dw)))
+        forward = _fwd_decision(flow, layer.name)
+        layer_plans.append(LayerPlan(layer.name, layer.op, forward, tuple(dx), tuple(dw),
+                                     tuple(keeps), fwd_flops[layer.name], planned_cost,
+                                     full_cost, tuple(full_dx), tuple(full_dw),
+                                     headline(forward, dx, dw)))
 
     outputs = tuple(l.name for l in net.layers if flow.used[l.name] is not None and (
         l.loss_weight != 0 or registry.OPS[l.op].role != "layer"))
@@ -173,8 +176,8 @@ def make_plan(net: Net) -> Plan:
         planned_bwd_flops=sum(p.bwd_flops for p in layer_plans),
         full_kept_bytes=sum(v.nbytes for v in full_values.values()),
         planned_kept_bytes=sum(v.nbytes for v in kept_values.values()),
-        full_peak_bytes=_peak(net, full_values, full_dx_edges, set(outputs)),
-        planned_peak_bytes=_peak(net, kept_values, dx_edges, set(outputs)),
+        full_peak_bytes=0,       # read from the lowered programs below
+        planned_peak_bytes=0,
         full_dx=len(full_dx_edges), planned_dx=len(dx_edges),
         full_dw=sum(sum(p.full_dw) for p in layer_plans),
         planned_dw=sum(dw_needed.values()),
@@ -183,6 +186,8 @@ def make_plan(net: Net) -> Plan:
     prefix = frozen_prefix(net, _trains, fwd_flops)
     plan = Plan(net, tuple(layer_plans), kept_values, full_values, summary, prefix, updates,
                 allreduce, (), flow, outputs)
+    plan = replace(plan, summary=replace(summary, full_peak_bytes=_peak(plan, False),
+                                         planned_peak_bytes=_peak(plan, True)))
     from bwplan.plan.pitfalls import find_pitfalls  # the checks read the finished plan
     return replace(plan, findings=find_pitfalls(plan))
 
@@ -192,9 +197,11 @@ def _freeze_kept(table) -> Mapping[str, KeptValue]:
                              for name, (v, readers) in table.items()})
 
 
-def _peak(net, values: Mapping[str, KeptValue], dx_edges, outputs) -> int:
-    return peak_bytes(net, {k: v.nbytes for k, v in values.items()},
-                      {k: v.readers for k, v in values.items()}, dx_edges, outputs)
+def _peak(plan: Plan, prune: bool) -> int:
+    """The peak of the step's live bytes: lowering gives every buffer its lifetime, and
+    the figure is read from there (the runtime measures the same buffers)."""
+    from bwplan.lower.schedule import lower  # lowering reads the plan it is given
+    return peak_bytes(lower(plan, prune))
 
 
 # ---- decisions ---------------------------------------------------------------------------
@@ -203,7 +210,7 @@ def _fwd_decision(flow: Flow, name: str) -> Decision:
     if used is None:
         return Decision.no("fwd_unused", "its output reaches no loss and no metric: a "
                            "training step skips it (forward() still computes it)")
-    kind, target = used
+    kind, target = used.kind, used.target
     if kind == "loss":
         text = "it is a loss" if target == name else f"it feeds the loss {target}"
         return Decision.yes("fwd_loss", text)
@@ -252,7 +259,7 @@ def _dw_decision(net: Net, flow: Flow, layer_name: str, use) -> Decision:
         return Decision.no("dw_statistics", f"{use.param} holds running statistics, which "
                            "gradients never train")
     if use.lr_mult == 0:
-        if use.origin.startswith("frozen"):
+        if use.frozen_by:
             return Decision.no("dw_frozen", f"{use.param} is {use.origin}")
         return Decision.no("dw_lr_zero", f"{use.param} has lr_mult 0 ({use.origin})")
     if flow.down[layer_name] is None:

@@ -35,7 +35,7 @@ def freeze(net: Net, layer: Layer, why: str) -> Layer:
     op = registry.OPS[layer.op]
     written = layer.written_attrs or layer.attrs
     attrs = MappingProxyType(dict(op.on_freeze(written))) if op.on_freeze else written
-    uses = tuple(replace(u, lr_mult=0.0, origin=f"frozen by {why}")
+    uses = tuple(replace(u, lr_mult=0.0, origin=f"frozen by {why}", frozen_by=why)
                  if net.params[u.param].learnable else u for u in layer.params)
     return replace(layer, attrs=attrs, params=uses, frozen=True, frozen_by=why,
                    written_attrs=written)
@@ -50,5 +50,5 @@ def unfreeze(net: Net, layer: Layer) -> Layer:
         else:
             lr = u.written_lr if u.written_lr > 0 else 1.0
             uses.append(replace(u, lr_mult=lr, origin="unfrozen by --unfreeze"
-                                if u.lr_mult == 0 else u.origin))
+                                if u.lr_mult == 0 else u.origin, frozen_by=""))
     return replace(layer, attrs=written, params=tuple(uses), frozen=False, frozen_by="")

@@ -1,5 +1,5 @@
-"""Targets as kernel tables: a backend maps a component of an op ("fwd", "dx:<port>",
-"dw:<slot>") to a callable with the kernel calling convention:
+"""Targets as kernel tables: a backend maps a component of an op (`Component`: fwd, dX
+into a port, dW of a slot) to a callable with the kernel calling convention:
 
     fwd(ctx, inputs, params, out, aux, training, rng)   fills out (and the aux given)
     dx(ctx, saved, dout, index, out)                     writes d(input index) into out
@@ -16,15 +16,16 @@ import numpy as np
 
 from bwplan import ops as registry
 from bwplan.errors import InternalError
+from bwplan.ops.needs import Component
 
 
 class ReferenceBackend:
     name = "reference"
     update_kernel = None
 
-    def kernel(self, op_name: str, component: str) -> Callable:
+    def kernel(self, op_name: str, component: Component) -> Callable:
         op = registry.OPS[op_name]
-        if component == "fwd":
+        if component.kind == "fwd":
             def fwd(ctx, inputs, params, out, aux, training, rng):
                 value, produced = op.forward_ref(ctx, list(inputs), dict(params), training, rng)
                 if training and op.state_update_ref is not None:
@@ -33,9 +34,8 @@ class ReferenceBackend:
                 for name, buf in aux.items():
                     buf[...] = produced[name]
             return fwd
-        kind, wrt = component.split(":", 1)
-        rule = op.grad_for(wrt)
-        if kind == "dx":
+        rule = op.grad_for(component.wrt)
+        if component.kind == "dx":
             def dx(ctx, saved, dout, index, out):
                 out[...] = rule.reference(ctx, saved, dout, index)
             return dx
@@ -56,11 +56,11 @@ class CpuBackend:
         from bwplan.kernels.cpu.update import sgd_update
         self.update_kernel = sgd_update
 
-    def kernel(self, op_name: str, component: str) -> Callable:
+    def kernel(self, op_name: str, component: Component) -> Callable:
         names = registry.OPS[op_name].kernels.get("cpu", {})
-        if component not in names:
+        if component.key not in names:
             raise InternalError(f"no cpu kernel for {op_name} {component}")
-        return self._cpu.get(names[component])
+        return self._cpu.get(names[component.key])
 
 
 _CONFIGURED: list[int] = []

@@ -11,14 +11,15 @@ What it does, in order:
   scaled sums of shared parameters, the dropout counter and the optimizer's segment
   table in a last, fixed one;
 - computes the whole step's launch list once (bwplan/kernels/cuda/step.py: every address
-  is static), then per step copies the batch in, replays the list (as a captured CUDA
-  graph where this PyCUDA exposes stream capture, else as plain launches), and copies
-  back only the losses and metrics: nothing returns to the host inside a step;
+  is static), then per step copies the batch in, launches the list on one stream, and
+  copies back only the losses and metrics: nothing returns to the host inside a step;
 - times each step with CUDA events and counts what it ran as the CPU executor does
   (components and FLOPs per phase), plus the device launches.
 
-What it does not do: run a cached frozen prefix (`given`/`skip`), or hold more than the
-parameters it was given: several executors (one per batch size) share one CudaParams.
+What it does not do: capture the step as a CUDA graph (PyCUDA has no stream-capture API;
+the driver's would be the way), run a cached frozen prefix (`given`/`skip`), or hold more
+than the parameters it was given: several executors (one per batch size) share one
+CudaParams.
 CUDA errors become bwplan errors only here, in `check`.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from bwplan.kernels.cuda import build, update
 from bwplan.kernels.cuda import step as step_plan
 from bwplan.kernels.cuda.arena import plan_arena
 from bwplan.kernels.cuda.limits import Launch
-from bwplan.lower.program import Program
+from bwplan.lower.program import Program, value
 from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.executor import StepResult, StepStats
 from bwplan.runtime.optimizer import SgdSettings
@@ -205,13 +206,12 @@ class CudaParams:
 class CudaTiming:
     """The device side of the last step: its time between CUDA events (the batch copy
     excluded), its kernel launches per phase, the arena (the plan's bytes) and the fixed
-    state (parameters, gradients, velocities, workspace), and whether a graph ran it."""
+    state (parameters, gradients, velocities, workspace)."""
 
     ms: float = 0.0
     device_launches: int = 0
     arena_bytes: int = 0
     state_bytes: int = 0
-    graph: bool = False
     per_phase_launches: dict[str, int] = field(default_factory=dict)
 
 
@@ -226,7 +226,7 @@ class CudaExecutor:
 
     def __init__(self, program: Program, params: CudaParams | Mapping[str, np.ndarray],
                  settings: SgdSettings | None = None, dev: Device | None = None,
-                 seed: int = 0, use_graph: bool = True, source: str = "program") -> None:
+                 seed: int = 0, source: str = "program") -> None:
         """`source` "program" compiles only the kernels this program launches (one nvcc
         run per distinct program, cached on disk); "full" compiles every kernel once per
         process, which pays when many programs run (tests, benchmarks)."""
@@ -235,7 +235,6 @@ class CudaExecutor:
         self.net = program.plan.net
         self.state = params if isinstance(params, CudaParams) else CudaParams(self.dev, params)
         self.settings = settings or SgdSettings()
-        self.use_graph = use_graph
         self._check_types()
         arena = plan_arena(program)
         self.kernels = self.dev.kernels(build.full_source() if source == "full"
@@ -248,7 +247,6 @@ class CudaExecutor:
         self._upload_segments()
         self.stream = check(self.dev._cuda.Stream, "creating a stream")
         self._lists: dict[tuple, list[step_plan.Planned]] = {}
-        self._graphs: dict[tuple, object] = {}
         self.timing = CudaTiming(arena_bytes=arena.size,
                                  state_bytes=self.state.nbytes + self.scratch_bytes)
 
@@ -301,7 +299,6 @@ class CudaExecutor:
         self.segments = step_plan.segment_table(self.program, self.layout, settings)
         self._upload_segments()
         self._lists.clear()
-        self._graphs.clear()
 
     # ---- running -----------------------------------------------------------------------
     def _planned(self, training: bool, backward: bool) -> list[step_plan.Planned]:
@@ -320,18 +317,11 @@ class CudaExecutor:
                 raise BwError(Span.synthetic("batch"), f"input '{inp.name}' has shape "
                               f"{list(host.shape)}, this program expects "
                               f"{list(inp.type.shape)}")
-            check(lambda: cuda.memcpy_htod(self.layout.addr(inp.name), host),
+            check(lambda: cuda.memcpy_htod(self.layout.addr(value(inp.name)), host),
                   "copying the batch")
 
-    def _replay(self, planned, key) -> tuple[bool, dict]:
-        """Run the step's launches; (whether they ran as a captured graph, an event after
-        each phase for the per-phase times; none in a graph)."""
-        if self.use_graph and key not in self._graphs:
-            self._graphs[key] = self._capture(planned)
-        graph = self._graphs.get(key)
-        if graph is not None:
-            check(lambda: graph.launch(self.stream), "replaying the step graph")
-            return True, {}
+    def _replay(self, planned) -> dict:
+        """Launch the step's kernels; an event after each phase for the per-phase times."""
         marks = {}
         for i, item in enumerate(planned):
             for launch in item.launches:
@@ -341,27 +331,7 @@ class CudaExecutor:
             if i + 1 == len(planned) or _PHASE_OF.get(planned[i + 1].phase) != phase:
                 marks[phase] = self.dev._cuda.Event()
                 marks[phase].record(self.stream)
-        return False, marks
-
-    def _capture(self, planned):
-        """The step as an instantiated CUDA graph, or None where this PyCUDA cannot capture
-        a stream (then every step launches its kernels one by one)."""
-        stream = self.stream
-        if not (hasattr(stream, "begin_capture") and hasattr(stream, "end_capture")):
-            return None
-        try:
-            stream.begin_capture()
-            for item in planned:
-                for launch in item.launches:
-                    self.kernels.launch(launch, stream)
-            graph = stream.end_capture()
-            return graph.instance() if hasattr(graph, "instance") else graph.instantiate()
-        except Exception:  # noqa: BLE001 - a partial capture API: plain launches still work
-            try:
-                stream.end_capture()
-            except Exception:  # noqa: BLE001
-                pass
-            return None
+        return marks
 
     def run(self, batch: Mapping[str, np.ndarray], training: bool = True,
             forward_only: bool = False) -> StepResult:
@@ -373,14 +343,14 @@ class CudaExecutor:
         self._upload_batch(batch)
         start, end = cuda.Event(), cuda.Event()
         start.record(self.stream)
-        graph, marks = self._replay(planned, (training, backward))
+        marks = self._replay(planned)
         end.record(self.stream)
         check(end.synchronize, "running the step")
         values = {}
         for name in [n for n, _ in self.program.losses] + list(self.program.metrics):
             # a weighted layer that is not a loss joins the objective with its sum
             host = np.empty(self.net.layer(name).out.shape, np.float32)
-            check(lambda: cuda.memcpy_dtoh(host, self.layout.addr(name)), "reading " + name)
+            check(lambda: cuda.memcpy_dtoh(host, self.layout.addr(value(name))), "reading " + name)
             values[name] = float(np.sum(host, dtype=np.float64))
         stats = self._stats(backward)
         if hasattr(stats, "seconds"):
@@ -394,7 +364,7 @@ class CudaExecutor:
             per_phase[item.phase] = per_phase.get(item.phase, 0) + len(item.launches)
         self.timing = CudaTiming(end.time_since(start), sum(per_phase.values()),
                                  self.layout.arena.size,
-                                 self.state.nbytes + self.scratch_bytes, graph, per_phase)
+                                 self.state.nbytes + self.scratch_bytes, per_phase)
         losses = {n: values[n] for n, _ in self.program.losses}
         metrics = {n: values[n] for n in self.program.metrics}
         loss = sum(w * losses[n] for n, w in self.program.losses)
@@ -407,7 +377,7 @@ class CudaExecutor:
         for step in steps:
             stats.launched[step.phase] += 1
             stats.flops[step.phase] += step.flops
-            stats.kernels.append((step.phase, step.layer, step.component))
+            stats.kernels.append((step.phase, step.layer, str(step.component)))
         if backward:
             stats.launched["update"] = len(self.segments)
             stats.flops["update"] = 4 * int(self.segments["size"].sum()) if len(

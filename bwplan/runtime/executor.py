@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bwplan import ops as registry
-from bwplan.lower.program import Program, Step
+from bwplan.lower.program import BufferId, Program, aux as aux_id, grad, value
+from bwplan.ops.needs import FWD
 from bwplan.plan.components import op_ctx
 from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.pool import BufferPool
@@ -57,7 +58,6 @@ class Executor:
         self.pool = BufferPool()
         self._ctx = {l.name: op_ctx(self.net, l) for l in self.net.layers}
         self._kernels: dict[tuple[str, str], Callable] = {}
-        self._saved_spec = {id(s): self._spec(s) for s in program.backward}
         self._scratch: dict[str, np.ndarray] = {}
         for step in program.components:
             op = self.net.layer(step.layer).op
@@ -66,28 +66,6 @@ class Executor:
                 self._kernels[key] = backend.kernel(op, step.component)
 
     # ---- helpers -----------------------------------------------------------------------
-    def _spec(self, step: Step) -> list[tuple[str, str, object]]:
-        """How to assemble a backward kernel's `saved` dict: (need, kind, source)."""
-        layer = self.net.layer(step.layer)
-        op = registry.OPS[layer.op]
-        wrt = step.component.split(":", 1)[1]
-        rule = op.grad_for(wrt)
-        spec = []
-        for need in rule.needs_for(layer.attrs):
-            if need == "out":
-                spec.append((need, "value", layer.name))
-            elif need in op.port_names:
-                port = next(p for p in op.ports if p.name == need)
-                srcs = [e.src for e in layer.inputs if op.port_for(e.index).name == need]
-                spec.append((need, "values" if port.variadic else "value",
-                             srcs if port.variadic else srcs[0]))
-            elif need in op.slot_names:
-                use = layer.param_use(need)
-                spec.append((need, "param", use.param))
-            else:
-                spec.append((need, "value", f"{layer.name}:{need}"))
-        return spec
-
     def _params_of(self, layer, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {u.slot: params[u.param] for u in layer.params}
 
@@ -113,16 +91,17 @@ class Executor:
         pool.reset_peak()
         allocs0 = pool.allocations
         start = time.perf_counter()
-        values: dict[str, np.ndarray] = {}
+        values: dict[BufferId, np.ndarray] = {}
         caller = set()
         for inp in net.inputs:
-            values[inp.name] = batch[inp.name]
-            caller.add(inp.name)
-            pool.count(values[inp.name].nbytes)
-        for name, value in (given or {}).items():
-            values[name] = value
-            caller.add(name)
-            pool.count(value.nbytes)
+            values[value(inp.name)] = batch[inp.name]
+            caller.add(value(inp.name))
+            pool.count(batch[inp.name].nbytes)
+        for name, array in (given or {}).items():
+            values[value(name)] = array
+            caller.add(value(name))
+            pool.count(array.nbytes)
+        kept_out = {value(n) for n in capture}
 
         for pos, step in enumerate(program.forward):
             if step.layer in skip:
@@ -135,25 +114,26 @@ class Executor:
                 if not forward_only else {}
             rng = None if op.is_deterministic(layer.attrs) else np.random.default_rng(
                 [seed, pos])
-            self._kernels[layer.op, "fwd"](ctx, [values[s] for s in step.reads],
+            self._kernels[layer.op, FWD](ctx, [values[s] for s in step.reads],
                                            self._params_of(layer, params), out, aux, training,
                                            rng)
-            values[layer.name] = out
+            values[step.target] = out
             for a, buf in aux.items():
-                values[f"{layer.name}:{a}"] = buf
+                values[aux_id(layer.name, a)] = buf
             stats.launched["fwd"] += 1
             stats.flops["fwd"] += step.flops
             stats.kernels.append(("fwd", layer.name, "fwd"))
-            for name in step.frees:
-                if name in values and name not in caller and name not in capture:
-                    pool.release(values.pop(name))
+            for b in step.frees:
+                if b in values and b not in caller and b not in kept_out:
+                    pool.release(values.pop(b))
 
         stats.seconds["forward"] = time.perf_counter() - start
         stats.after_forward_bytes = pool.live_bytes
-        captured = {n: values[n].copy() for n in capture if n in values}
+        captured = {n: values[value(n)].copy() for n in capture if value(n) in values}
         # a weighted layer that is not a loss op contributes the sum of its output
-        losses = {n: float(np.sum(values[n])) for n, _ in program.losses if n in values}
-        metrics = {n: float(values[n]) for n in program.metrics if n in values}
+        losses = {n: float(np.sum(values[value(n)])) for n, _ in program.losses
+                  if value(n) in values}
+        metrics = {n: float(values[value(n)]) for n in program.metrics if value(n) in values}
         loss = sum(w * losses[n] for n, w in program.losses if n in losses)
 
         if not forward_only:
@@ -161,9 +141,9 @@ class Executor:
             self._backward(values, params, {} if grads is None else grads,
                            {} if scaled is None else scaled, stats, caller)
             stats.seconds["backward"] = time.perf_counter() - start
-        for name in list(values):
-            if name not in caller:
-                pool.release(values.pop(name))
+        for b in list(values):
+            if b not in caller:
+                pool.release(values.pop(b))
         stats.peak_bytes = pool.peak_bytes
         stats.fresh_allocations = pool.allocations - allocs0
         return StepResult(loss, losses, metrics, stats, captured)
@@ -173,39 +153,37 @@ class Executor:
         for seed in program.seeds:
             buf = self._alloc(net.layer(seed.layer).out)
             buf.fill(seed.weight)
-            values[f"d:{seed.layer}"] = buf
+            values[grad(seed.layer)] = buf
         for step in program.backward:
             layer = net.layer(step.layer)
             ctx = self._ctx[layer.name]
             saved = {}
-            for need, kind, source in self._saved_spec[id(step)]:
-                if kind == "value":
-                    saved[need] = values[source]
-                elif kind == "values":
-                    saved[need] = [values[s] for s in source]
+            for s in step.saved:
+                if s.param:
+                    saved[s.need] = params[s.param]
+                elif s.variadic:
+                    saved[s.need] = [values[b] for b in s.buffers]
                 else:
-                    saved[need] = params[source]
-            dout = values[f"d:{layer.name}"]
+                    saved[s.need] = values[s.buffers[0]]
+            dout = values[step.dout]
             kernel = self._kernels[layer.op, step.component]
             if step.phase == "dx":
-                src = layer.inputs[step.index].src
+                out_type = program.buffer(step.scratch if step.accumulate else step.target).type
+                buf = self._alloc(out_type)
+                kernel(ctx, saved, dout, step.index, buf)
                 if step.accumulate:
-                    tmp = self._alloc(net.tensor_type(src))
-                    kernel(ctx, saved, dout, step.index, tmp)
-                    values[step.target] += tmp
-                    pool.release(tmp)
+                    values[step.target] += buf
+                    pool.release(buf)
                 else:
-                    buf = self._alloc(net.tensor_type(src))
-                    kernel(ctx, saved, dout, step.index, buf)
                     values[step.target] = buf
             else:
                 self._dw(step, kernel, ctx, saved, dout, params, grads, scaled)
             stats.launched[step.phase] += 1
             stats.flops[step.phase] += step.flops
-            stats.kernels.append((step.phase, layer.name, step.component))
-            for name in step.frees:
-                if name in values and name not in caller:
-                    pool.release(values.pop(name))
+            stats.kernels.append((step.phase, layer.name, str(step.component)))
+            for b in step.frees:
+                if b in values and b not in caller:
+                    pool.release(values.pop(b))
 
     def _dw(self, step, kernel, ctx, saved, dout, params, grads, scaled) -> None:
         """Write (first use) or add (later uses) this use's gradient; for a parameter whose

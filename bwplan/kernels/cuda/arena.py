@@ -1,10 +1,9 @@
 """Offsets of every buffer of a Program inside ONE device allocation.
 
-The lifetimes follow the executor's schedule exactly (bwplan/runtime/executor.py): the
-batch is live for the whole step; a forward step's output and aux buffers become live at
-that step; the seeds after the forward; a dX that does not accumulate creates its
-gradient buffer; every buffer dies after the step whose `frees` names it, or at the end
-of the step. Two buffers may share bytes only if their lifetimes do not overlap.
+The buffers and their lifetimes are the Program's (`Program.buffers`, decided by
+lowering and followed by every runtime); this module only places them. The scratch
+buffers of accumulating dX steps are left out: the CUDA dX kernels add to their output in
+place. Two buffers may share bytes only if their lifetimes do not overlap.
 
 Placement is greedy by size (largest first, each at the lowest offset that clears every
 placed buffer it overlaps in time), the usual arena planner of inference runtimes; its
@@ -16,16 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bwplan import ops as registry
-from bwplan.lower.program import Program
-from bwplan.plan.components import op_ctx
+from bwplan.lower.program import BufferId, Program
 
 ALIGNMENT = 256
 
 
 @dataclass(frozen=True, slots=True)
 class Buffer:
-    name: str
+    id: BufferId
     nbytes: int
     first: int       # the first schedule position where it is live
     last: int        # the last position where it is live (inclusive)
@@ -37,7 +34,7 @@ class Buffer:
 
 @dataclass(frozen=True)
 class Arena:
-    buffers: dict[str, Buffer]
+    buffers: dict[BufferId, Buffer]
     size: int            # bytes of the one allocation
     peak_live: int       # the largest sum of live bytes at any position (a lower bound)
     positions: int       # schedule positions: 0 batch, forward steps, seeds, backward steps
@@ -48,49 +45,15 @@ def _align(n: int) -> int:
 
 
 def lifetimes(program: Program) -> tuple[list[Buffer], int]:
-    """Every buffer with its lifetime, and the number of schedule positions. Position 0
-    holds the batch, 1..F the forward steps, F+1 the seeds, then the backward steps."""
-    net = program.plan.net
-    born: dict[str, tuple[int, int]] = {}
-    died: dict[str, int] = {}
-    caller = {i.name for i in net.inputs}
-    for inp in net.inputs:
-        born[inp.name] = (0, inp.type.nbytes)
-
-    def free(names, pos):
-        for name in names:
-            if name in born and name not in died and name not in caller:
-                died[name] = pos
-
-    pos = 0
-    for step in program.forward:
-        pos += 1
-        layer = net.layer(step.layer)
-        born[layer.name] = (pos, layer.out.nbytes)
-        ctx = op_ctx(net, layer)
-        op = registry.OPS[layer.op]
-        for a in step.aux:
-            born[f"{layer.name}:{a}"] = (pos, op.aux_spec(a).nbytes(ctx))
-        free(step.frees, pos)
-    pos += 1
-    for seed in program.seeds:
-        born[f"d:{seed.layer}"] = (pos, net.layer(seed.layer).out.nbytes)
-    for step in program.backward:
-        pos += 1
-        if step.phase == "dx" and not step.accumulate:
-            src = net.layer(step.layer).inputs[step.index].src
-            born[step.target] = (pos, net.tensor_type(src).nbytes)
-        free(step.frees, pos)
-    end = pos
-    buffers = [Buffer(name, nbytes, first, died.get(name, end))
-               for name, (first, nbytes) in born.items()]
-    return buffers, end + 1
+    """The program's device buffers with their lifetimes, and its schedule positions."""
+    return ([Buffer(b.id, b.nbytes, b.first, b.last) for b in program.buffers
+             if not b.scratch], program.positions)
 
 
 def plan_arena(program: Program) -> Arena:
     buffers, positions = lifetimes(program)
     placed: list[Buffer] = []
-    for buf in sorted(buffers, key=lambda b: (-b.nbytes, b.first, b.name)):
+    for buf in sorted(buffers, key=lambda b: (-b.nbytes, b.first, str(b.id))):
         size = _align(buf.nbytes)
         offset = 0
         if size:
@@ -99,10 +62,7 @@ def plan_arena(program: Program) -> Arena:
                 if offset + size <= other.offset:
                     break
                 offset = max(offset, other.offset + _align(other.nbytes))
-        placed.append(Buffer(buf.name, buf.nbytes, buf.first, buf.last, offset))
-    live = [0] * positions
-    for b in buffers:
-        for p in range(b.first, b.last + 1):
-            live[p] += b.nbytes
+        placed.append(Buffer(buf.id, buf.nbytes, buf.first, buf.last, offset))
     total = max((b.offset + _align(b.nbytes) for b in placed), default=0)
-    return Arena({b.name: b for b in placed}, total, max(live, default=0), positions)
+    return Arena({b.id: b for b in placed}, total, program.peak_bytes(scratch=False),
+                 positions)

@@ -75,7 +75,7 @@ def program_kernels(program: Program) -> dict[str, dict[str, list[str]]]:
     used: dict[str, dict[str, list[str]]] = {}
     net = program.plan.net
     for step in program.components:
-        e = entry(net.layer(step.layer).op, step.component)
+        e = entry(net.layer(step.layer).op, step.component.key)
         for kernel in e.kernels:
             used.setdefault(e.source, {}).setdefault(kernel, []).append(
                 f"{step.layer} {step.component}")

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bwplan import ops as registry
 from bwplan.errors import BwError
 from bwplan.kernels import cuda as table
 from bwplan.kernels.cuda import update
 from bwplan.kernels.cuda.arena import Arena
 from bwplan.kernels.cuda.limits import Env, Launch, Unsupported, check
-from bwplan.lower.program import Program, Step
+from bwplan.lower.program import BufferId, Program, Step, aux as aux_id, grad
 from bwplan.plan.components import op_ctx
 from bwplan.runtime.optimizer import SgdSettings
 
@@ -48,8 +47,8 @@ class Layout:
     segments: int
     sm_count: int
 
-    def addr(self, name: str) -> int:
-        return self.arena_base + self.arena.buffers[name].offset
+    def addr(self, buffer: BufferId) -> int:
+        return self.arena_base + self.arena.buffers[buffer].offset
 
     def param(self, name: str) -> int:
         return self.params_base + 4 * self.param_offsets[name]
@@ -83,7 +82,7 @@ def scratch_needs(program: Program, sizes: Mapping[str, int], sm_count: int) -> 
     workspace = 0
     for step in program.backward:
         layer = net.layer(step.layer)
-        e = table.entry(layer.op, step.component)
+        e = table.entry(layer.op, step.component.key)
         if e.workspace is not None:
             try:
                 workspace = max(workspace, e.workspace(op_ctx(net, layer), env))
@@ -136,25 +135,15 @@ def _launches(layer, e, *args) -> tuple[Launch, ...]:
         raise _cannot(layer, e, err) from None
 
 
-def _saved(program: Program, layout: Layout, step: Step) -> dict:
-    """Addresses of what the step's gradient rule reads (the CPU executor's `_spec`)."""
-    net = program.plan.net
-    layer = net.layer(step.layer)
-    op = registry.OPS[layer.op]
-    rule = op.grad_for(step.component.split(":", 1)[1])
+def _saved(layout: Layout, step: Step) -> dict:
+    """Addresses of what the step's gradient rule reads, as lowering bound them."""
     saved = {}
-    for need in rule.needs_for(layer.attrs):
-        if need == "out":
-            saved[need] = layout.addr(layer.name)
-        elif need in op.port_names:
-            port = next(p for p in op.ports if p.name == need)
-            srcs = [layout.addr(e.src) for e in layer.inputs
-                    if op.port_for(e.index).name == need]
-            saved[need] = srcs if port.variadic else srcs[0]
-        elif need in op.slot_names:
-            saved[need] = layout.param(layer.param_use(need).param)
+    for s in step.saved:
+        if s.param:
+            saved[s.need] = layout.param(s.param)
         else:
-            saved[need] = layout.addr(f"{layer.name}:{need}")
+            addrs = [layout.addr(b) for b in s.buffers]
+            saved[s.need] = addrs if s.variadic else addrs[0]
     return saved
 
 
@@ -162,8 +151,8 @@ def _backward(program: Program, layout: Layout, step: Step) -> tuple[Launch, ...
     net = program.plan.net
     layer = net.layer(step.layer)
     ctx = op_ctx(net, layer)
-    e = table.entry(layer.op, step.component)
-    saved, dout, env = _saved(program, layout, step), layout.addr(f"d:{layer.name}"), layout.env()
+    e = table.entry(layer.op, step.component.key)
+    saved, dout, env = _saved(layout, step), layout.addr(step.dout), layout.env()
     if step.phase == "dx":
         return _launches(layer, e, ctx, saved, dout, step.index, layout.addr(step.target),
                          step.accumulate, env)
@@ -183,17 +172,17 @@ def step_launches(program: Program, layout: Layout, settings: SgdSettings,
     net, out = program.plan.net, []
     for pos, step in enumerate(program.forward):
         layer = net.layer(step.layer)
-        aux = {a: layout.addr(f"{layer.name}:{a}") for a in step.aux} if backward else {}
+        aux = {a: layout.addr(aux_id(layer.name, a)) for a in step.aux} if backward else {}
         params = {u.slot: layout.param(u.param) for u in layer.params}
         inputs = [layout.addr(s) for s in step.reads]
         out.append(Planned("fwd", layer.name, _launches(
             layer, table.entry(layer.op, "fwd"), op_ctx(net, layer), inputs, params,
-            layout.addr(layer.name), aux, training, layout.env(stream=pos))))
+            layout.addr(step.target), aux, training, layout.env(stream=pos))))
     if backward:
         for seed in program.seeds:
             n = net.layer(seed.layer).out.numel
             out.append(Planned("seed", seed.layer, (update.fill(
-                layout.addr(f"d:{seed.layer}"), n, seed.weight, layout.env()),)))
+                layout.addr(grad(seed.layer)), n, seed.weight, layout.env()),)))
         for step in program.backward:
             out.append(Planned(step.phase, step.layer, _backward(program, layout, step)))
         out.append(Planned("update", "", tuple(update.sgd_update(
