@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from bwplan.caffe import shapes as caffe_shapes
-from bwplan.caffe.layer_types import caffe_type
+from bwplan.caffe.catalogue import caffe_type
 from bwplan.caffe.model import PHASES, CaffeLayer, CaffeNet, ParamSpec
 from bwplan.caffe.prepare import filter_net, insert_splits
 from bwplan.caffe.shapes import Shape, shape_string
@@ -159,7 +159,7 @@ class _Init:
 
         own_specs = self.set_up(layer, ctype, len(layer.bottoms), n_top)
         n_blobs = max(ctype.param_blobs(layer), 0)
-        tshapes, pshapes = caffe_shapes.infer(layer, bshapes, n_blobs)
+        tshapes, pshapes = caffe_shapes.infer(ctype.shape, layer, bshapes, n_blobs)
         tshapes = (tshapes + [None] * n_top)[:n_top]
         if not layer.bottoms:
             tshapes = [tuple(self.input_shapes[b]) if b in self.input_shapes else s

@@ -1,5 +1,5 @@
 """Blob and param-blob shapes as Caffe computes them in each layer's Reshape, one rule per
-layer type. Used to check shared params (Caffe compares their shapes) and to give data
+layer type. The catalogue (`catalogue.py`) names the rule of each type. Used to check shared params (Caffe compares their shapes) and to give data
 blobs their types.
 
 A shape is a tuple of ints, or None when it cannot be known (a data layer whose source
@@ -9,7 +9,7 @@ never reject a net: bwplan's own shape checks do that, with better messages.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from bwplan.caffe.model import CaffeLayer
 from bwplan.errors import CaffeError
@@ -49,7 +49,7 @@ def _window(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: 
 
 
 # ---- data layers -----------------------------------------------------------------------
-def _input(layer, bottoms):
+def inputs(layer, bottoms):
     shapes = layer.sub("input_param").get("shape")
     n_top, n_shape = len(layer.tops), len(shapes)
     if n_shape not in (0, 1, n_top):
@@ -65,7 +65,7 @@ def _batch_label(batch: int | None, image: Shape | None, n_top: int) -> Shapes:
     return [image, label][:n_top] + [None] * (n_top - 2)
 
 
-def _data(layer, bottoms):
+def data(layer, bottoms):
     t, d = layer.sub("transform_param"), layer.sub("data_param")
     batch = d.get("batch_size")
     crop = t.get("crop_size") or d.get("crop_size")
@@ -75,7 +75,7 @@ def _data(layer, bottoms):
     return _batch_label(batch, image, len(layer.tops)), []
 
 
-def _image_data(layer, bottoms):
+def image_data(layer, bottoms):
     t, p = layer.sub("transform_param"), layer.sub("image_data_param")
     batch, crop = p.get("batch_size"), t.get("crop_size")
     h, w = (crop, crop) if crop else (p.get("new_height"), p.get("new_width"))
@@ -83,14 +83,14 @@ def _image_data(layer, bottoms):
     return _batch_label(batch, image, len(layer.tops)), []
 
 
-def _memory_data(layer, bottoms):
+def memory_data(layer, bottoms):
     p = layer.sub("memory_data_param")
     dims = tuple(p.get(k) for k in ("batch_size", "channels", "height", "width"))
     image = dims if all(dims) else None
     return _batch_label(dims[0], image, len(layer.tops)), []
 
 
-def _dummy_data(layer, bottoms):
+def dummy_data(layer, bottoms):
     p = layer.sub("dummy_data_param")
     shapes = [tuple(s.get("dim")) for s in p.get("shape")]
     if not shapes:
@@ -103,7 +103,7 @@ def _dummy_data(layer, bottoms):
 
 
 # ---- layers with parameters --------------------------------------------------------------
-def _conv(layer, bottoms):
+def conv(layer, bottoms):
     p = layer.sub("convolution_param")
     n, c, h, w = bottoms[0]
     kh, kw = _hw(p, "kernel", None, "kernel_size")
@@ -118,7 +118,7 @@ def _conv(layer, bottoms):
     return tops, params
 
 
-def _inner_product(layer, bottoms):
+def inner_product(layer, bottoms):
     p = layer.sub("inner_product_param")
     x = bottoms[0]
     axis = _axis(p.get("axis"), len(x))
@@ -127,12 +127,12 @@ def _inner_product(layer, bottoms):
     return [x[:axis] + (out,)], [weight] + ([(out,)] if p.get("bias_term") else [])
 
 
-def _batch_norm(layer, bottoms):
+def batch_norm(layer, bottoms):
     c = bottoms[0][1] if len(bottoms[0]) > 1 else 1
     return [bottoms[0]], [(c,), (c,), (1,)]
 
 
-def _scale(layer, bottoms):
+def scale(layer, bottoms):
     p = layer.sub("scale_param")
     x = bottoms[0]
     axis = _axis(p.get("axis"), len(x))
@@ -143,11 +143,11 @@ def _scale(layer, bottoms):
 
 
 # ---- layers without parameters -------------------------------------------------------------
-def _same(layer, bottoms):
+def same(layer, bottoms):
     return [bottoms[0]] * max(1, len(layer.tops)), []
 
 
-def _pooling(layer, bottoms):
+def pooling(layer, bottoms):
     p = layer.sub("pooling_param")
     n, c, h, w = bottoms[0]
     if p.get("global_pooling"):
@@ -161,7 +161,7 @@ def _pooling(layer, bottoms):
     return [top] * len(layer.tops), []
 
 
-def _concat(layer, bottoms):
+def concat(layer, bottoms):
     p = layer.sub("concat_param")
     x = bottoms[0]
     axis = p.get("concat_dim") if p.has("concat_dim") else _axis(p.get("axis"), len(x))
@@ -169,22 +169,22 @@ def _concat(layer, bottoms):
     return [x[:axis] + (size,) + x[axis + 1:]], []
 
 
-def _scalar(layer, bottoms):
+def scalar(layer, bottoms):
     return [()] + [bottoms[0]] * (len(layer.tops) - 1), []
 
 
-def _accuracy(layer, bottoms):
+def accuracy(layer, bottoms):
     return [()] + [(bottoms[0][1],)] * (len(layer.tops) - 1), []
 
 
-def _flatten(layer, bottoms):
+def flatten(layer, bottoms):
     p = layer.sub("flatten_param")
     x = bottoms[0]
     start, end = _axis(p.get("axis"), len(x)), _axis(p.get("end_axis"), len(x))
     return [x[:start] + (math.prod(x[start:end + 1]),) + x[end + 1:]], []
 
 
-def _reshape(layer, bottoms):
+def reshape(layer, bottoms):
     p = layer.sub("reshape_param")
     x = bottoms[0]
     dims = list(p.sub("shape").get("dim"))
@@ -222,33 +222,17 @@ def slice_bounds(layer: CaffeLayer, x: Shape) -> tuple[int, list[tuple[int, int]
     return axis, list(zip(edges, edges[1:]))
 
 
-def _slice(layer, bottoms):
+def slices(layer, bottoms):
     x = bottoms[0]
     axis, bounds = slice_bounds(layer, x)
     return [x[:axis] + (b - a,) + x[axis + 1:] for a, b in bounds], []
 
 
-RULES: Mapping[str, Rule] = {
-    "Input": _input, "Data": _data, "ImageData": _image_data, "MemoryData": _memory_data,
-    "DummyData": _dummy_data,
-    "Convolution": _conv, "InnerProduct": _inner_product, "BatchNorm": _batch_norm,
-    "Scale": _scale,
-    "ReLU": _same, "Sigmoid": _same, "TanH": _same, "Dropout": _same, "LRN": _same,
-    "Softmax": _same, "Eltwise": _same, "Split": _same,
-    "Pooling": _pooling, "Concat": _concat, "Flatten": _flatten, "Reshape": _reshape,
-    "Slice": _slice, "Accuracy": _accuracy,
-    "SoftmaxWithLoss": _scalar, "EuclideanLoss": _scalar, "ContrastiveLoss": _scalar,
-    "SigmoidCrossEntropyLoss": _scalar, "MultinomialLogisticLoss": _scalar,
-    "InfogainLoss": _scalar, "HingeLoss": _scalar,
-}
-
-
-def infer(layer: CaffeLayer, bottoms: Sequence[Shape | None], n_params: int
-          ) -> tuple[Shapes, Shapes]:
-    """Top shapes and param-blob shapes of one layer (None where unknown). Raises CaffeError
-    only for what Caffe itself rejects while reshaping."""
+def infer(rule: Rule | None, layer: CaffeLayer, bottoms: Sequence[Shape | None],
+          n_params: int) -> tuple[Shapes, Shapes]:
+    """Top shapes and param-blob shapes of one layer by its type's rule (None where unknown).
+    Raises CaffeError only for what Caffe itself rejects while reshaping."""
     unknown: tuple[Shapes, Shapes] = ([None] * len(layer.tops), [None] * n_params)
-    rule = RULES.get(layer.type)
     if rule is None or any(b is None for b in bottoms):
         return unknown
     try:

@@ -24,8 +24,8 @@ from types import MappingProxyType
 
 from bwplan.caffe.prepare import built_layers
 from bwplan.caffe.state import CaffeState, LayerState
-from bwplan.caffe.layer_types import caffe_type
-from bwplan.caffe.mapping import ROWS, MapCtx, Row
+from bwplan.caffe.catalogue import caffe_type, importable
+from bwplan.caffe.mapping import Import, MapCtx
 from bwplan.caffe.model import CaffeLayer, CaffeNet
 from bwplan.caffe.shapes import slice_bounds
 from bwplan.errors import CaffeError
@@ -71,10 +71,10 @@ class FlatImport:
     layer_map: Mapping[str, tuple[str, ...]]
 
 
-def _row(layer: CaffeLayer) -> Row:
-    row = ROWS.get(layer.type)
+def _row(layer: CaffeLayer) -> Import:
+    row = caffe_type(layer.type).imports
     if row is None:
-        supported = ", ".join(sorted(ROWS))
+        supported = ", ".join(importable())
         raise CaffeError(layer.record.where("type"), f"layer '{layer.name}' has type "
                          f"'{layer.type}', which bwplan does not import",
                          f"supported types: {supported}")
@@ -135,7 +135,7 @@ class _Converter:
         for top in built.tops:
             self.current[top] = self.current[built.bottoms[0]]
 
-    def data(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Row) -> None:
+    def data(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
         for j, top in enumerate(layer.tops):
             shape = ls.tops[j].shape
             if shape is None:
@@ -146,7 +146,7 @@ class _Converter:
             self.inputs[name] = _Input(name, tuple(shape), layer.top_span(j))
             self.current[top] = name
 
-    def layer(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Row) -> None:
+    def layer(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
         if len(layer.tops) > 1:
             raise CaffeError(layer.top_span(1), f"{layer.type} layer '{layer.name}' has "
                              f"{len(layer.tops)} tops; bwplan imports this type with one top")
@@ -169,7 +169,7 @@ class _Converter:
         if layer.tops:  # a loss layer may leave its top unnamed
             self.current[layer.tops[0]] = name
 
-    def per_top(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Row) -> None:
+    def per_top(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
         shape = ls.bottoms[0].shape if ls.bottoms else None
         if shape is None:
             raise CaffeError(layer.span, f"{layer.type} layer '{layer.name}' needs the shape "
