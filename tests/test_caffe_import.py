@@ -12,7 +12,9 @@ import pytest
 
 from bwplan import ops as registry
 from bwplan.caffe.importer import caffe_module, import_caffe_text
-from bwplan.errors import CaffeError
+from bwplan.cli.main import main
+from bwplan.errors import CaffeError, MultipleErrors
+from bwplan.plan.plan import make_plan
 from bwplan.frontend import ast
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "caffe"
@@ -262,3 +264,69 @@ def test_a_second_top_is_refused():
     with pytest.raises(CaffeError) as info:
         caffe_module(HEAD + body, "t.prototxt")
     assert "2 tops" in info.value.message and info.value.span.line == 3
+
+
+# ---- one run reports everything; Python layers --------------------------------------------
+FORK = HEAD + (
+    'layer { name: "up" type: "Upsample2" bottom: "data" top: "up" }\n'
+    'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { '
+    'pool: STOCHASTIC kernel_size: 2 } }\n'
+    'layer { name: "q" type: "Pooling" bottom: "p" top: "q" pooling_param { '
+    'kernel_size: 2 fancy_mode: true } }\n'
+    'layer { name: "f" type: "Frobnicate" bottom: "q" top: "f" }\n') + LOSS % "f"
+
+
+def test_every_unsupported_type_and_field_is_reported_in_one_run():
+    with pytest.raises(MultipleErrors) as info:
+        caffe_module(FORK, "t.prototxt")
+    found = [(e.span.line, e.message) for e in info.value.errors]
+    assert [line for line, _ in found] == [2, 3, 4, 5]
+    assert "'Upsample2', which bwplan does not import" in found[0][1]
+    assert "STOCHASTIC" in found[1][1]
+    assert 'no field named "fancy_mode"' in found[2][1]
+    assert "'Frobnicate'" in found[3][1]
+
+
+def test_the_cli_prints_all_of_them_and_exits_2(tmp_path, capsys):
+    path = tmp_path / "fork.prototxt"
+    path.write_text(FORK)
+    assert main(["explain", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count(": error: ") == 4 and "Traceback" not in err
+    assert f"{path}:4:" in err
+
+
+PYTHON = HEAD + (
+    'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+    'convolution_param { num_output: 4 kernel_size: 3 } }\n'
+    'layer { name: "prop" type: "Python" bottom: "conv" bottom: "label" top: "rois" '
+    'top: "extra" python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" } }\n'
+    'layer { name: "fc" type: "InnerProduct" bottom: "rois" top: "fc" '
+    'inner_product_param { num_output: 3 } }\n'
+    'layer { name: "fc2" type: "InnerProduct" bottom: "conv" top: "fc2" '
+    'inner_product_param { num_output: 3 } }\n'
+    'layer { name: "sum" type: "Eltwise" bottom: "fc" bottom: "fc2" top: "sum" }\n'
+    'layer { name: "sink" type: "Silence" bottom: "extra" }\n') + LOSS % "sum"
+
+
+def test_a_python_layer_is_an_error_naming_its_module_and_class():
+    with pytest.raises(CaffeError) as info:
+        caffe_module(PYTHON, "t.prototxt")
+    err = info.value
+    assert "'prop'" in err.message and "'rpn.proposal_layer'" in err.message
+    assert "'ProposalLayer'" in err.message
+    assert "--input-shape rois=N,C,H,W --input-shape extra=" in err.hint
+    assert (err.span.line, err.span.col) == (3, 22)
+
+
+def test_a_python_layer_with_given_top_shapes_is_a_stop_point():
+    result = imported(PYTHON, input_shapes={"rois": (2, 5), "extra": (2,)})
+    net = result.net
+    assert net.input("rois").type.shape == (2, 5) and not net.has_layer("prop")
+    assert "caffe-python-layer-stop" in [w.code for w in result.warnings]
+    plan = make_plan(net)
+    # conv trains through fc2; nothing reaches it through the Python layer
+    assert plan.layer("conv").dw[0].needed and plan.layer("fc").dw[0].needed
+    assert not plan.layer("fc").dx[0].needed
+    # Caffe itself propagates through Python layers: --caffe still emulates it
+    assert result.caffe.layer("prop").need_backward

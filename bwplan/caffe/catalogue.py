@@ -138,10 +138,15 @@ _ROWS = (
               imports=Import("per_top", "slice")),
     CaffeType("Split", "structure", bottoms=_ONE, tops=(-1, 1, -1), shape=s.same,
               imports=Import("alias")),
+    CaffeType("Silence", "structure", bottoms=(-1, 1, -1), tops=(0, -1, -1),
+              imports=Import("sink")),
     # ---- not differentiable ----------------------------------------------------------
     CaffeType("Accuracy", "stop", bottoms=(2, -1, -1), tops=(-1, 1, 2),
               no_force=frozenset({0, 1}), labels=frozenset({1}), shape=s.accuracy,
               imports=Import("layer", "accuracy", m.accuracy)),
+    # a Python layer's tops are inputs of the shapes the user gives; nothing flows back
+    CaffeType("Python", "stop", param_blobs=lambda layer: len(layer.params),
+              imports=Import("inputs", unknown_shape=m.python_layer)),
     # ---- losses ----------------------------------------------------------------------
     CaffeType("SoftmaxWithLoss", **{**_LOSS, "tops": (-1, 1, 2)}, labels=frozenset({1}),
               imports=Import("layer", "softmax_cross_entropy", m.softmax_loss)),

@@ -10,6 +10,8 @@ Each warning is (code, span, text, fix). They come from Caffe's state alone:
                              param's effective lr_mult is 0)
   caffe-batchnorm-statistics Caffe differentiates BatchNorm statistics that have no
                              `param { lr_mult: 0 }` (it masks them only in the layer's copy)
+  caffe-python-layer-stop    a Python layer with bottoms, imported as a stop point: its tops
+                             are inputs of the shapes the user gave
 
 In each case bwplan's own plan computes less than Caffe, never more.
 """
@@ -86,12 +88,25 @@ def _unused_params(layer: CaffeLayer, ls: LayerState) -> list[ImportWarning]:
         f"give those params lr_mult: 0 in '{ls.name}' too, so that Caffe skips them")]
 
 
+def _python_stop(layer: CaffeLayer, ls: LayerState) -> list[ImportWarning]:
+    if layer.type != "Python" or not layer.bottoms:
+        return []
+    p = layer.sub("python_param")
+    module, name = (p.get(f, ("?",))[0] for f in ("module", "layer"))
+    return [ImportWarning(
+        "caffe-python-layer-stop", layer.record.where("type"),
+        f"Python layer '{ls.name}' ({module}.{name}) is planned as non-differentiable: its "
+        f"tops are inputs of the shapes given, and no gradient flows into "
+        f"{', '.join(repr(b) for b in layer.bottoms)} through it, whatever its backward does",
+        "if its backward matters, replace it by layers bwplan knows")]
+
+
 def differences(net: CaffeNet, state: CaffeState) -> tuple[ImportWarning, ...]:
     out = _rejected(state) + _force_backward(net, state)
     for (built, original), ls in zip(built_layers(net, state.phase), state.layers):
         if original is None:
             continue
-        out += _propagate_down(original, ls, state)
+        out += _propagate_down(original, ls, state) + _python_stop(original, ls)
         if not state.force_backward:
             out += _unused_params(original, ls)
     return tuple(out)

@@ -161,7 +161,7 @@ class _Init:
         n_blobs = max(ctype.param_blobs(layer), 0)
         tshapes, pshapes = caffe_shapes.infer(ctype.shape, layer, bshapes, n_blobs)
         tshapes = (tshapes + [None] * n_top)[:n_top]
-        if not layer.bottoms:
+        if not layer.bottoms or getattr(ctype.imports, "kind", "") == "inputs":
             tshapes = [tuple(self.input_shapes[b]) if b in self.input_shapes else s
                        for b, s in zip(layer.tops, tshapes)] + tshapes[len(layer.tops):]
         for tid, shape in zip(tids, tshapes):

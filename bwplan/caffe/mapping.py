@@ -6,7 +6,7 @@ An import's `kind` is one of
   inputs  an input per top (data layers: the data comes from outside the net)
   alias   no IR layer: each top is another name for the bottom (Split)
   per_top one IR layer per top, named after the top blob (Slice)
-  stop    no IR layer and nothing downstream: the layer ends the net (Silence)
+  sink    no IR layer: the layer only consumes its bottoms (Silence)
 `slots` names the bwplan param slot of each Caffe param blob, in Caffe's blob order; None
 marks a Caffe blob that has no bwplan slot. `stats` says the blobs are statistics that
 never train, so their lr_mult / decay_mult are not carried over.
@@ -50,6 +50,8 @@ class Import:
     attrs: AttrFn = no_attrs
     slots: tuple[str | None, ...] = ()
     stats: bool = False
+    # inputs only: the error when a top's shape is not known (default: ask for it)
+    unknown_shape: Callable[[CaffeLayer, tuple[str, ...]], CaffeError] | None = None
 
     def op_for(self, layer: CaffeLayer) -> str:
         return self.op(layer) if callable(self.op) else self.op
@@ -250,3 +252,20 @@ def reshape(layer, ctx):
     return [("shape", dims, p.where("shape"))]
 
 
+
+
+def _first(value: Any) -> Any:
+    """An open message's field holds a tuple of the values written."""
+    return value[0] if isinstance(value, tuple) and value else value
+
+
+def python_layer(layer: CaffeLayer, missing: tuple[str, ...]) -> CaffeError:
+    """A Python layer runs code bwplan cannot read: no guess at what it computes. Its tops
+    can be given as shapes, and it is then planned as a non-differentiable layer."""
+    p = layer.sub("python_param")
+    module, name = (_first(p.get(field, ("?",))) for field in ("module", "layer"))
+    flags = " ".join(f"--input-shape {top}=N,C,H,W" for top in missing)
+    return CaffeError(layer.record.where("type"), f"Python layer '{layer.name}' runs Python "
+                      f"code (module '{module}', layer '{name}') that bwplan cannot read",
+                      f"to plan the net with it as a non-differentiable layer, give the "
+                      f"shapes of its tops: {flags} (see docs/caffe.md, Python layers)")

@@ -274,14 +274,25 @@ def _bad(f: Field, spec: FieldSpec, kind: str) -> CaffeError:
     return CaffeError(f.value_span, f"{kind}.{f.name} must be {_what(spec)}, not {shown}")
 
 
-def _open_value(f: Field) -> Any:
-    return decode(f.value, "") if isinstance(f.value, Message) else f.value
+def _open_value(f: Field, problems: list[CaffeError]) -> Any:
+    return decode(f.value, "", problems) if isinstance(f.value, Message) else f.value
 
 
-def decode(msg: Message, kind: str) -> Record:
+def decode(msg: Message, kind: str, problems: list[CaffeError] | None = None) -> Record:
     """Check `msg` against the schema `kind` ('' for an open message) and return its values.
-    Raises CaffeError, located at the offending field, for an unknown field, a value of the
-    wrong type, or a singular field written twice."""
+    An unknown field, a value of the wrong type or a singular field written twice is a
+    CaffeError located at the offending field. With `problems` given, every such error is
+    appended to it and the field is left out, so that one run reports them all; without it,
+    the first one is raised."""
+    found: list[CaffeError] = [] if problems is None else problems
+    start = len(found)
+    record = _decode(msg, kind, found)
+    if problems is None and len(found) > start:
+        raise found[start]
+    return record
+
+
+def _decode(msg: Message, kind: str, problems: list[CaffeError]) -> Record:
     schema = SCHEMAS.get(kind)
     values: dict[str, Any] = {}
     spans: dict[str, Any] = {}
@@ -292,27 +303,34 @@ def decode(msg: Message, kind: str) -> Record:
                 spec = _OPEN
             else:
                 close = difflib.get_close_matches(f.name, list(schema), n=1)
-                raise CaffeError(f.name_span, f'message type "caffe.{kind}" has no field '
-                                 f'named "{f.name}"',
-                                 f"did you mean '{close[0]}'?" if close else None)
-        if spec is None or spec.kind == "open":
-            value: Any = _open_value(f)
-        elif spec.kind == "message":
-            if not isinstance(f.value, Message):
+                problems.append(CaffeError(
+                    f.name_span, f'message type "caffe.{kind}" has no field named '
+                    f'"{f.name}"', f"did you mean '{close[0]}'?" if close else None))
+                continue
+        try:
+            if spec is None or spec.kind == "open":
+                value: Any = _open_value(f, problems)
+            elif spec.kind == "message":
+                if not isinstance(f.value, Message):
+                    raise _bad(f, spec, kind)
+                value = _decode(f.value, spec.message, problems)
+            elif isinstance(f.value, Message):
                 raise _bad(f, spec, kind)
-            value = decode(f.value, spec.message)
-        elif isinstance(f.value, Message):
-            raise _bad(f, spec, kind)
-        else:
-            value = _scalar(spec, f, kind)
+            else:
+                value = _scalar(spec, f, kind)
+        except CaffeError as err:
+            problems.append(err)
+            continue
         repeated = spec.repeated if spec is not None and schema is not None else True
         if repeated:
             values[f.name] = values.get(f.name, ()) + (value,)
             spans[f.name] = spans.get(f.name, ()) + (f.span,)
         else:
             if f.name in values and spec.kind != "open":
-                raise CaffeError(f.name_span, f'non-repeated field "{f.name}" is specified '
-                                 f"multiple times (first at {spans[f.name]})")
+                problems.append(CaffeError(f.name_span, f'non-repeated field "{f.name}" is '
+                                           f"specified multiple times (first at "
+                                           f"{spans[f.name]})"))
+                continue
             values[f.name] = value
             spans[f.name] = f.span
     return Record(kind, MappingProxyType(values), MappingProxyType(spans), msg.span)
