@@ -330,3 +330,15 @@ def test_a_python_layer_with_given_top_shapes_is_a_stop_point():
     assert not plan.layer("fc").dx[0].needed
     # Caffe itself propagates through Python layers: --caffe still emulates it
     assert result.caffe.layer("prop").need_backward
+
+
+def test_caffe_view_still_emulates_a_net_bwplan_cannot_plan(tmp_path, capsys):
+    path = tmp_path / "py.prototxt"
+    path.write_text(PYTHON)
+    assert main(["explain", str(path), "--caffe"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    decisions = [line for line in out if not line.startswith("#")]
+    assert "prop needs backward computation." in decisions
+    assert "conv needs backward computation." in decisions
+    assert any("cannot plan this net (1 problem)" in line for line in out)
+    assert any(":3:22: Python layer 'prop'" in line for line in out)

@@ -70,3 +70,16 @@ def render_caffe_view(imported, plan: Plan) -> str:
         lines.append(f"# {where}warning: {w.text}")
         lines.append(f"#   fix: {w.fix}")
     return "\n".join(lines) + "\n"
+
+
+def render_caffe_only(state, problems) -> str:
+    """Caffe's decision lines for a net bwplan cannot plan, then why it cannot, one '#'
+    line per problem, so that the lines still diff against a Caffe log."""
+    lines = backward_lines(state)
+    lines.append(f"# bwplan cannot plan this net ({len(problems)} problem"
+                 f"{'s' if len(problems) != 1 else ''}); the lines above are Caffe's "
+                 "decisions as emulated:")
+    for err in problems:
+        where = f"{err.span}: " if err.span.has_position else ""
+        lines.append(f"# {where}{err.message}")
+    return "\n".join(lines) + "\n"

@@ -28,6 +28,16 @@ class CaffeImport:
     warnings: tuple[ImportWarning, ...]
 
 
+def caffe_state(text: str, path: str = "<input>", phase: str = "TRAIN",
+                input_shapes: Mapping[str, Sequence[int]] | None = None,
+                strict: bool = False) -> tuple[CaffeState, tuple[CaffeError, ...]]:
+    """Caffe's decisions alone, for nets bwplan may not be able to import: (state, the
+    fields left out because they do not fit the schema). Raises CaffeError only where Caffe
+    itself rejects the net."""
+    net = read_net(text, path, collect=True)
+    return emulate(net, phase, input_shapes, strict), net.problems
+
+
 def caffe_module(text: str, path: str = "<input>", phase: str = "TRAIN",
                  input_shapes: Mapping[str, Sequence[int]] | None = None,
                  strict: bool = False):
