@@ -128,7 +128,7 @@ def test_difference_warnings():
         ["caffe-propagate-down-true"]
     warnings = corpus("bn_on_data_no_param_specs").warnings
     assert [w.code for w in warnings] == ["caffe-batchnorm-statistics"] * 2
-    code, span, text, fix = warnings[0]
+    code, span, text, fix, subject = warnings[0]
     assert span.line > 0 and "bn0" in text and "lr_mult: 0" in fix
 
 
@@ -342,3 +342,58 @@ def test_caffe_view_still_emulates_a_net_bwplan_cannot_plan(tmp_path, capsys):
     assert "conv needs backward computation." in decisions
     assert any("cannot plan this net (1 problem)" in line for line in out)
     assert any(":3:22: Python layer 'prop'" in line for line in out)
+
+
+# ---- defects seen on public nets ------------------------------------------------------------
+def _bn_chain(n: int, loss: bool) -> str:
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "x" '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n')
+    body += "".join(f'layer {{ name: "bn{i}" type: "BatchNorm" bottom: "x" top: "x" }}\n'
+                    for i in range(n))
+    body += ('layer { name: "fc" type: "InnerProduct" bottom: "x" top: "fc" '
+             'inner_product_param { num_output: 3 } }\n')
+    return HEAD + body + (LOSS % "fc" if loss else "")
+
+
+def test_a_deploy_net_without_a_loss_gets_no_batchnorm_warning():
+    state, _, warnings = caffe_module(_bn_chain(2, loss=False), "t.prototxt")
+    assert not any(ls.need_backward for ls in state.layers)
+    assert "caffe-batchnorm-statistics" not in [w.code for w in warnings]
+    _, _, warnings = caffe_module(_bn_chain(2, loss=True), "t.prototxt")
+    assert [w.code for w in warnings] == ["caffe-batchnorm-statistics"] * 2
+
+
+SHARED = HEAD + (
+    'layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" '
+    'lr_mult: 0 } param { name: "b" lr_mult: 0 } inner_product_param { num_output: 3 } }\n'
+    'layer { name: "b" type: "InnerProduct" bottom: "data" top: "b" param { name: "w" %s} '
+    'param { name: "b" %s} inner_product_param { num_output: 3 } }\n'
+    'layer { name: "s" type: "Eltwise" bottom: "a" bottom: "b" top: "s" }\n') + LOSS % "s"
+
+
+def test_the_unused_gradient_warning_matches_what_the_plan_computes():
+    # the sharer gives no lr_mult: Caffe computes and drops its gradient, bwplan skips it
+    result = imported(SHARED % ("", ""))
+    assert "caffe-unused-param-grad" in [w.code for w in result.warnings]
+    assert not make_plan(result.net).layer("b").dw[0].needed
+    # the sharer gives its own lr_mult (Caffe rejects the net): bwplan trains that use,
+    # so no warning may say it skips the gradient
+    result = imported(SHARED % ("lr_mult: 1 ", "lr_mult: 2 "))
+    codes = [w.code for w in result.warnings]
+    assert "caffe-unused-param-grad" not in codes and "caffe-rejects-shared-lr" in codes
+    assert make_plan(result.net).layer("b").dw[0].needed
+
+
+def test_repeated_warnings_are_grouped_where_they_are_printed(tmp_path, capsys):
+    path = tmp_path / "bn.prototxt"
+    path.write_text(_bn_chain(7, loss=True))
+    assert main(["explain", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("warning: Caffe marks") == 1
+    assert "7 like it (caffe-batchnorm-statistics): bn0, bn1, bn2, bn3, bn4 and 2 more" in out
+    assert main(["explain", str(path), "--format", "json"]) == 0
+    import json
+    found = json.loads(capsys.readouterr().out)["findings"]
+    assert [f["code"] for f in found].count("caffe-batchnorm-statistics") == 7
+    assert main(["explain", str(path), "--caffe"]) == 0
+    assert capsys.readouterr().out.count("warning: Caffe marks") == 1

@@ -7,6 +7,7 @@ line after them starts with '#'.
 from __future__ import annotations
 
 from bwplan.caffe.log import backward_lines
+from bwplan.explain.grouping import render_findings
 from bwplan.plan.plan import Plan
 
 
@@ -65,10 +66,7 @@ def render_caffe_view(imported, plan: Plan) -> str:
     if diffs:
         lines.append("# bwplan's own plan computes less than Caffe here:")
         lines.extend(diffs)
-    for w in imported.warnings:
-        where = f"{w.span}: " if w.span.has_position else ""
-        lines.append(f"# {where}warning: {w.text}")
-        lines.append(f"#   fix: {w.fix}")
+    lines.extend(render_findings(imported.warnings, "# "))
     return "\n".join(lines) + "\n"
 
 

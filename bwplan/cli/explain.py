@@ -56,7 +56,8 @@ def _plan(args):
     from bwplan.plan.pitfalls import Finding
     imported = import_caffe_text(read_text(args.file), args.file, **caffe_options(args))
     plan = make_plan(apply_policy(imported.net, args.rules))
-    extra = tuple(Finding(w.code, "warning", w.span, w.text, w.fix) for w in imported.warnings)
+    extra = tuple(Finding(w.code, "warning", w.span, w.text, w.fix, w.subject)
+                  for w in imported.warnings)
     return replace(plan, findings=plan.findings + extra)
 
 
