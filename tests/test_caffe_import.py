@@ -397,3 +397,15 @@ def test_repeated_warnings_are_grouped_where_they_are_printed(tmp_path, capsys):
     assert [f["code"] for f in found].count("caffe-batchnorm-statistics") == 7
     assert main(["explain", str(path), "--caffe"]) == 0
     assert capsys.readouterr().out.count("warning: Caffe marks") == 1
+
+
+def test_a_new_batch_size_carries_over_to_the_label():
+    text = HEAD + ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+                   'inner_product_param { num_output: 3 } }\n') + LOSS % "fc"
+    result = imported(text, input_shapes={"data": (5, 4, 6, 6)})
+    assert result.net.input("label").type.shape == (5,)
+    # a blob given explicitly keeps what was given
+    result = imported(text, input_shapes={"data": (5, 4, 6, 6), "label": (5,)})
+    assert result.net.input("label").type.shape == (5,)
+    net = imported(DATA, input_shapes={"data": (4, 1, 5, 5)}).net   # same batch: unchanged
+    assert net.input("label").type.shape == (4,)

@@ -20,11 +20,19 @@ def _row(plan: Plan, lp: LayerPlan) -> list[str]:
 
 
 def _why(lp: LayerPlan) -> str:
-    """The one reason most worth reading: a skip if something was skipped, else why the
-    backward runs, else why the forward is or is not needed."""
+    """The one reason most worth reading: why a layer trains when all its params train,
+    else a skip if something was skipped, else why the backward runs, else why the forward
+    is or is not needed."""
     decisions = list(lp.dw) + list(lp.dx)
     skipped = [d for d in decisions if not d.needed and d.reason.code not in _ROUTINE]
     running = [d for d in decisions if d.needed]
+    trains = [d for d in lp.dw if d.needed]
+    if trains and all(d.needed for d in lp.dw) and all(
+            d.reason.code == "dx_nothing_upstream_trains" for d in skipped):
+        # the layer trains and skips only the input gradient nothing below could use (the
+        # one trainable layer of a fine-tune): what it computes is the news; a cut the user
+        # wrote (stop_gradient) stays the reason shown
+        return trains[0].reason.text
     if running and skipped:
         return skipped[0].reason.text
     if running:
