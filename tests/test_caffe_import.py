@@ -409,3 +409,37 @@ def test_a_new_batch_size_carries_over_to_the_label():
     assert result.net.input("label").type.shape == (5,)
     net = imported(DATA, input_shapes={"data": (4, 1, 5, 5)}).net   # same batch: unchanged
     assert net.input("label").type.shape == (4,)
+
+
+# ---- the forks' types: emulated from their catalogue rows --------------------------------------
+SEGNET_LIKE = HEAD + (
+    'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" param { lr_mult: 0 } '
+    'param { lr_mult: 0 } convolution_param { num_output: 4 kernel_size: 1 } }\n'
+    'layer { name: "bn" type: "BN" bottom: "conv" top: "conv" }\n'
+    'layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" top: "mask" '
+    'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+    'layer { name: "up" type: "Upsample" bottom: "pool" bottom: "mask" top: "up" '
+    'upsample_param { scale: 2 } }\n'
+    'layer { name: "fc" type: "InnerProduct" bottom: "up" top: "fc" param { lr_mult: 0 } '
+    'param { lr_mult: 0 } inner_product_param { num_output: 3 } }\n') + LOSS % "fc"
+
+
+def test_fork_types_are_emulated_with_their_param_blobs():
+    from bwplan.caffe.importer import caffe_state
+    state, _ = caffe_state(SEGNET_LIKE, "t.prototxt")
+    need = {ls.name: ls.need_backward for ls in state.layers}
+    # BN's scale and shift train (two blobs nobody wrote): Caffe runs backward down to BN
+    assert need["bn"] and need["up"] and need["fc"] and not need["conv"]
+    assert [p.shape for p in state.layer("bn").params] == [(1, 4, 1, 1)] * 2
+    assert state.layer("up").tops[0].shape == (2, 4, 6, 6)
+
+
+def test_pooling_ceil_mode_of_the_forks():
+    body = ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { '
+            'pool: MAX kernel_size: 3 stride: 2 %s } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "p" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    floor = imported(HEAD + body % "ceil_mode: false" + LOSS % "fc").net.layer("p")
+    ceil = imported(HEAD + body % "" + LOSS % "fc").net.layer("p")
+    assert (floor.out.shape, ceil.out.shape) == ((2, 4, 2, 2), (2, 4, 3, 3))
+    assert not floor.attrs["ceil"] and ceil.attrs["ceil"]

@@ -96,17 +96,27 @@ _ROWS = (
     _data("WindowData", (2, -1, -1)),
     _data("DummyData", (-1, 1, -1), s.dummy_data),
     _data("HDF5Data", (-1, 1, -1)),
+    _data("DenseImageData", (2, -1, -1), s.dense_image_data),      # SegNet
+    _data("ImageSegData", (-1, 2, 3), s.image_seg_data),           # DeepLab
+    _data("AnnotatedData", (-1, 1, 2), s.annotated_data),          # SSD
     # ---- layers with parameters ------------------------------------------------------
     CaffeType("Convolution", param_blobs=_bias("convolution_param"), bottoms=(-1, 1, -1),
               tops=(-1, 1, -1), equal_bottoms_tops=True, shape=s.conv,
               imports=Import("layer", "conv2d", m.conv, ("weight", "bias"))),
     CaffeType("Deconvolution", param_blobs=_bias("convolution_param"), bottoms=(-1, 1, -1),
-              tops=(-1, 1, -1), equal_bottoms_tops=True),
+              tops=(-1, 1, -1), equal_bottoms_tops=True, shape=s.deconv),
     CaffeType("InnerProduct", param_blobs=_bias("inner_product_param"), bottoms=_ONE,
               tops=_ONE, shape=s.inner_product,
               imports=Import("layer", "linear", m.inner_product, ("weight", "bias"))),
-    CaffeType("Embed", param_blobs=_bias("embed_param"), bottoms=_ONE, tops=_ONE),
-    CaffeType("PReLU", param_blobs=_n(1), bottoms=_ONE, tops=_ONE),
+    CaffeType("Embed", param_blobs=_bias("embed_param"), bottoms=_ONE, tops=_ONE,
+              labels=frozenset({0}), shape=s.embed),
+    CaffeType("PReLU", param_blobs=_n(1), bottoms=_ONE, tops=_ONE, shape=s.prelu),
+    # the SegNet / ENet fork's BN: a learned scale and shift (blobs 0, 1); tops 1 and 2,
+    # when written, are the batch mean and variance
+    CaffeType("BN", param_blobs=lambda layer: max(2, len(layer.params)), bottoms=_ONE,
+              tops=(-1, 1, 3), shape=s.fork_bn),
+    CaffeType("Normalize", param_blobs=_n(1), bottoms=_ONE, tops=_ONE,       # SSD
+              shape=s.normalize),
     CaffeType("BatchNorm", param_blobs=_n(3), bottoms=_ONE, tops=_ONE, shape=s.batch_norm,
               imports=Import("layer", "batchnorm", m.batch_norm, ("mean", "var", None),
                              stats=True)),
@@ -140,6 +150,15 @@ _ROWS = (
               imports=Import("alias")),
     CaffeType("Silence", "structure", bottoms=(-1, 1, -1), tops=(0, -1, -1),
               imports=Import("sink")),
+    CaffeType("Crop", bottoms=(2, -1, -1), tops=_ONE, shape=s.crop),
+    CaffeType("Upsample", bottoms=(2, -1, -1), tops=_ONE, shape=s.upsample),   # SegNet
+    CaffeType("Interp", bottoms=(-1, 1, 2), tops=_ONE, shape=s.interp),        # PSPNet
+    CaffeType("Permute", bottoms=_ONE, tops=_ONE, shape=s.permute),            # SSD
+    CaffeType("ROIPooling", bottoms=(2, -1, -1), tops=_ONE, shape=s.roi_pooling),
+    CaffeType("Tile", bottoms=_ONE, tops=_ONE, shape=s.tile),
+    CaffeType("Reduction", bottoms=_ONE, tops=_ONE, shape=s.reduction),
+    *(CaffeType(t, bottoms=_ONE, tops=_ONE, shape=s.same)
+      for t in ("ELU", "Power", "AbsVal", "BNLL", "Exp", "Log", "MVN")),
     # ---- not differentiable ----------------------------------------------------------
     CaffeType("Accuracy", "stop", bottoms=(2, -1, -1), tops=(-1, 1, 2),
               no_force=frozenset({0, 1}), labels=frozenset({1}), shape=s.accuracy,
@@ -147,6 +166,10 @@ _ROWS = (
     # a Python layer's tops are inputs of the shapes the user gives; nothing flows back
     CaffeType("Python", "stop", param_blobs=lambda layer: len(layer.params),
               imports=Import("inputs", unknown_shape=m.python_layer)),
+    CaffeType("ArgMax", "stop", bottoms=_ONE, tops=_ONE, shape=s.argmax),
+    CaffeType("Threshold", "stop", bottoms=_ONE, tops=_ONE, shape=s.same),
+    CaffeType("PriorBox", "stop", bottoms=(2, -1, -1), tops=_ONE, shape=s.prior_box),
+    CaffeType("DetectionOutput", "stop", bottoms=(-1, 3, 4), tops=_ONE),
     # ---- losses ----------------------------------------------------------------------
     CaffeType("SoftmaxWithLoss", **{**_LOSS, "tops": (-1, 1, 2)}, labels=frozenset({1}),
               imports=Import("layer", "softmax_cross_entropy", m.softmax_loss)),
@@ -159,6 +182,11 @@ _ROWS = (
     CaffeType("MultinomialLogisticLoss", **_LOSS, labels=frozenset({1})),
     CaffeType("InfogainLoss", **{**_LOSS, "bottoms": (-1, 2, 3)}, labels=frozenset({1})),
     CaffeType("HingeLoss", **_LOSS, labels=frozenset({1})),
+    # py-faster-rcnn's SmoothL1Loss takes inside / outside weights and lets force_backward
+    # reach every bottom
+    CaffeType("SmoothL1Loss", **{**_LOSS, "bottoms": (-1, 2, 4), "no_force": frozenset()}),
+    # SSD: loc, conf, priors, ground truth
+    CaffeType("MultiBoxLoss", **{**_LOSS, "bottoms": (4, -1, -1)}, labels=frozenset({3})),
 )
 
 TYPES: Mapping[str, CaffeType] = MappingProxyType({row.name: row for row in _ROWS})

@@ -146,7 +146,7 @@ def pool(layer, ctx):
     out = [("kernel", _kernel(layer, p, "kernel_size"), p.where("kernel_size")),
            ("stride", stride, p.where("stride"))]
     out += _opt(p, "pad", "pad", 0, _size(p, "pad", "pad", 0))
-    if p.get("round_mode") == "CEIL":
+    if p.get("round_mode") == "CEIL" and p.get("ceil_mode"):
         out.append(("ceil", True, p.where("round_mode")))
     return out
 
@@ -215,6 +215,9 @@ def softmax(layer, ctx):
 
 def softmax_loss(layer, ctx):
     p = layer.sub("loss_param")
+    if p.get("weight_by_label_freqs"):
+        raise unsupported(layer, p, "weight_by_label_freqs", "class weighting "
+                          "(weight_by_label_freqs) is not supported yet")
     return [("ignore_label", p.get("ignore_label"), p.where("ignore_label"))] \
         if p.has("ignore_label") else []
 

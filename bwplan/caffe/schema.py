@@ -101,10 +101,15 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
         "scale": _f("float", 1.0), "mirror": _f("bool", False), "crop_size": _f("uint", 0),
         "mean_file": _f("string", ""), "mean_value": _rep("float"),
         "force_color": _f("bool", False), "force_gray": _f("bool", False),
+        # SSD's augmentation settings: they change pixels, not shapes or gradients
+        "resize_param": _rep("open"), "emit_constraint": _rep("open"),
+        "distort_param": _f("open"), "expand_param": _f("open"), "noise_param": _f("open"),
     },
     "LossParameter": {
         "ignore_label": _f("int"), "normalize": _f("bool"),
         "normalization": _f("enum", "VALID", choices=("FULL", "VALID", "BATCH_SIZE", "NONE")),
+        # SegNet's class-weighted SoftmaxWithLoss
+        "weight_by_label_freqs": _f("bool", False), "class_weighting": _rep("float"),
     },
     "AccuracyParameter": {"top_k": _f("uint", 1), "axis": _f("int", 1),
                           "ignore_label": _f("int")},
@@ -172,6 +177,8 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
         "stride": _f("uint", 1), "stride_h": _f("uint"), "stride_w": _f("uint"),
         "engine": _f("enum", "DEFAULT", choices=_ENGINE), "global_pooling": _f("bool", False),
         "round_mode": _f("enum", "CEIL", choices=("CEIL", "FLOOR")),
+        # the forks' spelling of round_mode (DenseNet, ResNeXt, PSPNet prototxts)
+        "ceil_mode": _f("bool", True),
     },
     "ReLUParameter": {"negative_slope": _f("float", 0.0),
                       "engine": _f("enum", "DEFAULT", choices=_ENGINE)},
