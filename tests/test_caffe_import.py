@@ -238,7 +238,7 @@ def test_slice_becomes_one_layer_per_top_and_names_stay_unique():
      'num_output: 2 axis: 2 } }\n', "axis"),
     ('layer { name: "p" type: "Convolution" bottom: "data" top: "p" convolution_param { '
      'num_output: 2 } }\n', "needs kernel_size"),
-    ('layer { name: "p" type: "PReLU" bottom: "data" top: "p" }\n', "does not import"),
+    ('layer { name: "p" type: "MVN" bottom: "data" top: "p" }\n', "does not import"),
 ])
 def test_unsupported_settings_are_clear_errors(body, words):
     with pytest.raises(CaffeError) as info:
@@ -443,3 +443,39 @@ def test_pooling_ceil_mode_of_the_forks():
     ceil = imported(HEAD + body % "" + LOSS % "fc").net.layer("p")
     assert (floor.out.shape, ceil.out.shape) == ((2, 4, 2, 2), (2, 4, 3, 3))
     assert not floor.attrs["ceil"] and ceil.attrs["ceil"]
+
+
+def test_activation_rows():
+    body = ''.join(
+        f'layer {{ name: "{n}" type: "{t}" bottom: "{b}" top: "{n}" {extra} }}\n'
+        for n, t, b, extra in (
+            ("elu", "ELU", "data", "elu_param { alpha: 0.5 }"),
+            ("pow", "Power", "elu", "power_param { power: 2 shift: 1 }"),
+            ("abs", "AbsVal", "pow", ""), ("bnll", "BNLL", "abs", ""),
+            ("exp", "Exp", "bnll", "exp_param { base: 2 }"),
+            ("log", "Log", "exp", "log_param { scale: 0.5 }"),
+            ("prelu", "PReLU", "log", "param { lr_mult: 2 } prelu_param { "
+             "channel_shared: true }"),
+            ("fc", "InnerProduct", "prelu", "inner_product_param { num_output: 3 }")))
+    net = imported(HEAD + body + LOSS % "fc").net
+    ops = [l.op for l in net.layers]
+    assert ops[:7] == ["elu", "power", "absval", "bnll", "exp", "log", "prelu"]
+    assert net.layer("elu").attrs["alpha"] == 0.5
+    assert (net.layer("pow").attrs["power"], net.layer("pow").attrs["shift"]) == (2.0, 1.0)
+    assert net.layer("exp").attrs["base"] == 2.0 and net.layer("log").attrs["scale"] == 0.5
+    prelu = net.layer("prelu")
+    assert prelu.attrs["channel_shared"] and [(u.slot, u.lr_mult) for u in prelu.params] == \
+        [("weight", 2)]
+
+
+def test_threshold_is_a_stop_point():
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n'
+            'layer { name: "t" type: "Threshold" bottom: "conv" top: "t" '
+            'threshold_param { threshold: 0.5 } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "t" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    result = imported(HEAD + body + LOSS % "fc")
+    plan = make_plan(result.net)
+    assert result.net.layer("t").attrs["threshold"] == 0.5
+    assert not plan.layer("t").dx[0].needed and not plan.layer("conv").dw[0].needed

@@ -110,7 +110,9 @@ _ROWS = (
               imports=Import("layer", "linear", m.inner_product, ("weight", "bias"))),
     CaffeType("Embed", param_blobs=_bias("embed_param"), bottoms=_ONE, tops=_ONE,
               labels=frozenset({0}), shape=s.embed),
-    CaffeType("PReLU", param_blobs=_n(1), bottoms=_ONE, tops=_ONE, shape=s.prelu),
+    CaffeType("PReLU", param_blobs=_n(1), bottoms=_ONE, tops=_ONE, shape=s.prelu,
+              imports=Import("layer", "prelu", m.settings(
+                  "prelu_param", ("channel_shared", "channel_shared", False)), ("weight",))),
     # the SegNet / ENet fork's BN: a learned scale and shift (blobs 0, 1); tops 1 and 2,
     # when written, are the batch mean and variance
     CaffeType("BN", param_blobs=lambda layer: max(2, len(layer.params)), bottoms=_ONE,
@@ -157,8 +159,16 @@ _ROWS = (
     CaffeType("ROIPooling", bottoms=(2, -1, -1), tops=_ONE, shape=s.roi_pooling),
     CaffeType("Tile", bottoms=_ONE, tops=_ONE, shape=s.tile),
     CaffeType("Reduction", bottoms=_ONE, tops=_ONE, shape=s.reduction),
-    *(CaffeType(t, bottoms=_ONE, tops=_ONE, shape=s.same)
-      for t in ("ELU", "Power", "AbsVal", "BNLL", "Exp", "Log", "MVN")),
+    _unary("ELU", "elu", m.settings("elu_param", ("alpha", "alpha", 1.0))),
+    _unary("Power", "power", m.settings("power_param", ("power", "power", 1.0),
+                                        ("scale", "scale", 1.0), ("shift", "shift", 0.0))),
+    _unary("AbsVal", "absval"),
+    _unary("BNLL", "bnll"),
+    _unary("Exp", "exp", m.settings("exp_param", ("base", "base", -1.0),
+                                    ("scale", "scale", 1.0), ("shift", "shift", 0.0))),
+    _unary("Log", "log", m.settings("log_param", ("base", "base", -1.0),
+                                    ("scale", "scale", 1.0), ("shift", "shift", 0.0))),
+    CaffeType("MVN", bottoms=_ONE, tops=_ONE, shape=s.same),
     # ---- not differentiable ----------------------------------------------------------
     CaffeType("Accuracy", "stop", bottoms=(2, -1, -1), tops=(-1, 1, 2),
               no_force=frozenset({0, 1}), labels=frozenset({1}), shape=s.accuracy,
@@ -167,7 +177,9 @@ _ROWS = (
     CaffeType("Python", "stop", param_blobs=lambda layer: len(layer.params),
               imports=Import("inputs", unknown_shape=m.python_layer)),
     CaffeType("ArgMax", "stop", bottoms=_ONE, tops=_ONE, shape=s.argmax),
-    CaffeType("Threshold", "stop", bottoms=_ONE, tops=_ONE, shape=s.same),
+    CaffeType("Threshold", "stop", bottoms=_ONE, tops=_ONE, shape=s.same,
+              imports=Import("layer", "threshold", m.settings(
+                  "threshold_param", ("threshold", "threshold", 0.0)))),
     CaffeType("PriorBox", "stop", bottoms=(2, -1, -1), tops=_ONE, shape=s.prior_box),
     CaffeType("DetectionOutput", "stop", bottoms=(-1, 3, 4), tops=_ONE),
     # ---- losses ----------------------------------------------------------------------

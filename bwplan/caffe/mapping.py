@@ -129,6 +129,14 @@ def relu(layer, ctx):
     return _opt(layer.sub("relu_param"), "negative_slope", "negative_slope", 0.0)
 
 
+def settings(param: str, *fields: tuple[str, str, Any]) -> AttrFn:
+    """Attributes copied from `param`'s fields, each (field, key, the default both share)."""
+    def attrs(layer, ctx):
+        p = layer.sub(param)
+        return [a for field, key, default in fields for a in _opt(p, field, key, default)]
+    return attrs
+
+
 def pool_op(layer: CaffeLayer) -> str:
     p = layer.sub("pooling_param")
     kind = {"MAX": "maxpool", "AVE": "avgpool"}.get(p.get("pool"))
