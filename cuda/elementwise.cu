@@ -12,20 +12,20 @@
 #include "common.cuh"
 
 // == kernel relu_fwd ==
-extern "C" __global__ void relu_fwd(const float* x, float* out, long long n, float slope) {
+extern "C" __global__ void relu_fwd(const float* x, float* out, long long n, float negative_slope) {
     BW_GRID_STRIDE(i, n) {
         const float v = x[i];
-        out[i] = v > 0.0f ? v : v * slope;
+        out[i] = v > 0.0f ? v : v * negative_slope;
     }
 }
 
 // == kernel relu_dx ==
 // out > 0 exactly where x > 0 for any slope >= 0, so the output decides the branch.
 extern "C" __global__ void relu_dx(const float* out, const float* dout, float* dx,
-                                   long long n, float slope, int accumulate) {
+                                   long long n, float negative_slope, int accumulate) {
     BW_GRID_STRIDE(i, n) {
         const float g = dout[i];
-        bw_put(dx, i, out[i] > 0.0f ? g : g * slope, accumulate);
+        bw_put(dx, i, out[i] > 0.0f ? g : g * negative_slope, accumulate);
     }
 }
 

@@ -12,7 +12,9 @@ import pytest
 
 from bwplan import ops as registry
 from bwplan.caffe.importer import caffe_module, import_caffe_text
-from bwplan.errors import CaffeError
+from bwplan.cli.main import main
+from bwplan.errors import CaffeError, MultipleErrors
+from bwplan.plan.plan import make_plan
 from bwplan.frontend import ast
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "caffe"
@@ -126,7 +128,7 @@ def test_difference_warnings():
         ["caffe-propagate-down-true"]
     warnings = corpus("bn_on_data_no_param_specs").warnings
     assert [w.code for w in warnings] == ["caffe-batchnorm-statistics"] * 2
-    code, span, text, fix = warnings[0]
+    code, span, text, fix, subject = warnings[0]
     assert span.line > 0 and "bn0" in text and "lr_mult: 0" in fix
 
 
@@ -236,7 +238,7 @@ def test_slice_becomes_one_layer_per_top_and_names_stay_unique():
      'num_output: 2 axis: 2 } }\n', "axis"),
     ('layer { name: "p" type: "Convolution" bottom: "data" top: "p" convolution_param { '
      'num_output: 2 } }\n', "needs kernel_size"),
-    ('layer { name: "p" type: "PReLU" bottom: "data" top: "p" }\n', "does not import"),
+    ('layer { name: "p" type: "MVN" bottom: "data" top: "p" }\n', "does not import"),
 ])
 def test_unsupported_settings_are_clear_errors(body, words):
     with pytest.raises(CaffeError) as info:
@@ -262,3 +264,218 @@ def test_a_second_top_is_refused():
     with pytest.raises(CaffeError) as info:
         caffe_module(HEAD + body, "t.prototxt")
     assert "2 tops" in info.value.message and info.value.span.line == 3
+
+
+# ---- one run reports everything; Python layers --------------------------------------------
+FORK = HEAD + (
+    'layer { name: "up" type: "Upsample2" bottom: "data" top: "up" }\n'
+    'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { '
+    'pool: STOCHASTIC kernel_size: 2 } }\n'
+    'layer { name: "q" type: "Pooling" bottom: "p" top: "q" pooling_param { '
+    'kernel_size: 2 fancy_mode: true } }\n'
+    'layer { name: "f" type: "Frobnicate" bottom: "q" top: "f" }\n') + LOSS % "f"
+
+
+def test_every_unsupported_type_and_field_is_reported_in_one_run():
+    with pytest.raises(MultipleErrors) as info:
+        caffe_module(FORK, "t.prototxt")
+    found = [(e.span.line, e.message) for e in info.value.errors]
+    assert [line for line, _ in found] == [2, 3, 4, 5]
+    assert "'Upsample2', which bwplan does not import" in found[0][1]
+    assert "STOCHASTIC" in found[1][1]
+    assert 'no field named "fancy_mode"' in found[2][1]
+    assert "'Frobnicate'" in found[3][1]
+
+
+def test_the_cli_prints_all_of_them_and_exits_2(tmp_path, capsys):
+    path = tmp_path / "fork.prototxt"
+    path.write_text(FORK)
+    assert main(["explain", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count(": error: ") == 4 and "Traceback" not in err
+    assert f"{path}:4:" in err
+
+
+PYTHON = HEAD + (
+    'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+    'convolution_param { num_output: 4 kernel_size: 3 } }\n'
+    'layer { name: "prop" type: "Python" bottom: "conv" bottom: "label" top: "rois" '
+    'top: "extra" python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" } }\n'
+    'layer { name: "fc" type: "InnerProduct" bottom: "rois" top: "fc" '
+    'inner_product_param { num_output: 3 } }\n'
+    'layer { name: "fc2" type: "InnerProduct" bottom: "conv" top: "fc2" '
+    'inner_product_param { num_output: 3 } }\n'
+    'layer { name: "sum" type: "Eltwise" bottom: "fc" bottom: "fc2" top: "sum" }\n'
+    'layer { name: "sink" type: "Silence" bottom: "extra" }\n') + LOSS % "sum"
+
+
+def test_a_python_layer_is_an_error_naming_its_module_and_class():
+    with pytest.raises(CaffeError) as info:
+        caffe_module(PYTHON, "t.prototxt")
+    err = info.value
+    assert "'prop'" in err.message and "'rpn.proposal_layer'" in err.message
+    assert "'ProposalLayer'" in err.message
+    assert "--input-shape rois=N,C,H,W --input-shape extra=" in err.hint
+    assert (err.span.line, err.span.col) == (3, 22)
+
+
+def test_a_python_layer_with_given_top_shapes_is_a_stop_point():
+    result = imported(PYTHON, input_shapes={"rois": (2, 5), "extra": (2,)})
+    net = result.net
+    assert net.input("rois").type.shape == (2, 5) and not net.has_layer("prop")
+    assert "caffe-python-layer-stop" in [w.code for w in result.warnings]
+    plan = make_plan(net)
+    # conv trains through fc2; nothing reaches it through the Python layer
+    assert plan.layer("conv").dw[0].needed and plan.layer("fc").dw[0].needed
+    assert not plan.layer("fc").dx[0].needed
+    # Caffe itself propagates through Python layers: --caffe still emulates it
+    assert result.caffe.layer("prop").need_backward
+
+
+def test_caffe_view_still_emulates_a_net_bwplan_cannot_plan(tmp_path, capsys):
+    path = tmp_path / "py.prototxt"
+    path.write_text(PYTHON)
+    assert main(["explain", str(path), "--caffe"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    decisions = [line for line in out if not line.startswith("#")]
+    assert "prop needs backward computation." in decisions
+    assert "conv needs backward computation." in decisions
+    assert any("cannot plan this net (1 problem)" in line for line in out)
+    assert any(":3:22: Python layer 'prop'" in line for line in out)
+
+
+# ---- defects seen on public nets ------------------------------------------------------------
+def _bn_chain(n: int, loss: bool) -> str:
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "x" '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n')
+    body += "".join(f'layer {{ name: "bn{i}" type: "BatchNorm" bottom: "x" top: "x" }}\n'
+                    for i in range(n))
+    body += ('layer { name: "fc" type: "InnerProduct" bottom: "x" top: "fc" '
+             'inner_product_param { num_output: 3 } }\n')
+    return HEAD + body + (LOSS % "fc" if loss else "")
+
+
+def test_a_deploy_net_without_a_loss_gets_no_batchnorm_warning():
+    state, _, warnings = caffe_module(_bn_chain(2, loss=False), "t.prototxt")
+    assert not any(ls.need_backward for ls in state.layers)
+    assert "caffe-batchnorm-statistics" not in [w.code for w in warnings]
+    _, _, warnings = caffe_module(_bn_chain(2, loss=True), "t.prototxt")
+    assert [w.code for w in warnings] == ["caffe-batchnorm-statistics"] * 2
+
+
+SHARED = HEAD + (
+    'layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" '
+    'lr_mult: 0 } param { name: "b" lr_mult: 0 } inner_product_param { num_output: 3 } }\n'
+    'layer { name: "b" type: "InnerProduct" bottom: "data" top: "b" param { name: "w" %s} '
+    'param { name: "b" %s} inner_product_param { num_output: 3 } }\n'
+    'layer { name: "s" type: "Eltwise" bottom: "a" bottom: "b" top: "s" }\n') + LOSS % "s"
+
+
+def test_the_unused_gradient_warning_matches_what_the_plan_computes():
+    # the sharer gives no lr_mult: Caffe computes and drops its gradient, bwplan skips it
+    result = imported(SHARED % ("", ""))
+    assert "caffe-unused-param-grad" in [w.code for w in result.warnings]
+    assert not make_plan(result.net).layer("b").dw[0].needed
+    # the sharer gives its own lr_mult (Caffe rejects the net): bwplan trains that use,
+    # so no warning may say it skips the gradient
+    result = imported(SHARED % ("lr_mult: 1 ", "lr_mult: 2 "))
+    codes = [w.code for w in result.warnings]
+    assert "caffe-unused-param-grad" not in codes and "caffe-rejects-shared-lr" in codes
+    assert make_plan(result.net).layer("b").dw[0].needed
+
+
+def test_repeated_warnings_are_grouped_where_they_are_printed(tmp_path, capsys):
+    path = tmp_path / "bn.prototxt"
+    path.write_text(_bn_chain(7, loss=True))
+    assert main(["explain", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("warning: Caffe marks") == 1
+    assert "7 like it (caffe-batchnorm-statistics): bn0, bn1, bn2, bn3, bn4 and 2 more" in out
+    assert main(["explain", str(path), "--format", "json"]) == 0
+    import json
+    found = json.loads(capsys.readouterr().out)["findings"]
+    assert [f["code"] for f in found].count("caffe-batchnorm-statistics") == 7
+    assert main(["explain", str(path), "--caffe"]) == 0
+    assert capsys.readouterr().out.count("warning: Caffe marks") == 1
+
+
+def test_a_new_batch_size_carries_over_to_the_label():
+    text = HEAD + ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+                   'inner_product_param { num_output: 3 } }\n') + LOSS % "fc"
+    result = imported(text, input_shapes={"data": (5, 4, 6, 6)})
+    assert result.net.input("label").type.shape == (5,)
+    # a blob given explicitly keeps what was given
+    result = imported(text, input_shapes={"data": (5, 4, 6, 6), "label": (5,)})
+    assert result.net.input("label").type.shape == (5,)
+    net = imported(DATA, input_shapes={"data": (4, 1, 5, 5)}).net   # same batch: unchanged
+    assert net.input("label").type.shape == (4,)
+
+
+# ---- the forks' types: emulated from their catalogue rows --------------------------------------
+SEGNET_LIKE = HEAD + (
+    'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" param { lr_mult: 0 } '
+    'param { lr_mult: 0 } convolution_param { num_output: 4 kernel_size: 1 } }\n'
+    'layer { name: "bn" type: "BN" bottom: "conv" top: "conv" }\n'
+    'layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" top: "mask" '
+    'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+    'layer { name: "up" type: "Upsample" bottom: "pool" bottom: "mask" top: "up" '
+    'upsample_param { scale: 2 } }\n'
+    'layer { name: "fc" type: "InnerProduct" bottom: "up" top: "fc" param { lr_mult: 0 } '
+    'param { lr_mult: 0 } inner_product_param { num_output: 3 } }\n') + LOSS % "fc"
+
+
+def test_fork_types_are_emulated_with_their_param_blobs():
+    from bwplan.caffe.importer import caffe_state
+    state, _ = caffe_state(SEGNET_LIKE, "t.prototxt")
+    need = {ls.name: ls.need_backward for ls in state.layers}
+    # BN's scale and shift train (two blobs nobody wrote): Caffe runs backward down to BN
+    assert need["bn"] and need["up"] and need["fc"] and not need["conv"]
+    assert [p.shape for p in state.layer("bn").params] == [(1, 4, 1, 1)] * 2
+    assert state.layer("up").tops[0].shape == (2, 4, 6, 6)
+
+
+def test_pooling_ceil_mode_of_the_forks():
+    body = ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { '
+            'pool: MAX kernel_size: 3 stride: 2 %s } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "p" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    floor = imported(HEAD + body % "ceil_mode: false" + LOSS % "fc").net.layer("p")
+    ceil = imported(HEAD + body % "" + LOSS % "fc").net.layer("p")
+    assert (floor.out.shape, ceil.out.shape) == ((2, 4, 2, 2), (2, 4, 3, 3))
+    assert not floor.attrs["ceil"] and ceil.attrs["ceil"]
+
+
+def test_activation_rows():
+    body = ''.join(
+        f'layer {{ name: "{n}" type: "{t}" bottom: "{b}" top: "{n}" {extra} }}\n'
+        for n, t, b, extra in (
+            ("elu", "ELU", "data", "elu_param { alpha: 0.5 }"),
+            ("pow", "Power", "elu", "power_param { power: 2 shift: 1 }"),
+            ("abs", "AbsVal", "pow", ""), ("bnll", "BNLL", "abs", ""),
+            ("exp", "Exp", "bnll", "exp_param { base: 2 }"),
+            ("log", "Log", "exp", "log_param { scale: 0.5 }"),
+            ("prelu", "PReLU", "log", "param { lr_mult: 2 } prelu_param { "
+             "channel_shared: true }"),
+            ("fc", "InnerProduct", "prelu", "inner_product_param { num_output: 3 }")))
+    net = imported(HEAD + body + LOSS % "fc").net
+    ops = [l.op for l in net.layers]
+    assert ops[:7] == ["elu", "power", "absval", "bnll", "exp", "log", "prelu"]
+    assert net.layer("elu").attrs["alpha"] == 0.5
+    assert (net.layer("pow").attrs["power"], net.layer("pow").attrs["shift"]) == (2.0, 1.0)
+    assert net.layer("exp").attrs["base"] == 2.0 and net.layer("log").attrs["scale"] == 0.5
+    prelu = net.layer("prelu")
+    assert prelu.attrs["channel_shared"] and [(u.slot, u.lr_mult) for u in prelu.params] == \
+        [("weight", 2)]
+
+
+def test_threshold_is_a_stop_point():
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n'
+            'layer { name: "t" type: "Threshold" bottom: "conv" top: "t" '
+            'threshold_param { threshold: 0.5 } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "t" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    result = imported(HEAD + body + LOSS % "fc")
+    plan = make_plan(result.net)
+    assert result.net.layer("t").attrs["threshold"] == 0.5
+    assert not plan.layer("t").dx[0].needed and not plan.layer("conv").dw[0].needed

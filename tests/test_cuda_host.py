@@ -8,10 +8,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bwplan
 from bwplan import ops as registry
@@ -19,9 +22,13 @@ from bwplan.cli.main import main
 from bwplan.kernels import cuda as cuda_table
 from bwplan.kernels.cuda import build, limits
 from bwplan.kernels.cuda import step as step_plan
+from bwplan.errors import InternalError
 from bwplan.kernels.cuda.arena import ALIGNMENT, plan_arena
+from bwplan.kernels.cuda.default import default_launch, signatures
+from bwplan.ops.reference import make_ctx
 from bwplan.lower.program import grad, value
 from bwplan.runtime.optimizer import Sgd, SgdSettings
+from test_ops_reference import draw_case
 
 EXAMPLES = sorted(Path(__file__).parent.parent.glob("examples/*.bw"))
 ALL_OPS = sorted(registry.OPS)
@@ -64,6 +71,91 @@ def test_the_cpu_entries_are_kept_beside_the_cuda_ones():
 def test_runtime_kernels_exist():
     declared = build.kernels_in_sources()[cuda_table.RUNTIME_SOURCE]
     assert set(cuda_table.RUNTIME_KERNELS) <= declared
+
+
+# ---- launch arguments against the kernels' C signatures -------------------------------------
+# what each C parameter type receives from the launch code
+_C_TYPES = {"pointer": np.dtype(np.uintp), "float": np.dtype(np.float32),
+            "int": np.dtype(np.int32), "long long": np.dtype(np.int64),
+            "unsigned long long": np.dtype(np.uint64)}
+
+
+def _c_types(source: str, params) -> list[np.dtype]:
+    """The argument dtypes a kernel with these parameters takes; a shape struct passed by
+    value (PoolShape, ConvShape: int fields only) takes one int per field."""
+    text = (build.source_dir() / source).read_text()
+    out = []
+    for p in params:
+        if p.ctype in _C_TYPES:
+            out.append(_C_TYPES[p.ctype])
+            continue
+        body = re.search(r"struct\s+%s\s*\{([^}]*)\}" % re.escape(p.ctype), text).group(1)
+        body = re.sub(r"//[^\n]*", "", body)
+        for decl in filter(None, (d.strip() for d in body.split(";"))):
+            assert decl.startswith("int "), (p.ctype, decl)
+            out += [_C_TYPES["int"]] * len(decl[4:].split(","))
+    return out
+
+
+def _fake_launches(op, component, ctx, env):
+    """The launches of one component, with made-up device addresses."""
+    e = cuda_table.entry(op.name, component)
+    addresses = iter(range(4096, 1 << 40, 4096))
+    inputs = [next(addresses) for _ in ctx.inputs]
+    params = {s.name: next(addresses) for s in op.param_slots(ctx.attrs)}
+    aux = {a.name: next(addresses) for a in op.aux}
+    kind, _, wrt = component.partition(":")
+    if kind == "fwd":
+        return cuda_table.launches(e, ctx, inputs, params, next(addresses), aux, True, env)
+    rule = op.grad_for(wrt)
+    saved = {name: next(addresses) for name in rule.needs_for(ctx.attrs)}
+    if kind == "dx":
+        index = next(i for i in range(len(ctx.inputs)) if op.port_for(i).name == wrt)
+        return cuda_table.launches(e, ctx, saved, next(addresses), index, next(addresses),
+                                   True, env)
+    return cuda_table.launches(e, ctx, saved, next(addresses), next(addresses), True, env)
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+@settings(max_examples=5, deadline=None)
+@given(data=st.data())
+def test_every_launch_passes_what_its_kernels_c_signature_takes(name, data):
+    """Rows and default launches alike: as many arguments as the kernel's parameters, each
+    of the parameter's C type (the launch code passes raw bytes; a mismatch would not be
+    caught before the device)."""
+    op = registry.OPS[name]
+    case = draw_case(data, name)
+    inputs = [x.astype(np.float32) if x.dtype.kind == "f" else x for x in case.inputs]
+    ctx = make_ctx(op, case.attrs, inputs)
+    env = limits.Env(sm_count=2, workspace=1 << 20, workspace_bytes=1 << 30, counter=64)
+    for component in op.kernels["cuda"]:
+        e = cuda_table.entry(name, component)
+        for launch in _fake_launches(op, component, ctx, env):
+            types = _c_types(e.source, signatures(e.source)[launch.kernel])
+            assert [a.dtype for a in launch.args] == types, (component, launch.kernel)
+
+
+def test_the_default_launch_binds_arguments_by_parameter_name():
+    """relu's kernels have no row: their launches are the ones written out here."""
+    op = registry.OPS["relu"]
+    ctx = make_ctx(op, {"negative_slope": 0.25}, [np.zeros((3000, 300), np.float32)])
+    env = limits.Env(sm_count=3)
+    n = 3000 * 300
+    fwd, = cuda_table.launches(cuda_table.entry("relu", "fwd"), ctx, [4096], {}, 8192, {},
+                               True, env)
+    want = limits.grid_stride("relu_fwd", n, env, np.uintp(4096), np.uintp(8192),
+                              np.int64(n), np.float32(0.25))
+    assert fwd == want and fwd.grid == (3 * 8 * limits.GRID_STRIDE_WAVES, 1, 1)
+    dx, = cuda_table.launches(cuda_table.entry("relu", "dx:x"), ctx, {"out": 8192}, 12288,
+                              0, 16384, True, env)
+    assert dx == limits.grid_stride("relu_dx", n, env, np.uintp(8192), np.uintp(12288),
+                                    np.uintp(16384), np.int64(n), np.float32(0.25),
+                                    np.int32(1))
+
+
+def test_a_default_launch_refuses_a_parameter_it_cannot_bind():
+    with pytest.raises(InternalError, match="'seed' binds to nothing"):
+        default_launch(registry.OPS["dropout"], "fwd", "elementwise.cu", "dropout_fwd")
 
 
 # ---- launch geometry of every example ------------------------------------------------------

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from bwplan import ops as registry
 from bwplan.ops.opdef import GradRule, zero_flops
-from bwplan.ops.reference import (grad_index, make_ctx, run_forward, run_grad,
+from bwplan.ops.reference import (full_attrs, grad_index, make_ctx, run_forward, run_grad,
                                   saved_values, tensor_type)
 
 FD_EPS = 1e-6
@@ -280,6 +280,70 @@ def accuracy_case(draw):
     return case
 
 
+def _away_from(x: np.ndarray, point: float = 0.0) -> np.ndarray:
+    """x moved at least 0.05 away from `point` (a kink or a step)."""
+    d = x - point
+    return point + np.sign(d + (d == 0)) * (0.05 + np.abs(d))
+
+
+@st.composite
+def elu_case(draw):
+    x = _away_from(_normal(_rng(draw), *_shape(draw)))
+    return Case(dict(alpha=draw(st.sampled_from([1.0, 0.5, 2.0, 0.0, -0.5]))), [x])
+
+
+@st.composite
+def power_case(draw):
+    """A positive base shift + scale * x, so that any power is defined; or scale 0."""
+    x = _rng(draw).uniform(0.5, 2.0, _shape(draw))
+    scale = draw(st.sampled_from([1.0, 0.5, 2.0, 0.0]))
+    shift = draw(st.sampled_from([0.0, 0.5])) if scale else 0.5
+    return Case(dict(power=draw(st.sampled_from([1.0, 2.0, 0.5, -1.0, 3.0, 0.0])),
+                     scale=scale, shift=shift), [x])
+
+
+@st.composite
+def kinked_case(draw):
+    return Case({}, [_away_from(_normal(_rng(draw), *_shape(draw)))])
+
+
+@st.composite
+def bnll_case(draw):
+    spread = draw(st.sampled_from([1.0, 4.0, 30.0]))  # large |x|: no overflow either way
+    return Case({}, [spread * _normal(_rng(draw), *_shape(draw))])
+
+
+@st.composite
+def exp_case(draw):
+    attrs = dict(base=draw(st.sampled_from([-1.0, 2.0, 0.5])),
+                 scale=draw(st.sampled_from([1.0, 0.5, -1.0])),
+                 shift=draw(st.sampled_from([0.0, 0.3])))
+    return Case(attrs, [_normal(_rng(draw), *_shape(draw))])
+
+
+@st.composite
+def log_case(draw):
+    attrs = dict(base=draw(st.sampled_from([-1.0, 2.0, 10.0])),
+                 scale=draw(st.sampled_from([1.0, 2.0])),
+                 shift=draw(st.sampled_from([0.0, 0.5])))
+    return Case(attrs, [_rng(draw).uniform(0.5, 2.0, _shape(draw))])
+
+
+@st.composite
+def prelu_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw, 2, 4)
+    shared = draw(st.booleans())
+    params = {"weight": _normal(rng, 1 if shared else shape[1])}
+    return Case(dict(channel_shared=shared), [_away_from(_normal(rng, *shape))], params)
+
+
+@st.composite
+def threshold_case(draw):
+    t = draw(st.sampled_from([0.0, 0.3, -1.0]))
+    return Case(dict(threshold=t), [_away_from(_normal(_rng(draw), *_shape(draw)), t)])
+
+
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
     "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
@@ -291,6 +355,9 @@ CASES = {
     "lrn": lrn_case(), "softmax": softmax_case(), "softmax_cross_entropy": labelled_case(),
     "euclidean_loss": euclidean_case(), "contrastive_loss": contrastive_case(),
     "accuracy": accuracy_case(),
+    "elu": elu_case(), "power": power_case(), "absval": kinked_case(), "bnll": bnll_case(),
+    "exp": exp_case(), "log": log_case(), "prelu": prelu_case(),
+    "threshold": threshold_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 
@@ -582,6 +649,22 @@ TORCH = {
     "sigmoid": (unary_case(), lambda torch, c: torch.sigmoid(_t(torch, c.inputs[0]))),
     "tanh": (unary_case(), lambda torch, c: torch.tanh(_t(torch, c.inputs[0]))),
 }
+
+
+def _oracle(name: str):
+    """The forward of torch_oracle.OPS[name]: the same torch translation the training oracle
+    (test_train_vs_torch.py) runs, so that an op has one torch row for both checks."""
+    def run(torch, case):
+        import torch_oracle
+        attrs = dict(full_attrs(registry.OPS[name], case.attrs))
+        return torch_oracle.OPS[name](attrs, [_t(torch, x) for x in case.inputs],
+                                      {k: _t(torch, v) for k, v in case.params.items()}, True)
+    return run
+
+
+# ops checked through the training oracle's translation, on their reference-test strategy
+TORCH.update({name: (CASES[name], _oracle(name)) for name in (
+    "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold")})
 
 
 @pytest.mark.parametrize("key", sorted(TORCH))

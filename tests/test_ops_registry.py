@@ -143,6 +143,15 @@ SHAPES = [
     ("accuracy", dict(top_k=5), [f32(4, 10), TensorType("i32", (4,))], ()),
     ("conv2d", dict(out=8, kernel=3, stride=2, pad=1), [f32(1, 3, 32, 32)], (1, 8, 16, 16)),
     ("linear", dict(out=10), [f32(4, 3, 2, 2)], (4, 10)),
+    ("elu", {}, [f32(2, 3)], (2, 3)),
+    ("power", dict(power=2.0), [f32(5)], (5,)),
+    ("absval", {}, [f32(2, 3, 4)], (2, 3, 4)),
+    ("bnll", {}, [f32(2, 3)], (2, 3)),
+    ("exp", dict(base=2.0), [f32(2, 3)], (2, 3)),
+    ("log", dict(base=10.0), [f32(2, 3)], (2, 3)),
+    ("prelu", {}, [f32(2, 3, 4, 4)], (2, 3, 4, 4)),
+    ("prelu", dict(channel_shared=True), [f32(2, 3)], (2, 3)),
+    ("threshold", dict(threshold=0.5), [f32(2, 3)], (2, 3)),
 ]
 
 
@@ -189,6 +198,9 @@ ERRORS = [
     ("contrastive_loss", {}, [f32(4, 3), f32(4, 3), f32(4, 2)], "one flag per sample"),
     ("accuracy", dict(top_k=11), [f32(4, 10), TensorType("i32", (4,))], "top_k=11"),
     ("accuracy", {}, [f32(4, 10), TensorType("i32", (5,))], "does not match"),
+    ("exp", dict(base=0.0), [f32(2)], "base=0.0 must be positive"),
+    ("log", dict(base=1.0), [f32(2)], "base=1.0 must be positive and not 1"),
+    ("prelu", {}, [f32(5)], "channels in dimension 1"),
 ]
 
 
@@ -271,10 +283,42 @@ def test_needs_match_the_documented_contract():
         ("euclidean_loss", "b"): {"diff"}, ("slice", "x"): set(),
         ("contrastive_loss", "a"): {"diff", "dist_sq", "sim"},
         ("contrastive_loss", "b"): {"diff", "dist_sq", "sim"},
+        ("elu", "x"): {"out"}, ("power", "x"): set(), ("absval", "x"): {"x"},
+        ("bnll", "x"): {"out"}, ("exp", "x"): {"out"}, ("log", "x"): {"x"},
+        ("prelu", "x"): {"x", "weight"}, ("prelu", "weight"): {"x"},
     }
     for (name, wrt), needs in expected.items():
         op = registry.OPS[name]
         assert op.grad_for(wrt).needs_for(next(attr_variants(op))) == needs, (name, wrt)
+
+
+@pytest.mark.parametrize("name,attrs,needs", [
+    ("power", dict(power=1.0, scale=3.0), set()),        # a line
+    ("power", dict(power=2.0, scale=0.0), set()),        # a constant
+    ("power", dict(power=0.0), set()),
+    ("power", dict(power=2.0), {"x"}),
+    ("elu", dict(alpha=0.0), {"out"}),
+    ("elu", dict(alpha=-0.5), {"x", "out"}),             # out > 0 no longer means x > 0
+])
+def test_activation_needs_depend_on_attributes(name, attrs, needs):
+    op = registry.OPS[name]
+    assert op.grad_for("x").needs_for(full_attrs(op, attrs)) == needs
+
+
+def test_threshold_is_a_stop_point_of_the_plan():
+    """Caffe's Threshold has no backward: its input gets no gradient, and the planner says
+    why, while a sibling path still trains what is below."""
+    from bwplan import make_plan
+    plan = make_plan(load_bw_text(
+        "input x : f32[2, 3, 4, 4]\ninput y : i64[2]\n"
+        "c = conv2d(x, out=2, kernel=1)\nt = threshold(c, threshold=0.5)\n"
+        "g = linear(t, out=3)\nloss = softmax_cross_entropy(g, y)\n", "t.bw"))
+    dx = plan.layer("t").dx[0]
+    assert not dx.needed and dx.reason.code == "dx_not_differentiable"
+    assert "threshold is not differentiable" in dx.reason.text
+    assert not any(d.needed for d in plan.layer("c").dw)  # nothing reaches c's weights
+    assert all(d.needed for d in plan.layer("g").dw)
+    assert "c" not in plan.kept and "x" not in plan.kept  # t is kept for g's dW only
 
 
 # ---- through the .bw front end ---------------------------------------------------------------

@@ -87,9 +87,33 @@ l0   = softmax_cross_entropy(aux, y) weight=0
 acc  = accuracy(side, y)
 """
 
+# Caffe's further neuron layers. log and power get positive arguments (|x| + 1, exp of
+# something); the threshold's step cuts the gradient into c1 along that path, while e, ps
+# and the rest carry it.
+NEURONS = """\
+input x : f32[4, 3, 5, 5]
+input y : i64[4]
+
+c1   = conv2d(x, out=4, kernel=3, pad=1)
+e    = elu(c1, alpha=0.5)
+pr   = prelu(e)
+ps   = prelu(c1, channel_shared=true)
+ab   = absval(ps)
+lg   = log(ab, base=2.0, shift=1.0)
+bn   = bnll(pr)
+ex   = exp(bn, scale=-0.5)
+pw   = power(ex, power=1.5, scale=2.0, shift=0.5)
+th   = threshold(c1, threshold=0.1)
+m    = mul(pw, th)
+s    = add(m, lg)
+fc   = linear(s, out=3)
+loss = softmax_cross_entropy(fc, y)
+"""
+
 NETS: dict[str, str] = {p.stem: p.read_text() for p in sorted(EXAMPLES.glob("*.bw"))}
 NETS["zoo"] = ZOO
 NETS["decay_only"] = DECAY_ONLY
+NETS["neurons"] = NEURONS
 
 # Small batches, through the automatic re-planning for another batch size; one sample of
 # seed_inception_branch's 224 x 224 images keeps the reference target quick.

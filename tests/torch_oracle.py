@@ -31,6 +31,7 @@ respect to inputs.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -292,6 +293,26 @@ def accuracy(a, xs, p, training):
     return (ahead < a["top_k"]).float().mean()
 
 
+# ---- Caffe's further neuron layers (caffe.proto's parameter names and defaults) -----------
+def _base(a) -> float:
+    """Exp and Log: base -1 means e."""
+    return math.e if a["base"] == -1 else a["base"]
+
+
+def power(a, xs, p, training):
+    return (a["shift"] + a["scale"] * xs[0]) ** a["power"]
+
+
+def prelu(a, xs, p, training):
+    """torch's prelu takes one slope for every channel or one per channel of dimension 1,
+    as Caffe's channel_shared does."""
+    return F.prelu(xs[0], p["weight"])
+
+
+def threshold(a, xs, p, training):
+    return (xs[0] > a["threshold"]).to(xs[0].dtype)   # a step: no gradient flows
+
+
 # op(attrs, inputs, params by slot, training) -> output; DECIDING_OPS also take `hints`
 OpFn = Callable[..., torch.Tensor]
 
@@ -321,6 +342,14 @@ OPS: dict[str, OpFn] = {
     "euclidean_loss": euclidean_loss,
     "contrastive_loss": contrastive_loss,
     "accuracy": accuracy,
+    "elu": lambda a, xs, p, t: F.elu(xs[0], a["alpha"]),
+    "power": power,
+    "absval": lambda a, xs, p, t: torch.abs(xs[0]),
+    "bnll": lambda a, xs, p, t: torch.logaddexp(xs[0], torch.zeros_like(xs[0])),
+    "exp": lambda a, xs, p, t: _base(a) ** (a["shift"] + a["scale"] * xs[0]),
+    "log": lambda a, xs, p, t: torch.log(a["shift"] + a["scale"] * xs[0]) / math.log(_base(a)),
+    "prelu": prelu,
+    "threshold": threshold,
 }
 
 

@@ -7,6 +7,7 @@ line after them starts with '#'.
 from __future__ import annotations
 
 from bwplan.caffe.log import backward_lines
+from bwplan.explain.grouping import render_findings
 from bwplan.plan.decisions import why_no_backward
 from bwplan.plan.plan import Plan
 
@@ -53,8 +54,18 @@ def render_caffe_view(imported, plan: Plan) -> str:
     if diffs:
         lines.append("# bwplan's own plan computes less than Caffe here:")
         lines.extend(diffs)
-    for w in imported.warnings:
-        where = f"{w.span}: " if w.span.has_position else ""
-        lines.append(f"# {where}warning: {w.text}")
-        lines.append(f"#   fix: {w.fix}")
+    lines.extend(render_findings(imported.warnings, "# "))
+    return "\n".join(lines) + "\n"
+
+
+def render_caffe_only(state, problems) -> str:
+    """Caffe's decision lines for a net bwplan cannot plan, then why it cannot, one '#'
+    line per problem, so that the lines still diff against a Caffe log."""
+    lines = backward_lines(state)
+    lines.append(f"# bwplan cannot plan this net ({len(problems)} problem"
+                 f"{'s' if len(problems) != 1 else ''}); the lines above are Caffe's "
+                 "decisions as emulated:")
+    for err in problems:
+        where = f"{err.span}: " if err.span.has_position else ""
+        lines.append(f"# {where}{err.message}")
     return "\n".join(lines) + "\n"

@@ -10,6 +10,8 @@ Each warning is (code, span, text, fix). They come from Caffe's state alone:
                              param's effective lr_mult is 0)
   caffe-batchnorm-statistics Caffe differentiates BatchNorm statistics that have no
                              `param { lr_mult: 0 }` (it masks them only in the layer's copy)
+  caffe-python-layer-stop    a Python layer with bottoms, imported as a stop point: its tops
+                             are inputs of the shapes the user gave
 
 In each case bwplan's own plan computes less than Caffe, never more.
 """
@@ -28,6 +30,7 @@ class ImportWarning(NamedTuple):
     span: Span
     text: str
     fix: str
+    subject: str = ""    # the Caffe layer it is about (for grouping)
 
 
 def _rejected(state: CaffeState) -> list[ImportWarning]:
@@ -58,12 +61,16 @@ def _propagate_down(layer: CaffeLayer, ls: LayerState, state: CaffeState
                 "caffe-propagate-down-true", layer.record.where("propagate_down", j),
                 f"propagate_down: true makes Caffe compute the gradient of '{ls.name}' with "
                 f"respect to '{bottom.blob}', which nothing below needs; bwplan skips it",
-                "drop propagate_down: true here (it only costs Caffe time)"))
+                "drop propagate_down: true here (it only costs Caffe time)", ls.name))
     return out
 
 
 def _unused_params(layer: CaffeLayer, ls: LayerState) -> list[ImportWarning]:
-    wasted = [p for p in ls.params if p.propagate and p.effective_lr_mult == 0]
+    # Caffe runs a layer's backward only when the layer needs it: a pruned layer (a deploy
+    # net without a loss) computes no param gradient, whatever param_propagate_down says.
+    # A use whose own lr_mult is nonzero trains in bwplan (per-use multipliers): not wasted.
+    wasted = [p for p in ls.params if ls.need_backward and p.propagate
+              and p.effective_lr_mult == 0 and p.use_lr_mult == 0]
     if not wasted:
         return []
     names = ", ".join(f"'{p.display_name}'" for p in wasted)
@@ -75,7 +82,7 @@ def _unused_params(layer: CaffeLayer, ls: LayerState) -> list[ImportWarning]:
             "sees lr_mult 1, while BatchNorm masks them with lr_mult 0 only in its own copy, "
             "so the gradients are never applied; bwplan treats them as statistics",
             f"add param {{ lr_mult: 0 }} three times to '{ls.name}' to make Caffe skip "
-            "them too")]
+            "them too", ls.name)]
     owners = sorted({p.shared_from[0] for p in wasted if p.shared_from})
     why = (f"shared with {', '.join(repr(o) for o in owners)}, whose lr_mult is 0"
            if owners else "their effective lr_mult is 0")
@@ -83,7 +90,21 @@ def _unused_params(layer: CaffeLayer, ls: LayerState) -> list[ImportWarning]:
         "caffe-unused-param-grad", layer.span,
         f"Caffe computes the gradient of {names} in '{ls.name}' but never applies it ({why}); "
         "bwplan skips it",
-        f"give those params lr_mult: 0 in '{ls.name}' too, so that Caffe skips them")]
+        f"give those params lr_mult: 0 in '{ls.name}' too, so that Caffe skips them",
+        ls.name)]
+
+
+def _python_stop(layer: CaffeLayer, ls: LayerState) -> list[ImportWarning]:
+    if layer.type != "Python" or not layer.bottoms:
+        return []
+    p = layer.sub("python_param")
+    module, name = (p.get(f, ("?",))[0] for f in ("module", "layer"))
+    return [ImportWarning(
+        "caffe-python-layer-stop", layer.record.where("type"),
+        f"Python layer '{ls.name}' ({module}.{name}) is planned as non-differentiable: its "
+        f"tops are inputs of the shapes given, and no gradient flows into "
+        f"{', '.join(repr(b) for b in layer.bottoms)} through it, whatever its backward does",
+        "if its backward matters, replace it by layers bwplan knows", ls.name)]
 
 
 def differences(net: CaffeNet, state: CaffeState) -> tuple[ImportWarning, ...]:
@@ -91,7 +112,7 @@ def differences(net: CaffeNet, state: CaffeState) -> tuple[ImportWarning, ...]:
     for (built, original), ls in zip(built_layers(net, state.phase), state.layers):
         if original is None:
             continue
-        out += _propagate_down(original, ls, state)
+        out += _propagate_down(original, ls, state) + _python_stop(original, ls)
         if not state.force_backward:
             out += _unused_params(original, ls)
     return tuple(out)

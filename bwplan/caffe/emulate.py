@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from bwplan.caffe import shapes as caffe_shapes
-from bwplan.caffe.layer_types import caffe_type
+from bwplan.caffe.catalogue import caffe_type
 from bwplan.caffe.model import PHASES, CaffeLayer, CaffeNet, ParamSpec
 from bwplan.caffe.prepare import filter_net, insert_splits
 from bwplan.caffe.shapes import Shape, shape_string
@@ -72,6 +72,7 @@ class _Init:
     def __init__(self, strict: bool, input_shapes: Mapping[str, Shape]) -> None:
         self.strict = strict
         self.input_shapes = input_shapes
+        self.batch_changes: dict[int, int] = {}
         self.waived: list[WaivedCheck] = []
         self.blob_names: list[str] = []
         self.blob_need: list[bool] = []
@@ -96,6 +97,30 @@ class _Init:
         self.param_learnable: list[int] = []
         self.param_names: dict[str, int] = {}
         self.learnable: list[_Learnable] = []
+
+    def find_batch_changes(self, layers: Sequence[CaffeLayer]) -> None:
+        """Where --input-shape gives a data blob another batch size than the file does, the
+        data blobs the file gives that same batch size (the label beside the image) follow
+        it: otherwise the label keeps the old batch and the error lands on the loss."""
+        changes: dict[int, int | None] = {}
+        for layer in layers:
+            ctype = caffe_type(layer.type)
+            if layer.bottoms or not any(t in self.input_shapes for t in layer.tops):
+                continue
+            n_blobs = max(ctype.param_blobs(layer), 0)
+            tshapes, _ = caffe_shapes.infer(ctype.shape, layer, [], n_blobs)
+            for top, shape in zip(layer.tops, tshapes):
+                given = self.input_shapes.get(top)
+                if given and shape and given[0] != shape[0]:
+                    old = shape[0]
+                    # two blobs of one batch given different batches: follow neither
+                    changes[old] = given[0] if changes.get(old, given[0]) == given[0] else None
+        self.batch_changes = {old: new for old, new in changes.items() if new is not None}
+
+    def follow_batch(self, shape: Shape | None) -> Shape | None:
+        if shape and shape[0] in self.batch_changes:
+            return (self.batch_changes[shape[0]],) + tuple(shape[1:])
+        return shape
 
     def fail(self, span: Span, message: str, hint: str | None = None) -> None:
         raise CaffeError(span, message, hint)
@@ -159,11 +184,12 @@ class _Init:
 
         own_specs = self.set_up(layer, ctype, len(layer.bottoms), n_top)
         n_blobs = max(ctype.param_blobs(layer), 0)
-        tshapes, pshapes = caffe_shapes.infer(layer, bshapes, n_blobs)
+        tshapes, pshapes = caffe_shapes.infer(ctype.shape, layer, bshapes, n_blobs)
         tshapes = (tshapes + [None] * n_top)[:n_top]
-        if not layer.bottoms:
-            tshapes = [tuple(self.input_shapes[b]) if b in self.input_shapes else s
-                       for b, s in zip(layer.tops, tshapes)] + tshapes[len(layer.tops):]
+        if not layer.bottoms or getattr(ctype.imports, "kind", "") == "inputs":
+            tshapes = [tuple(self.input_shapes[b]) if b in self.input_shapes
+                       else self.follow_batch(s) for b, s in zip(layer.tops, tshapes)
+                       ] + tshapes[len(layer.tops):]
         for tid, shape in zip(tids, tshapes):
             self.blob_shape[tid] = shape
         self.top_shapes.append(tshapes)
@@ -371,6 +397,7 @@ def emulate(net: CaffeNet, phase: str = "TRAIN",
     split = insert_splits(kept)
     layers = [layer for layer, _ in split]
     init = _Init(strict, {k: tuple(v) for k, v in (input_shapes or {}).items()})
+    init.find_batch_changes(layers)
     for lid in range(len(layers)):
         init.layer(layers, lid)
     blob_need_forward = dict(zip(init.blob_names, init.blob_need))

@@ -13,6 +13,7 @@ from bwplan.caffe.emulate import emulate
 from bwplan.caffe.state import CaffeState
 from bwplan.caffe.model import read_net
 from bwplan.caffe.to_ast import to_flat_ast
+from bwplan.errors import CaffeError, MultipleErrors, raise_all
 from bwplan.frontend import ast
 from bwplan.ir.build import build
 from bwplan.ir.net import Net
@@ -27,13 +28,35 @@ class CaffeImport:
     warnings: tuple[ImportWarning, ...]
 
 
+def caffe_state(text: str, path: str = "<input>", phase: str = "TRAIN",
+                input_shapes: Mapping[str, Sequence[int]] | None = None,
+                strict: bool = False) -> tuple[CaffeState, tuple[CaffeError, ...]]:
+    """Caffe's decisions alone, for nets bwplan may not be able to import: (state, the
+    fields left out because they do not fit the schema). Raises CaffeError only where Caffe
+    itself rejects the net."""
+    net = read_net(text, path, collect=True)
+    return emulate(net, phase, input_shapes, strict), net.problems
+
+
 def caffe_module(text: str, path: str = "<input>", phase: str = "TRAIN",
                  input_shapes: Mapping[str, Sequence[int]] | None = None,
                  strict: bool = False):
-    """Everything but the Net: (state, flat import, warnings). Needs no op registry."""
-    net = read_net(text, path)
-    state = emulate(net, phase, input_shapes, strict)
-    return state, to_flat_ast(net, state, input_shapes), differences(net, state)
+    """Everything but the Net: (state, flat import, warnings). Needs no op registry.
+    Fields that do not fit the schema, layer types and settings bwplan cannot import are
+    raised together, as one MultipleErrors when there are several."""
+    net = read_net(text, path, collect=True)
+    problems = list(net.problems)
+    try:
+        state = emulate(net, phase, input_shapes, strict)
+        flat = to_flat_ast(net, state, input_shapes)
+    except MultipleErrors as err:
+        raise_all(problems + list(err.errors))
+        raise
+    except CaffeError as err:
+        raise_all(problems + [err])
+        raise
+    raise_all(problems)
+    return state, flat, differences(net, state)
 
 
 def import_caffe_text(text: str, path: str = "<input>", phase: str = "TRAIN",

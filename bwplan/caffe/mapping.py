@@ -1,10 +1,12 @@
-"""The Caffe layer table: one row per Caffe layer type saying what it becomes in bwplan.
+"""How a Caffe layer becomes bwplan IR: the `Import` record a catalogue row carries
+(`catalogue.py` holds the one row per Caffe type) and the attribute functions it names.
 
-A row's `kind` is one of
+An import's `kind` is one of
   layer   one IR layer, named after the Caffe layer (`op` and `attrs` give the call)
   inputs  an input per top (data layers: the data comes from outside the net)
   alias   no IR layer: each top is another name for the bottom (Split)
   per_top one IR layer per top, named after the top blob (Slice)
+  sink    no IR layer: the layer only consumes its bottoms (Silence)
 `slots` names the bwplan param slot of each Caffe param blob, in Caffe's blob order; None
 marks a Caffe blob that has no bwplan slot. `stats` says the blobs are statistics that
 never train, so their lr_mult / decay_mult are not carried over.
@@ -15,9 +17,8 @@ that `bwplan convert` writes what the prototxt says and little else.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 from bwplan.caffe.model import CaffeLayer
@@ -38,17 +39,19 @@ class MapCtx:
     top_shapes: tuple[tuple[int, ...] | None, ...]
 
 
-def _none(layer: CaffeLayer, ctx: MapCtx) -> list[Attr]:
+def no_attrs(layer: CaffeLayer, ctx: MapCtx) -> list[Attr]:
     return []
 
 
 @dataclass(frozen=True, slots=True)
-class Row:
+class Import:
     kind: str
     op: str | Callable[[CaffeLayer], str] = ""
-    attrs: AttrFn = _none
+    attrs: AttrFn = no_attrs
     slots: tuple[str | None, ...] = ()
     stats: bool = False
+    # inputs only: the error when a top's shape is not known (default: ask for it)
+    unknown_shape: Callable[[CaffeLayer, tuple[str, ...]], CaffeError] | None = None
 
     def op_for(self, layer: CaffeLayer) -> str:
         return self.op(layer) if callable(self.op) else self.op
@@ -98,7 +101,7 @@ def _opt(p: Record, field: str, key: str, default: Any, value: Any = None) -> li
 
 
 # ---- rows ---------------------------------------------------------------------------------
-def _conv(layer, ctx):
+def conv(layer, ctx):
     p = layer.sub("convolution_param")
     if p.get("axis") != 1:
         raise unsupported(layer, p, "axis", "only axis 1 (NCHW) is supported")
@@ -111,7 +114,7 @@ def _conv(layer, ctx):
     return out + _opt(p, "bias_term", "bias", True)
 
 
-def _inner_product(layer, ctx):
+def inner_product(layer, ctx):
     p = layer.sub("inner_product_param")
     if p.get("axis") != 1:
         raise unsupported(layer, p, "axis", "only axis 1 is supported (bwplan's linear "
@@ -122,11 +125,19 @@ def _inner_product(layer, ctx):
             + _opt(p, "bias_term", "bias", True))
 
 
-def _relu(layer, ctx):
+def relu(layer, ctx):
     return _opt(layer.sub("relu_param"), "negative_slope", "negative_slope", 0.0)
 
 
-def _pool_op(layer: CaffeLayer) -> str:
+def settings(param: str, *fields: tuple[str, str, Any]) -> AttrFn:
+    """Attributes copied from `param`'s fields, each (field, key, the default both share)."""
+    def attrs(layer, ctx):
+        p = layer.sub(param)
+        return [a for field, key, default in fields for a in _opt(p, field, key, default)]
+    return attrs
+
+
+def pool_op(layer: CaffeLayer) -> str:
     p = layer.sub("pooling_param")
     kind = {"MAX": "maxpool", "AVE": "avgpool"}.get(p.get("pool"))
     if kind is None:
@@ -134,7 +145,7 @@ def _pool_op(layer: CaffeLayer) -> str:
     return ("global_" + kind) if p.get("global_pooling") else kind
 
 
-def _pool(layer, ctx):
+def pool(layer, ctx):
     p = layer.sub("pooling_param")
     if p.get("global_pooling"):
         return []
@@ -143,12 +154,12 @@ def _pool(layer, ctx):
     out = [("kernel", _kernel(layer, p, "kernel_size"), p.where("kernel_size")),
            ("stride", stride, p.where("stride"))]
     out += _opt(p, "pad", "pad", 0, _size(p, "pad", "pad", 0))
-    if p.get("round_mode") == "CEIL":
+    if p.get("round_mode") == "CEIL" and p.get("ceil_mode"):
         out.append(("ceil", True, p.where("round_mode")))
     return out
 
 
-def _lrn(layer, ctx):
+def lrn(layer, ctx):
     p = layer.sub("lrn_param")
     if p.get("norm_region") != "ACROSS_CHANNELS":
         raise unsupported(layer, p, "norm_region", "WITHIN_CHANNEL normalisation is not "
@@ -158,18 +169,18 @@ def _lrn(layer, ctx):
             (("size", "local_size"), ("alpha", "alpha"), ("beta", "beta"), ("k", "k"))]
 
 
-def _concat(layer, ctx):
+def concat(layer, ctx):
     p = layer.sub("concat_param")
     axis = p.get("concat_dim") if p.has("concat_dim") else p.get("axis")
     return _opt(p, "axis", "axis", 1, axis)
 
 
-def _eltwise_op(layer: CaffeLayer) -> str:
+def eltwise_op(layer: CaffeLayer) -> str:
     return {"SUM": "add", "PROD": "mul", "MAX": "maximum"}[
         layer.sub("eltwise_param").get("operation")]
 
 
-def _eltwise(layer, ctx):
+def eltwise(layer, ctx):
     p = layer.sub("eltwise_param")
     op = p.get("operation")
     if op == "PROD" and len(layer.bottoms) != 2:
@@ -181,11 +192,11 @@ def _eltwise(layer, ctx):
     return [("coeffs", tuple(coeff), p.where("coeff", 0))] if coeff else []
 
 
-def _dropout(layer, ctx):
+def dropout(layer, ctx):
     return _opt(layer.sub("dropout_param"), "dropout_ratio", "p", 0.5)
 
 
-def _batch_norm(layer, ctx):
+def batch_norm(layer, ctx):
     p = layer.sub("batch_norm_param")
     phase = layer.record.get("phase") or ctx.phase
     global_stats = p.get("use_global_stats") if p.has("use_global_stats") \
@@ -195,7 +206,7 @@ def _batch_norm(layer, ctx):
     return out + _opt(p, "use_global_stats", "global_stats", False, global_stats)
 
 
-def _scale(layer, ctx):
+def scale(layer, ctx):
     p = layer.sub("scale_param")
     if len(layer.bottoms) != 1:
         raise unsupported(layer, p, "axis", "a Scale layer with a second bottom (the scale "
@@ -206,22 +217,25 @@ def _scale(layer, ctx):
     return _opt(p, "bias_term", "bias", False)
 
 
-def _softmax(layer, ctx):
+def softmax(layer, ctx):
     return _opt(layer.sub("softmax_param"), "axis", "axis", 1)
 
 
-def _softmax_loss(layer, ctx):
+def softmax_loss(layer, ctx):
     p = layer.sub("loss_param")
+    if p.get("weight_by_label_freqs"):
+        raise unsupported(layer, p, "weight_by_label_freqs", "class weighting "
+                          "(weight_by_label_freqs) is not supported yet")
     return [("ignore_label", p.get("ignore_label"), p.where("ignore_label"))] \
         if p.has("ignore_label") else []
 
 
-def _contrastive(layer, ctx):
+def contrastive(layer, ctx):
     p = layer.sub("contrastive_loss_param")
     return _opt(p, "margin", "margin", 1.0) + _opt(p, "legacy_version", "legacy", False)
 
 
-def _accuracy(layer, ctx):
+def accuracy(layer, ctx):
     p = layer.sub("accuracy_param")
     if p.get("axis") != 1:
         raise unsupported(layer, p, "axis", "only axis 1 is supported")
@@ -230,12 +244,12 @@ def _accuracy(layer, ctx):
     return _opt(p, "top_k", "top_k", 1)
 
 
-def _flatten(layer, ctx):
+def flatten(layer, ctx):
     p = layer.sub("flatten_param")
     return _opt(p, "axis", "axis", 1) + _opt(p, "end_axis", "end_axis", -1)
 
 
-def _reshape(layer, ctx):
+def reshape(layer, ctx):
     p = layer.sub("reshape_param")
     if not p.has("shape"):
         raise CaffeError(p.span, f"Reshape layer '{layer.name}' needs reshape_param.shape")
@@ -249,27 +263,20 @@ def _reshape(layer, ctx):
     return [("shape", dims, p.where("shape"))]
 
 
-_DATA = Row("inputs")
-_ONE_TO_ONE = {"ReLU": ("relu", _relu), "Sigmoid": ("sigmoid", _none),
-               "TanH": ("tanh", _none), "Dropout": ("dropout", _dropout),
-               "LRN": ("lrn", _lrn), "Concat": ("concat", _concat),
-               "Softmax": ("softmax", _softmax), "Flatten": ("flatten", _flatten),
-               "Reshape": ("reshape", _reshape),
-               "SoftmaxWithLoss": ("softmax_cross_entropy", _softmax_loss),
-               "EuclideanLoss": ("euclidean_loss", _none),
-               "ContrastiveLoss": ("contrastive_loss", _contrastive),
-               "Accuracy": ("accuracy", _accuracy)}
 
-ROWS: Mapping[str, Row] = MappingProxyType({
-    "Convolution": Row("layer", "conv2d", _conv, ("weight", "bias")),
-    "InnerProduct": Row("layer", "linear", _inner_product, ("weight", "bias")),
-    "Pooling": Row("layer", _pool_op, _pool),
-    "Eltwise": Row("layer", _eltwise_op, _eltwise),
-    "BatchNorm": Row("layer", "batchnorm", _batch_norm, ("mean", "var", None), stats=True),
-    "Scale": Row("layer", "scale", _scale, ("weight", "bias")),
-    **{t: Row("layer", op, fn) for t, (op, fn) in _ONE_TO_ONE.items()},
-    "Slice": Row("per_top", "slice"),
-    "Split": Row("alias"),
-    "Input": _DATA, "Data": _DATA, "DummyData": _DATA, "ImageData": _DATA,
-    "MemoryData": _DATA, "HDF5Data": _DATA, "WindowData": _DATA,
-})
+
+def _first(value: Any) -> Any:
+    """An open message's field holds a tuple of the values written."""
+    return value[0] if isinstance(value, tuple) and value else value
+
+
+def python_layer(layer: CaffeLayer, missing: tuple[str, ...]) -> CaffeError:
+    """A Python layer runs code bwplan cannot read: no guess at what it computes. Its tops
+    can be given as shapes, and it is then planned as a non-differentiable layer."""
+    p = layer.sub("python_param")
+    module, name = (_first(p.get(field, ("?",))) for field in ("module", "layer"))
+    flags = " ".join(f"--input-shape {top}=N,C,H,W" for top in missing)
+    return CaffeError(layer.record.where("type"), f"Python layer '{layer.name}' runs Python "
+                      f"code (module '{module}', layer '{name}') that bwplan cannot read",
+                      f"to plan the net with it as a non-differentiable layer, give the "
+                      f"shapes of its tops: {flags} (see docs/caffe.md, Python layers)")

@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 from bwplan.caffe.prototxt import Message, parse_prototxt
 from bwplan.caffe.schema import Record, decode
-from bwplan.errors import CaffeError
+from bwplan.errors import CaffeError, raise_all
 from bwplan.source import Span
 
 PHASES = ("TRAIN", "TEST")
@@ -83,25 +83,33 @@ class CaffeNet:
     force_backward: bool
     record: Record          # the NetParameter's own fields, for their spans
     span: Span
+    # fields that did not fit the schema, left out of the records (read_net(collect=True))
+    problems: tuple[CaffeError, ...] = ()
 
 
-def read_net(text: str, path: str = "<input>") -> CaffeNet:
-    """Parse and read a NetParameter prototxt."""
-    return net_from_message(parse_prototxt(text, path), path)
+def read_net(text: str, path: str = "<input>", collect: bool = False) -> CaffeNet:
+    """Parse and read a NetParameter prototxt. A field that does not fit the schema is an
+    error; with `collect`, every such field is left out and listed in `problems` instead,
+    so that the importer can report them together with the layer types it cannot import."""
+    return net_from_message(parse_prototxt(text, path), path, collect)
 
 
-def net_from_message(msg: Message, path: str) -> CaffeNet:
+def net_from_message(msg: Message, path: str, collect: bool = False) -> CaffeNet:
     v1 = msg.first("layers")
     if v1 is not None:
         raise CaffeError(v1.name_span, "this net uses the V1 'layers { }' syntax, which "
                          "bwplan does not read",
                          "upgrade it with Caffe's tool: upgrade_net_proto_text OLD NEW")
-    net = decode(msg, "NetParameter")
+    problems: list[CaffeError] = []
+    net = decode(msg, "NetParameter", problems)
+    if problems and not collect:
+        raise_all(problems)
     layers = tuple(_upgrade_batch_norm(_layer(r)) for r in net.get("layer"))
     legacy = _legacy_input(net)
     if legacy is not None:
         layers = (legacy,) + layers
-    return CaffeNet(net.get("name"), path, layers, net.get("force_backward"), net, net.span)
+    return CaffeNet(net.get("name"), path, layers, net.get("force_backward"), net, net.span,
+                    tuple(problems))
 
 
 def _param(r: Record) -> ParamSpec:

@@ -96,15 +96,26 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
         "slice_param": _f("message", msg="SliceParameter"),
         "softmax_param": _f("message", msg="SoftmaxParameter"),
         "tanh_param": _f("message", msg="EngineParameter"),
+        "elu_param": _f("message", msg="ELUParameter"),
+        "power_param": _f("message", msg="PowerParameter"),
+        "exp_param": _f("message", msg="ExpParameter"),
+        "log_param": _f("message", msg="LogParameter"),
+        "prelu_param": _f("message", msg="PReLUParameter"),
+        "threshold_param": _f("message", msg="ThresholdParameter"),
     },
     "TransformationParameter": {
         "scale": _f("float", 1.0), "mirror": _f("bool", False), "crop_size": _f("uint", 0),
         "mean_file": _f("string", ""), "mean_value": _rep("float"),
         "force_color": _f("bool", False), "force_gray": _f("bool", False),
+        # SSD's augmentation settings: they change pixels, not shapes or gradients
+        "resize_param": _rep("open"), "emit_constraint": _rep("open"),
+        "distort_param": _f("open"), "expand_param": _f("open"), "noise_param": _f("open"),
     },
     "LossParameter": {
         "ignore_label": _f("int"), "normalize": _f("bool"),
         "normalization": _f("enum", "VALID", choices=("FULL", "VALID", "BATCH_SIZE", "NONE")),
+        # SegNet's class-weighted SoftmaxWithLoss
+        "weight_by_label_freqs": _f("bool", False), "class_weighting": _rep("float"),
     },
     "AccuracyParameter": {"top_k": _f("uint", 1), "axis": _f("int", 1),
                           "ignore_label": _f("int")},
@@ -172,6 +183,8 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
         "stride": _f("uint", 1), "stride_h": _f("uint"), "stride_w": _f("uint"),
         "engine": _f("enum", "DEFAULT", choices=_ENGINE), "global_pooling": _f("bool", False),
         "round_mode": _f("enum", "CEIL", choices=("CEIL", "FLOOR")),
+        # the forks' spelling of round_mode (DenseNet, ResNeXt, PSPNet prototxts)
+        "ceil_mode": _f("bool", True),
     },
     "ReLUParameter": {"negative_slope": _f("float", 0.0),
                       "engine": _f("enum", "DEFAULT", choices=_ENGINE)},
@@ -181,6 +194,15 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
                        "bias_term": _f("bool", False), "bias_filler": _OPEN},
     "SliceParameter": {"axis": _f("int", 1), "slice_point": _rep("uint"),
                        "slice_dim": _f("uint", 1)},
+    "ELUParameter": {"alpha": _f("float", 1.0)},
+    "PowerParameter": {"power": _f("float", 1.0), "scale": _f("float", 1.0),
+                       "shift": _f("float", 0.0)},
+    "ExpParameter": {"base": _f("float", -1.0), "scale": _f("float", 1.0),
+                     "shift": _f("float", 0.0)},
+    "LogParameter": {"base": _f("float", -1.0), "scale": _f("float", 1.0),
+                     "shift": _f("float", 0.0)},
+    "PReLUParameter": {"filler": _OPEN, "channel_shared": _f("bool", False)},
+    "ThresholdParameter": {"threshold": _f("float", 0.0)},
     "SoftmaxParameter": {"engine": _f("enum", "DEFAULT", choices=_ENGINE),
                          "axis": _f("int", 1)},
 }
@@ -274,14 +296,25 @@ def _bad(f: Field, spec: FieldSpec, kind: str) -> CaffeError:
     return CaffeError(f.value_span, f"{kind}.{f.name} must be {_what(spec)}, not {shown}")
 
 
-def _open_value(f: Field) -> Any:
-    return decode(f.value, "") if isinstance(f.value, Message) else f.value
+def _open_value(f: Field, problems: list[CaffeError]) -> Any:
+    return decode(f.value, "", problems) if isinstance(f.value, Message) else f.value
 
 
-def decode(msg: Message, kind: str) -> Record:
+def decode(msg: Message, kind: str, problems: list[CaffeError] | None = None) -> Record:
     """Check `msg` against the schema `kind` ('' for an open message) and return its values.
-    Raises CaffeError, located at the offending field, for an unknown field, a value of the
-    wrong type, or a singular field written twice."""
+    An unknown field, a value of the wrong type or a singular field written twice is a
+    CaffeError located at the offending field. With `problems` given, every such error is
+    appended to it and the field is left out, so that one run reports them all; without it,
+    the first one is raised."""
+    found: list[CaffeError] = [] if problems is None else problems
+    start = len(found)
+    record = _decode(msg, kind, found)
+    if problems is None and len(found) > start:
+        raise found[start]
+    return record
+
+
+def _decode(msg: Message, kind: str, problems: list[CaffeError]) -> Record:
     schema = SCHEMAS.get(kind)
     values: dict[str, Any] = {}
     spans: dict[str, Any] = {}
@@ -292,27 +325,34 @@ def decode(msg: Message, kind: str) -> Record:
                 spec = _OPEN
             else:
                 close = difflib.get_close_matches(f.name, list(schema), n=1)
-                raise CaffeError(f.name_span, f'message type "caffe.{kind}" has no field '
-                                 f'named "{f.name}"',
-                                 f"did you mean '{close[0]}'?" if close else None)
-        if spec is None or spec.kind == "open":
-            value: Any = _open_value(f)
-        elif spec.kind == "message":
-            if not isinstance(f.value, Message):
+                problems.append(CaffeError(
+                    f.name_span, f'message type "caffe.{kind}" has no field named '
+                    f'"{f.name}"', f"did you mean '{close[0]}'?" if close else None))
+                continue
+        try:
+            if spec is None or spec.kind == "open":
+                value: Any = _open_value(f, problems)
+            elif spec.kind == "message":
+                if not isinstance(f.value, Message):
+                    raise _bad(f, spec, kind)
+                value = _decode(f.value, spec.message, problems)
+            elif isinstance(f.value, Message):
                 raise _bad(f, spec, kind)
-            value = decode(f.value, spec.message)
-        elif isinstance(f.value, Message):
-            raise _bad(f, spec, kind)
-        else:
-            value = _scalar(spec, f, kind)
+            else:
+                value = _scalar(spec, f, kind)
+        except CaffeError as err:
+            problems.append(err)
+            continue
         repeated = spec.repeated if spec is not None and schema is not None else True
         if repeated:
             values[f.name] = values.get(f.name, ()) + (value,)
             spans[f.name] = spans.get(f.name, ()) + (f.span,)
         else:
             if f.name in values and spec.kind != "open":
-                raise CaffeError(f.name_span, f'non-repeated field "{f.name}" is specified '
-                                 f"multiple times (first at {spans[f.name]})")
+                problems.append(CaffeError(f.name_span, f'non-repeated field "{f.name}" is '
+                                           f"specified multiple times (first at "
+                                           f"{spans[f.name]})"))
+                continue
             values[f.name] = value
             spans[f.name] = f.span
     return Record(kind, MappingProxyType(values), MappingProxyType(spans), msg.span)

@@ -42,6 +42,12 @@ class ParamState:
     shape: Shape | None
     span: Span                      # the param { } block, or the layer when none
 
+    @property
+    def use_lr_mult(self) -> float:
+        """The multiplier this use trains with where each use keeps its own (bwplan): its own
+        lr_mult when the prototxt gives one, else the shared param's effective one."""
+        return self.lr_mult if self.lr_mult_given else self.effective_lr_mult
+
 
 @dataclass(frozen=True, slots=True)
 class LayerState:

@@ -24,11 +24,11 @@ from types import MappingProxyType
 
 from bwplan.caffe.prepare import built_layers
 from bwplan.caffe.state import CaffeState, LayerState
-from bwplan.caffe.layer_types import caffe_type
-from bwplan.caffe.mapping import ROWS, MapCtx, Row
+from bwplan.caffe.catalogue import caffe_type, importable
+from bwplan.caffe.mapping import Import, MapCtx
 from bwplan.caffe.model import CaffeLayer, CaffeNet
 from bwplan.caffe.shapes import slice_bounds
-from bwplan.errors import CaffeError
+from bwplan.errors import CaffeError, raise_all
 from bwplan.frontend import ast
 from bwplan.ir.types import TensorType
 from bwplan.source import Span
@@ -71,14 +71,18 @@ class FlatImport:
     layer_map: Mapping[str, tuple[str, ...]]
 
 
-def _row(layer: CaffeLayer) -> Row:
-    row = ROWS.get(layer.type)
+def _row(layer: CaffeLayer) -> Import:
+    row = caffe_type(layer.type).imports
     if row is None:
-        supported = ", ".join(sorted(ROWS))
-        raise CaffeError(layer.record.where("type"), f"layer '{layer.name}' has type "
-                         f"'{layer.type}', which bwplan does not import",
-                         f"supported types: {supported}")
+        raise _not_imported(layer, True)
     return row
+
+
+def _not_imported(layer: CaffeLayer, with_list: bool) -> CaffeError:
+    supported = ", ".join(importable())
+    return CaffeError(layer.record.where("type"), f"layer '{layer.name}' has type "
+                      f"'{layer.type}', which bwplan does not import",
+                      f"supported types: {supported}" if with_list else None)
 
 
 def _wanted(pairs, params: Mapping[str, int]) -> tuple[list[str], list[str]]:
@@ -88,7 +92,8 @@ def _wanted(pairs, params: Mapping[str, int]) -> tuple[list[str], list[str]]:
     for built, original in pairs:
         if original is None:
             continue
-        kind = _row(original).kind
+        row = caffe_type(original.type).imports
+        kind = row.kind if row is not None else ""
         if kind in ("inputs", "per_top"):
             others.extend(original.tops)
         elif kind == "layer":
@@ -115,6 +120,7 @@ class _Converter:
 
     def run(self) -> FlatImport:
         self.check_input_shapes()
+        self.check_layers()
         for (built, original), ls in zip(self.pairs, self.state.layers):
             if original is None:
                 self.layer_map[built.name] = ()
@@ -123,7 +129,7 @@ class _Converter:
             row = _row(original)
             self.layer_map.setdefault(original.name, ())
             kinds = {"inputs": self.data, "layer": self.layer, "per_top": self.per_top,
-                     "alias": self.alias}
+                     "alias": self.alias, "sink": self.sink}
             kinds[row.kind](original, built, ls, row)
         inputs = tuple(self.input_decl(i) for i in self.inputs.values())
         module = ast.Module(self.net.path, inputs + tuple(self.params.values())
@@ -135,25 +141,18 @@ class _Converter:
         for top in built.tops:
             self.current[top] = self.current[built.bottoms[0]]
 
-    def data(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Row) -> None:
+    def sink(self, *_) -> None:
+        """Nothing to build: the layer reads its bottoms and makes nothing."""
+
+    def data(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
         for j, top in enumerate(layer.tops):
-            shape = ls.tops[j].shape
-            if shape is None:
-                raise CaffeError(layer.top_span(j), f"cannot tell the shape of '{top}' from "
-                                 f"the {layer.type} layer '{layer.name}'",
-                                 f"pass --input-shape {top}=N,C,H,W (its real shape)")
-            name = self.names.take(top)
-            self.inputs[name] = _Input(name, tuple(shape), layer.top_span(j))
+            name = self.names.take(top)     # check_data made sure the shape is known
+            self.inputs[name] = _Input(name, tuple(ls.tops[j].shape), layer.top_span(j))
             self.current[top] = name
 
-    def layer(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Row) -> None:
-        if len(layer.tops) > 1:
-            raise CaffeError(layer.top_span(1), f"{layer.type} layer '{layer.name}' has "
-                             f"{len(layer.tops)} tops; bwplan imports this type with one top")
-        ctx = MapCtx(self.state.phase, tuple(b.shape for b in ls.bottoms),
-                     tuple(t.shape for t in ls.tops))
+    def layer(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
         op = row.op_for(layer)
-        kwargs = [ast.KwArg(k, v, span) for k, v, span in row.attrs(layer, ctx)]
+        kwargs = [ast.KwArg(k, v, span) for k, v, span in row.attrs(layer, self.ctx(ls))]
         modifiers: list[ast.Modifier] = []
         for pid, ps in enumerate(ls.params):
             slot = row.slots[pid] if pid < len(row.slots) else None
@@ -169,7 +168,7 @@ class _Converter:
         if layer.tops:  # a loss layer may leave its top unnamed
             self.current[layer.tops[0]] = name
 
-    def per_top(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Row) -> None:
+    def per_top(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
         shape = ls.bottoms[0].shape if ls.bottoms else None
         if shape is None:
             raise CaffeError(layer.span, f"{layer.type} layer '{layer.name}' needs the shape "
@@ -241,10 +240,55 @@ class _Converter:
                 continue
             modifiers.append(ast.Modifier(f"{slot}.{key}", _number(value), ps.span))
 
+    def check_layers(self) -> None:
+        """Every layer bwplan cannot import, and every setting it cannot represent, in one
+        error: a net from a Caffe fork then needs one round of fixes, not one per layer."""
+        errors: list[CaffeError] = []
+        listed = False
+        for (built, original), ls in zip(self.pairs, self.state.layers):
+            if original is None:
+                continue
+            row = caffe_type(original.type).imports
+            if row is None:
+                errors.append(_not_imported(original, not listed))
+                listed = True
+                continue
+            try:
+                if row.kind == "layer":
+                    self.check_layer(original, ls, row)
+                elif row.kind == "inputs":
+                    self.check_data(original, ls, row)
+            except CaffeError as err:
+                errors.append(err)
+        raise_all(errors)
+
+    def check_layer(self, layer: CaffeLayer, ls: LayerState, row: Import) -> None:
+        if len(layer.tops) > 1:
+            raise CaffeError(layer.top_span(1), f"{layer.type} layer '{layer.name}' has "
+                             f"{len(layer.tops)} tops; bwplan imports this type with one top")
+        row.op_for(layer)
+        row.attrs(layer, self.ctx(ls))
+
+    def check_data(self, layer: CaffeLayer, ls: LayerState, row: Import) -> None:
+        missing = [j for j, t in enumerate(ls.tops) if t.shape is None]
+        if not missing:
+            return
+        if row.unknown_shape is not None:
+            raise row.unknown_shape(layer, tuple(layer.tops[j] for j in missing))
+        j, top = missing[0], layer.tops[missing[0]]
+        raise CaffeError(layer.top_span(j), f"cannot tell the shape of '{top}' from "
+                         f"the {layer.type} layer '{layer.name}'",
+                         f"pass --input-shape {top}=N,C,H,W (its real shape)")
+
+    def ctx(self, ls: LayerState) -> MapCtx:
+        return MapCtx(self.state.phase, tuple(b.shape for b in ls.bottoms),
+                      tuple(t.shape for t in ls.tops))
+
     def check_input_shapes(self) -> None:
         """A shape given for a blob no data layer produces is most likely a typo."""
         data = [top for built, original in self.pairs if original is not None
-                and _row(original).kind == "inputs" for top in original.tops]
+                and getattr(caffe_type(original.type).imports, "kind", "") == "inputs"
+                for top in original.tops]
         for blob in self.input_shapes:
             if blob not in data:
                 raise CaffeError(Span.synthetic("--input-shape"), f"--input-shape names "

@@ -57,7 +57,8 @@ def _plan(args):
     from bwplan.plan.pitfalls import Finding
     imported = import_caffe_text(read_text(args.file), args.file, **caffe_options(args))
     plan = make_plan(apply_policy(imported.net, args.rules))
-    extra = tuple(Finding(w.code, "warning", w.span, w.text, w.fix) for w in imported.warnings)
+    extra = tuple(Finding(w.code, "warning", w.span, w.text, w.fix, w.subject)
+                  for w in imported.warnings)
     return replace(plan, findings=plan.findings + extra)
 
 
@@ -68,7 +69,14 @@ def caffe_report(args) -> str:
     if args.rules:
         raise BwError(Span.synthetic("--caffe"), "--caffe shows what Caffe decides for the "
                       "file as written; --freeze/--unfreeze do not apply to it")
-    from bwplan.caffe.compare import render_caffe_view
-    from bwplan.caffe.importer import import_caffe_text
-    imported = import_caffe_text(read_text(args.file), args.file, **caffe_options(args))
-    return render_caffe_view(imported, make_plan(imported.net))
+    from bwplan.caffe.compare import render_caffe_only, render_caffe_view
+    from bwplan.caffe.importer import caffe_state, import_caffe_text
+    text, options = read_text(args.file), caffe_options(args)
+    state, _ = caffe_state(text, args.file, **options)   # raises what Caffe rejects
+    try:
+        imported = import_caffe_text(text, args.file, **options)
+        plan = make_plan(imported.net)
+    except BwError as err:
+        # Caffe's own decisions do not depend on bwplan knowing the layer types
+        return render_caffe_only(state, getattr(err, "errors", (err,)))
+    return render_caffe_view(imported, plan)

@@ -2,6 +2,7 @@
 parameter updates and the warnings."""
 from __future__ import annotations
 
+from bwplan.explain.grouping import render_findings
 from bwplan.explain.units import flops, nbytes, saving
 from bwplan.plan.plan import LayerPlan, Plan
 
@@ -63,8 +64,5 @@ def render_summary(plan: Plan) -> list[str]:
         out.append(f"  {u.param.ljust(width)}  {u.kind.ljust(10)}  {u.text}")
     if plan.findings:
         out.append("")
-        for f in plan.findings:
-            where = f"{f.span}: " if f.span.has_position else ""
-            out.append(f"{where}{f.severity}: {f.text}")
-            out.append(f"  fix: {f.fix}")
+        out.extend(render_findings(plan.findings))
     return out

@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from bwplan.ops import conv, elementwise, linear, loss, norm, pool, shape
+from bwplan.ops import activation
 from bwplan.ops.opdef import OpDef
 
-_FAMILIES = (conv, linear, elementwise, pool, norm, shape, loss)
+_FAMILIES = (conv, linear, elementwise, pool, norm, shape, loss, activation)
 
 
 def _collect() -> Mapping[str, OpDef]:

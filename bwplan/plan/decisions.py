@@ -33,11 +33,20 @@ ROUTINE = frozenset({"dx_integer", "dx_not_differentiable", "dw_statistics", "dx
 
 
 def headline(forward: Decision, dx, dw) -> Reason:
-    """The one reason about a layer most worth reading: a skip if something was skipped,
+    """The one reason about a layer most worth reading: what it trains when all its
+    parameters train and only a routine input gradient is skipped; else a skip if something
+    was skipped,
     else why the backward runs, else why the forward is or is not needed."""
     decisions = list(dw) + list(dx)
     skipped = [d for d in decisions if not d.needed and d.reason.code not in ROUTINE]
     running = [d for d in decisions if d.needed]
+    trains = [d for d in dw if d.needed]
+    if trains and all(d.needed for d in dw) and all(
+            d.reason.code == "dx_nothing_upstream_trains" for d in skipped):
+        # the layer trains and skips only the input gradient nothing below could use (the
+        # one trainable layer of a fine-tune): what it computes is the news; a cut the user
+        # wrote (stop_gradient) stays the reason shown
+        return trains[0].reason
     if skipped:
         return skipped[0].reason
     if running:
@@ -72,6 +81,7 @@ class Finding:
     span: Span
     text: str
     fix: str
+    subject: str = ""    # the layer, input or parameter it is about (for grouping)
 
 
 # Every code a Reason may carry, with what it means; docs/json-schema.md prints this table.

@@ -13,7 +13,8 @@ def _decay_without_gradient(plan):
             yield Finding("decay_without_gradient", "warning", param.span,
                           f"{u.param} receives no gradient, yet weight decay (decay_mult "
                           f"{u.decay_mult:g}) shrinks it every step: it is not frozen",
-                          "freeze the layer (`frozen`, lr_mult: 0) or set its decay to 0")
+                          "freeze the layer (`frozen`, lr_mult: 0) or set its decay to 0",
+                          subject=u.param)
 
 
 def _per_use_lr(plan):
@@ -26,7 +27,8 @@ def _per_use_lr(plan):
                           "use's gradient is scaled by its multiplier before they are summed; "
                           "with momentum this is a gradient multiplier, not a per-use learning "
                           "rate", "to train two independent copies, give each layer its own "
-                          "parameters and load the same pretrained weights into both")
+                          "parameters and load the same pretrained weights into both",
+                          subject=u.param)
 
 
 def _useless_cut(plan):
@@ -41,12 +43,14 @@ def _useless_cut(plan):
                 yield Finding("cut_not_differentiable", "warning", edge.span,
                               f"stop_gradient on {edge.src} -> {layer.name} has no effect: "
                               f"{op.name}'s '{port.name}' input never takes a gradient",
-                              "remove the stop_gradient / propagate_down: false")
+                              "remove the stop_gradient / propagate_down: false",
+                              subject=layer.name)
             elif plan.flow.up.get(edge.src) is None:
                 yield Finding("cut_nothing_trains", "note", edge.span,
                               f"stop_gradient on {edge.src} -> {layer.name} changes nothing "
                               f"today: nothing upstream of {edge.src} trains",
-                              "keep it if layers above may be unfrozen later; else remove it")
+                              "keep it if layers above may be unfrozen later; else remove it",
+                              subject=layer.name)
 
 
 def _loss_unreached(plan):
@@ -58,7 +62,8 @@ def _loss_unreached(plan):
             yield Finding("loss_reaches_nothing", "warning", layer.span,
                           f"the loss {layer.name} reaches no trainable parameter: it adds "
                           "nothing to any update",
-                          "unfreeze a layer below it, or remove the stop_gradient that cuts it")
+                          "unfreeze a layer below it, or remove the stop_gradient that cuts it",
+                          subject=layer.name)
 
 
 def _zero_weight_loss(plan):
@@ -66,7 +71,8 @@ def _zero_weight_loss(plan):
         if registry.OPS[layer.op].role == "loss" and layer.loss_weight == 0:
             yield Finding("loss_weight_zero", "note", layer.span,
                           f"the loss {layer.name} has weight 0: it is computed and reported "
-                          "but no gradient starts from it", "give it a non-zero weight to train")
+                          "but no gradient starts from it", "give it a non-zero weight to train",
+                          subject=layer.name)
 
 
 def _dead_outputs(plan):
@@ -79,7 +85,7 @@ def _dead_outputs(plan):
         yield Finding("output_reaches_no_loss", "warning", layer.span,
                       f"the output of {layer.name} reaches no loss and no metric: "
                       f"a training step skips it and its parameters never train",
-                      "connect it to a loss, or remove it")
+                      "connect it to a loss, or remove it", subject=layer.name)
 
 
 def _frozen_batchnorm(plan):
@@ -90,7 +96,8 @@ def _frozen_batchnorm(plan):
             yield Finding("frozen_batchnorm", "note", layer.span,
                           f"{layer.name} is frozen, so it normalises with its stored running "
                           "statistics instead of the batch's (Caffe use_global_stats: true, "
-                          "PyTorch eval())", "unfreeze it to normalise with batch statistics")
+                          "PyTorch eval())", "unfreeze it to normalise with batch statistics",
+                          subject=layer.name)
 
 
 def _batchnorm_in_frozen_region(plan):
@@ -103,7 +110,8 @@ def _batchnorm_in_frozen_region(plan):
             yield Finding("batchnorm_stats_in_frozen_region", "warning", layer.span,
                           f"{layer.name} normalises with batch statistics and keeps updating "
                           "its running statistics although nothing up to it trains",
-                          "freeze it too, so that it uses its stored statistics")
+                          "freeze it too, so that it uses its stored statistics",
+                          subject=layer.name)
 
 
 CHECKS = (_decay_without_gradient, _per_use_lr, _useless_cut, _loss_unreached,

@@ -1,5 +1,5 @@
 """Initial parameter values, seeded: "xavier" (Caffe's default filler for weights: uniform
-in +-sqrt(3 / fan_in)), "zeros", "ones"."""
+in +-sqrt(3 / fan_in)), "zeros", "ones", "constant:<value>" (Caffe's constant filler)."""
 from __future__ import annotations
 
 import math
@@ -20,6 +20,8 @@ def initial_params(net: Net, seed: int = 0) -> dict[str, np.ndarray]:
             value = np.zeros(shape, dtype)
         elif p.init == "ones":
             value = np.ones(shape, dtype)
+        elif p.init.startswith("constant:"):
+            value = np.full(shape, float(p.init.partition(":")[2]), dtype)
         else:
             fan_in = math.prod(shape[1:]) if len(shape) > 1 else max(1, shape[0])
             bound = math.sqrt(3.0 / fan_in)

@@ -23,7 +23,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-FAMILIES = ("conv", "linear", "elementwise", "pool", "norm", "shape", "loss")
+FAMILIES = ("conv", "linear", "elementwise", "pool", "norm", "shape", "loss", "activation")
 
 
 def get(name: str) -> Callable[..., Any]:

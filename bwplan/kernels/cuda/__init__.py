@@ -2,10 +2,12 @@
 
 The CUDA C lives in cuda/ at the top of the checkout (<prefix>/share/bwplan/cuda when
 installed), one file per op family plus common.cuh. Each op's `OpDef.kernels["cuda"]`
-names the kernel of every component as "<family>.<kernel>" (the file cuda/<family>.cu);
-the family modules here hold the matching launch-geometry functions, with the calling
-convention of the CPU kernels except that tensors are device addresses and the result is
-a list of `Launch` records instead of work done:
+names the kernel of every component as "<family>.<kernel>" (the file cuda/<family>.cu).
+Most kernels need no launch code: default.py launches them by the default of their
+component kind, binding their arguments by the names of their C parameters. The family
+modules here hold rows (LAUNCH, keyed by (op, component)) only for the exceptions, with
+the calling convention of the CPU kernels except that tensors are device addresses and
+the result is a list of `Launch` records instead of work done:
 
     fwd(ctx, inputs, params, out, aux, training, env) -> [Launch]
     dx(ctx, saved, dout, index, out, accumulate, env) -> [Launch]
@@ -25,11 +27,14 @@ from types import MappingProxyType
 from bwplan import ops as registry
 from bwplan.errors import InternalError
 from bwplan.kernels.cuda import conv, elementwise, linear, loss, norm, pool, shape, update
+from bwplan.kernels.cuda import activation
+from bwplan.kernels.cuda.default import default_launch
 from bwplan.kernels.cuda.limits import Env, Launch, check
 
 # family -> its launch module; the file is cuda/<family>.cu
 FAMILIES = MappingProxyType({"conv": conv, "linear": linear, "elementwise": elementwise,
-                             "pool": pool, "norm": norm, "shape": shape, "loss": loss})
+                             "pool": pool, "norm": norm, "shape": shape, "loss": loss,
+                             "activation": activation})
 COMMON = "common.cuh"
 # the runtime's own kernels (optimizer step, seeds, gradient sums), not an op's
 RUNTIME_SOURCE = "update.cu"
@@ -58,11 +63,13 @@ def _entry(op_name: str, component: str) -> KernelEntry:
         raise InternalError(f"no cuda kernel registered for {op_name} {component}")
     family, _, kernel = name.partition(".")
     module = FAMILIES.get(family)
-    key = (op_name, component)
-    if module is None or key not in module.LAUNCH:
-        raise InternalError(f"the cuda kernel {name} of {op_name} {component} has no launch "
-                            "geometry in bwplan/kernels/cuda")
-    return KernelEntry(op_name, component, f"{family}.cu", kernel, module.LAUNCH[key],
+    if module is None:
+        raise InternalError(f"the cuda kernel {name} of {op_name} {component} is in no "
+                            "family of bwplan/kernels/cuda")
+    key, source = (op_name, component), f"{family}.cu"
+    launch = getattr(module, "LAUNCH", {}).get(key) or default_launch(op, component, source,
+                                                                        kernel)
+    return KernelEntry(op_name, component, source, kernel, launch,
                        getattr(module, "ALSO", {}).get(key, ()),
                        getattr(module, "WORKSPACE", {}).get(key))
 

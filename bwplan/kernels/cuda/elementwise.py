@@ -1,37 +1,12 @@
 """Launch geometry of cuda/elementwise.cu: grid-stride loops over the elements, 256
-threads per block (limits.grid_stride). The n-ary ops run one launch per one or two
-inputs, the later launches accumulating (elementwise.cu's header says why)."""
+threads per block (limits.grid_stride). The activations (relu, sigmoid, tanh) take the
+default launch (default.py) and have no row here. The n-ary ops run one launch per one or
+two inputs, the later launches accumulating (elementwise.cu's header says why); dropout
+passes its random stream."""
 from __future__ import annotations
 
 from bwplan.errors import InternalError
 from bwplan.kernels.cuda.limits import Launch, f32, flag, grid_stride, i32, i64, ptr, u64
-
-
-def _unary(kernel: str):
-    def fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
-        n = ctx.x.numel
-        return [grid_stride(kernel, n, env, ptr(inputs[0]), ptr(out), i64(n))]
-    return fwd
-
-
-def _unary_dx(kernel: str):
-    def dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
-        n = ctx.x.numel
-        return [grid_stride(kernel, n, env, ptr(saved["out"]), ptr(dout), ptr(out), i64(n),
-                            flag(accumulate))]
-    return dx
-
-
-def relu_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
-    n = ctx.x.numel
-    return [grid_stride("relu_fwd", n, env, ptr(inputs[0]), ptr(out), i64(n),
-                        f32(ctx.attrs["negative_slope"]))]
-
-
-def relu_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
-    n = ctx.x.numel
-    return [grid_stride("relu_dx", n, env, ptr(saved["out"]), ptr(dout), ptr(out), i64(n),
-                        f32(ctx.attrs["negative_slope"]), flag(accumulate))]
 
 
 def dropout_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
@@ -96,9 +71,6 @@ def maximum_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
 
 
 LAUNCH = {
-    ("relu", "fwd"): relu_fwd, ("relu", "dx:x"): relu_dx,
-    ("sigmoid", "fwd"): _unary("sigmoid_fwd"), ("sigmoid", "dx:x"): _unary_dx("sigmoid_dx"),
-    ("tanh", "fwd"): _unary("tanh_fwd"), ("tanh", "dx:x"): _unary_dx("tanh_dx"),
     ("dropout", "fwd"): dropout_fwd, ("dropout", "dx:x"): dropout_dx,
     ("add", "fwd"): add_fwd, ("add", "dx:xs"): add_dx,
     ("mul", "fwd"): mul_fwd, ("mul", "dx:a"): _mul_dx("b"), ("mul", "dx:b"): _mul_dx("a"),
