@@ -34,6 +34,18 @@ def relu_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
                         f32(ctx.attrs["negative_slope"]), flag(accumulate))]
 
 
+def clip_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    n = ctx.x.numel
+    return [grid_stride("clip_fwd", n, env, ptr(inputs[0]), ptr(out), i64(n),
+                        f32(ctx.attrs["min"]), f32(ctx.attrs["max"]))]
+
+
+def clip_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    n = ctx.x.numel
+    return [grid_stride("clip_dx", n, env, ptr(saved["out"]), ptr(dout), ptr(out), i64(n),
+                        f32(ctx.attrs["min"]), f32(ctx.attrs["max"]), flag(accumulate))]
+
+
 def dropout_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
     n = ctx.x.numel
     if training and not env.counter:
@@ -97,6 +109,7 @@ def maximum_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
 
 LAUNCH = {
     ("relu", "fwd"): relu_fwd, ("relu", "dx:x"): relu_dx,
+    ("clip", "fwd"): clip_fwd, ("clip", "dx:x"): clip_dx,
     ("sigmoid", "fwd"): _unary("sigmoid_fwd"), ("sigmoid", "dx:x"): _unary_dx("sigmoid_dx"),
     ("tanh", "fwd"): _unary("tanh_fwd"), ("tanh", "dx:x"): _unary_dx("tanh_dx"),
     ("dropout", "fwd"): dropout_fwd, ("dropout", "dx:x"): dropout_dx,
