@@ -1,4 +1,4 @@
-// elementwise.cu: the elementwise ops of bwplan/ops/elementwise.py: relu (leaky),
+// elementwise.cu: the elementwise ops of bwplan/ops/elementwise.py: relu (leaky), clip,
 // sigmoid, tanh, inverted dropout with a byte mask, and Caffe Eltwise's add (with
 // coefficients), mul and maximum.
 //
@@ -26,6 +26,22 @@ extern "C" __global__ void relu_dx(const float* out, const float* dout, float* d
     BW_GRID_STRIDE(i, n) {
         const float g = dout[i];
         bw_put(dx, i, out[i] > 0.0f ? g : g * negative_slope, accumulate);
+    }
+}
+
+// == kernel clip_fwd ==
+extern "C" __global__ void clip_fwd(const float* x, float* out, long long n, float lo,
+                                    float hi) {
+    BW_GRID_STRIDE(i, n) out[i] = fminf(fmaxf(x[i], lo), hi);
+}
+
+// == kernel clip_dx ==
+// lo < out < hi exactly where lo < x < hi, so the output decides; 0 at the bounds.
+extern "C" __global__ void clip_dx(const float* out, const float* dout, float* dx,
+                                   long long n, float lo, float hi, int accumulate) {
+    BW_GRID_STRIDE(i, n) {
+        const float y = out[i];
+        bw_put(dx, i, (y > lo && y < hi) ? dout[i] : 0.0f, accumulate);
     }
 }
 

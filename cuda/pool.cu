@@ -6,7 +6,7 @@
 // clipped to it. Max: padding never wins, the first maximum in row-major window order
 // wins ties, and argmax holds the flat position h * W + w. Average (Caffe AVE): the
 // divisor is the window clipped to the padded image [-p, size + p), so border windows
-// count padding cells as zeros.
+// count padding cells as zeros; with count_pad 0 it is the window clipped to the image.
 //
 // The dX kernels gather instead of scatter: one thread per input cell visits the
 // windows that cover it (at most ceil(kh/sh) x ceil(kw/sw)), so each dx element has one
@@ -16,7 +16,7 @@
 #include "common.cuh"
 
 struct PoolShape {
-    int nc, h, w, ho, wo, kh, kw, sh, sw, ph, pw;
+    int nc, h, w, ho, wo, kh, kw, sh, sw, ph, pw, count_pad;
 };
 
 // The output windows covering input row h: [*lo, *hi] (empty when lo > hi).
@@ -75,10 +75,15 @@ extern "C" __global__ void maxpool_dx(const int* argmax, const float* dout, floa
     }
 }
 
-// Caffe AVE's divisor for window (ho, wo): its extent clipped to the padded image.
+// The divisor of window (ho, wo): its extent clipped to the padded image (Caffe AVE), or
+// with count_pad 0 to the image itself (ONNX's default count_include_pad=0).
 __device__ __forceinline__ float pool_area(const PoolShape& s, int ho, int wo) {
-    const int h0 = ho * s.sh - s.ph, w0 = wo * s.sw - s.pw;
-    const int h1 = min(h0 + s.kh, s.h + s.ph), w1 = min(w0 + s.kw, s.w + s.pw);
+    int h0 = ho * s.sh - s.ph, w0 = wo * s.sw - s.pw;
+    int h1 = min(h0 + s.kh, s.h + s.ph), w1 = min(w0 + s.kw, s.w + s.pw);
+    if (!s.count_pad) {
+        h0 = max(h0, 0), w0 = max(w0, 0);
+        h1 = min(h1, s.h), w1 = min(w1, s.w);
+    }
     return (float)((h1 - h0) * (w1 - w0));
 }
 

@@ -98,6 +98,16 @@ def relu_case(draw):
 
 
 @st.composite
+def clip_case(draw):
+    lo = draw(st.sampled_from([0.0, -1.0]))
+    hi = draw(st.sampled_from([6.0, 0.5]))
+    x = _normal(_rng(draw), *_shape(draw)) * 4
+    for bound in (lo, hi):  # never within 0.05 of a kink
+        x = np.where(np.abs(x - bound) < 0.05, bound + 0.1, x)
+    return Case(dict(min=lo, max=hi), [x])
+
+
+@st.composite
 def unary_case(draw):
     return Case({}, [_normal(_rng(draw), *_shape(draw))])
 
@@ -132,14 +142,17 @@ def maximum_case(draw):
 
 
 @st.composite
-def pool_case(draw, torch_compatible=False):
-    """Caffe pooling geometry; `torch_compatible` keeps pad <= kernel / 2, as torch wants."""
+def pool_case(draw, torch_compatible=False, average=False):
+    """Caffe pooling geometry; `torch_compatible` keeps pad <= kernel / 2, as torch wants;
+    `average` draws the divisor mode too."""
     rng = _rng(draw)
     kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))))
     pad_limit = (kh // 2, kw // 2) if torch_compatible else (kh - 1, kw - 1)
     pad = (draw(st.integers(0, pad_limit[0])), draw(st.integers(0, pad_limit[1])))
     attrs = dict(kernel=(kh, kw), stride=stride, pad=pad, ceil=draw(st.booleans()))
+    if average:
+        attrs["count_pad"] = draw(st.booleans())
     h = max(1, kh - 2 * pad[0]) + draw(st.integers(0, 3))
     w = max(1, kw - 2 * pad[1]) + draw(st.integers(0, 3))
     x = _distinct(rng, (draw(st.integers(1, 2)), draw(st.integers(1, 2)), h, w))
@@ -346,9 +359,9 @@ def threshold_case(draw):
 
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
-    "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
+    "clip": clip_case(), "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
     "add": add_case(), "mul": mul_case(), "maximum": maximum_case(),
-    "maxpool": pool_case(), "avgpool": pool_case(),
+    "maxpool": pool_case(), "avgpool": pool_case(average=True),
     "global_maxpool": global_pool_case(), "global_avgpool": global_pool_case(),
     "flatten": flatten_case(), "reshape": reshape_case(), "concat": concat_case(),
     "slice": slice_case(), "batchnorm": batchnorm_case(), "scale": scale_case(),
@@ -560,6 +573,8 @@ def _caffe_pool(x, kernel, stride, pad, out_hw, mode):
 def test_pooling_matches_caffe_loops(name, mode, data):
     op = registry.OPS[name]
     case = draw_case(data, name)
+    if name == "avgpool":
+        case.attrs["count_pad"] = True   # Caffe's divisor; the other mode is torch's below
     x = case.inputs[0] - 10.0  # all negative: a padding zero would win a wrong max
     ctx = make_ctx(op, case.attrs, [x])
     out, _ = run_forward(op, case.attrs, [x], {})
@@ -598,7 +613,7 @@ def _torch_pool(kind):
     def run(torch, case):
         a = case.attrs
         f = getattr(torch.nn.functional, kind)
-        extra = {"count_include_pad": True} if kind == "avg_pool2d" else {}
+        extra = {"count_include_pad": a["count_pad"]} if kind == "avg_pool2d" else {}
         return f(_t(torch, case.inputs[0]), a["kernel"], a["stride"] or a["kernel"],
                  a["pad"], ceil_mode=a["ceil"], **extra)
     return run
@@ -625,7 +640,7 @@ TORCH = {
     "conv2d": (conv2d_case(), _torch_conv2d),
     "linear": (linear_case(), _torch_linear),
     "maxpool": (pool_case(torch_compatible=True), _torch_pool("max_pool2d")),
-    "avgpool": (pool_case(torch_compatible=True), _torch_pool("avg_pool2d")),
+    "avgpool": (pool_case(torch_compatible=True, average=True), _torch_pool("avg_pool2d")),
     "global_maxpool": (global_pool_case(),
                        lambda torch, c: torch.amax(_t(torch, c.inputs[0]), (2, 3), True)),
     "global_avgpool": (global_pool_case(),
@@ -648,6 +663,8 @@ TORCH = {
         _t(torch, c.inputs[0]), c.attrs["axis"], c.attrs["end_axis"])),
     "sigmoid": (unary_case(), lambda torch, c: torch.sigmoid(_t(torch, c.inputs[0]))),
     "tanh": (unary_case(), lambda torch, c: torch.tanh(_t(torch, c.inputs[0]))),
+    "clip": (clip_case(), lambda torch, c: torch.nn.functional.hardtanh(
+        _t(torch, c.inputs[0]), c.attrs["min"], c.attrs["max"])),
 }
 
 

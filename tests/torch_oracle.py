@@ -148,8 +148,12 @@ def maxpool(a, xs, p, training, hints=None):
     return _take(cells, 2, _argmax(cells, 2, hint, x))
 
 
-def _avg_divisors(size: int, out: int, k: int, s: int, p: int) -> list[int]:
-    """Caffe AVE: each window's extent clipped to the padded image [-p, size + p)."""
+def _avg_divisors(size: int, out: int, k: int, s: int, p: int, count_pad: bool = True
+                  ) -> list[int]:
+    """Caffe AVE: each window's extent clipped to the padded image [-p, size + p); without
+    count_pad (ONNX's default), clipped to the image [0, size)."""
+    if not count_pad:
+        return [min(o * s - p + k, size) - max(o * s - p, 0) for o in range(out)]
     return [min(o * s - p + k, size + p) - (o * s - p) for o in range(out)]
 
 
@@ -158,9 +162,10 @@ def avgpool(a, xs, p, training):
     kernel, stride, pad, (ho, wo) = _pool_geometry(a, x)
     xp = _padded_for_windows(x, 0.0, kernel, stride, pad, (ho, wo))
     sums = F.avg_pool2d(xp, kernel, stride, divisor_override=1)[:, :, :ho, :wo]
-    dh = torch.tensor(_avg_divisors(x.shape[2], ho, kernel[0], stride[0], pad[0]),
+    count_pad = a.get("count_pad", True)
+    dh = torch.tensor(_avg_divisors(x.shape[2], ho, kernel[0], stride[0], pad[0], count_pad),
                       dtype=x.dtype)
-    dw = torch.tensor(_avg_divisors(x.shape[3], wo, kernel[1], stride[1], pad[1]),
+    dw = torch.tensor(_avg_divisors(x.shape[3], wo, kernel[1], stride[1], pad[1], count_pad),
                       dtype=x.dtype)
     return sums / (dh[:, None] * dw[None, :])
 
@@ -210,6 +215,11 @@ def relu(a, xs, p, training, hints=None):
     if hints is not None:
         keep = torch.where(_undecided(x.detach().abs(), x), hints[0] > 0, keep)
     return torch.where(keep, x, a["negative_slope"] * x)
+
+
+def clip(a, xs, p, training):
+    """ReLU6 / hardtanh: the gradient passes strictly between the bounds."""
+    return F.hardtanh(xs[0], a["min"], a["max"])
 
 
 def dropout(a, xs, p, training):
@@ -320,6 +330,7 @@ OPS: dict[str, OpFn] = {
     "conv2d": conv2d,
     "linear": linear,
     "relu": relu,
+    "clip": clip,
     "sigmoid": lambda a, xs, p, t: torch.sigmoid(xs[0]),
     "tanh": lambda a, xs, p, t: torch.tanh(xs[0]),
     "dropout": dropout,

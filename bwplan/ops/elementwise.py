@@ -1,4 +1,4 @@
-"""Elementwise ops: activations (relu, sigmoid, tanh), dropout, and the n-ary ops of
+"""Elementwise ops: activations (relu, clip, sigmoid, tanh), dropout, and the n-ary ops of
 Caffe's Eltwise layer (add with coefficients, mul, maximum).
 
 The activations' dX reads the output, not the input, so a chain conv -> relu keeps one
@@ -49,6 +49,43 @@ RELU = OpDef(
     kernels=on_every_target({
         "fwd": "elementwise.relu_fwd",
         "dx:x": "elementwise.relu_dx"}),
+)
+
+
+def _clip_infer(ctx: OpCtx) -> TensorType:
+    if not ctx.attrs["min"] < ctx.attrs["max"]:
+        raise ValueError(f"clip needs min < max, got min={ctx.attrs['min']} "
+                         f"max={ctx.attrs['max']}")
+    return ctx.x
+
+
+def _clip_fwd(ctx, inputs, params, training, rng):
+    return np.clip(inputs[0], ctx.attrs["min"], ctx.attrs["max"]), {}
+
+
+def _clip_dx(ctx, saved, dout, index):
+    # min < out < max exactly where min < x < max, so the output is enough; at the bounds
+    # themselves the gradient is 0, as torch's hardtanh and relu6 define it.
+    out = saved["out"]
+    inside = (out > ctx.attrs["min"]) & (out < ctx.attrs["max"])
+    return np.where(inside, dout, 0.0).astype(dout.dtype)
+
+
+CLIP = OpDef(
+    name="clip",
+    family="elementwise",
+    doc="min(max(x, min), max): ReLU6 with the defaults (ONNX Clip, PyTorch ReLU6 and "
+        "Hardtanh); the gradient passes where min < x < max.",
+    ports=(Port("x"),),
+    attrs=(AttrSpec("min", "float", 0.0, doc="lower bound"),
+           AttrSpec("max", "float", 6.0, doc="upper bound")),
+    infer=_clip_infer,
+    flops=lambda ctx: 2 * ctx.x.numel,
+    grads=(GradRule("x", frozenset({"out"}), lambda ctx: 2 * ctx.x.numel, _clip_dx),),
+    forward_ref=_clip_fwd,
+    kernels=on_every_target({
+        "fwd": "elementwise.clip_fwd",
+        "dx:x": "elementwise.clip_dx"}),
 )
 
 
@@ -241,4 +278,4 @@ MAXIMUM = OpDef(
         "dx:xs": "elementwise.maximum_dx"}),
 )
 
-OPS = (RELU, SIGMOID, TANH, DROPOUT, ADD, MUL, MAXIMUM)
+OPS = (RELU, SIGMOID, TANH, DROPOUT, ADD, MUL, MAXIMUM, CLIP)

@@ -4,7 +4,9 @@ their global forms (one window covering the whole plane).
 `stride` defaults to the kernel. `ceil=true` rounds the output size up like Caffe, which
 also drops a last window that would start inside the right padding. Padding never wins a
 max; an average divides by the window clipped to the padded image (Caffe AVE), so border
-outputs count padding cells as zeros.
+outputs count padding cells as zeros, unless `count_pad=false`: then it divides by the real
+cells of the window only (ONNX AveragePool's default, count_include_pad=0; PyTorch's
+count_include_pad=False).
 
 Max pooling saves the flat position (h * W + w) of each window's winner; its dX scatters
 into those positions and reads nothing else. Average pooling's dX reads nothing at all.
@@ -110,7 +112,13 @@ _WINDOW_ATTRS = (
     AttrSpec("kernel", "ints", doc="window size, k or [kh, kw]"),
     AttrSpec("stride", "ints", None, doc="step, k or [sh, sw]; default: the kernel"),
     AttrSpec("pad", "ints", 0, doc="implicit padding on each side, p or [ph, pw]"),
-    AttrSpec("ceil", "bool", False, doc="round the output size up, as Caffe does"),
+    AttrSpec("ceil", "bool", False, doc="round the output size up, as Caffe does (ONNX and "
+             "PyTorch ceil_mode); a last window starting in the right padding is dropped"),
+)
+_AVG_ATTRS = _WINDOW_ATTRS + (
+    AttrSpec("count_pad", "bool", True, doc="divide by the window clipped to the padded image "
+             "(Caffe AVE, ONNX count_include_pad=1); false: by its real cells only (ONNX's "
+             "default)"),
 )
 
 MAXPOOL = OpDef(
@@ -131,15 +139,18 @@ MAXPOOL = OpDef(
 
 
 # ---- average ---------------------------------------------------------------------------
-def _avg_matrix(size: int, out: int, k: int, s: int, p: int, dtype) -> np.ndarray:
+def _avg_matrix(size: int, out: int, k: int, s: int, p: int, count_pad: bool,
+                dtype) -> np.ndarray:
     """[out, size]: row o weights the real cells of window o by 1 / (its extent clipped to
-    [-p, size + p)). Average pooling is separable, so dividing by the product of the two
-    extents is the product of a row weight and a column weight."""
+    [-p, size + p), or to [0, size) without count_pad). Average pooling is separable, so
+    dividing by the product of the two extents is the product of a row weight and a column
+    weight."""
     m = np.zeros((out, size), dtype=dtype)
     for o in range(out):
         start = o * s - p
         end = min(start + k, size + p)
-        m[o, max(start, 0):min(end, size)] = 1.0 / (end - start)
+        lo, hi = max(start, 0), min(end, size)
+        m[o, lo:hi] = 1.0 / ((end - start) if count_pad else (hi - lo))
     return m
 
 
@@ -147,7 +158,9 @@ def _avg_matrices(ctx: OpCtx, dtype) -> tuple[np.ndarray, np.ndarray]:
     (kh, kw), (sh, sw), (ph, pw) = _window(ctx)
     _, _, h, w = ctx.x.shape
     ho, wo = ctx.out.shape[2:]
-    return _avg_matrix(h, ho, kh, sh, ph, dtype), _avg_matrix(w, wo, kw, sw, pw, dtype)
+    count_pad = ctx.attrs["count_pad"]
+    return (_avg_matrix(h, ho, kh, sh, ph, count_pad, dtype),
+            _avg_matrix(w, wo, kw, sw, pw, count_pad, dtype))
 
 
 def _avgpool_fwd(ctx, inputs, params, training, rng):
@@ -165,9 +178,10 @@ AVGPOOL = OpDef(
     name="avgpool",
     family="pool",
     doc="Mean over each window of an NCHW input (Caffe Pooling AVE): the divisor is the "
-        "window clipped to the padded image, padding cells counting as zeros.",
+        "window clipped to the padded image, padding cells counting as zeros (or, with "
+        "`count_pad=false`, the real cells only).",
     ports=(Port("x"),),
-    attrs=_WINDOW_ATTRS,
+    attrs=_AVG_ATTRS,
     infer=_pool_infer,
     flops=lambda ctx: _pool_flops(ctx) + ctx.out.numel,
     grads=(GradRule("x", frozenset(), _pool_flops, _avg_dx),),

@@ -68,6 +68,30 @@ def relu_dx(ctx, saved, dout, index, out) -> None:
              flat(out))
 
 
+# ---- clip ----------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _clip(x, lo, hi, out):
+    for i in range(x.size):
+        out[i] = min(max(x[i], lo), hi)
+
+
+@njit(cache=True, nogil=True)
+def _clip_back(y, dout, lo, hi, out):
+    # lo < y < hi exactly where lo < x < hi: the output decides, as in the reference
+    for i in range(y.size):
+        v = y[i]
+        out[i] = dout[i] if lo < v < hi else 0.0
+
+
+def clip_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    _blocked(_clip, flat(inputs[0]), ctx.attrs["min"], ctx.attrs["max"], flat(out))
+
+
+def clip_dx(ctx, saved, dout, index, out) -> None:
+    _blocked(_clip_back, flat(saved["out"]), flat(dout), ctx.attrs["min"], ctx.attrs["max"],
+             flat(out))
+
+
 # ---- sigmoid / tanh ------------------------------------------------------------------------
 @njit(cache=True)
 def _sigmoid_back(y, dout, out):

@@ -5,7 +5,8 @@ and in the backward (a window never crosses planes), so no two threads write one
 
 Windows follow the reference: a window starts at o*stride - pad; a max window is clipped
 to the image (padding never wins), an average divides by the window clipped to the padded
-image [-pad, size + pad) and sums only the real cells. The argmax is the flat position
+image [-pad, size + pad) (or, with count_pad false, by its real cells) and sums only the real
+cells. The argmax is the flat position
 h * W + w within the plane; the first maximum in row-major window order wins ties.
 """
 from __future__ import annotations
@@ -141,21 +142,22 @@ def maxpool_dx(ctx, saved, dout, index, out) -> None:
 
 # ---- average -------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _ave_extent(o, k, s, p, size):
+def _ave_extent(o, k, s, p, size, count_pad):
     """(first real cell, one past the last, divisor) of window o along one axis."""
     start = o * s - p
     end = min(start + k, size + p)
-    return max(start, 0), min(end, size), end - start
+    lo, hi = max(start, 0), min(end, size)
+    return lo, hi, (end - start) if count_pad else (hi - lo)
 
 
 @njit(cache=True, parallel=True)
-def _ave_fwd(x, kh, kw, sh, sw, ph, pw, out):
+def _ave_fwd(x, kh, kw, sh, sw, ph, pw, count_pad, out):
     h, w = x.shape[1], x.shape[2]
     for t in prange(x.shape[0]):
         for oh in range(out.shape[1]):
-            h0, h1, dh = _ave_extent(oh, kh, sh, ph, h)
+            h0, h1, dh = _ave_extent(oh, kh, sh, ph, h, count_pad)
             for ow in range(out.shape[2]):
-                w0, w1, dw = _ave_extent(ow, kw, sw, pw, w)
+                w0, w1, dw = _ave_extent(ow, kw, sw, pw, w, count_pad)
                 acc = 0.0
                 for i in range(h0, h1):
                     for j in range(w0, w1):
@@ -164,14 +166,14 @@ def _ave_fwd(x, kh, kw, sh, sw, ph, pw, out):
 
 
 @njit(cache=True, parallel=True)
-def _ave_back(dout, kh, kw, sh, sw, ph, pw, dx):
+def _ave_back(dout, kh, kw, sh, sw, ph, pw, count_pad, dx):
     h, w = dx.shape[1], dx.shape[2]
     for t in prange(dx.shape[0]):
         dx[t] = 0
         for oh in range(dout.shape[1]):
-            h0, h1, dh = _ave_extent(oh, kh, sh, ph, h)
+            h0, h1, dh = _ave_extent(oh, kh, sh, ph, h, count_pad)
             for ow in range(dout.shape[2]):
-                w0, w1, dw = _ave_extent(ow, kw, sw, pw, w)
+                w0, w1, dw = _ave_extent(ow, kw, sw, pw, w, count_pad)
                 g = dout[t, oh, ow] / (dh * dw)
                 for i in range(h0, h1):
                     for j in range(w0, w1):
@@ -179,11 +181,11 @@ def _ave_back(dout, kh, kw, sh, sw, ph, pw, dx):
 
 
 def avgpool_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
-    _ave_fwd(_planes(inputs[0]), *_window(ctx), _planes(out))
+    _ave_fwd(_planes(inputs[0]), *_window(ctx), ctx.attrs["count_pad"], _planes(out))
 
 
 def avgpool_dx(ctx, saved, dout, index, out) -> None:
-    _ave_back(_planes(dout), *_window(ctx), _planes(out))
+    _ave_back(_planes(dout), *_window(ctx), ctx.attrs["count_pad"], _planes(out))
 
 
 # ---- global --------------------------------------------------------------------------------

@@ -9,13 +9,15 @@ from bwplan.ops._shapes import pair
 
 
 def shape(ctx) -> tuple[int, ...]:
-    """PoolShape (pool.cu): nc, h, w, ho, wo, kh, kw, sh, sw, ph, pw."""
+    """PoolShape (pool.cu): nc, h, w, ho, wo, kh, kw, sh, sw, ph, pw, count_pad (1 for max
+    pooling, where it is not read)."""
     n, c, h, w = ctx.x.shape
     ho, wo = ctx.out.shape[2:]
     kernel = pair(ctx.attrs["kernel"])
     stride = kernel if ctx.attrs["stride"] is None else pair(ctx.attrs["stride"])
     check_index(n * c, h * w)
-    return (n * c, h, w, ho, wo, *kernel, *stride, *pair(ctx.attrs["pad"]))
+    count_pad = int(ctx.attrs.get("count_pad", True))
+    return (n * c, h, w, ho, wo, *kernel, *stride, *pair(ctx.attrs["pad"]), count_pad)
 
 
 def maxpool_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
