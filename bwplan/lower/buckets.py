@@ -14,9 +14,10 @@ their dW), and neither do decay-only parameters (trainable, no gradient): every 
 their decay alone. For a parameter whose uses carry different lr multipliers the update reads
 the multiplier-weighted sum (`Program.mixed_scale`), so that buffer travels instead.
 
-Example: the digits fine-tune, only `head` trains:
+Example: the digits fine-tune, where only `head` trains (`explain --data-parallel`): the
+backward's steps are the loss's dX (0) and head's dW of weight (1) and bias (2), so
 
-    bucket 0  after backward step 0  head.weight (5.00 KiB), head.bias (20 B)
+    bucket 0    1.27 KiB  starts after backward step 2: head.weight, head.bias
 """
 from __future__ import annotations
 
@@ -108,10 +109,3 @@ def gradient_buckets(program: Program, cap_bytes: int = DEFAULT_CAP_BYTES) -> Bu
     close()
     return BucketPlan(tuple(buckets), cap_bytes)
 
-
-def describe(buckets: BucketPlan) -> list[str]:
-    """One line per bucket, for `explain --data-parallel` and `train` when it re-plans."""
-    from bwplan.explain.units import nbytes
-    return [f"bucket {b.index}  after backward step {b.ready_after}  " +
-            ", ".join(f"{e.param} ({nbytes(e.nbytes)})" for e in b.entries)
-            for b in buckets.buckets]

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from bwplan import ops as registry
-from bwplan.errors import BwError
-from bwplan.lower.buckets import DEFAULT_CAP_BYTES, BucketPlan, describe, gradient_buckets
+from bwplan.errors import BwError, InternalError
+from bwplan.lower.buckets import DEFAULT_CAP_BYTES, BucketPlan, gradient_buckets
 from bwplan.lower.program import Program
 from bwplan.runtime.data import Dataset
 from bwplan.runtime.executor import StepResult, StepStats
@@ -163,8 +163,9 @@ def guarded(comm: Communicator, fn: Callable[..., int], *args, debug: bool = Fal
         if debug:
             import traceback
             traceback.print_exc(file=err_stream)
-        cause = f"internal error: {type(err).__name__}: {err} (this is a bug in bwplan; " \
-                "rerun with --debug)"
+        cause = f"{type(err).__name__}: {err}"
+        if isinstance(err, InternalError):
+            cause = f"internal error: {err} (this is a bug in bwplan; rerun with --debug)"
         status = 3
     if quiet:
         # when rank 0 fails the same way, its abort usually arrives first: one message
@@ -462,10 +463,6 @@ def summary(buckets: BucketPlan) -> str:
         return "nothing to send (no parameter gets a gradient)"
     return (f"{len(buckets.buckets)} bucket{'s' if len(buckets.buckets) > 1 else ''}, "
             f"{len(buckets.params)} gradients, {nbytes(buckets.nbytes)} per step")
-
-
-def bucket_lines(buckets: BucketPlan) -> list[str]:
-    return [summary(buckets)] + ["  " + line for line in describe(buckets)]
 
 
 def _np_dtype(dtype: str):
