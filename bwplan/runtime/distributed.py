@@ -45,6 +45,7 @@ from bwplan.source import Span
 # what launchers set: MPICH/Hydra and Intel MPI (PMI_SIZE), Open MPI, PMIx launchers
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
 DEFAULT_TIMEOUT_S = 300.0
+_SPIN_S = 0.02   # how long a wait polls without sleeping
 
 
 class DistributedError(BwError):
@@ -74,7 +75,12 @@ def world(timeout_s: float | None = None) -> "Communicator | None":
     except ImportError:
         raise _error("mpiexec", f"started by mpiexec with {size} processes, but mpi4py is "
                      "not installed", 'pip install -e ".[mpi]"') from None
-    return Communicator(MPI.COMM_WORLD, timeout_s)
+    comm = Communicator(MPI.COMM_WORLD, timeout_s)
+    # ranks on one machine share its cores: each runs its kernels on its part of them
+    local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+    from bwplan.kernels.cpu.threads import available_cores
+    os.environ.setdefault("BWPLAN_THREADS", str(max(1, available_cores() // local)))
+    return comm
 
 
 class Communicator:
@@ -102,15 +108,15 @@ class Communicator:
     def wait(self, request, what: str) -> float:
         """Wait for one request; returns the seconds spent waiting."""
         start = time.perf_counter()
-        spins = 0
         while not request.Test():
-            spins += 1
             elapsed = time.perf_counter() - start
             if elapsed > self.timeout_s:
                 raise _error("mpi", f"waited {elapsed:.0f} s for {what}: another rank "
                              "stopped answering", "set BWPLAN_MPI_TIMEOUT to wait longer")
-            if spins > 200:      # spin briefly, then leave the core to the other ranks
-                time.sleep(50e-6)
+            # spin first: a sleeping rank on a busy machine may get its core back only
+            # milliseconds after the data arrived; after a while, leave the core to others
+            if elapsed > _SPIN_S:
+                time.sleep(100e-6)
         return time.perf_counter() - start
 
     def broadcast(self, arrays: Mapping[str, np.ndarray], what: str) -> None:
@@ -217,6 +223,9 @@ class CommStats:
     buckets: int = 0
     wait_seconds: float = 0.0     # total time the updates spent blocked on the network
     last_wait_seconds: float = 0.0
+    # time.perf_counter() when the last update began (CLOCK_MONOTONIC on Linux: the same
+    # clock in every process of one machine, so ranks' skew can be measured)
+    last_ready: float = 0.0
     rebuilds: int = 0
 
 
@@ -323,6 +332,7 @@ class DataParallel:
                ) -> tuple[StepResult, int]:
         """Apply the update as the buckets arrive; returns the step's result with the
         global loss, and the number of parameters updated."""
+        self.stats.last_ready = time.perf_counter()
         bound = self._current
         self._start_statistics(params)
         for b in range(len(bound.buckets.buckets)):
