@@ -96,6 +96,8 @@ class CompiledNet:
         self.last_cached = False   # whether the last step read its frozen prefix from a cache
         self.steps_taken = 0
         self._executors: dict[tuple, Executor] = {}
+        # a bwplan.runtime.distributed.DataParallel when training data-parallel
+        self.data_parallel = None
 
     # ---- configuration -----------------------------------------------------------------
     def set_optimizer(self, lr: float = 0.01, momentum: float = 0.9,
@@ -136,6 +138,9 @@ class CompiledNet:
         return result.loss
 
     def run_step(self, batch, given=None, capture: tuple[str, ...] = ()) -> StepResult:
+        dp = self.data_parallel
+        if dp is not None and dp.is_empty(batch):
+            return dp.empty_step(self)
         batch = self._check(batch)
         executor = self._executor(batch, "train")
         if self._cuda_params is not None:
@@ -143,15 +148,20 @@ class CompiledNet:
         skip = frozenset()
         if given:
             skip = self._prefix_skip(given)
+        hooks = dp.begin(executor.program, self._grad_store, self._scaled) if dp else {}
         result = executor.run(batch, self.params, self._grad_store, self._scaled,
                               training=True, seed=self.seed * 1_000_003 + self.steps_taken,
-                              given=given, skip=skip, capture=capture)
+                              given=given, skip=skip, capture=capture, **hooks)
         computed = {s.param for s in executor.program.backward if s.phase == "dw"}
         self.grads = {p: self._grad_store[p] for p in computed}
         scaled = {p: self._scaled[p] for p in computed if p in executor.program.mixed_scale}
         start = time.perf_counter()
-        launched = self.optimizer.step(executor.program.plan.updates, self.params, self.grads,
-                                       scaled)
+        if dp is not None:   # the update waits for each gradient bucket's all-reduce
+            result, launched = dp.update(result, self.optimizer, self.params, self.grads,
+                                         scaled)
+        else:
+            launched = self.optimizer.step(executor.program.plan.updates, self.params,
+                                           self.grads, scaled)
         result.stats.seconds["update"] = time.perf_counter() - start
         result.stats.launched["update"] = launched
         result.stats.flops["update"] = sum(

@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--caffe", action="store_true",
                    help="print Caffe's own 'needs backward computation' lines for a prototxt")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    p.add_argument("--data-parallel", action="store_true",
+                   help="also show the gradient buckets a data-parallel step all-reduces")
+    p.add_argument("--bucket-kib", type=int, default=256, metavar="KIB",
+                   help="with --data-parallel: the largest bucket one all-reduce sends")
 
 
 def is_caffe(path: str) -> bool:
@@ -42,6 +46,8 @@ def run(args) -> int:
     else:
         plan = _plan(args)
         text = render_why(plan, args.why) if args.why else RENDERERS[args.format](plan)
+        if args.data_parallel and not args.why:
+            text = _with_buckets(plan, text, args)
     if args.output:
         write_atomic(args.output, text)
     else:
@@ -60,6 +66,26 @@ def _plan(args):
     extra = tuple(Finding(w.code, "warning", w.span, w.text, w.fix, w.subject)
                   for w in imported.warnings)
     return replace(plan, findings=plan.findings + extra)
+
+
+def _with_buckets(plan, text: str, args) -> str:
+    """The table or JSON with the data-parallel buckets added (lowering is pure Python)."""
+    from bwplan.explain.buckets import buckets_to_dict, render_buckets
+    from bwplan.lower.buckets import gradient_buckets
+    from bwplan.lower.schedule import lower
+    if args.bucket_kib <= 0:
+        raise BwError(Span.synthetic("--bucket-kib"), "the bucket size must be positive")
+    buckets = gradient_buckets(lower(plan), args.bucket_kib << 10)
+    if args.format == "json":
+        import json
+        from bwplan.explain.json_report import plan_to_dict
+        doc = plan_to_dict(plan)
+        doc["data_parallel"] = buckets_to_dict(plan, buckets)
+        return json.dumps(doc, indent=1) + "\n"
+    if args.format == "dot":
+        raise BwError(Span.synthetic("--data-parallel"), "--data-parallel adds to the table "
+                      "and the JSON report, not to dot")
+    return text + "\n".join(render_buckets(plan, buckets)) + "\n"
 
 
 def caffe_report(args) -> str:

@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="write the loss curve here")
     p.add_argument("--profile", action="store_true",
                    help="print what the last step launched and executed")
+    p.add_argument("--bucket-kib", type=int, default=256, metavar="KIB",
+                   help="under mpiexec: the largest gradient bucket one all-reduce sends")
 
 
 def parse_schedule(path: str) -> dict[int, list[tuple[str, str]]]:
@@ -61,6 +63,11 @@ def parse_schedule(path: str) -> dict[int, list[tuple[str, str]]]:
 
 
 def run(args) -> int:
+    from bwplan.runtime.distributed import guarded, world
+    comm = world()   # several processes under mpiexec: data-parallel
+    if comm is not None and not getattr(args, "rank_guarded", False):
+        args.rank_guarded = True
+        return guarded(comm, run, args, debug=getattr(args, "debug", False))
     import bwplan
     from bwplan.cli.report import profile_lines
     from bwplan.runtime.data import load_dataset
@@ -76,6 +83,10 @@ def run(args) -> int:
         print(f"loaded {len(loaded)} parameters from {args.weights}", file=sys.stderr)
     data = load_dataset(args.data, [i.name for i in prog.net.inputs])
     prog.set_optimizer(args.lr, args.momentum, args.weight_decay)
+    dp = None
+    if comm is not None:
+        from bwplan.runtime.distributed import attach
+        dp, data = attach(prog, comm, data, args.batch, args.bucket_kib << 10)
     s = prog.plan.summary
     print(f"{prog.net.name}: {len(prog.net.layers)} layers, {data.size} samples; backward "
           f"{s.planned_dx} dX + {s.planned_dw} dW of {s.full_dx} + {s.full_dw}"
@@ -99,8 +110,12 @@ def run(args) -> int:
     last = history[-1]
     print(f"done: {args.epochs} epochs in {total:.2f} s, final loss {last.loss:.4f}"
           + "".join(f", {k} {v:.4f}" for k, v in last.metrics.items()))
+    if dp is not None:   # --out only from a state every rank agrees on
+        dp.check_parameters("the trained parameters")
     if args.profile and prog.last_stats is not None:
-        print("\n".join(profile_lines(prog)))
+        print("\n".join(profile_lines(prog) + (dp.profile_lines() if dp else [])))
+    if dp is not None and dp.comm.rank != 0:
+        return 0
     if args.out:
         prog.save_weights(args.out)
         print(f"wrote {args.out}", file=sys.stderr)

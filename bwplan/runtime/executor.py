@@ -78,13 +78,17 @@ class Executor:
             scaled: dict[str, np.ndarray] | None = None, training: bool = True,
             seed: int = 0, forward_only: bool = False,
             given: Mapping[str, np.ndarray] | None = None,
-            skip: frozenset[str] = frozenset(), capture: tuple[str, ...] = ()) -> StepResult:
+            skip: frozenset[str] = frozenset(), capture: tuple[str, ...] = (),
+            after_step: Callable[[int], None] | None = None,
+            seed_scale: Mapping[str, float] | None = None) -> StepResult:
         """One forward (and, unless forward_only, the planned backward). `grads` receives
         the gradient of each parameter that some dW step computed, summed over its uses;
         for the parameters in program.mixed_scale, `scaled` receives the sum of each use's
         lr multiplier times its gradient. `given` supplies tensors (a cached frozen prefix)
         so that the layers in `skip` are not run. `capture` names tensors to return (copied,
-        since their buffers go back to the pool)."""
+        since their buffers go back to the pool). `after_step(i)` is called after backward
+        step i (data parallelism starts a bucket's all-reduce there); `seed_scale` multiplies
+        the seed of each named loss (a rank's share of the global batch)."""
         program, pool, net = self.program, self.pool, self.net
         stats = StepStats()
         pool.live_bytes = 0
@@ -139,7 +143,8 @@ class Executor:
         if not forward_only:
             start = time.perf_counter()
             self._backward(values, params, {} if grads is None else grads,
-                           {} if scaled is None else scaled, stats, caller)
+                           {} if scaled is None else scaled, stats, caller, after_step,
+                           seed_scale)
             stats.seconds["backward"] = time.perf_counter() - start
         for b in list(values):
             if b not in caller:
@@ -148,13 +153,15 @@ class Executor:
         stats.fresh_allocations = pool.allocations - allocs0
         return StepResult(loss, losses, metrics, stats, captured)
 
-    def _backward(self, values, params, grads, scaled, stats, caller) -> None:
+    def _backward(self, values, params, grads, scaled, stats, caller, after_step=None,
+                  seed_scale: Mapping[str, float] | None = None) -> None:
         program, pool, net = self.program, self.pool, self.net
+        seed_scale = seed_scale or {}
         for seed in program.seeds:
             buf = self._alloc(net.layer(seed.layer).out)
-            buf.fill(seed.weight)
+            buf.fill(seed.weight * seed_scale.get(seed.layer, 1.0))
             values[grad(seed.layer)] = buf
-        for step in program.backward:
+        for i, step in enumerate(program.backward):
             layer = net.layer(step.layer)
             ctx = self._ctx[layer.name]
             saved = {}
@@ -184,6 +191,8 @@ class Executor:
             for b in step.frees:
                 if b in values and b not in caller:
                     pool.release(values.pop(b))
+            if after_step is not None:
+                after_step(i)
 
     def _dw(self, step, kernel, ctx, saved, dout, params, grads, scaled) -> None:
         """Write (first use) or add (later uses) this use's gradient; for a parameter whose

@@ -1,0 +1,34 @@
+"""`bwplan explain --data-parallel`: the gradient buckets a data-parallel step all-reduces,
+in the order they are sent, against what sending every learnable parameter would cost (as
+Caffe's multi-GPU solver does). A pure renderer of `bwplan.lower.buckets.BucketPlan`."""
+from __future__ import annotations
+
+from bwplan.explain.units import nbytes
+from bwplan.lower.buckets import BucketPlan
+from bwplan.plan.plan import Plan
+
+
+def learnable_bytes(plan: Plan) -> int:
+    return sum(p.type.nbytes for p in plan.net.params.values() if p.learnable)
+
+
+def render_buckets(plan: Plan, buckets: BucketPlan) -> list[str]:
+    everything = learnable_bytes(plan)
+    n = len(buckets.buckets)
+    out = [f"data-parallel      {n} bucket{'' if n == 1 else 's'} of at most "
+           f"{nbytes(buckets.cap_bytes)}, {nbytes(buckets.nbytes)} all-reduced per step "
+           f"(every learnable parameter: {nbytes(everything)}); sent latest layers first"]
+    for b in buckets.buckets:
+        out.append(f"  bucket {b.index}  {nbytes(b.nbytes).rjust(10)}  starts after backward "
+                   f"step {b.ready_after}: " + ", ".join(e.param for e in b.entries))
+    return out
+
+
+def buckets_to_dict(plan: Plan, buckets: BucketPlan) -> dict:
+    return {"bytes": buckets.nbytes, "learnable_bytes": learnable_bytes(plan),
+            "cap_bytes": buckets.cap_bytes,
+            "buckets": [{"index": b.index, "dtype": b.dtype, "bytes": b.nbytes,
+                         "ready_after_step": b.ready_after,
+                         "params": [{"param": e.param, "bytes": e.nbytes, "offset": e.offset,
+                                     "sends": e.source} for e in b.entries]}
+                        for b in buckets.buckets]}
