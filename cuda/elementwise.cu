@@ -30,18 +30,19 @@ extern "C" __global__ void relu_dx(const float* out, const float* dout, float* d
 }
 
 // == kernel clip_fwd ==
-extern "C" __global__ void clip_fwd(const float* x, float* out, long long n, float lo,
-                                    float hi) {
-    BW_GRID_STRIDE(i, n) out[i] = fminf(fmaxf(x[i], lo), hi);
+// The bounds are named after the op's attributes, which the default launch binds by name.
+extern "C" __global__ void clip_fwd(const float* x, float* out, long long n, float min,
+                                    float max) {
+    BW_GRID_STRIDE(i, n) out[i] = fminf(fmaxf(x[i], min), max);
 }
 
 // == kernel clip_dx ==
-// lo < out < hi exactly where lo < x < hi, so the output decides; 0 at the bounds.
+// min < out < max exactly where min < x < max, so the output decides; 0 at the bounds.
 extern "C" __global__ void clip_dx(const float* out, const float* dout, float* dx,
-                                   long long n, float lo, float hi, int accumulate) {
+                                   long long n, float min, float max, int accumulate) {
     BW_GRID_STRIDE(i, n) {
         const float y = out[i];
-        bw_put(dx, i, (y > lo && y < hi) ? dout[i] : 0.0f, accumulate);
+        bw_put(dx, i, (y > min && y < max) ? dout[i] : 0.0f, accumulate);
     }
 }
 

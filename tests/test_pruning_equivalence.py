@@ -87,9 +87,9 @@ l0   = softmax_cross_entropy(aux, y) weight=0
 acc  = accuracy(side, y)
 """
 
-# Caffe's further neuron layers. log and power get positive arguments (|x| + 1, exp of
-# something); the threshold's step cuts the gradient into c1 along that path, while e, ps
-# and the rest carry it.
+# Caffe's further neuron layers, and ONNX's Clip (ReLU6). log and power get positive
+# arguments (|x| + 1, exp of something); the threshold's step cuts the gradient into c1
+# along that path, while e, ps and the rest carry it.
 NEURONS = """\
 input x : f32[4, 3, 5, 5]
 input y : i64[4]
@@ -104,8 +104,9 @@ bn   = bnll(pr)
 ex   = exp(bn, scale=-0.5)
 pw   = power(ex, power=1.5, scale=2.0, shift=0.5)
 th   = threshold(c1, threshold=0.1)
+cl   = clip(e, min=-0.2, max=0.6)
 m    = mul(pw, th)
-s    = add(m, lg)
+s    = add(m, lg, cl)
 fc   = linear(s, out=3)
 loss = softmax_cross_entropy(fc, y)
 """
