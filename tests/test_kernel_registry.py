@@ -79,3 +79,13 @@ def test_threads_configure_sets_numba_threads_and_a_passive_wait_policy():
                "n = threads.configure(1)\n"
                "print(n, numba.get_num_threads(), os.environ['OMP_WAIT_POLICY'])")
     assert out == "1 1 PASSIVE"
+
+
+def test_a_thread_count_chosen_before_the_first_program_stands():
+    # a one-thread benchmark configures before compiling; the runtime must not reset it
+    out = _run("import numba, bwplan\n"
+               "from bwplan.kernels.cpu import threads\n"
+               "threads.configure(1)\n"
+               "bwplan.compile('input x : f32[2, 3]\\ny = relu(x)\\n', target='cpu')\n"
+               "print(numba.get_num_threads(), threads.width())")
+    assert out == "1 1"

@@ -63,13 +63,12 @@ class CpuBackend:
         return self._cpu.get(names[component.key])
 
 
-_CONFIGURED: list[int] = []
-
-
 def _configure_once(threads) -> None:
     """Thread pools are set up once per process, before the first kernel runs
-    (BWPLAN_THREADS overrides the default of every core this process may use)."""
-    if not _CONFIGURED:
+    (BWPLAN_THREADS overrides the default of every core this process may use). A count
+    chosen earlier with `threads.configure` stands: resetting it to every core made a
+    one-thread benchmark run bwplan on two."""
+    if threads.configured() is None:
         import os
         import sys
         import warnings
@@ -81,7 +80,7 @@ def _configure_once(threads) -> None:
                           "the environment before importing torch", RuntimeWarning,
                           stacklevel=4)
         wanted = os.environ.get("BWPLAN_THREADS")
-        _CONFIGURED.append(threads.configure(int(wanted) if wanted else None))
+        threads.configure(int(wanted) if wanted else None)
 
 
 BACKENDS = {"reference": ReferenceBackend, "cpu": CpuBackend}

@@ -53,9 +53,11 @@ def configure(threads: int | None = None) -> int:
 
     if numba.config.THREADING_LAYER == "default":
         numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+    global _configured
     wanted = max(1, threads or available_cores())
     count = min(wanted, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(count)
+    _configured = count
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -64,6 +66,15 @@ def configure(threads: int | None = None) -> int:
     threadpool_limits(limits=1, user_api="blas")
     set_width(wanted)
     return count
+
+
+def configured() -> int | None:
+    """The Numba thread count the last `configure` set, or None before the first: a
+    runtime configures the default only where nobody (a benchmark, a test) chose."""
+    return _configured
+
+
+_configured: int | None = None
 
 
 def width() -> int:
