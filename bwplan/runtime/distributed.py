@@ -14,13 +14,16 @@ What it does:
   announced when the plan changes); a bucket's `Iallreduce` starts right after the backward
   step that completes it, later steps poll MPI so it progresses, and the update of each
   bucket's parameters waits for that bucket alone. Decay-only parameters update locally.
-- Running statistics (BatchNorm mean/var) are averaged over the ranks every step, so every
-  rank holds the same parameters after every step; the normalisation itself uses each
-  shard's own batch statistics (as PyTorch DDP without SyncBatchNorm).
+- Running statistics (BatchNorm mean/var) are averaged over the ranks every step (weighted
+  by shard size), so every rank holds the same parameters after every step; the
+  normalisation itself uses each shard's own batch statistics (as PyTorch DDP without
+  SyncBatchNorm). Weighted layers that are not loss ops sum over their batch, so their
+  seeds are not scaled.
 
 What it does not do: the CUDA target (its update runs on the device inside the step; not
-wired here), CUDA-aware MPI, or a softmax loss with `ignore_label` normalised over the global
-count of valid labels (each shard normalises by its own count, as DDP does).
+wired here), CUDA-aware MPI, a softmax loss with `ignore_label` normalised over the global
+count of valid labels (each shard normalises by its own count, as DDP does), or dropout
+masks equal to a one-process run's (each rank draws its own shard's mask).
 """
 from __future__ import annotations
 
@@ -66,10 +69,15 @@ def launched_size() -> int:
     return 1
 
 
+_WORLD: list = []   # the one Communicator of this process, once made
+
+
 def world(timeout_s: float | None = None) -> "Communicator | None":
     size = launched_size()
     if size <= 1:
         return None
+    if _WORLD:
+        return _WORLD[0]
     try:
         from mpi4py import MPI
     except ImportError:
@@ -80,6 +88,7 @@ def world(timeout_s: float | None = None) -> "Communicator | None":
     local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
     from bwplan.kernels.cpu.threads import available_cores
     os.environ.setdefault("BWPLAN_THREADS", str(max(1, available_cores() // local)))
+    _WORLD.append(comm)
     return comm
 
 
@@ -322,6 +331,8 @@ class DataParallel:
         for param, (where, view) in bound.views.items():
             (grads if where == "grads" else scaled)[param] = view
         self._current = bound
+        self.stats.buckets = len(bound.buckets.buckets)
+        self.stats.gradient_bytes = bound.buckets.nbytes
         self._pending, self._started = [], []
         self._stat_request = None
         seed_scale = {name: (self.share if averages else 1.0)
@@ -351,7 +362,6 @@ class DataParallel:
             launched += optimizer.step(bound.bucket_updates[b], params, grads, scaled)
         if self._stat_request is not None:
             waited += self.comm.wait(self._stat_request, "the running statistics")
-            self._stat_buffer *= 1.0 / self.comm.size
             offset = 0
             for name in bound.statistics:
                 size = params[name].size
@@ -424,8 +434,6 @@ class DataParallel:
                        tuple(u for u in updates if u.param not in in_bucket),
                        [tuple(u for u in updates if in_bucket.get(u.param) == b.index)
                         for b in buckets.buckets], statistics)
-        self.stats.buckets = len(buckets.buckets)
-        self.stats.gradient_bytes = buckets.nbytes
         self._bound[id(program)] = bound
         return bound
 
@@ -451,7 +459,9 @@ class DataParallel:
             self._stat_buffer = np.empty(total, np.float64)
         offset = 0
         for n in names:
+            # weighted by the shard's share: equal shards average, an empty one counts 0
             self._stat_buffer[offset:offset + params[n].size] = params[n].reshape(-1)
+            self._stat_buffer[offset:offset + params[n].size] *= self.share
             offset += params[n].size
         self._stat_request = self.comm.iallreduce(self._stat_buffer)
         self._pending.append(self._stat_request)
