@@ -23,7 +23,7 @@ What it does:
 What it does not do: the CUDA target (its update runs on the device inside the step; not
 wired here), CUDA-aware MPI, a softmax loss with `ignore_label` normalised over the global
 count of valid labels (each shard normalises by its own count, as DDP does), or dropout
-masks equal to a one-process run's (each rank draws its own shard's mask).
+masks equal to a one-process run's (each rank draws its shard's mask from the same seed).
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from bwplan import ops as registry
 from bwplan.errors import BwError, InternalError
 from bwplan.lower.buckets import DEFAULT_CAP_BYTES, BucketPlan, gradient_buckets
 from bwplan.lower.program import Program
+from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.data import Dataset
 from bwplan.runtime.executor import StepResult, StepStats
 from bwplan.source import Span
@@ -398,6 +399,16 @@ class DataParallel:
         prog.steps_taken += 1
         return result
 
+    def bucket_plan(self, program: Program | None = None) -> BucketPlan:
+        """The buckets of `program` (default: the last step's, else the compiled one)."""
+        if program is None:
+            return (self._current or self._bind(self.prog.program)).buckets
+        return self._bind(program).buckets
+
+    def bucket_buffers(self) -> list[np.ndarray]:
+        """The last step's bucket buffers (after its update: the summed gradients)."""
+        return list(self._current.buffers) if self._current else []
+
     # ---- internals -----------------------------------------------------------------------
     def _bind(self, program: Program) -> _Bound:
         bound = self._bound.get(id(program))
@@ -415,7 +426,7 @@ class DataParallel:
             self._layout = layout
         buffers = self._buffers.get(layout)
         if buffers is None:
-            buffers = [np.zeros(b.size, _np_dtype(b.dtype)) for b in buckets.buckets]
+            buffers = [np.zeros(b.size, numpy_dtype(b.dtype)) for b in buckets.buckets]
             self._buffers[layout] = buffers
         views, ready = {}, {}
         for b, buf in zip(buckets.buckets, buffers):
@@ -484,31 +495,3 @@ def summary(buckets: BucketPlan) -> str:
     return (f"{len(buckets.buckets)} bucket{'s' if len(buckets.buckets) > 1 else ''}, "
             f"{len(buckets.params)} gradients, {nbytes(buckets.nbytes)} per step")
 
-
-def _np_dtype(dtype: str):
-    from bwplan.runtime.backend import numpy_dtype
-    return numpy_dtype(dtype)
-
-
-def attach(prog, comm: Communicator, data: Dataset, batch: int,
-           cap_bytes: int = DEFAULT_CAP_BYTES) -> tuple[DataParallel, ShardedDataset]:
-    """What `bwplan train` does under mpiexec: attach, check the ranks agree, give them rank
-    0's parameters, and shard the data; rank 0 says what each step will send."""
-    if cap_bytes <= 0:
-        raise _error("--bucket-kib", "the bucket size must be positive")
-    if batch <= 0:
-        raise _error("--batch", f"--batch must be positive, got {batch}")
-    dp = DataParallel(prog, comm, cap_bytes)
-    sharded = dp.shard(data, batch)
-    dp.synchronise(data)
-    pids = np.zeros(comm.size, np.int64)
-    mine = np.array([os.getpid()], np.int64)
-    comm.wait(comm.comm.Iallgather(mine, pids), "the process ids")
-    buckets = dp._bind(prog.program).buckets
-    learnable = sum(p.type.nbytes for p in prog.net.params.values() if p.learnable)
-    from bwplan.explain.units import nbytes
-    dp.announce(f"data-parallel: {comm.size} processes (pids by rank: "
-                f"{', '.join(map(str, pids))}), global batch {batch} = {comm.size} x "
-                f"{batch // comm.size}; {summary(buckets)} (all learnable parameters: "
-                f"{nbytes(learnable)})")
-    return dp, sharded
