@@ -495,3 +495,27 @@ def summary(buckets: BucketPlan) -> str:
     return (f"{len(buckets.buckets)} bucket{'s' if len(buckets.buckets) > 1 else ''}, "
             f"{len(buckets.params)} gradients, {nbytes(buckets.nbytes)} per step")
 
+
+
+def attach(prog, comm: Communicator, data: Dataset, batch: int,
+           cap_bytes: int = DEFAULT_CAP_BYTES) -> tuple[DataParallel, ShardedDataset]:
+    """What `bwplan train` does under mpiexec: attach, check the ranks agree, give them rank
+    0's parameters, and shard the data; rank 0 says what each step will send."""
+    if cap_bytes <= 0:
+        raise _error("--bucket-kib", "the bucket size must be positive")
+    if batch <= 0:
+        raise _error("--batch", f"--batch must be positive, got {batch}")
+    dp = DataParallel(prog, comm, cap_bytes)
+    sharded = dp.shard(data, batch)
+    dp.synchronise(data)
+    pids = np.zeros(comm.size, np.int64)
+    mine = np.array([os.getpid()], np.int64)
+    comm.wait(comm.comm.Iallgather(mine, pids), "the process ids")
+    buckets = dp.bucket_plan(prog.program)
+    learnable = sum(p.type.nbytes for p in prog.net.params.values() if p.learnable)
+    from bwplan.explain.units import nbytes
+    dp.announce(f"data-parallel: {comm.size} processes (pids by rank: "
+                f"{', '.join(map(str, pids))}), global batch {batch} = {comm.size} x "
+                f"{batch // comm.size}; {summary(buckets)} (all learnable parameters: "
+                f"{nbytes(learnable)})")
+    return dp, sharded
