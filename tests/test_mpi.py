@@ -269,3 +269,21 @@ def test_python_api_step_matches(files):
     script.write_text(SCRIPT)
     run = _run([sys.executable, str(script), str(net), "none"], 2)
     assert run.returncode == 0 and run.stdout.count("finished") == 1, run.stderr
+
+
+@needs_mpi
+def test_digits_finetune_on_the_cpu_target_sends_only_the_head(tmp_path):
+    """The README's fine-tune, on the Numba kernels, from the same random backbone."""
+    pytest.importorskip("sklearn")
+    data = tmp_path / "digits.npz"
+    made = _run([sys.executable, "-m", "bwplan", "data", "digits", "--classes", "5-9",
+                 "-o", str(data)])
+    assert made.returncode == 0, made.stderr
+    argv = [sys.executable, "-m", "bwplan", "train", str(ROOT / "examples" /
+            "digits_finetune.bw"), "--data", str(data), "--epochs", "1", "--lr", "0.05"]
+    one = _run(argv + ["--out", str(tmp_path / "one.npz")], timeout=240)
+    two = _run(argv + ["--out", str(tmp_path / "two.npz")], 2, timeout=240)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert "1 bucket, 2 gradients, 1.27 KiB per step (all learnable parameters: " \
+           "148.27 KiB)" in two.stderr
+    _close(tmp_path / "one.npz", tmp_path / "two.npz")
