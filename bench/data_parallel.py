@@ -75,15 +75,14 @@ def measure(bench_net, scenario: str, comm, args) -> dict:
                 waits[overlap].append(wait)
                 exposed[overlap].append(max(0.0, wait - max(0.0, ready.max() - mine[0])))
         # the communication alone: the same buckets, every rank ready
-        bound = dp._current
         comm.wait(comm.comm.Ibarrier(), "the barrier")
         start = time.perf_counter()
-        for request in [comm.iallreduce(b) for b in bound.buffers]:
+        for request in [comm.iallreduce(b) for b in dp.bucket_buffers()]:
             comm.wait(request, "a bucket")
         if round_ >= args.warmup:
             alone.append(time.perf_counter() - start)
     dp.check_parameters("the parameters")
-    buckets = dp._current.buckets
+    buckets = dp.bucket_plan()
     learnable = sum(p.type.nbytes for p in prog.net.params.values() if p.learnable)
     med = {k: statistics.median(v) for k, v in samples.items()}
     wait = {k: statistics.median(v) for k, v in waits.items()}

@@ -149,6 +149,18 @@ def test_two_ranks_match_one_process_pruned_and_unpruned(files):
 
 
 @needs_mpi
+def test_a_rank_without_samples_in_the_last_batch_sends_zeros(files):
+    net, data, tmp = files
+    arrays = dict(np.load(data))
+    small = tmp / "d25.npz"      # the last global batch holds one sample: rank 1 gets none
+    np.savez(small, **{k: v[:25] for k, v in arrays.items()})
+    one = _train(net, small, tmp / "one.npz")
+    two = _train(net, small, tmp / "two.npz", 2)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    _close(tmp / "one.npz", tmp / "two.npz")
+
+
+@needs_mpi
 def test_schedule_rebuilds_the_buckets_and_still_matches(files):
     net, data, tmp = files
     schedule = tmp / "schedule.txt"
@@ -244,6 +256,8 @@ def test_a_failing_rank_ends_the_job(files, fault):
     assert run.returncode != 0 and "finished" not in run.stdout
     if fault == "raise":
         assert "rank 1 of 2 failed: RuntimeError: disk on fire" in run.stderr
+    if fault == "kill":     # mpiexec ends the job and names the process
+        assert "BAD TERMINATION" in run.stdout + run.stderr
     if fault == "stall":
         assert "rank 0 of 2 failed" in run.stderr and "stopped answering" in run.stderr
 
@@ -255,3 +269,21 @@ def test_python_api_step_matches(files):
     script.write_text(SCRIPT)
     run = _run([sys.executable, str(script), str(net), "none"], 2)
     assert run.returncode == 0 and run.stdout.count("finished") == 1, run.stderr
+
+
+@needs_mpi
+def test_digits_finetune_on_the_cpu_target_sends_only_the_head(tmp_path):
+    """The README's fine-tune, on the Numba kernels, from the same random backbone."""
+    pytest.importorskip("sklearn")
+    data = tmp_path / "digits.npz"
+    made = _run([sys.executable, "-m", "bwplan", "data", "digits", "--classes", "5-9",
+                 "-o", str(data)])
+    assert made.returncode == 0, made.stderr
+    argv = [sys.executable, "-m", "bwplan", "train", str(ROOT / "examples" /
+            "digits_finetune.bw"), "--data", str(data), "--epochs", "1", "--lr", "0.05"]
+    one = _run(argv + ["--out", str(tmp_path / "one.npz")], timeout=240)
+    two = _run(argv + ["--out", str(tmp_path / "two.npz")], 2, timeout=240)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert "1 bucket, 2 gradients, 1.27 KiB per step (all learnable parameters: " \
+           "148.27 KiB)" in two.stderr
+    _close(tmp_path / "one.npz", tmp_path / "two.npz")

@@ -14,13 +14,16 @@ What it does:
   announced when the plan changes); a bucket's `Iallreduce` starts right after the backward
   step that completes it, later steps poll MPI so it progresses, and the update of each
   bucket's parameters waits for that bucket alone. Decay-only parameters update locally.
-- Running statistics (BatchNorm mean/var) are averaged over the ranks every step, so every
-  rank holds the same parameters after every step; the normalisation itself uses each
-  shard's own batch statistics (as PyTorch DDP without SyncBatchNorm).
+- Running statistics (BatchNorm mean/var) are averaged over the ranks every step (weighted
+  by shard size), so every rank holds the same parameters after every step; the
+  normalisation itself uses each shard's own batch statistics (as PyTorch DDP without
+  SyncBatchNorm). Weighted layers that are not loss ops sum over their batch, so their
+  seeds are not scaled.
 
 What it does not do: the CUDA target (its update runs on the device inside the step; not
-wired here), CUDA-aware MPI, or a softmax loss with `ignore_label` normalised over the global
-count of valid labels (each shard normalises by its own count, as DDP does).
+wired here), CUDA-aware MPI, a softmax loss with `ignore_label` normalised over the global
+count of valid labels (each shard normalises by its own count, as DDP does), or dropout
+masks equal to a one-process run's (each rank draws its shard's mask from the same seed).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from bwplan import ops as registry
 from bwplan.errors import BwError, InternalError
 from bwplan.lower.buckets import DEFAULT_CAP_BYTES, BucketPlan, gradient_buckets
 from bwplan.lower.program import Program
+from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.data import Dataset
 from bwplan.runtime.executor import StepResult, StepStats
 from bwplan.source import Span
@@ -66,10 +70,15 @@ def launched_size() -> int:
     return 1
 
 
+_WORLD: list = []   # the one Communicator of this process, once made
+
+
 def world(timeout_s: float | None = None) -> "Communicator | None":
     size = launched_size()
     if size <= 1:
         return None
+    if _WORLD:
+        return _WORLD[0]
     try:
         from mpi4py import MPI
     except ImportError:
@@ -80,6 +89,7 @@ def world(timeout_s: float | None = None) -> "Communicator | None":
     local = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
     from bwplan.kernels.cpu.threads import available_cores
     os.environ.setdefault("BWPLAN_THREADS", str(max(1, available_cores() // local)))
+    _WORLD.append(comm)
     return comm
 
 
@@ -322,6 +332,8 @@ class DataParallel:
         for param, (where, view) in bound.views.items():
             (grads if where == "grads" else scaled)[param] = view
         self._current = bound
+        self.stats.buckets = len(bound.buckets.buckets)
+        self.stats.gradient_bytes = bound.buckets.nbytes
         self._pending, self._started = [], []
         self._stat_request = None
         seed_scale = {name: (self.share if averages else 1.0)
@@ -351,7 +363,6 @@ class DataParallel:
             launched += optimizer.step(bound.bucket_updates[b], params, grads, scaled)
         if self._stat_request is not None:
             waited += self.comm.wait(self._stat_request, "the running statistics")
-            self._stat_buffer *= 1.0 / self.comm.size
             offset = 0
             for name in bound.statistics:
                 size = params[name].size
@@ -388,6 +399,16 @@ class DataParallel:
         prog.steps_taken += 1
         return result
 
+    def bucket_plan(self, program: Program | None = None) -> BucketPlan:
+        """The buckets of `program` (default: the last step's, else the compiled one)."""
+        if program is None:
+            return (self._current or self._bind(self.prog.program)).buckets
+        return self._bind(program).buckets
+
+    def bucket_buffers(self) -> list[np.ndarray]:
+        """The last step's bucket buffers (after its update: the summed gradients)."""
+        return list(self._current.buffers) if self._current else []
+
     # ---- internals -----------------------------------------------------------------------
     def _bind(self, program: Program) -> _Bound:
         bound = self._bound.get(id(program))
@@ -405,7 +426,7 @@ class DataParallel:
             self._layout = layout
         buffers = self._buffers.get(layout)
         if buffers is None:
-            buffers = [np.zeros(b.size, _np_dtype(b.dtype)) for b in buckets.buckets]
+            buffers = [np.zeros(b.size, numpy_dtype(b.dtype)) for b in buckets.buckets]
             self._buffers[layout] = buffers
         views, ready = {}, {}
         for b, buf in zip(buckets.buckets, buffers):
@@ -424,8 +445,6 @@ class DataParallel:
                        tuple(u for u in updates if u.param not in in_bucket),
                        [tuple(u for u in updates if in_bucket.get(u.param) == b.index)
                         for b in buckets.buckets], statistics)
-        self.stats.buckets = len(buckets.buckets)
-        self.stats.gradient_bytes = buckets.nbytes
         self._bound[id(program)] = bound
         return bound
 
@@ -451,7 +470,9 @@ class DataParallel:
             self._stat_buffer = np.empty(total, np.float64)
         offset = 0
         for n in names:
+            # weighted by the shard's share: equal shards average, an empty one counts 0
             self._stat_buffer[offset:offset + params[n].size] = params[n].reshape(-1)
+            self._stat_buffer[offset:offset + params[n].size] *= self.share
             offset += params[n].size
         self._stat_request = self.comm.iallreduce(self._stat_buffer)
         self._pending.append(self._stat_request)
@@ -475,10 +496,6 @@ def summary(buckets: BucketPlan) -> str:
             f"{len(buckets.params)} gradients, {nbytes(buckets.nbytes)} per step")
 
 
-def _np_dtype(dtype: str):
-    from bwplan.runtime.backend import numpy_dtype
-    return numpy_dtype(dtype)
-
 
 def attach(prog, comm: Communicator, data: Dataset, batch: int,
            cap_bytes: int = DEFAULT_CAP_BYTES) -> tuple[DataParallel, ShardedDataset]:
@@ -494,7 +511,7 @@ def attach(prog, comm: Communicator, data: Dataset, batch: int,
     pids = np.zeros(comm.size, np.int64)
     mine = np.array([os.getpid()], np.int64)
     comm.wait(comm.comm.Iallgather(mine, pids), "the process ids")
-    buckets = dp._bind(prog.program).buckets
+    buckets = dp.bucket_plan(prog.program)
     learnable = sum(p.type.nbytes for p in prog.net.params.values() if p.learnable)
     from bwplan.explain.units import nbytes
     dp.announce(f"data-parallel: {comm.size} processes (pids by rank: "
