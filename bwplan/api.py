@@ -9,7 +9,6 @@ runs the forward pass, only the backward work the plan kept, and the parameter u
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -18,9 +17,7 @@ import numpy as np
 
 from bwplan.errors import BwError
 from bwplan.frontend import ast
-from bwplan.frontend.expand import expand
-from bwplan.frontend.load import read_text
-from bwplan.frontend.parse_bw import parse_bw
+from bwplan.frontend.load import load_module
 from bwplan.ir.build import build
 from bwplan.ir.net import Net
 from bwplan.lower.program import Program
@@ -39,18 +36,6 @@ class BatchError(BwError):
     """A batch that does not match the net's inputs."""
 
 
-def _module(source: str, caffe_options: Mapping | None) -> tuple[ast.Module, str]:
-    looks_like_path = "\n" not in source and source.endswith((".bw", ".prototxt", ".pbtxt"))
-    if looks_like_path or (len(source) < 4096 and "\n" not in source and os.path.exists(source)):
-        path, text = source, read_text(source)
-    else:
-        path, text = "<source>", source
-    if path.endswith((".prototxt", ".pbtxt")):
-        from bwplan.caffe.importer import import_caffe_text
-        return import_caffe_text(text, path, **dict(caffe_options or {})).module, path
-    return expand(parse_bw(text, path)), path
-
-
 def _rules(freeze: Iterable[str], unfreeze: Iterable[str]) -> list[tuple[str, str]]:
     return [("freeze", p) for p in freeze] + [("unfreeze", p) for p in unfreeze]
 
@@ -62,9 +47,11 @@ def compile(source: str, target: str = "cpu", freeze: Iterable[str] = (),
     """Compile a .bw / .prototxt file (or .bw source text) for `target` ("cpu", or
     "reference" for the NumPy references). `freeze`/`unfreeze` are globs on layer names
     (freezes first), or give `rules` as ordered (action, glob) pairs."""
-    module, _ = _module(source, caffe_options)
+    loaded = load_module(source, caffe_options)
     order = list(rules) if rules is not None else _rules(freeze, unfreeze)
-    return CompiledNet(module, target, order, prune, seed)
+    net = CompiledNet(loaded.module, target, order, prune, seed)
+    net.warnings = loaded.warnings
+    return net
 
 
 class CompiledNet:
@@ -98,6 +85,7 @@ class CompiledNet:
         self._executors: dict[tuple, Executor] = {}
         # a bwplan.runtime.distributed.DataParallel when training data-parallel
         self.data_parallel = None
+        self.warnings: tuple = ()   # the importer's warnings (a Caffe net's)
 
     # ---- configuration -----------------------------------------------------------------
     def set_optimizer(self, lr: float = 0.01, momentum: float = 0.9,

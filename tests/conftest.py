@@ -6,6 +6,8 @@ from pathlib import Path
 # first starts; spinning idle workers slow the other side's next parallel region many
 # times over on two cores (see bwplan/kernels/cpu/threads.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# every test verifies the IR, the plan and the program between passes (bwplan/ir/verify.py)
+os.environ.setdefault("BWPLAN_CHECKS", "1")
 
 # tests import their helpers (netgen, ...) by plain module name
 sys.path.insert(0, str(Path(__file__).parent))

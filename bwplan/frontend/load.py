@@ -1,10 +1,15 @@
-"""Reads a network file of either kind and returns its Net: the one entry point the CLI
-and the library use."""
+"""Reads a network file of either kind and returns its flat module (`load_module`, with
+the importer's warnings) or its Net (`load`): the one entry point the CLI and the library
+use."""
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from bwplan.errors import FileError
+from bwplan.frontend import ast
 from bwplan.frontend.expand import expand
 from bwplan.frontend.parse_bw import parse_bw
 from bwplan.ir.build import build
@@ -30,10 +35,39 @@ def load_bw_text(text: str, path: str = "<input>") -> Net:
     return build(expand(parse_bw(text, path)))
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A network's flat module, where it came from, and what its importer warned about
+    (the Caffe importer's ImportWarnings; none for .bw)."""
+
+    module: ast.Module
+    path: str
+    warnings: tuple = ()
+
+
+_CAFFE = (".prototxt", ".pbtxt")
+
+
+def load_module(source: str, caffe_options: Mapping | None = None) -> Loaded:
+    """A .bw or Caffe file by path, or .bw source text (anything with a newline, or that
+    names no file)."""
+    looks_like_path = "\n" not in source and source.endswith((".bw",) + _CAFFE)
+    if looks_like_path or (len(source) < 4096 and "\n" not in source
+                           and os.path.exists(source)):
+        path, text = source, read_text(source)
+    else:
+        path, text = "<source>", source
+    if path.endswith(_CAFFE):
+        from bwplan.caffe.importer import caffe_module
+        _, flat, warnings = caffe_module(text, path, **dict(caffe_options or {}))
+        return Loaded(flat.module, path, tuple(warnings))
+    return Loaded(expand(parse_bw(text, path)), path)
+
+
 def load(path: str, **caffe_options) -> Net:
     """Load a .bw file, or a Caffe .prototxt (phase and input shapes via caffe_options)."""
     text = read_text(path)
-    if path.endswith((".prototxt", ".pbtxt")):
+    if path.endswith(_CAFFE):
         from bwplan.caffe.importer import import_caffe_text
         return import_caffe_text(text, path, **caffe_options).net
     return load_bw_text(text, path)

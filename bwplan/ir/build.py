@@ -7,7 +7,6 @@ is skipped rather than reported again.
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -19,6 +18,7 @@ from bwplan import ops as registry
 from bwplan.errors import (AttrError, BwError, CycleError, ParamError, Redefined, ShapeError,
                            UnknownName, raise_all)
 from bwplan.frontend import ast
+from bwplan.ir import verify
 from bwplan.ir.net import Edge, Input, Layer, Net, Param, ParamUse, make_graph
 from bwplan.ir.types import TensorType
 from bwplan.ops.opdef import REQUIRED, AttrSpec, OpCtx, OpDef
@@ -29,7 +29,10 @@ _SLOT_SETTINGS = ("lr", "decay")
 
 
 def build(module: ast.Module, name: str | None = None) -> Net:
-    return _Builder(module).run(name or Path(module.path).stem)
+    net = _Builder(module).run(name or Path(module.path).stem)
+    if verify.enabled():
+        verify.verify_net(net, "builder")
+    return net
 
 
 @dataclass
@@ -82,35 +85,29 @@ class _Builder:
 
     # ---- 2. order ------------------------------------------------------------------
     def topological(self) -> list[str]:
-        """Kahn's algorithm with source order breaking ties, so the order is deterministic
-        and matches the text whenever the text is already in order."""
-        indegree = {n: 0 for n in self.stmts}
-        users: dict[str, list[str]] = {n: [] for n in self.stmts}
-        for name, stmt in self.stmts.items():
-            for src in {a.name for a in stmt.call.args if a.name in self.stmts}:
-                indegree[name] += 1
-                users[src].append(name)
-        ready = [(self.order[n], n) for n, d in indegree.items() if d == 0]
-        heapq.heapify(ready)
-        out: list[str] = []
-        while ready:
-            _, name = heapq.heappop(ready)
-            out.append(name)
-            for user in users[name]:
-                indegree[user] -= 1
-                if indegree[user] == 0:
-                    heapq.heappush(ready, (self.order[user], user))
-        if len(out) < len(self.stmts):
-            stuck = {n for n, d in indegree.items() if d > 0}
-            g = nx.DiGraph((a.name, n) for n in stuck for a in self.stmts[n].call.args
-                           if a.name in stuck)
-            cycle = [u for u, _ in nx.find_cycle(g)]
-            start = min(cycle, key=lambda n: self.order[n])
-            k = cycle.index(start)
-            cycle = cycle[k:] + cycle[:k]
-            raise CycleError(self.stmts[start].name_span,
-                             "layers feed each other: " + " -> ".join(cycle + [start]))
-        return out
+        """The layers in topological order of their dependency graph, source order
+        breaking ties, so the order is deterministic and matches the text whenever the
+        text is already in order."""
+        deps = nx.DiGraph()
+        deps.add_nodes_from(self.stmts)
+        deps.add_edges_from((a.name, name) for name, stmt in self.stmts.items()
+                            for a in stmt.call.args if a.name in self.stmts)
+        try:
+            return list(nx.lexicographical_topological_sort(deps, key=self.order.__getitem__))
+        except nx.NetworkXUnfeasible:
+            pass
+        stuck = deps.copy()      # what Kahn's algorithm cannot order: cycles and below
+        while True:
+            free = [n for n, d in stuck.in_degree() if d == 0]
+            if not free:
+                break
+            stuck.remove_nodes_from(free)
+        cycle = [u for u, _ in nx.find_cycle(stuck)]
+        start = min(cycle, key=lambda n: self.order[n])
+        k = cycle.index(start)
+        cycle = cycle[k:] + cycle[:k]
+        raise CycleError(self.stmts[start].name_span,
+                         "layers feed each other: " + " -> ".join(cycle + [start]))
 
     # ---- 3. layers -----------------------------------------------------------------
     def run(self, net_name: str) -> Net:

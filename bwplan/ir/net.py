@@ -1,6 +1,12 @@
 """The network IR: inputs, parameters and layers in a deterministic topological order,
 with the NetworkX graph built once and frozen.
 
+The graph (`Net.graph`, a frozen MultiDiGraph) is the IR's structure: a node per input
+and layer, an edge per (source, layer, input position) carrying its `Edge`. The layers'
+order is its topological sort (ir/build.py) and the consumer lists the planner's walks
+follow are read from its out-edges once, here; the walks then run over those arrays,
+which is what keeps planning 10,000 layers fast.
+
 Every tensor is named by what produced it: an input's name or a layer's name. A layer has
 one output. Parameters are shared objects; each layer refers to them through `ParamUse`s,
 one per use, so a parameter used by two layers keeps a learning-rate multiplier per use.
@@ -101,12 +107,11 @@ class Net:
         init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        consumers: dict[str, list[Edge]] = {i.name: [] for i in self.inputs}
+        succ = self.graph.succ
+        consumers = {n: tuple(data["edge"] for keyed in succ[n].values()
+                              for data in keyed.values()) for n in self.graph}
         uses: dict[str, list[tuple[str, ParamUse]]] = {p: [] for p in self.params}
         for layer in self.layers:
-            consumers.setdefault(layer.name, [])
-            for edge in layer.inputs:
-                consumers.setdefault(edge.src, []).append(edge)
             for use in layer.params:
                 uses.setdefault(use.param, []).append((layer.name, use))
         object.__setattr__(self, "_layer_index",
@@ -114,7 +119,7 @@ class Net:
         object.__setattr__(self, "_input_index",
                            MappingProxyType({i.name: i for i in self.inputs}))
         object.__setattr__(self, "_consumers",
-                           MappingProxyType({k: tuple(v) for k, v in consumers.items()}))
+                           MappingProxyType(consumers))
         object.__setattr__(self, "_param_uses",
                            MappingProxyType({k: tuple(v) for k, v in uses.items()}))
 
@@ -152,6 +157,8 @@ class Net:
 
 
 def make_graph(inputs, layers) -> nx.MultiDiGraph:
+    """The IR's graph: nodes `kind` "input" | "layer" (with `op`), one edge per input of a
+    layer keyed by its position, with `stop_gradient` and the `Edge` itself."""
     g = nx.MultiDiGraph()
     for inp in inputs:
         g.add_node(inp.name, kind="input")
@@ -159,5 +166,6 @@ def make_graph(inputs, layers) -> nx.MultiDiGraph:
         g.add_node(layer.name, kind="layer", op=layer.op)
     for layer in layers:
         for edge in layer.inputs:
-            g.add_edge(edge.src, layer.name, key=edge.index, stop_gradient=edge.stop_gradient)
+            g.add_edge(edge.src, layer.name, key=edge.index, stop_gradient=edge.stop_gradient,
+                       edge=edge)
     return nx.freeze(g)

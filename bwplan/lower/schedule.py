@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import networkx as nx
+
 from bwplan import ops as registry
+from bwplan.ir import verify
 from bwplan.ir.net import Layer, Net
 from bwplan.lower.program import Buffer, BufferId, Program, Saved, Seed, Step, aux, grad, value
 from bwplan.ops.needs import FWD, Component, bind_needs
@@ -79,8 +82,14 @@ def lower(plan: Plan, prune: bool = True) -> Program:
     mixed = frozenset(u.param for u in plan.updates
                       if len({t.lr_mult for t in u.terms if t.computed or not prune}) > 1)
     buffers, positions = _lifetimes(net, forward, seeds, backward)
-    return Program(plan, prune, tuple(forward), tuple(backward), tuple(seeds), kept, losses,
-                   metrics, mixed, buffers, positions)
+    return _checked(Program(plan, prune, tuple(forward), tuple(backward), tuple(seeds), kept,
+                            losses, metrics, mixed, buffers, positions))
+
+
+def _checked(program: Program) -> Program:
+    if verify.enabled():
+        verify.verify_program(program)
+    return program
 
 
 def _saved(net: Net, layer: Layer, rule) -> tuple[Saved, ...]:
@@ -199,10 +208,7 @@ def lower_inference(plan: Plan, outputs: tuple[str, ...] | None = None) -> Progr
         outputs = tuple(l.name for l in net.layers if not net.consumers(l.name)
                         or registry.OPS[l.op].role != "layer")
     wanted = set(outputs)
-    needed = set(outputs)
-    for layer in reversed(net.layers):
-        if layer.name in needed:
-            needed.update(e.src for e in layer.inputs)
+    needed = set(outputs).union(*(nx.ancestors(net.graph, n) for n in outputs))
     run = [l for l in net.layers if l.name in needed]
     forward = _forward_steps(net, plan, run, frozenset(value(n) for n in wanted), frozenset())
     losses = tuple((l.name, l.loss_weight) for l in run if l.name in wanted and (
@@ -210,5 +216,5 @@ def lower_inference(plan: Plan, outputs: tuple[str, ...] | None = None) -> Progr
     metrics = tuple(l.name for l in run if l.name in wanted and registry.OPS[l.op].role ==
                     "metric")
     buffers, positions = _lifetimes(net, forward, (), ())
-    return Program(plan, True, tuple(forward), (), (), frozenset(), losses, metrics,
-                   frozenset(), buffers, positions)
+    return _checked(Program(plan, True, tuple(forward), (), (), frozenset(), losses, metrics,
+                            frozenset(), buffers, positions))

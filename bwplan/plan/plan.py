@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
 from types import MappingProxyType
 
 from bwplan import ops as registry
+from bwplan.ir import verify
 from bwplan.ir.net import Net
 from bwplan.plan import grad_flow
 from bwplan.plan.components import Value, dx_rule, op_ctx, values_read
@@ -99,6 +101,13 @@ class Plan:
 
     def layer(self, name: str) -> LayerPlan:
         return self.layers[self.net.position(name)]
+
+    @cached_property
+    def backward_graph(self):
+        """The minimal backward subgraph (a frozen networkx.DiGraph; see
+        plan/backward_graph.py for its attributes), built from the decisions on first use."""
+        from bwplan.plan.backward_graph import backward_subgraph
+        return backward_subgraph(self)
 
 
 def _trains(use) -> bool:
@@ -189,7 +198,10 @@ def make_plan(net: Net) -> Plan:
     plan = replace(plan, summary=replace(summary, full_peak_bytes=_peak(plan, False),
                                          planned_peak_bytes=_peak(plan, True)))
     from bwplan.plan.pitfalls import find_pitfalls  # the checks read the finished plan
-    return replace(plan, findings=find_pitfalls(plan))
+    plan = replace(plan, findings=find_pitfalls(plan))
+    if verify.enabled():
+        verify.verify_plan(plan)
+    return plan
 
 
 def _freeze_kept(table) -> Mapping[str, KeptValue]:

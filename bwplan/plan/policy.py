@@ -9,6 +9,7 @@ from types import MappingProxyType
 
 from bwplan import ops as registry
 from bwplan.errors import BwError
+from bwplan.ir import verify
 from bwplan.ir.net import Layer, Net
 from bwplan.source import Span
 
@@ -28,7 +29,10 @@ def apply_policy(net: Net, rules: list[tuple[str, str]]) -> Net:
         for i in hits:
             layers[i] = freeze(net, layers[i], f"--freeze '{pattern}'") \
                 if action == "freeze" else unfreeze(net, layers[i])
-    return net.replace_layers(tuple(layers))
+    out = net.replace_layers(tuple(layers))
+    if verify.enabled():
+        verify.verify_net(out, "freezing policy")
+    return out
 
 
 def freeze(net: Net, layer: Layer, why: str) -> Layer:
