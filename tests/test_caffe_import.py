@@ -14,6 +14,7 @@ from bwplan import ops as registry
 from bwplan.caffe.importer import caffe_module, import_caffe_text
 from bwplan.errors import CaffeError
 from bwplan.frontend import ast
+from bwplan.plan.plan import make_plan
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "caffe"
 CASES = sorted(p.stem for p in CORPUS.glob("*.prototxt")) if CORPUS.is_dir() else []
@@ -56,9 +57,8 @@ def test_every_corpus_net_imports(case):
 @needs_corpus
 @pytest.mark.parametrize("case", [c for c in CASES if c not in REJECTED])
 def test_bwplan_never_computes_a_gradient_caffe_skips(case):
-    plan_module = pytest.importorskip("bwplan.plan.plan")
     result = corpus(case)
-    plan = plan_module.make_plan(result.net)
+    plan = make_plan(result.net)
     for layer in result.caffe.layers:
         for ir_name in result.layer_map.get(layer.name, ()) if layer.source else ():
             lp, ir = plan.layer(ir_name), result.net.layer(ir_name)

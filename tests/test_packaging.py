@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -100,3 +101,17 @@ def test_every_option_has_help_with_its_default(name, command):
         if meaningful:
             assert f"default: {action.default}" in " ".join(text.split()), \
                 (name, action.option_strings)
+
+
+def test_no_test_skips_for_a_missing_part_of_bwplan_or_of_what_it_requires():
+    """A broken bwplan module or a missing required package must fail, not skip: only
+    optional pieces (torch, onnx, pycuda, scikit-learn, ...) may skip."""
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    required = {re.split(r"[<>=!~ \[]", line.strip())[0].replace("-", "_")
+                for line in cfg["options"]["install_requires"].splitlines() if line.strip()}
+    skipped = {(p.name, m.group(1)) for p in (ROOT / "tests").glob("*.py")
+               for m in re.finditer(r"importorskip\(\s*[\"']([\w.]+)", p.read_text())}
+    wrong = {(f, m) for f, m in skipped if m.split(".")[0] in required | {"bwplan"}}
+    assert not wrong, f"importorskip of a required module: {sorted(wrong)}"
