@@ -52,15 +52,16 @@ def test_installed_wheel_explains_a_bw_and_a_prototxt_without_the_checkout(
     (tmp_path / "net.bw").write_text((ROOT / "examples" / "frozen_backbone.bw").read_text())
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(unpacked_wheel)
-    for name in ("tiny.prototxt", "net.bw"):
-        r = subprocess.run([sys.executable, "-m", "bwplan", "explain", name], cwd=tmp_path,
-                           env=env, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        assert "layer" in r.stdout and str(ROOT) not in r.stdout + r.stderr
-    probe = "import bwplan.resources as r; print(r.resource_dir('grammar'))"
+    # one interpreter for both files (each start imports numba): the command line's main
+    probe = ("import sys, bwplan.resources as r; from bwplan.cli.main import main\n"
+             "print(r.resource_dir('grammar'), r.resource_dir('cuda'))\n"
+             "sys.exit(main(['explain', 'tiny.prototxt']) or main(['explain', 'net.bw']))")
     r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, check=True)
-    assert Path(r.stdout.strip()).is_relative_to(unpacked_wheel)
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    found, tables = r.stdout.split("\n", 1)
+    assert all(Path(p).is_relative_to(unpacked_wheel) for p in found.split())
+    assert tables.count("\nlayer ") == 2 and str(ROOT) not in r.stdout + r.stderr
 
 
 def test_version(capsys):
