@@ -62,6 +62,7 @@ def parse_schedule(path: str) -> dict[int, list[tuple[str, str]]]:
 
 def run(args) -> int:
     import bwplan
+    from bwplan.cli import train_report
     from bwplan.cli.report import profile_lines
     from bwplan.runtime.data import load_dataset
     from bwplan.runtime.train import train
@@ -71,16 +72,23 @@ def run(args) -> int:
                           prune=not args.no_prune, seed=args.seed,
                           caffe_options=caffe_options(args))
     rename = dict(_pair(r) for r in args.rename)
+    loaded = {}
     if args.weights:
         loaded = prog.load_weights(args.weights, rename=rename, skip=args.skip)
         print(f"loaded {len(loaded)} parameters from {args.weights}", file=sys.stderr)
     data = load_dataset(args.data, [i.name for i in prog.net.inputs])
     prog.set_optimizer(args.lr, args.momentum, args.weight_decay)
-    s = prog.plan.summary
-    print(f"{prog.net.name}: {len(prog.net.layers)} layers, {data.size} samples; backward "
-          f"{s.planned_dx} dX + {s.planned_dw} dW of {s.full_dx} + {s.full_dw}"
-          + (" (unpruned)" if args.no_prune else ""), file=sys.stderr)
+    for line in (train_report.findings_lines(prog.plan, args.weight_decay)
+                 + train_report.run_warnings(prog, set(loaded), args.cache_frozen)):
+        print(line, file=sys.stderr)
+    print(train_report.header(prog, data.size, not args.no_prune), file=sys.stderr)
     bar = Progress()
+    trained = [train_report.trained_layers(prog)]
+
+    def on_stage(epoch, new_rules):
+        bar.epoch(train_report.stage_line(prog, epoch, new_rules, trained[0],
+                                          not args.no_prune))
+        trained[0] = train_report.trained_layers(prog)
 
     def on_epoch(r):
         text = f"epoch {r.epoch}/{args.epochs}  loss {r.loss:.4f}  {r.samples / r.seconds:,.0f} " \
@@ -90,17 +98,23 @@ def run(args) -> int:
             text += "".join(f"  {k} {v:.4f}" for k, v in r.metrics.items())
         bar.epoch(text)
 
-    history = train(prog, data, args.epochs, args.batch, args.seed, args.cache_frozen,
-                    args.unfreeze_every, schedule,
-                    on_batch=lambda e, k, n, loss, rate: bar.batch(e, args.epochs, k, n, loss,
-                                                                   rate),
-                    on_epoch=on_epoch)
+    try:
+        history = train(prog, data, args.epochs, args.batch, args.seed, args.cache_frozen,
+                        args.unfreeze_every, schedule,
+                        on_batch=lambda e, k, n, loss, rate: bar.batch(e, args.epochs, k, n,
+                                                                       loss, rate),
+                        on_epoch=on_epoch, on_stage=on_stage)
+    except KeyboardInterrupt:
+        bar.epoch("interrupted: " + (f"{args.out} was not written" if args.out
+                                     else "no weights saved (no --out given)"))
+        return 130
     total = sum(r.seconds for r in history)
     last = history[-1]
     print(f"done: {args.epochs} epochs in {total:.2f} s, final loss {last.loss:.4f}"
           + "".join(f", {k} {v:.4f}" for k, v in last.metrics.items()))
-    if args.profile and prog.last_stats is not None:
-        print("\n".join(profile_lines(prog)))
+    if args.profile and last.full_step is not None:
+        size = min(args.batch, data.size)
+        print("\n".join(profile_lines(prog, last.full_step, f"one step of {size} samples:")))
     if args.out:
         prog.save_weights(args.out)
         print(f"wrote {args.out}", file=sys.stderr)
