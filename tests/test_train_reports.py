@@ -124,3 +124,33 @@ def test_interrupt_says_what_was_not_saved(files, capsys, monkeypatch):
     rc, _, err = train(files, capsys)
     assert rc == 130 and err.strip().splitlines()[-1] == \
         "interrupted: no weights saved (no --out given)"
+
+
+def test_compiling_is_announced_and_left_out_of_the_epoch_throughput(files):
+    import io
+
+    from numba import njit
+
+    from bwplan import compile as compile_net
+    from bwplan.cli.progress import Progress
+    from bwplan.runtime.compiling import watch
+    from bwplan.runtime.data import load_dataset
+
+    @njit(cache=False)
+    def fresh_kernel(x):   # a new function: numba compiles it on the first call
+        return x + 1
+
+    prog = compile_net(str(files / "net.bw"), target="reference")
+    prog.set_optimizer(0.01, 0.9, 0.0)
+    data = load_dataset(str(files / "d.npz"), ["x", "y"])
+    stream = io.StringIO()
+    bar = Progress(stream)
+    watch().on_compiled = bar.compiling
+    try:
+        history = runtime_train.train(prog, data, 2, 4,
+                                      on_batch=lambda *a: fresh_kernel(1.0))
+    finally:
+        watch().on_compiled = None
+    assert history[0].compile_seconds > 0 and history[1].compile_seconds == 0
+    assert history[0].compile_seconds < history[0].seconds
+    assert stream.getvalue() == "compiling kernels (first run only)…\n"

@@ -91,13 +91,18 @@ def run(args) -> int:
         trained[0] = train_report.trained_layers(prog)
 
     def on_epoch(r):
-        text = f"epoch {r.epoch}/{args.epochs}  loss {r.loss:.4f}  {r.samples / r.seconds:,.0f} " \
+        running = max(1e-9, r.seconds - r.compile_seconds)   # compiling is not throughput
+        text = f"epoch {r.epoch}/{args.epochs}  loss {r.loss:.4f}  {r.samples / running:,.0f} " \
                f"samples/s  {r.seconds:.2f} s"
+        if r.compile_seconds >= 0.05:
+            text += f" ({r.compile_seconds:.1f} s of it compiling kernels)"
         if r.val_loss is not None:
             text += f"  val loss {r.val_loss:.4f}"
             text += "".join(f"  {k} {v:.4f}" for k, v in r.metrics.items())
         bar.epoch(text)
 
+    from bwplan.runtime.compiling import watch
+    watch().on_compiled = bar.compiling
     try:
         history = train(prog, data, args.epochs, args.batch, args.seed, args.cache_frozen,
                         args.unfreeze_every, schedule,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bwplan.api import CompiledNet
+from bwplan.runtime.compiling import seconds_so_far
 from bwplan.runtime.data import Dataset
 
 
@@ -25,6 +26,7 @@ class EpochRecord:
     # (stats, program, cached) of the epoch's last full-size batch, for --profile: a
     # partial last batch would report other counts and sizes
     full_step: tuple | None = None
+    compile_seconds: float = 0.0   # of `seconds`, spent compiling kernels (a first run)
 
 
 @dataclass
@@ -79,7 +81,7 @@ def train(prog: CompiledNet, data: Dataset, epochs: int, batch: int, seed: int =
         if changed or cache is None:
             cache = PrefixCache(prog.plan.prefix.layers) if cache_frozen and \
                 prog.plan.prefix.cacheable and prog.plan.prefix.layers else None
-        start = time.perf_counter()
+        start, compiled_before = time.perf_counter(), seconds_so_far()
         total, seen = 0.0, 0
         full_step = None
         nbatches = -(-data.size // batch)
@@ -101,10 +103,11 @@ def train(prog: CompiledNet, data: Dataset, epochs: int, batch: int, seed: int =
             total += result.loss * len(idx)
             seen += len(idx)
             if on_batch:
-                on_batch(epoch, k + 1, nbatches, total / seen,
-                         seen / max(1e-9, time.perf_counter() - start))
+                running = time.perf_counter() - start - (seconds_so_far() - compiled_before)
+                on_batch(epoch, k + 1, nbatches, total / seen, seen / max(1e-9, running))
         record = EpochRecord(epoch, total / max(1, seen), time.perf_counter() - start, seen,
-                             rules=tuple(prog.rules), full_step=full_step)
+                             rules=tuple(prog.rules), full_step=full_step,
+                             compile_seconds=seconds_so_far() - compiled_before)
         if data.val:
             record.val_loss, record.metrics = evaluate(prog, data.val, batch)
         history.append(record)
