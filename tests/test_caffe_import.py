@@ -16,6 +16,7 @@ from bwplan.cli.main import main
 from bwplan.errors import CaffeError, MultipleErrors
 from bwplan.plan.plan import make_plan
 from bwplan.frontend import ast
+from bwplan.plan.plan import make_plan
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "caffe"
 CASES = sorted(p.stem for p in CORPUS.glob("*.prototxt")) if CORPUS.is_dir() else []
@@ -58,9 +59,8 @@ def test_every_corpus_net_imports(case):
 @needs_corpus
 @pytest.mark.parametrize("case", [c for c in CASES if c not in REJECTED])
 def test_bwplan_never_computes_a_gradient_caffe_skips(case):
-    plan_module = pytest.importorskip("bwplan.plan.plan")
     result = corpus(case)
-    plan = plan_module.make_plan(result.net)
+    plan = make_plan(result.net)
     for layer in result.caffe.layers:
         for ir_name in result.layer_map.get(layer.name, ()) if layer.source else ():
             lp, ir = plan.layer(ir_name), result.net.layer(ir_name)

@@ -68,12 +68,23 @@ def test_kernels_fit_the_device_without_spilling(cubins, name):
             assert r.registers * limits.GEMM_THREADS * 2 <= limits.MAX_REGISTERS_PER_SM, r
 
 
-def test_compile_command_writes_sources_and_reports_resources(tmp_path, capsys):
-    out = tmp_path / "fb"
-    rc = main(["compile", str(ROOT / "examples/frozen_backbone.bw"), "--target", "cuda",
-               "-o", str(out)])
+@pytest.fixture(scope="module")
+def frozen_backbone_compiled(tmp_path_factory):
+    """`bwplan compile` of frozen_backbone for cuda, run once (nvcc takes seconds): the
+    folder it wrote and what it printed."""
+    import contextlib
+    import io
+    out = tmp_path_factory.mktemp("cuda") / "fb"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(["compile", str(ROOT / "examples/frozen_backbone.bw"), "--target", "cuda",
+                   "-o", str(out)])
     assert rc == 0
-    text = capsys.readouterr().out
+    return out, printed.getvalue()
+
+
+def test_compile_command_writes_sources_and_reports_resources(frozen_backbone_compiled):
+    out, text = frozen_backbone_compiled
     for name in ("frozen_backbone.cu", "frozen_backbone.cubin", "plan.json", "schedule.json",
                  "manifest.json"):
         assert (out / name).exists(), name
@@ -84,7 +95,7 @@ def test_compile_command_writes_sources_and_reports_resources(tmp_path, capsys):
     assert all("registers" in k and "shared_bytes" in k for k in manifest["kernels"])
 
 
-def test_frozen_backbone_program_has_no_dw_kernel_of_a_frozen_layer(tmp_path):
+def test_frozen_backbone_program_has_no_dw_kernel_of_a_frozen_layer(frozen_backbone_compiled):
     prog = bwplan.compile(str(ROOT / "examples/frozen_backbone.bw"), target="reference")
     frozen = {l.name for l in prog.net.layers if l.frozen}
     assert frozen == {"conv1", "conv2", "conv3"}
@@ -92,8 +103,11 @@ def test_frozen_backbone_program_has_no_dw_kernel_of_a_frozen_layer(tmp_path):
     for layer in frozen:
         assert f"{layer} dw:" not in source and f"{layer} dx:" not in source
     assert not re.search(r"void (__launch_bounds__\(\w+\)\s*)?conv2d_d[wxb]\(", source)
-    compiled = build.compile_cubin(source, ARCH, workdir=str(tmp_path))
-    symbols = build.cubin_functions(compiled.cubin)
+    out, _ = frozen_backbone_compiled   # the cubin of the same program, by the command line
+    # the same source but for its title line
+    assert (out / "frozen_backbone.cu").read_text().split("\n", 1)[1] == \
+        source.split("\n", 1)[1]
+    symbols = build.cubin_functions((out / "frozen_backbone.cubin").read_bytes())
     assert "conv2d_fwd" in symbols and "linear_dw" in symbols
     assert not {"conv2d_dw", "conv2d_dx", "conv2d_db"} & symbols
     # the unpruned program of the same net does run the convolutions' backward

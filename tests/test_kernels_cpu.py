@@ -22,8 +22,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("numba")
-
 from bwplan import ops as registry  # noqa: E402
 from bwplan.kernels import cpu  # noqa: E402
 from bwplan.kernels.cpu import conv as conv_kernels  # noqa: E402

@@ -72,7 +72,7 @@ def planned(plan):
     return dx, dw
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(descriptions())
 def test_planner_matches_path_enumeration(desc):
     plan = make_plan(load_bw_text(to_bw(desc), "gen.bw"))
@@ -84,7 +84,7 @@ def test_planner_matches_path_enumeration(desc):
     assert grad_tensors == nodes
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(descriptions())
 def test_freezing_more_never_adds_work(desc):
     net = load_bw_text(to_bw(desc), "gen.bw")
@@ -96,7 +96,7 @@ def test_freezing_more_never_adds_work(desc):
         assert not any(name == layer.name for name, _ in dw)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(descriptions())
 def test_stop_gradient_never_adds_work(desc):
     base_dx, base_dw = planned(make_plan(load_bw_text(to_bw(desc), "gen.bw")))
@@ -116,7 +116,7 @@ def test_stop_gradient_never_adds_work(desc):
     assert (inputs[j][0], layer["name"], j) not in dx
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(descriptions())
 def test_every_gradient_serves_an_update_and_every_reachable_param_gets_one(desc):
     plan = make_plan(load_bw_text(to_bw(desc), "gen.bw"))

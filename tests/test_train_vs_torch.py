@@ -9,9 +9,9 @@ For each case both start from the same parameters and see the same batches:
   which are the uses with lr multiplier > 0 that reach a loss; the oracle records each such
   use's raw gradient in a hook, and the comparison is with their sum. The set of parameters
   with a gradient must agree too (a frozen or decay-only parameter has none);
-* the loss (and every loss term and metric) of each of 5 steps of SGD with momentum and
-  weight decay agrees;
-* after the 5 steps every parameter that trains agrees to 1e-4 relative, in float32, and
+* the loss (and every loss term and metric) of each of 3 steps of SGD with momentum and
+  weight decay agrees (from the second step on, the momentum term takes part);
+* after the 3 steps every parameter that trains agrees to 1e-4 relative, in float32, and
   so do the running statistics of a batchnorm that uses batch statistics; every parameter
   that must not change (frozen, or statistics read in global mode) is bit-identical to its
   initial value.
@@ -46,7 +46,7 @@ from test_pruning_equivalence import (BATCH, CASES, LR, MOMENTUM, NETS, TARGETS,
 from torch_oracle import (DECIDING_OPS, OPS, TorchNet, avgpool, caffe_pool_len,  # noqa: E402
                           lrn, maxpool)
 
-STEPS = 5
+STEPS = 3
 RTOL = 1e-4
 # A tensor whose exact value is 0 or nearly (the gradient of a bias that a batch
 # normalisation follows, a zero-initialised bias that then gets no gradient) holds rounding
@@ -175,7 +175,7 @@ def _trains(net, name: str) -> bool:
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name,scenario", CASES)
 def test_training_matches_torch(name, scenario, target):
-    """Five steps from the same start on the same batches: losses, first gradients, final
+    """Three steps from the same start on the same batches: losses, first gradients, final
     parameters and running statistics as the module docstring says."""
     compiled = compile_case(name, scenario, target)
     net = compiled.net

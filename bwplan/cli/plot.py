@@ -21,6 +21,10 @@ def plot_history(history, path: str, title: str) -> None:
     ax.plot(epochs, [r.loss for r in history], marker="o", label="train loss")
     if any(r.val_loss is not None for r in history):
         ax.plot(epochs, [r.val_loss for r in history], marker="s", label="validation loss")
+    for epoch, label in stage_marks(history):
+        ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(label, (epoch - 0.5, 0.98), xycoords=("data", "axes fraction"),
+                    rotation=90, ha="right", va="top", fontsize=7, color="grey")
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
@@ -32,3 +36,11 @@ def plot_history(history, path: str, title: str) -> None:
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     write_atomic(path, buf.getvalue())
+
+
+def stage_marks(history) -> list[tuple[int, str]]:
+    """(epoch, its new rules) where gradual unfreezing or the schedule changed the
+    freezing rules before that epoch."""
+    return [(rec.epoch, ", ".join(f"{verb} {pattern}" for verb, pattern in
+                                  rec.rules[len(prev.rules):]))
+            for prev, rec in zip(history, history[1:]) if rec.rules != prev.rules]

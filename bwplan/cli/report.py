@@ -21,14 +21,15 @@ def program_lines(program) -> list[str]:
     return lines
 
 
-def profile_lines(prog) -> list[str]:
-    st = prog.last_stats
-    s = prog.last_program.plan.summary
-    lines = ["last step:"]
+def profile_lines(prog, step: tuple | None = None, title: str = "last step:") -> list[str]:
+    """What one step launched: the last one, or `step` = (stats, program, cached)."""
+    st, program, cached = step or (prog.last_stats, prog.last_program, prog.last_cached)
+    s = program.plan.summary
+    lines = [title]
     for phase in ("fwd", "dx", "dw", "update"):
         lines.append(f"  {phase:6s} {st.launched[phase]:4d} kernels  {flops(st.flops[phase])}")
-    planned = s.planned_peak_bytes if prog.last_program.pruned else s.full_peak_bytes
-    if prog.last_cached:
+    planned = s.planned_peak_bytes if program.pruned else s.full_peak_bytes
+    if cached:
         lines.append(f"  peak live activations {nbytes(st.peak_bytes)} (the frozen prefix "
                      f"came from the cache; a whole step's estimate is {nbytes(planned)})")
     else:

@@ -69,6 +69,7 @@ def run(args) -> int:
         args.rank_guarded = True
         return guarded(comm, run, args, debug=getattr(args, "debug", False))
     import bwplan
+    from bwplan.cli import train_report
     from bwplan.cli.report import profile_lines
     from bwplan.runtime.data import load_dataset
     from bwplan.runtime.train import train
@@ -78,6 +79,7 @@ def run(args) -> int:
                           prune=not args.no_prune, seed=args.seed,
                           caffe_options=caffe_options(args))
     rename = dict(_pair(r) for r in args.rename)
+    loaded = {}
     if args.weights:
         loaded = prog.load_weights(args.weights, rename=rename, skip=args.skip)
         print(f"loaded {len(loaded)} parameters from {args.weights}", file=sys.stderr)
@@ -87,33 +89,51 @@ def run(args) -> int:
     if comm is not None:
         from bwplan.runtime.distributed import attach
         dp, data = attach(prog, comm, data, args.batch, args.bucket_kib << 10)
-    s = prog.plan.summary
-    print(f"{prog.net.name}: {len(prog.net.layers)} layers, {data.size} samples; backward "
-          f"{s.planned_dx} dX + {s.planned_dw} dW of {s.full_dx} + {s.full_dw}"
-          + (" (unpruned)" if args.no_prune else ""), file=sys.stderr)
+    for line in (train_report.findings_lines(prog.plan, args.weight_decay)
+                 + train_report.run_warnings(prog, set(loaded), args.cache_frozen)):
+        print(line, file=sys.stderr)
+    print(train_report.header(prog, data.size, not args.no_prune), file=sys.stderr)
     bar = Progress()
+    trained = [train_report.trained_layers(prog)]
+
+    def on_stage(epoch, new_rules):
+        bar.epoch(train_report.stage_line(prog, epoch, new_rules, trained[0],
+                                          not args.no_prune))
+        trained[0] = train_report.trained_layers(prog)
 
     def on_epoch(r):
-        text = f"epoch {r.epoch}/{args.epochs}  loss {r.loss:.4f}  {r.samples / r.seconds:,.0f} " \
+        running = max(1e-9, r.seconds - r.compile_seconds)   # compiling is not throughput
+        text = f"epoch {r.epoch}/{args.epochs}  loss {r.loss:.4f}  {r.samples / running:,.0f} " \
                f"samples/s  {r.seconds:.2f} s"
+        if r.compile_seconds >= 0.05:
+            text += f" ({r.compile_seconds:.1f} s of it compiling kernels)"
         if r.val_loss is not None:
             text += f"  val loss {r.val_loss:.4f}"
             text += "".join(f"  {k} {v:.4f}" for k, v in r.metrics.items())
         bar.epoch(text)
 
-    history = train(prog, data, args.epochs, args.batch, args.seed, args.cache_frozen,
-                    args.unfreeze_every, schedule,
-                    on_batch=lambda e, k, n, loss, rate: bar.batch(e, args.epochs, k, n, loss,
-                                                                   rate),
-                    on_epoch=on_epoch)
+    from bwplan.runtime.compiling import watch
+    watch().on_compiled = bar.compiling
+    try:
+        history = train(prog, data, args.epochs, args.batch, args.seed, args.cache_frozen,
+                        args.unfreeze_every, schedule,
+                        on_batch=lambda e, k, n, loss, rate: bar.batch(e, args.epochs, k, n,
+                                                                       loss, rate),
+                        on_epoch=on_epoch, on_stage=on_stage)
+    except KeyboardInterrupt:
+        bar.epoch("interrupted: " + (f"{args.out} was not written" if args.out
+                                     else "no weights saved (no --out given)"))
+        return 130
     total = sum(r.seconds for r in history)
     last = history[-1]
     print(f"done: {args.epochs} epochs in {total:.2f} s, final loss {last.loss:.4f}"
           + "".join(f", {k} {v:.4f}" for k, v in last.metrics.items()))
     if dp is not None:   # --out only from a state every rank agrees on
         dp.check_parameters("the trained parameters")
-    if args.profile and prog.last_stats is not None:
-        print("\n".join(profile_lines(prog) + (dp.profile_lines() if dp else [])))
+    if args.profile and last.full_step is not None:
+        size = min(args.batch, data.size)
+        print("\n".join(profile_lines(prog, last.full_step, f"one step of {size} samples:")
+                        + (dp.profile_lines() if dp else [])))
     if dp is not None and dp.comm.rank != 0:
         return 0
     if args.out:

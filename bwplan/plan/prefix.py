@@ -1,4 +1,5 @@
-"""The frozen prefix: the layers whose output depends on no trainable parameter. Their
+"""The frozen prefix: the layers whose output depends on no trainable parameter (losses and
+metrics aside, which are computed every step). Their
 forward gives the same result every epoch for the same sample when every layer in it is
 deterministic, so its boundary tensors can be computed once and cached."""
 from __future__ import annotations
@@ -23,7 +24,10 @@ class FrozenPrefix:
 def frozen_prefix(net: Net, trains, layer_flops: dict[str, int]) -> FrozenPrefix:
     depends: dict[str, bool] = {i.name: False for i in net.inputs}
     for layer in net.layers:
-        depends[layer.name] = any(trains(u) for u in layer.params) or any(
+        # a loss or metric gives one value per batch, not one per sample, and is wanted every
+        # step: it stays out of the prefix (with what reads it), its inputs are the boundary
+        per_batch = registry.OPS[layer.op].role in ("loss", "metric")
+        depends[layer.name] = per_batch or any(trains(u) for u in layer.params) or any(
             depends[e.src] for e in layer.inputs)
     prefix = [l for l in net.layers if not depends[l.name]]
     names = {l.name for l in prefix}

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bwplan.api import CompiledNet
+from bwplan.runtime.compiling import seconds_so_far
 from bwplan.runtime.data import Dataset
 
 
@@ -22,6 +23,10 @@ class EpochRecord:
     val_loss: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     rules: tuple = ()
+    # (stats, program, cached) of the epoch's last full-size batch, for --profile: a
+    # partial last batch would report other counts and sizes
+    full_step: tuple | None = None
+    compile_seconds: float = 0.0   # of `seconds`, spent compiling kernels (a first run)
 
 
 @dataclass
@@ -59,18 +64,26 @@ def train(prog: CompiledNet, data: Dataset, epochs: int, batch: int, seed: int =
           cache_frozen: bool = False, unfreeze_every: int = 0,
           schedule: dict[int, list[tuple[str, str]]] | None = None,
           on_batch: Callable[[int, int, int, float, float], None] | None = None,
-          on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
+          on_epoch: Callable[[EpochRecord], None] | None = None,
+          on_stage: Callable[[int, list[tuple[str, str]]], None] | None = None
+          ) -> list[EpochRecord]:
+    """on_stage(epoch, new_rules) is called when gradual unfreezing or the schedule changes
+    the freezing rules, before that epoch's first step."""
     rng = np.random.default_rng(seed)
     history: list[EpochRecord] = []
     thaw = [u for u in unfreeze_units(prog) if _is_frozen(prog, u)] if unfreeze_every else []
     cache: PrefixCache | None = None
     for epoch in range(1, epochs + 1):
+        before = list(prog.rules)
         changed = _stage(prog, epoch, unfreeze_every, thaw, schedule or {})
+        if changed and on_stage:
+            on_stage(epoch, prog.rules[len(before):])
         if changed or cache is None:
             cache = PrefixCache(prog.plan.prefix.layers) if cache_frozen and \
                 prog.plan.prefix.cacheable and prog.plan.prefix.layers else None
-        start = time.perf_counter()
+        start, compiled_before = time.perf_counter(), seconds_so_far()
         total, seen = 0.0, 0
+        full_step = None
         nbatches = -(-data.size // batch)
         for k, (idx, b) in enumerate(data.batches(batch, rng)):
             given = None
@@ -85,13 +98,16 @@ def train(prog: CompiledNet, data: Dataset, epochs: int, batch: int, seed: int =
                 cache.filled[idx] = True
             else:
                 result = prog.run_step(b)
+            if len(idx) == batch or full_step is None:
+                full_step = (result.stats, prog.last_program, prog.last_cached)
             total += result.loss * len(idx)
             seen += len(idx)
             if on_batch:
-                on_batch(epoch, k + 1, nbatches, total / seen,
-                         seen / max(1e-9, time.perf_counter() - start))
+                running = time.perf_counter() - start - (seconds_so_far() - compiled_before)
+                on_batch(epoch, k + 1, nbatches, total / seen, seen / max(1e-9, running))
         record = EpochRecord(epoch, total / max(1, seen), time.perf_counter() - start, seen,
-                             rules=tuple(prog.rules))
+                             rules=tuple(prog.rules), full_step=full_step,
+                             compile_seconds=seconds_so_far() - compiled_before)
         if data.val:
             record.val_loss, record.metrics = evaluate(prog, data.val, batch)
         history.append(record)

@@ -1,0 +1,76 @@
+"""What `bwplan train` says besides the epochs: the plan's warnings (as `explain` prints
+them), the warnings only a training run can give (a frozen part left at its random
+initial values, a --cache-frozen with nothing to cache), the header with the backward it
+runs, and each stage of gradual unfreezing."""
+from __future__ import annotations
+
+
+def findings_lines(plan, weight_decay: float) -> list[str]:
+    """The plan's findings; with no weight decay at all, a parameter without gradient
+    does not shrink, and that warning would be wrong."""
+    lines = []
+    for f in plan.findings:
+        if f.code == "decay_without_gradient" and weight_decay == 0:
+            continue
+        where = f"{f.span}: " if f.span.has_position else ""
+        lines.append(f"{where}{f.severity}: {f.text}")
+        lines.append(f"  fix: {f.fix}")
+    return lines
+
+
+def _frozen_params(net) -> list[str]:
+    return [name for name, p in net.params.items()
+            if p.learnable and all(u.lr_mult == 0 for _, u in net.uses_of(name))]
+
+
+def run_warnings(prog, loaded: set[str], cache_frozen: bool) -> list[str]:
+    """loaded: the parameters that came from --weights (empty without it)."""
+    lines = []
+    random = [p for p in _frozen_params(prog.net) if p not in loaded]
+    trains = any(u.kind == "sgd" for u in prog.plan.updates)
+    if random and trains:
+        shown = ", ".join(random[:4]) + (f" and {len(random) - 4} more" if len(random) > 4
+                                          else "")
+        cause = "no --weights given" if not loaded else "not in --weights (or skipped)"
+        lines.append(f"warning: {len(random)} frozen parameter(s) keep their random initial "
+                     f"values ({cause}): {shown}; the layers that train learn on a random "
+                     "frozen part")
+        lines.append("  fix: load pretrained weights with --weights FILE.npz, or unfreeze "
+                     "those layers")
+    prefix = prog.plan.prefix
+    if cache_frozen and not (prefix.cacheable and prefix.layers):
+        reason = prefix.reason if prefix.layers else "no layer is frozen below the trained ones"
+        lines.append(f"warning: --cache-frozen has nothing to cache: {reason}")
+        lines.append("  fix: leave out --cache-frozen; every step runs the whole forward")
+    return lines
+
+
+def backward_counts(prog, pruned: bool) -> str:
+    s = prog.plan.summary
+    if pruned:
+        return f"backward {s.planned_dx} dX + {s.planned_dw} dW of {s.full_dx} + {s.full_dw}"
+    return (f"backward {s.full_dx} dX + {s.full_dw} dW, unpruned (the plan needs "
+            f"{s.planned_dx} + {s.planned_dw})")
+
+
+def header(prog, samples: int, pruned: bool) -> str:
+    return (f"{prog.net.name}: {len(prog.net.layers)} layers, {samples} samples; "
+            + backward_counts(prog, pruned))
+
+
+def trained_layers(prog) -> list[str]:
+    """The layers whose parameters get a gradient, in the net's order."""
+    return [lp.name for lp in prog.plan.layers if any(d.needed for d in lp.dw)]
+
+
+def stage_line(prog, epoch: int, new_rules, before: list[str], pruned: bool) -> str:
+    """One line for a change of the freezing rules at the start of an epoch: the rules,
+    what unfroze (or froze) by them, and the backward from now on."""
+    now = trained_layers(prog)
+    thawed = [n for n in now if n not in before]
+    frozen = [n for n in before if n not in now]
+    what = "; ".join(part for part in (
+        "unfroze " + ", ".join(thawed) if thawed else "",
+        "froze " + ", ".join(frozen) if frozen else "") if part) or "no layer changed"
+    rules = ", ".join(f"{verb} {pattern}" for verb, pattern in new_rules)
+    return f"epoch {epoch}: {rules}: {what}; " + backward_counts(prog, pruned)
