@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bwplan.api import CompiledNet
+from bwplan.runtime.checks import check_step
 from bwplan.runtime.data import Dataset
 
 
@@ -85,6 +86,8 @@ def train(prog: CompiledNet, data: Dataset, epochs: int, batch: int, seed: int =
                 cache.filled[idx] = True
             else:
                 result = prog.run_step(b)
+            check_step(result.loss, prog.grads, epoch, prog.steps_taken,
+                       prog.optimizer.settings.lr)
             total += result.loss * len(idx)
             seen += len(idx)
             if on_batch:
