@@ -8,14 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bwplan.errors import BwError
+from bwplan.errors import BwError, DataError
 from bwplan.fsutil import write_atomic
 from bwplan.runtime.weights import NpzArchive
 from bwplan.source import Span
-
-
-class DataError(BwError):
-    """A data file that does not fit the net."""
 
 
 @dataclass(frozen=True)
