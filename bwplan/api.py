@@ -69,7 +69,7 @@ class CompiledNet:
         self.net: Net = apply_policy(build(module), self.rules)
         self.plan: Plan = make_plan(self.net)
         self.program: Program = lower(self.plan, prune)
-        self.params: dict[str, np.ndarray] = initial_params(self.net, seed)
+        self._params: dict[str, np.ndarray] | None = None   # initialised on first use
         self._cuda_params = None
         if target == "cuda":
             from bwplan.runtime.cuda import CudaParams, device
@@ -86,6 +86,18 @@ class CompiledNet:
         # a bwplan.runtime.distributed.DataParallel when training data-parallel
         self.data_parallel = None
         self.warnings: tuple = ()   # the importer's warnings (a Caffe net's)
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The parameters, by name; initialised (seeded) when first read, so that planning
+        and `compile` never allocate them."""
+        if self._params is None:
+            self._params = initial_params(self.net, self.seed)
+        return self._params
+
+    @params.setter
+    def params(self, value: dict[str, np.ndarray]) -> None:
+        self._params = value
 
     # ---- configuration -----------------------------------------------------------------
     def set_optimizer(self, lr: float = 0.01, momentum: float = 0.9,

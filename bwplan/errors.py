@@ -68,6 +68,11 @@ class FileError(BwError):
     """A file that cannot be read or written."""
 
 
+class DataError(BwError):
+    """Data (a data file, a batch) that does not fit the net: a label naming no class,
+    a non-finite value, the wrong element kind."""
+
+
 class CaffeError(BwError):
     """A Caffe net that Caffe itself rejects, or that bwplan cannot import."""
 

@@ -427,7 +427,8 @@ def test_loss_labels_outside_the_classes_are_refused():
     logits = np.zeros((2, 3), np.float32)
     label = np.array([1, 3], np.int32)
     ctx = make_ctx(op, {}, [logits, label])
-    with pytest.raises(ValueError, match="outside the 3 classes"):
+    from bwplan.errors import DataError
+    with pytest.raises(DataError, match="outside the 3 classes"):
         kernel(op, "fwd")(ctx, [logits, label], {}, np.empty((), np.float32), {}, True,
                           None)
 

@@ -18,7 +18,8 @@ from functools import lru_cache
 from typing import Union
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
+from lark.exceptions import (LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput,
+                             VisitError)
 
 from bwplan.errors import BwSyntaxError
 from bwplan.frontend.lark_errors import describe
@@ -103,6 +104,26 @@ def _number(text: str) -> int | float:
     return sign * float(t.rstrip("fF"))
 
 
+_MAX_NUMBER_CHARS = 400
+# Messages nest at most this deep (Caffe nets nest about 4 levels); deeper text would
+# exhaust Python's stack in the recursive passes that follow the parse.
+MAX_DEPTH = 100
+
+
+def _check_depth(tree, path: str) -> None:
+    """Iteratively, so that the check itself cannot overflow the stack."""
+    todo = [(tree, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if getattr(node, "data", None) == "message":
+            depth += 1
+            if depth > MAX_DEPTH:
+                m = node.meta
+                raise BwSyntaxError(Span(path, m.line, m.column, m.line, m.column + 1),
+                                    f"messages nest more than {MAX_DEPTH} levels deep")
+        todo.extend((c, depth) for c in getattr(node, "children", ()))
+
+
 class _ToTree(Transformer):
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -123,7 +144,12 @@ class _ToTree(Transformer):
 
     # values arrive as (value, span) pairs so that each field knows where its value is
     def number(self, items):
-        return _number(str(items[0])), _tok_span(self.path, items[0])
+        span = _tok_span(self.path, items[0])
+        if len(items[0]) > _MAX_NUMBER_CHARS:
+            # Python refuses to convert integers of more than 4,300 digits; no field of a
+            # Caffe net holds more than 64 bits
+            raise BwSyntaxError(span, f"number of {len(items[0])} characters is too long")
+        return _number(str(items[0])), span
 
     def string(self, items):
         first, last = _tok_span(self.path, items[0]), _tok_span(self.path, items[-1])
@@ -243,4 +269,10 @@ def parse_prototxt(text: str, path: str = "<input>") -> Message:
         tree = _parser().parse(text)
     except UnexpectedInput as err:
         raise _error(err, src) from None
-    return _flatten(_ToTree(path).transform(tree))
+    _check_depth(tree, path)
+    try:
+        return _flatten(_ToTree(path).transform(tree))
+    except VisitError as err:
+        if isinstance(err.orig_exc, BwSyntaxError):
+            raise err.orig_exc from None
+        raise

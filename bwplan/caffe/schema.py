@@ -266,6 +266,9 @@ def _scalar(spec: FieldSpec, f: Field, kind: str) -> Any:
     if spec.kind in ("int", "uint") and is_int:
         if spec.kind == "uint" and v < 0:
             raise _bad(f, spec, kind)
+        if not -2**63 <= v < 2**63:  # protobuf integers have at most 64 bits
+            raise CaffeError(f.value_span, f"{kind}.{f.name} is {v}, out of the range of a "
+                             "64-bit integer")
         return v
     if spec.kind == "float":
         if isinstance(v, (int, float)):

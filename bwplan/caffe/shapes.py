@@ -239,9 +239,14 @@ def infer(rule: Rule | None, layer: CaffeLayer, bottoms: Sequence[Shape | None],
         tops, params = rule(layer, bottoms)
     except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError):
         return unknown
-    tops = (list(tops) + [None] * len(layer.tops))[:len(layer.tops)]
-    params = (list(params) + [None] * n_params)[:n_params]
+    tops = (list(map(_known, tops)) + [None] * len(layer.tops))[:len(layer.tops)]
+    params = (list(map(_known, params)) + [None] * n_params)[:n_params]
     return tops, params
+
+
+def _known(shape: Shape | None) -> Shape | None:
+    """A shape with a missing field in it (num_output not given) is unknown as a whole."""
+    return None if shape is None or any(d is None for d in shape) else shape
 
 
 def shape_string(shape: Shape | None) -> str:

@@ -8,7 +8,6 @@ import sys
 from bwplan.cli.options import add_network_arguments, caffe_options
 from bwplan.cli.progress import Progress
 from bwplan.errors import BwError
-from bwplan.frontend.load import read_text
 from bwplan.source import Span
 
 
@@ -40,26 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", metavar="FILE",
                    help="lines 'EPOCH freeze|unfreeze PATTERN' applied at that epoch")
     p.add_argument("--out", metavar="FILE.npz", help="write the trained weights here")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also write --out every STEPS steps, so a stopped run loses at most "
+                        "that much (default 0: only at the end)")
     p.add_argument("--plot", metavar="FILE.png", help="write the loss curve here")
     p.add_argument("--profile", action="store_true",
                    help="print what the last step launched and executed")
     p.add_argument("--bucket-kib", type=int, default=256, metavar="KIB",
                    help="under mpiexec: the largest gradient bucket one all-reduce sends")
-
-
-def parse_schedule(path: str) -> dict[int, list[tuple[str, str]]]:
-    schedule: dict[int, list[tuple[str, str]]] = {}
-    for n, line in enumerate(read_text(path).splitlines(), 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        parts = text.split()
-        if len(parts) != 3 or not parts[0].isdigit() or parts[1] not in ("freeze", "unfreeze"):
-            col = len(line) - len(line.lstrip()) + 1
-            raise BwError(Span(path, n, col, n, len(line) + 1), "expected 'EPOCH freeze|"
-                          "unfreeze PATTERN'", "e.g. '3 unfreeze conv3*'")
-        schedule.setdefault(int(parts[0]), []).append((parts[1], parts[2]))
-    return schedule
 
 
 def run(args) -> int:
@@ -74,7 +61,19 @@ def run(args) -> int:
     from bwplan.runtime.data import load_dataset
     from bwplan.runtime.train import train
 
-    schedule = parse_schedule(args.schedule) if args.schedule else None
+    from bwplan.cli.schedule import check_schedule, read_schedule
+    from bwplan.fsutil import check_writable
+    from bwplan.runtime.checks import check_dataset, check_options
+
+    check_options(args.epochs, args.batch, args.seed, args.unfreeze_every, args.lr,
+                  args.momentum, args.weight_decay, args.checkpoint_every)
+    if args.checkpoint_every and not args.out:
+        raise BwError(Span.synthetic("--checkpoint-every"), "--checkpoint-every writes the "
+                      "--out file: give --out too")
+    for option, path in (("--out", args.out), ("--plot", args.plot)):
+        if path:
+            check_writable(path, option)
+    schedule = read_schedule(args.schedule) if args.schedule else None
     prog = bwplan.compile(args.file, target=args.target, rules=args.rules,
                           prune=not args.no_prune, seed=args.seed,
                           caffe_options=caffe_options(args))
@@ -84,6 +83,9 @@ def run(args) -> int:
         loaded = prog.load_weights(args.weights, rename=rename, skip=args.skip)
         print(f"loaded {len(loaded)} parameters from {args.weights}", file=sys.stderr)
     data = load_dataset(args.data, [i.name for i in prog.net.inputs])
+    check_dataset(prog.net, data.train, data.val, args.data)
+    if schedule is not None:
+        schedule = check_schedule(schedule, prog.net, [], args.epochs)
     prog.set_optimizer(args.lr, args.momentum, args.weight_decay)
     dp = None
     if comm is not None:
@@ -100,6 +102,13 @@ def run(args) -> int:
         bar.epoch(train_report.stage_line(prog, epoch, new_rules, trained[0],
                                           not args.no_prune))
         trained[0] = train_report.trained_layers(prog)
+    steps = [0]
+
+    def on_batch(e, k, n, loss, rate):
+        bar.batch(e, args.epochs, k, n, loss, rate)
+        steps[0] += 1
+        if args.checkpoint_every and steps[0] % args.checkpoint_every == 0:
+            prog.save_weights(args.out)
 
     def on_epoch(r):
         running = max(1e-9, r.seconds - r.compile_seconds)   # compiling is not throughput
@@ -116,9 +125,7 @@ def run(args) -> int:
     watch().on_compiled = bar.compiling
     try:
         history = train(prog, data, args.epochs, args.batch, args.seed, args.cache_frozen,
-                        args.unfreeze_every, schedule,
-                        on_batch=lambda e, k, n, loss, rate: bar.batch(e, args.epochs, k, n,
-                                                                       loss, rate),
+                        args.unfreeze_every, schedule, on_batch=on_batch,
                         on_epoch=on_epoch, on_stage=on_stage)
     except KeyboardInterrupt:
         bar.epoch("interrupted: " + (f"{args.out} was not written" if args.out

@@ -23,6 +23,11 @@ _VALUE_KINDS = {
     "name": lambda v: isinstance(v, ast.NameRef),
 }
 
+# The most layers a net may expand to. Blocks nest, so a short file can ask for
+# exponentially many; expansion stops with an error as soon as it passes this.
+MAX_LAYERS = 100_000
+
+
 def expand(module: ast.Module) -> ast.Module:
     blocks: dict[str, ast.BlockDef] = {}
     errors: list[BwError] = []
@@ -40,6 +45,7 @@ def expand(module: ast.Module) -> ast.Module:
         if isinstance(stmt, ast.BlockDef):
             continue
         if isinstance(stmt, ast.LayerStmt):
+            expander.count(stmt)
             out.extend(expander.layer(stmt, prefix="", local={}, values={}, stack=()))
         else:
             out.append(stmt)
@@ -73,6 +79,25 @@ class _Expander:
         self.aliases: dict[str, str] = {}   # instance name -> returned layer's full name
         self.instances: dict[str, tuple[str, ...]] = {}  # instance -> its body layer names
         self.errors: list[BwError] = []
+        self.emitted = 0
+        self._sizes: dict[str, int] = {}
+
+    def count(self, stmt: ast.LayerStmt) -> None:
+        """Count the layers `stmt` expands to before expanding it, and stop once the net
+        passes MAX_LAYERS: the count is cheap, the expansion is not."""
+        self.emitted += self.size(stmt.call.op, ())
+        if self.emitted > MAX_LAYERS:
+            raise BwError(stmt.call.span, f"expanding '{stmt.name}' makes the net more than "
+                          f"{MAX_LAYERS:,} layers, the most a net may have",
+                          "blocks nest: each level multiplies the layers of the one below")
+
+    def size(self, op: str, stack: tuple[str, ...]) -> int:
+        if op not in self.blocks or op in stack:  # a self-instantiation is reported later
+            return 1 if op not in self.blocks else 0
+        if op not in self._sizes:
+            self._sizes[op] = sum(self.size(s.call.op, stack + (op,))
+                                  for s in self.blocks[op].body)
+        return self._sizes[op]
 
     def layer(self, stmt: ast.LayerStmt, prefix: str, local: dict[str, str],
               values: dict[str, ast.Value], stack: tuple[str, ...]) -> list[ast.LayerStmt]:

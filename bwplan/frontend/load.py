@@ -17,9 +17,19 @@ from bwplan.ir.net import Net
 from bwplan.source import Span
 
 
+# The largest network or schedule file read: far above any real net (GoogLeNet's
+# prototxt is ~40 KB), small enough that a wrong path such as /dev/zero stops at once.
+MAX_TEXT_BYTES = 64 * 2**20
+
+
 def read_text(path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TEXT_BYTES + 1)
+        if len(raw) > MAX_TEXT_BYTES:
+            raise FileError(Span.whole(path), f"larger than {MAX_TEXT_BYTES // 2**20} MiB: "
+                            "not a network file bwplan reads")
+        return raw.decode("utf-8")
     except FileNotFoundError:
         raise FileError(Span.whole(path), "no such file") from None
     except IsADirectoryError:

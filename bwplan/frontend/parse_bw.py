@@ -11,7 +11,7 @@ from lark.exceptions import (UnexpectedInput,
 
 from bwplan.errors import BwSyntaxError
 from bwplan.frontend import ast
-from bwplan.ir.types import DTYPE_BYTES, TensorType
+from bwplan.ir.types import DTYPE_BYTES, MAX_EXTENT, TensorType
 from bwplan.frontend.lark_errors import describe
 from bwplan.resources import resource_dir
 from bwplan.source import SourceFile, Span, register
@@ -19,6 +19,8 @@ from bwplan.source import SourceFile, Span, register
 GRAMMAR = resource_dir("grammar") / "bw.lark"
 
 _OPEN = {"LPAR": "RPAR", "LSQB": "RSQB"}
+# The longest list a .bw file may write (attribute values, dimensions of a type).
+MAX_LIST = 4096
 _CLOSE = {"RPAR", "RSQB"}
 
 
@@ -33,13 +35,24 @@ class _BracketNewlines:
 
     def process(self, stream):
         stack: list[Token] = []
+        commas: list[int] = []
         for tok in stream:
             if tok.type in _OPEN:
                 stack.append(tok)
+                commas.append(0)
             elif tok.type in _CLOSE and stack:
                 stack.pop()
+                commas.pop()
             elif tok.type == "_NL" and stack:
                 continue
+            elif tok.type == "COMMA" and stack:
+                commas[-1] += 1
+                if commas[-1] >= MAX_LIST and stack[-1].type == "LSQB":
+                    # refused while lexing: parsing a megabyte list would take half a minute
+                    start = stack[-1]
+                    raise BwSyntaxError(Span(self.path, start.line, start.column, start.line,
+                                             start.column + 1),
+                                        f"a list of more than {MAX_LIST} values")
             yield tok
         if stack:
             tok = stack[-1]
@@ -114,6 +127,11 @@ class _ToAst(Transformer):
         if str(dtype) not in DTYPE_BYTES:
             raise BwSyntaxError(_tok_span(self.path, dtype), f"unknown element type '{dtype}'",
                                 "use one of " + ", ".join(sorted(DTYPE_BYTES)))
+        for d in dims:
+            size = _integer(self.path, d)
+            if not 1 <= size <= MAX_EXTENT:
+                raise BwSyntaxError(_tok_span(self.path, d), f"a dimension must be between 1 "
+                                    f"and {MAX_EXTENT}, not {d}")
         return _Val(TensorType(str(dtype), tuple(int(d) for d in dims)), self._span(items))
 
     def input_decl(self, items):
@@ -154,7 +172,7 @@ class _ToAst(Transformer):
 
     def number(self, items):
         text = str(items[0])
-        value = float(text) if any(c in text for c in ".eE") else int(text)
+        value = float(text) if any(c in text for c in ".eE") else _integer(self.path, items[0])
         return _Val(value, self._span(items))
 
     def true(self, items):
@@ -202,6 +220,19 @@ class _ToAst(Transformer):
         body = tuple(s for s in items if isinstance(s, ast.LayerStmt))
         ret = next(i for i in items if isinstance(i, ast.NameRef))
         return ast.BlockDef(str(name), params, body, ret, self._span(items))
+
+
+# Longer integer literals are refused before conversion (which is quadratic in the digits,
+# and which Python refuses beyond 4,300 digits); no attribute or dimension admits them.
+_MAX_INT_DIGITS = 20
+
+
+def _integer(path: str, tok: Token) -> int:
+    digits = str(tok).lstrip("+-").lstrip("0")
+    if len(digits) > _MAX_INT_DIGITS:
+        raise BwSyntaxError(_tok_span(path, tok), f"integer literal of {len(digits)} digits is "
+                            "too large", f"integers here are at most {MAX_EXTENT}")
+    return int(str(tok))
 
 
 def _value(item):

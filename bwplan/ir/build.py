@@ -7,6 +7,7 @@ is skipped rather than reported again.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -20,7 +21,7 @@ from bwplan.errors import (AttrError, BwError, CycleError, ParamError, Redefined
 from bwplan.frontend import ast
 from bwplan.ir import verify
 from bwplan.ir.net import Edge, Input, Layer, Net, Param, ParamUse, make_graph
-from bwplan.ir.types import TensorType
+from bwplan.ir.types import MAX_EXTENT, TensorType
 from bwplan.ops.opdef import REQUIRED, AttrSpec, OpCtx, OpDef
 from bwplan.source import Span
 
@@ -83,6 +84,18 @@ class _Builder:
                 self.errors.append(UnknownName(stmt.call.op_span, "op", stmt.call.op,
                                                registry.OPS))
 
+    def check_param_settings(self) -> None:
+        """`param` declarations take lr= and decay=, finite and not negative."""
+        for decl in self.param_decls.values():
+            for m in decl.modifiers:
+                if m.key not in _SLOT_SETTINGS:
+                    self.errors.append(UnknownName(m.span, "setting of a param", m.key,
+                                                   _SLOT_SETTINGS))
+                elif (not isinstance(m.value, (int, float)) or isinstance(m.value, bool)
+                      or not math.isfinite(m.value) or m.value < 0):
+                    self.errors.append(AttrError(m.span, f"'{m.key}' must be a finite, "
+                                                 "non-negative number"))
+
     # ---- 2. order ------------------------------------------------------------------
     def topological(self) -> list[str]:
         """The layers in topological order of their dependency graph, source order
@@ -113,11 +126,18 @@ class _Builder:
     def run(self, net_name: str) -> Net:
         self.collect()
         self.check_references()
+        self.check_param_settings()
         raise_all(self.errors)
         order = self.topological()
         bindings = self.bind_params()
         raise_all(self.errors)
 
+        for decl in (*self.inputs.values(), *self.param_decls.values()):
+            bad = [d for d in decl.type.shape if not 1 <= d <= MAX_EXTENT]
+            if bad:
+                self.errors.append(ShapeError(decl.span, f"'{decl.name}' has dimension "
+                                              f"{bad[0]}: dimensions are 1 to {MAX_EXTENT}"))
+        raise_all(self.errors)
         inputs = tuple(Input(d.name, d.type, d.grad, d.span) for d in self.inputs.values())
         for d in self.inputs.values():
             if d.grad and not d.type.is_float:
@@ -282,6 +302,9 @@ class _Builder:
             if kw.key in values:
                 raise AttrError(kw.span, f"attribute '{kw.key}' given twice")
             values[kw.key] = _coerce(spec, kw)
+            problem = spec.problem(values[kw.key])
+            if problem:
+                raise AttrError(kw.span, f"{op.name}: {problem}")
         for spec in op.attrs:
             if spec.name not in values:
                 if spec.default is REQUIRED:
@@ -303,6 +326,8 @@ class _Builder:
             value = m.value
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise AttrError(m.span, f"'{key}' needs a number")
+            if not math.isfinite(value):
+                raise AttrError(m.span, f"'{key}' must be a finite number, not {value}")
             if key == "weight":
                 s.loss_weight, s.weight_span = float(value), m.span
             elif key in ("lr", "decay"):

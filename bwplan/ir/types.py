@@ -4,6 +4,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+# The largest extent of a dimension, and magnitude of an integer attribute: kernels index
+# with 64-bit integers, and products of a few such extents must not overflow them.
+MAX_EXTENT = 2**31 - 1
+
 DTYPE_BYTES = {"f16": 2, "bf16": 2, "f32": 4, "f64": 8, "i32": 4, "i64": 8, "u8": 1, "bool": 1}
 FLOAT_DTYPES = frozenset({"f16", "bf16", "f32", "f64"})
 

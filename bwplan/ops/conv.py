@@ -129,12 +129,12 @@ CONV2D = OpDef(
     doc="2-D convolution over NCHW input: out channels `out`, square or [h, w] `kernel`.",
     ports=(Port("x"),),
     attrs=(
-        AttrSpec("out", "int", doc="output channels"),
-        AttrSpec("kernel", "ints", doc="kernel size, k or [kh, kw]"),
-        AttrSpec("stride", "ints", 1),
-        AttrSpec("pad", "ints", 0),
-        AttrSpec("dilation", "ints", 1),
-        AttrSpec("groups", "int", 1),
+        AttrSpec("out", "int", doc="output channels", at_least=1),
+        AttrSpec("kernel", "ints", doc="kernel size, k or [kh, kw]", at_least=1, arity=(1, 2)),
+        AttrSpec("stride", "ints", 1, at_least=1, arity=(1, 2)),
+        AttrSpec("pad", "ints", 0, at_least=0, arity=(1, 2)),
+        AttrSpec("dilation", "ints", 1, at_least=1, arity=(1, 2)),
+        AttrSpec("groups", "int", 1, at_least=1),
         AttrSpec("bias", "bool", True, doc="add a learned bias per output channel"),
     ),
     params=(

@@ -169,7 +169,8 @@ DROPOUT = OpDef(
     doc="Inverted dropout: in training, zero each element with probability `p` and scale "
         "the rest by 1/(1-p); the identity at inference.",
     ports=(Port("x"),),
-    attrs=(AttrSpec("p", "float", 0.5, doc="probability of dropping an element"),),
+    attrs=(AttrSpec("p", "float", 0.5, doc="probability of dropping an element",
+                     at_least=0, below=1),),
     infer=_dropout_infer,
     flops=lambda ctx: 2 * ctx.x.numel,
     grads=(GradRule("x", frozenset({"mask"}), lambda ctx: 2 * ctx.x.numel, _dropout_dx),),

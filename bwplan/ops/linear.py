@@ -51,7 +51,7 @@ LINEAR = OpDef(
     doc="Fully connected layer; input flattened from dimension 1 (Caffe InnerProduct).",
     ports=(Port("x"),),
     attrs=(
-        AttrSpec("out", "int", doc="output features"),
+        AttrSpec("out", "int", doc="output features", at_least=1),
         AttrSpec("bias", "bool", True, doc="add a learned bias"),
     ),
     params=(

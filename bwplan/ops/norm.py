@@ -139,8 +139,8 @@ BATCHNORM = OpDef(
         "`var`; then, when `affine`, scale by `weight` and add `bias`.",
     ports=(Port("x"),),
     attrs=(
-        AttrSpec("eps", "float", 1e-5, doc="added to the variance"),
-        AttrSpec("momentum", "float", 0.999,
+        AttrSpec("eps", "float", 1e-5, doc="added to the variance", above=0),
+        AttrSpec("momentum", "float", 0.999, at_least=0, at_most=1,
                  doc="Caffe's moving_average_fraction: the weight the running statistics "
                      "keep at each update (applied by the runtime)"),
         AttrSpec("global_stats", "bool", False, doc="use the stored mean and var"),
@@ -252,7 +252,7 @@ LRN = OpDef(
         "out = x * (k + alpha/size * sum of x^2 over `size` neighbouring channels)^-beta.",
     ports=(Port("x"),),
     attrs=(
-        AttrSpec("size", "int", 5, doc="channels in the window (odd)"),
+        AttrSpec("size", "int", 5, doc="channels in the window (odd)", at_least=1),
         AttrSpec("alpha", "float", 1e-4),
         AttrSpec("beta", "float", 0.75),
         AttrSpec("k", "float", 1.0),

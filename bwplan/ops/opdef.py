@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from bwplan.ir.types import TensorType
+from bwplan.ir.types import MAX_EXTENT, TensorType
 
 Attrs = Mapping[str, Any]
 
@@ -38,20 +38,61 @@ ATTR_KINDS = ("int", "float", "bool", "ints", "floats", "choice")
 
 @dataclass(frozen=True, slots=True)
 class Port:
-    """A tensor input of an op. A variadic port takes one or more tensors and comes last."""
+    """A tensor input of an op. A variadic port takes one or more tensors and comes last.
+    `classes_of` names the port whose dimension 1 counts the classes this port's integer
+    values index (a label); the data checker then demands each value be a class or the op's
+    `ignore_label`."""
 
     name: str
     differentiable: bool = True
     variadic: bool = False
+    classes_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class AttrSpec:
+    """An attribute and the values it admits. The bounds apply to every element of a list;
+    `arity` lists the lengths a list may have (empty: any). Numbers are always finite and
+    integers at most MAX_EXTENT in magnitude. The builder checks a written value against
+    these before any shape rule or kernel sees it; defaults are trusted."""
+
     name: str
     kind: str
     default: Any = REQUIRED
     choices: tuple[str, ...] = ()
     doc: str = ""
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    below: float | None = None
+    arity: tuple[int, ...] = ()
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` (already of the right kind) is not admitted, or None."""
+        if self.kind in ("int", "float", "ints", "floats"):
+            items = value if isinstance(value, tuple) else (value,)
+            if isinstance(value, tuple) and self.arity and len(value) not in self.arity:
+                lengths = " or ".join(map(str, self.arity))
+                return f"'{self.name}' takes {lengths} value(s), {len(value)} given"
+            for v in items:
+                why = self._bound_problem(v)
+                if why:
+                    return why
+        return None
+
+    def _bound_problem(self, v: float) -> str | None:
+        if v != v or v in (float("inf"), float("-inf")):
+            return f"'{self.name}' must be a finite number, not {v}"
+        if isinstance(v, int) and abs(v) > MAX_EXTENT:
+            return f"'{self.name}' is {v}, beyond the limit of {MAX_EXTENT}"
+        checks = ((self.at_least, lambda b: v >= b, "at least"),
+                  (self.above, lambda b: v > b, "greater than"),
+                  (self.at_most, lambda b: v <= b, "at most"),
+                  (self.below, lambda b: v < b, "less than"))
+        for bound, ok, words in checks:
+            if bound is not None and not ok(bound):
+                return f"'{self.name}' must be {words} {bound:g}, got {v:g}"
+        return None
 
 
 @dataclass(frozen=True, slots=True)

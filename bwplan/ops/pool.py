@@ -109,9 +109,11 @@ def _max_dx(ctx, saved, dout, index):
 _ARGMAX = AuxSpec("argmax", lambda ctx: ctx.out.shape, "i32")
 
 _WINDOW_ATTRS = (
-    AttrSpec("kernel", "ints", doc="window size, k or [kh, kw]"),
-    AttrSpec("stride", "ints", None, doc="step, k or [sh, sw]; default: the kernel"),
-    AttrSpec("pad", "ints", 0, doc="implicit padding on each side, p or [ph, pw]"),
+    AttrSpec("kernel", "ints", doc="window size, k or [kh, kw]", at_least=1, arity=(1, 2)),
+    AttrSpec("stride", "ints", None, doc="step, k or [sh, sw]; default: the kernel",
+             at_least=1, arity=(1, 2)),
+    AttrSpec("pad", "ints", 0, doc="implicit padding on each side, p or [ph, pw]",
+             at_least=0, arity=(1, 2)),
     AttrSpec("ceil", "bool", False, doc="round the output size up, as Caffe does (ONNX and "
              "PyTorch ceil_mode); a last window starting in the right padding is dropped"),
 )

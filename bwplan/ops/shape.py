@@ -90,7 +90,7 @@ RESHAPE = OpDef(
     doc="Reinterpret the input with a new shape (Caffe Reshape): an entry 0 copies the input "
         "dimension at that position, one entry -1 is inferred from the element count.",
     ports=(Port("x"),),
-    attrs=(AttrSpec("shape", "ints", doc="the new shape; 0 copies, -1 infers"),),
+    attrs=(AttrSpec("shape", "ints", doc="the new shape; 0 copies, -1 infers", at_least=-1),),
     infer=_reshape_infer,
     flops=zero_flops,
     grads=(GradRule("x", frozenset(), zero_flops, _as_input),),

@@ -8,14 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bwplan.errors import BwError
+from bwplan.errors import BwError, DataError
 from bwplan.fsutil import write_atomic
-from bwplan.runtime.weights import read_weights
+from bwplan.runtime.weights import NpzArchive
 from bwplan.source import Span
-
-
-class DataError(BwError):
-    """A data file that does not fit the net."""
 
 
 @dataclass(frozen=True)
@@ -38,11 +34,19 @@ class Dataset:
 
 
 def load_dataset(path: str, inputs: list[str]) -> Dataset:
-    arrays = read_weights(path)
-    missing = [n for n in inputs if n not in arrays]
-    if missing:
-        raise DataError(Span.whole(path), "the data file lacks arrays for the net's inputs: "
-                        + ", ".join(missing), "arrays in the file: " + ", ".join(sorted(arrays)))
+    """Reads only the arrays of the net's inputs (and their val/ twins)."""
+    with NpzArchive(path, "data file") as archive:
+        missing = [n for n in inputs if n not in archive]
+        if missing:
+            raise DataError(Span.whole(path), "the data file lacks arrays for the net's "
+                            "inputs: " + ", ".join(missing),
+                            "arrays in the file: " + ", ".join(sorted(archive.names)))
+        arrays = {n: archive.read(n) for n in inputs + [f"val/{n}" for n in inputs]
+                  if n in archive}
+    scalar = [n for n, v in arrays.items() if v.ndim == 0]
+    if scalar:
+        raise DataError(Span.whole(path), f"array '{scalar[0]}' is a single value (0-d): "
+                        "a data array holds one sample per row")
     train = {n: arrays[n] for n in inputs}
     sizes = {len(v) for v in train.values()}
     if len(sizes) != 1:

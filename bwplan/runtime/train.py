@@ -11,6 +11,7 @@ import numpy as np
 
 from bwplan.api import CompiledNet
 from bwplan.runtime.compiling import seconds_so_far
+from bwplan.runtime.checks import check_step
 from bwplan.runtime.data import Dataset
 
 
@@ -100,6 +101,8 @@ def train(prog: CompiledNet, data: Dataset, epochs: int, batch: int, seed: int =
                 result = prog.run_step(b)
             if len(idx) == batch or full_step is None:
                 full_step = (result.stats, prog.last_program, prog.last_cached)
+            check_step(result.loss, prog.grads, epoch, prog.steps_taken,
+                       prog.optimizer.settings.lr)
             total += result.loss * len(idx)
             seen += len(idx)
             if on_batch:

@@ -5,19 +5,21 @@ N*S values in the same sample-major order. A loss's forward writes its scalar in
 `out`; its dX reads the loss weight from the 0-d `dout`. Sums accumulate in float64.
 
 A label outside [0, C) that is not the ignore label makes the reference fail (or, when
-negative, silently wrap around); here it raises ValueError instead of reading past the row.
+negative, silently wrap around); here it raises DataError instead of reading past the row.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
+from bwplan.errors import DataError
 from bwplan.kernels.cpu.views import flat, ncs, scalar, view
+from bwplan.source import Span
 
 
-def _bad_label(where: int, label: np.ndarray, classes: int) -> ValueError:
-    return ValueError(f"label {label.reshape(-1)[where]} at position {where} is outside "
-                      f"the {classes} classes")
+def _bad_label(where: int, label: np.ndarray, classes: int) -> DataError:
+    return DataError(Span.synthetic("batch"), f"label {label.reshape(-1)[where]} at position "
+                     f"{where} is outside the {classes} classes")
 
 
 # ---- softmax cross-entropy -----------------------------------------------------------------

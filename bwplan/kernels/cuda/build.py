@@ -24,7 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from bwplan import ops as registry
-from bwplan.errors import InternalError
+from bwplan.errors import BwError, InternalError
+from bwplan.source import Span
 from bwplan.kernels.cuda import COMMON, FAMILIES, RUNTIME_KERNELS, RUNTIME_SOURCE, entry
 from bwplan.lower.program import Program
 from bwplan.resources import resource_dir
@@ -196,10 +197,24 @@ def compile_cubin(source: str, arch: str = "sm_90", nvcc: str | None = None,
             raise InternalError(f"nvcc took longer than {NVCC_TIMEOUT} s on {cu.name}",
                                 " ".join(cmd)) from None
         log = proc.stdout + proc.stderr
+        if proc.returncode != 0 and "Unsupported gpu architecture" in log:
+            # the user's --arch, not our source: say what this nvcc can do
+            raise BwError(Span.synthetic("--arch"), f"this nvcc ({nvcc}) cannot compile for "
+                          f"{arch}", _supported_archs(nvcc))
         if proc.returncode != 0:
             raise InternalError(f"nvcc rejected the generated CUDA source ({cu.name}, "
                                 f"exit {proc.returncode})", " ".join(cmd) + "\n" + log)
         return Compiled(cubin.read_bytes(), parse_ptxas(log), log)
+
+
+def _supported_archs(nvcc: str) -> str | None:
+    try:
+        proc = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    codes = proc.stdout.split()
+    return ("it supports " + ", ".join(codes)) if proc.returncode == 0 and codes else None
 
 
 # ---- cubin symbols ------------------------------------------------------------------------
