@@ -479,3 +479,26 @@ def test_threshold_is_a_stop_point():
     plan = make_plan(result.net)
     assert result.net.layer("t").attrs["threshold"] == 0.5
     assert not plan.layer("t").dx[0].needed and not plan.layer("conv").dw[0].needed
+
+
+def test_crop_and_permute_rows():
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 4 kernel_size: 3 } }\n'
+            'layer { name: "wide" type: "Convolution" bottom: "data" top: "wide" '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n'
+            'layer { name: "crop" type: "Crop" bottom: "wide" bottom: "conv" top: "crop" '
+            'crop_param { axis: 2 offset: 1 } }\n'
+            'layer { name: "perm" type: "Permute" bottom: "crop" top: "perm" '
+            'permute_param { order: 0 order: 2 order: 3 order: 1 } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "perm" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    result = imported(HEAD + body + LOSS % "fc")
+    net = result.net
+    assert (net.layer("crop").op, net.layer("crop").attrs["offset"]) == ("crop", (1,))
+    assert net.layer("crop").out.shape == (2, 4, 4, 4)
+    assert net.layer("perm").attrs["order"] == (0, 2, 3, 1)
+    assert result.caffe.layer("perm").tops[0].shape == net.layer("perm").out.shape
+    plan = make_plan(net)
+    # the reference input gives only the size: no gradient into conv through it
+    assert plan.layer("crop").dx[0].needed and not plan.layer("crop").dx[1].needed
+    assert plan.layer("wide").dw[0].needed and not plan.layer("conv").dw[0].needed

@@ -344,6 +344,31 @@ def threshold_case(draw):
     return Case(dict(threshold=t), [_away_from(_normal(_rng(draw), *_shape(draw)), t)])
 
 
+@st.composite
+def crop_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw, 2, 4, dim_max=4)
+    axis = draw(st.integers(0, len(shape) - 1))
+    like = shape[:axis] + tuple(draw(st.integers(1, d)) for d in shape[axis:])
+    room = [d - e for d, e in zip(shape[axis:], like[axis:])]
+    form = draw(st.sampled_from(["none", "one", "each"]))
+    if form == "one":
+        offset = (draw(st.integers(0, min(room))),)
+    elif form == "each":
+        offset = tuple(draw(st.integers(0, r)) for r in room)
+    else:
+        offset = ()
+    return Case(dict(axis=axis, offset=offset), [_normal(rng, *shape), _normal(rng, *like)])
+
+
+@st.composite
+def permute_case(draw):
+    shape = _shape(draw, 1, 4)
+    order = draw(st.permutations(range(len(shape))))
+    order = order[:draw(st.integers(0, len(shape)))]   # SSD may name only the first axes
+    return Case(dict(order=tuple(order)), [_normal(_rng(draw), *shape)])
+
+
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
     "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
@@ -358,6 +383,7 @@ CASES = {
     "elu": elu_case(), "power": power_case(), "absval": kinked_case(), "bnll": bnll_case(),
     "exp": exp_case(), "log": log_case(), "prelu": prelu_case(),
     "threshold": threshold_case(),
+    "crop": crop_case(), "permute": permute_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 

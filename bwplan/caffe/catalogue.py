@@ -152,10 +152,12 @@ _ROWS = (
               imports=Import("alias")),
     CaffeType("Silence", "structure", bottoms=(-1, 1, -1), tops=(0, -1, -1),
               imports=Import("sink")),
-    CaffeType("Crop", bottoms=(2, -1, -1), tops=_ONE, shape=s.crop),
+    CaffeType("Crop", bottoms=(2, -1, -1), tops=_ONE, shape=s.crop,
+              imports=Import("layer", "crop", m.crop)),
     CaffeType("Upsample", bottoms=(2, -1, -1), tops=_ONE, shape=s.upsample),   # SegNet
     CaffeType("Interp", bottoms=(-1, 1, 2), tops=_ONE, shape=s.interp),        # PSPNet
-    CaffeType("Permute", bottoms=_ONE, tops=_ONE, shape=s.permute),            # SSD
+    CaffeType("Permute", bottoms=_ONE, tops=_ONE, shape=s.permute,             # SSD
+              imports=Import("layer", "permute", m.permute)),
     CaffeType("ROIPooling", bottoms=(2, -1, -1), tops=_ONE, shape=s.roi_pooling),
     CaffeType("Tile", bottoms=_ONE, tops=_ONE, shape=s.tile),
     CaffeType("Reduction", bottoms=_ONE, tops=_ONE, shape=s.reduction),

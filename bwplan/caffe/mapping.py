@@ -137,6 +137,19 @@ def settings(param: str, *fields: tuple[str, str, Any]) -> AttrFn:
     return attrs
 
 
+def crop(layer, ctx):
+    p = layer.sub("crop_param")
+    out = _opt(p, "axis", "axis", 2)
+    offsets = tuple(p.get("offset"))
+    return out + ([("offset", offsets, p.where("offset", 0))] if offsets else [])
+
+
+def permute(layer, ctx):
+    p = layer.sub("permute_param")
+    order = tuple(p.get("order"))
+    return [("order", order, p.where("order", 0))] if order else []
+
+
 def pool_op(layer: CaffeLayer) -> str:
     p = layer.sub("pooling_param")
     kind = {"MAX": "maxpool", "AVE": "avgpool"}.get(p.get("pool"))

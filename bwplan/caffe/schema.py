@@ -102,6 +102,8 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
         "log_param": _f("message", msg="LogParameter"),
         "prelu_param": _f("message", msg="PReLUParameter"),
         "threshold_param": _f("message", msg="ThresholdParameter"),
+        "crop_param": _f("message", msg="CropParameter"),
+        "permute_param": _f("message", msg="PermuteParameter"),     # SSD
     },
     "TransformationParameter": {
         "scale": _f("float", 1.0), "mirror": _f("bool", False), "crop_size": _f("uint", 0),
@@ -203,6 +205,8 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
                      "shift": _f("float", 0.0)},
     "PReLUParameter": {"filler": _OPEN, "channel_shared": _f("bool", False)},
     "ThresholdParameter": {"threshold": _f("float", 0.0)},
+    "CropParameter": {"axis": _f("int", 2), "offset": _rep("uint")},
+    "PermuteParameter": {"order": _rep("uint")},
     "SoftmaxParameter": {"engine": _f("enum", "DEFAULT", choices=_ENGINE),
                          "axis": _f("int", 1)},
 }

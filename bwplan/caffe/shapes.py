@@ -276,7 +276,7 @@ def crop(layer, bottoms):
     """Caffe's CropLayer: axes from `axis` on take the second bottom's size."""
     p = layer.sub("crop_param")
     x, like = bottoms[0], bottoms[1]
-    axis = _axis(_open_get(p, "axis", 2), len(x))
+    axis = _axis(p.get("axis", 2), len(x))
     return [tuple(x[:axis]) + tuple(like[axis:])], []
 
 
