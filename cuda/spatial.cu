@@ -47,3 +47,98 @@ extern "C" __global__ void crop_dx(const float* dout, float* dx, long long x1, l
                accumulate);
     }
 }
+
+// deconv2d: direct loops, one thread per element written (dW and dB: one block per
+// element, reducing over the batch and the positions). Shapes arrive as DeconvShape:
+// n, c, h, w (the input), o, ho, wo (the output), kh, kw, sh, sw, ph, pw, dh, dw, groups
+// (spelled out in each signature: the launches bind arguments by these names);
+// the weight is [c, o / groups, kh, kw]. Input pixel (y, x) with tap (i, j) lands on
+// output pixel (y * sh - ph + i * dh, x * sw - pw + j * dw), as in Caffe's col2im.
+
+// == kernel deconv2d_fwd ==
+// out[b, oc, oy, ox] = bias[oc] + sum over the input pixels and taps that land there.
+extern "C" __global__ void deconv2d_fwd(const float* x, const float* weight,
+                                        const float* bias, float* out,
+                                        int n, int c, int h, int w, int o,
+                                        int ho, int wo, int kh, int kw, int sh, int sw,
+                                        int ph, int pw, int dh, int dw, int groups) {
+    const int og = o / groups, cg = c / groups;
+    BW_GRID_STRIDE(t, (long long)n * o * ho * wo) {
+        const int ox = t % wo, oy = (t / wo) % ho, oc = (t / ((long long)wo * ho)) % o;
+        const int b = t / ((long long)wo * ho * o), g = oc / og;
+        float acc = bias ? bias[oc] : 0.0f;
+        for (int ci = g * cg; ci < (g + 1) * cg; ++ci)
+            for (int i = 0; i < kh; ++i) {
+                const int ty = oy + ph - i * dh;
+                if (ty < 0 || ty % sh || ty / sh >= h) continue;
+                for (int j = 0; j < kw; ++j) {
+                    const int tx = ox + pw - j * dw;
+                    if (tx < 0 || tx % sw || tx / sw >= w) continue;
+                    acc += x[(((long long)b * c + ci) * h + ty / sh) * w + tx / sw] *
+                           weight[(((long long)ci * og + oc - g * og) * kh + i) * kw + j];
+                }
+            }
+        out[t] = acc;
+    }
+}
+
+// == kernel deconv2d_dx ==
+// dx[b, ci, y, x] (+)= sum over the taps of weight * dout where the pixel lands.
+extern "C" __global__ void deconv2d_dx(const float* weight, const float* dout, float* dx,
+                                       int n, int c, int h, int w, int o,
+                                        int ho, int wo, int kh, int kw, int sh, int sw,
+                                        int ph, int pw, int dh, int dw, int groups,
+                                        int accumulate) {
+    const int og = o / groups, cg = c / groups;
+    BW_GRID_STRIDE(t, (long long)n * c * h * w) {
+        const int xx = t % w, y = (t / w) % h, ci = (t / ((long long)w * h)) % c;
+        const int b = t / ((long long)w * h * c), g = ci / cg;
+        float acc = 0.0f;
+        for (int k = 0; k < og; ++k)
+            for (int i = 0; i < kh; ++i) {
+                const int oy = y * sh - ph + i * dh;
+                if (oy < 0 || oy >= ho) continue;
+                for (int j = 0; j < kw; ++j) {
+                    const int ox = xx * sw - pw + j * dw;
+                    if (ox < 0 || ox >= wo) continue;
+                    acc += weight[(((long long)ci * og + k) * kh + i) * kw + j] *
+                           dout[(((long long)b * o + g * og + k) * ho + oy) * wo + ox];
+                }
+            }
+        bw_put(dx, t, acc, accumulate);
+    }
+}
+
+// == kernel deconv2d_dw ==
+// dweight[ci, k, i, j] (+)= sum over b, y, x of x[b, ci, y, x] * dout at its landing
+// pixel. One block of 256 per weight element, summing in double.
+extern "C" __global__ void deconv2d_dw(const float* x, const float* dout, float* dweight,
+                                       int n, int c, int h, int w, int o,
+                                        int ho, int wo, int kh, int kw, int sh, int sw,
+                                        int ph, int pw, int dh, int dw, int groups,
+                                        int accumulate) {
+    __shared__ double scratch[32];
+    const int og = o / groups, cg = c / groups;
+    const long long e = blockIdx.x;
+    const int j = e % kw, i = (e / kw) % kh, k = (e / ((long long)kw * kh)) % og;
+    const int ci = e / ((long long)kw * kh * og), oc = ci / cg * og + k;
+    double acc = 0.0;
+    for (long long t = threadIdx.x; t < (long long)n * h * w; t += blockDim.x) {
+        const int xx = t % w, y = (t / w) % h, b = t / ((long long)w * h);
+        const int oy = y * sh - ph + i * dh, ox = xx * sw - pw + j * dw;
+        if (oy < 0 || oy >= ho || ox < 0 || ox >= wo) continue;
+        acc += (double)x[(((long long)b * c + ci) * h + y) * w + xx] *
+               dout[(((long long)b * o + oc) * ho + oy) * wo + ox];
+    }
+    const double v = bw_block_sum_d(acc, scratch);
+    if (threadIdx.x == 0) bw_put(dweight, e, (float)v, accumulate);
+}
+
+// == kernel deconv2d_db ==
+// dbias[oc] (+)= sum of dout[:, oc, :, :]. One block per channel.
+extern "C" __global__ void deconv2d_db(const float* dout, float* dbias, int n, int o,
+                                       long long hw, int accumulate) {
+    __shared__ double scratch[32];
+    const double v = bw_channel_dot(dout, nullptr, n, o, hw, scratch);
+    if (threadIdx.x == 0) bw_put(dbias, blockIdx.x, (float)v, accumulate);
+}

@@ -502,3 +502,24 @@ def test_crop_and_permute_rows():
     # the reference input gives only the size: no gradient into conv through it
     assert plan.layer("crop").dx[0].needed and not plan.layer("crop").dx[1].needed
     assert plan.layer("wide").dw[0].needed and not plan.layer("conv").dw[0].needed
+
+
+def test_deconvolution_row_as_fcn_uses_it():
+    body = ('layer { name: "score" type: "Convolution" bottom: "data" top: "score" '
+            'convolution_param { num_output: 3 kernel_size: 1 } }\n'
+            'layer { name: "up" type: "Deconvolution" bottom: "score" top: "up" '
+            'param { lr_mult: 0 } convolution_param { num_output: 3 kernel_size: 4 '
+            'stride: 2 group: 3 bias_term: false } }\n'
+            'layer { name: "crop" type: "Crop" bottom: "up" bottom: "data" top: "crop" }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "crop" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    result = imported(HEAD + body + LOSS % "fc")
+    up = result.net.layer("up")
+    assert (up.op, up.attrs["groups"], up.attrs["bias"]) == ("deconv2d", 3, False)
+    assert up.out.shape == result.caffe.layer("up").tops[0].shape == (2, 3, 14, 14)
+    assert [p.shape for p in result.caffe.layer("up").params] == [(3, 1, 4, 4)]
+    assert result.net.params[up.params[0].param].type.shape == (3, 1, 4, 4)
+    plan = make_plan(result.net)
+    # the fixed bilinear upsampling still passes the gradient down to score
+    assert not plan.layer("up").dw[0].needed and plan.layer("up").dx[0].needed
+    assert plan.layer("score").dw[0].needed

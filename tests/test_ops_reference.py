@@ -369,6 +369,24 @@ def permute_case(draw):
     return Case(dict(order=tuple(order)), [_normal(_rng(draw), *shape)])
 
 
+@st.composite
+def deconv2d_case(draw):
+    rng = _rng(draw)
+    groups = draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dil = draw(st.integers(1, 2))
+    pad = draw(st.integers(0, 1))
+    attrs = dict(out=groups * draw(st.integers(1, 2)), kernel=(kh, kw), stride=stride,
+                 pad=pad, dilation=dil, groups=groups, bias=draw(st.booleans()))
+    c = groups * draw(st.integers(1, 2))
+    h, w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    params = {"weight": _normal(rng, c, attrs["out"] // groups, kh, kw)}
+    if attrs["bias"]:
+        params["bias"] = _normal(rng, attrs["out"])
+    return Case(attrs, [_normal(rng, draw(st.integers(1, 2)), c, h, w)], params)
+
+
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
     "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
@@ -383,7 +401,7 @@ CASES = {
     "elu": elu_case(), "power": power_case(), "absval": kinked_case(), "bnll": bnll_case(),
     "exp": exp_case(), "log": log_case(), "prelu": prelu_case(),
     "threshold": threshold_case(),
-    "crop": crop_case(), "permute": permute_case(),
+    "crop": crop_case(), "permute": permute_case(), "deconv2d": deconv2d_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 
@@ -706,3 +724,18 @@ def test_forward_matches_torch(torch, key, data):
         expected = run_torch(torch, case).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-10)
 
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_deconv2d_forward_matches_torch_conv_transpose(data):
+    torch = pytest.importorskip("torch")
+    case = draw_case(data, "deconv2d")
+    a = case.attrs
+    out, _ = run_forward(registry.OPS["deconv2d"], a, case.inputs, case.params)
+    bias = case.params.get("bias")
+    want = torch.nn.functional.conv_transpose2d(
+        torch.from_numpy(case.inputs[0]), torch.from_numpy(case.params["weight"]),
+        None if bias is None else torch.from_numpy(bias), stride=a["stride"],
+        padding=a["pad"], groups=a["groups"], dilation=a["dilation"]).numpy()
+    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)

@@ -114,6 +114,11 @@ def conv(layer, ctx):
     return out + _opt(p, "bias_term", "bias", True)
 
 
+def deconv(layer, ctx):
+    """Deconvolution reads convolution_param, as Caffe's DeconvolutionLayer does."""
+    return conv(layer, ctx)
+
+
 def inner_product(layer, ctx):
     p = layer.sub("inner_product_param")
     if p.get("axis") != 1:

@@ -1,6 +1,6 @@
 """Blob and param-blob shapes as Caffe computes them in each layer's Reshape, one rule per
-layer type. The catalogue (`catalogue.py`) names the rule of each type. Used to check shared params (Caffe compares their shapes) and to give data
-blobs their types.
+layer type; the catalogue (`catalogue.py`) names the rule of each type. Used to check
+shared params (Caffe compares their shapes) and to give data blobs their types.
 
 A shape is a tuple of ints, or None when it cannot be known (a data layer whose source
 files decide it, a layer type with no rule here, or inputs that do not fit). These rules

@@ -1,10 +1,14 @@
 """Launch geometry of cuda/spatial.cu: crop and permute as 4-D gathers (spatial.cu's
-header). Tensors of more than four dimensions are refused here, before any launch."""
+header; tensors of more than four dimensions are refused here, before any launch), and
+deconv2d's direct loops: grid-stride over the elements written, one block per element of
+the weight (dW) and per channel (dB)."""
 from __future__ import annotations
 
 import numpy as np
 
-from bwplan.kernels.cuda.limits import Launch, Unsupported, flag, grid_stride, i64, ptr
+from bwplan.kernels.cuda.limits import (Launch, Unsupported, check_index, flag, grid_stride,
+                                        i32, i64, per_channel, ptr)
+from bwplan.ops._shapes import pair
 from bwplan.ops.spatial import crop_offsets, permute_order
 
 RANK = 4
@@ -60,7 +64,44 @@ def permute_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
                     accumulate, env)]
 
 
+def deconv_shape(ctx) -> tuple[int, ...]:
+    """DeconvShape (spatial.cu): n, c, h, w, o, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw,
+    groups."""
+    n, c, h, w = ctx.x.shape
+    _, o, ho, wo = ctx.out.shape
+    a = ctx.attrs
+    check_index(n * c * h * w, n * o * ho * wo)
+    return (n, c, h, w, o, ho, wo, *pair(a["kernel"]), *pair(a["stride"]), *pair(a["pad"]),
+            *pair(a["dilation"]), a["groups"])
+
+
+def deconv2d_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    return [grid_stride("deconv2d_fwd", ctx.out.numel, env, ptr(inputs[0]),
+                        ptr(params["weight"]), ptr(params.get("bias")), ptr(out),
+                        *map(i32, deconv_shape(ctx)))]
+
+
+def deconv2d_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    return [grid_stride("deconv2d_dx", ctx.x.numel, env, ptr(saved["weight"]), ptr(dout),
+                        ptr(out), *map(i32, deconv_shape(ctx)), flag(accumulate))]
+
+
+def deconv2d_dw(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
+    c, og = ctx.x.shape[1], ctx.attrs["out"] // ctx.attrs["groups"]
+    kh, kw = pair(ctx.attrs["kernel"])
+    return [per_channel("deconv2d_dw", c * og * kh * kw, ptr(saved["x"]), ptr(dout),
+                        ptr(out), *map(i32, deconv_shape(ctx)), flag(accumulate))]
+
+
+def deconv2d_db(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
+    n, o, ho, wo = ctx.out.shape
+    return [per_channel("deconv2d_db", o, ptr(dout), ptr(out), i32(n), i32(o), i64(ho * wo),
+                        flag(accumulate))]
+
+
 LAUNCH = {
+    ("deconv2d", "fwd"): deconv2d_fwd, ("deconv2d", "dx:x"): deconv2d_dx,
+    ("deconv2d", "dw:weight"): deconv2d_dw, ("deconv2d", "dw:bias"): deconv2d_db,
     ("crop", "fwd"): crop_fwd, ("crop", "dx:x"): crop_dx,
     ("permute", "fwd"): permute_fwd, ("permute", "dx:x"): permute_dx,
 }
