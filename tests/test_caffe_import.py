@@ -523,3 +523,23 @@ def test_deconvolution_row_as_fcn_uses_it():
     # the fixed bilinear upsampling still passes the gradient down to score
     assert not plan.layer("up").dw[0].needed and plan.layer("up").dx[0].needed
     assert plan.layer("score").dw[0].needed
+
+
+def test_prior_box_and_argmax_are_stop_points():
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 4 kernel_size: 3 } }\n'
+            'layer { name: "prior" type: "PriorBox" bottom: "conv" bottom: "data" '
+            'top: "prior" prior_box_param { min_size: 30 max_size: 60 aspect_ratio: 2 '
+            'flip: true } }\n'
+            'layer { name: "arg" type: "ArgMax" bottom: "conv" top: "arg" }\n'
+            'layer { name: "cat" type: "Concat" bottom: "prior" bottom: "prior" '
+            'top: "cat" concat_param { axis: 2 } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n'
+            'layer { name: "sink" type: "Silence" bottom: "cat" bottom: "arg" }\n')
+    result = imported(HEAD + body + LOSS % "fc")
+    # 4x4 positions, 1 + 2 aspect ratios + 1 max size = 4 priors, 4 numbers each
+    assert result.net.input("prior").type.shape == (1, 2, 4 * 4 * 4 * 4)
+    assert result.net.input("arg").type.shape == (2, 1, 1)
+    assert [w.code for w in result.warnings].count("caffe-stop-point") == 2
+    assert not result.net.has_layer("prior") and not result.net.has_layer("arg")

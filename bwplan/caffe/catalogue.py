@@ -73,6 +73,7 @@ class CaffeType:
 _ONE = (1, -1, -1)
 _NONE = (0, -1, -1)
 _DATA = Import("inputs")
+_STOP = Import("inputs")    # a non-differentiable layer whose tops' shapes are known
 _LOSS = dict(nature="loss", bottoms=(2, -1, -1), tops=(1, -1, -1), no_force=frozenset({1}),
              shape=s.scalar)
 
@@ -179,12 +180,15 @@ _ROWS = (
     # a Python layer's tops are inputs of the shapes the user gives; nothing flows back
     CaffeType("Python", "stop", param_blobs=lambda layer: len(layer.params),
               imports=Import("inputs", unknown_shape=m.python_layer)),
-    CaffeType("ArgMax", "stop", bottoms=_ONE, tops=_ONE, shape=s.argmax),
+    # stop points: their tops are inputs of the shapes Caffe gives them, nothing flows back
+    CaffeType("ArgMax", "stop", bottoms=_ONE, tops=_ONE, shape=s.argmax, imports=_STOP),
     CaffeType("Threshold", "stop", bottoms=_ONE, tops=_ONE, shape=s.same,
               imports=Import("layer", "threshold", m.settings(
                   "threshold_param", ("threshold", "threshold", 0.0)))),
-    CaffeType("PriorBox", "stop", bottoms=(2, -1, -1), tops=_ONE, shape=s.prior_box),
-    CaffeType("DetectionOutput", "stop", bottoms=(-1, 3, 4), tops=_ONE),
+    CaffeType("PriorBox", "stop", bottoms=(2, -1, -1), tops=_ONE, shape=s.prior_box,
+              imports=_STOP),
+    CaffeType("DetectionOutput", "stop", bottoms=(-1, 3, 4), tops=_ONE,
+              shape=s.detection_output, imports=_STOP),
     # ---- losses ----------------------------------------------------------------------
     CaffeType("SoftmaxWithLoss", **{**_LOSS, "tops": (-1, 1, 2)}, labels=frozenset({1}),
               imports=Import("layer", "softmax_cross_entropy", m.softmax_loss)),

@@ -343,6 +343,13 @@ def prior_box(layer, bottoms):
     return [(1, 2, h * w * priors * 4)], []
 
 
+def detection_output(layer, bottoms):
+    """SSD's DetectionOutputLayer: at most keep_top_k detections of 7 numbers each (Caffe
+    reshapes the top to the count found; the plan takes the most it can hold)."""
+    keep = _open_get(layer.sub("detection_output_param"), "keep_top_k", -1)
+    return [(1, 1, keep, 7) if keep and keep > 0 else None], []
+
+
 def roi_pooling(layer, bottoms):
     p = layer.sub("roi_pooling_param")
     rois, c = bottoms[1][0], bottoms[0][1]
