@@ -152,6 +152,12 @@ SHAPES = [
     ("prelu", {}, [f32(2, 3, 4, 4)], (2, 3, 4, 4)),
     ("prelu", dict(channel_shared=True), [f32(2, 3)], (2, 3)),
     ("threshold", dict(threshold=0.5), [f32(2, 3)], (2, 3)),
+    ("reduction", {}, [f32(2, 3, 4)], ()),
+    ("reduction", dict(axis=-1, operation="MEAN"), [f32(2, 3, 4)], (2, 3)),
+    ("argmax", {}, [f32(2, 10)], (2, 1, 1)),
+    ("argmax", dict(top_k=3, out_max_val=True), [f32(2, 3, 4, 5)], (2, 2, 3, 1)),
+    ("argmax", dict(axis=1, top_k=2), [f32(2, 3, 4)], (2, 2, 4)),
+    ("silence", {}, [f32(2, 3), f32(4)], (0,)),
 ]
 
 
@@ -201,6 +207,9 @@ ERRORS = [
     ("exp", dict(base=0.0), [f32(2)], "base=0.0 must be positive"),
     ("log", dict(base=1.0), [f32(2)], "base=1.0 must be positive and not 1"),
     ("prelu", {}, [f32(5)], "channels in dimension 1"),
+    ("reduction", dict(axis=3), [f32(2, 3, 4)], "axis=3 is out of range"),
+    ("argmax", dict(top_k=4), [f32(2, 3)], "top_k=4 must be between 1 and the 3"),
+    ("argmax", dict(axis=2, top_k=5), [f32(2, 3, 4)], "top_k=5"),
 ]
 
 
@@ -286,6 +295,7 @@ def test_needs_match_the_documented_contract():
         ("elu", "x"): {"out"}, ("power", "x"): set(), ("absval", "x"): {"x"},
         ("bnll", "x"): {"out"}, ("exp", "x"): {"out"}, ("log", "x"): {"x"},
         ("prelu", "x"): {"x", "weight"}, ("prelu", "weight"): {"x"},
+        ("reduction", "x"): set(),
     }
     for (name, wrt), needs in expected.items():
         op = registry.OPS[name]
@@ -299,6 +309,9 @@ def test_needs_match_the_documented_contract():
     ("power", dict(power=2.0), {"x"}),
     ("elu", dict(alpha=0.0), {"out"}),
     ("elu", dict(alpha=-0.5), {"x", "out"}),             # out > 0 no longer means x > 0
+    ("reduction", dict(operation="MEAN"), set()),
+    ("reduction", dict(operation="ASUM"), {"x"}),
+    ("reduction", dict(operation="SUMSQ"), {"x"}),
 ])
 def test_activation_needs_depend_on_attributes(name, attrs, needs):
     op = registry.OPS[name]

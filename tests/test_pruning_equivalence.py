@@ -107,6 +107,10 @@ m    = mul(pw, th)
 s    = add(m, lg)
 fc   = linear(s, out=3)
 loss = softmax_cross_entropy(fc, y)
+red  = reduction(s, operation=SUMSQ, axis=1, coeff=0.1)
+rl   = reduction(red, operation=MEAN) weight=0.5
+am   = argmax(fc, top_k=2, out_max_val=true)
+sil  = silence(am, th)
 """
 
 NETS: dict[str, str] = {p.stem: p.read_text() for p in sorted(EXAMPLES.glob("*.bw"))}
