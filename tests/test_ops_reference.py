@@ -369,6 +369,41 @@ def silence_case(draw):
     return Case({}, [_normal(rng, *_shape(draw)) for _ in range(draw(st.integers(1, 2)))])
 
 
+def _axis_of(draw, shape) -> tuple[int, int]:
+    """(axis as written, possibly negative; axis)."""
+    axis = draw(st.integers(0, len(shape) - 1))
+    return (axis - len(shape) if draw(st.booleans()) else axis), axis
+
+
+@st.composite
+def bias_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw)
+    written, axis = _axis_of(draw, shape)
+    count = draw(st.integers(0, len(shape) - axis))
+    num_axes = -1 if count == len(shape) - axis and draw(st.booleans()) else count
+    return Case(dict(axis=written, num_axes=num_axes), [_normal(rng, *shape)],
+                {"bias": _normal(rng, *(shape[axis:axis + count] or (1,)))})
+
+
+@st.composite
+def bias_add_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw)
+    written, axis = _axis_of(draw, shape)
+    count = draw(st.integers(0, len(shape) - axis))
+    b = np.asarray(_normal(rng, *shape[axis:axis + count]))
+    return Case(dict(axis=written), [_normal(rng, *shape), b])
+
+
+@st.composite
+def tile_case(draw):
+    shape = _shape(draw)
+    written, _ = _axis_of(draw, shape)
+    return Case(dict(axis=written, tiles=draw(st.integers(1, 3))),
+                [_normal(_rng(draw), *shape)])
+
+
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
     "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
@@ -383,7 +418,8 @@ CASES = {
     "elu": elu_case(), "power": power_case(), "absval": kinked_case(), "bnll": bnll_case(),
     "exp": exp_case(), "log": log_case(), "prelu": prelu_case(),
     "threshold": threshold_case(), "reduction": reduction_case(), "argmax": argmax_case(),
-    "silence": silence_case(),
+    "silence": silence_case(), "bias": bias_case(), "bias_add": bias_add_case(),
+    "tile": tile_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 
@@ -715,7 +751,7 @@ def _oracle(name: str):
 # ops checked through the training oracle's translation, on their reference-test strategy
 TORCH.update({name: (CASES[name], _oracle(name)) for name in (
     "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold", "reduction",
-    "argmax", "silence")})
+    "argmax", "silence", "bias", "bias_add", "tile")})
 
 
 @pytest.mark.parametrize("key", sorted(TORCH))

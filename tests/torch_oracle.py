@@ -340,6 +340,20 @@ def argmax(a, xs, p, training):
     return out.reshape((x.shape[0], out.shape[1], k) + (1,) * max(0, x.dim() - 3))
 
 
+def _broadcast_bias(x: torch.Tensor, b: torch.Tensor, axis: int) -> torch.Tensor:
+    """Caffe Bias: b covers x's dimensions from axis on, as many as b has; a scalar b
+    covers everything."""
+    axis %= x.dim()
+    return x + b.reshape((1,) * axis + tuple(b.shape) + (1,) * (x.dim() - axis - b.dim()))
+
+
+def tile(a, xs, p, training):
+    x = xs[0]
+    reps = [1] * x.dim()
+    reps[a["axis"] % x.dim()] = a["tiles"]
+    return x.repeat(*reps)
+
+
 # op(attrs, inputs, params by slot, training) -> output; DECIDING_OPS also take `hints`
 OpFn = Callable[..., torch.Tensor]
 
@@ -380,6 +394,9 @@ OPS: dict[str, OpFn] = {
     "reduction": reduction,
     "argmax": argmax,
     "silence": lambda a, xs, p, t: xs[0].new_empty((0,)),
+    "bias": lambda a, xs, p, t: _broadcast_bias(xs[0], p["bias"], a["axis"]),
+    "bias_add": lambda a, xs, p, t: _broadcast_bias(xs[0], xs[1], a["axis"]),
+    "tile": tile,
 }
 
 
