@@ -525,7 +525,7 @@ def test_deconvolution_row_as_fcn_uses_it():
     assert plan.layer("score").dw[0].needed
 
 
-def test_prior_box_and_argmax_are_stop_points():
+def test_prior_box_is_a_stop_point_and_argmax_stops_the_gradient():
     body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
             'convolution_param { num_output: 4 kernel_size: 3 } }\n'
             'layer { name: "prior" type: "PriorBox" bottom: "conv" bottom: "data" '
@@ -540,6 +540,26 @@ def test_prior_box_and_argmax_are_stop_points():
     result = imported(HEAD + body + LOSS % "fc")
     # 4x4 positions, 1 + 2 aspect ratios + 1 max size = 4 priors, 4 numbers each
     assert result.net.input("prior").type.shape == (1, 2, 4 * 4 * 4 * 4)
-    assert result.net.input("arg").type.shape == (2, 1, 1)
-    assert [w.code for w in result.warnings].count("caffe-stop-point") == 2
-    assert not result.net.has_layer("prior") and not result.net.has_layer("arg")
+    assert [w.code for w in result.warnings].count("caffe-stop-point") == 1
+    assert not result.net.has_layer("prior")
+    arg = result.net.layer("arg")
+    assert arg.op == "argmax" and arg.out.shape == result.caffe.layer("arg").tops[0].shape
+    assert not make_plan(result.net).layer("arg").dx[0].needed
+
+
+def test_reduction_bias_tile_rows():
+    body = ('layer { name: "b1" type: "Bias" bottom: "data" top: "b1" param { lr_mult: 3 } }\n'
+            'layer { name: "t" type: "Tile" bottom: "b1" top: "t" tile_param { axis: 1 '
+            'tiles: 2 } }\n'
+            'layer { name: "r" type: "Reduction" bottom: "t" top: "r" reduction_param { '
+            'operation: SUMSQ axis: 2 coeff: 0.5 } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "r" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    result = imported(HEAD + body + LOSS % "fc")
+    net = result.net
+    assert [(u.slot, u.lr_mult) for u in net.layer("b1").params] == [("bias", 3)]
+    assert net.layer("t").out.shape == (2, 8, 6, 6) and net.layer("t").attrs["tiles"] == 2
+    r = net.layer("r")
+    assert (r.op, r.attrs["operation"], r.attrs["axis"], r.attrs["coeff"]) == \
+        ("reduction", "SUMSQ", 2, 0.5)
+    assert r.out.shape == (2, 8) == result.caffe.layer("r").tops[0].shape

@@ -127,7 +127,8 @@ _ROWS = (
     CaffeType("Scale", param_blobs=_scale_blobs, bottoms=(-1, 1, 2), tops=_ONE,
               shape=s.scale, imports=Import("layer", "scale", m.scale, ("weight", "bias"))),
     CaffeType("Bias", param_blobs=lambda layer: int(len(layer.bottoms) == 1),
-              bottoms=(-1, 1, 2), tops=_ONE),
+              bottoms=(-1, 1, 2), tops=_ONE, shape=s.bias,
+              imports=Import("layer", m.bias_op, m.bias, ("bias",))),
     CaffeType("Parameter", param_blobs=_n(1), bottoms=_NONE, tops=_ONE),
     CaffeType("LSTM", param_blobs=_n(3), bottoms=(-1, 2, 3), tops=_ONE),
     CaffeType("RNN", param_blobs=_n(5), bottoms=(-1, 2, 3), tops=_ONE),
@@ -153,7 +154,7 @@ _ROWS = (
     CaffeType("Split", "structure", bottoms=_ONE, tops=(-1, 1, -1), shape=s.same,
               imports=Import("alias")),
     CaffeType("Silence", "structure", bottoms=(-1, 1, -1), tops=(0, -1, -1),
-              imports=Import("sink")),
+              imports=Import("layer", "silence")),
     CaffeType("Crop", bottoms=(2, -1, -1), tops=_ONE, shape=s.crop,
               imports=Import("layer", "crop", m.crop)),
     CaffeType("Upsample", bottoms=(2, -1, -1), tops=_ONE, shape=s.upsample),   # SegNet
@@ -161,8 +162,12 @@ _ROWS = (
     CaffeType("Permute", bottoms=_ONE, tops=_ONE, shape=s.permute,             # SSD
               imports=Import("layer", "permute", m.permute)),
     CaffeType("ROIPooling", bottoms=(2, -1, -1), tops=_ONE, shape=s.roi_pooling),
-    CaffeType("Tile", bottoms=_ONE, tops=_ONE, shape=s.tile),
-    CaffeType("Reduction", bottoms=_ONE, tops=_ONE, shape=s.reduction),
+    CaffeType("Tile", bottoms=_ONE, tops=_ONE, shape=s.tile,
+              imports=Import("layer", "tile", m.tile)),
+    CaffeType("Reduction", bottoms=_ONE, tops=_ONE, shape=s.reduction,
+              imports=Import("layer", "reduction", m.settings(
+                  "reduction_param", ("operation", "operation", "SUM"), ("axis", "axis", 0),
+                  ("coeff", "coeff", 1.0)))),
     _unary("ELU", "elu", m.settings("elu_param", ("alpha", "alpha", 1.0))),
     _unary("Power", "power", m.settings("power_param", ("power", "power", 1.0),
                                         ("scale", "scale", 1.0), ("shift", "shift", 0.0))),
@@ -181,7 +186,8 @@ _ROWS = (
     CaffeType("Python", "stop", param_blobs=lambda layer: len(layer.params),
               imports=Import("inputs", unknown_shape=m.python_layer)),
     # stop points: their tops are inputs of the shapes Caffe gives them, nothing flows back
-    CaffeType("ArgMax", "stop", bottoms=_ONE, tops=_ONE, shape=s.argmax, imports=_STOP),
+    CaffeType("ArgMax", "stop", bottoms=_ONE, tops=_ONE, shape=s.argmax,
+              imports=Import("layer", "argmax", m.argmax)),
     CaffeType("Threshold", "stop", bottoms=_ONE, tops=_ONE, shape=s.same,
               imports=Import("layer", "threshold", m.settings(
                   "threshold_param", ("threshold", "threshold", 0.0)))),

@@ -12,7 +12,7 @@ Each warning is (code, span, text, fix). They come from Caffe's state alone:
                              `param { lr_mult: 0 }` (it masks them only in the layer's copy)
   caffe-python-layer-stop    a Python layer with bottoms, imported as a stop point: its tops
                              are inputs of the shapes the user gave
-  caffe-stop-point           a non-differentiable layer (ArgMax, PriorBox, DetectionOutput)
+  caffe-stop-point           a non-differentiable layer (PriorBox, DetectionOutput)
                              imported as a stop point: its tops are inputs of Caffe's shapes
 
 In each case bwplan's own plan computes less than Caffe, never more.
@@ -100,7 +100,8 @@ def _unused_params(layer: CaffeLayer, ls: LayerState) -> list[ImportWarning]:
 def _stop_point(layer: CaffeLayer, ls: LayerState) -> list[ImportWarning]:
     """A non-differentiable layer imported as inputs: say so, once per layer."""
     ctype = caffe_type(layer.type)
-    if layer.type == "Python" or ctype.nature != "stop" or not layer.bottoms:
+    imported_as = getattr(ctype.imports, "kind", "")
+    if layer.type == "Python" or ctype.nature != "stop" or imported_as != "inputs":
         return []
     tops = ", ".join(repr(t) for t in layer.tops)
     return [ImportWarning(

@@ -6,7 +6,6 @@ An import's `kind` is one of
   inputs  an input per top (data layers: the data comes from outside the net)
   alias   no IR layer: each top is another name for the bottom (Split)
   per_top one IR layer per top, named after the top blob (Slice)
-  sink    no IR layer: the layer only consumes its bottoms (Silence)
 `slots` names the bwplan param slot of each Caffe param blob, in Caffe's blob order; None
 marks a Caffe blob that has no bwplan slot. `stats` says the blobs are statistics that
 never train, so their lr_mult / decay_mult are not carried over.
@@ -153,6 +152,34 @@ def permute(layer, ctx):
     p = layer.sub("permute_param")
     order = tuple(p.get("order"))
     return [("order", order, p.where("order", 0))] if order else []
+
+
+def argmax(layer, ctx):
+    p = layer.sub("argmax_param")
+    out = _opt(p, "out_max_val", "out_max_val", False) + _opt(p, "top_k", "top_k", 1)
+    return out + ([("axis", p.get("axis"), p.where("axis"))] if p.has("axis") else [])
+
+
+def bias_op(layer: CaffeLayer) -> str:
+    """Bias with one bottom learns its bias; with two, the second bottom is the bias."""
+    return "bias" if len(layer.bottoms) == 1 else "bias_add"
+
+
+def bias(layer, ctx):
+    p = layer.sub("bias_param")
+    out = _opt(p, "axis", "axis", 1)
+    if len(layer.bottoms) == 1:
+        return out + _opt(p, "num_axes", "num_axes", 1)
+    if p.has("num_axes"):
+        raise unsupported(layer, p, "num_axes", "num_axes with a second bottom: the bias "
+                          "bottom's own shape gives the axes")
+    return out
+
+
+def tile(layer, ctx):
+    p = layer.sub("tile_param")
+    return _opt(p, "axis", "axis", 1) + [("tiles", _required(layer, p, "tiles"),
+                                          p.where("tiles"))]
 
 
 def pool_op(layer: CaffeLayer) -> str:

@@ -374,13 +374,26 @@ def argmax(layer, bottoms):
     if p.has("axis"):
         axis = _axis(_open_get(p, "axis"), len(x))
         return [x[:axis] + (k,) + x[axis + 1:]], []
-    return [(x[0], 2 if _open_get(p, "out_max_val", False) else 1, k)], []
+    # Caffe's ArgMaxLayer::Reshape: as many axes as the bottom, all 1 but these
+    shape = [1] * max(3, len(x))
+    shape[0], shape[1], shape[2] = x[0], 2 if _open_get(p, "out_max_val", False) else 1, k
+    return [tuple(shape)], []
 
 
 def reduction(layer, bottoms):
     p = layer.sub("reduction_param")
     x = bottoms[0]
     return [x[:_axis(_open_get(p, "axis", 0), len(x) + 1)]], []
+
+
+def bias(layer, bottoms):
+    p = layer.sub("bias_param")
+    x = bottoms[0]
+    if len(bottoms) > 1:
+        return [x], []
+    axis = _axis(p.get("axis", 1), len(x))
+    n = p.get("num_axes", 1)
+    return [x], [x[axis:] if n == -1 else x[axis:axis + n]]
 
 
 def tile(layer, bottoms):

@@ -129,7 +129,7 @@ class _Converter:
             row = _row(original)
             self.layer_map.setdefault(original.name, ())
             kinds = {"inputs": self.data, "layer": self.layer, "per_top": self.per_top,
-                     "alias": self.alias, "sink": self.sink}
+                     "alias": self.alias}
             kinds[row.kind](original, built, ls, row)
         inputs = tuple(self.input_decl(i) for i in self.inputs.values())
         module = ast.Module(self.net.path, inputs + tuple(self.params.values())
@@ -140,9 +140,6 @@ class _Converter:
     def alias(self, layer: CaffeLayer, built: CaffeLayer, *_) -> None:
         for top in built.tops:
             self.current[top] = self.current[built.bottoms[0]]
-
-    def sink(self, *_) -> None:
-        """Nothing to build: the layer reads its bottoms and makes nothing."""
 
     def data(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
         for j, top in enumerate(layer.tops):
