@@ -563,3 +563,35 @@ def test_reduction_bias_tile_rows():
     assert (r.op, r.attrs["operation"], r.attrs["axis"], r.attrs["coeff"]) == \
         ("reduction", "SUMSQ", 2, 0.5)
     assert r.out.shape == (2, 8) == result.caffe.layer("r").tops[0].shape
+
+
+def _fork_bn(extra: str, params: str = "") -> str:
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n'
+            f'layer {{ name: "bn" type: "BN" bottom: "conv" top: "conv" {params} '
+            f'bn_param {{ {extra} }} }}\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    return HEAD + body + LOSS % "fc"
+
+
+def test_the_forks_bn_is_batchnorm_then_scale():
+    # SegNet, bn_mode LEARN: batch statistics, then a learned scale and shift
+    net = imported(_fork_bn('scale_filler { type: "constant" value: 1 }')).net
+    norm, bn = net.layer("bn_norm"), net.layer("bn")
+    assert (norm.op, bn.op, bn.attrs["bias"]) == ("batchnorm", "scale", True)
+    assert norm.attrs["eps"] == 1e-9 and not norm.attrs["global_stats"]
+    assert [e.src for e in bn.inputs] == ["bn_norm"]
+    assert [e.src for e in net.layer("fc").inputs] == ["bn"]
+    # SegNet's inference nets: a per-channel scale and shift only
+    net = imported(_fork_bn("bn_mode: INFERENCE")).net
+    assert not net.has_layer("bn_norm") and net.layer("bn").op == "scale"
+    # PSPNet: four blobs, the statistics stored and frozen; lr_mult by blob
+    params = 'param { lr_mult: 0 } param { lr_mult: 2 } param { lr_mult: 0 } param { lr_mult: 0 }'
+    result = imported(_fork_bn("frozen: true momentum: 0.95", params))
+    norm, bn = result.net.layer("bn_norm"), result.net.layer("bn")
+    assert norm.attrs["global_stats"] and norm.attrs["momentum"] == 0.95
+    assert [(u.slot, u.lr_mult) for u in bn.params] == [("weight", 0), ("bias", 2)]
+    assert result.layer_map["bn"] == ("bn_norm", "bn")
+    plan = make_plan(result.net)
+    assert not plan.layer("bn").dw[0].needed and plan.layer("bn").dw[1].needed

@@ -118,7 +118,9 @@ _ROWS = (
     # the SegNet / ENet fork's BN: a learned scale and shift (blobs 0, 1); tops 1 and 2,
     # when written, are the batch mean and variance
     CaffeType("BN", param_blobs=lambda layer: max(2, len(layer.params)), bottoms=_ONE,
-              tops=(-1, 1, 3), shape=s.fork_bn),
+              tops=(-1, 1, 3), shape=s.fork_bn,
+              imports=Import("layer", "scale", m.fork_bn, ("weight", "bias", None, None),
+                             before=m.fork_bn_norm)),
     CaffeType("Normalize", param_blobs=_n(1), bottoms=_ONE, tops=_ONE,       # SSD
               shape=s.normalize),
     CaffeType("BatchNorm", param_blobs=_n(3), bottoms=_ONE, tops=_ONE, shape=s.batch_norm,

@@ -51,6 +51,9 @@ class Import:
     stats: bool = False
     # inputs only: the error when a top's shape is not known (default: ask for it)
     unknown_shape: Callable[[CaffeLayer, tuple[str, ...]], CaffeError] | None = None
+    # layer only: an IR layer computed first, named <layer>_norm, whose output the layer
+    # reads instead of its bottom (the forks' BN: batchnorm, then scale); None for none
+    before: Callable[[CaffeLayer, "MapCtx"], "Import | None"] | None = None
 
     def op_for(self, layer: CaffeLayer) -> str:
         return self.op(layer) if callable(self.op) else self.op
@@ -180,6 +183,28 @@ def tile(layer, ctx):
     p = layer.sub("tile_param")
     return _opt(p, "axis", "axis", 1) + [("tiles", _required(layer, p, "tiles"),
                                           p.where("tiles"))]
+
+
+def fork_bn(layer, ctx):
+    """The forks' BN layer as bwplan's scale: blob 0 the scale, blob 1 the shift."""
+    return [("bias", True, layer.record.where("type"))]
+
+
+def fork_bn_norm(layer, ctx) -> "Import | None":
+    """What the forks' BN normalises with before it scales: the batch's statistics (SegNet's
+    bn_mode LEARN), its stored ones (PSPNet's `frozen: true`, blobs 2 and 3), or nothing
+    (SegNet's bn_mode INFERENCE, where BN is a per-channel scale and shift)."""
+    p = layer.sub("bn_param")       # an open message: the fork's schema is not known
+    if _word(p, "bn_mode", "LEARN") == "INFERENCE":
+        return None
+    eps = _word(p, "var_eps", 1e-9)    # the forks' fixed variance epsilon
+    attrs = [("eps", float(eps), p.where("var_eps"))]
+    if _word(p, "frozen", False) in (True, 1, "true", "True"):
+        attrs.append(("global_stats", True, p.where("frozen")))
+    if p.has("momentum"):
+        attrs.append(("momentum", float(_word(p, "momentum", 0.999)), p.where("momentum")))
+    return Import("layer", "batchnorm", lambda layer, ctx: attrs, (None, None, "mean", "var"),
+                  stats=True)
 
 
 def pool_op(layer: CaffeLayer) -> str:
@@ -313,6 +338,12 @@ def reshape(layer, ctx):
 def _first(value: Any) -> Any:
     """An open message's field holds a tuple of the values written."""
     return value[0] if isinstance(value, tuple) and value else value
+
+
+def _word(p: Record, field: str, default: Any) -> Any:
+    """The first value of an open message's field, an identifier as its text."""
+    value = _first(p.get(field, (default,)))
+    return getattr(value, "name", value)
 
 
 def python_layer(layer: CaffeLayer, missing: tuple[str, ...]) -> CaffeError:
