@@ -479,3 +479,119 @@ def test_threshold_is_a_stop_point():
     plan = make_plan(result.net)
     assert result.net.layer("t").attrs["threshold"] == 0.5
     assert not plan.layer("t").dx[0].needed and not plan.layer("conv").dw[0].needed
+
+
+def test_crop_and_permute_rows():
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 4 kernel_size: 3 } }\n'
+            'layer { name: "wide" type: "Convolution" bottom: "data" top: "wide" '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n'
+            'layer { name: "crop" type: "Crop" bottom: "wide" bottom: "conv" top: "crop" '
+            'crop_param { axis: 2 offset: 1 } }\n'
+            'layer { name: "perm" type: "Permute" bottom: "crop" top: "perm" '
+            'permute_param { order: 0 order: 2 order: 3 order: 1 } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "perm" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    result = imported(HEAD + body + LOSS % "fc")
+    net = result.net
+    assert (net.layer("crop").op, net.layer("crop").attrs["offset"]) == ("crop", (1,))
+    assert net.layer("crop").out.shape == (2, 4, 4, 4)
+    assert net.layer("perm").attrs["order"] == (0, 2, 3, 1)
+    assert result.caffe.layer("perm").tops[0].shape == net.layer("perm").out.shape
+    plan = make_plan(net)
+    # the reference input gives only the size: no gradient into conv through it
+    assert plan.layer("crop").dx[0].needed and not plan.layer("crop").dx[1].needed
+    assert plan.layer("wide").dw[0].needed and not plan.layer("conv").dw[0].needed
+
+
+def test_deconvolution_row_as_fcn_uses_it():
+    body = ('layer { name: "score" type: "Convolution" bottom: "data" top: "score" '
+            'convolution_param { num_output: 3 kernel_size: 1 } }\n'
+            'layer { name: "up" type: "Deconvolution" bottom: "score" top: "up" '
+            'param { lr_mult: 0 } convolution_param { num_output: 3 kernel_size: 4 '
+            'stride: 2 group: 3 bias_term: false } }\n'
+            'layer { name: "crop" type: "Crop" bottom: "up" bottom: "data" top: "crop" }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "crop" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    result = imported(HEAD + body + LOSS % "fc")
+    up = result.net.layer("up")
+    assert (up.op, up.attrs["groups"], up.attrs["bias"]) == ("deconv2d", 3, False)
+    assert up.out.shape == result.caffe.layer("up").tops[0].shape == (2, 3, 14, 14)
+    assert [p.shape for p in result.caffe.layer("up").params] == [(3, 1, 4, 4)]
+    assert result.net.params[up.params[0].param].type.shape == (3, 1, 4, 4)
+    plan = make_plan(result.net)
+    # the fixed bilinear upsampling still passes the gradient down to score
+    assert not plan.layer("up").dw[0].needed and plan.layer("up").dx[0].needed
+    assert plan.layer("score").dw[0].needed
+
+
+def test_prior_box_is_a_stop_point_and_argmax_stops_the_gradient():
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 4 kernel_size: 3 } }\n'
+            'layer { name: "prior" type: "PriorBox" bottom: "conv" bottom: "data" '
+            'top: "prior" prior_box_param { min_size: 30 max_size: 60 aspect_ratio: 2 '
+            'flip: true } }\n'
+            'layer { name: "arg" type: "ArgMax" bottom: "conv" top: "arg" }\n'
+            'layer { name: "cat" type: "Concat" bottom: "prior" bottom: "prior" '
+            'top: "cat" concat_param { axis: 2 } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n'
+            'layer { name: "sink" type: "Silence" bottom: "cat" bottom: "arg" }\n')
+    result = imported(HEAD + body + LOSS % "fc")
+    # 4x4 positions, 1 + 2 aspect ratios + 1 max size = 4 priors, 4 numbers each
+    assert result.net.input("prior").type.shape == (1, 2, 4 * 4 * 4 * 4)
+    assert [w.code for w in result.warnings].count("caffe-stop-point") == 1
+    assert not result.net.has_layer("prior")
+    arg = result.net.layer("arg")
+    assert arg.op == "argmax" and arg.out.shape == result.caffe.layer("arg").tops[0].shape
+    assert not make_plan(result.net).layer("arg").dx[0].needed
+
+
+def test_reduction_bias_tile_rows():
+    body = ('layer { name: "b1" type: "Bias" bottom: "data" top: "b1" param { lr_mult: 3 } }\n'
+            'layer { name: "t" type: "Tile" bottom: "b1" top: "t" tile_param { axis: 1 '
+            'tiles: 2 } }\n'
+            'layer { name: "r" type: "Reduction" bottom: "t" top: "r" reduction_param { '
+            'operation: SUMSQ axis: 2 coeff: 0.5 } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "r" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    result = imported(HEAD + body + LOSS % "fc")
+    net = result.net
+    assert [(u.slot, u.lr_mult) for u in net.layer("b1").params] == [("bias", 3)]
+    assert net.layer("t").out.shape == (2, 8, 6, 6) and net.layer("t").attrs["tiles"] == 2
+    r = net.layer("r")
+    assert (r.op, r.attrs["operation"], r.attrs["axis"], r.attrs["coeff"]) == \
+        ("reduction", "SUMSQ", 2, 0.5)
+    assert r.out.shape == (2, 8) == result.caffe.layer("r").tops[0].shape
+
+
+def _fork_bn(extra: str, params: str = "") -> str:
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n'
+            f'layer {{ name: "bn" type: "BN" bottom: "conv" top: "conv" {params} '
+            f'bn_param {{ {extra} }} }}\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    return HEAD + body + LOSS % "fc"
+
+
+def test_the_forks_bn_is_batchnorm_then_scale():
+    # SegNet, bn_mode LEARN: batch statistics, then a learned scale and shift
+    net = imported(_fork_bn('scale_filler { type: "constant" value: 1 }')).net
+    norm, bn = net.layer("bn_norm"), net.layer("bn")
+    assert (norm.op, bn.op, bn.attrs["bias"]) == ("batchnorm", "scale", True)
+    assert norm.attrs["eps"] == 1e-9 and not norm.attrs["global_stats"]
+    assert [e.src for e in bn.inputs] == ["bn_norm"]
+    assert [e.src for e in net.layer("fc").inputs] == ["bn"]
+    # SegNet's inference nets: a per-channel scale and shift only
+    net = imported(_fork_bn("bn_mode: INFERENCE")).net
+    assert not net.has_layer("bn_norm") and net.layer("bn").op == "scale"
+    # PSPNet: four blobs, the statistics stored and frozen; lr_mult by blob
+    params = 'param { lr_mult: 0 } param { lr_mult: 2 } param { lr_mult: 0 } param { lr_mult: 0 }'
+    result = imported(_fork_bn("frozen: true momentum: 0.95", params))
+    norm, bn = result.net.layer("bn_norm"), result.net.layer("bn")
+    assert norm.attrs["global_stats"] and norm.attrs["momentum"] == 0.95
+    assert [(u.slot, u.lr_mult) for u in bn.params] == [("weight", 0), ("bias", 2)]
+    assert result.layer_map["bn"] == ("bn_norm", "bn")
+    plan = make_plan(result.net)
+    assert not plan.layer("bn").dw[0].needed and plan.layer("bn").dw[1].needed

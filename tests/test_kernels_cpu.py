@@ -45,8 +45,10 @@ def assert_close(got, ref, dtype, what: str) -> None:
 
 
 def _cast(a, dtype):
+    """A C-contiguous copy, in `dtype` if it is floating; a 0-d array stays 0-d (a scalar
+    bias), which np.ascontiguousarray would make 1-d."""
     a = np.asarray(a)
-    return np.ascontiguousarray(a, dtype) if a.dtype.kind == "f" else np.ascontiguousarray(a)
+    return np.array(a, dtype if a.dtype.kind == "f" else a.dtype, order="C")
 
 
 def _empty(shape, dtype) -> np.ndarray:

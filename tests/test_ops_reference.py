@@ -357,6 +357,109 @@ def threshold_case(draw):
     return Case(dict(threshold=t), [_away_from(_normal(_rng(draw), *_shape(draw)), t)])
 
 
+@st.composite
+def crop_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw, 2, 4, dim_max=4)
+    axis = draw(st.integers(0, len(shape) - 1))
+    like = shape[:axis] + tuple(draw(st.integers(1, d)) for d in shape[axis:])
+    room = [d - e for d, e in zip(shape[axis:], like[axis:])]
+    form = draw(st.sampled_from(["none", "one", "each"]))
+    if form == "one":
+        offset = (draw(st.integers(0, min(room))),)
+    elif form == "each":
+        offset = tuple(draw(st.integers(0, r)) for r in room)
+    else:
+        offset = ()
+    return Case(dict(axis=axis, offset=offset), [_normal(rng, *shape), _normal(rng, *like)])
+
+
+@st.composite
+def permute_case(draw):
+    shape = _shape(draw, 1, 4)
+    order = draw(st.permutations(range(len(shape))))
+    order = order[:draw(st.integers(0, len(shape)))]   # SSD may name only the first axes
+    return Case(dict(order=tuple(order)), [_normal(_rng(draw), *shape)])
+
+
+@st.composite
+def deconv2d_case(draw):
+    rng = _rng(draw)
+    groups = draw(st.integers(1, 2))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dil = draw(st.integers(1, 2))
+    pad = draw(st.integers(0, 1))
+    attrs = dict(out=groups * draw(st.integers(1, 2)), kernel=(kh, kw), stride=stride,
+                 pad=pad, dilation=dil, groups=groups, bias=draw(st.booleans()))
+    c = groups * draw(st.integers(1, 2))
+    h, w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    params = {"weight": _normal(rng, c, attrs["out"] // groups, kh, kw)}
+    if attrs["bias"]:
+        params["bias"] = _normal(rng, attrs["out"])
+    return Case(attrs, [_normal(rng, draw(st.integers(1, 2)), c, h, w)], params)
+
+
+@st.composite
+def reduction_case(draw):
+    shape = _shape(draw)
+    attrs = dict(operation=draw(st.sampled_from(["SUM", "ASUM", "SUMSQ", "MEAN"])),
+                 axis=draw(st.integers(-len(shape), len(shape) - 1)),
+                 coeff=draw(st.sampled_from([1.0, -0.5, 2.0])))
+    return Case(attrs, [_away_from(_normal(_rng(draw), *shape))])
+
+
+@st.composite
+def argmax_case(draw):
+    shape = _shape(draw, 2, 4)
+    axis = draw(st.one_of(st.none(), st.integers(-len(shape), len(shape) - 1)))
+    dim = int(np.prod(shape[1:])) if axis is None else shape[axis]
+    attrs = dict(axis=axis, top_k=draw(st.integers(1, dim)),
+                 out_max_val=draw(st.booleans()))
+    return Case(attrs, [_distinct(_rng(draw), shape)])
+
+
+@st.composite
+def silence_case(draw):
+    rng = _rng(draw)
+    return Case({}, [_normal(rng, *_shape(draw)) for _ in range(draw(st.integers(1, 2)))])
+
+
+def _axis_of(draw, shape) -> tuple[int, int]:
+    """(axis as written, possibly negative; axis)."""
+    axis = draw(st.integers(0, len(shape) - 1))
+    return (axis - len(shape) if draw(st.booleans()) else axis), axis
+
+
+@st.composite
+def bias_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw)
+    written, axis = _axis_of(draw, shape)
+    count = draw(st.integers(0, len(shape) - axis))
+    num_axes = -1 if count == len(shape) - axis and draw(st.booleans()) else count
+    return Case(dict(axis=written, num_axes=num_axes), [_normal(rng, *shape)],
+                {"bias": _normal(rng, *(shape[axis:axis + count] or (1,)))})
+
+
+@st.composite
+def bias_add_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw)
+    written, axis = _axis_of(draw, shape)
+    count = draw(st.integers(0, len(shape) - axis))
+    b = np.asarray(_normal(rng, *shape[axis:axis + count]))
+    return Case(dict(axis=written), [_normal(rng, *shape), b])
+
+
+@st.composite
+def tile_case(draw):
+    shape = _shape(draw)
+    written, _ = _axis_of(draw, shape)
+    return Case(dict(axis=written, tiles=draw(st.integers(1, 3))),
+                [_normal(_rng(draw), *shape)])
+
+
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
     "clip": clip_case(), "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
@@ -370,7 +473,10 @@ CASES = {
     "accuracy": accuracy_case(),
     "elu": elu_case(), "power": power_case(), "absval": kinked_case(), "bnll": bnll_case(),
     "exp": exp_case(), "log": log_case(), "prelu": prelu_case(),
-    "threshold": threshold_case(),
+    "threshold": threshold_case(), "reduction": reduction_case(), "argmax": argmax_case(),
+    "silence": silence_case(), "bias": bias_case(), "bias_add": bias_add_case(),
+    "tile": tile_case(),
+    "crop": crop_case(), "permute": permute_case(), "deconv2d": deconv2d_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 
@@ -519,6 +625,30 @@ def test_accuracy_counts_ties_against_the_true_class():
     label = np.array([1, 0], dtype=np.int32)
     assert run_forward(op, dict(top_k=1), [logits, label], {})[0] == 0.5
     assert run_forward(op, dict(top_k=2), [logits, label], {})[0] == 1.0
+
+
+def test_argmax_gives_a_tie_to_the_larger_index_and_lays_out_like_caffe():
+    op = registry.OPS["argmax"]
+    x = np.array([[3.0, 5.0, 5.0, 1.0], [2.0, 2.0, 0.0, 7.0]])
+    out, _ = run_forward(op, dict(top_k=3, out_max_val=True), [x], {})
+    # no axis: (N, 2, top_k), the indices then the values
+    assert out.shape == (2, 2, 3)
+    assert out[0].tolist() == [[2, 1, 0], [5, 5, 3]]
+    assert out[1].tolist() == [[3, 1, 0], [7, 2, 2]]
+    out, _ = run_forward(op, dict(axis=0), [x], {})
+    assert out.tolist() == [[0, 0, 0, 1]]
+    out, _ = run_forward(op, dict(axis=1, out_max_val=True), [x], {})
+    assert out.tolist() == [[5], [7]]
+
+
+def test_reduction_mean_divides_the_coefficient_by_the_reduced_count():
+    op = registry.OPS["reduction"]
+    x = np.arange(24.0).reshape(2, 3, 4)
+    out, _ = run_forward(op, dict(operation="MEAN", axis=1, coeff=2.0), [x], {})
+    assert np.allclose(out, 2.0 * x.reshape(2, 12).mean(axis=1))
+    out, _ = run_forward(op, dict(operation="SUMSQ", axis=-1), [x], {})
+    assert out.shape == (2, 3) and np.allclose(out, (x * x).sum(axis=2))
+    assert run_forward(op, {}, [x], {})[0].shape == ()
 
 
 def test_dropout_keeps_the_expected_fraction_and_scales_it():
@@ -681,7 +811,8 @@ def _oracle(name: str):
 
 # ops checked through the training oracle's translation, on their reference-test strategy
 TORCH.update({name: (CASES[name], _oracle(name)) for name in (
-    "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold")})
+    "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold", "reduction",
+    "argmax", "silence", "bias", "bias_add", "tile")})
 
 
 @pytest.mark.parametrize("key", sorted(TORCH))
@@ -697,3 +828,18 @@ def test_forward_matches_torch(torch, key, data):
         expected = run_torch(torch, case).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-10)
 
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_deconv2d_forward_matches_torch_conv_transpose(data):
+    torch = pytest.importorskip("torch")
+    case = draw_case(data, "deconv2d")
+    a = case.attrs
+    out, _ = run_forward(registry.OPS["deconv2d"], a, case.inputs, case.params)
+    bias = case.params.get("bias")
+    want = torch.nn.functional.conv_transpose2d(
+        torch.from_numpy(case.inputs[0]), torch.from_numpy(case.params["weight"]),
+        None if bias is None else torch.from_numpy(bias), stride=a["stride"],
+        padding=a["pad"], groups=a["groups"], dilation=a["dilation"]).numpy()
+    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)

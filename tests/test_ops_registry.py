@@ -15,7 +15,8 @@ from bwplan.ops.opdef import ATTR_KINDS, REQUIRED, OpCtx
 from bwplan.ops.reference import full_attrs
 
 # values for required attributes, so that every op can be instantiated
-REQUIRED_SAMPLES = {"out": 4, "kernel": 3, "shape": (0, -1), "begin": 0, "end": 1}
+REQUIRED_SAMPLES = {"out": 4, "kernel": 3, "shape": (0, -1), "begin": 0, "end": 1,
+                    "tiles": 2}
 
 
 def attr_variants(op):
@@ -152,6 +153,16 @@ SHAPES = [
     ("prelu", {}, [f32(2, 3, 4, 4)], (2, 3, 4, 4)),
     ("prelu", dict(channel_shared=True), [f32(2, 3)], (2, 3)),
     ("threshold", dict(threshold=0.5), [f32(2, 3)], (2, 3)),
+    ("reduction", {}, [f32(2, 3, 4)], ()),
+    ("reduction", dict(axis=-1, operation="MEAN"), [f32(2, 3, 4)], (2, 3)),
+    ("argmax", {}, [f32(2, 10)], (2, 1, 1)),
+    ("argmax", dict(top_k=3, out_max_val=True), [f32(2, 3, 4, 5)], (2, 2, 3, 1)),
+    ("argmax", dict(axis=1, top_k=2), [f32(2, 3, 4)], (2, 2, 4)),
+    ("silence", {}, [f32(2, 3), f32(4)], (0,)),
+    ("bias", {}, [f32(2, 3, 4)], (2, 3, 4)),
+    ("bias_add", dict(axis=-2), [f32(2, 3, 4), f32(3, 4)], (2, 3, 4)),
+    ("bias_add", {}, [f32(2, 3, 4), f32()], (2, 3, 4)),
+    ("tile", dict(axis=1, tiles=3), [f32(2, 3, 4)], (2, 9, 4)),
 ]
 
 
@@ -201,6 +212,12 @@ ERRORS = [
     ("exp", dict(base=0.0), [f32(2)], "base=0.0 must be positive"),
     ("log", dict(base=1.0), [f32(2)], "base=1.0 must be positive and not 1"),
     ("prelu", {}, [f32(5)], "channels in dimension 1"),
+    ("reduction", dict(axis=3), [f32(2, 3, 4)], "axis=3 is out of range"),
+    ("argmax", dict(top_k=4), [f32(2, 3)], "top_k=4 must be between 1 and the 3"),
+    ("argmax", dict(axis=2, top_k=5), [f32(2, 3, 4)], "top_k=5"),
+    ("bias", dict(axis=1, num_axes=3), [f32(2, 3, 4)], "num_axes=3 does not fit"),
+    ("bias_add", {}, [f32(2, 3, 4), f32(4)], "expected the shape (3,)"),
+    ("tile", dict(tiles=0), [f32(2, 3)], "tiles=0 must be at least 1"),
 ]
 
 
@@ -286,6 +303,8 @@ def test_needs_match_the_documented_contract():
         ("elu", "x"): {"out"}, ("power", "x"): set(), ("absval", "x"): {"x"},
         ("bnll", "x"): {"out"}, ("exp", "x"): {"out"}, ("log", "x"): {"x"},
         ("prelu", "x"): {"x", "weight"}, ("prelu", "weight"): {"x"},
+        ("reduction", "x"): set(), ("bias", "x"): set(), ("bias", "bias"): set(),
+        ("bias_add", "x"): set(), ("bias_add", "b"): set(), ("tile", "x"): set(),
     }
     for (name, wrt), needs in expected.items():
         op = registry.OPS[name]
@@ -299,10 +318,24 @@ def test_needs_match_the_documented_contract():
     ("power", dict(power=2.0), {"x"}),
     ("elu", dict(alpha=0.0), {"out"}),
     ("elu", dict(alpha=-0.5), {"x", "out"}),             # out > 0 no longer means x > 0
+    ("reduction", dict(operation="MEAN"), set()),
+    ("reduction", dict(operation="ASUM"), {"x"}),
+    ("reduction", dict(operation="SUMSQ"), {"x"}),
 ])
 def test_activation_needs_depend_on_attributes(name, attrs, needs):
     op = registry.OPS[name]
     assert op.grad_for("x").needs_for(full_attrs(op, attrs)) == needs
+
+
+@pytest.mark.parametrize("attrs,shape", [
+    (dict(axis=1, num_axes=1), (3,)), (dict(axis=-2, num_axes=-1), (4, 5)),
+    (dict(axis=0, num_axes=2), (2, 3)), (dict(num_axes=0), (1,)),
+])
+def test_learned_bias_covers_caffes_span(attrs, shape):
+    op = registry.OPS["bias"]
+    full = full_attrs(op, attrs)
+    x = f32(2, 3, 4, 5)
+    assert op.slot("bias").shape(OpCtx(full, (x,), x)) == shape
 
 
 def test_threshold_is_a_stop_point_of_the_plan():

@@ -87,9 +87,12 @@ l0   = softmax_cross_entropy(aux, y) weight=0
 acc  = accuracy(side, y)
 """
 
-# Caffe's further neuron layers, and ONNX's Clip (ReLU6). log and power get positive
+# Caffe's further neuron, reduction and broadcast layers, and ONNX's Clip (ReLU6). log and power get positive
 # arguments (|x| + 1, exp of something); the threshold's step cuts the gradient into c1
-# along that path, while e, ps and the rest carry it.
+# along that path, while e, ps and the rest carry it; mn, a per-sample mean, is added as
+# a bias along the batch axis; argmax and silence are outside the training step (silence
+# reads only am: the plan's static peak estimate counts a tensor live until its last
+# reader, run or not, which a skipped reader of th would push past the 10% margin).
 NEURONS = """\
 input x : f32[4, 3, 5, 5]
 input y : i64[4]
@@ -107,8 +110,16 @@ th   = threshold(c1, threshold=0.1)
 cl   = clip(e, min=-0.2, max=0.6)
 m    = mul(pw, th)
 s    = add(m, lg, cl)
-fc   = linear(s, out=3)
+bi   = bias(s, axis=2, num_axes=-1)
+tl   = tile(bi, axis=1, tiles=2)
+mn   = reduction(lg, axis=1, operation=MEAN)
+ba   = bias_add(tl, mn, axis=0)
+fc   = linear(ba, out=3)
 loss = softmax_cross_entropy(fc, y)
+red  = reduction(s, operation=SUMSQ, axis=1, coeff=0.1)
+rl   = reduction(red, operation=MEAN) weight=0.5
+am   = argmax(fc, top_k=2, out_max_val=true)
+sil  = silence(am)
 """
 
 NETS: dict[str, str] = {p.stem: p.read_text() for p in sorted(EXAMPLES.glob("*.bw"))}

@@ -323,6 +323,47 @@ def threshold(a, xs, p, training):
     return (xs[0] > a["threshold"]).to(xs[0].dtype)   # a step: no gradient flows
 
 
+def reduction(a, xs, p, training):
+    """Caffe Reduction: over every dimension from `axis` on; MEAN divides by their count."""
+    x = xs[0]
+    dims = tuple(range(a["axis"] % x.dim(), x.dim()))
+    value = {"SUM": lambda: x, "MEAN": lambda: x, "ASUM": lambda: x.abs(),
+             "SUMSQ": lambda: x * x}[a["operation"]]().sum(dim=dims)
+    count = math.prod(x.shape[d] for d in dims)
+    return value * (a["coeff"] / count if a["operation"] == "MEAN" else a["coeff"])
+
+
+def argmax(a, xs, p, training):
+    """Caffe ArgMax. A tie goes to the larger index: a stable descending sort of the row
+    reversed meets the larger index first."""
+    x = xs[0].detach()
+    axis = 1 if a["axis"] is None else a["axis"] % x.dim()
+    rows = x.reshape(x.shape[0], -1) if a["axis"] is None else x
+    flipped = rows.flip(axis)
+    values, order = torch.sort(flipped, dim=axis, descending=True, stable=True)
+    k = a["top_k"]
+    index = (rows.shape[axis] - 1 - order).narrow(axis, 0, k).to(x.dtype)
+    values = values.narrow(axis, 0, k)
+    if a["axis"] is not None:
+        return values if a["out_max_val"] else index
+    out = torch.stack([index, values], 1) if a["out_max_val"] else index.unsqueeze(1)
+    return out.reshape((x.shape[0], out.shape[1], k) + (1,) * max(0, x.dim() - 3))
+
+
+def _broadcast_bias(x: torch.Tensor, b: torch.Tensor, axis: int) -> torch.Tensor:
+    """Caffe Bias: b covers x's dimensions from axis on, as many as b has; a scalar b
+    covers everything."""
+    axis %= x.dim()
+    return x + b.reshape((1,) * axis + tuple(b.shape) + (1,) * (x.dim() - axis - b.dim()))
+
+
+def tile(a, xs, p, training):
+    x = xs[0]
+    reps = [1] * x.dim()
+    reps[a["axis"] % x.dim()] = a["tiles"]
+    return x.repeat(*reps)
+
+
 # op(attrs, inputs, params by slot, training) -> output; DECIDING_OPS also take `hints`
 OpFn = Callable[..., torch.Tensor]
 
@@ -361,6 +402,12 @@ OPS: dict[str, OpFn] = {
     "log": lambda a, xs, p, t: torch.log(a["shift"] + a["scale"] * xs[0]) / math.log(_base(a)),
     "prelu": prelu,
     "threshold": threshold,
+    "reduction": reduction,
+    "argmax": argmax,
+    "silence": lambda a, xs, p, t: xs[0].new_empty((0,)),
+    "bias": lambda a, xs, p, t: _broadcast_bias(xs[0], p["bias"], a["axis"]),
+    "bias_add": lambda a, xs, p, t: _broadcast_bias(xs[0], xs[1], a["axis"]),
+    "tile": tile,
 }
 
 

@@ -73,6 +73,7 @@ class CaffeType:
 _ONE = (1, -1, -1)
 _NONE = (0, -1, -1)
 _DATA = Import("inputs")
+_STOP = Import("inputs")    # a non-differentiable layer whose tops' shapes are known
 _LOSS = dict(nature="loss", bottoms=(2, -1, -1), tops=(1, -1, -1), no_force=frozenset({1}),
              shape=s.scalar)
 
@@ -104,7 +105,8 @@ _ROWS = (
               tops=(-1, 1, -1), equal_bottoms_tops=True, shape=s.conv,
               imports=Import("layer", "conv2d", m.conv, ("weight", "bias"))),
     CaffeType("Deconvolution", param_blobs=_bias("convolution_param"), bottoms=(-1, 1, -1),
-              tops=(-1, 1, -1), equal_bottoms_tops=True, shape=s.deconv),
+              tops=(-1, 1, -1), equal_bottoms_tops=True, shape=s.deconv,
+              imports=Import("layer", "deconv2d", m.deconv, ("weight", "bias"))),
     CaffeType("InnerProduct", param_blobs=_bias("inner_product_param"), bottoms=_ONE,
               tops=_ONE, shape=s.inner_product,
               imports=Import("layer", "linear", m.inner_product, ("weight", "bias"))),
@@ -116,7 +118,9 @@ _ROWS = (
     # the SegNet / ENet fork's BN: a learned scale and shift (blobs 0, 1); tops 1 and 2,
     # when written, are the batch mean and variance
     CaffeType("BN", param_blobs=lambda layer: max(2, len(layer.params)), bottoms=_ONE,
-              tops=(-1, 1, 3), shape=s.fork_bn),
+              tops=(-1, 1, 3), shape=s.fork_bn,
+              imports=Import("layer", "scale", m.fork_bn, ("weight", "bias", None, None),
+                             before=m.fork_bn_norm)),
     CaffeType("Normalize", param_blobs=_n(1), bottoms=_ONE, tops=_ONE,       # SSD
               shape=s.normalize),
     CaffeType("BatchNorm", param_blobs=_n(3), bottoms=_ONE, tops=_ONE, shape=s.batch_norm,
@@ -125,7 +129,8 @@ _ROWS = (
     CaffeType("Scale", param_blobs=_scale_blobs, bottoms=(-1, 1, 2), tops=_ONE,
               shape=s.scale, imports=Import("layer", "scale", m.scale, ("weight", "bias"))),
     CaffeType("Bias", param_blobs=lambda layer: int(len(layer.bottoms) == 1),
-              bottoms=(-1, 1, 2), tops=_ONE),
+              bottoms=(-1, 1, 2), tops=_ONE, shape=s.bias,
+              imports=Import("layer", m.bias_op, m.bias, ("bias",))),
     CaffeType("Parameter", param_blobs=_n(1), bottoms=_NONE, tops=_ONE),
     CaffeType("LSTM", param_blobs=_n(3), bottoms=(-1, 2, 3), tops=_ONE),
     CaffeType("RNN", param_blobs=_n(5), bottoms=(-1, 2, 3), tops=_ONE),
@@ -151,14 +156,20 @@ _ROWS = (
     CaffeType("Split", "structure", bottoms=_ONE, tops=(-1, 1, -1), shape=s.same,
               imports=Import("alias")),
     CaffeType("Silence", "structure", bottoms=(-1, 1, -1), tops=(0, -1, -1),
-              imports=Import("sink")),
-    CaffeType("Crop", bottoms=(2, -1, -1), tops=_ONE, shape=s.crop),
+              imports=Import("layer", "silence")),
+    CaffeType("Crop", bottoms=(2, -1, -1), tops=_ONE, shape=s.crop,
+              imports=Import("layer", "crop", m.crop)),
     CaffeType("Upsample", bottoms=(2, -1, -1), tops=_ONE, shape=s.upsample),   # SegNet
     CaffeType("Interp", bottoms=(-1, 1, 2), tops=_ONE, shape=s.interp),        # PSPNet
-    CaffeType("Permute", bottoms=_ONE, tops=_ONE, shape=s.permute),            # SSD
+    CaffeType("Permute", bottoms=_ONE, tops=_ONE, shape=s.permute,             # SSD
+              imports=Import("layer", "permute", m.permute)),
     CaffeType("ROIPooling", bottoms=(2, -1, -1), tops=_ONE, shape=s.roi_pooling),
-    CaffeType("Tile", bottoms=_ONE, tops=_ONE, shape=s.tile),
-    CaffeType("Reduction", bottoms=_ONE, tops=_ONE, shape=s.reduction),
+    CaffeType("Tile", bottoms=_ONE, tops=_ONE, shape=s.tile,
+              imports=Import("layer", "tile", m.tile)),
+    CaffeType("Reduction", bottoms=_ONE, tops=_ONE, shape=s.reduction,
+              imports=Import("layer", "reduction", m.settings(
+                  "reduction_param", ("operation", "operation", "SUM"), ("axis", "axis", 0),
+                  ("coeff", "coeff", 1.0)))),
     _unary("ELU", "elu", m.settings("elu_param", ("alpha", "alpha", 1.0))),
     _unary("Power", "power", m.settings("power_param", ("power", "power", 1.0),
                                         ("scale", "scale", 1.0), ("shift", "shift", 0.0))),
@@ -176,12 +187,16 @@ _ROWS = (
     # a Python layer's tops are inputs of the shapes the user gives; nothing flows back
     CaffeType("Python", "stop", param_blobs=lambda layer: len(layer.params),
               imports=Import("inputs", unknown_shape=m.python_layer)),
-    CaffeType("ArgMax", "stop", bottoms=_ONE, tops=_ONE, shape=s.argmax),
+    # stop points: their tops are inputs of the shapes Caffe gives them, nothing flows back
+    CaffeType("ArgMax", "stop", bottoms=_ONE, tops=_ONE, shape=s.argmax,
+              imports=Import("layer", "argmax", m.argmax)),
     CaffeType("Threshold", "stop", bottoms=_ONE, tops=_ONE, shape=s.same,
               imports=Import("layer", "threshold", m.settings(
                   "threshold_param", ("threshold", "threshold", 0.0)))),
-    CaffeType("PriorBox", "stop", bottoms=(2, -1, -1), tops=_ONE, shape=s.prior_box),
-    CaffeType("DetectionOutput", "stop", bottoms=(-1, 3, 4), tops=_ONE),
+    CaffeType("PriorBox", "stop", bottoms=(2, -1, -1), tops=_ONE, shape=s.prior_box,
+              imports=_STOP),
+    CaffeType("DetectionOutput", "stop", bottoms=(-1, 3, 4), tops=_ONE,
+              shape=s.detection_output, imports=_STOP),
     # ---- losses ----------------------------------------------------------------------
     CaffeType("SoftmaxWithLoss", **{**_LOSS, "tops": (-1, 1, 2)}, labels=frozenset({1}),
               imports=Import("layer", "softmax_cross_entropy", m.softmax_loss)),

@@ -12,6 +12,8 @@ Each warning is (code, span, text, fix). They come from Caffe's state alone:
                              `param { lr_mult: 0 }` (it masks them only in the layer's copy)
   caffe-python-layer-stop    a Python layer with bottoms, imported as a stop point: its tops
                              are inputs of the shapes the user gave
+  caffe-stop-point           a non-differentiable layer (PriorBox, DetectionOutput)
+                             imported as a stop point: its tops are inputs of Caffe's shapes
 
 In each case bwplan's own plan computes less than Caffe, never more.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from bwplan.caffe.catalogue import caffe_type
 from bwplan.caffe.prepare import built_layers
 from bwplan.caffe.state import CaffeState, LayerState
 from bwplan.caffe.model import CaffeLayer, CaffeNet
@@ -94,6 +97,21 @@ def _unused_params(layer: CaffeLayer, ls: LayerState) -> list[ImportWarning]:
         ls.name)]
 
 
+def _stop_point(layer: CaffeLayer, ls: LayerState) -> list[ImportWarning]:
+    """A non-differentiable layer imported as inputs: say so, once per layer."""
+    ctype = caffe_type(layer.type)
+    imported_as = getattr(ctype.imports, "kind", "")
+    if layer.type == "Python" or ctype.nature != "stop" or imported_as != "inputs":
+        return []
+    tops = ", ".join(repr(t) for t in layer.tops)
+    return [ImportWarning(
+        "caffe-stop-point", layer.record.where("type"),
+        f"{layer.type} layer '{ls.name}' is not differentiable: it is planned as a stop "
+        f"point, {tops} an input of the shape Caffe gives it, and no gradient flows into "
+        f"{', '.join(repr(b) for b in layer.bottoms)} through it",
+        "nothing to do: Caffe propagates nothing through it either", ls.name)]
+
+
 def _python_stop(layer: CaffeLayer, ls: LayerState) -> list[ImportWarning]:
     if layer.type != "Python" or not layer.bottoms:
         return []
@@ -113,6 +131,7 @@ def differences(net: CaffeNet, state: CaffeState) -> tuple[ImportWarning, ...]:
         if original is None:
             continue
         out += _propagate_down(original, ls, state) + _python_stop(original, ls)
+        out += _stop_point(original, ls)
         if not state.force_backward:
             out += _unused_params(original, ls)
     return tuple(out)

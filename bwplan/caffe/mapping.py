@@ -6,7 +6,6 @@ An import's `kind` is one of
   inputs  an input per top (data layers: the data comes from outside the net)
   alias   no IR layer: each top is another name for the bottom (Split)
   per_top one IR layer per top, named after the top blob (Slice)
-  sink    no IR layer: the layer only consumes its bottoms (Silence)
 `slots` names the bwplan param slot of each Caffe param blob, in Caffe's blob order; None
 marks a Caffe blob that has no bwplan slot. `stats` says the blobs are statistics that
 never train, so their lr_mult / decay_mult are not carried over.
@@ -52,6 +51,9 @@ class Import:
     stats: bool = False
     # inputs only: the error when a top's shape is not known (default: ask for it)
     unknown_shape: Callable[[CaffeLayer, tuple[str, ...]], CaffeError] | None = None
+    # layer only: an IR layer computed first, named <layer>_norm, whose output the layer
+    # reads instead of its bottom (the forks' BN: batchnorm, then scale); None for none
+    before: Callable[[CaffeLayer, "MapCtx"], "Import | None"] | None = None
 
     def op_for(self, layer: CaffeLayer) -> str:
         return self.op(layer) if callable(self.op) else self.op
@@ -114,6 +116,11 @@ def conv(layer, ctx):
     return out + _opt(p, "bias_term", "bias", True)
 
 
+def deconv(layer, ctx):
+    """Deconvolution reads convolution_param, as Caffe's DeconvolutionLayer does."""
+    return conv(layer, ctx)
+
+
 def inner_product(layer, ctx):
     p = layer.sub("inner_product_param")
     if p.get("axis") != 1:
@@ -135,6 +142,69 @@ def settings(param: str, *fields: tuple[str, str, Any]) -> AttrFn:
         p = layer.sub(param)
         return [a for field, key, default in fields for a in _opt(p, field, key, default)]
     return attrs
+
+
+def crop(layer, ctx):
+    p = layer.sub("crop_param")
+    out = _opt(p, "axis", "axis", 2)
+    offsets = tuple(p.get("offset"))
+    return out + ([("offset", offsets, p.where("offset", 0))] if offsets else [])
+
+
+def permute(layer, ctx):
+    p = layer.sub("permute_param")
+    order = tuple(p.get("order"))
+    return [("order", order, p.where("order", 0))] if order else []
+
+
+def argmax(layer, ctx):
+    p = layer.sub("argmax_param")
+    out = _opt(p, "out_max_val", "out_max_val", False) + _opt(p, "top_k", "top_k", 1)
+    return out + ([("axis", p.get("axis"), p.where("axis"))] if p.has("axis") else [])
+
+
+def bias_op(layer: CaffeLayer) -> str:
+    """Bias with one bottom learns its bias; with two, the second bottom is the bias."""
+    return "bias" if len(layer.bottoms) == 1 else "bias_add"
+
+
+def bias(layer, ctx):
+    p = layer.sub("bias_param")
+    out = _opt(p, "axis", "axis", 1)
+    if len(layer.bottoms) == 1:
+        return out + _opt(p, "num_axes", "num_axes", 1)
+    if p.has("num_axes"):
+        raise unsupported(layer, p, "num_axes", "num_axes with a second bottom: the bias "
+                          "bottom's own shape gives the axes")
+    return out
+
+
+def tile(layer, ctx):
+    p = layer.sub("tile_param")
+    return _opt(p, "axis", "axis", 1) + [("tiles", _required(layer, p, "tiles"),
+                                          p.where("tiles"))]
+
+
+def fork_bn(layer, ctx):
+    """The forks' BN layer as bwplan's scale: blob 0 the scale, blob 1 the shift."""
+    return [("bias", True, layer.record.where("type"))]
+
+
+def fork_bn_norm(layer, ctx) -> "Import | None":
+    """What the forks' BN normalises with before it scales: the batch's statistics (SegNet's
+    bn_mode LEARN), its stored ones (PSPNet's `frozen: true`, blobs 2 and 3), or nothing
+    (SegNet's bn_mode INFERENCE, where BN is a per-channel scale and shift)."""
+    p = layer.sub("bn_param")       # an open message: the fork's schema is not known
+    if _word(p, "bn_mode", "LEARN") == "INFERENCE":
+        return None
+    eps = _word(p, "var_eps", 1e-9)    # the forks' fixed variance epsilon
+    attrs = [("eps", float(eps), p.where("var_eps"))]
+    if _word(p, "frozen", False) in (True, 1, "true", "True"):
+        attrs.append(("global_stats", True, p.where("frozen")))
+    if p.has("momentum"):
+        attrs.append(("momentum", float(_word(p, "momentum", 0.999)), p.where("momentum")))
+    return Import("layer", "batchnorm", lambda layer, ctx: attrs, (None, None, "mean", "var"),
+                  stats=True)
 
 
 def pool_op(layer: CaffeLayer) -> str:
@@ -268,6 +338,12 @@ def reshape(layer, ctx):
 def _first(value: Any) -> Any:
     """An open message's field holds a tuple of the values written."""
     return value[0] if isinstance(value, tuple) and value else value
+
+
+def _word(p: Record, field: str, default: Any) -> Any:
+    """The first value of an open message's field, an identifier as its text."""
+    value = _first(p.get(field, (default,)))
+    return getattr(value, "name", value)
 
 
 def python_layer(layer: CaffeLayer, missing: tuple[str, ...]) -> CaffeError:

@@ -102,6 +102,12 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
         "log_param": _f("message", msg="LogParameter"),
         "prelu_param": _f("message", msg="PReLUParameter"),
         "threshold_param": _f("message", msg="ThresholdParameter"),
+        "crop_param": _f("message", msg="CropParameter"),
+        "permute_param": _f("message", msg="PermuteParameter"),     # SSD
+        "reduction_param": _f("message", msg="ReductionParameter"),
+        "argmax_param": _f("message", msg="ArgMaxParameter"),
+        "bias_param": _f("message", msg="BiasParameter"),
+        "tile_param": _f("message", msg="TileParameter"),
     },
     "TransformationParameter": {
         "scale": _f("float", 1.0), "mirror": _f("bool", False), "crop_size": _f("uint", 0),
@@ -203,6 +209,15 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
                      "shift": _f("float", 0.0)},
     "PReLUParameter": {"filler": _OPEN, "channel_shared": _f("bool", False)},
     "ThresholdParameter": {"threshold": _f("float", 0.0)},
+    "CropParameter": {"axis": _f("int", 2), "offset": _rep("uint")},
+    "PermuteParameter": {"order": _rep("uint")},
+    "ReductionParameter": {
+        "operation": _f("enum", "SUM", choices=("", "SUM", "ASUM", "SUMSQ", "MEAN")),
+        "axis": _f("int", 0), "coeff": _f("float", 1.0)},
+    "ArgMaxParameter": {"out_max_val": _f("bool", False), "top_k": _f("uint", 1),
+                        "axis": _f("int")},
+    "BiasParameter": {"axis": _f("int", 1), "num_axes": _f("int", 1), "filler": _OPEN},
+    "TileParameter": {"axis": _f("int", 1), "tiles": _f("int")},
     "SoftmaxParameter": {"engine": _f("enum", "DEFAULT", choices=_ENGINE),
                          "axis": _f("int", 1)},
 }

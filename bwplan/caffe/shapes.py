@@ -1,6 +1,6 @@
 """Blob and param-blob shapes as Caffe computes them in each layer's Reshape, one rule per
-layer type. The catalogue (`catalogue.py`) names the rule of each type. Used to check shared params (Caffe compares their shapes) and to give data
-blobs their types.
+layer type; the catalogue (`catalogue.py`) names the rule of each type. Used to check
+shared params (Caffe compares their shapes) and to give data blobs their types.
 
 A shape is a tuple of ints, or None when it cannot be known (a data layer whose source
 files decide it, a layer type with no rule here, or inputs that do not fit). These rules
@@ -281,7 +281,7 @@ def crop(layer, bottoms):
     """Caffe's CropLayer: axes from `axis` on take the second bottom's size."""
     p = layer.sub("crop_param")
     x, like = bottoms[0], bottoms[1]
-    axis = _axis(_open_get(p, "axis", 2), len(x))
+    axis = _axis(p.get("axis", 2), len(x))
     return [tuple(x[:axis]) + tuple(like[axis:])], []
 
 
@@ -348,6 +348,13 @@ def prior_box(layer, bottoms):
     return [(1, 2, h * w * priors * 4)], []
 
 
+def detection_output(layer, bottoms):
+    """SSD's DetectionOutputLayer: at most keep_top_k detections of 7 numbers each (Caffe
+    reshapes the top to the count found; the plan takes the most it can hold)."""
+    keep = _open_get(layer.sub("detection_output_param"), "keep_top_k", -1)
+    return [(1, 1, keep, 7) if keep and keep > 0 else None], []
+
+
 def roi_pooling(layer, bottoms):
     p = layer.sub("roi_pooling_param")
     rois, c = bottoms[1][0], bottoms[0][1]
@@ -372,13 +379,26 @@ def argmax(layer, bottoms):
     if p.has("axis"):
         axis = _axis(_open_get(p, "axis"), len(x))
         return [x[:axis] + (k,) + x[axis + 1:]], []
-    return [(x[0], 2 if _open_get(p, "out_max_val", False) else 1, k)], []
+    # Caffe's ArgMaxLayer::Reshape: as many axes as the bottom, all 1 but these
+    shape = [1] * max(3, len(x))
+    shape[0], shape[1], shape[2] = x[0], 2 if _open_get(p, "out_max_val", False) else 1, k
+    return [tuple(shape)], []
 
 
 def reduction(layer, bottoms):
     p = layer.sub("reduction_param")
     x = bottoms[0]
     return [x[:_axis(_open_get(p, "axis", 0), len(x) + 1)]], []
+
+
+def bias(layer, bottoms):
+    p = layer.sub("bias_param")
+    x = bottoms[0]
+    if len(bottoms) > 1:
+        return [x], []
+    axis = _axis(p.get("axis", 1), len(x))
+    n = p.get("num_axes", 1)
+    return [x], [x[axis:] if n == -1 else x[axis:axis + n]]
 
 
 def tile(layer, bottoms):

@@ -129,7 +129,7 @@ class _Converter:
             row = _row(original)
             self.layer_map.setdefault(original.name, ())
             kinds = {"inputs": self.data, "layer": self.layer, "per_top": self.per_top,
-                     "alias": self.alias, "sink": self.sink}
+                     "alias": self.alias}
             kinds[row.kind](original, built, ls, row)
         inputs = tuple(self.input_decl(i) for i in self.inputs.values())
         module = ast.Module(self.net.path, inputs + tuple(self.params.values())
@@ -141,9 +141,6 @@ class _Converter:
         for top in built.tops:
             self.current[top] = self.current[built.bottoms[0]]
 
-    def sink(self, *_) -> None:
-        """Nothing to build: the layer reads its bottoms and makes nothing."""
-
     def data(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
         for j, top in enumerate(layer.tops):
             name = self.names.take(top)     # check_data made sure the shape is known
@@ -151,22 +148,32 @@ class _Converter:
             self.current[top] = name
 
     def layer(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
+        pre = row.before(layer, self.ctx(ls)) if row.before is not None else None
+        args = self.args(layer, built, (0, len(layer.bottoms)))
+        if pre is not None:
+            first = self.statement(layer, ls, pre, self.names.take(f"{layer.name}_norm"),
+                                   args, [])
+            args = (ast.Arg(first, False, layer.bottom_span(0)),)
+        name = self.statement(layer, ls, row, self.names.take(layer.name, layer=True), args,
+                              self.loss_weight(layer, 0))
+        if layer.tops:  # a loss layer may leave its top unnamed
+            self.current[layer.tops[0]] = name
+
+    def statement(self, layer: CaffeLayer, ls: LayerState, row: Import, name: str,
+                  args: tuple[ast.Arg, ...], modifiers: list[ast.Modifier]) -> str:
+        """One IR layer of `layer` with the Caffe param blobs `row.slots` names."""
         op = row.op_for(layer)
         kwargs = [ast.KwArg(k, v, span) for k, v, span in row.attrs(layer, self.ctx(ls))]
-        modifiers: list[ast.Modifier] = []
+        modifiers = list(modifiers)
         for pid, ps in enumerate(ls.params):
             slot = row.slots[pid] if pid < len(row.slots) else None
             if slot is not None:
                 self.param_use(layer, pid, ps, slot, row.stats, kwargs, modifiers)
-        modifiers += self.loss_weight(layer, 0)
-        name = self.names.take(layer.name, layer=True)
-        call = ast.Call(op, self.args(layer, built, (0, len(layer.bottoms))), tuple(kwargs),
-                        layer.span, layer.record.where("type"))
+        call = ast.Call(op, args, tuple(kwargs), layer.span, layer.record.where("type"))
         self.layers.append(ast.LayerStmt(name, call, tuple(modifiers), layer.span,
                                          layer.record.where("name")))
         self.layer_map[layer.name] += (name,)
-        if layer.tops:  # a loss layer may leave its top unnamed
-            self.current[layer.tops[0]] = name
+        return name
 
     def per_top(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
         shape = ls.bottoms[0].shape if ls.bottoms else None
@@ -268,6 +275,9 @@ class _Converter:
                              f"{len(layer.tops)} tops; bwplan imports this type with one top")
         row.op_for(layer)
         row.attrs(layer, self.ctx(ls))
+        pre = row.before(layer, self.ctx(ls)) if row.before is not None else None
+        if pre is not None:
+            pre.attrs(layer, self.ctx(ls))
 
     def check_data(self, layer: CaffeLayer, ls: LayerState, row: Import) -> None:
         missing = [j for j, t in enumerate(ls.tops) if t.shape is None]

@@ -23,7 +23,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-FAMILIES = ("conv", "linear", "elementwise", "pool", "norm", "shape", "loss", "activation")
+FAMILIES = ("conv", "linear", "elementwise", "pool", "norm", "shape", "loss", "activation",
+            "reduction", "broadcast", "spatial")
 
 
 def get(name: str) -> Callable[..., Any]:

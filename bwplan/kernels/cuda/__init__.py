@@ -27,14 +27,16 @@ from types import MappingProxyType
 from bwplan import ops as registry
 from bwplan.errors import InternalError
 from bwplan.kernels.cuda import conv, elementwise, linear, loss, norm, pool, shape, update
-from bwplan.kernels.cuda import activation
+from bwplan.kernels.cuda import activation, broadcast, reduction
+from bwplan.kernels.cuda import spatial
 from bwplan.kernels.cuda.default import default_launch
 from bwplan.kernels.cuda.limits import Env, Launch, check
 
 # family -> its launch module; the file is cuda/<family>.cu
 FAMILIES = MappingProxyType({"conv": conv, "linear": linear, "elementwise": elementwise,
                              "pool": pool, "norm": norm, "shape": shape, "loss": loss,
-                             "activation": activation})
+                             "activation": activation, "reduction": reduction,
+                             "broadcast": broadcast, "spatial": spatial})
 COMMON = "common.cuh"
 # the runtime's own kernels (optimizer step, seeds, gradient sums), not an op's
 RUNTIME_SOURCE = "update.cu"

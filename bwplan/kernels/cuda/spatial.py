@@ -1,0 +1,107 @@
+"""Launch geometry of cuda/spatial.cu: crop and permute as 4-D gathers (spatial.cu's
+header; tensors of more than four dimensions are refused here, before any launch), and
+deconv2d's direct loops: grid-stride over the elements written, one block per element of
+the weight (dW) and per channel (dB)."""
+from __future__ import annotations
+
+import numpy as np
+
+from bwplan.kernels.cuda.limits import (Launch, Unsupported, check_index, flag, grid_stride,
+                                        i32, i64, per_channel, ptr)
+from bwplan.ops._shapes import pair
+from bwplan.ops.spatial import crop_offsets, permute_order
+
+RANK = 4
+
+
+def _four(values, fill) -> list[int]:
+    """`values` padded in front to four entries."""
+    values = list(values)
+    if len(values) > RANK:
+        raise Unsupported(f"the CUDA crop and permute take at most {RANK} dimensions, not "
+                          f"{len(values)}")
+    return [fill] * (RANK - len(values)) + values
+
+
+def _strides(shape) -> list[int]:
+    return [int(s) for s in np.cumprod([1] + list(shape[::-1]))[:-1][::-1]]
+
+
+def _gather(src, dst, dims, strides, offset, n, accumulate, env) -> Launch:
+    d = _four(dims, 1)
+    s = _four(strides, 0)
+    return grid_stride("gather4", n, env, ptr(src), ptr(dst), i64(d[1]), i64(d[2]), i64(d[3]),
+                       *(i64(v) for v in s), i64(offset), i64(n), flag(accumulate))
+
+
+def crop_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    strides = _strides(ctx.x.shape)
+    offset = sum(o * s for o, s in zip(crop_offsets(ctx), strides))
+    return [_gather(inputs[0], out, ctx.out.shape, strides, offset, ctx.out.numel, False,
+                    env)]
+
+
+def crop_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    x, e = _four(ctx.x.shape, 1), _four(ctx.out.shape, 1)
+    o = _four(crop_offsets(ctx), 0)
+    n = ctx.x.numel
+    return [grid_stride("crop_dx", n, env, ptr(dout), ptr(out), *(i64(v) for v in x[1:]),
+                        *(i64(v) for v in e), *(i64(v) for v in o), i64(n),
+                        flag(accumulate))]
+
+
+def permute_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    strides = _strides(ctx.x.shape)
+    order = permute_order(ctx)
+    return [_gather(inputs[0], out, ctx.out.shape, [strides[a] for a in order], 0,
+                    ctx.out.numel, False, env)]
+
+
+def permute_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    strides = _strides(ctx.out.shape)
+    inverse = np.argsort(permute_order(ctx))
+    return [_gather(dout, out, ctx.x.shape, [strides[a] for a in inverse], 0, ctx.x.numel,
+                    accumulate, env)]
+
+
+def deconv_shape(ctx) -> tuple[int, ...]:
+    """DeconvShape (spatial.cu): n, c, h, w, o, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw,
+    groups."""
+    n, c, h, w = ctx.x.shape
+    _, o, ho, wo = ctx.out.shape
+    a = ctx.attrs
+    check_index(n * c * h * w, n * o * ho * wo)
+    return (n, c, h, w, o, ho, wo, *pair(a["kernel"]), *pair(a["stride"]), *pair(a["pad"]),
+            *pair(a["dilation"]), a["groups"])
+
+
+def deconv2d_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    return [grid_stride("deconv2d_fwd", ctx.out.numel, env, ptr(inputs[0]),
+                        ptr(params["weight"]), ptr(params.get("bias")), ptr(out),
+                        *map(i32, deconv_shape(ctx)))]
+
+
+def deconv2d_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    return [grid_stride("deconv2d_dx", ctx.x.numel, env, ptr(saved["weight"]), ptr(dout),
+                        ptr(out), *map(i32, deconv_shape(ctx)), flag(accumulate))]
+
+
+def deconv2d_dw(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
+    c, og = ctx.x.shape[1], ctx.attrs["out"] // ctx.attrs["groups"]
+    kh, kw = pair(ctx.attrs["kernel"])
+    return [per_channel("deconv2d_dw", c * og * kh * kw, ptr(saved["x"]), ptr(dout),
+                        ptr(out), *map(i32, deconv_shape(ctx)), flag(accumulate))]
+
+
+def deconv2d_db(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
+    n, o, ho, wo = ctx.out.shape
+    return [per_channel("deconv2d_db", o, ptr(dout), ptr(out), i32(n), i32(o), i64(ho * wo),
+                        flag(accumulate))]
+
+
+LAUNCH = {
+    ("deconv2d", "fwd"): deconv2d_fwd, ("deconv2d", "dx:x"): deconv2d_dx,
+    ("deconv2d", "dw:weight"): deconv2d_dw, ("deconv2d", "dw:bias"): deconv2d_db,
+    ("crop", "fwd"): crop_fwd, ("crop", "dx:x"): crop_dx,
+    ("permute", "fwd"): permute_fwd, ("permute", "dx:x"): permute_dx,
+}

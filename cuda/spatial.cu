@@ -1,0 +1,144 @@
+// spatial.cu: crop and permute of bwplan/ops/spatial.py. They do no arithmetic.
+//
+// Both see tensors of up to four dimensions as [d0, d1, d2, d3] (leading dimensions of 1
+// added). A forward is one gather: every output element reads the input at
+// offset + sum_k index_k * stride_k, where index is the output element's position and
+// stride_k the input's stride along output dimension k (crop: the input's own strides,
+// offset the crop's corner; permute: the strides of the permuted dimensions). Permute's dX
+// is the same gather with the inverse order. Crop's dX walks the input's elements and
+// writes dY inside the window, 0 outside, so every element is written. Grid-stride loops,
+// 256 threads, one element per thread, consecutive threads on consecutive elements of the
+// buffer written. Launch geometry: bwplan/kernels/cuda/spatial.py.
+
+#include "common.cuh"
+
+// == kernel gather4 ==
+// dst[i] (+)= src[offset + sum_k index_k(i) * s_k] over the [d0, d1, d2, d3] of dst.
+extern "C" __global__ void gather4(const float* src, float* dst, long long d1, long long d2,
+                                   long long d3, long long s0, long long s1, long long s2,
+                                   long long s3, long long offset, long long n,
+                                   int accumulate) {
+    BW_GRID_STRIDE(i, n) {
+        long long r = i;
+        const long long i3 = r % d3; r /= d3;
+        const long long i2 = r % d2; r /= d2;
+        const long long i1 = r % d1;
+        const long long i0 = r / d1;
+        bw_put(dst, i, src[offset + i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3], accumulate);
+    }
+}
+
+// == kernel crop_dx ==
+// dx[i] (+)= dout at i's place inside the window [o_k, o_k + e_k) on every axis, else 0;
+// dx is [x1..x3 after x0], dout is [e0, e1, e2, e3].
+extern "C" __global__ void crop_dx(const float* dout, float* dx, long long x1, long long x2,
+                                   long long x3, long long e0, long long e1, long long e2,
+                                   long long e3, long long o0, long long o1, long long o2,
+                                   long long o3, long long n, int accumulate) {
+    BW_GRID_STRIDE(i, n) {
+        long long r = i;
+        const long long j3 = r % x3 - o3; r /= x3;
+        const long long j2 = r % x2 - o2; r /= x2;
+        const long long j1 = r % x1 - o1;
+        const long long j0 = r / x1 - o0;
+        const bool inside = j0 >= 0 && j0 < e0 && j1 >= 0 && j1 < e1 && j2 >= 0 &&
+                            j2 < e2 && j3 >= 0 && j3 < e3;
+        bw_put(dx, i, inside ? dout[((j0 * e1 + j1) * e2 + j2) * e3 + j3] : 0.0f,
+               accumulate);
+    }
+}
+
+// deconv2d: direct loops, one thread per element written (dW and dB: one block per
+// element, reducing over the batch and the positions). Shapes arrive as DeconvShape:
+// n, c, h, w (the input), o, ho, wo (the output), kh, kw, sh, sw, ph, pw, dh, dw, groups
+// (spelled out in each signature: the launches bind arguments by these names);
+// the weight is [c, o / groups, kh, kw]. Input pixel (y, x) with tap (i, j) lands on
+// output pixel (y * sh - ph + i * dh, x * sw - pw + j * dw), as in Caffe's col2im.
+
+// == kernel deconv2d_fwd ==
+// out[b, oc, oy, ox] = bias[oc] + sum over the input pixels and taps that land there.
+extern "C" __global__ void deconv2d_fwd(const float* x, const float* weight,
+                                        const float* bias, float* out,
+                                        int n, int c, int h, int w, int o,
+                                        int ho, int wo, int kh, int kw, int sh, int sw,
+                                        int ph, int pw, int dh, int dw, int groups) {
+    const int og = o / groups, cg = c / groups;
+    BW_GRID_STRIDE(t, (long long)n * o * ho * wo) {
+        const int ox = t % wo, oy = (t / wo) % ho, oc = (t / ((long long)wo * ho)) % o;
+        const int b = t / ((long long)wo * ho * o), g = oc / og;
+        float acc = bias ? bias[oc] : 0.0f;
+        for (int ci = g * cg; ci < (g + 1) * cg; ++ci)
+            for (int i = 0; i < kh; ++i) {
+                const int ty = oy + ph - i * dh;
+                if (ty < 0 || ty % sh || ty / sh >= h) continue;
+                for (int j = 0; j < kw; ++j) {
+                    const int tx = ox + pw - j * dw;
+                    if (tx < 0 || tx % sw || tx / sw >= w) continue;
+                    acc += x[(((long long)b * c + ci) * h + ty / sh) * w + tx / sw] *
+                           weight[(((long long)ci * og + oc - g * og) * kh + i) * kw + j];
+                }
+            }
+        out[t] = acc;
+    }
+}
+
+// == kernel deconv2d_dx ==
+// dx[b, ci, y, x] (+)= sum over the taps of weight * dout where the pixel lands.
+extern "C" __global__ void deconv2d_dx(const float* weight, const float* dout, float* dx,
+                                       int n, int c, int h, int w, int o,
+                                        int ho, int wo, int kh, int kw, int sh, int sw,
+                                        int ph, int pw, int dh, int dw, int groups,
+                                        int accumulate) {
+    const int og = o / groups, cg = c / groups;
+    BW_GRID_STRIDE(t, (long long)n * c * h * w) {
+        const int xx = t % w, y = (t / w) % h, ci = (t / ((long long)w * h)) % c;
+        const int b = t / ((long long)w * h * c), g = ci / cg;
+        float acc = 0.0f;
+        for (int k = 0; k < og; ++k)
+            for (int i = 0; i < kh; ++i) {
+                const int oy = y * sh - ph + i * dh;
+                if (oy < 0 || oy >= ho) continue;
+                for (int j = 0; j < kw; ++j) {
+                    const int ox = xx * sw - pw + j * dw;
+                    if (ox < 0 || ox >= wo) continue;
+                    acc += weight[(((long long)ci * og + k) * kh + i) * kw + j] *
+                           dout[(((long long)b * o + g * og + k) * ho + oy) * wo + ox];
+                }
+            }
+        bw_put(dx, t, acc, accumulate);
+    }
+}
+
+// == kernel deconv2d_dw ==
+// dweight[ci, k, i, j] (+)= sum over b, y, x of x[b, ci, y, x] * dout at its landing
+// pixel. One block of 256 per weight element, summing in double.
+extern "C" __global__ void deconv2d_dw(const float* x, const float* dout, float* dweight,
+                                       int n, int c, int h, int w, int o,
+                                        int ho, int wo, int kh, int kw, int sh, int sw,
+                                        int ph, int pw, int dh, int dw, int groups,
+                                        int accumulate) {
+    __shared__ double scratch[32];
+    const int og = o / groups, cg = c / groups;
+    const long long e = blockIdx.x;
+    const int j = e % kw, i = (e / kw) % kh, k = (e / ((long long)kw * kh)) % og;
+    const int ci = e / ((long long)kw * kh * og), oc = ci / cg * og + k;
+    double acc = 0.0;
+    for (long long t = threadIdx.x; t < (long long)n * h * w; t += blockDim.x) {
+        const int xx = t % w, y = (t / w) % h, b = t / ((long long)w * h);
+        const int oy = y * sh - ph + i * dh, ox = xx * sw - pw + j * dw;
+        if (oy < 0 || oy >= ho || ox < 0 || ox >= wo) continue;
+        acc += (double)x[(((long long)b * c + ci) * h + y) * w + xx] *
+               dout[(((long long)b * o + oc) * ho + oy) * wo + ox];
+    }
+    const double v = bw_block_sum_d(acc, scratch);
+    if (threadIdx.x == 0) bw_put(dweight, e, (float)v, accumulate);
+}
+
+// == kernel deconv2d_db ==
+// dbias[oc] (+)= sum of dout[:, oc, :, :]. One block per channel.
+extern "C" __global__ void deconv2d_db(const float* dout, float* dbias, int n, int o,
+                                       long long hw, int accumulate) {
+    __shared__ double scratch[32];
+    const double v = bw_channel_dot(dout, nullptr, n, o, hw, scratch);
+    if (threadIdx.x == 0) bw_put(dbias, blockIdx.x, (float)v, accumulate);
+}
