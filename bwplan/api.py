@@ -39,7 +39,13 @@ class BatchError(BwError):
     """A batch that does not match the net's inputs."""
 
 
-def _module(source: str, caffe_options: Mapping | None) -> tuple[ast.Module, str]:
+def _module(source: str, caffe_options: Mapping | None, onnx_options: Mapping | None = None
+            ) -> tuple[ast.Module, str, Mapping[str, np.ndarray]]:
+    """The flat AST of `source`, its path, and the weights the file holds (ONNX only)."""
+    if "\n" not in source and source.endswith(".onnx"):
+        from bwplan.onnx.importer import import_onnx
+        imported = import_onnx(source, **dict(onnx_options or {}))
+        return imported.module, source, imported.weights
     looks_like_path = "\n" not in source and source.endswith((".bw", ".prototxt", ".pbtxt"))
     if looks_like_path or (len(source) < 4096 and "\n" not in source and os.path.exists(source)):
         path, text = source, read_text(source)
@@ -47,8 +53,8 @@ def _module(source: str, caffe_options: Mapping | None) -> tuple[ast.Module, str
         path, text = "<source>", source
     if path.endswith((".prototxt", ".pbtxt")):
         from bwplan.caffe.importer import import_caffe_text
-        return import_caffe_text(text, path, **dict(caffe_options or {})).module, path
-    return expand(parse_bw(text, path)), path
+        return import_caffe_text(text, path, **dict(caffe_options or {})).module, path, {}
+    return expand(parse_bw(text, path)), path, {}
 
 
 def _rules(freeze: Iterable[str], unfreeze: Iterable[str]) -> list[tuple[str, str]]:
@@ -57,18 +63,21 @@ def _rules(freeze: Iterable[str], unfreeze: Iterable[str]) -> list[tuple[str, st
 
 def compile(source: str, target: str = "cpu", freeze: Iterable[str] = (),
             unfreeze: Iterable[str] = (), rules: Iterable[tuple[str, str]] | None = None,
-            prune: bool = True, seed: int = 0, caffe_options: Mapping | None = None
-            ) -> "CompiledNet":
-    """Compile a .bw / .prototxt file (or .bw source text) for `target` ("cpu", or
+            prune: bool = True, seed: int = 0, caffe_options: Mapping | None = None,
+            onnx_options: Mapping | None = None) -> "CompiledNet":
+    """Compile a .bw / .prototxt / .onnx file (or .bw source text) for `target` ("cpu", or
     "reference" for the NumPy references). `freeze`/`unfreeze` are globs on layer names
-    (freezes first), or give `rules` as ordered (action, glob) pairs."""
-    module, _ = _module(source, caffe_options)
+    (freezes first), or give `rules` as ordered (action, glob) pairs. An ONNX model starts
+    from its own weights; `onnx_options` may give `input_shapes` ({input: shape}, for
+    dynamic axes) and `loss` (see docs/onnx.md)."""
+    module, _, weights = _module(source, caffe_options, onnx_options)
     order = list(rules) if rules is not None else _rules(freeze, unfreeze)
-    return CompiledNet(module, target, order, prune, seed)
+    return CompiledNet(module, target, order, prune, seed, weights)
 
 
 class CompiledNet:
-    def __init__(self, module: ast.Module, target: str, rules, prune: bool, seed: int) -> None:
+    def __init__(self, module: ast.Module, target: str, rules, prune: bool, seed: int,
+                 weights: Mapping[str, np.ndarray] | None = None) -> None:
         if target not in BACKENDS and target != "cuda":
             raise BwError(Span.synthetic("target"), f"unknown target '{target}'",
                           "targets: " + ", ".join(sorted(BACKENDS) + ["cuda"]))
@@ -83,6 +92,8 @@ class CompiledNet:
         self.plan: Plan = make_plan(self.net)
         self.program: Program = lower(self.plan, prune)
         self.params: dict[str, np.ndarray] = initial_params(self.net, seed)
+        for name, value in (weights or {}).items():   # an imported model's own weights
+            self.params[name][...] = value
         self._cuda_params = None
         if target == "cuda":
             from bwplan.runtime.cuda import CudaParams, device

@@ -15,7 +15,8 @@ from bwplan.ops.opdef import ATTR_KINDS, REQUIRED, OpCtx
 from bwplan.ops.reference import full_attrs
 
 # values for required attributes, so that every op can be instantiated
-REQUIRED_SAMPLES = {"out": 4, "kernel": 3, "shape": (0, -1), "begin": 0, "end": 1}
+REQUIRED_SAMPLES = {"out": 4, "kernel": 3, "shape": (0, -1), "begin": 0, "end": 1,
+                    "perm": (0, 1, 3, 2)}
 
 
 def attr_variants(op):

@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from bwplan.cli.options import add_network_arguments, caffe_options
+from bwplan.cli.options import add_network_arguments, caffe_options, onnx_options
 from bwplan.errors import BwError
 from bwplan.explain.dot import render_dot
 from bwplan.explain.json_report import render_json
@@ -49,7 +49,10 @@ def run(args) -> int:
 
 
 def _plan(args):
-    """The plan of the file; for a Caffe net, the importer's warnings join the findings."""
+    """The plan of the file; for a Caffe net, the importer's warnings join the findings;
+    for an ONNX model, the importer's notes (the loss it assumed, batch normalisation)."""
+    if args.file.endswith(".onnx"):
+        return _onnx_plan(args)
     if not is_caffe(args.file):
         return make_plan(apply_policy(load(args.file), args.rules))
     from bwplan.caffe.importer import import_caffe_text
@@ -57,6 +60,16 @@ def _plan(args):
     imported = import_caffe_text(read_text(args.file), args.file, **caffe_options(args))
     plan = make_plan(apply_policy(imported.net, args.rules))
     extra = tuple(Finding(w.code, "warning", w.span, w.text, w.fix) for w in imported.warnings)
+    return replace(plan, findings=plan.findings + extra)
+
+
+def _onnx_plan(args):
+    from bwplan.onnx.importer import import_onnx
+    from bwplan.plan.pitfalls import Finding
+    imported = import_onnx(args.file, **onnx_options(args))
+    plan = make_plan(apply_policy(imported.net, args.rules))
+    extra = tuple(Finding(n.code, "note", Span.whole(args.file), n.text, n.fix)
+                  for n in imported.notes)
     return replace(plan, findings=plan.findings + extra)
 
 

@@ -31,7 +31,11 @@ def load_bw_text(text: str, path: str = "<input>") -> Net:
 
 
 def load(path: str, **caffe_options) -> Net:
-    """Load a .bw file, or a Caffe .prototxt (phase and input shapes via caffe_options)."""
+    """Load a .bw file, or a Caffe .prototxt (phase and input shapes via caffe_options), or
+    an ONNX model (its default loss assumed; bwplan.onnx.importer for the options)."""
+    if path.endswith(".onnx"):
+        from bwplan.onnx.importer import import_onnx
+        return import_onnx(path).net
     text = read_text(path)
     if path.endswith((".prototxt", ".pbtxt")):
         from bwplan.caffe.importer import import_caffe_text
