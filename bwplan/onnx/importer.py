@@ -23,6 +23,7 @@ class OnnxImport:
     net: Net
     weights: Mapping[str, np.ndarray]
     notes: tuple[Note, ...]
+    outputs: tuple[str, ...]     # the layers that compute the graph's outputs
 
 
 def import_onnx(path: str, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -33,4 +34,4 @@ def import_onnx(path: str, input_shapes: Mapping[str, tuple[int, ...]] | None = 
     converted = attach_loss(converted, model.shapes.get(out_name), loss, path)
     net = build(converted.module)
     return OnnxImport(converted.module, net, converted.weights,
-                      export_notes(model.proto.graph) + converted.notes)
+                      export_notes(model.proto.graph) + converted.notes, converted.outputs)

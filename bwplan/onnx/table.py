@@ -59,9 +59,10 @@ class NodeView:
 
     def __init__(self, node, attrs: Mapping[str, Any], opset: int,
                  constants: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]],
-                 consumers: Callable[[str], list]) -> None:
+                 consumers: Callable[[str], list], initializers: frozenset[str]) -> None:
         self.node, self.attrs, self.opset = node, attrs, opset
         self.constants, self.shapes, self.consumers = constants, shapes, consumers
+        self.initializers = initializers   # constants stored in the file, not computed
 
     def input(self, i: int) -> str | None:
         return self.node.input[i] if i < len(self.node.input) and self.node.input[i] else None
@@ -198,7 +199,11 @@ def conv(view: NodeView) -> Mapped:
     kernel = list(view.attrs.get("kernel_shape", w.shape[2:]))
     strides, dilations, pad, _ = _window_attrs(view, kernel)
     weights = {"weight": view.weight(1)}
-    if view.input(2):
+    # the dynamo exporter gives a bias-free Conv a bias computed as zeros (Expand of 0):
+    # not a parameter of the model, so it does not become a trained one
+    computed_zero = (view.input(2) and view.input(2) not in view.initializers
+                     and view.is_const(2) and not view.const(2).any())
+    if view.input(2) and not computed_zero:
         weights["bias"] = view.weight(2)
     return one(view, "conv2d", [view.data(0)], dict(
         out=int(w.shape[0]), kernel=tuple(kernel), stride=tuple(strides), pad=pad,

@@ -100,6 +100,9 @@ class _Converter:
         self.model = model
         self.path = model.path
         self.graph = model.proto.graph
+        # one list of the node objects, held for the whole walk: protobuf may hand out a new
+        # wrapper (and id) on every iteration of graph.node
+        self.nodes = list(self.graph.node)
         self.names = _Names()
         self.constants: dict[str, np.ndarray] = {}
         self.current: dict[str, str] = {}       # ONNX tensor -> bwplan tensor
@@ -109,13 +112,13 @@ class _Converter:
         self.problems: list[str] = []
         self.layer_of_node: dict[str, tuple[str, ...]] = {}
         self.users: dict[str, list] = {}
-        for node in self.graph.node:
+        for node in self.nodes:
             for name in node.input:
                 if name:
                     self.users.setdefault(name, []).append(node)
         self.scope_count: dict[str, int] = {}
         self.scope_parents: set[str] = set()
-        for node in self.graph.node:
+        for node in self.nodes:
             s = _scope(node.name)
             if s is not None:
                 self.scope_count[s[0]] = self.scope_count.get(s[0], 0) + 1
@@ -128,13 +131,14 @@ class _Converter:
         from onnx import numpy_helper
         for init in self.graph.initializer:
             self.constants[init.name] = np.array(numpy_helper.to_array(init))
+        self.initializers = frozenset(self.constants)
         inputs = self.input_decls()
         live = self.live_nodes()
         # Fold first, all of it: a row that looks at a later node (MatMul's Add) must see
         # that node's constant inputs even when the file computes them after the row's node.
-        folded = {id(node) for node in self.graph.node if self.fold(node)}
+        folded = {id(node) for node in self.nodes if self.fold(node)}
         absorbed: set[int] = set()
-        for node in self.graph.node:
+        for node in self.nodes:
             if id(node) in absorbed or id(node) in folded or id(node) not in live:
                 continue
             row = ROWS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
@@ -142,7 +146,8 @@ class _Converter:
                 self.problem(node, "bwplan has no mapping for this op type")
                 continue
             view = NodeView(node, attrs_of(node), self.model.opset, self.constants,
-                            self.model.shapes, lambda t: self.users.get(t, []))
+                            self.model.shapes, lambda t: self.users.get(t, []),
+                            self.initializers)
             try:
                 mapped = row(view)
             except Unsupported as why:
@@ -187,7 +192,7 @@ class _Converter:
 
     def live_nodes(self) -> set[int]:
         """The nodes some graph output depends on."""
-        producer = {o: n for n in self.graph.node for o in n.output if o}
+        producer = {o: n for n in self.nodes for o in n.output if o}
         seen: set[int] = set()
         stack = [o.name for o in self.graph.output]
         while stack:
