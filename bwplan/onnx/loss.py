@@ -81,7 +81,8 @@ def attach_loss(conv: Converted, out_shape: tuple[int, ...] | None, loss: str | 
     module = ast.Module(conv.module.path, tuple(inputs + [label] + rest + extra + [layer]))
     text = (f"the ONNX graph has no loss: {'assumed' if assumed else 'attached'} {loss} on "
             f"'{conv.outputs[0] if not via else target}'{via}, with the input '{label.name}'")
-    fix = "choose the loss with --loss " + " | ".join(LOSSES) if assumed else ""
+    fix = ("choose the loss with --loss " + " | ".join(LOSSES) if assumed else
+           "the batch must hold '" + label.name + "'")
     return replace(conv, module=module,
                    notes=conv.notes + (Note("onnx_loss_assumed" if assumed else
                                             "onnx_loss_attached", text, fix),))

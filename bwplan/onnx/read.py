@@ -53,6 +53,8 @@ def _load(onnx, path: str):
         raise OnnxError(Span.whole(path), "no such file")
     if Path(path).is_dir():
         raise OnnxError(Span.whole(path), "is a directory, not an ONNX model")
+    if Path(path).stat().st_size == 0:
+        raise OnnxError(Span.whole(path), "is empty, not an ONNX model")
     try:
         return onnx.load(path)
     except Exception as err:  # protobuf's DecodeError and friends: any is a bad file

@@ -108,6 +108,7 @@ class _Converter:
         self.current: dict[str, str] = {}       # ONNX tensor -> bwplan tensor
         self.layers: list[ast.LayerStmt] = []
         self.params: dict[str, ast.ParamDecl] = {}   # ONNX initializer -> its declaration
+        self.used: dict[str, str] = {}               # ONNX initializer -> bwplan parameter
         self.weights: dict[str, np.ndarray] = {}
         self.problems: list[str] = []
         self.layer_of_node: dict[str, tuple[str, ...]] = {}
@@ -224,7 +225,9 @@ class _Converter:
         w = e.weights.get("weight")
         if w is not None and w.name and valid_name(w.name):
             for suffix in _WEIGHT_SUFFIXES:
-                if w.name.endswith(suffix) and len(w.name) > len(suffix):
+                # a weight shared by a later node names the first one only
+                if (w.name.endswith(suffix) and len(w.name) > len(suffix)
+                        and w.name[:-len(suffix)] not in self.names.taken):
                     return w.name[:-len(suffix)]
         scope = _scope(node.name)
         if scope is not None:
@@ -263,16 +266,24 @@ class _Converter:
 
     def param(self, layer: str, slot: str, w: Weight, span: Span) -> str | None:
         """The declared parameter for this use, or None for the default `<layer>.<slot>`."""
-        if w.name is not None and w.name in self.params:
-            return self.params[w.name].name      # the same initializer again: shared
         value = np.ascontiguousarray(w.value, dtype=np.float32)
+        if w.name is not None and w.name in self.used:
+            # the same initializer again: one shared parameter, now declared, so that the
+            # first use's default binding `<layer>.<slot>` finds the declaration too
+            name = self.used[w.name]
+            if w.name not in self.params:
+                self.declare(name, value, span, w.name)
+            return name
         default = f"{layer}.{slot}"
         if w.name is None or not valid_name(w.name) or w.name == default:
             name = self.names.take(default)
             self.weights[name] = value
+            if w.name is not None:
+                self.used[w.name] = name
             return None if name == default else self.declare(name, value, span, None)
         name = self.names.take(w.name)
         self.weights[name] = value
+        self.used[w.name] = name
         return self.declare(name, value, span, w.name)
 
     def declare(self, name: str, value: np.ndarray, span: Span, onnx_name: str | None) -> str:
