@@ -268,3 +268,11 @@ def test_a_missing_onnx_package_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)   # `import onnx` now raises ImportError
     err = _fails(["explain", path], capsys)
     assert "needs the 'onnx' package" in err and 'pip install "bwplan[onnx]"' in err
+
+
+def test_docs_list_every_op_the_table_maps():
+    from pathlib import Path
+    from bwplan.onnx.table import ROWS
+    doc = (Path(__file__).parents[1] / "docs" / "onnx.md").read_text()
+    missing = [op for op in ROWS if f"`{op}`" not in doc]
+    assert not missing, missing
