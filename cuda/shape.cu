@@ -1,6 +1,6 @@
 // shape.cu: the data-movement ops of bwplan/ops/shape.py: flatten, reshape, concat,
-// slice and transpose. They do no arithmetic; each output is its own buffer (the memory plan counts it),
-// so flatten and reshape copy.
+// slice and transpose. They do no arithmetic; each output is its own buffer (the memory
+// plan counts it), so flatten and reshape copy.
 //
 // concat and slice along an axis see every tensor as [outer, inner] with outer the
 // product of the dimensions before the axis and inner the rest: an input of concat is

@@ -10,7 +10,8 @@ For each model:
 * a training-mode export (batch normalisation kept, dropout p = 0) gives, for one step with
   a frozen part, the same gradients as PyTorch's autograd on the same module, loss and
   freezing (float64 in torch; relative error 1e-4, see _compare_gradients for gradients
-  that are 0 in exact arithmetic), and the same set of parameters with a gradient; a frozen BN runs on its stored statistics, as `module.eval()` in PyTorch.
+  that are 0 in exact arithmetic), and the same set of parameters with a gradient; a
+  frozen BN runs on its stored statistics, as `module.eval()` in PyTorch.
 
 The dynamo exporter is checked on the MLP and resnet18 (it needs onnxscript).
 """

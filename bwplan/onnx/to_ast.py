@@ -10,10 +10,11 @@ One walk over the nodes in their (topological) file order:
 Names. A parameter is named after its initializer (`layer1.0.conv1.weight`) when that is a
 valid bwplan name and the values are used as stored; otherwise `<layer>.<slot>`. A layer
 with a `weight` initializer named `X.weight` (PyTorch) or `X_w_0` (Caffe2) is called X, so
-`--freeze 'layer1.*'` matches what PyTorch calls layer1; other layers take the module path PyTorch's exporter writes in
-the node name (`/layer1/layer1.0/relu/Relu` -> `layer1.0.relu`), else the node's name, else
-its first output's. An initializer used by two nodes is one shared parameter; a constant
-reached through an Identity node is a copy, so it is a parameter of its own.
+`--freeze 'layer1.*'` matches what PyTorch calls layer1; other layers take the module path
+PyTorch's exporter writes in the node name (`/layer1/layer1.0/relu/Relu` ->
+`layer1.0.relu`), else the node's name, else its first output's. An initializer used by
+two nodes is one shared parameter; a constant reached through an Identity node is a copy,
+so it is a parameter of its own.
 """
 from __future__ import annotations
 
