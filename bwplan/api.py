@@ -42,20 +42,23 @@ def _rules(freeze: Iterable[str], unfreeze: Iterable[str]) -> list[tuple[str, st
 
 def compile(source: str, target: str = "cpu", freeze: Iterable[str] = (),
             unfreeze: Iterable[str] = (), rules: Iterable[tuple[str, str]] | None = None,
-            prune: bool = True, seed: int = 0, caffe_options: Mapping | None = None
-            ) -> "CompiledNet":
-    """Compile a .bw / .prototxt file (or .bw source text) for `target` ("cpu", or
+            prune: bool = True, seed: int = 0, caffe_options: Mapping | None = None,
+            onnx_options: Mapping | None = None) -> "CompiledNet":
+    """Compile a .bw / .prototxt / .onnx file (or .bw source text) for `target` ("cpu", or
     "reference" for the NumPy references). `freeze`/`unfreeze` are globs on layer names
-    (freezes first), or give `rules` as ordered (action, glob) pairs."""
-    loaded = load_module(source, caffe_options)
+    (freezes first), or give `rules` as ordered (action, glob) pairs. An ONNX model starts
+    from its own weights; `onnx_options` may give `input_shapes` ({input: shape}, for
+    dynamic axes) and `loss` (see docs/onnx.md)."""
+    loaded = load_module(source, caffe_options, onnx_options)
     order = list(rules) if rules is not None else _rules(freeze, unfreeze)
-    net = CompiledNet(loaded.module, target, order, prune, seed)
+    net = CompiledNet(loaded.module, target, order, prune, seed, loaded.weights)
     net.warnings = loaded.warnings
     return net
 
 
 class CompiledNet:
-    def __init__(self, module: ast.Module, target: str, rules, prune: bool, seed: int) -> None:
+    def __init__(self, module: ast.Module, target: str, rules, prune: bool, seed: int,
+                 weights: Mapping[str, np.ndarray] | None = None) -> None:
         if target not in BACKENDS and target != "cuda":
             raise BwError(Span.synthetic("target"), f"unknown target '{target}'",
                           "targets: " + ", ".join(sorted(BACKENDS) + ["cuda"]))
@@ -70,6 +73,7 @@ class CompiledNet:
         self.plan: Plan = make_plan(self.net)
         self.program: Program = lower(self.plan, prune)
         self._params: dict[str, np.ndarray] | None = None   # initialised on first use
+        self._imported_weights = weights or {}   # an imported model's own weights
         self._cuda_params = None
         if target == "cuda":
             from bwplan.runtime.cuda import CudaParams, device
@@ -93,6 +97,8 @@ class CompiledNet:
         and `compile` never allocate them."""
         if self._params is None:
             self._params = initial_params(self.net, self.seed)
+            for name, value in self._imported_weights.items():
+                self._params[name][...] = value
         return self._params
 
     @params.setter

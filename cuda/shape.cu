@@ -1,6 +1,6 @@
-// shape.cu: the data-movement ops of bwplan/ops/shape.py: flatten, reshape, concat and
-// slice. They do no arithmetic; each output is its own buffer (the memory plan counts it),
-// so flatten and reshape copy.
+// shape.cu: the data-movement ops of bwplan/ops/shape.py: flatten, reshape, concat,
+// slice and transpose. They do no arithmetic; each output is its own buffer (the memory
+// plan counts it), so flatten and reshape copy.
 //
 // concat and slice along an axis see every tensor as [outer, inner] with outer the
 // product of the dimensions before the axis and inner the rest: an input of concat is
@@ -49,5 +49,30 @@ extern "C" __global__ void slice_dx(const float* dout, float* dx, long long oute
         const long long o = i / dx_inner, j = i % dx_inner - offset;
         bw_put(dx, i, (j >= 0 && j < dout_inner) ? dout[o * dout_inner + j] : 0.0f,
                accumulate);
+    }
+}
+
+// == kernel permute ==
+// dst[i] (+)= src[offset(i)]: transpose's forward, and its dX with the inverse permutation.
+// The shape record is fixed-size (at most 6 dimensions, ops/shape.py MAX_TRANSPOSE_RANK)
+// so it travels by value with the launch: dims are the output's, strides the source's
+// element strides of the dimension each output dimension reads, a lower rank padded in
+// front with dims 1. The loop over the 6 entries is unrolled, so the record stays in
+// registers (indexing it at run time would put it on the stack); all fields are 64-bit so
+// the record has no padding between the Python-packed arguments.
+struct PermShape {
+    long long dims[6], strides[6];
+};
+
+extern "C" __global__ void permute(const float* src, float* dst, long long n, PermShape s,
+                                   int accumulate) {
+    BW_GRID_STRIDE(i, n) {
+        long long rest = i, offset = 0;
+#pragma unroll
+        for (int k = 5; k >= 0; --k) {
+            offset += (rest % s.dims[k]) * s.strides[k];
+            rest /= s.dims[k];
+        }
+        bw_put(dst, i, src[offset], accumulate);
     }
 }

@@ -108,6 +108,13 @@ def clip_case(draw):
 
 
 @st.composite
+def transpose_case(draw):
+    shape = _shape(draw, 1, 4)
+    perm = tuple(draw(st.permutations(range(len(shape)))))
+    return Case(dict(perm=perm), [_normal(_rng(draw), *shape)])
+
+
+@st.composite
 def unary_case(draw):
     return Case({}, [_normal(_rng(draw), *_shape(draw))])
 
@@ -462,7 +469,7 @@ def tile_case(draw):
 
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
-    "clip": clip_case(), "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
+    "clip": clip_case(), "transpose": transpose_case(), "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
     "add": add_case(), "mul": mul_case(), "maximum": maximum_case(),
     "maxpool": pool_case(), "avgpool": pool_case(average=True),
     "global_maxpool": global_pool_case(), "global_avgpool": global_pool_case(),
@@ -793,6 +800,8 @@ TORCH = {
         _t(torch, c.inputs[0]), c.attrs["axis"], c.attrs["end_axis"])),
     "sigmoid": (unary_case(), lambda torch, c: torch.sigmoid(_t(torch, c.inputs[0]))),
     "tanh": (unary_case(), lambda torch, c: torch.tanh(_t(torch, c.inputs[0]))),
+    "transpose": (transpose_case(), lambda torch, c: _t(torch, c.inputs[0]).permute(
+        *c.attrs["perm"])),
     "clip": (clip_case(), lambda torch, c: torch.nn.functional.hardtanh(
         _t(torch, c.inputs[0]), c.attrs["min"], c.attrs["max"])),
 }

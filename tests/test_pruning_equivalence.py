@@ -87,9 +87,9 @@ l0   = softmax_cross_entropy(aux, y) weight=0
 acc  = accuracy(side, y)
 """
 
-# Caffe's further neuron, reduction and broadcast layers, and ONNX's Clip (ReLU6). log and power get positive
-# arguments (|x| + 1, exp of something); the threshold's step cuts the gradient into c1
-# along that path, while e, ps and the rest carry it; mn, a per-sample mean, is added as
+# Caffe's further neuron, reduction and broadcast layers, and ONNX's Clip (ReLU6). log and
+# power get positive arguments (|x| + 1, exp of something); the threshold's step cuts the
+# gradient into c1 along that path, while e, ps and the rest carry it; mn, a per-sample mean, is added as
 # a bias along the batch axis; argmax and silence are outside the training step (silence
 # reads only am: the plan's static peak estimate counts a tensor live until its last
 # reader, run or not, which a skipped reader of th would push past the 10% margin).

@@ -371,6 +371,7 @@ OPS: dict[str, OpFn] = {
     "conv2d": conv2d,
     "linear": linear,
     "relu": relu,
+    "transpose": lambda a, xs, p, t: xs[0].permute(*a["perm"]),
     "clip": clip,
     "sigmoid": lambda a, xs, p, t: torch.sigmoid(xs[0]),
     "tanh": lambda a, xs, p, t: torch.tanh(xs[0]),

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from bwplan.cli.options import add_network_arguments, caffe_options
+from bwplan.cli.options import add_network_arguments, caffe_options, onnx_options
 from bwplan.cli.report import profile_lines, program_lines
 from bwplan.explain.json_report import plan_to_dict
 from bwplan.explain.units import flops
@@ -52,12 +52,15 @@ def run(args) -> int:
         from bwplan.cli.compile_cuda import run_cuda
         return run_cuda(args, out)
     prog = bwplan.compile(args.file, target=args.target, rules=args.rules,
-                          prune=not args.no_prune, caffe_options=caffe_options(args))
+                          prune=not args.no_prune, caffe_options=caffe_options(args),
+                          onnx_options=onnx_options(args))
     program = prog.program
     write_atomic(out / "plan.json", json.dumps(plan_to_dict(prog.plan), indent=1) + "\n")
     write_atomic(out / "schedule.json", json.dumps(schedule_to_dict(program), indent=1) + "\n")
     source_name = Path(args.file).name
-    write_atomic(out / source_name, read_text(args.file))
+    # an ONNX model is binary: the artifact keeps the file as it was read
+    source = Path(args.file).read_bytes() if args.file.endswith(".onnx") else read_text(args.file)
+    write_atomic(out / source_name, source)
     kernels = sorted({f"{prog.net.layer(s.layer).op}:{s.component}"
                       for s in program.components})
     manifest = {"schema": "bwplan.artifact/1", "version": bwplan.__version__,

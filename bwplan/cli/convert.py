@@ -1,11 +1,12 @@
-"""`bwplan convert model.prototxt -o model.bw`: a Caffe net written in the .bw language,
-with the same layers, shapes, sharing and training settings."""
+"""`bwplan convert model.prototxt -o model.bw`: a Caffe net (or an ONNX model) written in
+the .bw language, with the same layers, shapes, sharing and training settings. An ONNX
+model's weights are not part of the .bw text: `bwplan.compile("model.onnx")` loads them."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bwplan.cli.options import caffe_options
+from bwplan.cli.options import caffe_options, onnx_options
 from bwplan.errors import BwError
 from bwplan.fsutil import write_atomic
 from bwplan.frontend.load import read_text
@@ -21,14 +22,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shape of a Caffe data blob that the prototxt does not give")
     p.add_argument("--caffe-strict", action="store_true",
                    help="reject what Caffe rejects (shared params with different lr_mult)")
+    p.add_argument("--loss", metavar="LOSS", default=None,
+                   help="for an ONNX model: the loss to attach (see bwplan explain --help); "
+                   "default: none")
 
 
 def run(args) -> int:
-    if not args.file.endswith((".prototxt", ".pbtxt")):
-        raise BwError(Span.whole(args.file), "convert reads Caffe .prototxt files")
-    from bwplan.caffe.importer import import_caffe_text
     from bwplan.frontend.write_bw import write_bw
-    imported = import_caffe_text(read_text(args.file), args.file, **caffe_options(args))
+    if args.file.endswith(".onnx"):
+        from bwplan.onnx.importer import import_onnx
+        imported = import_onnx(args.file, **onnx_options(args))
+    elif not args.file.endswith((".prototxt", ".pbtxt")):
+        raise BwError(Span.whole(args.file), "convert reads Caffe .prototxt and ONNX .onnx "
+                      "files")
+    else:
+        from bwplan.caffe.importer import import_caffe_text
+        imported = import_caffe_text(read_text(args.file), args.file, **caffe_options(args))
     text = write_bw(imported.module)
     if args.output:
         write_atomic(args.output, text)

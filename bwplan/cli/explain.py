@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from bwplan.cli.options import add_network_arguments, caffe_options
+from bwplan.cli.options import add_network_arguments, caffe_options, onnx_options
 from bwplan.errors import BwError
 from bwplan.explain.dot import render_dot
 from bwplan.explain.json_report import render_json
@@ -56,7 +56,10 @@ def run(args) -> int:
 
 
 def _plan(args):
-    """The plan of the file; for a Caffe net, the importer's warnings join the findings."""
+    """The plan of the file; for a Caffe net, the importer's warnings join the findings;
+    for an ONNX model, the importer's notes (the loss it assumed, batch normalisation)."""
+    if args.file.endswith(".onnx"):
+        return _onnx_plan(args)
     if not is_caffe(args.file):
         return make_plan(apply_policy(load(args.file), args.rules))
     from bwplan.caffe.importer import import_caffe_text
@@ -86,6 +89,16 @@ def _with_buckets(plan, text: str, args) -> str:
         raise BwError(Span.synthetic("--data-parallel"), "--data-parallel adds to the table "
                       "and the JSON report, not to dot")
     return text + "\n".join(render_buckets(plan, buckets)) + "\n"
+
+
+def _onnx_plan(args):
+    from bwplan.onnx.importer import import_onnx
+    from bwplan.plan.decisions import Finding
+    imported = import_onnx(args.file, **onnx_options(args))
+    plan = make_plan(apply_policy(imported.net, args.rules))
+    extra = tuple(Finding(n.code, "note", Span.whole(args.file), n.text, n.fix)
+                  for n in imported.notes)
+    return replace(plan, findings=plan.findings + extra)
 
 
 def caffe_report(args) -> str:

@@ -26,7 +26,12 @@ def add_network_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phase", choices=("train", "test"), default="train",
                    help="Caffe phase to plan (default: train)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=N,C,H,W",
-                   help="shape of a Caffe data blob that the prototxt does not give")
+                   help="shape of a Caffe data blob that the prototxt does not give, or of "
+                   "an ONNX input with dynamic axes")
+    p.add_argument("--loss", metavar="LOSS", default=None,
+                   help="for an ONNX model: the loss to attach to its output "
+                   "(softmax_cross_entropy with a 'label' input, or euclidean_loss with a "
+                   "'target' input); default: softmax_cross_entropy on an [N, classes] output")
     p.add_argument("--caffe-strict", action="store_true",
                    help="reject what Caffe rejects (shared params with different lr_mult)")
     p.set_defaults(rules=[])
@@ -50,3 +55,7 @@ def input_shapes(args) -> dict[str, tuple[int, ...]]:
 def caffe_options(args) -> dict:
     return {"phase": args.phase.upper(), "input_shapes": input_shapes(args),
             "strict": args.caffe_strict}
+
+
+def onnx_options(args) -> dict:
+    return {"input_shapes": input_shapes(args), "loss": getattr(args, "loss", None)}

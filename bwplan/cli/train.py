@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bwplan.cli.options import add_network_arguments, caffe_options
+from bwplan.cli.options import add_network_arguments, caffe_options, onnx_options
 from bwplan.cli.progress import Progress
 from bwplan.errors import BwError
 from bwplan.source import Span
@@ -76,7 +76,8 @@ def run(args) -> int:
     schedule = read_schedule(args.schedule) if args.schedule else None
     prog = bwplan.compile(args.file, target=args.target, rules=args.rules,
                           prune=not args.no_prune, seed=args.seed,
-                          caffe_options=caffe_options(args))
+                          caffe_options=caffe_options(args),
+                          onnx_options=onnx_options(args))
     rename = dict(_pair(r) for r in args.rename)
     loaded = {}
     if args.weights:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from bwplan.errors import FileError
 from bwplan.frontend import ast
@@ -47,20 +48,27 @@ def load_bw_text(text: str, path: str = "<input>") -> Net:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A network's flat module, where it came from, and what its importer warned about
-    (the Caffe importer's ImportWarnings; none for .bw)."""
+    """A network's flat module, where it came from, what its importer warned about (the
+    Caffe importer's ImportWarnings; none for .bw) and the weights the file holds (an ONNX
+    model's initializers; none for the text formats)."""
 
     module: ast.Module
     path: str
     warnings: tuple = ()
+    weights: Mapping = MappingProxyType({})
 
 
 _CAFFE = (".prototxt", ".pbtxt")
 
 
-def load_module(source: str, caffe_options: Mapping | None = None) -> Loaded:
-    """A .bw or Caffe file by path, or .bw source text (anything with a newline, or that
-    names no file)."""
+def load_module(source: str, caffe_options: Mapping | None = None,
+                onnx_options: Mapping | None = None) -> Loaded:
+    """A .bw, Caffe or ONNX file by path, or .bw source text (anything with a newline, or
+    that names no file)."""
+    if "\n" not in source and source.endswith(".onnx"):
+        from bwplan.onnx.importer import import_onnx
+        imported = import_onnx(source, **dict(onnx_options or {}))
+        return Loaded(imported.module, source, weights=imported.weights)
     looks_like_path = "\n" not in source and source.endswith((".bw",) + _CAFFE)
     if looks_like_path or (len(source) < 4096 and "\n" not in source
                            and os.path.exists(source)):
@@ -75,7 +83,11 @@ def load_module(source: str, caffe_options: Mapping | None = None) -> Loaded:
 
 
 def load(path: str, **caffe_options) -> Net:
-    """Load a .bw file, or a Caffe .prototxt (phase and input shapes via caffe_options)."""
+    """Load a .bw file, or a Caffe .prototxt (phase and input shapes via caffe_options), or
+    an ONNX model (its default loss assumed; bwplan.onnx.importer for the options)."""
+    if path.endswith(".onnx"):
+        from bwplan.onnx.importer import import_onnx
+        return import_onnx(path).net
     text = read_text(path)
     if path.endswith(_CAFFE):
         from bwplan.caffe.importer import import_caffe_text

@@ -1,4 +1,4 @@
-"""Ops that move data without arithmetic: flatten, reshape, concat, slice.
+"""Ops that move data without arithmetic: flatten, reshape, concat, slice, transpose.
 
 None of their backwards reads a forward value: the input shapes are static, so dX is a
 reshape of dY, a piece of dY, or dY written into zeros. They cost no FLOPs.
@@ -183,4 +183,43 @@ SLICE = OpDef(
              "cuda": {"fwd": "shape.slab_take", "dx:x": "shape.slice_dx"}},
 )
 
-OPS = (FLATTEN, RESHAPE, CONCAT, SLICE)
+# ---- transpose -------------------------------------------------------------------------
+MAX_TRANSPOSE_RANK = 6   # the CUDA kernel's fixed-size shape record (shape.cu)
+
+
+def _perm(ctx: OpCtx) -> tuple[int, ...]:
+    perm = ctx.attrs["perm"]
+    return tuple(perm) if isinstance(perm, (tuple, list)) else (perm,)
+
+
+def _transpose_infer(ctx: OpCtx) -> TensorType:
+    perm, shape = _perm(ctx), ctx.x.shape
+    if sorted(perm) != list(range(len(shape))):
+        raise ValueError(f"perm {list(perm)} is not a permutation of the {len(shape)} "
+                         "dimensions")
+    if len(shape) > MAX_TRANSPOSE_RANK:
+        raise ValueError(f"a {len(shape)}-D transpose; at most {MAX_TRANSPOSE_RANK}-D")
+    return ctx.x.with_shape(*(shape[p] for p in perm))
+
+
+def _transpose_dx(ctx, saved, dout, index):
+    return np.transpose(dout, np.argsort(_perm(ctx)))
+
+
+TRANSPOSE = OpDef(
+    name="transpose",
+    family="shape",
+    doc="Permute the dimensions: output dimension i is input dimension perm[i] (ONNX "
+        "Transpose; ShuffleNet's channel shuffle is reshape, transpose, reshape).",
+    ports=(Port("x"),),
+    attrs=(AttrSpec("perm", "ints", doc="the input dimension each output dimension takes"),),
+    infer=_transpose_infer,
+    flops=zero_flops,
+    grads=(GradRule("x", frozenset(), zero_flops, _transpose_dx),),
+    forward_ref=lambda ctx, inputs, params, training, rng: (
+        np.ascontiguousarray(np.transpose(inputs[0], _perm(ctx))), {}),
+    kernels={"cpu": {"fwd": "shape.transpose_fwd", "dx:x": "shape.transpose_dx"},
+             "cuda": {"fwd": "shape.permute", "dx:x": "shape.permute"}},
+)
+
+OPS = (FLATTEN, RESHAPE, CONCAT, SLICE, TRANSPOSE)

@@ -1,4 +1,4 @@
-"""Shape ops on the CPU: flatten, reshape, concat, slice.
+"""Shape ops on the CPU: flatten, reshape, concat, slice, transpose.
 
 They move data and compute nothing, so every kernel is a NumPy copy (`np.copyto` or a
 sliced assignment): a memcpy-speed pass that a Numba loop could only match. The output is
@@ -60,3 +60,16 @@ def slice_dx(ctx, saved, dout, index, out) -> None:
     a = ctx.attrs
     out.fill(0)
     out[_along(a["axis"], out.ndim, a["begin"], a["end"])] = dout
+
+
+def _perm(ctx) -> tuple[int, ...]:
+    perm = ctx.attrs["perm"]
+    return tuple(perm) if isinstance(perm, (tuple, list)) else (perm,)
+
+
+def transpose_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    np.copyto(out, np.transpose(inputs[0], _perm(ctx)))
+
+
+def transpose_dx(ctx, saved, dout, index, out) -> None:
+    np.copyto(out, np.transpose(dout, np.argsort(_perm(ctx))))

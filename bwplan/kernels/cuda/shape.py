@@ -65,9 +65,40 @@ def slice_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
                         flag(accumulate))]
 
 
+def _permute(src_shape: tuple[int, ...], perm: tuple[int, ...]) -> list:
+    """PermShape (shape.cu): the output dims and the source strides they read, padded in
+    front to 6 entries with dims 1 (and strides 0)."""
+    from bwplan.ops.shape import MAX_TRANSPOSE_RANK
+    strides = [math.prod(src_shape[k + 1:]) for k in range(len(src_shape))]
+    pad = MAX_TRANSPOSE_RANK - len(perm)
+    dims = [1] * pad + [src_shape[p] for p in perm]
+    reads = [0] * pad + [strides[p] for p in perm]
+    return [i64(d) for d in dims] + [i64(r) for r in reads]
+
+
+def _perm(ctx) -> tuple[int, ...]:
+    perm = ctx.attrs["perm"]
+    return tuple(perm) if isinstance(perm, (tuple, list)) else (perm,)
+
+
+def transpose_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    n = ctx.x.numel
+    return [grid_stride("permute", n, env, ptr(inputs[0]), ptr(out), i64(n),
+                        *_permute(ctx.x.shape, _perm(ctx)), flag(False))]
+
+
+def transpose_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    perm = _perm(ctx)
+    inverse = tuple(perm.index(k) for k in range(len(perm)))
+    n = ctx.x.numel
+    return [grid_stride("permute", n, env, ptr(dout), ptr(out), i64(n),
+                        *_permute(ctx.out.shape, inverse), flag(accumulate))]
+
+
 LAUNCH = {
     ("flatten", "fwd"): _copy_fwd, ("flatten", "dx:x"): _copy_dx,
     ("reshape", "fwd"): _copy_fwd, ("reshape", "dx:x"): _copy_dx,
     ("concat", "fwd"): concat_fwd, ("concat", "dx:xs"): concat_dx,
     ("slice", "fwd"): slice_fwd, ("slice", "dx:x"): slice_dx,
+    ("transpose", "fwd"): transpose_fwd, ("transpose", "dx:x"): transpose_dx,
 }

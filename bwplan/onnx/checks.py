@@ -1,0 +1,52 @@
+"""What an ONNX file shows about how it was exported, told to the user as notes.
+
+Batch normalisation folded into the convolutions. Both PyTorch exporters fold an eval-mode
+BatchNorm2d into the preceding Conv by default (the TorchScript exporter with
+do_constant_folding=True, the dynamo exporter through its optimizer), so the file's conv
+weights are not the model's and there is no BN left to train or freeze. The signal used: the
+graph has no BatchNormalization node, and a Conv's weight initializer carries a name the
+exporter made up for a tensor it computed (`onnx::Conv_12`, or not `<module>.weight` while
+the Gemm/MatMul weights keep their module names). Its limits: a model that never had batch
+normalisation, exported by a tool that renames every initializer, looks folded too; a model
+whose BN was folded by hand before export and renamed `conv.weight` does not.
+
+Batch normalisation kept: a frozen BN runs on its stored statistics (the running mean and
+variance from the file); a trained one on batch statistics, updating the stored ones.
+"""
+from __future__ import annotations
+
+import re
+
+from bwplan.onnx.to_ast import Note
+
+_MADE_UP = re.compile(r"^(onnx::|_?val_|_?v_|const)|^[0-9]+$")
+
+
+def export_notes(graph) -> tuple[Note, ...]:
+    ops = [n.op_type for n in graph.node]
+    init = {i.name for i in graph.initializer}
+    notes: list[Note] = []
+    if "BatchNormalization" in ops:
+        count = ops.count("BatchNormalization")
+        notes.append(Note("onnx_batchnorm", f"{count} BatchNormalization node(s): a frozen "
+                          "one runs on its stored statistics (the file's running mean and "
+                          "variance), a trained one on batch statistics",
+                          "freeze a BN layer (--freeze NAME) to keep its statistics fixed"))
+        return tuple(notes)
+    named = [n.input[1] for n in graph.node if n.op_type in ("Gemm", "MatMul")
+             and len(n.input) > 1 and n.input[1] in init]
+    modules_named = any(name.endswith(".weight") for name in named)
+    folded = [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 1
+              and n.input[1] in init
+              and (_MADE_UP.match(n.input[1])
+                   or (modules_named and not n.input[1].endswith(".weight")))]
+    if folded:
+        first = ", ".join(n.input[1] for n in folded[:3])
+        notes.append(Note("onnx_batchnorm_folded", f"{len(folded)} Conv weight(s) carry names "
+                          f"the exporter made up ({first}{', ...' if len(folded) > 3 else ''})"
+                          " and the graph has no BatchNormalization: batch normalisation was "
+                          "most likely folded into the convolutions at export, so these "
+                          "weights are not the model's and no BN is left to train or freeze",
+                          "export in training mode to keep BN and the module names "
+                          "(docs/onnx.md)"))
+    return tuple(notes)

@@ -1,0 +1,134 @@
+"""Reads an ONNX file: the `onnx` package loads it, `onnx.checker` validates it, and shape
+inference runs with every graph input's shape fixed (dynamic axes from `--input-shape`).
+This is the one boundary where onnx's exceptions become bwplan errors.
+
+It does not interpret any node: folding constants and mapping ops come later.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from bwplan.onnx.errors import OnnxError
+from bwplan.source import Span
+
+INSTALL_HINT = 'install the ONNX extra: pip install "bwplan[onnx]" (or pip install onnx)'
+
+
+def require_onnx(path: str = "onnx") -> Any:
+    """The onnx module, or a clear error saying how to get it."""
+    try:
+        import onnx
+    except ImportError:
+        raise OnnxError(Span.whole(path), "reading ONNX models needs the 'onnx' package, "
+                        "which is not installed", INSTALL_HINT) from None
+    return onnx
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """A checked model with its shapes inferred for fixed input shapes."""
+
+    path: str
+    proto: Any                                   # onnx.ModelProto, shapes inferred
+    opset: int                                   # of the default ("ai.onnx") domain
+    input_shapes: Mapping[str, tuple[int, ...]]  # graph inputs that are not initializers
+    shapes: Mapping[str, tuple[int, ...]]        # every tensor whose shape is fully known
+    dtypes: Mapping[str, int]                    # onnx TensorProto element types
+
+
+def _dims(value_info) -> tuple[Any, ...] | None:
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in t.shape.dim)
+
+
+def _load(onnx, path: str):
+    if not Path(path).exists():
+        raise OnnxError(Span.whole(path), "no such file")
+    if Path(path).is_dir():
+        raise OnnxError(Span.whole(path), "is a directory, not an ONNX model")
+    if Path(path).stat().st_size == 0:
+        raise OnnxError(Span.whole(path), "is empty, not an ONNX model")
+    try:
+        return onnx.load(path)
+    except Exception as err:  # protobuf's DecodeError and friends: any is a bad file
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise OnnxError(Span.whole(path), f"not a readable ONNX model ({first})",
+                        "is this an .onnx file written by an exporter?") from None
+
+
+def _fixed_inputs(graph, path: str, given: Mapping[str, tuple[int, ...]]
+                  ) -> dict[str, tuple[int, ...]]:
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    names = [i.name for i in inputs]
+    for name in given:
+        if name not in names:
+            raise OnnxError(Span.synthetic("--input-shape"), f"--input-shape names '{name}', "
+                            "which is not an input of the model",
+                            "model inputs: " + (", ".join(names) or "none"))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for inp in inputs:
+        dims = _dims(inp)
+        if inp.name in given:
+            want = tuple(given[inp.name])
+            if dims is not None and (len(dims) != len(want) or any(
+                    isinstance(d, int) and d > 0 and d != w for d, w in zip(dims, want))):
+                raise OnnxError(Span.synthetic("--input-shape"), f"--input-shape gives "
+                                f"'{inp.name}' the shape {list(want)}, the model declares "
+                                f"{list(dims)}", "only the dynamic (named) axes can be chosen")
+            shapes[inp.name] = want
+            continue
+        if dims is None or any(not isinstance(d, int) or d <= 0 for d in dims):
+            shown = "unknown" if dims is None else "[" + ", ".join(map(str, dims)) + "]"
+            example = ",".join(str(d) if isinstance(d, int) and d > 0 else "2"
+                               for d in (dims or ("N", "C", "H", "W")))
+            raise OnnxError(Span.whole(path), f"input '{inp.name}' has the shape {shown}, "
+                            "with dynamic axes", f"give its shape: --input-shape "
+                            f"{inp.name}={example}")
+        shapes[inp.name] = tuple(dims)
+    return shapes
+
+
+def read_model(path: str, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+               ) -> OnnxModel:
+    onnx = require_onnx(path)
+    model = _load(onnx, path)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OnnxError(Span.whole(path), f"onnx.checker rejects the model: {first}") from None
+    graph = model.graph
+    fixed = _fixed_inputs(graph, path, dict(input_shapes or {}))
+    for inp in graph.input:
+        if inp.name in fixed:
+            dims = inp.type.tensor_type.shape.dim
+            for d, value in zip(dims, fixed[inp.name]):
+                d.Clear()
+                d.dim_value = value
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OnnxError(Span.whole(path), f"ONNX shape inference fails: {first}") from None
+    g = inferred.graph
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, int] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = _dims(vi)
+        dtypes[vi.name] = vi.type.tensor_type.elem_type
+        if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
+            shapes[vi.name] = tuple(dims)
+    for init in g.initializer:
+        shapes[init.name] = tuple(init.dims)
+        dtypes[init.name] = init.data_type
+    opset = next((o.version for o in inferred.opset_import if o.domain in ("", "ai.onnx")), 1)
+    return OnnxModel(path, inferred, opset, MappingProxyType(fixed), MappingProxyType(shapes),
+                     MappingProxyType(dtypes))
