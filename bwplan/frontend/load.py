@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 
 from bwplan.errors import FileError
 from bwplan.frontend import ast
@@ -55,7 +54,7 @@ class Loaded:
     module: ast.Module
     path: str
     warnings: tuple = ()
-    weights: Mapping = MappingProxyType({})
+    weights: Mapping = field(default_factory=dict)
 
 
 _CAFFE = (".prototxt", ".pbtxt")
