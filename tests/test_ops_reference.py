@@ -404,6 +404,20 @@ def tile_case(draw):
                 [_normal(_rng(draw), *shape)])
 
 
+@st.composite
+def embed_case(draw):
+    """Indices as floats, as Caffe's data layers give them (integer indices, whose output
+    is float32 whatever the weights, are checked in test_kernels_cpu.py)."""
+    rng = _rng(draw)
+    k, n = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    attrs = dict(num_output=n, input_dim=k, bias_term=draw(st.booleans()))
+    x = rng.integers(0, k, _shape(draw, 1, 3)).astype(np.float64)
+    params = {"weight": _normal(rng, k, n)}
+    if attrs["bias_term"]:
+        params["bias"] = _normal(rng, n)
+    return Case(attrs, [x], params)
+
+
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
     "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
@@ -419,7 +433,7 @@ CASES = {
     "exp": exp_case(), "log": log_case(), "prelu": prelu_case(),
     "threshold": threshold_case(), "reduction": reduction_case(), "argmax": argmax_case(),
     "silence": silence_case(), "bias": bias_case(), "bias_add": bias_add_case(),
-    "tile": tile_case(),
+    "tile": tile_case(), "embed": embed_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 
@@ -751,7 +765,7 @@ def _oracle(name: str):
 # ops checked through the training oracle's translation, on their reference-test strategy
 TORCH.update({name: (CASES[name], _oracle(name)) for name in (
     "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold", "reduction",
-    "argmax", "silence", "bias", "bias_add", "tile")})
+    "argmax", "silence", "bias", "bias_add", "tile", "embed")})
 
 
 @pytest.mark.parametrize("key", sorted(TORCH))

@@ -16,7 +16,7 @@ from bwplan.ops.reference import full_attrs
 
 # values for required attributes, so that every op can be instantiated
 REQUIRED_SAMPLES = {"out": 4, "kernel": 3, "shape": (0, -1), "begin": 0, "end": 1,
-                    "tiles": 2}
+                    "tiles": 2, "num_output": 4, "input_dim": 5}
 
 
 def attr_variants(op):
@@ -163,6 +163,7 @@ SHAPES = [
     ("bias_add", dict(axis=-2), [f32(2, 3, 4), f32(3, 4)], (2, 3, 4)),
     ("bias_add", {}, [f32(2, 3, 4), f32()], (2, 3, 4)),
     ("tile", dict(axis=1, tiles=3), [f32(2, 3, 4)], (2, 9, 4)),
+    ("embed", dict(num_output=8, input_dim=100), [TensorType("i32", (2, 5))], (2, 5, 8)),
 ]
 
 
@@ -218,6 +219,7 @@ ERRORS = [
     ("bias", dict(axis=1, num_axes=3), [f32(2, 3, 4)], "num_axes=3 does not fit"),
     ("bias_add", {}, [f32(2, 3, 4), f32(4)], "expected the shape (3,)"),
     ("tile", dict(tiles=0), [f32(2, 3)], "tiles=0 must be at least 1"),
+    ("embed", dict(num_output=0, input_dim=3), [f32(2)], "num_output=0 must be at least 1"),
 ]
 
 
@@ -305,6 +307,7 @@ def test_needs_match_the_documented_contract():
         ("prelu", "x"): {"x", "weight"}, ("prelu", "weight"): {"x"},
         ("reduction", "x"): set(), ("bias", "x"): set(), ("bias", "bias"): set(),
         ("bias_add", "x"): set(), ("bias_add", "b"): set(), ("tile", "x"): set(),
+        ("embed", "weight"): {"x"}, ("embed", "bias"): set(),
     }
     for (name, wrt), needs in expected.items():
         op = registry.OPS[name]

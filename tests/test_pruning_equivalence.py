@@ -95,6 +95,7 @@ acc  = accuracy(side, y)
 NEURONS = """\
 input x : f32[4, 3, 5, 5]
 input y : i64[4]
+input tok : i32[4, 2]
 
 c1   = conv2d(x, out=4, kernel=3, pad=1)
 e    = elu(c1, alpha=0.5)
@@ -112,7 +113,11 @@ bi   = bias(s, axis=2, num_axes=-1)
 tl   = tile(bi, axis=1, tiles=2)
 mn   = reduction(lg, axis=1, operation=MEAN)
 ba   = bias_add(tl, mn, axis=0)
-fc   = linear(ba, out=3)
+em   = embed(tok, num_output=3, input_dim=5)
+ef   = flatten(em)
+fe   = linear(ba, out=6)
+fs   = add(fe, ef)
+fc   = linear(fs, out=3)
 loss = softmax_cross_entropy(fc, y)
 red  = reduction(s, operation=SUMSQ, axis=1, coeff=0.1)
 rl   = reduction(red, operation=MEAN) weight=0.5

@@ -397,6 +397,8 @@ OPS: dict[str, OpFn] = {
     "bias": lambda a, xs, p, t: _broadcast_bias(xs[0], p["bias"], a["axis"]),
     "bias_add": lambda a, xs, p, t: _broadcast_bias(xs[0], xs[1], a["axis"]),
     "tile": tile,
+    "embed": lambda a, xs, p, t: F.embedding(xs[0].long(), p["weight"]) + (
+        p["bias"] if a["bias_term"] else 0.0),
 }
 
 
