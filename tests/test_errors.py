@@ -189,7 +189,8 @@ def _grammar_programs():
         "NAME": st.sampled_from(["x", "y", "conv1/a", "l.2", "relu", "linear", "x"]).map(
             lambda n: f" {n} "),
         "DTYPE": st.sampled_from(sorted(DTYPE_BYTES)).map(lambda n: f" {n} "),
-        "INT": st.integers(0, 9).map(str),
+        # from 1: a dimension must be positive, and the parser checks it
+        "INT": st.integers(1, 9).map(str),
     })
 
 
