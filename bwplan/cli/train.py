@@ -76,7 +76,8 @@ def run(args) -> int:
     if args.weights:
         loaded = prog.load_weights(args.weights, rename=rename, skip=args.skip)
         print(f"loaded {len(loaded)} parameters from {args.weights}", file=sys.stderr)
-    data = load_dataset(args.data, [i.name for i in prog.net.inputs])
+    data = load_dataset(args.data, [i.name for i in prog.net.inputs],
+                        {i.name: i.type.shape for i in prog.net.inputs})
     prog.set_optimizer(args.lr, args.momentum, args.weight_decay)
     for line in (train_report.findings_lines(prog.plan, args.weight_decay)
                  + train_report.run_warnings(prog, set(loaded), args.cache_frozen)):

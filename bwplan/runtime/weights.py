@@ -32,14 +32,28 @@ def save_weights(path: str, params: Mapping[str, np.ndarray]) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def read_weights(path: str) -> dict[str, np.ndarray]:
+def read_weights(path: str, kind: str = "weight") -> dict[str, np.ndarray]:
+    """The arrays of an .npz file; kind names the file in errors ("weight", "data")."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except FileNotFoundError:
+        raise FileError(Span.whole(path), f"no such {kind} file") from None
+    except OSError as err:
+        raise FileError(Span.whole(path), f"cannot read the {kind} file ({err.strerror})") \
+            from None
+    if not head.startswith((b"PK", b"\x93NUMPY")):
+        # np.load would take it for a pickle and talk about allow_pickle
+        text = bool(head) and all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+        raise FileError(Span.whole(path), f"not a readable .npz {kind} file"
+                        + (": it holds text" if text else ""),
+                        "a network (.bw, .prototxt) goes first on the command line; the "
+                        f"{kind} file is an .npz of named arrays" if text else None)
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise FileError(Span.whole(path), "no such weight file") from None
     except (zipfile.BadZipFile, ValueError, OSError) as err:
-        raise FileError(Span.whole(path), f"not a readable .npz weight file ({err})") from None
+        raise FileError(Span.whole(path), f"not a readable .npz {kind} file ({err})") from None
 
 
 def _pattern(glob: str) -> re.Pattern:
