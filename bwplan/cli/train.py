@@ -114,6 +114,8 @@ def run(args) -> int:
         bar.epoch("interrupted: " + (f"{args.out} was not written" if args.out
                                      else "no weights saved (no --out given)"))
         return 130
+    finally:
+        watch().on_compiled = None
     total = sum(r.seconds for r in history)
     last = history[-1]
     print(f"done: {args.epochs} epochs in {total:.2f} s, final loss {last.loss:.4f}"
