@@ -83,7 +83,8 @@ def run(args) -> int:
     if args.weights:
         loaded = prog.load_weights(args.weights, rename=rename, skip=args.skip)
         print(f"loaded {len(loaded)} parameters from {args.weights}", file=sys.stderr)
-    data = load_dataset(args.data, [i.name for i in prog.net.inputs])
+    data = load_dataset(args.data, [i.name for i in prog.net.inputs],
+                        {i.name: i.type.shape for i in prog.net.inputs})
     check_dataset(prog.net, data.train, data.val, args.data)
     if schedule is not None:
         schedule = check_schedule(schedule, prog.net, [], args.epochs)

@@ -261,7 +261,10 @@ def _dx_decision(net: Net, flow: Flow, edge) -> Decision:
         return Decision.no("dx_nothing_upstream_trains", f"nothing upstream of {src} trains")
     # `via` names the ends of the proof; `explain --why` prints the whole path
     trained, loss = flow.source[src], flow.loss[dst]
-    return Decision.yes("dx_flows", f"{trained} trains upstream of {src}, and "
+    # the witness is a parameter that trains, or a data input that asks for its gradient
+    wants = f"{trained} asks for its gradient" if net.input(trained) is not None \
+        else f"{trained} trains"
+    return Decision.yes("dx_flows", f"{wants} upstream of {src}, and "
                         f"{_reaches(dst, loss)}", (trained, src, dst, loss))
 
 
@@ -286,4 +289,7 @@ def _dw_decision(net: Net, flow: Flow, layer_name: str, use) -> Decision:
 
 
 def _reaches(name: str, loss: str) -> str:
-    return f"{name} is a loss" if name == loss else f"{name} reaches the loss {loss}"
+    if name == loss:
+        return f"{name} is a loss"
+    # a loss layer named "loss" would read "reaches the loss loss"
+    return f"{name} reaches the loss" if loss == "loss" else f"{name} reaches the loss {loss}"

@@ -67,6 +67,9 @@ class NpzArchive:
             return "the file is empty"
         if head == b"\x93NUMPY":
             return "it is a single .npy array, not an .npz archive of named arrays"
+        if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+            # a .bw or .prototxt given where the arrays go
+            return "it holds text; a network goes first on the command line"
         return str(err)
 
     def __enter__(self) -> "NpzArchive":
