@@ -257,6 +257,9 @@ class CompiledNet:
                 raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' has shape "
                                  f"{list(arr.shape)}, the net expects {list(want)}")
             dtype = numpy_dtype(inp.type.dtype)
+            if arr.dtype.kind not in "fiu":
+                raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' must hold "
+                                 f"real numbers, got {arr.dtype}")
             if arr.dtype != dtype:
                 if np.issubdtype(dtype, np.integer) and not np.issubdtype(arr.dtype, np.integer):
                     raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' must hold "

@@ -309,13 +309,15 @@ def decode(msg: Message, kind: str) -> Record:
         else:
             value = _scalar(spec, f, kind)
         repeated = spec.repeated if spec is not None and schema is not None else True
-        if repeated:
-            values[f.name] = values.get(f.name, ()) + (value,)
-            spans[f.name] = spans.get(f.name, ()) + (f.span,)
+        if repeated:  # lists while decoding (appending to tuples is quadratic)
+            values.setdefault(f.name, []).append(value)
+            spans.setdefault(f.name, []).append(f.span)
         else:
             if f.name in values and spec.kind != "open":
                 raise CaffeError(f.name_span, f'non-repeated field "{f.name}" is specified '
                                  f"multiple times (first at {spans[f.name]})")
             values[f.name] = value
             spans[f.name] = f.span
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    spans = {k: tuple(v) if isinstance(v, list) else v for k, v in spans.items()}
     return Record(kind, MappingProxyType(values), MappingProxyType(spans), msg.span)

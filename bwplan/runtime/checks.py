@@ -115,4 +115,4 @@ def check_step(loss: float, grads: Mapping[str, np.ndarray], epoch: int, step: i
              "NaN or inf, or lower --lr" if step == 1 else
              f"the run diverged: --lr {lr:g} is likely too high; try a smaller one")
     raise DivergedError(Span.synthetic("train"), f"training stopped at step {step} (epoch "
-                        f"{epoch}): the {what}", cause + "; no weights were written from it")
+                        f"{epoch}): the {what}", cause + "; nothing non-finite was written")
