@@ -28,6 +28,7 @@ from bwplan.lower.schedule import lower, lower_inference
 from bwplan.plan.plan import Plan, make_plan
 from bwplan.plan.policy import apply_policy
 from bwplan.runtime.backend import BACKENDS, numpy_dtype
+from bwplan.runtime.checks import label_problem
 from bwplan.runtime.executor import Executor, StepResult, StepStats
 from bwplan.runtime.init import initial_params
 from bwplan.runtime.optimizer import Sgd, SgdSettings
@@ -265,6 +266,11 @@ class CompiledNet:
                     raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' must hold "
                                      f"integers ({inp.type.dtype}), got {arr.dtype}")
                 arr = arr.astype(dtype)
+            if arr.dtype.kind in "iu":
+                problem = label_problem(self.net, inp.name, arr)
+                if problem:
+                    raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' holds "
+                                     + problem[0], problem[1])
             out[inp.name] = np.ascontiguousarray(arr)
             if arr.ndim:
                 batch_sizes.add(arr.shape[0])

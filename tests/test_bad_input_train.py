@@ -255,3 +255,22 @@ def test_the_library_refuses_non_numeric_batches(dtype):
     batch["image"] = batch["image"].astype(dtype)
     with pytest.raises(BwError, match="must hold real numbers"):
         prog.step(batch)
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_a_step_refuses_bad_labels_before_any_kernel(target):
+    """The host checks labels before a step on every target, so the CUDA loss never turns
+    a bad label into a NaN loss and a wrong gradient (the reference target would read a
+    wrong class for -1 without a word)."""
+    import bwplan
+    from bwplan.errors import BwError
+    prog = bwplan.compile(NET.replace("acc = accuracy(h, label)\n", ""), target=target)
+    batch = arrays(8)
+    before = {k: v.copy() for k, v in prog.params.items()}
+    for bad in (3, -2):
+        batch["label"][4] = bad
+        with pytest.raises(BwError, match=f"label {bad} at index \\[4\\]: 'loss'"):
+            prog.step(batch)
+    assert all(np.array_equal(before[k], prog.params[k]) for k in before)
+    batch["label"][4] = -1      # the ignore label is fine
+    prog.step(batch)
