@@ -362,9 +362,9 @@ def _decode(msg: Message, kind: str, problems: list[CaffeError]) -> Record:
             problems.append(err)
             continue
         repeated = spec.repeated if spec is not None and schema is not None else True
-        if repeated:
-            values[f.name] = values.get(f.name, ()) + (value,)
-            spans[f.name] = spans.get(f.name, ()) + (f.span,)
+        if repeated:  # lists while decoding (appending to tuples is quadratic)
+            values.setdefault(f.name, []).append(value)
+            spans.setdefault(f.name, []).append(f.span)
         else:
             if f.name in values and spec.kind != "open":
                 problems.append(CaffeError(f.name_span, f'non-repeated field "{f.name}" is '
@@ -373,4 +373,6 @@ def _decode(msg: Message, kind: str, problems: list[CaffeError]) -> Record:
                 continue
             values[f.name] = value
             spans[f.name] = f.span
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    spans = {k: tuple(v) if isinstance(v, list) else v for k, v in spans.items()}
     return Record(kind, MappingProxyType(values), MappingProxyType(spans), msg.span)

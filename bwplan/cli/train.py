@@ -60,7 +60,6 @@ def run(args) -> int:
     from bwplan.cli.report import profile_lines
     from bwplan.runtime.data import load_dataset
     from bwplan.runtime.train import train
-
     from bwplan.cli.schedule import check_schedule, read_schedule
     from bwplan.fsutil import check_writable
     from bwplan.runtime.checks import check_dataset, check_options
