@@ -10,6 +10,8 @@ gives every buffer its lifetime (`Program.buffers`); runtimes and the peak figur
 """
 from __future__ import annotations
 
+import gc
+
 import networkx as nx
 
 from bwplan import ops as registry
@@ -22,6 +24,19 @@ from bwplan.plan.plan import Plan
 
 
 def lower(plan: Plan, prune: bool = True) -> Program:
+    # Lowering allocates tens of thousands of small objects and creates no reference
+    # cycles; the cyclic collector's passes over the whole (large, live) Net would be half
+    # its time on a 10,000-layer net, so it is paused while the Program is built.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _lower(plan, prune)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _lower(plan: Plan, prune: bool) -> Program:
     net = plan.net
     outputs = [net.layer(name) for name in plan.outputs]
     losses = tuple((l.name, l.loss_weight) for l in outputs if registry.OPS[l.op].role == "loss"
