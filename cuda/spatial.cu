@@ -142,3 +142,64 @@ extern "C" __global__ void deconv2d_db(const float* dout, float* dbias, int n, i
     const double v = bw_channel_dot(dout, nullptr, n, o, hw, scratch);
     if (threadIdx.x == 0) bw_put(dbias, blockIdx.x, (float)v, accumulate);
 }
+
+// interp: bilinear with aligned corners (Caffe's caffe_cpu_interp2): output row i samples
+// input row i * (h - 1) / (ho - 1), blending the rows below and above it. The forward
+// gathers four taps per output element; dX walks the input elements and gathers from the
+// output rows and columns whose taps can touch it (those sampling within one row of it),
+// with the forward's own weights, so no atomics and a fixed summation order.
+__device__ __forceinline__ void bw_interp_tap(int i, int size_in, float ratio, int* low,
+                                              int* high, float* frac) {
+    const float pos = i * ratio;
+    *low = min((int)floorf(pos), size_in - 1);
+    *high = min(*low + 1, size_in - 1);
+    *frac = pos - *low;
+}
+
+// == kernel interp_fwd ==
+extern "C" __global__ void interp_fwd(const float* x, float* out, long long planes, int h,
+                                      int w, int ho, int wo, float rh, float rw) {
+    BW_GRID_STRIDE(t, planes * ho * wo) {
+        const int j = t % wo, i = (t / wo) % ho;
+        const long long p = t / ((long long)wo * ho);
+        int a, b, c, d;
+        float fy, fx;
+        bw_interp_tap(i, h, rh, &a, &b, &fy);
+        bw_interp_tap(j, w, rw, &c, &d, &fx);
+        const float* q = x + p * h * w;
+        const float top = q[a * w + c] * (1 - fx) + q[a * w + d] * fx;
+        const float bottom = q[b * w + c] * (1 - fx) + q[b * w + d] * fx;
+        out[t] = top * (1 - fy) + bottom * fy;
+    }
+}
+
+// == kernel interp_dx ==
+extern "C" __global__ void interp_dx(const float* dout, float* dx, long long planes, int h,
+                                     int w, int ho, int wo, float rh, float rw,
+                                     int accumulate) {
+    BW_GRID_STRIDE(t, planes * h * w) {
+        const int xx = t % w, y = (t / w) % h;
+        const long long p = t / ((long long)w * h);
+        // the output rows sampling within one input row of y (all of them when ho == 1)
+        const int i0 = rh > 0 ? max(0, (int)floorf((y - 1) / rh) - 1) : 0;
+        const int i1 = rh > 0 ? min(ho - 1, (int)ceilf((y + 1) / rh) + 1) : ho - 1;
+        const int j0 = rw > 0 ? max(0, (int)floorf((xx - 1) / rw) - 1) : 0;
+        const int j1 = rw > 0 ? min(wo - 1, (int)ceilf((xx + 1) / rw) + 1) : wo - 1;
+        float acc = 0.0f;
+        for (int i = i0; i <= i1; ++i) {
+            int a, b;
+            float fy;
+            bw_interp_tap(i, h, rh, &a, &b, &fy);
+            const float wy = (a == y ? 1 - fy : 0.0f) + (b == y ? fy : 0.0f);
+            if (wy == 0.0f) continue;
+            for (int j = j0; j <= j1; ++j) {
+                int c, d;
+                float fx;
+                bw_interp_tap(j, w, rw, &c, &d, &fx);
+                const float wx = (c == xx ? 1 - fx : 0.0f) + (d == xx ? fx : 0.0f);
+                acc += wy * wx * dout[(p * ho + i) * wo + j];
+            }
+        }
+        bw_put(dx, t, acc, accumulate);
+    }
+}

@@ -595,3 +595,24 @@ def test_the_forks_bn_is_batchnorm_then_scale():
     assert result.layer_map["bn"] == ("bn_norm", "bn")
     plan = make_plan(result.net)
     assert not plan.layer("bn").dw[0].needed and plan.layer("bn").dw[1].needed
+
+
+def test_interp_rows_take_caffes_output_size():
+    def net(param):
+        body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+                'convolution_param { num_output: 4 kernel_size: 3 } }\n'
+                f'layer {{ name: "up" type: "Interp" bottom: "conv" top: "up" '
+                f'interp_param {{ {param} }} }}\n'
+                'layer { name: "fc" type: "InnerProduct" bottom: "up" top: "fc" '
+                'inner_product_param { num_output: 3 } }\n')
+        return imported(HEAD + body + LOSS % "fc")
+    # conv leaves 4x4; zoom 2 gives 4 + 3 * 1 = 7 (corners aligned); shrink 2 gives 2
+    for param, size in (("zoom_factor: 2", 7), ("shrink_factor: 2", 2),
+                        ("height: 5 width: 5", 5)):
+        result = net(param)
+        up = result.net.layer("up")
+        assert (up.op, up.attrs["height"], up.attrs["width"]) == ("interp", size, size)
+        assert result.caffe.layer("up").tops[0].shape == up.out.shape
+    with pytest.raises(CaffeError) as info:
+        net("zoom_factor: 2 pad_beg: -1")
+    assert "pad_beg" in info.value.message

@@ -370,6 +370,14 @@ def permute_case(draw):
 
 
 @st.composite
+def interp_case(draw):
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4)),
+             draw(st.integers(1, 4)))
+    attrs = dict(height=draw(st.integers(1, 6)), width=draw(st.integers(1, 6)))
+    return Case(attrs, [_normal(_rng(draw), *shape)])
+
+
+@st.composite
 def deconv2d_case(draw):
     rng = _rng(draw)
     groups = draw(st.integers(1, 2))
@@ -464,6 +472,7 @@ CASES = {
     "silence": silence_case(), "bias": bias_case(), "bias_add": bias_add_case(),
     "tile": tile_case(),
     "crop": crop_case(), "permute": permute_case(), "deconv2d": deconv2d_case(),
+    "interp": interp_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 
@@ -825,4 +834,23 @@ def test_deconv2d_forward_matches_torch_conv_transpose(data):
         torch.from_numpy(case.inputs[0]), torch.from_numpy(case.params["weight"]),
         None if bias is None else torch.from_numpy(bias), stride=a["stride"],
         padding=a["pad"], groups=a["groups"], dilation=a["dilation"]).numpy()
+    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)
+
+
+def test_interp_aligns_corners_like_caffe():
+    # caffe_cpu_interp2: output i samples input i * (in - 1) / (out - 1)
+    x = np.arange(3.0).reshape(1, 1, 1, 3)
+    out, _ = run_forward(registry.OPS["interp"], dict(height=1, width=5), [x], {})
+    np.testing.assert_allclose(out.ravel(), [0, 0.5, 1, 1.5, 2])
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_interp_matches_torch_bilinear_with_aligned_corners(data):
+    torch = pytest.importorskip("torch")
+    case = draw_case(data, "interp")
+    out, _ = run_forward(registry.OPS["interp"], case.attrs, case.inputs, {})
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(case.inputs[0]), size=(case.attrs["height"], case.attrs["width"]),
+        mode="bilinear", align_corners=True).numpy()
     np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)

@@ -160,7 +160,8 @@ _ROWS = (
     CaffeType("Crop", bottoms=(2, -1, -1), tops=_ONE, shape=s.crop,
               imports=Import("layer", "crop", m.crop)),
     CaffeType("Upsample", bottoms=(2, -1, -1), tops=_ONE, shape=s.upsample),   # SegNet
-    CaffeType("Interp", bottoms=(-1, 1, 2), tops=_ONE, shape=s.interp),        # PSPNet
+    CaffeType("Interp", bottoms=(-1, 1, 2), tops=_ONE, shape=s.interp,         # PSPNet
+              imports=Import("layer", "interp", m.interp)),
     CaffeType("Permute", bottoms=_ONE, tops=_ONE, shape=s.permute,             # SSD
               imports=Import("layer", "permute", m.permute)),
     CaffeType("ROIPooling", bottoms=(2, -1, -1), tops=_ONE, shape=s.roi_pooling),

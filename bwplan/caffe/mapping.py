@@ -207,6 +207,26 @@ def fork_bn_norm(layer, ctx) -> "Import | None":
                   stats=True)
 
 
+def interp(layer, ctx):
+    """PSPNet's Interp: the output size Caffe computes (zoom / shrink factors, or height and
+    width) becomes the op's height and width."""
+    p = layer.sub("interp_param")
+    for field in ("pad_beg", "pad_end"):
+        if _word(p, field, 0) != 0:
+            raise unsupported(layer, p, field, "Interp with padding (pad_beg / pad_end) is "
+                              "not supported")
+    if len(layer.bottoms) != 1:
+        raise CaffeError(layer.bottom_span(1), f"Interp layer '{layer.name}': a second bottom "
+                         "giving the size is not supported", "give height and width in "
+                         "interp_param instead")
+    top = ctx.top_shapes[0]
+    if top is None:
+        raise CaffeError(p.span, f"Interp layer '{layer.name}' needs its output size: give "
+                         "zoom_factor, shrink_factor, or height and width, and the shape "
+                         "of its bottom")
+    return [("height", top[2], p.span), ("width", top[3], p.span)]
+
+
 def pool_op(layer: CaffeLayer) -> str:
     p = layer.sub("pooling_param")
     kind = {"MAX": "maxpool", "AVE": "avgpool"}.get(p.get("pool"))

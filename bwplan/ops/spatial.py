@@ -1,5 +1,6 @@
 """Ops of Caffe's structural layers and of its forks that work on spatial positions:
-crop (Caffe Crop, FCN), permute (SSD's Permute) and deconv2d (Caffe Deconvolution).
+crop (Caffe Crop, FCN), permute (SSD's Permute), deconv2d (Caffe Deconvolution) and interp
+(PSPNet's bilinear Interp; linear in x, so its dX reads nothing).
 
 Crop and permute move data and compute nothing, like the shape family, and neither
 backward reads a forward value: crop's dX is dY written into zeros at the crop's offsets,
@@ -19,7 +20,8 @@ import numpy as np
 from bwplan.ir.types import TensorType
 from bwplan.ops import conv
 from bwplan.ops._shapes import pair
-from bwplan.ops.opdef import AttrSpec, GradRule, OpCtx, OpDef, ParamSlot, Port, zero_flops
+from bwplan.ops.opdef import (AttrSpec, GradRule, OpCtx, OpDef, ParamSlot, Port, on_every_target,
+                              zero_flops)
 
 
 def _axis(axis: int, rank: int) -> int:
@@ -233,4 +235,62 @@ DECONV2D = OpDef(
                       "dw:weight": "spatial.deconv2d_dw", "dw:bias": "spatial.deconv2d_db"}},
 )
 
-OPS = (CROP, PERMUTE, DECONV2D)
+# ---- interp ----------------------------------------------------------------------------
+def interp_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index: the lower input index, the upper one, and the upper one's weight.
+    Corners align (Caffe's caffe_cpu_interp2): output i samples input i * (in-1)/(out-1)."""
+    ratio = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    pos = np.arange(size_out) * ratio
+    low = np.minimum(np.floor(pos).astype(np.int64), size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    return low, high, pos - low
+
+
+def _interp_infer(ctx: OpCtx) -> TensorType:
+    if len(ctx.x.shape) != 4:
+        raise ValueError(f"interp expects an NCHW input, got {ctx.x}")
+    h, w = ctx.attrs["height"], ctx.attrs["width"]
+    if h <= 0 or w <= 0:
+        raise ValueError(f"interp: the output size {h}x{w} must be positive")
+    return ctx.x.with_shape(*ctx.x.shape[:2], h, w)
+
+
+def _interp_matrices(ctx: OpCtx) -> tuple[np.ndarray, np.ndarray]:
+    """[out_h, in_h] and [out_w, in_w]: the forward is Mh @ x @ Mw^T per plane."""
+    mats = []
+    for size_in, size_out in ((ctx.x.shape[2], ctx.attrs["height"]),
+                              (ctx.x.shape[3], ctx.attrs["width"])):
+        low, high, frac = interp_taps(size_in, size_out)
+        m = np.zeros((size_out, size_in))
+        np.add.at(m, (np.arange(size_out), low), 1 - frac)
+        np.add.at(m, (np.arange(size_out), high), frac)
+        mats.append(m)
+    return mats[0], mats[1]
+
+
+def _interp_fwd(ctx, inputs, params, training, rng):
+    mh, mw = _interp_matrices(ctx)
+    return np.einsum("ih,nchw,jw->ncij", mh, inputs[0], mw), {}
+
+
+def _interp_dx(ctx, saved, dout, index):
+    mh, mw = _interp_matrices(ctx)
+    return np.einsum("ih,ncij,jw->nchw", mh, dout, mw)
+
+
+INTERP = OpDef(
+    name="interp",
+    family="spatial",
+    doc="Bilinear resize of NCHW input to height x width, corners aligned (PSPNet / DeepLab "
+        "Interp).",
+    ports=(Port("x"),),
+    attrs=(AttrSpec("height", "int", doc="output height"),
+           AttrSpec("width", "int", doc="output width")),
+    infer=_interp_infer,
+    flops=lambda ctx: 8 * ctx.out.numel,
+    grads=(GradRule("x", frozenset(), lambda ctx: 8 * ctx.out.numel, _interp_dx),),
+    forward_ref=_interp_fwd,
+    kernels=on_every_target({"fwd": "spatial.interp_fwd", "dx:x": "spatial.interp_dx"}),
+)
+
+OPS = (CROP, PERMUTE, DECONV2D, INTERP)

@@ -4,14 +4,18 @@ Crop and permute move data and compute nothing, like the shape family, so each k
 one NumPy copy (a strided view copied into the output buffer): a memcpy-speed pass a Numba
 loop could only match. deconv2d runs conv2d's Numba kernels on the transposed problem
 (`conv_view`): its forward is conv2d's dX, its dX conv2d's forward, its dW conv2d's dW
-with input and output gradient swapped; its dB is conv2d's.
+with input and output gradient swapped; its dB is conv2d's. interp is one Numba pass over
+the output planes (forward) and its transpose over the same taps (dX), which adds into the
+input gradient in a fixed order, so results do not depend on threads.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from numba import njit
+
 from bwplan.kernels.cpu import conv
-from bwplan.ops.spatial import conv_view, crop_window, permute_order
+from bwplan.ops.spatial import conv_view, crop_window, interp_taps, permute_order
 
 
 def crop_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
@@ -47,3 +51,48 @@ def deconv2d_dw(ctx, saved, dout, out) -> None:
 
 def deconv2d_db(ctx, saved, dout, out) -> None:
     conv.conv2d_db(ctx, saved, dout, out)
+
+
+@njit(cache=True, nogil=True)
+def _interp(x, hl, hh, hf, wl, wh, wf, out):
+    for p in range(x.shape[0]):
+        for i in range(out.shape[1]):
+            a, b, fy = hl[i], hh[i], hf[i]
+            for j in range(out.shape[2]):
+                c, d, fx = wl[j], wh[j], wf[j]
+                top = x[p, a, c] * (1 - fx) + x[p, a, d] * fx
+                bottom = x[p, b, c] * (1 - fx) + x[p, b, d] * fx
+                out[p, i, j] = top * (1 - fy) + bottom * fy
+
+
+@njit(cache=True, nogil=True)
+def _interp_back(dout, hl, hh, hf, wl, wh, wf, dx):
+    dx[:] = 0
+    for p in range(dout.shape[0]):
+        for i in range(dout.shape[1]):
+            a, b, fy = hl[i], hh[i], hf[i]
+            for j in range(dout.shape[2]):
+                c, d, fx = wl[j], wh[j], wf[j]
+                g = dout[p, i, j]
+                dx[p, a, c] += g * (1 - fy) * (1 - fx)
+                dx[p, a, d] += g * (1 - fy) * fx
+                dx[p, b, c] += g * fy * (1 - fx)
+                dx[p, b, d] += g * fy * fx
+
+
+def _taps(ctx):
+    hl, hh, hf = interp_taps(ctx.x.shape[2], ctx.attrs["height"])
+    wl, wh, wf = interp_taps(ctx.x.shape[3], ctx.attrs["width"])
+    return hl, hh, hf, wl, wh, wf
+
+
+def _planes(a):
+    return a.reshape(-1, a.shape[2], a.shape[3])
+
+
+def interp_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    _interp(_planes(inputs[0]), *_taps(ctx), _planes(out))
+
+
+def interp_dx(ctx, saved, dout, index, out) -> None:
+    _interp_back(_planes(dout), *_taps(ctx), _planes(out))

@@ -1,13 +1,14 @@
 """Launch geometry of cuda/spatial.cu: crop and permute as 4-D gathers (spatial.cu's
 header; tensors of more than four dimensions are refused here, before any launch), and
 deconv2d's direct loops: grid-stride over the elements written, one block per element of
-the weight (dW) and per channel (dB)."""
+the weight (dW) and per channel (dB); interp's gathers over the output (forward) and the
+input (dX)."""
 from __future__ import annotations
 
 import numpy as np
 
-from bwplan.kernels.cuda.limits import (Launch, Unsupported, check_index, flag, grid_stride,
-                                        i32, i64, per_channel, ptr)
+from bwplan.kernels.cuda.limits import (Launch, Unsupported, check_index, f32, flag,
+                                        grid_stride, i32, i64, per_channel, ptr)
 from bwplan.ops._shapes import pair
 from bwplan.ops.spatial import crop_offsets, permute_order
 
@@ -99,7 +100,26 @@ def deconv2d_db(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
                         flag(accumulate))]
 
 
+def _interp_dims(ctx):
+    n, c, h, w = ctx.x.shape
+    ho, wo = ctx.attrs["height"], ctx.attrs["width"]
+    rh = (h - 1) / (ho - 1) if ho > 1 else 0.0
+    rw = (w - 1) / (wo - 1) if wo > 1 else 0.0
+    return (i64(n * c), i32(h), i32(w), i32(ho), i32(wo), f32(rh), f32(rw))
+
+
+def interp_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    return [grid_stride("interp_fwd", ctx.out.numel, env, ptr(inputs[0]), ptr(out),
+                        *_interp_dims(ctx))]
+
+
+def interp_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    return [grid_stride("interp_dx", ctx.x.numel, env, ptr(dout), ptr(out),
+                        *_interp_dims(ctx), flag(accumulate))]
+
+
 LAUNCH = {
+    ("interp", "fwd"): interp_fwd, ("interp", "dx:x"): interp_dx,
     ("deconv2d", "fwd"): deconv2d_fwd, ("deconv2d", "dx:x"): deconv2d_dx,
     ("deconv2d", "dw:weight"): deconv2d_dw, ("deconv2d", "dw:bias"): deconv2d_db,
     ("crop", "fwd"): crop_fwd, ("crop", "dx:x"): crop_dx,
