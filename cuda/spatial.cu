@@ -203,3 +203,90 @@ extern "C" __global__ void interp_dx(const float* dout, float* dx, long long pla
         bw_put(dx, t, acc, accumulate);
     }
 }
+
+// roi_pool: Fast R-CNN's ROIPooling. Each roi row is (batch, x1, y1, x2, y2) in input
+// pixels; its corners are rounded onto the features after scaling and its bins cut as
+// Caffe cuts them, in double so that a bin edge that is an exact integer stays one (the
+// CPU reference cuts in double too). The forward is one thread per output element; dX is
+// one thread per feature element, visiting the bins of the rois of its image that can
+// hold it (one more on each side than Caffe's range, for safety) and adding the output
+// gradient where the saved argmax is this element: no atomics, a fixed order.
+struct BwRoi {
+    int batch, x1, y1;
+    double bin_h, bin_w;
+};
+
+__device__ __forceinline__ BwRoi bw_roi(const float* rois, int r, int ph_n, int pw_n,
+                                        double scale) {
+    const float* q = rois + 5 * (long long)r;
+    BwRoi g;
+    g.batch = (int)q[0];
+    g.x1 = (int)round(q[1] * scale);
+    g.y1 = (int)round(q[2] * scale);
+    const int x2 = (int)round(q[3] * scale), y2 = (int)round(q[4] * scale);
+    g.bin_h = (double)max(y2 - g.y1 + 1, 1) / ph_n;
+    g.bin_w = (double)max(x2 - g.x1 + 1, 1) / pw_n;
+    return g;
+}
+
+__device__ __forceinline__ void bw_roi_bin(const BwRoi& g, int i, int j, int h, int w,
+                                           int* h0, int* h1, int* w0, int* w1) {
+    *h0 = min(max((int)floor(i * g.bin_h) + g.y1, 0), h);
+    *h1 = min(max((int)ceil((i + 1) * g.bin_h) + g.y1, 0), h);
+    *w0 = min(max((int)floor(j * g.bin_w) + g.x1, 0), w);
+    *w1 = min(max((int)ceil((j + 1) * g.bin_w) + g.x1, 0), w);
+}
+
+// == kernel roi_pool_fwd ==
+extern "C" __global__ void roi_pool_fwd(const float* x, const float* rois, float* out,
+                                        int* argmax, int r_n, int c, int h, int w,
+                                        int pooled_h, int pooled_w, float spatial_scale) {
+    BW_GRID_STRIDE(t, (long long)r_n * c * pooled_h * pooled_w) {
+        const int j = t % pooled_w, i = (t / pooled_w) % pooled_h;
+        const int ch = (t / ((long long)pooled_w * pooled_h)) % c;
+        const int r = t / ((long long)pooled_w * pooled_h * c);
+        const BwRoi g = bw_roi(rois, r, pooled_h, pooled_w, spatial_scale);
+        int h0, h1, w0, w1;
+        bw_roi_bin(g, i, j, h, w, &h0, &h1, &w0, &w1);
+        const float* plane = x + ((long long)g.batch * c + ch) * h * w;
+        float best = 0.0f;
+        int where = -1;
+        for (int y = h0; y < h1; ++y)
+            for (int xx = w0; xx < w1; ++xx) {
+                const float v = plane[y * w + xx];
+                if (where < 0 || v > best) {
+                    best = v;
+                    where = y * w + xx;
+                }
+            }
+        out[t] = best;
+        if (argmax) argmax[t] = where;
+    }
+}
+
+// == kernel roi_pool_dx ==
+extern "C" __global__ void roi_pool_dx(const float* rois, const int* argmax,
+                                       const float* dout, float* dx, int n, int r_n, int c,
+                                       int h, int w, int pooled_h, int pooled_w,
+                                       float spatial_scale, int accumulate) {
+    BW_GRID_STRIDE(t, (long long)n * c * h * w) {
+        const int xx = t % w, y = (t / w) % h;
+        const int ch = (t / ((long long)w * h)) % c, b = t / ((long long)w * h * c);
+        const int here = y * w + xx;
+        float acc = 0.0f;
+        for (int r = 0; r < r_n; ++r) {
+            const BwRoi g = bw_roi(rois, r, pooled_h, pooled_w, spatial_scale);
+            if (g.batch != b) continue;
+            const int i0 = max((int)floor((y - g.y1) / g.bin_h) - 1, 0);
+            const int i1 = min((int)ceil((y - g.y1 + 1) / g.bin_h) + 1, pooled_h);
+            const int j0 = max((int)floor((xx - g.x1) / g.bin_w) - 1, 0);
+            const int j1 = min((int)ceil((xx - g.x1 + 1) / g.bin_w) + 1, pooled_w);
+            const long long base = ((long long)r * c + ch) * pooled_h * pooled_w;
+            for (int i = i0; i < i1; ++i)
+                for (int j = j0; j < j1; ++j)
+                    if (argmax[base + i * pooled_w + j] == here)
+                        acc += dout[base + i * pooled_w + j];
+        }
+        bw_put(dx, t, acc, accumulate);
+    }
+}

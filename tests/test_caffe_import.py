@@ -616,3 +616,24 @@ def test_interp_rows_take_caffes_output_size():
     with pytest.raises(CaffeError) as info:
         net("zoom_factor: 2 pad_beg: -1")
     assert "pad_beg" in info.value.message
+
+
+def test_roi_pooling_row_behind_a_python_proposal_layer():
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n'
+            'layer { name: "prop" type: "Python" bottom: "conv" top: "rois" python_param { '
+            'module: "rpn.proposal_layer" layer: "ProposalLayer" } }\n'
+            'layer { name: "pool" type: "ROIPooling" bottom: "conv" bottom: "rois" '
+            'top: "pool" roi_pooling_param { pooled_w: 2 pooled_h: 3 spatial_scale: 0.5 } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    text = HEAD + body + LOSS % "fc"
+    result = imported(text.replace('shape { dim: 2 } } }', 'shape { dim: 7 } } }'),
+                      input_shapes={"rois": (7, 5)})
+    pool = result.net.layer("pool")
+    assert (pool.op, pool.attrs["pooled_h"], pool.attrs["spatial_scale"]) == \
+        ("roi_pool", 3, 0.5)
+    assert pool.out.shape == (7, 4, 3, 2) == result.caffe.layer("pool").tops[0].shape
+    plan = make_plan(result.net)
+    assert plan.layer("pool").dx[0].needed and not plan.layer("pool").dx[1].needed
+    assert plan.layer("conv").dw[0].needed

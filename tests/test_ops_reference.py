@@ -378,6 +378,22 @@ def interp_case(draw):
 
 
 @st.composite
+def roi_pool_case(draw):
+    rng = _rng(draw)
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    h, w = draw(st.integers(2, 5)), draw(st.integers(2, 5))
+    scale = draw(st.sampled_from([1.0, 0.5]))
+    rois = []
+    for _ in range(draw(st.integers(1, 3))):
+        x1, y1 = draw(st.integers(0, w)), draw(st.integers(0, h))
+        rois.append([draw(st.integers(0, n - 1)), x1 / scale, y1 / scale,
+                     draw(st.integers(x1, w + 1)) / scale, draw(st.integers(y1, h + 1)) / scale])
+    attrs = dict(pooled_h=draw(st.integers(1, 3)), pooled_w=draw(st.integers(1, 3)),
+                 spatial_scale=scale)
+    return Case(attrs, [_distinct(rng, (n, c, h, w)), np.array(rois, dtype=np.float64)])
+
+
+@st.composite
 def deconv2d_case(draw):
     rng = _rng(draw)
     groups = draw(st.integers(1, 2))
@@ -472,7 +488,7 @@ CASES = {
     "silence": silence_case(), "bias": bias_case(), "bias_add": bias_add_case(),
     "tile": tile_case(),
     "crop": crop_case(), "permute": permute_case(), "deconv2d": deconv2d_case(),
-    "interp": interp_case(),
+    "interp": interp_case(), "roi_pool": roi_pool_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 
@@ -854,3 +870,41 @@ def test_interp_matches_torch_bilinear_with_aligned_corners(data):
         torch.from_numpy(case.inputs[0]), size=(case.attrs["height"], case.attrs["width"]),
         mode="bilinear", align_corners=True).numpy()
     np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)
+
+
+def _caffe_roi_pool(x, rois, pooled_h, pooled_w, scale):
+    """ROIPoolingLayer::Forward_cpu of Fast R-CNN, transcribed loop for loop."""
+    n, c, h, w = x.shape
+    top = np.zeros((len(rois), c, pooled_h, pooled_w))
+    for r, roi in enumerate(rois):
+        b = int(roi[0])
+        start_w, start_h, end_w, end_h = (int(np.sign(v * scale) * np.floor(abs(v * scale)
+                                                                           + 0.5))
+                                          for v in roi[1:])
+        bin_h = max(end_h - start_h + 1, 1) / pooled_h
+        bin_w = max(end_w - start_w + 1, 1) / pooled_w
+        for ch in range(c):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    hstart = min(max(int(np.floor(ph * bin_h)) + start_h, 0), h)
+                    hend = min(max(int(np.ceil((ph + 1) * bin_h)) + start_h, 0), h)
+                    wstart = min(max(int(np.floor(pw * bin_w)) + start_w, 0), w)
+                    wend = min(max(int(np.ceil((pw + 1) * bin_w)) + start_w, 0), w)
+                    if hend <= hstart or wend <= wstart:
+                        continue
+                    best = -np.inf
+                    for yy in range(hstart, hend):
+                        for xx in range(wstart, wend):
+                            best = max(best, x[b, ch, yy, xx])
+                    top[r, ch, ph, pw] = best
+    return top
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_roi_pool_matches_fast_rcnns_loops(data):
+    case = draw_case(data, "roi_pool")
+    a = case.attrs
+    out, _ = run_forward(registry.OPS["roi_pool"], a, case.inputs, {})
+    want = _caffe_roi_pool(*case.inputs, a["pooled_h"], a["pooled_w"], a["spatial_scale"])
+    np.testing.assert_array_equal(out, want)

@@ -164,7 +164,8 @@ _ROWS = (
               imports=Import("layer", "interp", m.interp)),
     CaffeType("Permute", bottoms=_ONE, tops=_ONE, shape=s.permute,             # SSD
               imports=Import("layer", "permute", m.permute)),
-    CaffeType("ROIPooling", bottoms=(2, -1, -1), tops=_ONE, shape=s.roi_pooling),
+    CaffeType("ROIPooling", bottoms=(2, -1, -1), tops=_ONE, shape=s.roi_pooling,
+              imports=Import("layer", "roi_pool", m.roi_pooling)),
     CaffeType("Tile", bottoms=_ONE, tops=_ONE, shape=s.tile,
               imports=Import("layer", "tile", m.tile)),
     CaffeType("Reduction", bottoms=_ONE, tops=_ONE, shape=s.reduction,

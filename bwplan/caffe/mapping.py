@@ -227,6 +227,18 @@ def interp(layer, ctx):
     return [("height", top[2], p.span), ("width", top[3], p.span)]
 
 
+def roi_pooling(layer, ctx):
+    p = layer.sub("roi_pooling_param")     # Fast R-CNN's fork: an open message
+    out = []
+    for field, default in (("pooled_h", 0), ("pooled_w", 0)):
+        value = _word(p, field, default)
+        if not value:
+            raise CaffeError(p.span, f"ROIPooling layer '{layer.name}' needs {field}")
+        out.append((field, int(value), p.where(field)))
+    scale = float(_word(p, "spatial_scale", 1.0))
+    return out + ([("spatial_scale", scale, p.where("spatial_scale"))] if scale != 1 else [])
+
+
 def pool_op(layer: CaffeLayer) -> str:
     p = layer.sub("pooling_param")
     kind = {"MAX": "maxpool", "AVE": "avgpool"}.get(p.get("pool"))

@@ -1,6 +1,7 @@
 """Ops of Caffe's structural layers and of its forks that work on spatial positions:
 crop (Caffe Crop, FCN), permute (SSD's Permute), deconv2d (Caffe Deconvolution) and interp
-(PSPNet's bilinear Interp; linear in x, so its dX reads nothing).
+(PSPNet's bilinear Interp; linear in x, so its dX reads nothing) and roi_pool (Fast
+R-CNN's ROIPooling: its dX reads the rois and the argmax the forward saves).
 
 Crop and permute move data and compute nothing, like the shape family, and neither
 backward reads a forward value: crop's dX is dY written into zeros at the crop's offsets,
@@ -20,8 +21,8 @@ import numpy as np
 from bwplan.ir.types import TensorType
 from bwplan.ops import conv
 from bwplan.ops._shapes import pair
-from bwplan.ops.opdef import (AttrSpec, GradRule, OpCtx, OpDef, ParamSlot, Port, on_every_target,
-                              zero_flops)
+from bwplan.ops.opdef import (AttrSpec, AuxSpec, GradRule, OpCtx, OpDef, ParamSlot, Port,
+                              on_every_target, zero_flops)
 
 
 def _axis(axis: int, rank: int) -> int:
@@ -293,4 +294,91 @@ INTERP = OpDef(
     kernels=on_every_target({"fwd": "spatial.interp_fwd", "dx:x": "spatial.interp_dx"}),
 )
 
-OPS = (CROP, PERMUTE, DECONV2D, INTERP)
+# ---- roi_pool --------------------------------------------------------------------------
+def caffe_round(v: float) -> int:
+    """C's round(): halves away from zero."""
+    return int(np.sign(v) * np.floor(abs(v) + 0.5))
+
+
+def roi_bins(ctx: OpCtx, roi) -> tuple[int, list[tuple[int, int]], list[tuple[int, int]]]:
+    """(batch index, [hstart, hend) per bin row, [wstart, wend) per bin column) of one roi
+    [batch, x1, y1, x2, y2], as Fast R-CNN's ROIPoolingLayer cuts it."""
+    _, _, h, w = ctx.x.shape
+    a = ctx.attrs
+    scale, ph_n, pw_n = a["spatial_scale"], a["pooled_h"], a["pooled_w"]
+    x1, y1, x2, y2 = (caffe_round(float(v) * scale) for v in roi[1:5])
+    bin_h = max(y2 - y1 + 1, 1) / ph_n
+    bin_w = max(x2 - x1 + 1, 1) / pw_n
+
+    def cut(count, size, bin_size, start):
+        return [(min(max(int(np.floor(i * bin_size)) + start, 0), size),
+                 min(max(int(np.ceil((i + 1) * bin_size)) + start, 0), size))
+                for i in range(count)]
+    return int(roi[0]), cut(ph_n, h, bin_h, y1), cut(pw_n, w, bin_w, x1)
+
+
+def _roi_infer(ctx: OpCtx) -> TensorType:
+    x, rois = ctx.inputs
+    if len(x.shape) != 4 or len(rois.shape) != 2 or rois.shape[1] != 5:
+        raise ValueError(f"roi_pool takes NCHW features and rois [R, 5] (batch, x1, y1, x2, "
+                         f"y2), got {x} and {rois}")
+    if ctx.attrs["pooled_h"] <= 0 or ctx.attrs["pooled_w"] <= 0:
+        raise ValueError("roi_pool: pooled_h and pooled_w must be positive")
+    return x.with_shape(rois.shape[0], x.shape[1], ctx.attrs["pooled_h"],
+                        ctx.attrs["pooled_w"])
+
+
+def _roi_fwd(ctx, inputs, params, training, rng):
+    x, rois = inputs
+    r_n, c_n = rois.shape[0], x.shape[1]
+    ph_n, pw_n = ctx.attrs["pooled_h"], ctx.attrs["pooled_w"]
+    w = x.shape[3]
+    out = np.zeros((r_n, c_n, ph_n, pw_n), dtype=x.dtype)
+    argmax = np.full(out.shape, -1, dtype=np.int32)
+    for r in range(r_n):
+        b, rows, cols = roi_bins(ctx, rois[r])
+        for i, (h0, h1) in enumerate(rows):
+            for j, (w0, w1) in enumerate(cols):
+                if h1 <= h0 or w1 <= w0:
+                    continue      # an empty bin: 0, and no gradient
+                window = x[b, :, h0:h1, w0:w1].reshape(c_n, -1)
+                best = window.argmax(axis=1)
+                out[r, :, i, j] = window[np.arange(c_n), best]
+                argmax[r, :, i, j] = (h0 + best // (w1 - w0)) * w + w0 + best % (w1 - w0)
+    return out, {"argmax": argmax}
+
+
+def _roi_dx(ctx, saved, dout, index):
+    rois, argmax = saved["rois"], saved["argmax"]
+    dx = np.zeros(ctx.x.shape, dtype=dout.dtype)
+    planes = dx.reshape(dx.shape[0], dx.shape[1], -1)
+    for r in range(argmax.shape[0]):
+        b = int(rois[r, 0])
+        for c in range(argmax.shape[1]):
+            for k, g in zip(argmax[r, c].ravel(), dout[r, c].ravel()):
+                if k >= 0:
+                    planes[b, c, k] += g
+    return dx
+
+
+ROI_POOL = OpDef(
+    name="roi_pool",
+    family="spatial",
+    doc="Max pooling of each region of interest into pooled_h x pooled_w bins (Fast R-CNN "
+        "ROIPooling): rois are [R, 5] rows (batch index, x1, y1, x2, y2) in input pixels, "
+        "scaled by spatial_scale onto the features; an empty bin is 0. Differentiable with "
+        "respect to the features, not the rois.",
+    ports=(Port("x"), Port("rois", differentiable=False)),
+    attrs=(AttrSpec("pooled_h", "int", doc="bin rows"),
+           AttrSpec("pooled_w", "int", doc="bin columns"),
+           AttrSpec("spatial_scale", "float", 1.0, doc="feature pixels per input pixel")),
+    infer=_roi_infer,
+    flops=lambda ctx: ctx.out.numel * max(1, ctx.x.shape[2] * ctx.x.shape[3]
+                                          // (ctx.attrs["pooled_h"] * ctx.attrs["pooled_w"])),
+    aux=(AuxSpec("argmax", lambda ctx: ctx.out.shape, "i32"),),
+    grads=(GradRule("x", frozenset({"argmax", "rois"}), lambda ctx: ctx.out.numel, _roi_dx),),
+    forward_ref=_roi_fwd,
+    kernels=on_every_target({"fwd": "spatial.roi_pool_fwd", "dx:x": "spatial.roi_pool_dx"}),
+)
+
+OPS = (CROP, PERMUTE, DECONV2D, INTERP, ROI_POOL)

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from bwplan.kernels.cpu import conv
-from bwplan.ops.spatial import conv_view, crop_window, interp_taps, permute_order
+from bwplan.ops.spatial import conv_view, crop_window, interp_taps, permute_order, roi_bins
 
 
 def crop_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
@@ -96,3 +96,63 @@ def interp_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
 
 def interp_dx(ctx, saved, dout, index, out) -> None:
     _interp_back(_planes(dout), *_taps(ctx), _planes(out))
+
+
+# ---- roi_pool: the bins of every roi are cut in Python (roi_bins, a few per roi), the
+# maxima and the scatter of dX are Numba loops over them in a fixed order
+def _roi_table(ctx, rois) -> np.ndarray:
+    """[R, PH, PW, 5]: batch index, hstart, hend, wstart, wend of every bin."""
+    ph_n, pw_n = ctx.attrs["pooled_h"], ctx.attrs["pooled_w"]
+    table = np.zeros((rois.shape[0], ph_n, pw_n, 5), dtype=np.int64)
+    for r in range(rois.shape[0]):
+        b, rows, cols = roi_bins(ctx, rois[r])
+        for i, (h0, h1) in enumerate(rows):
+            for j, (w0, w1) in enumerate(cols):
+                table[r, i, j] = (b, h0, h1, w0, w1)
+    return table
+
+
+@njit(cache=True, nogil=True)
+def _roi_max(x, table, out, argmax, keep):
+    r_n, ph_n, pw_n = table.shape[0], table.shape[1], table.shape[2]
+    w = x.shape[3]
+    for r in range(r_n):
+        for c in range(x.shape[1]):
+            for i in range(ph_n):
+                for j in range(pw_n):
+                    b, h0, h1, w0, w1 = table[r, i, j]
+                    best, where = 0.0, -1
+                    for hh in range(h0, h1):
+                        for ww in range(w0, w1):
+                            v = x[b, c, hh, ww]
+                            if where < 0 or v > best:
+                                best, where = v, hh * w + ww
+                    out[r, c, i, j] = best
+                    if keep:
+                        argmax[r, c, i, j] = where
+
+
+@njit(cache=True, nogil=True)
+def _roi_scatter(dout, argmax, batch, dx):
+    dx[:] = 0
+    for r in range(argmax.shape[0]):
+        b = batch[r]
+        for c in range(argmax.shape[1]):
+            for i in range(argmax.shape[2]):
+                for j in range(argmax.shape[3]):
+                    k = argmax[r, c, i, j]
+                    if k >= 0:
+                        dx[b, c, k] += dout[r, c, i, j]
+
+
+def roi_pool_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    x, rois = inputs
+    argmax = aux.get("argmax")
+    keep = argmax is not None
+    _roi_max(x, _roi_table(ctx, rois), out,
+             argmax if keep else np.empty((0, 0, 0, 0), np.int32), keep)
+
+
+def roi_pool_dx(ctx, saved, dout, index, out) -> None:
+    batch = saved["rois"][:, 0].astype(np.int64)
+    _roi_scatter(dout, saved["argmax"], batch, out.reshape(out.shape[0], out.shape[1], -1))

@@ -118,7 +118,27 @@ def interp_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
                         *_interp_dims(ctx), flag(accumulate))]
 
 
+def roi_pool_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    _, c, h, w = ctx.x.shape
+    a = ctx.attrs
+    return [grid_stride("roi_pool_fwd", ctx.out.numel, env, ptr(inputs[0]), ptr(inputs[1]),
+                        ptr(out), ptr(aux.get("argmax")), i32(ctx.inputs[1].shape[0]), i32(c),
+                        i32(h), i32(w), i32(a["pooled_h"]), i32(a["pooled_w"]),
+                        f32(a["spatial_scale"]))]
+
+
+def roi_pool_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    n, c, h, w = ctx.x.shape
+    a = ctx.attrs
+    return [grid_stride("roi_pool_dx", ctx.x.numel, env, ptr(saved["rois"]),
+                        ptr(saved["argmax"]), ptr(dout), ptr(out), i32(n),
+                        i32(ctx.inputs[1].shape[0]), i32(c), i32(h), i32(w),
+                        i32(a["pooled_h"]), i32(a["pooled_w"]), f32(a["spatial_scale"]),
+                        flag(accumulate))]
+
+
 LAUNCH = {
+    ("roi_pool", "fwd"): roi_pool_fwd, ("roi_pool", "dx:x"): roi_pool_dx,
     ("interp", "fwd"): interp_fwd, ("interp", "dx:x"): interp_dx,
     ("deconv2d", "fwd"): deconv2d_fwd, ("deconv2d", "dx:x"): deconv2d_dx,
     ("deconv2d", "dw:weight"): deconv2d_dw, ("deconv2d", "dw:bias"): deconv2d_db,
