@@ -290,3 +290,82 @@ extern "C" __global__ void roi_pool_dx(const float* rois, const int* argmax,
         bw_put(dx, t, acc, accumulate);
     }
 }
+
+// normalize: SSD's L2 normalisation of [N, C, S] tensors, one norm per sample
+// (across = 1) or per sample and position. A "group" is the elements one norm covers:
+// group g of sample n is position g (across = 0) or all of the sample. The forward's norm
+// and the sums of dX and dW are block reductions in double, one block per group (per
+// channel for dW, or one block when the scale is shared).
+__device__ __forceinline__ long long bw_group_elem(int n, int g, long long k, int c,
+                                                   long long s, int across) {
+    // the k-th element of group g of sample n
+    return across ? (long long)n * c * s + k : ((long long)n * c + k) * s + g;
+}
+
+// == kernel normalize_fwd ==
+// One block per group: its norm (kept in `norm` when the backward wants it), then the
+// group's outputs.
+extern "C" __global__ void normalize_fwd(const float* x, const float* weight, float* out,
+                                         float* norm, int n, int c, long long s, int across,
+                                         int shared, float eps) {
+    __shared__ double scratch[32];
+    const long long groups = across ? 1 : s;
+    const int b = blockIdx.x / groups, g = blockIdx.x % groups;
+    const long long size = across ? (long long)c * s : c;
+    double acc = 0.0;
+    for (long long k = threadIdx.x; k < size; k += blockDim.x) {
+        const float v = x[bw_group_elem(b, g, k, c, s, across)];
+        acc += (double)v * v;
+    }
+    const float nv = (float)sqrt(bw_block_sum_d(acc, scratch) + eps);
+    if (norm && threadIdx.x == 0) norm[blockIdx.x] = nv;
+    for (long long k = threadIdx.x; k < size; k += blockDim.x) {
+        const long long e = bw_group_elem(b, g, k, c, s, across);
+        out[e] = x[e] / nv * weight[shared ? 0 : (e / s) % c];
+    }
+}
+
+// == kernel normalize_dx ==
+// dx = g / norm - x * sum(g * x) / norm^3 over the group, with g = dout * scale.
+extern "C" __global__ void normalize_dx(const float* x, const float* norm,
+                                        const float* weight, const float* dout, float* dx,
+                                        int n, int c, long long s, int across, int shared,
+                                        int accumulate) {
+    __shared__ double scratch[32];
+    const long long groups = across ? 1 : s;
+    const int b = blockIdx.x / groups, g = blockIdx.x % groups;
+    const long long size = across ? (long long)c * s : c;
+    double acc = 0.0;
+    for (long long k = threadIdx.x; k < size; k += blockDim.x) {
+        const long long e = bw_group_elem(b, g, k, c, s, across);
+        const int ch = (e / s) % c;
+        acc += (double)dout[e] * weight[shared ? 0 : ch] * x[e];
+    }
+    const double dot = bw_block_sum_d(acc, scratch);
+    const double nv = norm[blockIdx.x];
+    for (long long k = threadIdx.x; k < size; k += blockDim.x) {
+        const long long e = bw_group_elem(b, g, k, c, s, across);
+        const int ch = (e / s) % c;
+        const double v = dout[e] * weight[shared ? 0 : ch] / nv - x[e] * dot / (nv * nv * nv);
+        bw_put(dx, e, (float)v, accumulate);
+    }
+}
+
+// == kernel normalize_dw ==
+// dweight[ch] (+)= sum over n and positions of dout * x / norm (every channel when shared).
+extern "C" __global__ void normalize_dw(const float* x, const float* norm, const float* dout,
+                                        float* dweight, int n, int c, long long s,
+                                        int across, int shared, int accumulate) {
+    __shared__ double scratch[32];
+    const int ch0 = shared ? 0 : blockIdx.x, ch1 = shared ? c : blockIdx.x + 1;
+    const long long per = (long long)n * s;
+    double acc = 0.0;
+    for (int ch = ch0; ch < ch1; ++ch)
+        for (long long t = threadIdx.x; t < per; t += blockDim.x) {
+            const long long b = t / s, pos = t % s;
+            const long long e = (b * c + ch) * s + pos;
+            acc += (double)dout[e] * x[e] / norm[across ? b : b * s + pos];
+        }
+    const double v = bw_block_sum_d(acc, scratch);
+    if (threadIdx.x == 0) bw_put(dweight, blockIdx.x, (float)v, accumulate);
+}

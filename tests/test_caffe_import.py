@@ -637,3 +637,20 @@ def test_roi_pooling_row_behind_a_python_proposal_layer():
     plan = make_plan(result.net)
     assert plan.layer("pool").dx[0].needed and not plan.layer("pool").dx[1].needed
     assert plan.layer("conv").dw[0].needed
+
+
+def test_normalize_row():
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n'
+            'layer { name: "norm" type: "Normalize" bottom: "conv" top: "norm" '
+            'param { lr_mult: 2 } norm_param { across_spatial: false channel_shared: false '
+            'scale_filler { type: "constant" value: 20 } } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "norm" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    result = imported(HEAD + body + LOSS % "fc")
+    norm = result.net.layer("norm")
+    assert norm.op == "normalize" and not norm.attrs["across_spatial"]
+    assert not norm.attrs["channel_shared"]
+    assert [(u.slot, u.lr_mult) for u in norm.params] == [("weight", 2)]
+    assert result.net.params[norm.params[0].param].type.shape == (4,)
+    assert [p.shape for p in result.caffe.layer("norm").params] == [(4,)]

@@ -394,6 +394,16 @@ def roi_pool_case(draw):
 
 
 @st.composite
+def normalize_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw, 2, 4)
+    attrs = dict(across_spatial=draw(st.booleans()), channel_shared=draw(st.booleans()),
+                 eps=1e-10)
+    weight = _normal(rng, 1 if attrs["channel_shared"] else shape[1])
+    return Case(attrs, [_normal(rng, *shape) + 0.5], {"weight": weight})
+
+
+@st.composite
 def deconv2d_case(draw):
     rng = _rng(draw)
     groups = draw(st.integers(1, 2))
@@ -489,6 +499,7 @@ CASES = {
     "tile": tile_case(),
     "crop": crop_case(), "permute": permute_case(), "deconv2d": deconv2d_case(),
     "interp": interp_case(), "roi_pool": roi_pool_case(),
+    "normalize": normalize_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 
@@ -908,3 +919,11 @@ def test_roi_pool_matches_fast_rcnns_loops(data):
     out, _ = run_forward(registry.OPS["roi_pool"], a, case.inputs, {})
     want = _caffe_roi_pool(*case.inputs, a["pooled_h"], a["pooled_w"], a["spatial_scale"])
     np.testing.assert_array_equal(out, want)
+
+
+def test_normalize_divides_by_the_l2_norm_at_each_position():
+    x = np.array([3.0, 4.0]).reshape(1, 2, 1)
+    attrs = dict(across_spatial=False, channel_shared=True, eps=0.0)
+    out, aux = run_forward(registry.OPS["normalize"], attrs, [x], {"weight": np.array([2.0])})
+    np.testing.assert_allclose(out.ravel(), [1.2, 1.6])
+    np.testing.assert_allclose(aux["norm"].ravel(), [5.0])

@@ -122,7 +122,8 @@ _ROWS = (
               imports=Import("layer", "scale", m.fork_bn, ("weight", "bias", None, None),
                              before=m.fork_bn_norm)),
     CaffeType("Normalize", param_blobs=_n(1), bottoms=_ONE, tops=_ONE,       # SSD
-              shape=s.normalize),
+              shape=s.normalize, imports=Import("layer", "normalize", m.normalize,
+                                                ("weight",))),
     CaffeType("BatchNorm", param_blobs=_n(3), bottoms=_ONE, tops=_ONE, shape=s.batch_norm,
               imports=Import("layer", "batchnorm", m.batch_norm, ("mean", "var", None),
                              stats=True)),

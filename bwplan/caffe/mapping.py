@@ -239,6 +239,17 @@ def roi_pooling(layer, ctx):
     return out + ([("spatial_scale", scale, p.where("spatial_scale"))] if scale != 1 else [])
 
 
+def normalize(layer, ctx):
+    p = layer.sub("norm_param")            # SSD's fork: an open message
+    out = []
+    for field, default in (("across_spatial", True), ("channel_shared", True)):
+        value = _word(p, field, default) in (True, 1, "true", "True")
+        if value != default:
+            out.append((field, value, p.where(field)))
+    eps = float(_word(p, "eps", 1e-10))
+    return out + ([("eps", eps, p.where("eps"))] if eps != 1e-10 else [])
+
+
 def pool_op(layer: CaffeLayer) -> str:
     p = layer.sub("pooling_param")
     kind = {"MAX": "maxpool", "AVE": "avgpool"}.get(p.get("pool"))

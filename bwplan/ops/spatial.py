@@ -1,7 +1,8 @@
 """Ops of Caffe's structural layers and of its forks that work on spatial positions:
 crop (Caffe Crop, FCN), permute (SSD's Permute), deconv2d (Caffe Deconvolution) and interp
 (PSPNet's bilinear Interp; linear in x, so its dX reads nothing) and roi_pool (Fast
-R-CNN's ROIPooling: its dX reads the rois and the argmax the forward saves).
+R-CNN's ROIPooling: its dX reads the rois and the argmax the forward saves), and SSD's
+normalize (an L2 norm with a learned scale; the forward saves the norms for the backward).
 
 Crop and permute move data and compute nothing, like the shape family, and neither
 backward reads a forward value: crop's dX is dY written into zeros at the crop's offsets,
@@ -381,4 +382,82 @@ ROI_POOL = OpDef(
     kernels=on_every_target({"fwd": "spatial.roi_pool_fwd", "dx:x": "spatial.roi_pool_dx"}),
 )
 
-OPS = (CROP, PERMUTE, DECONV2D, INTERP, ROI_POOL)
+# ---- normalize -------------------------------------------------------------------------
+def _ncs(ctx: OpCtx) -> tuple[int, int, int]:
+    shape = ctx.x.shape
+    return shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))
+
+
+def _norm_shape(ctx: OpCtx) -> tuple[int, ...]:
+    """One norm per sample (across_spatial) or per sample and position."""
+    n, _, s = _ncs(ctx)
+    return (n,) if ctx.attrs["across_spatial"] else (n, s)
+
+
+def _norms(ctx, x3):
+    eps = ctx.attrs["eps"]
+    if ctx.attrs["across_spatial"]:
+        return np.sqrt((x3 ** 2).sum(axis=(1, 2)) + eps)[:, None, None]
+    return np.sqrt((x3 ** 2).sum(axis=1, keepdims=True) + eps)
+
+
+def _scale3(ctx, weight):
+    return np.asarray(weight).reshape(1, -1, 1)
+
+
+def _normalize_fwd(ctx, inputs, params, training, rng):
+    x3 = inputs[0].reshape(_ncs(ctx))
+    norm = _norms(ctx, x3)
+    out = x3 / norm * _scale3(ctx, params["weight"])
+    return out.reshape(ctx.x.shape), {"norm": norm.reshape(_norm_shape(ctx))}
+
+
+def _normalize_dx(ctx, saved, dout, index):
+    x3, g = saved["x"].reshape(_ncs(ctx)), dout.reshape(_ncs(ctx))
+    norm = saved["norm"].reshape((-1, 1, 1) if ctx.attrs["across_spatial"]
+                                 else (x3.shape[0], 1, x3.shape[2]))
+    g = g * _scale3(ctx, saved["weight"])
+    axes = (1, 2) if ctx.attrs["across_spatial"] else (1,)
+    dot = (g * x3).sum(axis=axes, keepdims=True)
+    return (g / norm - x3 * dot / norm ** 3).reshape(ctx.x.shape)
+
+
+def _normalize_dw(ctx, saved, dout, index):
+    x3, g = saved["x"].reshape(_ncs(ctx)), dout.reshape(_ncs(ctx))
+    norm = saved["norm"].reshape((-1, 1, 1) if ctx.attrs["across_spatial"]
+                                 else (x3.shape[0], 1, x3.shape[2]))
+    per_channel = (g * x3 / norm).sum(axis=(0, 2))
+    return per_channel.sum(keepdims=True) if ctx.attrs["channel_shared"] else per_channel
+
+
+def _normalize_infer(ctx: OpCtx) -> TensorType:
+    if len(ctx.x.shape) < 2:
+        raise ValueError(f"normalize expects [N, C, ...], got {ctx.x}")
+    return ctx.x
+
+
+NORMALIZE = OpDef(
+    name="normalize",
+    family="spatial",
+    doc="x divided by its L2 norm, sqrt(sum x^2 + eps), over each sample (across_spatial) "
+        "or over the channels at each position, times a learned scale per channel or one "
+        "shared (SSD Normalize).",
+    ports=(Port("x"),),
+    attrs=(AttrSpec("across_spatial", "bool", True, doc="one norm per sample"),
+           AttrSpec("channel_shared", "bool", True, doc="one scale for every channel"),
+           AttrSpec("eps", "float", 1e-10)),
+    params=(ParamSlot("weight", lambda ctx: (1,) if ctx.attrs["channel_shared"]
+                      else (ctx.x.shape[1],), init="constant:1.0"),),
+    infer=_normalize_infer,
+    flops=lambda ctx: 4 * ctx.x.numel,
+    aux=(AuxSpec("norm", _norm_shape),),
+    grads=(GradRule("x", frozenset({"x", "norm", "weight"}), lambda ctx: 6 * ctx.x.numel,
+                    _normalize_dx),
+           GradRule("weight", frozenset({"x", "norm"}), lambda ctx: 3 * ctx.x.numel,
+                    _normalize_dw)),
+    forward_ref=_normalize_fwd,
+    kernels=on_every_target({"fwd": "spatial.normalize_fwd", "dx:x": "spatial.normalize_dx",
+                             "dw:weight": "spatial.normalize_dw"}),
+)
+
+OPS = (CROP, PERMUTE, DECONV2D, INTERP, ROI_POOL, NORMALIZE)

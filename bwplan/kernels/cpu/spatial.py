@@ -10,11 +10,13 @@ input gradient in a fixed order, so results do not depend on threads.
 """
 from __future__ import annotations
 
-import numpy as np
+import math
 
+import numpy as np
 from numba import njit
 
 from bwplan.kernels.cpu import conv
+from bwplan.kernels.cpu.views import flat, ncs
 from bwplan.ops.spatial import conv_view, crop_window, interp_taps, permute_order, roi_bins
 
 
@@ -156,3 +158,88 @@ def roi_pool_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
 def roi_pool_dx(ctx, saved, dout, index, out) -> None:
     batch = saved["rois"][:, 0].astype(np.int64)
     _roi_scatter(dout, saved["argmax"], batch, out.reshape(out.shape[0], out.shape[1], -1))
+
+
+# ---- normalize: tensors seen as [N, C, S]; sums in float64 --------------------------------
+@njit(cache=True, nogil=True)
+def _l2_norms(x, across, eps, norm):
+    n_, c_, s_ = x.shape
+    for n in range(n_):
+        if across:
+            acc = 0.0
+            for c in range(c_):
+                for s in range(s_):
+                    acc += x[n, c, s] * x[n, c, s]
+            norm[n, 0] = math.sqrt(acc + eps)
+        else:
+            for s in range(s_):
+                acc = 0.0
+                for c in range(c_):
+                    acc += x[n, c, s] * x[n, c, s]
+                norm[n, s] = math.sqrt(acc + eps)
+
+
+@njit(cache=True, nogil=True)
+def _normalize(x, norm, across, weight, out):
+    n_, c_, s_ = x.shape
+    for n in range(n_):
+        for c in range(c_):
+            w = weight[0] if weight.size == 1 else weight[c]
+            for s in range(s_):
+                out[n, c, s] = x[n, c, s] / norm[n, 0 if across else s] * w
+
+
+@njit(cache=True, nogil=True)
+def _normalize_back(x, norm, across, weight, dout, dx):
+    n_, c_, s_ = x.shape
+    for n in range(n_):
+        groups = 1 if across else s_
+        for grp in range(groups):
+            s0, s1 = (0, s_) if across else (grp, grp + 1)
+            nv = norm[n, grp]
+            dot = 0.0
+            for c in range(c_):
+                w = weight[0] if weight.size == 1 else weight[c]
+                for s in range(s0, s1):
+                    dot += dout[n, c, s] * w * x[n, c, s]
+            for c in range(c_):
+                w = weight[0] if weight.size == 1 else weight[c]
+                for s in range(s0, s1):
+                    dx[n, c, s] = dout[n, c, s] * w / nv - x[n, c, s] * dot / (nv * nv * nv)
+
+
+@njit(cache=True, nogil=True)
+def _normalize_dw(x, norm, across, dout, dw):
+    n_, c_, s_ = x.shape
+    for i in range(dw.size):
+        dw[i] = 0
+    for c in range(c_):
+        acc = 0.0
+        for n in range(n_):
+            for s in range(s_):
+                acc += dout[n, c, s] * x[n, c, s] / norm[n, 0 if across else s]
+        dw[0 if dw.size == 1 else c] += acc
+
+
+def _norm2(ctx, norm):
+    return norm.reshape(norm.shape[0], -1)
+
+
+def normalize_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    x = ncs(inputs[0])
+    across = ctx.attrs["across_spatial"]
+    norm = aux.get("norm")
+    norm = np.empty((x.shape[0], 1 if across else x.shape[2]), x.dtype) if norm is None \
+        else _norm2(ctx, norm)
+    _l2_norms(x, across, ctx.attrs["eps"], norm)
+    _normalize(x, norm, across, flat(params["weight"]), ncs(out))
+
+
+def normalize_dx(ctx, saved, dout, index, out) -> None:
+    _normalize_back(ncs(saved["x"]), _norm2(ctx, saved["norm"]), ctx.attrs["across_spatial"],
+                    flat(saved["weight"]), ncs(dout), ncs(out))
+
+
+def normalize_dw(ctx, saved, dout, out) -> None:
+    _normalize_dw(ncs(saved["x"]), _norm2(ctx, saved["norm"]), ctx.attrs["across_spatial"],
+                  ncs(dout), flat(out))

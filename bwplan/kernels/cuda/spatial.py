@@ -137,7 +137,37 @@ def roi_pool_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
                         flag(accumulate))]
 
 
+def _normalize_dims(ctx):
+    n, c = ctx.x.shape[:2]
+    s = ctx.x.numel // max(1, n * c)
+    across, shared = ctx.attrs["across_spatial"], ctx.attrs["channel_shared"]
+    return n, c, s, across, shared, n * (1 if across else s)
+
+
+def normalize_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    n, c, s, across, shared, groups = _normalize_dims(ctx)
+    return [per_channel("normalize_fwd", groups, ptr(inputs[0]), ptr(params["weight"]),
+                        ptr(out), ptr(aux.get("norm")), i32(n), i32(c), i64(s), flag(across),
+                        flag(shared), f32(ctx.attrs["eps"]))]
+
+
+def normalize_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    n, c, s, across, shared, groups = _normalize_dims(ctx)
+    return [per_channel("normalize_dx", groups, ptr(saved["x"]), ptr(saved["norm"]),
+                        ptr(saved["weight"]), ptr(dout), ptr(out), i32(n), i32(c), i64(s),
+                        flag(across), flag(shared), flag(accumulate))]
+
+
+def normalize_dw(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
+    n, c, s, across, shared, _ = _normalize_dims(ctx)
+    return [per_channel("normalize_dw", 1 if shared else c, ptr(saved["x"]),
+                        ptr(saved["norm"]), ptr(dout), ptr(out), i32(n), i32(c), i64(s),
+                        flag(across), flag(shared), flag(accumulate))]
+
+
 LAUNCH = {
+    ("normalize", "fwd"): normalize_fwd, ("normalize", "dx:x"): normalize_dx,
+    ("normalize", "dw:weight"): normalize_dw,
     ("roi_pool", "fwd"): roi_pool_fwd, ("roi_pool", "dx:x"): roi_pool_dx,
     ("interp", "fwd"): interp_fwd, ("interp", "dx:x"): interp_dx,
     ("deconv2d", "fwd"): deconv2d_fwd, ("deconv2d", "dx:x"): deconv2d_dx,
