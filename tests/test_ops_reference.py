@@ -467,6 +467,23 @@ def smooth_l1_case(draw, weighted=False):
     return Case(dict(sigma=draw(st.sampled_from([1.0, 3.0, 0.5]))), inputs)
 
 
+@st.composite
+def mvn_case(draw):
+    shape = _shape(draw, 2, 4)
+    attrs = dict(normalize_variance=draw(st.booleans()), across_channels=draw(st.booleans()),
+                 eps=draw(st.sampled_from([1e-9, 0.1])))
+    return Case(attrs, [_normal(_rng(draw), *shape)])
+
+
+@st.composite
+def lrn_within_case(draw):
+    attrs = dict(size=draw(st.sampled_from([1, 3, 5])), alpha=draw(st.floats(0.1, 2.0)),
+                 beta=draw(st.floats(0.5, 1.0)))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4)),
+             draw(st.integers(1, 4)))
+    return Case(attrs, [_normal(_rng(draw), *shape)])
+
+
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
     "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
@@ -486,6 +503,7 @@ CASES = {
     "sigmoid_cross_entropy_loss": sigmoid_ce_case(), "hinge_loss": hinge_case(),
     "infogain_loss": infogain_case(), "infogain_loss_h": infogain_case(as_input=True),
     "smooth_l1_loss": smooth_l1_case(), "smooth_l1_loss_weighted": smooth_l1_case(True),
+    "mvn": mvn_case(), "lrn_within_channel": lrn_within_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 
@@ -742,6 +760,19 @@ def test_pooling_matches_caffe_loops(name, mode, data):
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=20, deadline=None)
+@given(case=lrn_within_case())
+def test_lrn_within_channel_is_caffes_pooling_pipeline(case):
+    """Caffe builds WITHIN_CHANNEL LRN from layers: x^2, average pooling (size, stride 1,
+    pad (size - 1) / 2), Power(scale alpha, shift 1, power -beta), and a product with x."""
+    a, x = case.attrs, case.inputs[0]
+    pad = (a["size"] - 1) // 2
+    pooled = _caffe_pool(x * x, (a["size"],) * 2, (1, 1), (pad, pad), x.shape[2:], "ave")
+    want = x * (1 + a["alpha"] * pooled) ** -a["beta"]
+    got, _ = run_forward(registry.OPS["lrn_within_channel"], a, [x], {})
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 # ---- forwards against PyTorch --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def torch():
@@ -840,7 +871,7 @@ TORCH.update({name: (CASES[name], _oracle(name)) for name in (
     "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold", "reduction",
     "argmax", "silence", "bias", "bias_add", "tile", "embed", "sigmoid_cross_entropy_loss",
     "hinge_loss", "infogain_loss", "infogain_loss_h", "smooth_l1_loss",
-    "smooth_l1_loss_weighted")})
+    "smooth_l1_loss_weighted", "mvn", "lrn_within_channel")})
 
 
 @pytest.mark.parametrize("key", sorted(TORCH))

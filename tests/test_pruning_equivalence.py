@@ -102,7 +102,9 @@ input tgt : f32[4, 3]
 input w_in : f32[4, 3]
 input w_out : f32[4, 3]
 
-c1   = conv2d(x, out=4, kernel=3, pad=1)
+c0   = conv2d(x, out=4, kernel=3, pad=1)
+mv   = mvn(c0, eps=0.001)
+c1   = lrn_within_channel(mv, size=3, alpha=0.5)
 e    = elu(c1, alpha=0.5)
 pr   = prelu(e)
 ps   = prelu(c1, channel_shared=true)

@@ -405,6 +405,24 @@ def smooth_l1_loss(a, xs, p, training):
     return err.sum() / x.shape[0]
 
 
+def mvn(a, xs, p, training):
+    """Caffe MVN: per sample (across_channels) or per channel of a sample, subtract the
+    mean and divide by the biased standard deviation plus eps."""
+    x = xs[0]
+    rows = x.reshape(x.shape[0] if a["across_channels"] else x.shape[0] * x.shape[1], -1)
+    c = rows - rows.mean(dim=1, keepdim=True)
+    if a["normalize_variance"]:
+        c = c / (torch.sqrt((c * c).mean(dim=1, keepdim=True)) + a["eps"])
+    return c.reshape(x.shape)
+
+
+def lrn_within_channel(a, xs, p, training):
+    """Caffe LRN WITHIN_CHANNEL: an average pool of x^2 that counts the zero padding."""
+    x, size = xs[0], a["size"]
+    pooled = F.avg_pool2d(x * x, size, 1, (size - 1) // 2, count_include_pad=True)
+    return x * (1 + a["alpha"] * pooled) ** -a["beta"]
+
+
 # op(attrs, inputs, params by slot, training) -> output; DECIDING_OPS also take `hints`
 OpFn = Callable[..., torch.Tensor]
 
@@ -456,6 +474,8 @@ OPS: dict[str, OpFn] = {
     "infogain_loss_h": infogain_loss,
     "smooth_l1_loss": smooth_l1_loss,
     "smooth_l1_loss_weighted": smooth_l1_loss,
+    "mvn": mvn,
+    "lrn_within_channel": lrn_within_channel,
 }
 
 

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from bwplan.ops import conv, elementwise, linear, loss, norm, pool, shape
-from bwplan.ops import activation, broadcast, embed, reduction
+from bwplan.ops import activation, broadcast, embed, reduction, spatial_norm
 from bwplan.ops.opdef import OpDef
 
 _FAMILIES = (conv, linear, elementwise, pool, norm, shape, loss, activation, reduction,
-             broadcast, embed)
+             broadcast, embed, spatial_norm)
 
 
 def _collect() -> Mapping[str, OpDef]:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 FAMILIES = ("conv", "linear", "elementwise", "pool", "norm", "shape", "loss", "activation",
-            "reduction", "broadcast", "embed")
+            "reduction", "broadcast", "embed", "spatial_norm")
 
 
 def get(name: str) -> Callable[..., Any]:
