@@ -1,5 +1,6 @@
 // loss.cu: losses and the accuracy metric of bwplan/ops/loss.py. Every loss averages over
-// the batch N (dimension 0 of its first input) and writes one float; a loss's dX reads
+// the batch N (dimension 0 of its first input), or divides per Caffe's normalization
+// (sigmoid cross-entropy, infogain), and writes one float; a loss's dX reads
 // d(loss) from device memory (the seed the runtime wrote, the loss weight), so a step
 // never returns to the host between its forward and backward.
 //
@@ -13,6 +14,19 @@
 #include "common.cuh"
 
 #define LOSS_THREADS 1024  // the whole loss in one block: 32 warps, one row per warp
+
+// Caffe's LossParameter.normalization, in the order of bwplan.ops.loss.NORMALIZATIONS:
+// what a summed loss is divided by, at least 1.
+#define BW_FLT_MIN 1.17549435e-38f  // FLT_MIN: Caffe clamps a probability to it before log
+
+enum { BW_NORM_FULL = 0, BW_NORM_VALID = 1, BW_NORM_BATCH_SIZE = 2, BW_NORM_NONE = 3 };
+
+__device__ __forceinline__ double bw_normalizer(int mode, double batch, double count,
+                                                double valid) {
+    const double v = mode == BW_NORM_FULL ? count : mode == BW_NORM_VALID ? valid
+                   : mode == BW_NORM_BATCH_SIZE ? batch : 1.0;
+    return v > 1.0 ? v : 1.0;
+}
 
 // == kernel softmax_cross_entropy_fwd ==
 // Logits [N, C, S...] with classes on dimension 1, labels [N, S...]. Per row (n, s):
@@ -179,4 +193,191 @@ accuracy_fwd(const float* logits, const void* label, int label_dtype, float* out
     }
     hits = bw_block_sum_d(hits, scratch);
     if (threadIdx.x == 0) *out = (float)(hits / ((double)n * s));
+}
+
+// == kernel sigmoid_cross_entropy_loss_fwd ==
+// sum of max(x, 0) - x t + log(1 + e^-|x|) over the elements whose target is not
+// ignore, divided per normalization. One block.
+extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
+sigmoid_cross_entropy_loss_fwd(const float* logits, const float* target, float* loss,
+                               long long n, int batch, int normalization, float ignore) {
+    __shared__ double scratch[32];
+    double total = 0.0, valid = 0.0;
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+        const float x = logits[i], t = target[i];
+        if (t == ignore) continue;
+        total += (double)(fmaxf(x, 0.0f) - x * t + log1pf(expf(-fabsf(x))));
+        valid += 1.0;
+    }
+    total = bw_block_sum_d(total, scratch);
+    valid = bw_block_sum_d(valid, scratch);
+    if (threadIdx.x == 0)
+        *loss = (float)(total / bw_normalizer(normalization, batch, (double)n, valid));
+}
+
+// == kernel sigmoid_cross_entropy_loss_dx ==
+// (sigmoid(x) - t) * dout / normalizer, 0 where the target is ignore. Each block counts
+// the valid targets itself, as softmax_cross_entropy_dx does.
+extern "C" __global__ void sigmoid_cross_entropy_loss_dx(const float* logits,
+                                                         const float* target,
+                                                         const float* dout, float* dx,
+                                                         long long n, int batch,
+                                                         int normalization, float ignore,
+                                                         int accumulate) {
+    __shared__ double scratch[32];
+    double valid = 0.0;
+    if (normalization == BW_NORM_VALID) {
+        for (long long i = threadIdx.x; i < n; i += blockDim.x)
+            valid += target[i] != ignore ? 1.0 : 0.0;
+        valid = bw_block_sum_d(valid, scratch);
+    }
+    const float scale = (float)(*dout / bw_normalizer(normalization, batch, (double)n, valid));
+    BW_GRID_STRIDE(i, n) {
+        const float t = target[i];
+        const float g = t == ignore ? 0.0f : (1.0f / (1.0f + expf(-logits[i])) - t) * scale;
+        bw_put(dx, i, g, accumulate);
+    }
+}
+
+// == kernel hinge_loss_fwd ==
+// Scores [N, D]: sum of max(0, 1 + sign x) (squared for L2), sign -1 at the label,
+// divided by N. One block.
+extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
+hinge_loss_fwd(const float* scores, const void* label, int label_dtype, float* loss, int n,
+               long long d, int squared) {
+    __shared__ double scratch[32];
+    double total = 0.0;
+    for (long long i = threadIdx.x; i < (long long)n * d; i += blockDim.x) {
+        const float sign = bw_load_index(label, i / d, label_dtype) == i % d ? -1.0f : 1.0f;
+        const float m = fmaxf(0.0f, 1.0f + sign * scores[i]);
+        total += squared ? (double)m * m : (double)m;
+    }
+    total = bw_block_sum_d(total, scratch);
+    if (threadIdx.x == 0) *loss = (float)(total / n);
+}
+
+// == kernel hinge_loss_dx ==
+extern "C" __global__ void hinge_loss_dx(const float* scores, const void* label,
+                                         int label_dtype, const float* dout, float* dx, int n,
+                                         long long d, int squared, int accumulate) {
+    const float scale = *dout / n;
+    BW_GRID_STRIDE(i, (long long)n * d) {
+        const float sign = bw_load_index(label, i / d, label_dtype) == i % d ? -1.0f : 1.0f;
+        const float m = fmaxf(0.0f, 1.0f + sign * scores[i]);
+        const float g = squared ? 2.0f * m : (m > 0.0f ? 1.0f : 0.0f);
+        bw_put(dx, i, sign * g * scale, accumulate);
+    }
+}
+
+// == kernel infogain_loss_fwd ==
+// Logits [outer, C, inner], one row (o, s) per warp: softmax over C, then
+// -sum_l H[label, l] log max(p_l, BW_FLT_MIN) unless the label is ignore; divided per
+// normalization. prob is written when the backward keeps it. One block.
+extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
+infogain_loss_fwd(const float* logits, const void* label, int label_dtype,
+                  const float* infogain, float* loss, float* prob, int outer, int c,
+                  long long inner, int normalization, long long ignore) {
+    __shared__ double scratch[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    double total = 0.0, valid = 0.0;
+    for (long long row = warp; row < (long long)outer * inner; row += warps) {
+        const long long base = (row / inner) * c * inner + row % inner;
+        float mx = -INFINITY;
+        for (int q = lane; q < c; q += 32) mx = fmaxf(mx, logits[base + q * inner]);
+        mx = bw_warp_max(mx);
+        float sum = 0.0f;
+        for (int q = lane; q < c; q += 32) sum += expf(logits[base + q * inner] - mx);
+        sum = bw_warp_sum(sum);
+        if (prob)
+            for (int q = lane; q < c; q += 32)
+                prob[base + q * inner] = expf(logits[base + q * inner] - mx) / sum;
+        const long long lab = bw_load_index(label, row, label_dtype);
+        if (lab == ignore) continue;
+        float part = 0.0f;
+        if (lab >= 0 && lab < c)
+            for (int q = lane; q < c; q += 32) {
+                const float p = expf(logits[base + q * inner] - mx) / sum;
+                part -= infogain[lab * c + q] * logf(fmaxf(p, BW_FLT_MIN));
+            }
+        else
+            part = lane == 0 ? NAN : 0.0f;
+        part = bw_warp_sum(part);
+        if (lane == 0) {
+            total += part;
+            valid += 1.0;
+        }
+    }
+    total = bw_block_sum_d(total, scratch);
+    valid = bw_block_sum_d(valid, scratch);
+    if (threadIdx.x == 0)
+        *loss = (float)(total / bw_normalizer(normalization, outer, (double)outer * inner,
+                                              valid));
+}
+
+// == kernel infogain_loss_dx ==
+// (p * sum_l H[label, l] - H[label]) * dout / normalizer, 0 at an ignored label. Each
+// element sums its label's row of H (C reads: the class count is small).
+extern "C" __global__ void infogain_loss_dx(const float* prob, const void* label,
+                                            int label_dtype, const float* infogain,
+                                            const float* dout, float* dx, int outer, int c,
+                                            long long inner, int normalization,
+                                            long long ignore, int accumulate) {
+    __shared__ double scratch[32];
+    double valid = 0.0;
+    if (normalization == BW_NORM_VALID) {
+        for (long long r = threadIdx.x; r < (long long)outer * inner; r += blockDim.x)
+            valid += bw_load_index(label, r, label_dtype) != ignore ? 1.0 : 0.0;
+        valid = bw_block_sum_d(valid, scratch);
+    }
+    const float scale = (float)(*dout / bw_normalizer(normalization, outer,
+                                                      (double)outer * inner, valid));
+    BW_GRID_STRIDE(i, (long long)outer * c * inner) {
+        const long long q = (i / inner) % c, row = (i / (inner * c)) * inner + i % inner;
+        const long long lab = bw_load_index(label, row, label_dtype);
+        float g = 0.0f;
+        if (lab != ignore) {
+            float rowsum = 0.0f;
+            for (int l = 0; l < c; ++l) rowsum += infogain[lab * c + l];
+            g = (prob[i] * rowsum - infogain[lab * c + q]) * scale;
+        }
+        bw_put(dx, i, g, accumulate);
+    }
+}
+
+// == kernel smooth_l1_loss_fwd ==
+// d = inside * (a - b) (inside, outside null: 1); sum of outside * f(d), f(d) = 0.5
+// sigma2 d^2 for |d| < 1 / sigma2, else |d| - 0.5 / sigma2; divided by the batch. d is
+// saved when given. One block.
+extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
+smooth_l1_loss_fwd(const float* a, const float* b, const float* inside, const float* outside,
+                   float* loss, float* diff, int batch, long long n, float sigma2) {
+    __shared__ double scratch[32];
+    double total = 0.0;
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+        float d = a[i] - b[i];
+        if (inside) d *= inside[i];
+        if (diff) diff[i] = d;
+        const float ad = fabsf(d);
+        float err = ad < 1.0f / sigma2 ? 0.5f * sigma2 * d * d : ad - 0.5f / sigma2;
+        if (outside) err *= outside[i];
+        total += err;
+    }
+    total = bw_block_sum_d(total, scratch);
+    if (threadIdx.x == 0) *loss = (float)(total / batch);
+}
+
+// == kernel smooth_l1_loss_dx ==
+// sign * f'(d) * inside * outside * dout / batch; sign -1 for the second input.
+extern "C" __global__ void smooth_l1_loss_dx(const float* diff, const float* inside,
+                                             const float* outside, const float* dout,
+                                             float* dx, int batch, long long n, float sigma2,
+                                             float sign, int accumulate) {
+    const float scale = sign * *dout / batch;
+    BW_GRID_STRIDE(i, n) {
+        const float d = diff[i];
+        float g = fabsf(d) < 1.0f / sigma2 ? sigma2 * d
+                                           : (d > 0.0f ? 1.0f : (d < 0.0f ? -1.0f : 0.0f));
+        if (inside) g *= inside[i] * outside[i];
+        bw_put(dx, i, g * scale, accumulate);
+    }
 }

@@ -426,6 +426,22 @@ def test_batchnorm_updates_running_statistics(shape):
         assert all(np.array_equal(before[k], params[k]) for k in params)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32])
+def test_embed_takes_integer_or_float_indices_and_refuses_one_out_of_range(dtype):
+    rng = np.random.default_rng(6)
+    x = np.array([[3, 0, 3], [1, 1, 2]]).astype(dtype)
+    params = {"weight": _normal(rng, 4, 5), "bias": _normal(rng, 5)}
+    run = Run("embed", Case(dict(num_output=5, input_dim=4), [x], params))
+    assert run.out.dtype == np.float32
+    run.check_forward()
+    run.check_grads()
+    bad = np.array([0, 4]).astype(dtype)
+    ctx = make_ctx(run.op, dict(num_output=5, input_dim=4), [bad])
+    with pytest.raises(ValueError, match="embed index 4 at position 1 is outside"):
+        kernel(run.op, "fwd")(ctx, [bad], run.params, np.empty((2, 5), np.float32), {}, True,
+                              None)
+
+
 def test_loss_labels_outside_the_classes_are_refused():
     op = registry.OPS["softmax_cross_entropy"]
     logits = np.zeros((2, 3), np.float32)

@@ -481,6 +481,86 @@ def tile_case(draw):
                 [_normal(_rng(draw), *shape)])
 
 
+@st.composite
+def embed_case(draw):
+    """Indices as floats, as Caffe's data layers give them (integer indices, whose output
+    is float32 whatever the weights, are checked in test_kernels_cpu.py)."""
+    rng = _rng(draw)
+    k, n = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    attrs = dict(num_output=n, input_dim=k, bias_term=draw(st.booleans()))
+    x = rng.integers(0, k, _shape(draw, 1, 3)).astype(np.float64)
+    params = {"weight": _normal(rng, k, n)}
+    if attrs["bias_term"]:
+        params["bias"] = _normal(rng, n)
+    return Case(attrs, [x], params)
+
+
+_NORMALIZATIONS = st.sampled_from(["FULL", "VALID", "BATCH_SIZE", "NONE"])
+
+
+@st.composite
+def sigmoid_ce_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw, 1, 3)
+    target = rng.uniform(0, 1, shape)
+    if draw(st.booleans()):
+        target.reshape(-1)[1:] = np.where(rng.random(target.size - 1) < 0.3, -1,
+                                          target.reshape(-1)[1:])
+    attrs = dict(normalization=draw(_NORMALIZATIONS), ignore_label=-1)
+    return Case(attrs, [3 * _normal(rng, *shape), target])
+
+
+@st.composite
+def hinge_case(draw):
+    rng = _rng(draw)
+    n, d = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    scores = _away_from(_away_from(1.5 * _normal(rng, n, d), 1.0), -1.0)  # off the hinges
+    label = rng.integers(0, d, (n,)).astype(np.int32)
+    return Case(dict(norm=draw(st.sampled_from(["L1", "L2"]))),
+                [scores.reshape(draw(st.sampled_from([(n, d), (n, d, 1)]))), label])
+
+
+@st.composite
+def infogain_case(draw, as_input=False):
+    case = draw(labelled_case())
+    rng = _rng(draw)
+    c = case.inputs[0].shape[1]
+    h = rng.uniform(0, 1, (c, c))
+    case.attrs.update(normalization=draw(_NORMALIZATIONS))
+    if as_input:
+        case.inputs.append(h.reshape(draw(st.sampled_from([(c, c), (1, 1, c, c)]))))
+    else:
+        case.params["infogain"] = h
+    return case
+
+
+@st.composite
+def smooth_l1_case(draw, weighted=False):
+    rng = _rng(draw)
+    shape = _shape(draw, 1, 3)
+    inputs = [_normal(rng, *shape), _normal(rng, *shape)]
+    if weighted:
+        inputs += [rng.uniform(0, 2, shape), rng.uniform(0, 2, shape)]
+    return Case(dict(sigma=draw(st.sampled_from([1.0, 3.0, 0.5]))), inputs)
+
+
+@st.composite
+def mvn_case(draw):
+    shape = _shape(draw, 2, 4)
+    attrs = dict(normalize_variance=draw(st.booleans()), across_channels=draw(st.booleans()),
+                 eps=draw(st.sampled_from([1e-9, 0.1])))
+    return Case(attrs, [_normal(_rng(draw), *shape)])
+
+
+@st.composite
+def lrn_within_case(draw):
+    attrs = dict(size=draw(st.sampled_from([1, 3, 5])), alpha=draw(st.floats(0.1, 2.0)),
+                 beta=draw(st.floats(0.5, 1.0)))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4)),
+             draw(st.integers(1, 4)))
+    return Case(attrs, [_normal(_rng(draw), *shape)])
+
+
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
     "sigmoid": unary_case(), "tanh": unary_case(), "dropout": dropout_case(),
@@ -496,7 +576,11 @@ CASES = {
     "exp": exp_case(), "log": log_case(), "prelu": prelu_case(),
     "threshold": threshold_case(), "reduction": reduction_case(), "argmax": argmax_case(),
     "silence": silence_case(), "bias": bias_case(), "bias_add": bias_add_case(),
-    "tile": tile_case(),
+    "tile": tile_case(), "embed": embed_case(),
+    "sigmoid_cross_entropy_loss": sigmoid_ce_case(), "hinge_loss": hinge_case(),
+    "infogain_loss": infogain_case(), "infogain_loss_h": infogain_case(as_input=True),
+    "smooth_l1_loss": smooth_l1_case(), "smooth_l1_loss_weighted": smooth_l1_case(True),
+    "mvn": mvn_case(), "lrn_within_channel": lrn_within_case(),
     "crop": crop_case(), "permute": permute_case(), "deconv2d": deconv2d_case(),
     "interp": interp_case(), "roi_pool": roi_pool_case(),
     "normalize": normalize_case(),
@@ -674,6 +758,27 @@ def test_reduction_mean_divides_the_coefficient_by_the_reduced_count():
     assert run_forward(op, {}, [x], {})[0].shape == ()
 
 
+@settings(max_examples=20, deadline=None)
+@given(case=labelled_case())
+def test_infogain_with_the_identity_is_the_softmax_cross_entropy(case):
+    """Caffe's InfogainLoss with H = I and VALID normalization is SoftmaxWithLoss."""
+    c = case.inputs[0].shape[1]
+    want, _ = run_forward(registry.OPS["softmax_cross_entropy"], {}, case.inputs, {})
+    got, _ = run_forward(registry.OPS["infogain_loss"], {}, case.inputs,
+                         {"infogain": np.eye(c)})
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_sigmoid_cross_entropy_divides_as_caffes_normalization_says():
+    op = registry.OPS["sigmoid_cross_entropy_loss"]
+    x = np.array([[0.0, 100.0, -100.0], [1.0, 2.0, 3.0]])
+    t = np.array([[1.0, 1.0, 0.0], [-1.0, -1.0, 0.5]])
+    per = np.array([np.log(2.0), 0.0, 0.0, 0.0, 0.0, 3 - 1.5 + np.log1p(np.exp(-3.0))])
+    for mode, divisor in [("BATCH_SIZE", 2), ("FULL", 6), ("VALID", 4), ("NONE", 1)]:
+        got, _ = run_forward(op, dict(normalization=mode), [x, t], {})
+        assert np.isclose(got, per.sum() / divisor), mode
+
+
 def test_dropout_keeps_the_expected_fraction_and_scales_it():
     op = registry.OPS["dropout"]
     x = np.ones((100, 100))
@@ -733,6 +838,19 @@ def test_pooling_matches_caffe_loops(name, mode, data):
     stride = case.attrs["stride"] or kernel
     expected = _caffe_pool(x, kernel, stride, case.attrs["pad"], ctx.out.shape[2:], mode)
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=lrn_within_case())
+def test_lrn_within_channel_is_caffes_pooling_pipeline(case):
+    """Caffe builds WITHIN_CHANNEL LRN from layers: x^2, average pooling (size, stride 1,
+    pad (size - 1) / 2), Power(scale alpha, shift 1, power -beta), and a product with x."""
+    a, x = case.attrs, case.inputs[0]
+    pad = (a["size"] - 1) // 2
+    pooled = _caffe_pool(x * x, (a["size"],) * 2, (1, 1), (pad, pad), x.shape[2:], "ave")
+    want = x * (1 + a["alpha"] * pooled) ** -a["beta"]
+    got, _ = run_forward(registry.OPS["lrn_within_channel"], a, [x], {})
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 # ---- forwards against PyTorch --------------------------------------------------------------
@@ -831,7 +949,9 @@ def _oracle(name: str):
 # ops checked through the training oracle's translation, on their reference-test strategy
 TORCH.update({name: (CASES[name], _oracle(name)) for name in (
     "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold", "reduction",
-    "argmax", "silence", "bias", "bias_add", "tile")})
+    "argmax", "silence", "bias", "bias_add", "tile", "embed", "sigmoid_cross_entropy_loss",
+    "hinge_loss", "infogain_loss", "infogain_loss_h", "smooth_l1_loss",
+    "smooth_l1_loss_weighted", "mvn", "lrn_within_channel")})
 
 
 @pytest.mark.parametrize("key", sorted(TORCH))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 from bwplan import ops as registry
@@ -16,7 +17,7 @@ from bwplan.ops.reference import full_attrs
 
 # values for required attributes, so that every op can be instantiated
 REQUIRED_SAMPLES = {"out": 4, "kernel": 3, "shape": (0, -1), "begin": 0, "end": 1,
-                    "tiles": 2, "height": 2, "width": 2,
+                    "tiles": 2, "num_output": 4, "input_dim": 5, "height": 2, "width": 2,
                     "pooled_h": 2, "pooled_w": 2}
 
 
@@ -164,6 +165,16 @@ SHAPES = [
     ("bias_add", dict(axis=-2), [f32(2, 3, 4), f32(3, 4)], (2, 3, 4)),
     ("bias_add", {}, [f32(2, 3, 4), f32()], (2, 3, 4)),
     ("tile", dict(axis=1, tiles=3), [f32(2, 3, 4)], (2, 9, 4)),
+    ("embed", dict(num_output=8, input_dim=100), [TensorType("i32", (2, 5))], (2, 5, 8)),
+    ("sigmoid_cross_entropy_loss", {}, [f32(4, 3), f32(4, 3, 1)], ()),
+    ("hinge_loss", {}, [f32(4, 10), TensorType("i32", (4,))], ()),
+    ("infogain_loss", {}, [f32(4, 10, 2), TensorType("i32", (4, 2))], ()),
+    ("infogain_loss_h", dict(axis=-1), [f32(4, 10), TensorType("i32", (4,)), f32(1, 1, 10, 10)],
+     ()),
+    ("smooth_l1_loss", {}, [f32(4, 8), f32(4, 8)], ()),
+    ("smooth_l1_loss_weighted", {}, [f32(4, 8), f32(4, 8), f32(4, 8), f32(4, 8)], ()),
+    ("mvn", dict(across_channels=True), [f32(2, 3, 4, 4)], (2, 3, 4, 4)),
+    ("lrn_within_channel", dict(size=3), [f32(2, 3, 4, 4)], (2, 3, 4, 4)),
 ]
 
 
@@ -219,6 +230,17 @@ ERRORS = [
     ("bias", dict(axis=1, num_axes=3), [f32(2, 3, 4)], "num_axes=3 does not fit"),
     ("bias_add", {}, [f32(2, 3, 4), f32(4)], "expected the shape (3,)"),
     ("tile", dict(tiles=0), [f32(2, 3)], "tiles=0 must be at least 1"),
+    ("embed", dict(num_output=0, input_dim=3), [f32(2)], "num_output=0 must be at least 1"),
+    ("sigmoid_cross_entropy_loss", {}, [f32(4, 3), f32(4, 2)], "same number of elements"),
+    ("hinge_loss", {}, [f32(4, 10), TensorType("i32", (5,))], "one class per sample"),
+    ("infogain_loss", {}, [f32(4, 10, 2), TensorType("i32", (4,))], "8 labels"),
+    ("infogain_loss_h", {}, [f32(4, 10), TensorType("i32", (4,)), f32(9, 9)],
+     "must be a 10 x 10 matrix"),
+    ("smooth_l1_loss_weighted", {}, [f32(4, 8), f32(4, 8), f32(4, 8), f32(4, 7)],
+     "as many elements"),
+    ("mvn", {}, [f32(4)], "needs [N, C, ...]"),
+    ("lrn_within_channel", dict(size=2), [f32(1, 1, 4, 4)], "must be odd"),
+    ("lrn_within_channel", {}, [f32(1, 4, 4)], "NCHW"),
 ]
 
 
@@ -306,6 +328,14 @@ def test_needs_match_the_documented_contract():
         ("prelu", "x"): {"x", "weight"}, ("prelu", "weight"): {"x"},
         ("reduction", "x"): set(), ("bias", "x"): set(), ("bias", "bias"): set(),
         ("bias_add", "x"): set(), ("bias_add", "b"): set(), ("tile", "x"): set(),
+        ("embed", "weight"): {"x"}, ("embed", "bias"): set(),
+        ("sigmoid_cross_entropy_loss", "logits"): {"logits", "target"},
+        ("hinge_loss", "scores"): {"scores", "label"},
+        ("infogain_loss", "logits"): {"prob", "label", "infogain"},
+        ("infogain_loss_h", "logits"): {"prob", "label", "infogain"},
+        ("smooth_l1_loss", "a"): {"diff"}, ("smooth_l1_loss", "b"): {"diff"},
+        ("smooth_l1_loss_weighted", "a"): {"diff", "inside", "outside"},
+        ("lrn_within_channel", "x"): {"x", "out", "scale"},
     }
     for (name, wrt), needs in expected.items():
         op = registry.OPS[name]
@@ -320,10 +350,12 @@ def test_needs_match_the_documented_contract():
     ("elu", dict(alpha=0.0), {"out"}),
     ("elu", dict(alpha=-0.5), {"x", "out"}),             # out > 0 no longer means x > 0
     ("reduction", dict(operation="MEAN"), set()),
+    ("mvn", dict(normalize_variance=True), {"out", "std"}),
+    ("mvn", dict(normalize_variance=False), set()),
     ("reduction", dict(operation="ASUM"), {"x"}),
     ("reduction", dict(operation="SUMSQ"), {"x"}),
 ])
-def test_activation_needs_depend_on_attributes(name, attrs, needs):
+def test_needs_depend_on_attributes(name, attrs, needs):
     op = registry.OPS[name]
     assert op.grad_for("x").needs_for(full_attrs(op, attrs)) == needs
 
@@ -337,6 +369,15 @@ def test_learned_bias_covers_caffes_span(attrs, shape):
     full = full_attrs(op, attrs)
     x = f32(2, 3, 4, 5)
     assert op.slot("bias").shape(OpCtx(full, (x,), x)) == shape
+
+
+def test_an_infogain_matrix_starts_as_the_identity_and_never_trains():
+    from bwplan.runtime.init import initial_params
+    net = load_bw_text("input x : f32[2, 4]\ninput y : i32[2]\n"
+                       "l = infogain_loss(x, y)\n")
+    h = net.params["l.infogain"]
+    assert not h.learnable and h.type.shape == (4, 4)
+    assert (initial_params(net)["l.infogain"] == np.eye(4)).all()
 
 
 def test_threshold_is_a_stop_point_of_the_plan():

@@ -89,14 +89,22 @@ acc  = accuracy(side, y)
 # Caffe's further neuron, reduction and broadcast layers. log and power get positive
 # arguments (|x| + 1, exp of something); the threshold's step cuts the gradient into c1
 # along that path, while e, ps and the rest carry it; mn, a per-sample mean, is added as
-# a bias along the batch axis; argmax and silence are outside the training step (silence
+# a bias along the batch axis; targets in [0, 1] and weights >= 0 keep the losses bounded
+# below; hm, the infogain matrix of igh, is a 3 x 3 corner of the
+# first image, whatever the batch; argmax and silence are outside the training step (silence
 # reads only am: the plan's static peak estimate counts a tensor live until its last
 # reader, run or not, which a skipped reader of th would push past the 10% margin).
 NEURONS = """\
 input x : f32[4, 3, 5, 5]
 input y : i64[4]
+input tok : i32[4, 2]
+input tgt : f32[4, 3]
+input w_in : f32[4, 3]
+input w_out : f32[4, 3]
 
-c1   = conv2d(x, out=4, kernel=3, pad=1)
+c0   = conv2d(x, out=4, kernel=3, pad=1)
+mv   = mvn(c0, eps=0.001)
+c1   = lrn_within_channel(mv, size=3, alpha=0.5)
 e    = elu(c1, alpha=0.5)
 pr   = prelu(e)
 ps   = prelu(c1, channel_shared=true)
@@ -112,12 +120,29 @@ bi   = bias(s, axis=2, num_axes=-1)
 tl   = tile(bi, axis=1, tiles=2)
 mn   = reduction(lg, axis=1, operation=MEAN)
 ba   = bias_add(tl, mn, axis=0)
-fc   = linear(ba, out=3)
+em   = embed(tok, num_output=3, input_dim=5)
+ef   = flatten(em)
+fe   = linear(ba, out=6)
+fs   = add(fe, ef)
+fc   = linear(fs, out=3)
 loss = softmax_cross_entropy(fc, y)
 red  = reduction(s, operation=SUMSQ, axis=1, coeff=0.1)
 rl   = reduction(red, operation=MEAN) weight=0.5
 am   = argmax(fc, top_k=2, out_max_val=true)
 sil  = silence(am)
+tg   = sigmoid(tgt)
+wi   = absval(w_in)
+wo   = absval(w_out)
+sce  = sigmoid_cross_entropy_loss(fc, tg, normalization=FULL) weight=0.1
+hl   = hinge_loss(fc, y, norm=L2) weight=0.01
+ig   = infogain_loss(fc, y) weight=0.2
+h0   = slice(x, axis=0, begin=0, end=1)
+h1   = slice(h0, axis=2, begin=0, end=1)
+h2   = slice(h1, axis=3, begin=0, end=3)
+hm   = absval(h2)
+igh  = infogain_loss_h(fc, y, hm) weight=0.1
+sl1  = smooth_l1_loss(fc, tgt, sigma=2.0) weight=0.05
+slw  = smooth_l1_loss_weighted(fc, tgt, wi, wo) weight=0.1
 """
 
 NETS: dict[str, str] = {p.stem: p.read_text() for p in sorted(EXAMPLES.glob("*.bw"))}

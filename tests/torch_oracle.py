@@ -47,7 +47,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-LOSS_OPS = frozenset({"softmax_cross_entropy", "euclidean_loss", "contrastive_loss"})
+LOSS_OPS = frozenset({"softmax_cross_entropy", "euclidean_loss", "contrastive_loss",
+                      "sigmoid_cross_entropy_loss", "hinge_loss", "infogain_loss",
+                      "infogain_loss_h", "smooth_l1_loss", "smooth_l1_loss_weighted"})
 METRIC_OPS = frozenset({"accuracy"})
 
 
@@ -354,6 +356,73 @@ def tile(a, xs, p, training):
     return x.repeat(*reps)
 
 
+# ---- Caffe's further losses ---------------------------------------------------------------
+def _caffe_normalizer(mode: str, batch: int, count: int, valid) -> torch.Tensor | float:
+    """LossParameter.normalization: FULL, VALID, BATCH_SIZE or NONE, at least 1."""
+    return max(1.0, float({"FULL": count, "VALID": valid, "BATCH_SIZE": batch,
+                           "NONE": 1}[mode]))
+
+
+def sigmoid_cross_entropy_loss(a, xs, p, training):
+    x, t = xs[0], xs[1].reshape(xs[0].shape).to(xs[0].dtype)
+    keep = t != a["ignore_label"]
+    per = F.binary_cross_entropy_with_logits(x, torch.where(keep, t, 0.0), reduction="none")
+    norm = _caffe_normalizer(a["normalization"], x.shape[0], x.numel(), int(keep.sum()))
+    return (per * keep).sum() / norm
+
+
+def hinge_loss(a, xs, p, training):
+    x = xs[0].reshape(xs[0].shape[0], -1)
+    onehot = F.one_hot(xs[1].reshape(-1).long(), x.shape[1]).to(x.dtype)
+    margin = torch.clamp(1 + (1 - 2 * onehot) * x, min=0)
+    return (margin if a["norm"] == "L1" else margin ** 2).sum() / x.shape[0]
+
+
+def infogain_loss(a, xs, p, training):
+    x, label = xs[0], xs[1].reshape(-1).long()
+    axis = a["axis"] % x.dim()
+    c = x.shape[axis]
+    h = (xs[2] if len(xs) > 2 else p["infogain"]).reshape(c, c).to(x.dtype)
+    logp = torch.movedim(torch.softmax(x, axis), axis, -1).reshape(-1, c)
+    keep = label != a["ignore_label"]
+    rows = h[torch.where(keep, label, 0)]
+    per = -(rows * torch.log(torch.clamp(logp, min=float(np.finfo(np.float32).tiny)))).sum(1)
+    norm = _caffe_normalizer(a["normalization"], math.prod(x.shape[:axis]), label.numel(),
+                             int(keep.sum()))
+    return (per * keep).sum() / norm
+
+
+def smooth_l1_loss(a, xs, p, training):
+    """Fast R-CNN's: outside * huber(inside * (a - b)) with beta = 1 / sigma^2, summed over
+    the batch's elements and divided by the batch."""
+    x, y = xs[0], xs[1].reshape(xs[0].shape)
+    d = x - y
+    if len(xs) > 2:
+        d = d * xs[2].reshape(x.shape)
+    err = F.smooth_l1_loss(d, torch.zeros_like(d), reduction="none", beta=1 / a["sigma"] ** 2)
+    if len(xs) > 2:
+        err = err * xs[3].reshape(x.shape)
+    return err.sum() / x.shape[0]
+
+
+def mvn(a, xs, p, training):
+    """Caffe MVN: per sample (across_channels) or per channel of a sample, subtract the
+    mean and divide by the biased standard deviation plus eps."""
+    x = xs[0]
+    rows = x.reshape(x.shape[0] if a["across_channels"] else x.shape[0] * x.shape[1], -1)
+    c = rows - rows.mean(dim=1, keepdim=True)
+    if a["normalize_variance"]:
+        c = c / (torch.sqrt((c * c).mean(dim=1, keepdim=True)) + a["eps"])
+    return c.reshape(x.shape)
+
+
+def lrn_within_channel(a, xs, p, training):
+    """Caffe LRN WITHIN_CHANNEL: an average pool of x^2 that counts the zero padding."""
+    x, size = xs[0], a["size"]
+    pooled = F.avg_pool2d(x * x, size, 1, (size - 1) // 2, count_include_pad=True)
+    return x * (1 + a["alpha"] * pooled) ** -a["beta"]
+
+
 # op(attrs, inputs, params by slot, training) -> output; DECIDING_OPS also take `hints`
 OpFn = Callable[..., torch.Tensor]
 
@@ -397,6 +466,16 @@ OPS: dict[str, OpFn] = {
     "bias": lambda a, xs, p, t: _broadcast_bias(xs[0], p["bias"], a["axis"]),
     "bias_add": lambda a, xs, p, t: _broadcast_bias(xs[0], xs[1], a["axis"]),
     "tile": tile,
+    "embed": lambda a, xs, p, t: F.embedding(xs[0].long(), p["weight"]) + (
+        p["bias"] if a["bias_term"] else 0.0),
+    "sigmoid_cross_entropy_loss": sigmoid_cross_entropy_loss,
+    "hinge_loss": hinge_loss,
+    "infogain_loss": infogain_loss,
+    "infogain_loss_h": infogain_loss,
+    "smooth_l1_loss": smooth_l1_loss,
+    "smooth_l1_loss_weighted": smooth_l1_loss,
+    "mvn": mvn,
+    "lrn_within_channel": lrn_within_channel,
 }
 
 

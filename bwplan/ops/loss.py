@@ -3,15 +3,18 @@ and never differentiated. Labels (and the similarity flags of a contrastive loss
 that never receive a gradient.
 
 The batch size N is dimension 0 of the first input; every loss here averages over it, as
-Caffe does.
+Caffe does, except where a loss takes Caffe's `normalization` (sigmoid cross-entropy and
+infogain: FULL, VALID, BATCH_SIZE or NONE, each with Caffe's default).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from bwplan.ir.types import TensorType
 from bwplan.ops.opdef import (AttrSpec, AuxSpec, GradRule, in_numel, on_every_target, OpCtx, OpDef,
-                              Port)
+                              ParamSlot, Port)
 
 
 def _scalar(ctx: OpCtx) -> TensorType:
@@ -241,4 +244,284 @@ ACCURACY = OpDef(
         "fwd": "loss.accuracy_fwd"}),
 )
 
-OPS = (SOFTMAX_CROSS_ENTROPY, EUCLIDEAN_LOSS, CONTRASTIVE_LOSS, ACCURACY)
+# ---- Caffe's normalization of a loss (LossParameter.normalization) ------------------------
+NORMALIZATIONS = ("FULL", "VALID", "BATCH_SIZE", "NONE")
+
+
+def normalizer(mode: str, batch: int, count: int, valid: int) -> float:
+    """What Caffe divides a summed loss by: every position (FULL), the positions whose
+    label is not ignored (VALID), the batch (BATCH_SIZE) or nothing (NONE); at least 1."""
+    value = {"FULL": count, "VALID": valid, "BATCH_SIZE": batch, "NONE": 1}[mode]
+    return float(max(1, value))
+
+
+# ---- sigmoid cross-entropy ---------------------------------------------------------------
+def _same_count(ctx: OpCtx) -> TensorType:
+    x, t = ctx.inputs[:2]
+    if not x.shape or x.numel != t.numel:
+        raise ValueError(f"inputs {x} and {t} must have the same number of elements")
+    return _scalar(ctx)
+
+
+def sigmoid_ce_normalizer(ctx: OpCtx, target: np.ndarray) -> float:
+    valid = int(np.count_nonzero(target != ctx.attrs["ignore_label"]))
+    return normalizer(ctx.attrs["normalization"], ctx.x.shape[0], ctx.x.numel, valid)
+
+
+def _sigmoid_ce_fwd(ctx, inputs, params, training, rng):
+    x, t = inputs[0], inputs[1].reshape(inputs[0].shape)
+    # -(t log s(x) + (1 - t) log(1 - s(x))) = max(x, 0) - x t + log(1 + e^-|x|)
+    per = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
+    per = np.where(t != ctx.attrs["ignore_label"], per, 0.0)
+    return np.asarray(per.sum() / sigmoid_ce_normalizer(ctx, t), dtype=x.dtype), {}
+
+
+def _sigmoid_ce_dx(ctx, saved, dout, index):
+    x, t = saved["logits"], saved["target"].reshape(saved["logits"].shape)
+    g = np.where(t != ctx.attrs["ignore_label"], 1.0 / (1.0 + np.exp(-x)) - t, 0.0)
+    return g * (dout / sigmoid_ce_normalizer(ctx, t))
+
+
+SIGMOID_CROSS_ENTROPY_LOSS = OpDef(
+    name="sigmoid_cross_entropy_loss",
+    family="loss",
+    doc="Cross-entropy of sigmoid(logits) against targets in [0, 1], element by element, "
+        "summed and divided per `normalization` (Caffe SigmoidCrossEntropyLoss; Caffe's "
+        "default divides by the batch). Computed from the logits without overflow.",
+    ports=(Port("logits"), Port("target", differentiable=False)),
+    attrs=(AttrSpec("normalization", "choice", "BATCH_SIZE", NORMALIZATIONS),
+           AttrSpec("ignore_label", "int", -1, doc="target value that contributes nothing")),
+    infer=_same_count,
+    flops=lambda ctx: 6 * ctx.x.numel,
+    grads=(GradRule("logits", frozenset({"logits", "target"}), lambda ctx: 5 * ctx.x.numel,
+                    _sigmoid_ce_dx),),
+    role="loss",
+    forward_ref=_sigmoid_ce_fwd,
+    kernels=on_every_target({"fwd": "loss.sigmoid_cross_entropy_loss_fwd",
+                             "dx:logits": "loss.sigmoid_cross_entropy_loss_dx"}),
+)
+
+
+# ---- hinge -------------------------------------------------------------------------------
+def _hinge_infer(ctx: OpCtx) -> TensorType:
+    scores, label = ctx.inputs
+    if len(scores.shape) < 2 or label.numel != scores.shape[0]:
+        raise ValueError(f"label {label} must hold one class per sample of {scores}")
+    return _scalar(ctx)
+
+
+def hinge_margins(scores: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(margins, signs) over [N, D]: max(0, 1 + sign * score) with sign -1 at the true
+    class and +1 elsewhere."""
+    n = scores.shape[0]
+    x = scores.reshape(n, -1)
+    sign = np.ones_like(x)
+    sign[np.arange(n), label.reshape(-1).astype(np.int64)] = -1.0
+    return np.maximum(0.0, 1.0 + sign * x), sign
+
+
+def _hinge_fwd(ctx, inputs, params, training, rng):
+    m, _ = hinge_margins(*inputs)
+    m = m if ctx.attrs["norm"] == "L1" else m * m
+    return np.asarray(m.sum() / inputs[0].shape[0], dtype=inputs[0].dtype), {}
+
+
+def _hinge_dx(ctx, saved, dout, index):
+    scores = saved["scores"]
+    m, sign = hinge_margins(scores, saved["label"])
+    g = (m > 0) * sign if ctx.attrs["norm"] == "L1" else 2 * m * sign
+    return (g * (dout / scores.shape[0])).reshape(scores.shape)
+
+
+HINGE_LOSS = OpDef(
+    name="hinge_loss",
+    family="loss",
+    doc="One-versus-all hinge loss over the D scores of each sample: the sum of max(0, 1 - "
+        "x_label) and max(0, 1 + x_j) for j != label, squared with `norm=L2`, divided by "
+        "the batch (Caffe HingeLoss).",
+    ports=(Port("scores"), Port("label", differentiable=False)),
+    attrs=(AttrSpec("norm", "choice", "L1", ("L1", "L2")),),
+    infer=_hinge_infer,
+    flops=lambda ctx: 3 * ctx.x.numel,
+    grads=(GradRule("scores", frozenset({"scores", "label"}), lambda ctx: 3 * ctx.x.numel,
+                    _hinge_dx),),
+    role="loss",
+    forward_ref=_hinge_fwd,
+    kernels=on_every_target({"fwd": "loss.hinge_loss_fwd", "dx:scores": "loss.hinge_loss_dx"}),
+)
+
+
+# ---- infogain ----------------------------------------------------------------------------
+FLT_MIN = float(np.finfo(np.float32).tiny)  # Caffe clamps probabilities to it before log
+
+
+def infogain_split(ctx: OpCtx) -> tuple[int, int, int]:
+    """(outer, classes, inner) around the class axis."""
+    shape = ctx.x.shape
+    axis = ctx.attrs["axis"] % len(shape) if shape else 0
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+
+
+def _infogain_infer(ctx: OpCtx) -> TensorType:
+    logits, label = ctx.inputs[:2]
+    axis = ctx.attrs["axis"]
+    if not -len(logits.shape) <= axis < len(logits.shape):
+        raise ValueError(f"infogain axis={axis} is out of range for {logits}")
+    outer, c, inner = infogain_split(ctx)
+    if label.numel != outer * inner:
+        raise ValueError(f"label {label} must hold one class per position of {logits} "
+                         f"({outer * inner} labels)")
+    if len(ctx.inputs) > 2 and ctx.inputs[2].numel != c * c:
+        raise ValueError(f"infogain {ctx.inputs[2]} must be a {c} x {c} matrix")
+    return _scalar(ctx)
+
+
+def _infogain_parts(ctx, logits, label):
+    outer, c, inner = infogain_split(ctx)
+    z = np.moveaxis(logits.reshape(outer, c, inner), 1, -1).reshape(-1, c)
+    z = z - z.max(axis=1, keepdims=True)
+    prob = np.exp(z)
+    prob /= prob.sum(axis=1, keepdims=True)
+    lab = label.reshape(-1).astype(np.int64)
+    valid = lab != ctx.attrs["ignore_label"]
+    norm = normalizer(ctx.attrs["normalization"], outer, outer * inner, int(valid.sum()))
+    return prob, np.where(valid, lab, 0), valid, norm
+
+
+def _infogain_matrix(ctx, inputs, params) -> np.ndarray:
+    c = infogain_split(ctx)[1]
+    h = inputs[2] if len(inputs) > 2 else params["infogain"]
+    return np.asarray(h).reshape(c, c)
+
+
+def _infogain_fwd(ctx, inputs, params, training, rng):
+    h = _infogain_matrix(ctx, inputs, params)
+    prob, lab, valid, norm = _infogain_parts(ctx, inputs[0], inputs[1])
+    per = -(h[lab] * np.log(np.maximum(prob, FLT_MIN))).sum(axis=1)
+    outer, c, inner = infogain_split(ctx)
+    shaped = np.moveaxis(prob.reshape(outer, inner, c), -1, 1).reshape(inputs[0].shape)
+    return (np.asarray((per * valid).sum() / norm, dtype=inputs[0].dtype), {"prob": shaped})
+
+
+def _infogain_dx(ctx, saved, dout, index):
+    """d/dz of -sum_l H[y, l] log p_l = p * sum_l H[y, l] - H[y] (as Caffe, ignoring the
+    clamp at FLT_MIN)."""
+    outer, c, inner = infogain_split(ctx)
+    prob = np.moveaxis(saved["prob"].reshape(outer, c, inner), 1, -1).reshape(-1, c)
+    h = np.asarray(saved["infogain"]).reshape(c, c)
+    lab = saved["label"].reshape(-1).astype(np.int64)
+    valid = lab != ctx.attrs["ignore_label"]
+    lab = np.where(valid, lab, 0)
+    norm = normalizer(ctx.attrs["normalization"], outer, outer * inner, int(valid.sum()))
+    g = (prob * h[lab].sum(axis=1, keepdims=True) - h[lab]) * valid[:, None] * (dout / norm)
+    return np.moveaxis(g.reshape(outer, inner, c), -1, 1).reshape(ctx.x.shape)
+
+
+_INFOGAIN_ATTRS = (AttrSpec("axis", "int", 1, doc="the class dimension"),
+                   AttrSpec("normalization", "choice", "VALID", NORMALIZATIONS),
+                   AttrSpec("ignore_label", "int", -1,
+                            doc="label value that contributes nothing"))
+
+
+def _infogain_op(name: str, doc: str, ports, params) -> OpDef:
+    return OpDef(
+        name=name, family="loss", doc=doc, ports=ports, attrs=_INFOGAIN_ATTRS,
+        params=params, infer=_infogain_infer,
+        flops=lambda ctx: 7 * ctx.x.numel,
+        grads=(GradRule("logits", frozenset({"prob", "label", "infogain"}),
+                        lambda ctx: 4 * ctx.x.numel, _infogain_dx),),
+        aux=(AuxSpec("prob", lambda ctx: ctx.x.shape),),
+        role="loss", forward_ref=_infogain_fwd,
+        kernels=on_every_target({"fwd": "loss.infogain_loss_fwd",
+                                 "dx:logits": "loss.infogain_loss_dx"}))
+
+
+INFOGAIN_LOSS = _infogain_op(
+    "infogain_loss",
+    "Softmax over `axis`, then -sum_l H[label, l] log p_l per position, normalized per "
+    "`normalization` (Caffe InfogainLoss with H from its `source` file). H is the "
+    "`infogain` parameter, a C x C matrix that never trains (the identity until loaded: "
+    "then this is the softmax cross-entropy).",
+    (Port("logits"), Port("label", differentiable=False)),
+    (ParamSlot("infogain", lambda ctx: (infogain_split(ctx)[1],) * 2, learnable=False,
+               init="identity"),))
+
+INFOGAIN_LOSS_H = _infogain_op(
+    "infogain_loss_h",
+    "infogain_loss with H given as a third input of C x C values (Caffe InfogainLoss with "
+    "three bottoms); no gradient flows into H or the label.",
+    (Port("logits"), Port("label", differentiable=False),
+     Port("infogain", differentiable=False)), ())
+
+
+# ---- smooth L1 (Fast R-CNN) --------------------------------------------------------------
+def _smooth_l1_infer(ctx: OpCtx) -> TensorType:
+    out = _pair_infer(ctx)
+    for w in ctx.inputs[2:]:
+        if w.numel != ctx.x.numel:
+            raise ValueError(f"weights {w} must have as many elements as {ctx.x}")
+    return out
+
+
+def _huber(d, sigma2):
+    """(f(d), f'(d)): 0.5 sigma^2 d^2 inside |d| < 1 / sigma^2, |d| - 0.5 / sigma^2 out."""
+    inside = np.abs(d) < 1.0 / sigma2
+    return (np.where(inside, 0.5 * sigma2 * d * d, np.abs(d) - 0.5 / sigma2),
+            np.where(inside, sigma2 * d, np.sign(d)))
+
+
+def _smooth_l1_fwd(ctx, inputs, params, training, rng):
+    a, b = inputs[0], inputs[1].reshape(inputs[0].shape)
+    diff = a - b
+    if len(inputs) > 2:
+        diff = diff * inputs[2].reshape(a.shape)
+    err, _ = _huber(diff, ctx.attrs["sigma"] ** 2)
+    if len(inputs) > 2:
+        err = err * inputs[3].reshape(a.shape)
+    return np.asarray(err.sum() / a.shape[0], dtype=a.dtype), {"diff": diff}
+
+
+def _smooth_l1_grad(sign: float, port: int):
+    def grad(ctx, saved, dout, index):
+        diff = saved["diff"]
+        _, g = _huber(diff, ctx.attrs["sigma"] ** 2)
+        if "inside" in saved:
+            g = g * saved["inside"].reshape(diff.shape) * saved["outside"].reshape(diff.shape)
+        return (sign * dout / diff.shape[0] * g).reshape(ctx.inputs[port].shape)
+    return grad
+
+
+def _smooth_l1_op(name: str, doc: str, ports, needs) -> OpDef:
+    return OpDef(
+        name=name, family="loss", doc=doc, ports=ports,
+        attrs=(AttrSpec("sigma", "float", 1.0, doc="the quadratic zone is |d| < 1/sigma^2"),),
+        infer=_smooth_l1_infer,
+        flops=lambda ctx: 5 * ctx.x.numel,
+        grads=(GradRule("a", needs, lambda ctx: 3 * ctx.x.numel, _smooth_l1_grad(1.0, 0)),
+               GradRule("b", needs, lambda ctx: 3 * ctx.x.numel, _smooth_l1_grad(-1.0, 1))),
+        aux=(AuxSpec("diff", lambda ctx: ctx.x.shape),),
+        role="loss", forward_ref=_smooth_l1_fwd,
+        kernels={"cpu": {"fwd": "loss.smooth_l1_loss_fwd", "dx:a": "loss.smooth_l1_loss_dx_a",
+                         "dx:b": "loss.smooth_l1_loss_dx_b"},
+                 "cuda": {"fwd": "loss.smooth_l1_loss_fwd", "dx:a": "loss.smooth_l1_loss_dx",
+                          "dx:b": "loss.smooth_l1_loss_dx"}})
+
+
+SMOOTH_L1_LOSS = _smooth_l1_op(
+    "smooth_l1_loss",
+    "Fast R-CNN's SmoothL1Loss: sum over elements of f(a - b), f(d) = 0.5 (sigma d)^2 for "
+    "|d| < 1/sigma^2 and |d| - 0.5/sigma^2 beyond, divided by the batch.",
+    (Port("a"), Port("b")), frozenset({"diff"}))
+
+SMOOTH_L1_LOSS_WEIGHTED = _smooth_l1_op(
+    "smooth_l1_loss_weighted",
+    "smooth_l1_loss with Fast R-CNN's inside and outside weights (its four-bottom form): "
+    "sum of outside * f(inside * (a - b)), divided by the batch; the weights take no "
+    "gradient.",
+    (Port("a"), Port("b"), Port("inside", differentiable=False),
+     Port("outside", differentiable=False)), frozenset({"diff", "inside", "outside"}))
+
+
+OPS = (SOFTMAX_CROSS_ENTROPY, EUCLIDEAN_LOSS, CONTRASTIVE_LOSS, ACCURACY,
+       SIGMOID_CROSS_ENTROPY_LOSS, HINGE_LOSS, INFOGAIN_LOSS, INFOGAIN_LOSS_H, SMOOTH_L1_LOSS,
+       SMOOTH_L1_LOSS_WEIGHTED)

@@ -1,5 +1,6 @@
 """Initial parameter values, seeded: "xavier" (Caffe's default filler for weights: uniform
-in +-sqrt(3 / fan_in)), "zeros", "ones", "constant:<value>" (Caffe's constant filler)."""
+in +-sqrt(3 / fan_in)), "zeros", "ones", "constant:<value>" (Caffe's constant filler),
+"identity" (a square matrix, e.g. an infogain loss's H until one is loaded)."""
 from __future__ import annotations
 
 import math
@@ -20,6 +21,8 @@ def initial_params(net: Net, seed: int = 0) -> dict[str, np.ndarray]:
             value = np.zeros(shape, dtype)
         elif p.init == "ones":
             value = np.ones(shape, dtype)
+        elif p.init == "identity":
+            value = np.eye(shape[0], dtype=dtype).reshape(shape)
         elif p.init.startswith("constant:"):
             value = np.full(shape, float(p.init.partition(":")[2]), dtype)
         else:

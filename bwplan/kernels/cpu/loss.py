@@ -1,4 +1,5 @@
-"""Losses and metrics on the CPU: softmax cross-entropy, Euclidean, contrastive, accuracy.
+"""Losses and metrics on the CPU: softmax cross-entropy, Euclidean, contrastive, accuracy,
+and Caffe's sigmoid cross-entropy, hinge, infogain and (Fast R-CNN's) smooth L1.
 
 Logits are seen as [N, C, S] (classes on dimension 1, S spatial positions) and labels as
 N*S values in the same sample-major order. A loss's forward writes its scalar into the 0-d
@@ -13,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from bwplan.kernels.cpu.views import flat, ncs, scalar, view
+from bwplan.ops.loss import FLT_MIN, infogain_split, normalizer
 
 
 def _bad_label(where: int, label: np.ndarray, classes: int) -> ValueError:
@@ -234,3 +236,209 @@ def accuracy_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
     if bad >= 0:
         raise _bad_label(bad, label, z.shape[1])
     out[()] = _top_k_hits(z, label, ctx.attrs["top_k"]) / label.size
+
+
+# ---- sigmoid cross-entropy ---------------------------------------------------------------
+@njit(cache=True)
+def _sigmoid_ce(x, t, ignore):
+    """(sum of the per-element losses over the counted elements, their number)."""
+    loss, valid = 0.0, 0
+    for i in range(x.size):
+        if t[i] != ignore:
+            v = x[i]
+            loss += max(v, 0.0) - v * t[i] + np.log1p(np.exp(-abs(v)))
+            valid += 1
+    return loss, valid
+
+
+@njit(cache=True)
+def _sigmoid_ce_back(x, t, ignore, coef, out):
+    for i in range(x.size):
+        out[i] = (1.0 / (1.0 + np.exp(-x[i])) - t[i]) * coef if t[i] != ignore else 0.0
+
+
+def _sigmoid_ce_norm(ctx, valid: int) -> float:
+    return normalizer(ctx.attrs["normalization"], ctx.x.shape[0], ctx.x.numel, valid)
+
+
+def sigmoid_cross_entropy_loss_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    loss, valid = _sigmoid_ce(flat(inputs[0]), flat(inputs[1]), ctx.attrs["ignore_label"])
+    out[...] = loss / _sigmoid_ce_norm(ctx, valid)
+
+
+def sigmoid_cross_entropy_loss_dx(ctx, saved, dout, index, out) -> None:
+    t = flat(saved["target"])
+    valid = int(np.count_nonzero(t != ctx.attrs["ignore_label"]))
+    _sigmoid_ce_back(flat(saved["logits"]), t, ctx.attrs["ignore_label"],
+                     scalar(dout) / _sigmoid_ce_norm(ctx, valid), flat(out))
+
+
+# ---- hinge -------------------------------------------------------------------------------
+@njit(cache=True)
+def _hinge(x, label, squared, coef, grad, want_grad):
+    """Sum over [N, D] of max(0, 1 + sign x) (squared), sign -1 at the label; with
+    want_grad, grad = its derivative times coef instead."""
+    loss = 0.0
+    for n in range(x.shape[0]):
+        lab = int(label[n])
+        for d in range(x.shape[1]):
+            sign = -1.0 if d == lab else 1.0
+            m = max(0.0, 1.0 + sign * x[n, d])
+            loss += m * m if squared else m
+            if want_grad:
+                grad[n, d] = sign * coef * (2.0 * m if squared else (1.0 if m > 0 else 0.0))
+    return loss
+
+
+_NO_IGNORE = -(2**62)  # the hinge loss ignores no label
+
+
+def _hinge_label(label, classes: int) -> np.ndarray:
+    lab = flat(label)
+    bad = _check_labels(lab, classes, _NO_IGNORE)
+    if bad >= 0:
+        raise _bad_label(bad, lab, classes)
+    return lab
+
+
+def hinge_loss_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    n = ctx.x.shape[0]
+    x = view(inputs[0], (n, ctx.x.numel // n))
+    unused = np.empty((1, 1), x.dtype)
+    loss = _hinge(x, _hinge_label(inputs[1], x.shape[1]), ctx.attrs["norm"] == "L2", 0.0,
+                  unused, False)
+    out[...] = loss / n
+
+
+def hinge_loss_dx(ctx, saved, dout, index, out) -> None:
+    n = ctx.x.shape[0]
+    x = view(saved["scores"], (n, ctx.x.numel // n))
+    _hinge(x, _hinge_label(saved["label"], x.shape[1]), ctx.attrs["norm"] == "L2",
+           scalar(dout) / n, view(out, x.shape), True)
+
+
+# ---- infogain ----------------------------------------------------------------------------
+@njit(cache=True)
+def _infogain(z, label, h, ignore, floor, prob, keep_prob):
+    """z: [outer, C, inner]. Softmax over C, then the sum over counted positions of
+    -sum_l H[label, l] log max(p_l, floor), and the number of counted positions."""
+    loss, valid = 0.0, 0
+    c_n = z.shape[1]
+    p = np.empty(c_n)
+    for o in range(z.shape[0]):
+        for s in range(z.shape[2]):
+            top = z[o, 0, s]
+            for c in range(1, c_n):
+                top = max(top, z[o, c, s])
+            total = 0.0
+            for c in range(c_n):
+                p[c] = np.exp(z[o, c, s] - top)
+                total += p[c]
+            for c in range(c_n):
+                p[c] /= total
+                if keep_prob:
+                    prob[o, c, s] = p[c]
+            lab = int(label[o * z.shape[2] + s])
+            if lab != ignore:
+                valid += 1
+                for c in range(c_n):
+                    loss -= h[lab, c] * np.log(max(p[c], floor))
+    return loss, valid
+
+
+@njit(cache=True)
+def _infogain_back(prob, label, h, ignore, coef, out):
+    for o in range(prob.shape[0]):
+        for s in range(prob.shape[2]):
+            lab = int(label[o * prob.shape[2] + s])
+            if lab == ignore:
+                for c in range(prob.shape[1]):
+                    out[o, c, s] = 0.0
+                continue
+            row = 0.0
+            for c in range(prob.shape[1]):
+                row += h[lab, c]
+            for c in range(prob.shape[1]):
+                out[o, c, s] = (prob[o, c, s] * row - h[lab, c]) * coef
+
+
+def _infogain_setup(ctx, label):
+    outer, c, inner = infogain_split(ctx)
+    lab = flat(label)
+    bad = _check_labels(lab, c, ctx.attrs["ignore_label"])
+    if bad >= 0:
+        raise _bad_label(bad, lab, c)
+    return (outer, c, inner), lab
+
+
+def _infogain_norm(ctx, outer: int, count: int, valid: int) -> float:
+    return normalizer(ctx.attrs["normalization"], outer, count, valid)
+
+
+def infogain_loss_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    shape, lab = _infogain_setup(ctx, inputs[1])
+    h = inputs[2] if len(inputs) > 2 else params["infogain"]
+    keep = "prob" in aux
+    prob = view(aux["prob"], shape) if keep else np.empty((1, 1, 1), inputs[0].dtype)
+    loss, valid = _infogain(view(inputs[0], shape), lab, view(h, shape[1:2] * 2),
+                            ctx.attrs["ignore_label"], FLT_MIN, prob, keep)
+    out[...] = loss / _infogain_norm(ctx, shape[0], shape[0] * shape[2], valid)
+
+
+def infogain_loss_dx(ctx, saved, dout, index, out) -> None:
+    shape, lab = _infogain_setup(ctx, saved["label"])
+    valid = int(np.count_nonzero(lab != ctx.attrs["ignore_label"]))
+    coef = scalar(dout) / _infogain_norm(ctx, shape[0], shape[0] * shape[2], valid)
+    _infogain_back(view(saved["prob"], shape), lab, view(saved["infogain"], shape[1:2] * 2),
+                   ctx.attrs["ignore_label"], coef, view(out, shape))
+
+
+# ---- smooth L1 ---------------------------------------------------------------------------
+@njit(cache=True)
+def _smooth_l1(a, b, inside, outside, weighted, sigma2, diff, keep_diff):
+    loss = 0.0
+    for i in range(a.size):
+        d = a[i] - b[i]
+        if weighted:
+            d *= inside[i]
+        if keep_diff:
+            diff[i] = d
+        err = 0.5 * sigma2 * d * d if abs(d) < 1.0 / sigma2 else abs(d) - 0.5 / sigma2
+        loss += err * outside[i] if weighted else err
+    return loss
+
+
+@njit(cache=True)
+def _smooth_l1_back(diff, inside, outside, weighted, sigma2, coef, out):
+    for i in range(diff.size):
+        d = diff[i]
+        g = sigma2 * d if abs(d) < 1.0 / sigma2 else (1.0 if d > 0 else (-1.0 if d < 0 else 0.0))
+        if weighted:
+            g *= inside[i] * outside[i]
+        out[i] = g * coef
+
+
+def smooth_l1_loss_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    weighted = len(inputs) > 2
+    a = flat(inputs[0])
+    w_in, w_out = (flat(inputs[2]), flat(inputs[3])) if weighted else (a, a)
+    keep = "diff" in aux
+    diff = flat(aux["diff"]) if keep else np.empty(1, a.dtype)
+    loss = _smooth_l1(a, flat(inputs[1]), w_in, w_out, weighted, ctx.attrs["sigma"] ** 2,
+                      diff, keep)
+    out[...] = loss / ctx.x.shape[0]
+
+
+def _smooth_l1_dx(sign: float):
+    def dx(ctx, saved, dout, index, out) -> None:
+        diff = flat(saved["diff"])
+        weighted = "inside" in saved
+        w_in, w_out = (flat(saved["inside"]), flat(saved["outside"])) if weighted \
+            else (diff, diff)
+        _smooth_l1_back(diff, w_in, w_out, weighted, ctx.attrs["sigma"] ** 2,
+                        sign * scalar(dout) / ctx.x.shape[0], flat(out))
+    return dx
+
+
+smooth_l1_loss_dx_a = _smooth_l1_dx(1.0)
+smooth_l1_loss_dx_b = _smooth_l1_dx(-1.0)

@@ -7,6 +7,7 @@ import math
 
 from bwplan.kernels.cuda.limits import (LOSS_THREADS, Launch, Unsupported, f32, flag,
                                         grid_stride, i32, i64, ptr)
+from bwplan.ops.loss import NORMALIZATIONS, infogain_split
 
 DTYPE_CODES = {"f32": 0, "f64": 1, "i32": 2, "i64": 3, "u8": 4, "bool": 4}
 
@@ -81,6 +82,83 @@ def accuracy_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
                        i32(ctx.attrs["top_k"]))]
 
 
+# ---- Caffe's further losses ---------------------------------------------------------------
+def _norm_code(ctx) -> int:
+    return NORMALIZATIONS.index(ctx.attrs["normalization"])
+
+
+def sigmoid_ce_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    a = ctx.attrs
+    return [_one_block("sigmoid_cross_entropy_loss_fwd", ptr(inputs[0]), ptr(inputs[1]),
+                       ptr(out), i64(ctx.x.numel), i32(ctx.x.shape[0]), i32(_norm_code(ctx)),
+                       f32(a["ignore_label"]))]
+
+
+def sigmoid_ce_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    n = ctx.x.numel
+    return [grid_stride("sigmoid_cross_entropy_loss_dx", n, env, ptr(saved["logits"]),
+                        ptr(saved["target"]), ptr(dout), ptr(out), i64(n),
+                        i32(ctx.x.shape[0]), i32(_norm_code(ctx)),
+                        f32(ctx.attrs["ignore_label"]), flag(accumulate))]
+
+
+def _hinge_dims(ctx) -> tuple[int, int]:
+    n = ctx.x.shape[0]
+    return n, ctx.x.numel // n
+
+
+def hinge_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    n, d = _hinge_dims(ctx)
+    return [_one_block("hinge_loss_fwd", ptr(inputs[0]), ptr(inputs[1]),
+                       i32(dtype_code(ctx.inputs[1].dtype)), ptr(out), i32(n), i64(d),
+                       flag(ctx.attrs["norm"] == "L2"))]
+
+
+def hinge_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    n, d = _hinge_dims(ctx)
+    return [grid_stride("hinge_loss_dx", n * d, env, ptr(saved["scores"]), ptr(saved["label"]),
+                        i32(dtype_code(ctx.inputs[1].dtype)), ptr(dout), ptr(out), i32(n),
+                        i64(d), flag(ctx.attrs["norm"] == "L2"), flag(accumulate))]
+
+
+def _infogain_args(ctx):
+    outer, c, inner = infogain_split(ctx)
+    return (i32(outer), i32(c), i64(inner), i32(_norm_code(ctx)),
+            i64(ctx.attrs["ignore_label"])), outer * c * inner
+
+
+def infogain_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    args, _ = _infogain_args(ctx)
+    h = inputs[2] if len(inputs) > 2 else params["infogain"]
+    return [_one_block("infogain_loss_fwd", ptr(inputs[0]), ptr(inputs[1]),
+                       i32(dtype_code(ctx.inputs[1].dtype)), ptr(h), ptr(out),
+                       ptr(aux.get("prob")), *args)]
+
+
+def infogain_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    args, total = _infogain_args(ctx)
+    return [grid_stride("infogain_loss_dx", total, env, ptr(saved["prob"]), ptr(saved["label"]),
+                        i32(dtype_code(ctx.inputs[1].dtype)), ptr(saved["infogain"]),
+                        ptr(dout), ptr(out), *args, flag(accumulate))]
+
+
+def smooth_l1_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    w_in, w_out = (inputs[2], inputs[3]) if len(inputs) > 2 else (None, None)
+    return [_one_block("smooth_l1_loss_fwd", ptr(inputs[0]), ptr(inputs[1]), ptr(w_in),
+                       ptr(w_out), ptr(out), ptr(aux.get("diff")), i32(ctx.x.shape[0]),
+                       i64(ctx.x.numel), f32(ctx.attrs["sigma"] ** 2))]
+
+
+def _smooth_l1_dx(sign: float):
+    def dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+        n = ctx.x.numel
+        return [grid_stride("smooth_l1_loss_dx", n, env, ptr(saved["diff"]),
+                            ptr(saved.get("inside")), ptr(saved.get("outside")), ptr(dout),
+                            ptr(out), i32(ctx.x.shape[0]), i64(n),
+                            f32(ctx.attrs["sigma"] ** 2), f32(sign), flag(accumulate))]
+    return dx
+
+
 LAUNCH = {
     ("softmax_cross_entropy", "fwd"): sce_fwd,
     ("softmax_cross_entropy", "dx:logits"): sce_dx,
@@ -91,4 +169,15 @@ LAUNCH = {
     ("contrastive_loss", "dx:a"): _contrastive_dx(1.0),
     ("contrastive_loss", "dx:b"): _contrastive_dx(-1.0),
     ("accuracy", "fwd"): accuracy_fwd,
+    ("sigmoid_cross_entropy_loss", "fwd"): sigmoid_ce_fwd,
+    ("sigmoid_cross_entropy_loss", "dx:logits"): sigmoid_ce_dx,
+    ("hinge_loss", "fwd"): hinge_fwd, ("hinge_loss", "dx:scores"): hinge_dx,
+    ("infogain_loss", "fwd"): infogain_fwd, ("infogain_loss", "dx:logits"): infogain_dx,
+    ("infogain_loss_h", "fwd"): infogain_fwd, ("infogain_loss_h", "dx:logits"): infogain_dx,
+    ("smooth_l1_loss", "fwd"): smooth_l1_fwd,
+    ("smooth_l1_loss", "dx:a"): _smooth_l1_dx(1.0),
+    ("smooth_l1_loss", "dx:b"): _smooth_l1_dx(-1.0),
+    ("smooth_l1_loss_weighted", "fwd"): smooth_l1_fwd,
+    ("smooth_l1_loss_weighted", "dx:a"): _smooth_l1_dx(1.0),
+    ("smooth_l1_loss_weighted", "dx:b"): _smooth_l1_dx(-1.0),
 }
