@@ -232,13 +232,13 @@ def test_slice_becomes_one_layer_per_top_and_names_stay_unique():
 @pytest.mark.parametrize("body, words", [
     ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { '
      'pool: STOCHASTIC kernel_size: 2 } }\n', "STOCHASTIC"),
-    ('layer { name: "p" type: "LRN" bottom: "data" top: "p" lrn_param { '
-     'norm_region: WITHIN_CHANNEL } }\n', "WITHIN_CHANNEL"),
+    ('layer { name: "p" type: "Interp" bottom: "data" bottom: "data" top: "p" '
+     'interp_param { height: 3 width: 3 } }\n', "second bottom"),
     ('layer { name: "p" type: "InnerProduct" bottom: "data" top: "p" inner_product_param { '
      'num_output: 2 axis: 2 } }\n', "axis"),
     ('layer { name: "p" type: "Convolution" bottom: "data" top: "p" convolution_param { '
      'num_output: 2 } }\n', "needs kernel_size"),
-    ('layer { name: "p" type: "MVN" bottom: "data" top: "p" }\n', "does not import"),
+    ('layer { name: "p" type: "SPP" bottom: "data" top: "p" }\n', "does not import"),
 ])
 def test_unsupported_settings_are_clear_errors(body, words):
     with pytest.raises(CaffeError) as info:
@@ -654,3 +654,43 @@ def test_normalize_row():
     assert [(u.slot, u.lr_mult) for u in norm.params] == [("weight", 2)]
     assert result.net.params[norm.params[0].param].type.shape == (4,)
     assert [p.shape for p in result.caffe.layer("norm").params] == [(4,)]
+
+
+def test_loss_rows_of_the_catalogue():
+    def net(loss):
+        body = ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+                'inner_product_param { num_output: 3 } }\n'
+                'layer { name: "fc2" type: "InnerProduct" bottom: "data" top: "fc2" '
+                'inner_product_param { num_output: 3 } }\n')
+        return imported(HEAD + body + loss).net.layer("loss")
+    loss = net('layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "fc" '
+               'bottom: "fc2" top: "loss" loss_param { normalize: true } }\n')
+    assert (loss.op, loss.attrs["normalization"]) == ("sigmoid_cross_entropy_loss", "VALID")
+    loss = net('layer { name: "loss" type: "HingeLoss" bottom: "fc" bottom: "label" '
+               'top: "loss" hinge_loss_param { norm: L2 } }\n')
+    assert (loss.op, loss.attrs["norm"]) == ("hinge_loss", "L2")
+    loss = net('layer { name: "loss" type: "InfogainLoss" bottom: "fc" bottom: "label" '
+               'top: "loss" infogain_loss_param { source: "h.binaryproto" } }\n')
+    assert loss.op == "infogain_loss"
+    loss = net('layer { name: "loss" type: "SmoothL1Loss" bottom: "fc" bottom: "fc2" '
+               'top: "loss" smooth_l1_loss_param { sigma: 3 } }\n')
+    assert (loss.op, loss.attrs["sigma"]) == ("smooth_l1_loss", 3.0)
+
+
+def test_mvn_lrn_within_channel_and_embed_rows():
+    body = ('layer { name: "mvn" type: "MVN" bottom: "data" top: "mvn" mvn_param { '
+            'across_channels: true } }\n'
+            'layer { name: "lrn" type: "LRN" bottom: "mvn" top: "lrn" lrn_param { '
+            'local_size: 3 alpha: 0.00005 norm_region: WITHIN_CHANNEL } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "lrn" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n'
+            'layer { name: "emb" type: "Embed" bottom: "label" top: "emb" embed_param { '
+            'num_output: 3 input_dim: 10 } }\n'
+            'layer { name: "sum" type: "Eltwise" bottom: "fc" bottom: "emb" top: "sum" }\n')
+    net = imported(HEAD + body + LOSS % "sum").net
+    assert net.layer("mvn").op == "mvn" and net.layer("mvn").attrs["across_channels"]
+    lrn = net.layer("lrn")
+    assert (lrn.op, lrn.attrs["size"], lrn.attrs["alpha"]) == ("lrn_within_channel", 3, 5e-5)
+    emb = net.layer("emb")
+    assert (emb.op, emb.attrs["input_dim"]) == ("embed", 10)
+    assert net.input("label").type.dtype == "i64"

@@ -111,7 +111,8 @@ _ROWS = (
               tops=_ONE, shape=s.inner_product,
               imports=Import("layer", "linear", m.inner_product, ("weight", "bias"))),
     CaffeType("Embed", param_blobs=_bias("embed_param"), bottoms=_ONE, tops=_ONE,
-              labels=frozenset({0}), shape=s.embed),
+              labels=frozenset({0}), shape=s.embed,
+              imports=Import("layer", "embed", m.embed, ("weight", "bias"))),
     CaffeType("PReLU", param_blobs=_n(1), bottoms=_ONE, tops=_ONE, shape=s.prelu,
               imports=Import("layer", "prelu", m.settings(
                   "prelu_param", ("channel_shared", "channel_shared", False)), ("weight",))),
@@ -138,7 +139,8 @@ _ROWS = (
     # ---- layers without parameters ---------------------------------------------------
     CaffeType("Pooling", bottoms=_ONE, tops=(-1, 1, 2), shape=s.pooling,
               imports=Import("layer", m.pool_op, m.pool)),
-    _unary("LRN", "lrn", m.lrn),
+    CaffeType("LRN", bottoms=_ONE, tops=_ONE, shape=s.same,
+              imports=Import("layer", m.lrn_op, m.lrn)),
     _unary("ReLU", "relu", m.relu),
     _unary("Sigmoid", "sigmoid"),
     _unary("TanH", "tanh"),
@@ -182,7 +184,10 @@ _ROWS = (
                                     ("scale", "scale", 1.0), ("shift", "shift", 0.0))),
     _unary("Log", "log", m.settings("log_param", ("base", "base", -1.0),
                                     ("scale", "scale", 1.0), ("shift", "shift", 0.0))),
-    CaffeType("MVN", bottoms=_ONE, tops=_ONE, shape=s.same),
+    _unary("MVN", "mvn", m.settings("mvn_param",
+                                    ("normalize_variance", "normalize_variance", True),
+                                    ("across_channels", "across_channels", False),
+                                    ("eps", "eps", 1e-9))),
     # ---- not differentiable ----------------------------------------------------------
     CaffeType("Accuracy", "stop", bottoms=(2, -1, -1), tops=(-1, 1, 2),
               no_force=frozenset({0, 1}), labels=frozenset({1}), shape=s.accuracy,
@@ -208,13 +213,17 @@ _ROWS = (
     CaffeType("ContrastiveLoss", **{**_LOSS, "bottoms": (3, -1, -1),
                                     "no_force": frozenset({2})}, labels=frozenset({2}),
               imports=Import("layer", "contrastive_loss", m.contrastive)),
-    CaffeType("SigmoidCrossEntropyLoss", **_LOSS),
+    CaffeType("SigmoidCrossEntropyLoss", **_LOSS,
+              imports=Import("layer", "sigmoid_cross_entropy_loss", m.sigmoid_ce)),
     CaffeType("MultinomialLogisticLoss", **_LOSS, labels=frozenset({1})),
-    CaffeType("InfogainLoss", **{**_LOSS, "bottoms": (-1, 2, 3)}, labels=frozenset({1})),
-    CaffeType("HingeLoss", **_LOSS, labels=frozenset({1})),
+    CaffeType("InfogainLoss", **{**_LOSS, "bottoms": (-1, 2, 3)}, labels=frozenset({1}),
+              imports=Import("layer", m.infogain_op, m.infogain)),
+    CaffeType("HingeLoss", **_LOSS, labels=frozenset({1}),
+              imports=Import("layer", "hinge_loss", m.hinge)),
     # py-faster-rcnn's SmoothL1Loss takes inside / outside weights and lets force_backward
     # reach every bottom
-    CaffeType("SmoothL1Loss", **{**_LOSS, "bottoms": (-1, 2, 4), "no_force": frozenset()}),
+    CaffeType("SmoothL1Loss", **{**_LOSS, "bottoms": (-1, 2, 4), "no_force": frozenset()},
+              imports=Import("layer", m.smooth_l1_op, m.smooth_l1)),
     # SSD: loc, conf, priors, ground truth
     CaffeType("MultiBoxLoss", **{**_LOSS, "bottoms": (4, -1, -1)}, labels=frozenset({3})),
 )
