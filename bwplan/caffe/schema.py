@@ -108,6 +108,11 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
         "argmax_param": _f("message", msg="ArgMaxParameter"),
         "bias_param": _f("message", msg="BiasParameter"),
         "tile_param": _f("message", msg="TileParameter"),
+        "mvn_param": _f("message", msg="MVNParameter"),
+        "hinge_loss_param": _f("message", msg="HingeLossParameter"),
+        "infogain_loss_param": _f("message", msg="InfogainLossParameter"),
+        "sigmoid_cross_entropy_loss_param": _f("open"),
+        "smooth_l1_loss_param": _f("open"),          # Fast R-CNN
     },
     "TransformationParameter": {
         "scale": _f("float", 1.0), "mirror": _f("bool", False), "crop_size": _f("uint", 0),
@@ -218,6 +223,10 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
                         "axis": _f("int")},
     "BiasParameter": {"axis": _f("int", 1), "num_axes": _f("int", 1), "filler": _OPEN},
     "TileParameter": {"axis": _f("int", 1), "tiles": _f("int")},
+    "MVNParameter": {"normalize_variance": _f("bool", True),
+                     "across_channels": _f("bool", False), "eps": _f("float", 1e-9)},
+    "HingeLossParameter": {"norm": _f("enum", "L1", choices=("", "L1", "L2"))},
+    "InfogainLossParameter": {"source": _f("string", ""), "axis": _f("int", 1)},
     "SoftmaxParameter": {"engine": _f("enum", "DEFAULT", choices=_ENGINE),
                          "axis": _f("int", 1)},
 }
