@@ -276,3 +276,19 @@ def test_docs_list_every_op_the_table_maps():
     doc = (Path(__file__).parents[1] / "docs" / "onnx.md").read_text()
     missing = [op for op in ROWS if f"`{op}`" not in doc]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("weight,bias,folded", [
+    ("onnx::Conv_12", "onnx::Conv_13", True),       # TorchScript exporter, BN folded
+    ("conv1.weight", "conv1.weight_bias", True),    # dynamo exporter, BN folded
+    ("conv1.weight", "conv1.bias", False),          # a conv with its own bias
+    ("conv1_w_0", "conv1_b_0", False),              # Caffe2 names
+])
+def test_batchnorm_folding_is_told_from_the_initializer_names(tmp_path, weight, bias, folded):
+    from bwplan.onnx.checks import export_notes
+    nodes = [helper.make_node("Conv", ["x", weight, bias], ["y"], kernel_shape=[1, 1])]
+    inits = [_init(weight, np.ones((2, 3, 1, 1))), _init(bias, np.zeros(2))]
+    path = _save(tmp_path / "c.onnx", nodes, [_f32("x", [1, 3, 2, 2])], [_f32("y", [1, 2, 2, 2])],
+                 inits)
+    codes = [n.code for n in export_notes(onnx.load(path).graph)]
+    assert ("onnx_batchnorm_folded" in codes) == folded
