@@ -197,6 +197,15 @@ def test_convert_writes_a_bw_file_that_builds_the_same_net(tmp_path):
     assert set(a.params) == set(b.params)
 
 
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_compile_writes_an_artifact_that_keeps_the_model(tmp_path, capsys, target):
+    path = _two_gemms(tmp_path, "fc1.weight")
+    out = tmp_path / "art"
+    assert main(["compile", path, "--target", target, "-o", str(out), "--freeze", "fc1"]) == 0
+    assert (out / "two.onnx").read_bytes() == open(path, "rb").read()
+    assert (out / "plan.json").exists()
+
+
 def test_explicit_loss_attaches_a_target_input(tmp_path, capsys):
     path = _two_gemms(tmp_path, "fc1.weight")
     assert main(["explain", path, "--loss", "euclidean_loss"]) == 0
