@@ -186,3 +186,16 @@ def test_dynamo_export_imports_runs_and_trains(dynamo_exports):
     # the exporter's zero conv biases are not parameters: the names are the module's
     assert "conv1.bias" not in prog.params and "bn1.running_mean" in prog.params
     _compare_gradients(prog, module, "resnet18", "layer1.*")
+
+
+@pytest.mark.parametrize("opset", [13, 20])
+def test_other_opsets_match_onnxruntime(tmp_path, opset):
+    name = "mobilenet_v2"    # Clip's bounds, ReduceMean's axes and Reshape move with opsets
+    path = tmp_path / f"m{opset}.onnx"
+    _export(path, name, dynamic=True, opset=opset)
+    x, y = _batch(name)
+    want = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    imported = import_onnx(str(path), {"input": _shape(name)})
+    prog = bwplan.compile(str(path), onnx_options={"input_shapes": {"input": _shape(name)}})
+    got = prog.forward({"input": x, "label": y}, outputs=imported.outputs)
+    assert np.abs(got[imported.outputs[0]] - want).max() / np.abs(want).max() < RTOL
