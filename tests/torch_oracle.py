@@ -74,7 +74,7 @@ def _channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
 UNDECIDED = 1e-5
 
 # ops whose functions take `hints`
-DECIDING_OPS = frozenset({"relu", "maxpool", "global_maxpool", "maximum"})
+DECIDING_OPS = frozenset({"relu", "clip", "maxpool", "global_maxpool", "maximum"})
 
 
 def _undecided(margin: torch.Tensor, scale_of: torch.Tensor) -> torch.Tensor:
@@ -219,9 +219,17 @@ def relu(a, xs, p, training, hints=None):
     return torch.where(keep, x, a["negative_slope"] * x)
 
 
-def clip(a, xs, p, training):
-    """ReLU6 / hardtanh: the gradient passes strictly between the bounds."""
-    return F.hardtanh(xs[0], a["min"], a["max"])
+def clip(a, xs, p, training, hints=None):
+    """ReLU6 / hardtanh: the gradient passes strictly between the bounds; near a bound the
+    decision follows bwplan's own value (decisions at kinks)."""
+    x, lo, hi = xs[0], a["min"], a["max"]
+    v = x.detach()
+    inside = (v > lo) & (v < hi)
+    if hints is not None:
+        near = _undecided((v - lo).abs(), x) | _undecided((v - hi).abs(), x)
+        inside = torch.where(near, (hints[0] > lo) & (hints[0] < hi), inside)
+    bound = torch.where(v <= (lo + hi) / 2, torch.full_like(v, lo), torch.full_like(v, hi))
+    return torch.where(inside, x, bound)
 
 
 def dropout(a, xs, p, training):
