@@ -93,7 +93,13 @@ class TorchPeer:
             if layer.op not in OPS:
                 raise NotImplementedError(f"the PyTorch peer has no {layer.op}")
         self.saved_bytes = 0
-        self._forward = torch.compile(self._loss) if variant == "compile" else self._loss
+        self._forward = self._loss
+        if variant == "compile":
+            # every peer compiles the same function (_loss): Dynamo's per-code recompile
+            # limit (8) would otherwise send a benchmark's later nets back to eager
+            import torch._dynamo.config as dynamo
+            dynamo.recompile_limit = max(dynamo.recompile_limit, 256)
+            self._forward = torch.compile(self._loss)
         self._counted = False
 
     def batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
