@@ -6,8 +6,9 @@ and PyTorch (default NCHW eager, channels_last eager, torch.compile), bwplan pru
 PyTorch at its best (the fastest of the three, named) and against default eager as the
 median (p10-p90) of paired per-round ratios of wall and of process CPU time, the load
 average when each case starts and ends, peak activation memory, efficiency = measured
-saving / FLOP-model saving, the forward time share and a backward-only efficiency; the frozen-prefix cache's epoch times;
-gradual unfreezing. Results: JSON, a Markdown table, a PNG chart, under --out.
+saving / FLOP-model saving, the forward time share and a backward-only efficiency; the
+frozen-prefix cache's epoch times; gradual unfreezing. Results: JSON, a Markdown table, a
+PNG chart, under --out.
 
 glibc's allocator returns large blocks to the kernel after each step, so a program that
 frees and re-allocates its activations page-faults thousands of times per step; PyTorch's
