@@ -171,7 +171,6 @@ def torch_comparison(times, variants: list[str]) -> dict:
                 "cpu": vars(Ratio.of(pr.cpu, t.cpu))}
 
     out = {"torch_best": best, "vs_torch_best": ratios(best)}
-    out["vs_torch"] = out["vs_torch_best"]["wall"]["median"]
     if "eager" in variants:
         out["vs_torch_eager"] = ratios("eager")
     return out
