@@ -72,3 +72,20 @@ def test_torch_peer_variants_take_the_same_first_step():
         losses[variant] = peer.step(tbatch)
         assert peer.saved_bytes > 0
     np.testing.assert_allclose(losses["channels_last"], losses["eager"], rtol=1e-5)
+
+
+def test_torch_at_its_best_is_the_fastest_variant_and_targets_say_so():
+    from bench.measure import Timing
+    from bench.report import _speed_targets
+    from bench.suite import torch_comparison
+    times = {"pruned": Timing.of([1.0, 2.0, 3.0], [1.0, 1.0, 1.0]),
+             "torch_eager": Timing.of([2.0, 2.0, 2.0], [2.0, 2.0, 2.0]),
+             "torch_channels_last": Timing.of([1.0, 1.0, 1.0], [1.0, 1.0, 1.0])}
+    row = {"net": "n", "scenario": "s", **torch_comparison(times, ["eager", "channels_last"])}
+    assert row["torch_best"] == "channels_last"
+    assert row["vs_torch_best"]["wall"]["median"] == 2.0  # per round: 1, 2, 3
+    assert row["vs_torch_eager"]["cpu"]["median"] == 0.5
+    lines = _speed_targets([row], lambda ok: "met" if ok else "NOT met")
+    assert "NOT met" in lines[0] and "n/s 2.00" in lines[0]  # 2.0 > 1.0x the best
+    assert lines[1].endswith("NOT met (0 of 1 cases; wall 1.00-1.00, CPU time 0.50-0.50; "
+                             "over: n/s 1.00)")
