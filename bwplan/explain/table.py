@@ -33,7 +33,8 @@ def render_table(plan: Plan, width: int | None = WIDTH) -> str:
              f"{len(plan.net.params)} parameters"]
     if width is not None:
         lines = _wrap(lines[0], width, 4)
-    inline = _layout(rows, set(), whys)
+    extents = _extents(rows)
+    inline = _layout(rows, extents, set(), whys)
     if width is None or max(map(len, inline)) <= width:
         lines += inline
         lines.append("")
@@ -41,12 +42,12 @@ def render_table(plan: Plan, width: int | None = WIDTH) -> str:
         return "\n".join(lines) + "\n"
     # the reasons go below the table; if that is not enough, what each layer keeps too
     keeps_below = False
-    stacked = _stacked(rows, width)
-    if _total(rows, stacked) > width:
+    stacked = _stacked(rows, extents, width)
+    if _total(extents, stacked) > width:
         keeps_below = True
-        rows = [r[:-1] for r in rows]
-        stacked = _stacked(rows, width)
-    lines += _layout(rows, stacked, None)
+        rows, extents = [r[:-1] for r in rows], extents[:-1]
+        stacked = _stacked(rows, extents, width)
+    lines += _layout(rows, extents, stacked, None)
     names = [lp.name for lp in plan.layers]
     indent = max(map(len, names)) + 4
     lines += ["", "why" + (" (and what each layer keeps for the backward)" if keeps_below
@@ -60,8 +61,8 @@ def render_table(plan: Plan, width: int | None = WIDTH) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _total(rows, stacked: set[int]) -> int:
-    widths = _widths(rows, stacked)
+def _total(extents, stacked: set[int]) -> int:
+    widths = _widths(extents, stacked)
     return sum(widths) + 2 * (len(widths) - 1)
 
 
@@ -69,18 +70,25 @@ def _cell(items: list[str], column: int, stacked: set[int]) -> list[str]:
     return items if column in stacked else [_JOIN[column].join(items)]
 
 
-def _widths(rows, stacked: set[int]) -> list[int]:
-    return [max(len(t) for r in rows for t in _cell(r[c], c, stacked))
-            for c in range(len(rows[0]))]
+def _extents(rows) -> list[tuple[int, int]]:
+    """Each column's width on one line and stacked one item per line, measured once (a
+    10,000-layer table is laid out several times while the columns to stack are chosen)."""
+    return [(max(len(_JOIN[c].join(r[c])) for r in rows),
+             max(len(t) for r in rows for t in r[c])) for c in range(len(rows[0]))]
 
 
-def _stacked(rows, width: int) -> set[int]:
+def _widths(extents, stacked: set[int]) -> list[int]:
+    return [one_per_line if c in stacked else joined
+            for c, (joined, one_per_line) in enumerate(extents)]
+
+
+def _stacked(rows, extents, width: int) -> set[int]:
     """Columns to stack, widest first, until a row fits the width (or nothing is left to
     stack)."""
     stacked: set[int] = set()
     while True:
-        widths = _widths(rows, stacked)
-        if _total(rows, stacked) <= width:
+        widths = _widths(extents, stacked)
+        if _total(extents, stacked) <= width:
             return stacked
         candidates = [c for c in range(len(rows[0])) if c not in stacked
                       and any(len(r[c]) > 1 for r in rows)]
@@ -89,8 +97,8 @@ def _stacked(rows, width: int) -> set[int]:
         stacked.add(max(candidates, key=lambda c: widths[c]))
 
 
-def _layout(rows, stacked: set[int], whys: list[str] | None) -> list[str]:
-    widths = _widths(rows, stacked)
+def _layout(rows, extents, stacked: set[int], whys: list[str] | None) -> list[str]:
+    widths = _widths(extents, stacked)
     out = []
     for i, row in enumerate(rows):
         cells = [_cell(items, c, stacked) for c, items in enumerate(row)]
