@@ -103,14 +103,17 @@ def dummy_data(layer, bottoms):
 
 
 # ---- layers with parameters --------------------------------------------------------------
+def _conv_geometry(p):
+    """kernel, stride, pad, dilation (each (h, w)), num_output and group of a
+    convolution_param: Convolution's and Deconvolution's."""
+    return (_hw(p, "kernel", None, "kernel_size"), _hw(p, "stride", 1), _hw(p, "pad", 0),
+            _hw(p, "dilation", 1), p.get("num_output"), p.get("group"))
+
+
 def conv(layer, bottoms):
     p = layer.sub("convolution_param")
     n, c, h, w = bottoms[0]
-    kh, kw = _hw(p, "kernel", None, "kernel_size")
-    sh, sw = _hw(p, "stride", 1)
-    ph, pw = _hw(p, "pad", 0)
-    dh, dw = _hw(p, "dilation", 1)
-    out, group = p.get("num_output"), p.get("group")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), out, group = _conv_geometry(p)
     tops = [(s[0], out, _window(s[2], kh, sh, ph, dh, False), _window(s[3], kw, sw, pw, dw,
                                                                        False))
             for s in bottoms]
@@ -266,11 +269,7 @@ def _open_get(p, name: str, default=None):
 def deconv(layer, bottoms):
     p = layer.sub("convolution_param")
     n, c, h, w = bottoms[0]
-    kh, kw = _hw(p, "kernel", None, "kernel_size")
-    sh, sw = _hw(p, "stride", 1)
-    ph, pw = _hw(p, "pad", 0)
-    dh, dw = _hw(p, "dilation", 1)
-    out, group = p.get("num_output"), p.get("group")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), out, group = _conv_geometry(p)
     tops = [(s[0], out, sh * (s[2] - 1) + dh * (kh - 1) + 1 - 2 * ph,
              sw * (s[3] - 1) + dw * (kw - 1) + 1 - 2 * pw) for s in bottoms]
     params = [(c, out // group, kh, kw)] + ([(out,)] if p.get("bias_term") else [])
