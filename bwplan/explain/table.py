@@ -25,9 +25,21 @@ def render_table(plan: Plan) -> str:
              f"{len(plan.net.params)} parameters"]
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    lines.extend(render_modes(plan))
     lines.append("")
     lines.extend(render_summary(plan))
     return "\n".join(lines) + "\n"
+
+
+def render_modes(plan: Plan) -> list[str]:
+    """One line per layer that runs in a mode (batchnorm), under the table; nothing for a
+    net without such layers."""
+    moded = [lp for lp in plan.layers if lp.mode is not None]
+    if not moded:
+        return []
+    width = max(len(lp.name) for lp in moded)
+    return ["", "modes"] + [f"  {lp.name.ljust(width)}  {lp.mode.cell(lp.name)}"
+                            for lp in moded]
 
 
 def render_summary(plan: Plan) -> list[str]:

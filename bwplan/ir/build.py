@@ -419,7 +419,8 @@ def _coerce(spec: AttrSpec, kw: ast.KwArg) -> Any:
                                         for i in v):
             return tuple(float(i) for i in v)
     if kind == "choice":
-        name = v.name if isinstance(v, ast.NameRef) else v if isinstance(v, str) else None
+        name = v.name if isinstance(v, ast.NameRef) else v if isinstance(v, str) else \
+            str(v).lower() if isinstance(v, bool) else None   # a choice of true/false/auto
         if name in spec.choices:
             return name
         raise AttrError(kw.span, f"'{spec.name}' must be one of {', '.join(spec.choices)}")

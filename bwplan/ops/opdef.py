@@ -180,6 +180,9 @@ class OpDef:
     deterministic: bool | Callable[[Attrs], bool] = True
     # How freezing a layer changes its attributes (batchnorm switches to stored statistics).
     on_freeze: Callable[[Attrs], Attrs] | None = None
+    # The running mode the attributes resolve to (batchnorm's BatchNormMode), decided once:
+    # the planner records it on the layer's plan, explain shows it, the kernels read it.
+    mode: Callable[[Attrs], Any] | None = None
     forward_ref: ForwardReference | None = None
     # reference of the state a training forward updates in place (batchnorm's running
     # statistics): (ctx, inputs, params) -> None; compiled kernels do the same
