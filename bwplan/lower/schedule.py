@@ -105,8 +105,11 @@ def _binding(memo: dict, net: Net, layer: Layer, kind: str, k: int):
         else:
             index = layer.inputs[k].index
             rule, component = dx_rule(op, index), Component("dx", op.port_for(index).name)
+        ctx = memo.get(layer.name)
+        if ctx is None:
+            ctx = memo[layer.name] = op_ctx(net, layer)
         saved = _saved(net, layer, rule)
-        found = memo[key] = (component, saved, _values(saved), rule.flops(op_ctx(net, layer)))
+        found = memo[key] = (component, saved, _values(saved), rule.flops(ctx))
     return found
 
 
@@ -134,7 +137,8 @@ def _saved(net: Net, layer: Layer, rule) -> tuple[Saved, ...]:
 
 
 def _values(saved: tuple[Saved, ...]) -> tuple[BufferId, ...]:
-    return tuple(b for s in saved for b in s.buffers)
+    """The distinct forward values the bindings read, in order."""
+    return tuple(dict.fromkeys(b for s in saved for b in s.buffers))
 
 
 def _forward_steps(net: Net, plan: Plan, run: list, keep: frozenset[BufferId],
@@ -178,7 +182,8 @@ def _backward_steps(specs: list[tuple], kept: frozenset[BufferId]) -> list[Step]
     for i, spec in enumerate(specs):
         for b in spec[_READS]:
             last[b] = i
-    return [Step(*spec, frees=tuple(b for b in dict.fromkeys(spec[_READS]) if last[b] == i
+    # a step's reads are distinct: its forward values (deduplicated by _values) and dout
+    return [Step(*spec, frees=tuple(b for b in spec[_READS] if last[b] == i
                                     and (b in kept or b.kind == "grad")))
             for i, spec in enumerate(specs)]
 
