@@ -155,6 +155,10 @@ class GradRule:
     needs: frozenset[str] | Callable[[Attrs], frozenset[str]]
     flops: Callable[[OpCtx], int]
     reference: GradReference | None = None
+    # the gradient of a parameter's leading-axis rows reads only the same channels
+    # (dimension 1) of d(out), at that share of the FLOPs: a partly frozen parameter
+    # computes its trainable rows only (linear and conv weight and bias)
+    by_rows: bool = False
 
     def needs_for(self, attrs: Attrs) -> frozenset[str]:
         return self.needs(attrs) if callable(self.needs) else self.needs

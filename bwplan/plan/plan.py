@@ -29,7 +29,7 @@ from bwplan import ops as registry
 from bwplan.ir import verify
 from bwplan.ir.net import Net
 from bwplan.plan import grad_flow
-from bwplan.plan.components import Value, dx_rule, op_ctx, values_read
+from bwplan.plan.components import Value, dw_flops, dx_rule, op_ctx, values_read
 from bwplan.plan.decisions import Decision, Finding, Reason, headline
 from bwplan.plan.grad_flow import Flow
 from bwplan.plan.memory import peak_bytes
@@ -188,7 +188,7 @@ def make_plan(net: Net) -> Plan:
             rule = op.grad_for(use.slot)
             if decision.needed:
                 run(rule, kept, layer.name)
-                planned_cost += rule.flops(ctx)
+                planned_cost += dw_flops(net, layer, use.slot, rule, ctx)
             full_dw.append(net.params[use.param].learnable
                            and full_flow.down[layer.name] is not None)
             if full_dw[-1]:

@@ -4,6 +4,7 @@ every stage of gradual unfreezing."""
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -19,6 +20,8 @@ def apply_policy(net: Net, rules: list[tuple[str, str]]) -> Net:
     matches no layer, since that is almost always a typo."""
     if not rules:
         return net
+    rows = [(a, p) for a, p in rules if _ROWS.match(p)]
+    rules = [(a, p) for a, p in rules if not _ROWS.match(p)]
     layers = list(net.layers)
     names = [l.name for l in layers]
     for action, pattern in rules:
@@ -30,9 +33,64 @@ def apply_policy(net: Net, rules: list[tuple[str, str]]) -> Net:
             layers[i] = freeze(net, layers[i], f"--freeze '{pattern}'") \
                 if action == "freeze" else unfreeze(net, layers[i])
     out = net.replace_layers(tuple(layers))
+    if rows:
+        out = _freeze_rows(out, rows)
     if verify.enabled():
         verify.verify_net(out, "freezing policy")
     return out
+
+
+# PARAM[a:b] or PARAM[a:b, c:d]: ranges of a parameter's leading axis
+_ROWS = re.compile(r"^(?P<param>[^\[\]]+)\[(?P<ranges>[^\]]*)\]$")
+
+
+def _freeze_rows(net: Net, rules: list[tuple[str, str]]) -> Net:
+    """Record frozen leading-axis ranges on the parameters the rules name."""
+    params = dict(net.params)
+    for action, pattern in rules:
+        where = Span.synthetic(f"--{action}")
+        m = _ROWS.match(pattern)
+        name = m.group("param")
+        if action != "freeze":
+            raise BwError(where, f"'{pattern}': --unfreeze takes layer patterns, not rows",
+                          "freeze the complement instead, e.g. --freeze 'fc.weight[10:1000]'")
+        param = params.get(name)
+        if param is None:
+            raise BwError(where, f"'{pattern}': no parameter '{name}'",
+                          "rows are given on a parameter: LAYER.SLOT[start:stop]")
+        if not param.learnable or not param.type.shape:
+            raise BwError(where, f"'{pattern}': {name} does not train, so it has no rows "
+                          "to freeze")
+        users = [(registry.OPS[net.layer(layer).op].grad_for(u.slot), net.layer(layer))
+                 for layer, u in net.uses_of(name)]
+        # a grouped convolution's output rows do not line up with whole groups
+        if not all(rule is not None and rule.by_rows and user.attrs.get("groups", 1) == 1
+                   for rule, user in users):
+            raise BwError(where, f"'{pattern}': rows of {name} cannot be frozen: the "
+                          "gradient of its op does not split by output rows",
+                          "rows can be frozen on linear and conv2d weights and biases")
+        ranges = list(param.frozen_rows)
+        for text in m.group("ranges").split(","):
+            ranges.append(_range(where, pattern, text, param.type.shape[0]))
+        params[name] = replace(param, frozen_rows=tuple(sorted(ranges)))
+    return Net(net.name, net.path, net.inputs, MappingProxyType(params), net.layers,
+               net.graph)
+
+
+def _range(where: Span, pattern: str, text: str, rows: int) -> tuple[int, int]:
+    parts = text.strip().split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        a = int(parts[0]) if parts[0].strip() else 0
+        b = int(parts[1]) if parts[1].strip() else rows
+    except ValueError:
+        raise BwError(where, f"'{pattern}': '{text.strip()}' is not a range start:stop",
+                      "e.g. fc8.weight[0:1000]") from None
+    if not 0 <= a < b <= rows:
+        raise BwError(where, f"'{pattern}': rows {a}:{b} are out of bounds: the leading "
+                      f"axis has {rows} rows (0:{rows})")
+    return a, b
 
 
 def freeze(net: Net, layer: Layer, why: str) -> Layer:
