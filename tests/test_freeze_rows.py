@@ -172,3 +172,35 @@ def test_rows_of_an_op_that_does_not_split_by_rows_are_an_error():
         "fc   = linear(r", "fc   = linear(s")
     with pytest.raises(BwError, match="does not split by output rows"):
         bwplan.compile(src, freeze=["s.weight[0:2]"])
+
+
+def test_the_bw_spelling_plans_and_trains_like_the_flag():
+    """`weight.frozen_rows="0:7"` in the file is the same as --freeze 'fc.weight[0:7]'."""
+    written = LINEAR.replace("fc   = linear(r, out=10)",
+                             'fc   = linear(r, out=10) weight.frozen_rows="0:7" '
+                             'bias.frozen_rows="0:7"')
+    a = bwplan.compile(written, target="reference")
+    b = bwplan.compile(LINEAR, target="reference", freeze=CASES["linear"][1])
+    assert a.net.params["fc.weight"].frozen_rows == ((0, 7),)
+    b.params.update({k: np.array(v) for k, v in a.params.items()})
+    rng = np.random.default_rng(1)
+    for prog in (a, b):
+        prog.set_optimizer(LR, MOMENTUM, DECAY)
+    for batch in _batches(a.net, rng):
+        a.run_step(batch)
+        b.run_step(batch)
+    for name in a.params:
+        assert np.array_equal(a.params[name], b.params[name]), name
+
+
+@pytest.mark.parametrize("setting, message", [
+    ('weight.frozen_rows="0:17"', "rows 0:17 are out of bounds"),
+    ('weight.frozen_rows=3', "needs a string of ranges"),
+    ('wieght.frozen_rows="0:1"', "wieght"),
+])
+def test_a_bad_bw_range_is_located_at_its_setting(setting, message):
+    with pytest.raises(BwError) as err:
+        bwplan.load_bw_text(LINEAR.replace("fc   = linear(r, out=10)",
+                                           f"fc   = linear(r, out=10) {setting}"))
+    assert message in str(err.value)
+    assert (err.value.span.line, err.value.span.col) == (5, 26)

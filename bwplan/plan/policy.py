@@ -12,6 +12,7 @@ from bwplan import ops as registry
 from bwplan.errors import BwError
 from bwplan.ir import verify
 from bwplan.ir.net import Layer, Net
+from bwplan.ir.rows import parse_rows, rows_problem
 from bwplan.source import Span
 
 
@@ -61,36 +62,15 @@ def _freeze_rows(net: Net, rules: list[tuple[str, str]]) -> Net:
         if not param.learnable or not param.type.shape:
             raise BwError(where, f"'{pattern}': {name} does not train, so it has no rows "
                           "to freeze")
-        users = [(registry.OPS[net.layer(layer).op].grad_for(u.slot), net.layer(layer))
-                 for layer, u in net.uses_of(name)]
-        # a grouped convolution's output rows do not line up with whole groups
-        if not all(rule is not None and rule.by_rows and user.attrs.get("groups", 1) == 1
-                   for rule, user in users):
-            raise BwError(where, f"'{pattern}': rows of {name} cannot be frozen: the "
-                          "gradient of its op does not split by output rows",
-                          "rows can be frozen on linear and conv2d weights and biases")
-        ranges = list(param.frozen_rows)
-        for text in m.group("ranges").split(","):
-            ranges.append(_range(where, pattern, text, param.type.shape[0]))
+        for layer, use in net.uses_of(name):
+            problem = rows_problem(net.layer(layer).op, use.slot, net.layer(layer).attrs)
+            if problem:
+                raise BwError(where, f"'{pattern}': {problem}")
+        ranges = param.frozen_rows + parse_rows(where, f"'{pattern}'", m.group("ranges"),
+                                                param.type.shape[0])
         params[name] = replace(param, frozen_rows=tuple(sorted(ranges)))
     return Net(net.name, net.path, net.inputs, MappingProxyType(params), net.layers,
                net.graph)
-
-
-def _range(where: Span, pattern: str, text: str, rows: int) -> tuple[int, int]:
-    parts = text.strip().split(":")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        a = int(parts[0]) if parts[0].strip() else 0
-        b = int(parts[1]) if parts[1].strip() else rows
-    except ValueError:
-        raise BwError(where, f"'{pattern}': '{text.strip()}' is not a range start:stop",
-                      "e.g. fc8.weight[0:1000]") from None
-    if not 0 <= a < b <= rows:
-        raise BwError(where, f"'{pattern}': rows {a}:{b} are out of bounds: the leading "
-                      f"axis has {rows} rows (0:{rows})")
-    return a, b
 
 
 def freeze(net: Net, layer: Layer, why: str) -> Layer:
