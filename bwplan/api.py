@@ -71,6 +71,10 @@ class CompiledNet:
         self.seed = seed
         self.rules = list(rules)
         self.net: Net = apply_policy(build(module), self.rules)
+        if target == "cuda" and any(p.frozen_rows for p in self.net.params.values()):
+            raise BwError(Span.synthetic("--freeze"), "the cuda target does not run partly "
+                          "frozen parameters yet (its dW and update kernels take whole "
+                          "tensors)", "use --target cpu")
         self.plan: Plan = make_plan(self.net)
         self.program: Program = lower(self.plan, prune)
         self._params: dict[str, np.ndarray] | None = None   # initialised on first use

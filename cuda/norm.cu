@@ -12,11 +12,11 @@
 // == kernel batchnorm_fwd ==
 // One block per channel c. With batch statistics (use_batch): mean, then the biased
 // variance from the deviations (two passes: accurate when |mean| >> std), then
-// inv = 1/sqrt(var + eps); batch_stats, when given, receives [mean; inv] ([2, C]); with
+// inv = 1/sqrt(var + eps). Otherwise the stored statistics normalise (read before any
+// update). batch_stats, when given, receives the [mean; inv] that normalised ([2, C]); with
 // update_running the stored mean and var move towards the batch's, the stored variance
 // being the unbiased estimate (m / (m - 1), a factor 1 when m = 1), as Caffe and torch
-// do. Otherwise the stored statistics normalise. Then y = (x - mean) * inv * w + b, the
-// affine part only when weight is given.
+// do. Then y = (x - mean) * inv * w + b, the affine part only when weight is given.
 extern "C" __global__ void batchnorm_fwd(const float* x, float* out, float* mean_param,
                                          float* var_param, const float* weight,
                                          const float* bias, float* batch_stats, int n, int c,
@@ -25,30 +25,31 @@ extern "C" __global__ void batchnorm_fwd(const float* x, float* out, float* mean
     __shared__ double scratch[32];
     const int ch = blockIdx.x;
     const long long m = (long long)n * s;
-    double mean, inv;
-    if (use_batch) {
-        mean = bw_channel_dot(x, nullptr, n, c, s, scratch) / m;
+    // every thread reads the stored values before the block sums below synchronise, so
+    // before thread 0 updates them
+    double mean = mean_param[ch];
+    double inv = 1.0 / sqrt((double)var_param[ch] + eps);
+    if (use_batch || update_running) {
+        const double b_mean = bw_channel_dot(x, nullptr, n, c, s, scratch) / m;
         double dev = 0.0;
         for (long long t = threadIdx.x; t < m; t += blockDim.x) {
-            const double d = x[bw_ncs((int)(t / s), ch, t % s, c, s)] - mean;
+            const double d = x[bw_ncs((int)(t / s), ch, t % s, c, s)] - b_mean;
             dev += d * d;
         }
         const double var = bw_block_sum_d(dev, scratch) / m;
-        inv = 1.0 / sqrt(var + eps);
-        if (threadIdx.x == 0) {
-            if (batch_stats) {
-                batch_stats[ch] = (float)mean;
-                batch_stats[c + ch] = (float)inv;
-            }
-            if (update_running) {
-                const double unbiased = m > 1 ? var * m / (m - 1) : var;
-                mean_param[ch] = (float)(momentum * mean_param[ch] + (1.0 - momentum) * mean);
-                var_param[ch] = (float)(momentum * var_param[ch] + (1.0 - momentum) * unbiased);
-            }
+        if (use_batch) {
+            mean = b_mean;
+            inv = 1.0 / sqrt(var + eps);
         }
-    } else {
-        mean = mean_param[ch];
-        inv = 1.0 / sqrt((double)var_param[ch] + eps);
+        if (threadIdx.x == 0 && update_running) {
+            const double unbiased = m > 1 ? var * m / (m - 1) : var;
+            mean_param[ch] = (float)(momentum * mean_param[ch] + (1.0 - momentum) * b_mean);
+            var_param[ch] = (float)(momentum * var_param[ch] + (1.0 - momentum) * unbiased);
+        }
+    }
+    if (threadIdx.x == 0 && batch_stats) {
+        batch_stats[ch] = (float)mean;
+        batch_stats[c + ch] = (float)inv;
     }
     const float scale = (float)(inv * (weight ? weight[ch] : 1.0f));
     const float shift = (bias ? bias[ch] : 0.0f) - (float)(mean * scale);
@@ -61,8 +62,9 @@ extern "C" __global__ void batchnorm_fwd(const float* x, float* out, float* mean
 // == kernel batchnorm_dx ==
 // One block per channel. Batch statistics: dx = inv * (g - mean(g) - xhat * mean(g xhat))
 // with g = dy * w, means over the channel's N*S values (every output depends on the whole
-// batch). Stored statistics: a fixed affine map, dx = dy * w / sqrt(var + eps); x and
-// batch_stats are then null (the rule does not read them).
+// batch). Stored statistics: a fixed affine map, dx = dy * w * inv, inv from batch_stats
+// when the forward saved it (the stored ones moved since), else 1/sqrt(var + eps); x is
+// then null (the rule does not read it).
 extern "C" __global__ void batchnorm_dx(const float* x, const float* dout, float* dx,
                                         const float* weight, const float* var_param,
                                         const float* batch_stats, int n, int c, long long s,
@@ -72,7 +74,9 @@ extern "C" __global__ void batchnorm_dx(const float* x, const float* dout, float
     const long long m = (long long)n * s;
     const float wc = weight ? weight[ch] : 1.0f;
     if (!use_batch) {
-        const float scale = (float)(wc / sqrt((double)var_param[ch] + eps));
+        const double iv = batch_stats ? (double)batch_stats[c + ch]
+                                      : 1.0 / sqrt((double)var_param[ch] + eps);
+        const float scale = (float)(wc * iv);
         for (long long t = threadIdx.x; t < m; t += blockDim.x) {
             const long long i = bw_ncs((int)(t / s), ch, t % s, c, s);
             bw_put(dx, i, dout[i] * scale, accumulate);
@@ -98,7 +102,8 @@ extern "C" __global__ void batchnorm_dx(const float* x, const float* dout, float
 
 // == kernel batchnorm_dw ==
 // dweight[c] (+)= sum of dy * xhat over the channel; xhat from the batch statistics the
-// forward saved, or from the stored mean and var (global_stats). One block per channel.
+// forward saved (use_batch: it saved them), or from the stored mean and var. One block
+// per channel.
 extern "C" __global__ void batchnorm_dw(const float* x, const float* dout, float* dweight,
                                         const float* mean_param, const float* var_param,
                                         const float* batch_stats, int n, int c, long long s,

@@ -20,7 +20,8 @@ class _Ordered(argparse.Action):
 def add_network_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a .bw file or a Caffe .prototxt")
     p.add_argument("--freeze", action=_Ordered, metavar="PATTERN", default=None,
-                   help="freeze the layers whose names match this glob (repeatable)")
+                   help="freeze the layers whose names match this glob, or rows of one "
+                        "parameter: 'fc8.weight[0:1000]' (repeatable)")
     p.add_argument("--unfreeze", action=_Ordered, metavar="PATTERN", default=None,
                    help="unfreeze the layers whose names match this glob (repeatable)")
     p.add_argument("--phase", choices=("train", "test"), default="train",

@@ -2,8 +2,10 @@
 parameter updates and the warnings."""
 from __future__ import annotations
 
+from bwplan import ops as registry
 from bwplan.explain.grouping import render_findings
 from bwplan.explain.units import flops, nbytes, saving
+from bwplan.plan.components import dw_flops, op_ctx
 from bwplan.plan.plan import LayerPlan, Plan
 
 MARK = {True: "yes", False: "-"}
@@ -37,6 +39,8 @@ def render_table(plan: Plan, width: int | None = WIDTH) -> str:
     inline = _layout(rows, extents, set(), whys)
     if width is None or max(map(len, inline)) <= width:
         lines += inline
+        lines.extend(render_modes(plan))
+        lines.extend(render_row_freezing(plan))
         lines.append("")
         lines.extend(render_summary(plan))
         return "\n".join(lines) + "\n"
@@ -55,6 +59,8 @@ def render_table(plan: Plan, width: int | None = WIDTH) -> str:
     for lp, why in zip(plan.layers, whys[1:]):
         kept = f"keeps {', '.join(lp.keeps)}. " if keeps_below and lp.keeps else ""
         lines += _wrap(f"  {lp.name.ljust(indent - 4)}  {kept}{why}", width, indent)
+    for line in render_modes(plan) + render_row_freezing(plan):
+        lines += _wrap(line, width, 4)
     lines.append("")
     for line in render_summary(plan):
         lines += _wrap(line, width, _hanging_indent(line))
@@ -142,6 +148,43 @@ def _cut_note(plan: Plan) -> str:
     neither figure: say so where there are some."""
     cuts = sum(1 for l in plan.net.layers for e in l.inputs if e.stop_gradient)
     return f"; what {cuts} stop_gradient edge(s) cut is left out of both" if cuts else ""
+
+
+def render_modes(plan: Plan) -> list[str]:
+    """One line per layer that runs in a mode (batchnorm), under the table; nothing for a
+    net without such layers."""
+    moded = [lp for lp in plan.layers if lp.mode is not None]
+    if not moded:
+        return []
+    width = max(len(lp.name) for lp in moded)
+    return ["", "modes"] + [f"  {lp.name.ljust(width)}  {lp.mode.cell(lp.name)}"
+                            for lp in moded]
+
+
+def render_row_freezing(plan: Plan) -> list[str]:
+    """One line per partly frozen parameter, under the table: its trainable rows and the
+    dW FLOPs the frozen ones save per step; nothing when no parameter is partly frozen."""
+    net = plan.net
+    parts = [p for p in net.params.values() if p.frozen_rows]
+    if not parts:
+        return []
+    out = ["", "frozen rows"]
+    for p in parts:
+        saved = 0
+        for layer_name, use in net.uses_of(p.name):
+            layer = net.layer(layer_name)
+            rule = registry.OPS[layer.op].grad_for(use.slot)
+            if plan.layer(layer_name).dw[layer.params.index(use)].needed:
+                ctx = op_ctx(net, layer)
+                saved += rule.flops(ctx) - dw_flops(net, layer, use.slot, rule, ctx)
+        rows = p.type.shape[0]
+        trains = ", ".join(f"{a}:{b}" for a, b in p.trainable_rows()) or "none"
+        frozen = ", ".join(f"{a}:{b}" for a, b in p.frozen_rows)
+        share = 1 - p.trainable_fraction()
+        out.append(f"  {p.name}  trains rows {trains} of {rows}, keeps {frozen} exactly; "
+                   f"dW {flops(saved)} saved per step ({share:.0%} of its rows), "
+                   f"update {nbytes(round(p.type.nbytes * share))} untouched")
+    return out
 
 
 def render_summary(plan: Plan) -> list[str]:

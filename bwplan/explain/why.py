@@ -143,6 +143,13 @@ def _param(plan: Plan, name: str) -> list[str]:
         out.append(f"use in {layer_name} (slot {use.slot}, lr_mult {use.lr_mult:g}; "
                    f"{use.origin}): gradient {'computed' if d.needed else 'skipped'}: "
                    f"{d.reason.text}")
+    if param.frozen_rows:
+        trains = ", ".join(f"{a}:{b}" for a, b in param.trainable_rows()) or "none"
+        frozen = ", ".join(f"{a}:{b}" for a, b in param.frozen_rows)
+        out.append(f"split: rows {frozen} of {param.type.shape[0]} are frozen, rows {trains} "
+                   "train: dW runs over the trainable rows' channels of d(out) only, the "
+                   "update (momentum, decay) touches only them, and dX still reads the "
+                   "whole weight")
     update = next((u for u in plan.updates if u.param == name), None)
     if update is not None:
         out.append(f"update: {update.kind}: {update.text}")

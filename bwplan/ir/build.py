@@ -8,7 +8,7 @@ is skipped rather than reported again.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -21,6 +21,7 @@ from bwplan.errors import (AttrError, BwError, CycleError, ParamError, Redefined
 from bwplan.frontend import ast
 from bwplan.ir import verify
 from bwplan.ir.net import Edge, Input, Layer, Net, Param, ParamUse, make_graph
+from bwplan.ir.rows import parse_rows, rows_problem
 from bwplan.ir.types import MAX_EXTENT, TensorType
 from bwplan.ops.opdef import REQUIRED, AttrSpec, OpCtx, OpDef
 from bwplan.source import Span
@@ -276,6 +277,12 @@ class _Builder:
                 params[pname] = Param(pname, ptype, slot.learnable,
                                       decl.span if decl else stmt.span, slot.init)
                 first_use[pname] = span
+            if slot.name in settings.frozen_rows:
+                text, where = settings.frozen_rows[slot.name]
+                rows = parse_rows(where, f"{stmt.name}.{slot.name}.frozen_rows", text,
+                                  ptype.shape[0])
+                params[pname] = replace(params[pname], frozen_rows=tuple(sorted(
+                    params[pname].frozen_rows + rows)))
             uses.append(settings.use(pname, slot.name, slot.learnable, decl, span))
         loss_weight = settings.loss_weight
         if loss_weight is None:
@@ -323,6 +330,18 @@ class _Builder:
                 continue
             if key == "shares":
                 continue
+            if key.endswith(".frozen_rows"):
+                slot = key[:-len(".frozen_rows")]
+                if slot not in slots:
+                    raise UnknownName(m.span, f"param slot of {op.name}", slot, slots)
+                if not isinstance(m.value, str):
+                    raise AttrError(m.span, f"'{key}' needs a string of ranges, e.g. "
+                                    f'{key}="0:1000"')
+                problem = rows_problem(op.name, slot, attrs)
+                if problem:
+                    raise AttrError(m.span, problem)
+                s.frozen_rows[slot] = (m.value, m.span)
+                continue
             value = m.value
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise AttrError(m.span, f"'{key}' needs a number")
@@ -356,9 +375,11 @@ class _Settings:
     lr_scale: float = 1.0
     decay_scale: float = 1.0
     per_slot: dict = None  # slot -> {"lr"/"decay": (value, span)}
+    frozen_rows: dict = None  # slot -> (ranges as written, span)
 
     def __post_init__(self) -> None:
         self.per_slot = {}
+        self.frozen_rows = {}
 
     def use(self, pname: str, slot: str, learnable: bool, decl: ast.ParamDecl | None,
             span: Span) -> ParamUse:
@@ -419,7 +440,8 @@ def _coerce(spec: AttrSpec, kw: ast.KwArg) -> Any:
                                         for i in v):
             return tuple(float(i) for i in v)
     if kind == "choice":
-        name = v.name if isinstance(v, ast.NameRef) else v if isinstance(v, str) else None
+        name = v.name if isinstance(v, ast.NameRef) else v if isinstance(v, str) else \
+            str(v).lower() if isinstance(v, bool) else None   # a choice of true/false/auto
         if name in spec.choices:
             return name
         raise AttrError(kw.span, f"'{spec.name}' must be one of {', '.join(spec.choices)}")

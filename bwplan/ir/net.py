@@ -59,6 +59,25 @@ class Param:
     learnable: bool
     span: Span
     init: str = "xavier"
+    # [start, stop) ranges of the leading axis kept exactly (--freeze 'fc.weight[0:1000]')
+    frozen_rows: tuple[tuple[int, int], ...] = ()
+
+    def trainable_rows(self) -> tuple[tuple[int, int], ...]:
+        """The [start, stop) ranges of the leading axis that train; () when all do."""
+        if not self.frozen_rows:
+            return ()
+        out, at = [], 0
+        for a, b in sorted(self.frozen_rows):
+            if a > at:
+                out.append((at, a))
+            at = max(at, b)
+        if at < self.type.shape[0]:
+            out.append((at, self.type.shape[0]))
+        return tuple(out)
+
+    def trainable_fraction(self) -> float:
+        rows = self.trainable_rows()
+        return 1.0 if not self.frozen_rows else sum(b - a for a, b in rows) / self.type.shape[0]
 
 
 @dataclass(frozen=True, slots=True)

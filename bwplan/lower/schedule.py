@@ -19,7 +19,7 @@ from bwplan.ir import verify
 from bwplan.ir.net import Layer, Net
 from bwplan.lower.program import Buffer, BufferId, Program, Saved, Seed, Step, aux, grad, value
 from bwplan.ops.needs import FWD, Component, bind_needs
-from bwplan.plan.components import dx_rule, op_ctx
+from bwplan.plan.components import dw_flops, dx_rule, op_ctx
 from bwplan.plan.plan import Plan
 
 
@@ -109,7 +109,8 @@ def _binding(memo: dict, net: Net, layer: Layer, kind: str, k: int):
         if ctx is None:
             ctx = memo[layer.name] = op_ctx(net, layer)
         saved = _saved(net, layer, rule)
-        found = memo[key] = (component, saved, _values(saved), rule.flops(ctx))
+        flops = dw_flops(net, layer, slot, rule, ctx) if kind == "dw" else rule.flops(ctx)
+        found = memo[key] = (component, saved, _values(saved), flops)
     return found
 
 

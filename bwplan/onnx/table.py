@@ -331,8 +331,13 @@ def batchnorm(view: NodeView) -> Mapped:
     momentum = float(view.attrs.get("momentum", 0.9))
     weights = {"weight": view.weight(1), "bias": view.weight(2), "mean": view.weight(3),
                "var": view.weight(4)}
-    return one(view, "batchnorm", [view.data(0)], dict(
-        eps=float(view.attrs.get("epsilon", 1e-5)), momentum=momentum, affine=True), weights)
+    attrs = dict(eps=float(view.attrs.get("epsilon", 1e-5)), momentum=momentum, affine=True)
+    if view.attrs.get("training_mode", 1) == 0:
+        # exported for inference (opset 14's explicit training_mode=0): the stored
+        # statistics, as onnxruntime runs it; a training export keeps batch statistics
+        # (and --freeze still switches those to the stored ones)
+        attrs["stats"] = "stored"
+    return one(view, "batchnorm", [view.data(0)], attrs, weights)
 
 
 def clip(view: NodeView) -> Mapped:

@@ -63,8 +63,8 @@ LINEAR = OpDef(
     flops=lambda ctx: 2 * _macs(ctx) + (ctx.out.numel if ctx.attrs["bias"] else 0),
     grads=(
         GradRule("x", frozenset({"weight"}), lambda ctx: 2 * _macs(ctx), _dx),
-        GradRule("weight", frozenset({"x"}), lambda ctx: 2 * _macs(ctx), _dw),
-        GradRule("bias", frozenset(), lambda ctx: ctx.out.numel, _db),
+        GradRule("weight", frozenset({"x"}), lambda ctx: 2 * _macs(ctx), _dw, by_rows=True),
+        GradRule("bias", frozenset(), lambda ctx: ctx.out.numel, _db, by_rows=True),
     ),
     forward_ref=_forward,
     kernels=on_every_target({

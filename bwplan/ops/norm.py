@@ -1,13 +1,21 @@
 """Normalisation along the channel dimension (dim 1): batch normalisation, Caffe's
 per-channel Scale, local response normalisation across channels, and softmax.
 
-Batch normalisation has two modes with different backwards. With batch statistics
-(training), dX reads the input and the saved per-channel mean and 1/std, because every
-output depends on the whole batch. With stored statistics (`global_stats`, set when the
-layer is frozen, or at inference) it is a per-channel affine map and dX reads only `var`.
-Updating the stored statistics is the runtime's job; the references here only read them.
+Batch normalisation runs in a `BatchNormMode`, two independent choices decided once from
+its attributes by `batchnorm_mode`: which statistics normalise (the batch's or the stored
+`mean`/`var`) and whether a training step moves the stored ones towards the batch's. The
+two kinds of statistics have different backwards. With batch statistics, dX reads the input
+and the saved per-channel mean and 1/std, because every output depends on the whole batch.
+With stored statistics it is a per-channel affine map and dX reads only `var`.
+
+    stats=auto     stored when `global_stats` (Caffe's name) or the layer is frozen, else batch
+    update_stats   auto: update exactly when normalising with batch statistics
+
+An explicit `stats=batch` survives freezing (Caffe's `lr_mult: 0` in TRAIN).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,6 +44,41 @@ def _channel_infer(ctx: OpCtx) -> TensorType:
 
 
 # ---- batchnorm -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BatchNormMode:
+    """How a batchnorm layer runs in a training step. `stats` is "batch" or "stored";
+    `update_stats`: the step moves the stored statistics towards the batch's."""
+
+    stats: str
+    update_stats: bool
+
+    @property
+    def batch(self) -> bool:
+        return self.stats == "batch"
+
+    @property
+    def saves_stats(self) -> bool:
+        """The forward saves the per-channel [mean; 1/std] it normalised with: the batch's,
+        or stored ones that the update is about to move (the backward needs the old)."""
+        return self.batch or self.update_stats
+
+    def cell(self) -> str:
+        return f"stats={self.stats}, {'updated' if self.update_stats else 'fixed'}"
+
+
+def batchnorm_mode(attrs: Attrs) -> BatchNormMode:
+    """The one place the attributes of a batchnorm layer become its mode."""
+    stats = attrs.get("stats", "auto")
+    if stats == "auto":
+        stats = "stored" if attrs["global_stats"] else "batch"
+    update = attrs.get("update_stats", "auto")
+    return BatchNormMode(stats, stats == "batch" if update == "auto" else update == "true")
+
+
+def _batch(attrs: Attrs) -> bool:
+    return batchnorm_mode(attrs).batch
+
+
 def _bn_infer(ctx: OpCtx) -> TensorType:
     if len(ctx.x.shape) not in (2, 4):
         raise ValueError(f"batchnorm expects an [N, C] or NCHW input, got {ctx.x}")
@@ -49,11 +92,13 @@ def _bn_fwd(ctx, inputs, params, training, rng):
     axes = _other_axes(x.ndim)
     eps = ctx.attrs["eps"]
     aux = {}
-    if ctx.attrs["global_stats"] or not training:
+    mode = batchnorm_mode(ctx.attrs)
+    if not (training and mode.batch):
         mean, inv = params["mean"], 1.0 / np.sqrt(params["var"] + eps)
     else:
         mean = x.mean(axis=axes)
         inv = 1.0 / np.sqrt(x.var(axis=axes) + eps)  # biased variance, as Caffe and torch
+    if training and mode.saves_stats:
         aux["batch_stats"] = np.stack([mean, inv]).astype(x.dtype)
     out = (x - _per_channel(mean, x.ndim)) * _per_channel(inv, x.ndim)
     if ctx.attrs["affine"]:
@@ -64,7 +109,7 @@ def _bn_fwd(ctx, inputs, params, training, rng):
 def _bn_update(ctx, inputs, params):
     """running = momentum * running + (1 - momentum) * batch, with the unbiased batch
     variance (Caffe's moving average, one step at a time)."""
-    if ctx.attrs["global_stats"]:
+    if not batchnorm_mode(ctx.attrs).update_stats:
         return
     x = inputs[0]
     axes = _other_axes(x.ndim)
@@ -78,8 +123,11 @@ def _bn_update(ctx, inputs, params):
 def _bn_dx(ctx, saved, dout, index):
     nd = dout.ndim
     g = dout * _per_channel(saved["weight"], nd) if ctx.attrs["affine"] else dout
-    if ctx.attrs["global_stats"]:
-        return g / _per_channel(np.sqrt(saved["var"] + ctx.attrs["eps"]), nd)
+    mode = batchnorm_mode(ctx.attrs)
+    if not mode.batch:
+        inv = saved["batch_stats"][1] if mode.saves_stats else \
+            1.0 / np.sqrt(saved["var"] + ctx.attrs["eps"])
+        return g * _per_channel(inv, nd)
     axes = _other_axes(nd)
     mean, inv = saved["batch_stats"]
     xhat = (saved["x"] - _per_channel(mean, nd)) * _per_channel(inv, nd)
@@ -90,7 +138,7 @@ def _bn_dx(ctx, saved, dout, index):
 
 def _bn_dweight(ctx, saved, dout, index):
     nd = dout.ndim
-    if ctx.attrs["global_stats"]:
+    if not batchnorm_mode(ctx.attrs).saves_stats:
         mean, inv = saved["mean"], 1.0 / np.sqrt(saved["var"] + ctx.attrs["eps"])
     else:
         mean, inv = saved["batch_stats"]
@@ -99,32 +147,44 @@ def _bn_dweight(ctx, saved, dout, index):
 
 
 def _bn_dx_needs(attrs: Attrs) -> frozenset[str]:
-    needs = {"var"} if attrs["global_stats"] else {"x", "batch_stats"}
+    mode = batchnorm_mode(attrs)
+    needs = {"x", "batch_stats"} if mode.batch else {"batch_stats"} if mode.saves_stats \
+        else {"var"}
     return frozenset(needs | ({"weight"} if attrs["affine"] else set()))
 
 
 def _bn_dweight_needs(attrs: Attrs) -> frozenset[str]:
-    return frozenset({"x", "mean", "var"} if attrs["global_stats"] else {"x", "batch_stats"})
+    saves = batchnorm_mode(attrs).saves_stats
+    return frozenset({"x", "batch_stats"} if saves else {"x", "mean", "var"})
 
 
 def _bn_flops(ctx: OpCtx) -> int:
     # normalise: subtract, multiply; batch statistics: sum, square-and-sum; affine: mul-add
-    per = 2 + (0 if ctx.attrs["global_stats"] else 3) + (2 if ctx.attrs["affine"] else 0)
+    mode = batchnorm_mode(ctx.attrs)
+    stats = 3 if mode.saves_stats else 0
+    per = 2 + stats + (2 if ctx.attrs["affine"] else 0)
     return per * ctx.x.numel
 
 
 def _bn_dx_flops(ctx: OpCtx) -> int:
-    per = 1 if ctx.attrs["global_stats"] else 8
+    per = 8 if _batch(ctx.attrs) else 1
     return (per + (1 if ctx.attrs["affine"] else 0)) * ctx.x.numel
 
 
 def _stats_shape(ctx: OpCtx) -> tuple[int, ...]:
-    """Batch mean and 1/sqrt(var + eps) per channel; nothing in global-statistics mode."""
-    return (0,) if ctx.attrs["global_stats"] else (2, ctx.x.shape[1])
+    """The mean and 1/sqrt(var + eps) per channel the forward normalised with; nothing
+    when it normalises with stored statistics that do not move."""
+    return (2, ctx.x.shape[1]) if batchnorm_mode(ctx.attrs).saves_stats else (0,)
 
 
 def _freeze_bn(attrs: Attrs) -> Attrs:
-    return {**attrs, "global_stats": True}
+    """Freezing switches to stored statistics unless the mode was chosen explicitly."""
+    return attrs if attrs.get("stats", "auto") != "auto" else {**attrs, "global_stats": True}
+
+
+def _bn_deterministic(attrs: Attrs) -> bool:
+    mode = batchnorm_mode(attrs)
+    return not mode.batch and not mode.update_stats
 
 
 def _affine(attrs: Attrs) -> bool:
@@ -135,16 +195,25 @@ BATCHNORM = OpDef(
     name="batchnorm",
     family="norm",
     doc="Normalise each channel (dimension 1) of an [N, C] or NCHW input to zero mean and "
-        "unit variance, with batch statistics or, when `global_stats`, the stored `mean` and "
-        "`var`; then, when `affine`, scale by `weight` and add `bias`.",
+        "unit variance, with batch statistics or the stored `mean` and `var` (`stats`; "
+        "`update_stats` says whether training moves the stored ones); then, when `affine`, "
+        "scale by `weight` and add `bias`.",
     ports=(Port("x"),),
     attrs=(
         AttrSpec("eps", "float", 1e-5, doc="added to the variance", above=0),
         AttrSpec("momentum", "float", 0.999, at_least=0, at_most=1,
                  doc="Caffe's moving_average_fraction: the weight the running statistics "
                      "keep at each update (applied by the runtime)"),
-        AttrSpec("global_stats", "bool", False, doc="use the stored mean and var"),
+        AttrSpec("global_stats", "bool", False, doc="use the stored mean and var (Caffe's "
+                 "use_global_stats; the same as stats=stored)"),
         AttrSpec("affine", "bool", False, doc="learn a per-channel weight and bias"),
+        AttrSpec("stats", "choice", "auto", choices=("auto", "batch", "stored"),
+                 doc="the statistics that normalise in training: auto is stored when "
+                     "global_stats or frozen, else batch; an explicit choice survives "
+                     "freezing"),
+        AttrSpec("update_stats", "choice", "auto", choices=("auto", "true", "false"),
+                 doc="whether a training step updates the stored mean and var (auto: "
+                     "exactly when normalising with batch statistics)"),
     ),
     params=(
         ParamSlot("mean", _channels, learnable=False, init="zeros"),
@@ -161,8 +230,9 @@ BATCHNORM = OpDef(
                  lambda ctx, saved, dout, i: dout.sum(axis=_other_axes(dout.ndim))),
     ),
     aux=(AuxSpec("batch_stats", _stats_shape),),
-    deterministic=lambda attrs: attrs["global_stats"],
+    deterministic=_bn_deterministic,
     on_freeze=_freeze_bn,
+    mode=batchnorm_mode,
     forward_ref=_bn_fwd,
     state_update_ref=_bn_update,
     kernels=on_every_target({

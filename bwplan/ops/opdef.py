@@ -155,6 +155,10 @@ class GradRule:
     needs: frozenset[str] | Callable[[Attrs], frozenset[str]]
     flops: Callable[[OpCtx], int]
     reference: GradReference | None = None
+    # the gradient of a parameter's leading-axis rows reads only the same channels
+    # (dimension 1) of d(out), at that share of the FLOPs: a partly frozen parameter
+    # computes its trainable rows only (linear and conv weight and bias)
+    by_rows: bool = False
 
     def needs_for(self, attrs: Attrs) -> frozenset[str]:
         return self.needs(attrs) if callable(self.needs) else self.needs
@@ -180,6 +184,9 @@ class OpDef:
     deterministic: bool | Callable[[Attrs], bool] = True
     # How freezing a layer changes its attributes (batchnorm switches to stored statistics).
     on_freeze: Callable[[Attrs], Attrs] | None = None
+    # The running mode the attributes resolve to (batchnorm's BatchNormMode), decided once:
+    # the planner records it on the layer's plan, explain shows it, the kernels read it.
+    mode: Callable[[Attrs], Any] | None = None
     forward_ref: ForwardReference | None = None
     # reference of the state a training forward updates in place (batchnorm's running
     # statistics): (ctx, inputs, params) -> None; compiled kernels do the same

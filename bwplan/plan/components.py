@@ -27,6 +27,16 @@ def op_ctx(net: Net, layer: Layer) -> OpCtx:
     return OpCtx(layer.attrs, tuple(net.tensor_type(e.src) for e in layer.inputs), layer.out)
 
 
+def dw_flops(net: Net, layer: Layer, slot: str, rule: GradRule, ctx: OpCtx) -> int:
+    """FLOPs of one planned dW component: the gradient of a partly frozen parameter whose
+    rule works by rows costs its trainable rows' share."""
+    use = layer.param_use(slot)
+    param = net.params[use.param] if use is not None else None
+    if rule.by_rows and param is not None and param.frozen_rows:
+        return round(rule.flops(ctx) * param.trainable_fraction())
+    return rule.flops(ctx)
+
+
 def dx_rule(op: OpDef, index: int) -> GradRule | None:
     return op.grad_for(op.port_for(index).name)
 

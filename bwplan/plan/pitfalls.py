@@ -103,7 +103,9 @@ def _frozen_batchnorm(plan):
 def _batchnorm_in_frozen_region(plan):
     net = plan.net
     for layer in net.layers:
-        if layer.attrs.get("global_stats") is not False or layer.frozen:
+        mode = plan.layer(layer.name).mode
+        if mode is None or not (mode.mode.batch and mode.mode.update_stats) or layer.frozen \
+                or mode.scale_shift == "frozen":   # _frozen_scale_shift says it then
             continue
         if plan.flow.up.get(layer.name) is None and any(
                 not net.params[u.param].learnable for u in layer.params):
@@ -114,8 +116,49 @@ def _batchnorm_in_frozen_region(plan):
                           subject=layer.name)
 
 
+def _frozen_scale_shift(plan):
+    """The usual trap: the scale/shift is frozen but the statistics keep coming from the
+    batch and moving (PyTorch's requires_grad=False in train(), Caffe's lr_mult 0)."""
+    for lp in plan.layers:
+        m = lp.mode
+        if m is None or m.scale_shift != "frozen" or not (m.mode.batch and m.mode.update_stats):
+            continue
+        layer = plan.net.layer(lp.name)
+        yield Finding("batchnorm_frozen_scale_shift", "warning", layer.span,
+                      f"the scale/shift of {lp.name} is frozen{_in(m, lp.name)}, but it "
+                      "normalises with batch statistics and keeps updating its stored ones",
+                      "write stats=stored to keep the layer exactly as trained, or "
+                      "update_stats=false to normalise with the batch without moving them",
+                      subject=lp.name)
+
+
+def _in(m, name: str) -> str:
+    return f" (in {m.scale_shift_in})" if m.scale_shift_in not in ("", name) else ""
+
+
+TINY_BATCH = 4
+
+
+def _tiny_batch_stats(plan):
+    """Batch statistics from a handful of samples are noisy and differ from the stored
+    ones the layer is evaluated with."""
+    net = plan.net
+    for lp in plan.layers:
+        if lp.mode is None or not lp.mode.mode.batch or not lp.forward.needed:
+            continue
+        layer = net.layer(lp.name)
+        n = net.tensor_type(layer.inputs[0].src).shape[0]
+        if n <= TINY_BATCH:
+            yield Finding("batchnorm_tiny_batch", "warning", layer.span,
+                          f"{lp.name} normalises with the statistics of a batch of {n} "
+                          "sample(s): noisy, and unlike the stored ones used at test time",
+                          "use a larger batch, or stats=stored (with update_stats=false to "
+                          "keep them fixed)", subject=lp.name)
+
+
 CHECKS = (_decay_without_gradient, _per_use_lr, _useless_cut, _loss_unreached,
-          _zero_weight_loss, _dead_outputs, _frozen_batchnorm, _batchnorm_in_frozen_region)
+          _zero_weight_loss, _dead_outputs, _frozen_batchnorm, _batchnorm_in_frozen_region,
+          _frozen_scale_shift, _tiny_batch_stats)
 
 
 def find_pitfalls(plan) -> tuple[Finding, ...]:

@@ -29,10 +29,11 @@ from bwplan import ops as registry
 from bwplan.ir import verify
 from bwplan.ir.net import Net
 from bwplan.plan import grad_flow
-from bwplan.plan.components import Value, dx_rule, op_ctx, values_read
+from bwplan.plan.components import Value, dw_flops, dx_rule, op_ctx, values_read
 from bwplan.plan.decisions import Decision, Finding, Reason, headline
 from bwplan.plan.grad_flow import Flow
 from bwplan.plan.memory import peak_bytes
+from bwplan.plan.modes import LayerMode, attach_modes
 from bwplan.plan.prefix import FrozenPrefix, frozen_prefix
 from bwplan.plan.updates import ParamUpdate, param_updates
 
@@ -53,6 +54,8 @@ class LayerPlan:
     full_dw: tuple[bool, ...] = ()
     # the one reason shown for this layer (decisions.headline), chosen here once
     reason: Reason | None = None
+    # the layer's running mode (plan/modes.py: batchnorm's statistics and scale/shift)
+    mode: LayerMode | None = None
 
     @property
     def has_backward(self) -> bool:
@@ -185,7 +188,7 @@ def make_plan(net: Net) -> Plan:
             rule = op.grad_for(use.slot)
             if decision.needed:
                 run(rule, kept, layer.name)
-                planned_cost += rule.flops(ctx)
+                planned_cost += dw_flops(net, layer, use.slot, rule, ctx)
             full_dw.append(net.params[use.param].learnable
                            and full_flow.down[layer.name] is not None)
             if full_dw[-1]:
@@ -197,6 +200,7 @@ def make_plan(net: Net) -> Plan:
                                      full_cost, tuple(full_dx), tuple(full_dw),
                                      headline(forward, dx, dw)))
 
+    layer_plans = attach_modes(net, layer_plans)
     outputs = tuple(l.name for l in net.layers if flow.used[l.name] is not None and (
         l.loss_weight != 0 or registry.OPS[l.op].role != "layer"))
     kept_values = _freeze_kept(kept)

@@ -4,6 +4,7 @@ every stage of gradual unfreezing."""
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -11,6 +12,7 @@ from bwplan import ops as registry
 from bwplan.errors import BwError
 from bwplan.ir import verify
 from bwplan.ir.net import Layer, Net
+from bwplan.ir.rows import parse_rows, rows_problem
 from bwplan.source import Span
 
 
@@ -19,6 +21,8 @@ def apply_policy(net: Net, rules: list[tuple[str, str]]) -> Net:
     matches no layer, since that is almost always a typo."""
     if not rules:
         return net
+    rows = [(a, p) for a, p in rules if _ROWS.match(p)]
+    rules = [(a, p) for a, p in rules if not _ROWS.match(p)]
     layers = list(net.layers)
     names = [l.name for l in layers]
     for action, pattern in rules:
@@ -30,9 +34,43 @@ def apply_policy(net: Net, rules: list[tuple[str, str]]) -> Net:
             layers[i] = freeze(net, layers[i], f"--freeze '{pattern}'") \
                 if action == "freeze" else unfreeze(net, layers[i])
     out = net.replace_layers(tuple(layers))
+    if rows:
+        out = _freeze_rows(out, rows)
     if verify.enabled():
         verify.verify_net(out, "freezing policy")
     return out
+
+
+# PARAM[a:b] or PARAM[a:b, c:d]: ranges of a parameter's leading axis
+_ROWS = re.compile(r"^(?P<param>[^\[\]]+)\[(?P<ranges>[^\]]*)\]$")
+
+
+def _freeze_rows(net: Net, rules: list[tuple[str, str]]) -> Net:
+    """Record frozen leading-axis ranges on the parameters the rules name."""
+    params = dict(net.params)
+    for action, pattern in rules:
+        where = Span.synthetic(f"--{action}")
+        m = _ROWS.match(pattern)
+        name = m.group("param")
+        if action != "freeze":
+            raise BwError(where, f"'{pattern}': --unfreeze takes layer patterns, not rows",
+                          "freeze the complement instead, e.g. --freeze 'fc.weight[10:1000]'")
+        param = params.get(name)
+        if param is None:
+            raise BwError(where, f"'{pattern}': no parameter '{name}'",
+                          "rows are given on a parameter: LAYER.SLOT[start:stop]")
+        if not param.learnable or not param.type.shape:
+            raise BwError(where, f"'{pattern}': {name} does not train, so it has no rows "
+                          "to freeze")
+        for layer, use in net.uses_of(name):
+            problem = rows_problem(net.layer(layer).op, use.slot, net.layer(layer).attrs)
+            if problem:
+                raise BwError(where, f"'{pattern}': {problem}")
+        ranges = param.frozen_rows + parse_rows(where, f"'{pattern}'", m.group("ranges"),
+                                                param.type.shape[0])
+        params[name] = replace(param, frozen_rows=tuple(sorted(ranges)))
+    return Net(net.name, net.path, net.inputs, MappingProxyType(params), net.layers,
+               net.graph)
 
 
 def freeze(net: Net, layer: Layer, why: str) -> Layer:

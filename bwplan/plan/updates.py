@@ -26,6 +26,8 @@ class ParamUpdate:
     decay_mult: float
     nbytes: int
     text: str
+    # the [start, stop) leading-axis ranges the update touches; () for the whole tensor
+    rows: tuple[tuple[int, int], ...] = ()
 
 
 def param_updates(net: Net, dw_needed: dict[tuple[str, str], bool]) -> tuple[ParamUpdate, ...]:
@@ -62,8 +64,16 @@ def param_updates(net: Net, dw_needed: dict[tuple[str, str], bool]) -> tuple[Par
                                         f"shrinks it (decay_mult {_g(decay)})")
         else:
             kind, text = "none", "no gradient reaches it and decay_mult is 0: it never changes"
-        out.append(ParamUpdate(name, kind, terms, decay_lr, decay, param.type.nbytes, text))
+        rows = param.trainable_rows() if kind != "none" else ()
+        if rows:
+            text += f"; rows {_ranges(rows)} of {param.type.shape[0]} only, the rest kept"
+        out.append(ParamUpdate(name, kind, terms, decay_lr, decay, param.type.nbytes, text,
+                               rows))
     return tuple(out)
+
+
+def _ranges(rows) -> str:
+    return ", ".join(f"{a}:{b}" for a, b in rows)
 
 
 def _g(x: float) -> str:

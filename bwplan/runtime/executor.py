@@ -18,6 +18,7 @@ from bwplan import ops as registry
 from bwplan.lower.program import BufferId, Program, aux as aux_id, grad, value
 from bwplan.ops.needs import FWD
 from bwplan.plan.components import op_ctx
+from bwplan.runtime.slices import by_rows
 from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.pool import BufferPool
 
@@ -200,6 +201,10 @@ class Executor:
         p = step.param
         if p not in grads:
             grads[p] = np.empty_like(params[p])
+        rows = self.net.params[p].trainable_rows()
+        if rows and registry.OPS[self.net.layer(step.layer).op].grad_for(
+                step.component.wrt).by_rows:
+            kernel = by_rows(kernel, rows)
         mixed = p in self.program.mixed_scale
         if not step.accumulate and not mixed:
             kernel(ctx, saved, dout, grads[p])

@@ -53,20 +53,29 @@ class Sgd:
             v = self.velocity.get(u.param)
             if v is None:
                 v = self.velocity[u.param] = np.zeros_like(w)
-            if self.update is not None:
-                self.update(w, v, g, g_scale, decay, s.lr, s.momentum)
-            else:
-                if g is None:
-                    diff = decay * w
-                elif decay:
-                    diff = g * g_scale + decay * w
-                else:
-                    diff = g * g_scale
-                v *= s.momentum
-                v += s.lr * diff
-                w -= v
+            # a partly frozen parameter: only its trainable rows (contiguous views of the
+            # leading axis), so the frozen rows and their velocity never change
+            if not u.rows:
+                self._apply(w, v, g, g_scale, decay)
+            for a, b in u.rows:
+                self._apply(w[a:b], v[a:b], None if g is None else g[a:b], g_scale, decay)
             launched += 1
         return launched
+
+    def _apply(self, w, v, g, g_scale: float, decay: float) -> None:
+        s = self.settings
+        if self.update is not None:
+            self.update(w, v, g, g_scale, decay, s.lr, s.momentum)
+            return
+        if g is None:
+            diff = decay * w
+        elif decay:
+            diff = g * g_scale + decay * w
+        else:
+            diff = g * g_scale
+        v *= s.momentum
+        v += s.lr * diff
+        w -= v
 
     @staticmethod
     def _gradient(u: ParamUpdate, grads, scaled) -> tuple[np.ndarray | None, float]:

@@ -5,16 +5,19 @@ Tensors are seen as [N, C, S] (S: the product of the dimensions after the channe
 with reassociation allowed, as in `reduce`; per-element passes run in parallel over
 samples.
 
-Batchnorm, training with batch statistics (not `global_stats`): the forward also updates
-the stored statistics in place, as Caffe and torch do during training:
+Batchnorm runs in the layer's `BatchNormMode` (ops.norm.batchnorm_mode, the one decision).
+A training forward whose mode updates the statistics also updates the stored ones in
+place, as Caffe and torch do during training:
 
     params["mean"] = momentum * mean + (1 - momentum) * batch mean
     params["var"]  = momentum * var  + (1 - momentum) * batch var * m / (m - 1)
 
 with m = N*S values per channel: the stored variance is the unbiased estimate (m / (m-1),
 Caffe's bias correction; a factor 1 when m = 1), while the normalisation itself uses the
-biased one. The backward never reads the stored statistics in this mode (it reads the
-saved batch_stats), so the update cannot disturb it.
+biased one. The backward of batch statistics never reads the stored ones (it reads the
+saved batch_stats), so the update cannot disturb it; in the rarer mode that normalises with
+stored statistics while updating them, the forward saves the stored values from before the
+update in batch_stats and the backward reads those.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from numba import njit, prange
 from bwplan.kernels.cpu import scratch
 from bwplan.kernels.cpu.reduce import channel_dot, channel_sum
 from bwplan.kernels.cpu.views import ncs, view
+from bwplan.ops.norm import batchnorm_mode
 
 
 # ---- per-channel affine map ----------------------------------------------------------
@@ -95,7 +99,7 @@ def _bn_dweight(x, dout, mean, inv, out):
 
 
 def _bn_uses_batch(ctx, training: bool) -> bool:
-    return training and not ctx.attrs["global_stats"]
+    return training and batchnorm_mode(ctx.attrs).batch
 
 
 def _affine_or_identity(ctx, params, c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,26 +109,32 @@ def _affine_or_identity(ctx, params, c: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def batchnorm_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
-    """Normalise with batch statistics (training, not global_stats: also updates the
-    stored mean and var in place, see the module docstring) or with the stored ones."""
+    """Normalise with the batch's statistics or the stored ones, as the layer's mode says;
+    a training forward whose mode updates them also moves the stored mean and var in place
+    (see the module docstring)."""
     x = ncs(inputs[0])
     c = x.shape[1]
     eps = ctx.attrs["eps"]
     weight, bias = _affine_or_identity(ctx, params, c)
-    if _bn_uses_batch(ctx, training):
-        mean, inv, var = np.empty(c), np.empty(c), np.empty(c)
-        _batch_stats(x, eps, mean, inv, var)
+    mode = batchnorm_mode(ctx.attrs)
+    if not _bn_uses_batch(ctx, training):
+        # read before any update below: the stored values as they were
+        mean = params["mean"].astype(np.float64)
+        inv = 1.0 / np.sqrt(params["var"].astype(np.float64) + eps)
+    if training and mode.saves_stats:
+        b_mean, b_inv, var = np.empty(c), np.empty(c), np.empty(c)
+        _batch_stats(x, eps, b_mean, b_inv, var)
+        if mode.batch:
+            mean, inv = b_mean, b_inv
         if "batch_stats" in aux:
             aux["batch_stats"][0] = mean
             aux["batch_stats"][1] = inv
-        m = x.shape[0] * x.shape[2]
-        momentum = ctx.attrs["momentum"]
-        unbiased = var * (m / (m - 1) if m > 1 else 1.0)
-        params["mean"][...] = momentum * params["mean"] + (1 - momentum) * mean
-        params["var"][...] = momentum * params["var"] + (1 - momentum) * unbiased
-    else:
-        mean = params["mean"].astype(np.float64)
-        inv = 1.0 / np.sqrt(params["var"].astype(np.float64) + eps)
+        if mode.update_stats:
+            m = x.shape[0] * x.shape[2]
+            momentum = ctx.attrs["momentum"]
+            unbiased = var * (m / (m - 1) if m > 1 else 1.0)
+            params["mean"][...] = momentum * params["mean"] + (1 - momentum) * b_mean
+            params["var"][...] = momentum * params["var"] + (1 - momentum) * unbiased
     # y = (x - mean) * inv * weight + bias, folded into one scale and shift per channel
     scale = inv * weight
     _channel_affine(x, scale.astype(x.dtype), (bias - mean * scale).astype(x.dtype), ncs(out))
@@ -132,7 +142,7 @@ def batchnorm_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
 
 def _bn_stats(ctx, saved) -> tuple[np.ndarray, np.ndarray]:
     """(mean, inv) the forward normalised with, from what the rule saved."""
-    if ctx.attrs["global_stats"]:
+    if not batchnorm_mode(ctx.attrs).saves_stats:
         mean, var = saved["mean"].astype(np.float64), saved["var"].astype(np.float64)
         return mean, 1.0 / np.sqrt(var + ctx.attrs["eps"])
     # float64 in both modes: one compiled specialisation of the loops that read them
@@ -144,9 +154,12 @@ def batchnorm_dx(ctx, saved, dout, index, out) -> None:
     d = ncs(dout)
     c = d.shape[1]
     weight = saved["weight"] if ctx.attrs["affine"] else np.ones(c, dout.dtype)
-    if ctx.attrs["global_stats"]:
+    mode = batchnorm_mode(ctx.attrs)
+    if not mode.batch:
         # a fixed per-channel affine map: dX = dY * weight / sqrt(var + eps)
-        scale = weight / np.sqrt(saved["var"].astype(np.float64) + ctx.attrs["eps"])
+        inv = saved["batch_stats"][1].astype(np.float64) if mode.saves_stats else \
+            1.0 / np.sqrt(saved["var"].astype(np.float64) + ctx.attrs["eps"])
+        scale = weight * inv
         _channel_affine(d, scale.astype(dout.dtype), np.zeros(c, dout.dtype), ncs(out))
         return
     mean, inv = _bn_stats(ctx, saved)

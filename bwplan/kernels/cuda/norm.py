@@ -7,6 +7,7 @@ import math
 
 from bwplan.kernels.cuda.limits import (Launch, check_index, f32, flag, grid_stride, i32,
                                         i64, per_channel, ptr, warp_rows)
+from bwplan.ops.norm import batchnorm_mode
 
 
 def ncs(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -18,11 +19,13 @@ def ncs(shape: tuple[int, ...]) -> tuple[int, int, int]:
 def batchnorm_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
     n, c, s = ncs(ctx.x.shape)
     a = ctx.attrs
-    use_batch = training and not a["global_stats"]
+    mode = batchnorm_mode(a)
+    use_batch = training and mode.batch
     return [per_channel("batchnorm_fwd", c, ptr(inputs[0]), ptr(out), ptr(params["mean"]),
                         ptr(params["var"]), ptr(params.get("weight")), ptr(params.get("bias")),
                         ptr(aux.get("batch_stats")), i32(n), i32(c), i64(s), f32(a["eps"]),
-                        f32(a["momentum"]), flag(use_batch), flag(use_batch))]
+                        f32(a["momentum"]), flag(use_batch),
+                        flag(training and mode.update_stats))]
 
 
 def batchnorm_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
@@ -31,7 +34,7 @@ def batchnorm_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
     return [per_channel("batchnorm_dx", c, ptr(saved.get("x")), ptr(dout), ptr(out),
                         ptr(saved.get("weight")), ptr(saved.get("var")),
                         ptr(saved.get("batch_stats")), i32(n), i32(c), i64(s), f32(a["eps"]),
-                        flag(not a["global_stats"]), flag(accumulate))]
+                        flag(batchnorm_mode(a).batch), flag(accumulate))]
 
 
 def batchnorm_dw(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
@@ -40,7 +43,7 @@ def batchnorm_dw(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
     return [per_channel("batchnorm_dw", c, ptr(saved["x"]), ptr(dout), ptr(out),
                         ptr(saved.get("mean")), ptr(saved.get("var")),
                         ptr(saved.get("batch_stats")), i32(n), i32(c), i64(s), f32(a["eps"]),
-                        flag(not a["global_stats"]), flag(accumulate))]
+                        flag(batchnorm_mode(a).saves_stats), flag(accumulate))]
 
 
 def _channel_sum(kernel: str):
