@@ -390,6 +390,13 @@ def permute_case(draw):
 
 
 @st.composite
+def pad_case(draw):
+    shape = _shape(draw, 4, 4)
+    side = st.one_of(st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2)))
+    return Case(dict(begin=draw(side), end=draw(side)), [_normal(_rng(draw), *shape)])
+
+
+@st.composite
 def deconv2d_case(draw):
     rng = _rng(draw)
     groups = draw(st.integers(1, 2))
@@ -548,6 +555,7 @@ CASES = {
     "silence": silence_case(), "bias": bias_case(), "bias_add": bias_add_case(),
     "tile": tile_case(), "embed": embed_case(),
     "crop": crop_case(), "permute": permute_case(), "deconv2d": deconv2d_case(),
+    "pad": pad_case(),
     "sigmoid_cross_entropy_loss": sigmoid_ce_case(), "hinge_loss": hinge_case(),
     "infogain_loss": infogain_case(), "infogain_loss_h": infogain_case(as_input=True),
     "smooth_l1_loss": smooth_l1_case(), "smooth_l1_loss_weighted": smooth_l1_case(True),

@@ -438,6 +438,8 @@ OPS: dict[str, OpFn] = {
     "reshape": reshape,
     "concat": lambda a, xs, p, t: torch.cat(xs, dim=a["axis"]),
     "slice": slice_,
+    "pad": lambda a, xs, p, t: F.pad(xs[0], (_pair(a["begin"])[1], _pair(a["end"])[1],
+                                             _pair(a["begin"])[0], _pair(a["end"])[0])),
     "batchnorm": batchnorm,
     "scale": scale,
     "lrn": lrn,

@@ -128,13 +128,9 @@ def _spatial(view: NodeView, what: str) -> tuple[int, int]:
     return shape[2], shape[3]
 
 
-def _pads(view: NodeView, kernel, strides, dilations, pool: bool = False
-          ) -> tuple[tuple[int, int], bool]:
-    """Symmetric (pad_h, pad_w) from `pads` or `auto_pad`, and whether a pool must round up.
-
-    Converters from Caffe write a pool's ceil mode as extra padding at the end (Caffe2,
-    onnx's light models); when that extra padding changes nothing but the count of windows,
-    it is bwplan's `ceil` with the begin padding, and it is read as such."""
+def _begin_end(view: NodeView, kernel, strides, dilations) -> tuple[list[int], list[int]]:
+    """The (h, w) padding before and after, from `pads` or `auto_pad` (SAME_UPPER puts the
+    odd cell at the end, SAME_LOWER at the beginning, as TensorFlow's SAME does)."""
     auto = view.attrs.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto in ("SAME_UPPER", "SAME_LOWER"):
@@ -152,7 +148,17 @@ def _pads(view: NodeView, kernel, strides, dilations, pool: bool = False
     else:
         pads = list(view.attrs.get("pads", [0, 0, 0, 0]))
         begin, end = pads[:2], pads[2:]
-    begin, end = [int(b) for b in begin], [int(e) for e in end]
+    return [int(b) for b in begin], [int(e) for e in end]
+
+
+def _pads(view: NodeView, kernel, strides, dilations, pool: bool = False
+          ) -> tuple[tuple[int, int], bool]:
+    """Symmetric (pad_h, pad_w) of a pool, and whether it must round up.
+
+    Converters from Caffe write a pool's ceil mode as extra padding at the end (Caffe2,
+    onnx's light models); when that extra padding changes nothing but the count of windows,
+    it is bwplan's `ceil` with the begin padding, and it is read as such."""
+    begin, end = _begin_end(view, kernel, strides, dilations)
     if begin == end:
         return (begin[0], begin[1]), False
     if pool and all(e >= b for b, e in zip(begin, end)) and _end_pad_is_ceil(
@@ -182,12 +188,34 @@ def _end_pad_is_ceil(view: NodeView, kernel, strides, begin, end) -> bool:
 
 def _window_attrs(view: NodeView, kernel, pool: bool = False
                   ) -> tuple[list[int], list[int], tuple[int, int], bool]:
-    strides = list(view.attrs.get("strides", [1, 1]))
-    dilations = list(view.attrs.get("dilations", [1, 1]))
-    if len(kernel) != 2:
-        raise Unsupported(f"a {len(kernel)}-D kernel: bwplan has 2-D windows only")
+    strides, dilations = _strides_dilations(view, kernel)
     pad, ceil = _pads(view, kernel, strides, dilations, pool)
     return strides, dilations, pad, ceil
+
+
+def _strides_dilations(view: NodeView, kernel) -> tuple[list[int], list[int]]:
+    if len(kernel) != 2:
+        raise Unsupported(f"a {len(kernel)}-D kernel: bwplan has 2-D windows only")
+    return list(view.attrs.get("strides", [1, 1])), list(view.attrs.get("dilations", [1, 1]))
+
+
+def _split_pads(begin: list[int], end: list[int]) -> tuple[tuple[int, int], Emit | None]:
+    """Padding the two sides alike as the conv's own `pad`, and what is left over (one side
+    only, per axis) as a `pad` layer before it, or None when the padding is symmetric."""
+    both = (min(begin[0], end[0]), min(begin[1], end[1]))
+    extra_begin = tuple(b - s for b, s in zip(begin, both))
+    extra_end = tuple(e - s for e, s in zip(end, both))
+    if not any(extra_begin + extra_end):
+        return both, None
+    return both, Emit("pad", (), dict(begin=extra_begin, end=extra_end), {}, None, ".pad")
+
+
+def _with_pad(view: NodeView, pre: Emit | None, layer: Emit) -> Mapped:
+    """The layer, after the `pad` layer `pre` (when there is one) that reads its input."""
+    if pre is None:
+        return Mapped((layer,))
+    from dataclasses import replace
+    return Mapped((replace(pre, args=layer.args), replace(layer, args=(PREVIOUS,))))
 
 
 # ---- rows -----------------------------------------------------------------------------
@@ -197,7 +225,8 @@ def conv(view: NodeView) -> Mapped:
     if w is None:
         raise Unsupported("the weight (input 1) is computed, not an initializer")
     kernel = list(view.attrs.get("kernel_shape", w.shape[2:]))
-    strides, dilations, pad, _ = _window_attrs(view, kernel)
+    strides, dilations = _strides_dilations(view, kernel)
+    pad, pre = _split_pads(*_begin_end(view, kernel, strides, dilations))
     weights = {"weight": view.weight(1)}
     # the dynamo exporter gives a bias-free Conv a bias computed as zeros (Expand of 0):
     # not a parameter of the model, so it does not become a trained one
@@ -205,10 +234,10 @@ def conv(view: NodeView) -> Mapped:
                      and view.is_const(2) and not view.const(2).any())
     if view.input(2) and not computed_zero:
         weights["bias"] = view.weight(2)
-    return one(view, "conv2d", [view.data(0)], dict(
+    return _with_pad(view, pre, Emit("conv2d", (view.data(0),), dict(
         out=int(w.shape[0]), kernel=tuple(kernel), stride=tuple(strides), pad=pad,
         dilation=tuple(dilations), groups=int(view.attrs.get("group", 1)),
-        bias="bias" in weights), weights)
+        bias="bias" in weights), weights, view.node.output[0]))
 
 
 def gemm(view: NodeView) -> Mapped:

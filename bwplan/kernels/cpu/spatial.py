@@ -1,6 +1,6 @@
-"""Crop, permute and deconv2d on the CPU (bwplan/ops/spatial.py).
+"""Crop, permute, pad and deconv2d on the CPU (bwplan/ops/spatial.py).
 
-Crop and permute move data and compute nothing, like the shape family, so each kernel is
+Crop, permute and pad move data and compute nothing, like the shape family, so each kernel is
 one NumPy copy (a strided view copied into the output buffer): a memcpy-speed pass a Numba
 loop could only match. deconv2d runs conv2d's Numba kernels on the transposed problem
 (`conv_view`): its forward is conv2d's dX, its dX conv2d's forward, its dW conv2d's dW
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from bwplan.kernels.cpu import conv
-from bwplan.ops.spatial import conv_view, crop_window, permute_order
+from bwplan.ops.spatial import conv_view, crop_window, pad_window, permute_order
 
 
 def crop_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
@@ -21,6 +21,15 @@ def crop_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
 def crop_dx(ctx, saved, dout, index, out) -> None:
     out.fill(0)
     out[crop_window(ctx)] = dout
+
+
+def pad_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    out.fill(0)
+    out[pad_window(ctx)] = inputs[0]
+
+
+def pad_dx(ctx, saved, dout, index, out) -> None:
+    np.copyto(out, dout[pad_window(ctx)])
 
 
 def permute_fwd(ctx, inputs, params, out, aux, training, rng) -> None:

@@ -50,6 +50,25 @@ def crop_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
                         flag(accumulate))]
 
 
+def pad_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    """crop's dX with the roles swapped: every element of the padded output is written, x
+    inside the window at the begin offsets, 0 around it."""
+    (bh, bw) = pair(ctx.attrs["begin"])
+    n = ctx.out.numel
+    return [grid_stride("crop_dx", n, env, ptr(inputs[0]), ptr(out),
+                        *(i64(v) for v in ctx.out.shape[1:]),
+                        *(i64(v) for v in ctx.x.shape), *(i64(v) for v in (0, 0, bh, bw)),
+                        i64(n), flag(False))]
+
+
+def pad_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    """crop's forward: the window of dY at the begin offsets, gathered into dX."""
+    strides = _strides(ctx.out.shape)
+    (bh, bw) = pair(ctx.attrs["begin"])
+    offset = bh * strides[2] + bw * strides[3]
+    return [_gather(dout, out, ctx.x.shape, strides, offset, ctx.x.numel, accumulate, env)]
+
+
 def permute_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
     strides = _strides(ctx.x.shape)
     order = permute_order(ctx)
@@ -104,4 +123,5 @@ LAUNCH = {
     ("deconv2d", "dw:weight"): deconv2d_dw, ("deconv2d", "dw:bias"): deconv2d_db,
     ("crop", "fwd"): crop_fwd, ("crop", "dx:x"): crop_dx,
     ("permute", "fwd"): permute_fwd, ("permute", "dx:x"): permute_dx,
+    ("pad", "fwd"): pad_fwd, ("pad", "dx:x"): pad_dx,
 }
