@@ -1,6 +1,9 @@
 """ONNX ops beyond the first import, each checked against onnxruntime on a hand-built graph
 (onnx.helper): Conv with asymmetric padding (explicit `pads` and every `auto_pad` mode, as
-TensorFlow/Keras exports write them), which becomes a `pad` layer before the conv2d.
+TensorFlow/Keras exports write them), which becomes a `pad` layer before the conv2d; Sub
+and Div by constants (input normalisation), Add of a constant, Gemm with transA, alpha and
+beta, MatMul with a constant on either side, Squeeze/Unsqueeze of computed tensors, Pad
+(constant mode, opsets 9, 13 and 18), ConvTranspose, HardSigmoid and HardSwish.
 """
 from __future__ import annotations
 
@@ -89,3 +92,107 @@ def test_a_padded_conv_trains_through_its_pad_layer(tmp_path):
     prog.step({"x": rng.standard_normal((2, 3, 6, 6)).astype(np.float32),
                "label": np.array([0, 3])})
     assert np.abs(prog.grads["a.weight"]).max() > 0
+
+
+# ---- arithmetic with constants, Gemm, MatMul, Pad, ConvTranspose, hard activations --------
+def _net(tmp_path, nodes, shape, inits=(), opset=17):
+    """A graph from x of `shape` to a 2-D y, whose sizes shape inference fills in."""
+    return _save(tmp_path / "net.onnx", nodes, [_f32("x", list(shape))],
+                 [_f32("y", ["a", "b"])], inits, opset)
+
+
+def _x(shape, seed=3):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_input_normalisation_sub_then_div_is_bias_then_scale(tmp_path):
+    """(x - mean) / std with per-channel constants, as torchvision's transforms are exported
+    inside a model, and a scalar division (x / 255)."""
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["a"]),
+             helper.make_node("Div", ["a", "std"], ["b"]),
+             helper.make_node("Div", ["b", "k"], ["c"]),
+             helper.make_node("Sub", ["one", "c"], ["d"]),
+             helper.make_node("Sub", ["d", "c"], ["e"]),
+             helper.make_node("Add", ["e", "shift"], ["f"]),
+             helper.make_node("Flatten", ["f"], ["y"])]
+    inits = [_init("mean", np.array([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)),
+             _init("std", np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1)),
+             _init("k", 255.0), _init("one", [1.0]), _init("shift", [[[0.5]], [[-1]], [[2]]])]
+    net = _compare(_net(tmp_path, nodes, (2, 3, 4, 4), inits), _x((2, 3, 4, 4)))
+    assert [layer.op for layer in net.layers][:6] == ["bias", "scale", "scale", "scale",
+                                                      "add", "bias"]
+
+
+@pytest.mark.parametrize("attrs", [dict(transB=1), dict(transA=1), dict(alpha=0.5, beta=2.0),
+                                   dict(transA=1, transB=1, alpha=-1.5, beta=0.0)],
+                         ids=["transB", "transA", "alpha-beta", "all"])
+def test_gemm_variants_match_onnxruntime(tmp_path, attrs):
+    rng = np.random.default_rng(4)
+    a_shape = (5, 2) if attrs.get("transA") else (2, 5)
+    b = rng.standard_normal((3, 5) if attrs.get("transB") else (5, 3))
+    nodes = [helper.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["y"], **attrs)]
+    path = _net(tmp_path, nodes, a_shape, [_init("fc.weight", b),
+                                           _init("fc.bias", rng.standard_normal(3))])
+    net = _compare(path, _x(a_shape))
+    assert ("transpose" in [layer.op for layer in net.layers]) == bool(attrs.get("transA"))
+
+
+def test_matmul_with_a_constant_on_either_side_matches_onnxruntime(tmp_path):
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["x", "right"], ["a"]),     # [4, 6] @ [6, 3]
+             helper.make_node("MatMul", ["left", "a"], ["y"])]      # [2, 4] @ [4, 3]
+    path = _net(tmp_path, nodes, (4, 6), [_init("right", rng.standard_normal((6, 3))),
+                                          _init("left", rng.standard_normal((2, 4)))])
+    _compare(path, _x((4, 6)))
+
+
+def test_squeeze_and_unsqueeze_of_computed_tensors_match_onnxruntime(tmp_path):
+    i64 = numpy_helper.from_array(np.asarray([2, 3], np.int64), "axes")
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+             helper.make_node("Squeeze", ["g", "axes"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("Unsqueeze", ["r", "axes"], ["u"]),
+             helper.make_node("Flatten", ["u"], ["y"])]
+    net = _compare(_net(tmp_path, nodes, (2, 3, 4, 4), [i64]), _x((2, 3, 4, 4)))
+    assert [layer.op for layer in net.layers][:4] == ["global_avgpool", "reshape", "relu",
+                                                      "reshape"]
+
+
+@pytest.mark.parametrize("opset", [9, 13, 18])
+def test_constant_pad_matches_onnxruntime(tmp_path, opset):
+    pads = [0, 0, 1, 2, 0, 0, 3, 0]
+    if opset == 9:
+        node = helper.make_node("Pad", ["x"], ["p"], pads=pads)
+        inits = []
+    elif opset == 13:
+        node = helper.make_node("Pad", ["x", "pads", "zero"], ["p"])
+        inits = [numpy_helper.from_array(np.asarray(pads, np.int64), "pads"), _init("zero", 0)]
+    else:   # the axes input: only H and W given
+        node = helper.make_node("Pad", ["x", "pads", "", "axes"], ["p"])
+        inits = [numpy_helper.from_array(np.asarray([1, 2, 3, 0], np.int64), "pads"),
+                 numpy_helper.from_array(np.asarray([2, 3], np.int64), "axes")]
+    nodes = [node, helper.make_node("Flatten", ["p"], ["y"])]
+    net = _compare(_net(tmp_path, nodes, (2, 3, 4, 5), inits, opset), _x((2, 3, 4, 5)))
+    assert net.layers[0].op == "pad" and net.layers[0].out.shape == (2, 3, 8, 7)
+
+
+@pytest.mark.parametrize("attrs", [dict(strides=[2, 2]), dict(strides=[2, 1], pads=[1, 0, 1, 0]),
+                                   dict(group=2, dilations=[1, 2])])
+def test_conv_transpose_matches_onnxruntime(tmp_path, attrs):
+    rng = np.random.default_rng(6)
+    g = attrs.get("group", 1)
+    nodes = [helper.make_node("ConvTranspose", ["x", "up.weight", "up.bias"], ["u"], **attrs),
+             helper.make_node("Flatten", ["u"], ["y"])]
+    path = _net(tmp_path, nodes, (2, 4, 3, 4), [_init("up.weight", rng.standard_normal(
+        (4, 3, 3, 3))), _init("up.bias", rng.standard_normal(3 * g))])
+    net = _compare(path, _x((2, 4, 3, 4)))
+    assert net.layer("up").op == "deconv2d"
+
+
+def test_hard_sigmoid_and_hard_swish_match_onnxruntime(tmp_path):
+    nodes = [helper.make_node("HardSigmoid", ["x"], ["a"], alpha=0.3, beta=0.4),
+             helper.make_node("HardSwish", ["x"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    x = _x((3, 8), 7) * 4     # across both bends of each
+    _compare(_net(tmp_path, nodes, (3, 8)), x)
+
