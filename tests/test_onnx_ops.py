@@ -196,3 +196,34 @@ def test_hard_sigmoid_and_hard_swish_match_onnxruntime(tmp_path):
     x = _x((3, 8), 7) * 4     # across both bends of each
     _compare(_net(tmp_path, nodes, (3, 8)), x)
 
+
+# ---- BatchNormalization's training_mode --------------------------------------------------
+def _bn_model(tmp_path, training_mode: int) -> str:
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("BatchNormalization", ["x", "bn.weight", "bn.bias",
+                                                     "bn.running_mean", "bn.running_var"],
+                              ["b", "mean", "var"][:1 + 2 * training_mode],
+                              training_mode=training_mode, name="/bn/BatchNorm"),
+             helper.make_node("Flatten", ["b"], ["y"])]
+    inits = [_init("bn.weight", rng.uniform(0.5, 1.5, 3)), _init("bn.bias", [0.1, -0.2, 0.3]),
+             _init("bn.running_mean", [1.0, -1.0, 0.5]),
+             _init("bn.running_var", [2.0, 0.5, 1.5])]
+    return _save(tmp_path / f"bn{training_mode}.onnx", nodes, [_f32("x", [4, 3, 2, 2])],
+                 [_f32("y", ["a", "b"])], inits, opset=15)
+
+
+@pytest.mark.parametrize("training_mode", [0, 1])
+def test_batchnorm_training_mode_is_told_and_matches_the_forward_it_names(
+        tmp_path, capsys, training_mode):
+    from bwplan.cli.main import main
+    path = _bn_model(tmp_path, training_mode)
+    assert main(["explain", path]) == 0
+    said = "have training_mode=1 (/bn/BatchNorm)" in capsys.readouterr().out
+    assert said == bool(training_mode)
+    x = _x((4, 3, 2, 2), 9) * 2 + 1
+    want = ort.InferenceSession(path).run(None, {"x": x})[0]
+    imported = import_onnx(path)
+    prog = bwplan.compile(path)
+    got = prog.forward({"x": x, "label": np.zeros(4, np.int64)}, outputs=imported.outputs,
+                       training=bool(training_mode))[imported.outputs[0]]
+    np.testing.assert_allclose(got, want, atol=1e-5)
