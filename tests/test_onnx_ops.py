@@ -227,3 +227,29 @@ def test_batchnorm_training_mode_is_told_and_matches_the_forward_it_names(
     got = prog.forward({"x": x, "label": np.zeros(4, np.int64)}, outputs=imported.outputs,
                        training=bool(training_mode))[imported.outputs[0]]
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_same_padded_net_converts_to_a_bw_file_that_builds_the_same_net(tmp_path, capsys):
+    from bwplan.cli.main import main
+    from bwplan.frontend.load import load
+    rng = np.random.default_rng(10)
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["n"]),
+             helper.make_node("Conv", ["n", "a.weight"], ["c"], auto_pad="SAME_UPPER",
+                              strides=[2, 2], name="/a/Conv"),
+             helper.make_node("Pad", ["c", "pads"], ["p"]),
+             helper.make_node("ConvTranspose", ["p", "b.weight"], ["d"], strides=[2, 2]),
+             helper.make_node("HardSwish", ["d"], ["h"]),
+             helper.make_node("GlobalAveragePool", ["h"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["y"])]
+    inits = [_init("mean", np.array([0.5, 0.25, 0.0]).reshape(3, 1, 1)),
+             _init("a.weight", rng.standard_normal((4, 3, 3, 3))),
+             numpy_helper.from_array(np.asarray([0, 0, 1, 0, 0, 0, 0, 1], np.int64), "pads"),
+             _init("b.weight", rng.standard_normal((4, 2, 2, 2)))]
+    path = _save(tmp_path / "same.onnx", nodes, [_f32("x", [2, 3, 8, 8])], [_f32("y", [2, 2])],
+                 inits)
+    out = tmp_path / "same.bw"
+    assert main(["convert", path, "-o", str(out)]) == 0
+    a, b = load(str(out)), import_onnx(path).net
+    assert [(x.name, x.op, x.out) for x in a.layers] == [(x.name, x.op, x.out) for x in b.layers]
+    assert {"a.pad", "a"} <= {x.name for x in a.layers}
+    _compare(path, _x((2, 3, 8, 8)))
