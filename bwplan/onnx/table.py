@@ -9,6 +9,9 @@ converter collects those for every node and reports them together.
 Most rows emit one layer. Two fuse a pattern an exporter writes for one PyTorch module:
 MatMul followed by Add of a constant vector (a Linear on a 3-D input, or a bias-less one),
 and Mul then Add of per-channel constants (Caffe2's affine after a batch normalisation).
+Some emit a short chain, the first layer named `<layer>.<suffix>`: a `pad` before a Conv
+whose sides differ (TensorFlow's SAME), a `transpose` before a Gemm with transA=1 or
+around a MatMul with a constant left operand, HardSigmoid/HardSwish as power, clip (, mul).
 """
 from __future__ import annotations
 
@@ -210,7 +213,7 @@ def _split_pads(begin: list[int], end: list[int]) -> tuple[tuple[int, int], Emit
     return both, Emit("pad", (), dict(begin=extra_begin, end=extra_end), {}, None, ".pad")
 
 
-def _with_pad(view: NodeView, pre: Emit | None, layer: Emit) -> Mapped:
+def _with_pad(pre: Emit | None, layer: Emit) -> Mapped:
     """The layer, after the `pad` layer `pre` (when there is one) that reads its input."""
     if pre is None:
         return Mapped((layer,))
@@ -233,7 +236,7 @@ def conv(view: NodeView) -> Mapped:
                      and view.is_const(2) and not view.const(2).any())
     if view.input(2) and not computed_zero:
         weights["bias"] = view.weight(2)
-    return _with_pad(view, pre, Emit("conv2d", (view.data(0),), dict(
+    return _with_pad(pre, Emit("conv2d", (view.data(0),), dict(
         out=int(w.shape[0]), kernel=tuple(kernel), stride=tuple(strides), pad=pad,
         dilation=tuple(dilations), groups=int(view.attrs.get("group", 1)),
         bias="bias" in weights), weights, view.node.output[0]))
