@@ -253,3 +253,15 @@ def test_a_same_padded_net_converts_to_a_bw_file_that_builds_the_same_net(tmp_pa
     assert [(x.name, x.op, x.out) for x in a.layers] == [(x.name, x.op, x.out) for x in b.layers]
     assert {"a.pad", "a"} <= {x.name for x in a.layers}
     _compare(path, _x((2, 3, 8, 8)))
+
+
+@pytest.mark.parametrize("op,kernel,size", [("MaxPool", 2, 7), ("MaxPool", 3, 8),
+                                            ("AveragePool", 3, 8), ("AveragePool", 2, 6)])
+def test_same_upper_pools_match_onnxruntime(tmp_path, op, kernel, size):
+    """Keras's 'same' pools: the odd cell of padding at the end, which only completes the last
+    window, is bwplan's ceil mode (no pad layer: a pool's padding is not zeros)."""
+    nodes = [helper.make_node(op, ["x"], ["p"], kernel_shape=[kernel, kernel], strides=[2, 2],
+                              auto_pad="SAME_UPPER"),
+             helper.make_node("Flatten", ["p"], ["y"])]
+    net = _compare(_net(tmp_path, nodes, (2, 3, size, size)), _x((2, 3, size, size)) - 2)
+    assert net.layers[0].op == {"MaxPool": "maxpool", "AveragePool": "avgpool"}[op]
