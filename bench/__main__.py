@@ -2,16 +2,24 @@
 
 For each network and freezing scenario: the FLOP model's forward / full / planned
 backward, kernels launched, median step time (min-max) of bwplan pruned, bwplan unpruned
-and PyTorch, peak activation memory, efficiency = measured saving / FLOP-model saving, the
-forward time share and a backward-only efficiency; the frozen-prefix cache's epoch times;
-gradual unfreezing. Results: JSON, a Markdown table, a PNG chart, under --out.
+and PyTorch (default NCHW eager, channels_last eager, torch.compile), bwplan pruned against
+PyTorch at its best (the fastest of the three, named) and against default eager as the
+median (p10-p90) of paired per-round ratios of wall and of process CPU time, the load
+average when each case starts and ends, peak activation memory, efficiency = measured
+saving / FLOP-model saving, the forward time share and a backward-only efficiency; the
+frozen-prefix cache's epoch times; gradual unfreezing. Results: JSON, a Markdown table, a
+PNG chart, under --out.
 
 glibc's allocator returns large blocks to the kernel after each step, so a program that
 frees and re-allocates its activations page-faults thousands of times per step; PyTorch's
 CPU allocator does this. To measure the peer at its best, the suite re-executes itself with
 MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ set (the same for all contestants) unless
 --no-malloc-tuning is given. It also sets OMP_WAIT_POLICY=PASSIVE, since bwplan's kernels
-and PyTorch share one OpenMP runtime in the process.
+and PyTorch share one OpenMP runtime in the process; the "alone" processes run with it too.
+
+Rounds: 20 timed after 3 warm-up (each PyTorch variant also runs warm-up + 1 steps of its
+own first, which is where torch.compile compiles); --quick: 10 timed after 1, enough for a
+ratio's 10th-90th percentiles.
 """
 from __future__ import annotations
 
@@ -69,6 +77,10 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _load(avg) -> str:
+    return ", ".join(f"{x:.1f}" for x in avg)
+
+
 def main(argv=None) -> int:
     args = parse(argv if argv is not None else sys.argv[1:])
     if not args.no_malloc_tuning and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
@@ -96,11 +108,13 @@ def main(argv=None) -> int:
     nets = available(args.nets or (["cnn_small", "siamese_mlp"] if quick else list(NETWORKS)))
     scenarios = args.scenarios or (["full", "head"] if quick else list(SCENARIOS))
     warmup = args.warmup if args.warmup is not None else (1 if quick else 3)
-    repeats = args.repeats or (3 if quick else 10)
+    repeats = args.repeats or (10 if quick else 20)
     env = environment(threads)
+    env["load_average_start"] = list(os.getloadavg())
+    env["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     print(f"bench: {env['cpu']}, {threads} threads, numpy {env['numpy']}, numba "
-          f"{env['numba']}, torch {env['torch']}, {'quick' if quick else 'full'} mode",
-          file=sys.stderr)
+          f"{env['numba']}, torch {env['torch']}, {'quick' if quick else 'full'} mode, "
+          f"{repeats} rounds, load average {_load(env['load_average_start'])}", file=sys.stderr)
     rows = []
     out = Path(args.out)
     for bn in nets:
@@ -120,7 +134,11 @@ def main(argv=None) -> int:
     for bn in nets:
         if bn.caffe_time_log and bn.caffe_time_log.exists():
             extras["caffe_time"].append(suite.caffe_time(bn))
-    table = report.markdown(rows) + report.targets(rows)
+    env["load_average_end"] = list(os.getloadavg())
+    table = (f"Load average (1, 5, 15 min) at start {_load(env['load_average_start'])}, at end "
+             f"{_load(env['load_average_end'])}; OMP_WAIT_POLICY={env['omp_wait_policy']}; "
+             f"{threads} threads; {repeats} timed rounds after {warmup} warm-up.\n\n"
+             + report.markdown(rows) + report.targets(rows))
     report.write_json(out / "results.json", {"environment": env, "rows": rows, **extras})
     from bwplan.fsutil import write_atomic
     write_atomic(out / "results.md", table + report.extras_markdown(extras))

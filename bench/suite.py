@@ -1,7 +1,11 @@
 """The benchmark: for each network and freezing scenario, the FLOP model's figures, the
 kernels launched, and measured step times and memory of bwplan pruned, bwplan unpruned
-(`--no-prune`) and PyTorch on the same machine, in one process, interleaved."""
+(`--no-prune`) and PyTorch (default NCHW eager, channels_last eager, torch.compile) on the
+same machine, in one process, interleaved with rotated start order; bwplan pruned against
+PyTorch at its best (the fastest variant) and against default eager as paired ratios."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -70,15 +74,13 @@ def run_case(bench_net, scenario: str, target: str, warmup: int, repeats: int,
         return run
 
     runs = {"pruned": step(pruned, "pruned"), "full": step(full, "full")}
-    peer = None
-    if with_torch:
-        import torch
-        from bench.torch_peer import TorchPeer, torch_batch
-        peer = TorchPeer(pruned.net, base.params, LR, MOMENTUM, DECAY)
-        tbatch = torch_batch(batch)
-        runs["torch"] = lambda: (peer.step(tbatch), None)[1]
-        del torch
+    peers = torch_peers(pruned.net, base.params, batch, warmup) if with_torch else {}
+    for variant, (peer, tbatch) in peers.items():
+        runs[f"torch_{variant}"] = (lambda p, b: lambda: p.step(b))(peer, tbatch)
+    peer = peers["eager"][0] if "eager" in peers else None
+    load_start = os.getloadavg()
     times = interleaved(runs, warmup, repeats)
+    load_end = os.getloadavg()
     pr, fu = pruned.last_stats, full.last_stats
 
     def median(key, phase):
@@ -95,7 +97,9 @@ def run_case(bench_net, scenario: str, target: str, warmup: int, repeats: int,
         "flops": {"forward": s.fwd_flops, "backward_full": s.full_bwd_flops,
                   "backward_planned": s.planned_bwd_flops},
         "kernels": {"pruned": dict(pr.launched), "full": dict(fu.launched)},
-        "step_ms": {k: {"median": t.median * 1e3, "min": t.low * 1e3, "max": t.high * 1e3}
+        "rounds": repeats, "load_average": {"start": list(load_start), "end": list(load_end)},
+        "step_ms": {k: {"median": t.median * 1e3, "min": t.low * 1e3, "max": t.high * 1e3,
+                        "cpu_median": t.cpu_median * 1e3}
                     for k, t in times.items()},
         "forward_ms": {"pruned": median("pruned", "forward") * 1e3,
                        "full": median("full", "forward") * 1e3},
@@ -118,30 +122,72 @@ def run_case(bench_net, scenario: str, target: str, warmup: int, repeats: int,
     sv["efficiency_step"] = sv["measured_step"] / flop_step if flop_step > 0.01 else None
     sv["efficiency_backward"] = (sv["measured_backward"] / flop_bwd if flop_bwd > 0.01
                                  else None)
-    if with_torch and target == "cpu":
-        # the same comparison with each contestant alone in its own process
+    if peers:
+        row.update(torch_comparison(times, list(peers)))
+    if peers and target == "cpu":
+        # the same comparison with each contestant alone in its own process: bwplan pruned
+        # against the PyTorch variant that won above
+        best = row["torch_best"]
         for who in ("torch", "bwplan"):
-            alone = run_alone(who, bench_net, rules, batch_mult, warmup, repeats)
+            alone = run_alone(who, bench_net, rules, batch_mult, warmup, repeats, best)
             row["step_ms"][f"{who}_alone"] = {k: v * 1e3 for k, v in alone.items()}
-        row["vs_torch"] = t_pruned / times["torch"].median
         row["vs_torch_alone"] = (row["step_ms"]["bwplan_alone"]["median"] /
                                  row["step_ms"]["torch_alone"]["median"])
     return row
 
 
-def run_alone(who, bench_net, rules, batch_mult, warmup, repeats) -> dict:
-    """One contestant timed in its own process (see bench/alone.py)."""
+def torch_peers(net, params, batch, warmup: int) -> dict:
+    """variant -> (peer, its batch) for every PyTorch variant that runs here, each warmed
+    up by `warmup` + 1 steps of its own (torch.compile compiles on the first ones). A
+    variant that fails (torch.compile without a working C++ compiler) is left out, with a
+    line on stderr saying why."""
+    import sys
+    from bench.torch_peer import VARIANTS, TorchPeer
+    peers = {}
+    for variant in VARIANTS:
+        try:
+            peer = TorchPeer(net, params, LR, MOMENTUM, DECAY, variant)
+            tbatch = peer.batch(batch)
+            for _ in range(warmup + 1):
+                peer.step(tbatch)
+        except Exception as exc:  # noqa: BLE001 - a peer we cannot run is reported, not fatal
+            print(f"    PyTorch {variant} left out: {type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+            continue
+        peers[variant] = (peer, tbatch)
+    return peers
+
+
+def torch_comparison(times, variants: list[str]) -> dict:
+    """bwplan pruned against PyTorch at its best (the variant with the lowest median wall
+    time) and against default eager: paired per-round ratios of wall and of CPU time."""
+    from bench.measure import Ratio
+    best = min(variants, key=lambda v: times[f"torch_{v}"].median)
+    pr = times["pruned"]
+
+    def ratios(variant):
+        t = times[f"torch_{variant}"]
+        return {"wall": vars(Ratio.of(pr.samples, t.samples)),
+                "cpu": vars(Ratio.of(pr.cpu, t.cpu))}
+
+    out = {"torch_best": best, "vs_torch_best": ratios(best)}
+    if "eager" in variants:
+        out["vs_torch_eager"] = ratios("eager")
+    return out
+
+
+def run_alone(who, bench_net, rules, batch_mult, warmup, repeats, variant="eager") -> dict:
+    """One contestant timed in its own process (see bench/alone.py), both with OpenMP's
+    passive wait policy: a spinning policy is fast on idle cores and several times slower
+    when they are shared, which made the column measure the neighbours."""
     import json
-    import os
     import subprocess
     import sys
-    env = dict(os.environ)
-    if who == "torch":
-        env.pop("OMP_WAIT_POLICY", None)
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     threads = os.environ.get("BENCH_THREADS", str(os.cpu_count()))
     out = subprocess.run(
         [sys.executable, "-m", "bench.alone", who, str(bench_net.path), json.dumps(rules),
-         str(batch_mult), str(warmup), str(repeats), threads],
+         str(batch_mult), str(warmup), str(repeats), threads, variant],
         env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -25,6 +25,7 @@ from bwplan.lower.schedule import lower, lower_inference
 from bwplan.plan.plan import Plan, make_plan
 from bwplan.plan.policy import apply_policy
 from bwplan.runtime.backend import BACKENDS, numpy_dtype
+from bwplan.runtime.checks import label_problem
 from bwplan.runtime.executor import Executor, StepResult, StepStats
 from bwplan.runtime.init import initial_params
 from bwplan.runtime.optimizer import Sgd, SgdSettings
@@ -261,11 +262,19 @@ class CompiledNet:
                 raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' has shape "
                                  f"{list(arr.shape)}, the net expects {list(want)}")
             dtype = numpy_dtype(inp.type.dtype)
+            if arr.dtype.kind not in "fiu":
+                raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' must hold "
+                                 f"real numbers, got {arr.dtype}")
             if arr.dtype != dtype:
                 if np.issubdtype(dtype, np.integer) and not np.issubdtype(arr.dtype, np.integer):
                     raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' must hold "
                                      f"integers ({inp.type.dtype}), got {arr.dtype}")
                 arr = arr.astype(dtype)
+            if arr.dtype.kind in "iu":
+                problem = label_problem(self.net, inp.name, arr)
+                if problem:
+                    raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' holds "
+                                     + problem[0], problem[1])
             out[inp.name] = np.ascontiguousarray(arr)
             if arr.ndim:
                 batch_sizes.add(arr.shape[0])

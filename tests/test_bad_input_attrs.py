@@ -72,7 +72,7 @@ def test_every_op_checks_its_attributes(tmp_path, capsys, text, col, words):
 
 @pytest.mark.parametrize("layers", [
     "y = linear(x, out=3) lr=1e999\nl = euclidean_loss(y, y)",
-    "y = linear(x, out=3) decay=-1e999\nl = euclidean_loss(y, y)",
+    "y = linear(x, out=3) decay=1e999\nl = euclidean_loss(y, y)",
     "y = linear(x, out=3)\nl = euclidean_loss(y, y) weight=1e999",
 ])
 def test_non_finite_settings_are_refused(tmp_path, capsys, layers):

@@ -52,3 +52,36 @@ def test_shared_param_on_inner_product_without_num_output(tmp_path, capsys):
             'param { name: "w" } }\n')
     rc, m = explain(tmp_path, capsys, text)
     assert rc == 2 and m and "needs num_output" in m[4] and m[2] == "4", m
+
+
+def test_a_megabyte_list_is_refused_quickly(tmp_path, capsys):
+    import time
+    start = time.perf_counter()
+    rc, m = explain(tmp_path, capsys, NET.format(dim="[" + ",".join(["1"] * 300_000) + "]"))
+    assert time.perf_counter() - start < 5
+    assert rc == 2 and m and "list of more than" in m[4], m
+
+
+LOSS_NET = ('name: "t"\n'
+            'layer { name: "data" type: "Input" top: "data" top: "label" '
+            'input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+            'param { lr_mult: LR } inner_product_param { num_output: 2 } }\n'
+            'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" '
+            'top: "loss" loss_weight: LW }\n')
+
+
+@pytest.mark.parametrize("lr, weight, line", [("nan", "1", 3), ("1", "inf", 4),
+                                              ("1", "-inf", 4)])
+def test_non_finite_multipliers_and_loss_weights(tmp_path, capsys, lr, weight, line):
+    rc, m = explain(tmp_path, capsys, LOSS_NET.replace("LR", lr).replace("LW", weight))
+    assert rc == 2 and m and "finite" in m[4] and int(m[2]) == line, m
+
+
+def test_a_zero_kernel_is_located_in_the_prototxt(tmp_path, capsys):
+    text = ('name: "t"\nlayer { name: "data" type: "Input" top: "data" '
+            'input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }\n'
+            'layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+            'convolution_param { num_output: 2 kernel_size: 0 } }\n')
+    rc, m = explain(tmp_path, capsys, text)
+    assert rc == 2 and m and "'kernel' must be at least 1" in m[4] and m[2] == "3", m

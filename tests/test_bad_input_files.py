@@ -23,13 +23,19 @@ def test_a_symlink_is_written_through(tmp_path):
     assert link.is_symlink() and real.read_text() == "new"
 
 
-def test_a_device_is_refused(tmp_path):
+def test_a_special_file_is_refused(tmp_path):
+    """A FIFO stands for any non-regular file (/dev/null as root): it is refused, never
+    replaced. The test uses its own FIFO so that it cannot damage /dev/null when run
+    against a version that would replace it."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
     with pytest.raises(FileError, match="not a regular file"):
-        write_atomic("/dev/null", b"x")
+        write_atomic(fifo, b"x")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     with pytest.raises(FileError, match="it is a directory"):
         write_atomic(tmp_path, b"x")
     with pytest.raises(FileError, match="not a regular file"):
-        check_writable("/dev/null", "--out")
+        check_writable(str(fifo), "--out")
 
 
 def test_modes_follow_the_old_file_or_the_umask(tmp_path):

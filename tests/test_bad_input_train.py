@@ -3,6 +3,7 @@ before the first step; a run that diverges stops at the first non-finite loss an
 the --out file as it was; --checkpoint-every writes --out while training."""
 from __future__ import annotations
 
+import os
 import zipfile
 
 import numpy as np
@@ -94,15 +95,23 @@ def test_bad_data(setup, capsys, change, words):
     assert rc == 2 and words in line, line
 
 
-def test_the_data_loader_reads_only_the_net_inputs(setup, capsys):
-    """A broken array the net does not use is never read."""
+def test_loaders_read_only_the_arrays_the_net_needs(setup, capsys, monkeypatch):
+    """Neither the data loader nor the weight loader decompresses an unused member."""
+    from bwplan.runtime import weights
     tmp_path, net, _ = setup
     path = tmp_path / "extra.npz"
-    np.savez(path, **arrays())
-    with zipfile.ZipFile(path, "a") as zf:
-        zf.writestr("unused.npy", b"not an array")
-    rc, _ = train(capsys, net, path, "--epochs", "1")
+    np.savez_compressed(path, **arrays(), big=np.zeros(1_000_000, np.float32))
+    w = tmp_path / "w.npz"
+    np.savez_compressed(w, **{"c.weight": np.zeros((2, 1, 3, 3), np.float32),
+                              "other": np.zeros(1_000_000, np.float32)})
+    read = []
+    real = weights.NpzArchive.read
+    monkeypatch.setattr(weights.NpzArchive, "read",
+                        lambda self, name: (read.append(name), real(self, name))[1])
+    rc, _ = train(capsys, net, path, "--epochs", "1", "--weights", str(w), "--skip", "c.bias",
+                  "--skip", "h.*")
     assert rc == 0
+    assert sorted(read) == ["c.weight", "image", "label"]
 
 
 def _weights(tmp_path, name: str, members: dict[str, bytes]):
@@ -231,3 +240,37 @@ def test_output_paths_are_checked_before_training(setup, capsys):
         assert rc == 2 and "does not exist" in line and option in line, line
     rc, line = train(capsys, net, data, "--out", str(tmp_path))
     assert rc == 2 and "it is a directory" in line, line
+    fifo = tmp_path / "pipe"   # stands for /dev/null, which a test must never risk
+    os.mkfifo(fifo)
+    rc, line = train(capsys, net, data, "--out", str(fifo))
+    assert rc == 2 and "not a regular file" in line, line
+
+
+@pytest.mark.parametrize("dtype", [bool, np.complex64, "U3"])
+def test_the_library_refuses_non_numeric_batches(dtype):
+    import bwplan
+    from bwplan.errors import BwError
+    prog = bwplan.compile(NET, target="reference")
+    batch = arrays(8)
+    batch["image"] = batch["image"].astype(dtype)
+    with pytest.raises(BwError, match="must hold real numbers"):
+        prog.step(batch)
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_a_step_refuses_bad_labels_before_any_kernel(target):
+    """The host checks labels before a step on every target, so the CUDA loss never turns
+    a bad label into a NaN loss and a wrong gradient (the reference target would read a
+    wrong class for -1 without a word)."""
+    import bwplan
+    from bwplan.errors import BwError
+    prog = bwplan.compile(NET.replace("acc = accuracy(h, label)\n", ""), target=target)
+    batch = arrays(8)
+    before = {k: v.copy() for k, v in prog.params.items()}
+    for bad in (3, -2):
+        batch["label"][4] = bad
+        with pytest.raises(BwError, match=f"label {bad} at index \\[4\\]: 'loss'"):
+            prog.step(batch)
+    assert all(np.array_equal(before[k], prog.params[k]) for k in before)
+    batch["label"][4] = -1      # the ignore label is fine
+    prog.step(batch)

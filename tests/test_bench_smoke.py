@@ -2,7 +2,7 @@
 consistent with the plan (timings themselves belong to bench/, not to tests)."""
 from __future__ import annotations
 
-from bench.measure import interleaved
+from bench.measure import Ratio, interleaved, percentile
 from bench.nets import NETWORKS, scenario_rules
 from bench.report import markdown
 from bench.suite import run_case
@@ -13,6 +13,20 @@ def test_interleaved_measures_wall_time_of_each_contestant():
     timings = interleaved({"slow": lambda: time.sleep(0.02), "fast": lambda: 1.5}, 0, 3)
     assert timings["slow"].median >= 0.02 > timings["fast"].median
     assert len(timings["fast"].samples) == 3
+
+
+def test_interleaved_rotates_the_start_and_records_cpu_time():
+    order = []
+    runs = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    timings = interleaved(runs, 1, 3)
+    assert order == list("abc" "bca" "cab" "abc")
+    assert all(len(t.cpu) == 3 and min(t.cpu) >= 0 for t in timings.values())
+
+
+def test_paired_ratios_and_percentiles():
+    assert percentile([4, 1, 3, 2, 5], 0.5) == 3 and percentile([0, 10], 0.1) == 1
+    r = Ratio.of((2.0, 4.0, 9.0), (1.0, 2.0, 3.0))  # per round: 2, 2, 3
+    assert (r.median, r.rounds) == (2.0, 3) and r.p10 == 2.0 and 2.0 < r.p90 <= 3.0
 
 
 def test_scenarios_freeze_what_they_say():
@@ -38,3 +52,40 @@ def test_one_case_end_to_end():
     assert row["peak_bytes"]["pruned"] == row["peak_bytes"]["planned_estimate"]
     assert 0 < row["saving"]["flop_backward"] <= 1
     assert "siamese_mlp | head" in markdown([row])
+
+
+def test_torch_peer_variants_take_the_same_first_step():
+    import numpy as np
+    import pytest
+    torch = pytest.importorskip("torch")
+    import bwplan
+    from bench.suite import DECAY, LR, MOMENTUM, random_batch
+    from bench.torch_peer import TorchPeer
+    prog = bwplan.compile(str(NETWORKS["cnn_small"].path), target="reference")
+    batch = random_batch(prog.net)
+    losses = {}
+    for variant in ("eager", "channels_last"):
+        peer = TorchPeer(prog.net, prog.params, LR, MOMENTUM, DECAY, variant)
+        tbatch = peer.batch(batch)
+        if variant == "channels_last":
+            assert tbatch["image"].is_contiguous(memory_format=torch.channels_last)
+        losses[variant] = peer.step(tbatch)
+        assert peer.saved_bytes > 0
+    np.testing.assert_allclose(losses["channels_last"], losses["eager"], rtol=1e-5)
+
+
+def test_torch_at_its_best_is_the_fastest_variant_and_targets_say_so():
+    from bench.measure import Timing
+    from bench.report import _speed_targets
+    from bench.suite import torch_comparison
+    times = {"pruned": Timing.of([1.0, 2.0, 3.0], [1.0, 1.0, 1.0]),
+             "torch_eager": Timing.of([2.0, 2.0, 2.0], [2.0, 2.0, 2.0]),
+             "torch_channels_last": Timing.of([1.0, 1.0, 1.0], [1.0, 1.0, 1.0])}
+    row = {"net": "n", "scenario": "s", **torch_comparison(times, ["eager", "channels_last"])}
+    assert row["torch_best"] == "channels_last"
+    assert row["vs_torch_best"]["wall"]["median"] == 2.0  # per round: 1, 2, 3
+    assert row["vs_torch_eager"]["cpu"]["median"] == 0.5
+    lines = _speed_targets([row], lambda ok: "met" if ok else "NOT met")
+    assert "NOT met" in lines[0] and "n/s 2.00" in lines[0]  # 2.0 > 1.0x the best
+    assert lines[1].endswith("NOT met (0 of 1 cases; wall 1.00-1.00, CPU time 0.50-0.50; "
+                             "over: n/s 1.00)")

@@ -232,13 +232,13 @@ def test_slice_becomes_one_layer_per_top_and_names_stay_unique():
 @pytest.mark.parametrize("body, words", [
     ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { '
      'pool: STOCHASTIC kernel_size: 2 } }\n', "STOCHASTIC"),
-    ('layer { name: "p" type: "LRN" bottom: "data" top: "p" lrn_param { '
-     'norm_region: WITHIN_CHANNEL } }\n', "WITHIN_CHANNEL"),
+    ('layer { name: "p" type: "Interp" bottom: "data" bottom: "data" top: "p" '
+     'interp_param { height: 3 width: 3 } }\n', "second bottom"),
     ('layer { name: "p" type: "InnerProduct" bottom: "data" top: "p" inner_product_param { '
      'num_output: 2 axis: 2 } }\n', "axis"),
     ('layer { name: "p" type: "Convolution" bottom: "data" top: "p" convolution_param { '
      'num_output: 2 } }\n', "needs kernel_size"),
-    ('layer { name: "p" type: "MVN" bottom: "data" top: "p" }\n', "does not import"),
+    ('layer { name: "p" type: "SPP" bottom: "data" top: "p" }\n', "does not import"),
 ])
 def test_unsupported_settings_are_clear_errors(body, words):
     with pytest.raises(CaffeError) as info:
@@ -490,13 +490,18 @@ def test_crop_and_permute_rows():
             'crop_param { axis: 2 offset: 1 } }\n'
             'layer { name: "perm" type: "Permute" bottom: "crop" top: "perm" '
             'permute_param { order: 0 order: 2 order: 3 order: 1 } }\n'
-            'layer { name: "fc" type: "InnerProduct" bottom: "perm" top: "fc" '
+            'layer { name: "perm2" type: "Permute" bottom: "perm" top: "perm2" '
+            'permute_param { order: 0 order: 3 } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "perm2" top: "fc" '
             'inner_product_param { num_output: 3 } }\n')
     result = imported(HEAD + body + LOSS % "fc")
+    # SSD's order names some axes; the others follow in their order
+    assert result.net.layer("perm2").attrs["perm"] == (0, 3, 1, 2)
     net = result.net
     assert (net.layer("crop").op, net.layer("crop").attrs["offset"]) == ("crop", (1,))
     assert net.layer("crop").out.shape == (2, 4, 4, 4)
-    assert net.layer("perm").attrs["order"] == (0, 2, 3, 1)
+    assert (net.layer("perm").op, net.layer("perm").attrs["perm"]) == ("transpose",
+                                                                       (0, 2, 3, 1))
     assert result.caffe.layer("perm").tops[0].shape == net.layer("perm").out.shape
     plan = make_plan(net)
     # the reference input gives only the size: no gradient into conv through it
@@ -595,3 +600,102 @@ def test_the_forks_bn_is_batchnorm_then_scale():
     assert result.layer_map["bn"] == ("bn_norm", "bn")
     plan = make_plan(result.net)
     assert not plan.layer("bn").dw[0].needed and plan.layer("bn").dw[1].needed
+
+
+def test_interp_rows_take_caffes_output_size():
+    def net(param):
+        body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+                'convolution_param { num_output: 4 kernel_size: 3 } }\n'
+                f'layer {{ name: "up" type: "Interp" bottom: "conv" top: "up" '
+                f'interp_param {{ {param} }} }}\n'
+                'layer { name: "fc" type: "InnerProduct" bottom: "up" top: "fc" '
+                'inner_product_param { num_output: 3 } }\n')
+        return imported(HEAD + body + LOSS % "fc")
+    # conv leaves 4x4; zoom 2 gives 4 + 3 * 1 = 7 (corners aligned); shrink 2 gives 2
+    for param, size in (("zoom_factor: 2", 7), ("shrink_factor: 2", 2),
+                        ("height: 5 width: 5", 5)):
+        result = net(param)
+        up = result.net.layer("up")
+        assert (up.op, up.attrs["height"], up.attrs["width"]) == ("interp", size, size)
+        assert result.caffe.layer("up").tops[0].shape == up.out.shape
+    with pytest.raises(CaffeError) as info:
+        net("zoom_factor: 2 pad_beg: -1")
+    assert "pad_beg" in info.value.message
+
+
+def test_roi_pooling_row_behind_a_python_proposal_layer():
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n'
+            'layer { name: "prop" type: "Python" bottom: "conv" top: "rois" python_param { '
+            'module: "rpn.proposal_layer" layer: "ProposalLayer" } }\n'
+            'layer { name: "pool" type: "ROIPooling" bottom: "conv" bottom: "rois" '
+            'top: "pool" roi_pooling_param { pooled_w: 2 pooled_h: 3 spatial_scale: 0.5 } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    text = HEAD + body + LOSS % "fc"
+    result = imported(text.replace('shape { dim: 2 } } }', 'shape { dim: 7 } } }'),
+                      input_shapes={"rois": (7, 5)})
+    pool = result.net.layer("pool")
+    assert (pool.op, pool.attrs["pooled_h"], pool.attrs["spatial_scale"]) == \
+        ("roi_pool", 3, 0.5)
+    assert pool.out.shape == (7, 4, 3, 2) == result.caffe.layer("pool").tops[0].shape
+    plan = make_plan(result.net)
+    assert plan.layer("pool").dx[0].needed and not plan.layer("pool").dx[1].needed
+    assert plan.layer("conv").dw[0].needed
+
+
+def test_normalize_row():
+    body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n'
+            'layer { name: "norm" type: "Normalize" bottom: "conv" top: "norm" '
+            'param { lr_mult: 2 } norm_param { across_spatial: false channel_shared: false '
+            'scale_filler { type: "constant" value: 20 } } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "norm" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n')
+    result = imported(HEAD + body + LOSS % "fc")
+    norm = result.net.layer("norm")
+    assert norm.op == "normalize" and not norm.attrs["across_spatial"]
+    assert not norm.attrs["channel_shared"]
+    assert [(u.slot, u.lr_mult) for u in norm.params] == [("weight", 2)]
+    assert result.net.params[norm.params[0].param].type.shape == (4,)
+    assert [p.shape for p in result.caffe.layer("norm").params] == [(4,)]
+
+
+def test_loss_rows_of_the_catalogue():
+    def net(loss):
+        body = ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+                'inner_product_param { num_output: 3 } }\n'
+                'layer { name: "fc2" type: "InnerProduct" bottom: "data" top: "fc2" '
+                'inner_product_param { num_output: 3 } }\n')
+        return imported(HEAD + body + loss).net.layer("loss")
+    loss = net('layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "fc" '
+               'bottom: "fc2" top: "loss" loss_param { normalize: true } }\n')
+    assert (loss.op, loss.attrs["normalization"]) == ("sigmoid_cross_entropy_loss", "VALID")
+    loss = net('layer { name: "loss" type: "HingeLoss" bottom: "fc" bottom: "label" '
+               'top: "loss" hinge_loss_param { norm: L2 } }\n')
+    assert (loss.op, loss.attrs["norm"]) == ("hinge_loss", "L2")
+    loss = net('layer { name: "loss" type: "InfogainLoss" bottom: "fc" bottom: "label" '
+               'top: "loss" infogain_loss_param { source: "h.binaryproto" } }\n')
+    assert loss.op == "infogain_loss"
+    loss = net('layer { name: "loss" type: "SmoothL1Loss" bottom: "fc" bottom: "fc2" '
+               'top: "loss" smooth_l1_loss_param { sigma: 3 } }\n')
+    assert (loss.op, loss.attrs["sigma"]) == ("smooth_l1_loss", 3.0)
+
+
+def test_mvn_lrn_within_channel_and_embed_rows():
+    body = ('layer { name: "mvn" type: "MVN" bottom: "data" top: "mvn" mvn_param { '
+            'across_channels: true } }\n'
+            'layer { name: "lrn" type: "LRN" bottom: "mvn" top: "lrn" lrn_param { '
+            'local_size: 3 alpha: 0.00005 norm_region: WITHIN_CHANNEL } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "lrn" top: "fc" '
+            'inner_product_param { num_output: 3 } }\n'
+            'layer { name: "emb" type: "Embed" bottom: "label" top: "emb" embed_param { '
+            'num_output: 3 input_dim: 10 } }\n'
+            'layer { name: "sum" type: "Eltwise" bottom: "fc" bottom: "emb" top: "sum" }\n')
+    net = imported(HEAD + body + LOSS % "sum").net
+    assert net.layer("mvn").op == "mvn" and net.layer("mvn").attrs["across_channels"]
+    lrn = net.layer("lrn")
+    assert (lrn.op, lrn.attrs["size"], lrn.attrs["alpha"]) == ("lrn_within_channel", 3, 5e-5)
+    emb = net.layer("emb")
+    assert (emb.op, emb.attrs["input_dim"]) == ("embed", 10)
+    assert net.input("label").type.dtype == "i64"

@@ -197,6 +197,15 @@ def test_convert_writes_a_bw_file_that_builds_the_same_net(tmp_path):
     assert set(a.params) == set(b.params)
 
 
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_compile_writes_an_artifact_that_keeps_the_model(tmp_path, capsys, target):
+    path = _two_gemms(tmp_path, "fc1.weight")
+    out = tmp_path / "art"
+    assert main(["compile", path, "--target", target, "-o", str(out), "--freeze", "fc1"]) == 0
+    assert (out / "two.onnx").read_bytes() == open(path, "rb").read()
+    assert (out / "plan.json").exists()
+
+
 def test_explicit_loss_attaches_a_target_input(tmp_path, capsys):
     path = _two_gemms(tmp_path, "fc1.weight")
     assert main(["explain", path, "--loss", "euclidean_loss"]) == 0
@@ -277,3 +286,19 @@ def test_docs_list_every_op_the_table_maps():
     doc = (Path(__file__).parents[1] / "docs" / "onnx.md").read_text()
     missing = [op for op in ROWS if f"`{op}`" not in doc]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("weight,bias,folded", [
+    ("onnx::Conv_12", "onnx::Conv_13", True),       # TorchScript exporter, BN folded
+    ("conv1.weight", "conv1.weight_bias", True),    # dynamo exporter, BN folded
+    ("conv1.weight", "conv1.bias", False),          # a conv with its own bias
+    ("conv1_w_0", "conv1_b_0", False),              # Caffe2 names
+])
+def test_batchnorm_folding_is_told_from_the_initializer_names(tmp_path, weight, bias, folded):
+    from bwplan.onnx.checks import export_notes
+    nodes = [helper.make_node("Conv", ["x", weight, bias], ["y"], kernel_shape=[1, 1])]
+    inits = [_init(weight, np.ones((2, 3, 1, 1))), _init(bias, np.zeros(2))]
+    path = _save(tmp_path / "c.onnx", nodes, [_f32("x", [1, 3, 2, 2])], [_f32("y", [1, 2, 2, 2])],
+                 inits)
+    codes = [n.code for n in export_notes(onnx.load(path).graph)]
+    assert ("onnx_batchnorm_folded" in codes) == folded

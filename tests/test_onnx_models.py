@@ -13,7 +13,7 @@ For each model:
   that are 0 in exact arithmetic), and the same set of parameters with a gradient; a
   frozen BN runs on its stored statistics, as `module.eval()` in PyTorch.
 
-The dynamo exporter is checked on the MLP and resnet18 (it needs onnxscript).
+The dynamo exporter (it needs onnxscript) is checked on resnet18 in training mode.
 """
 from __future__ import annotations
 
@@ -169,25 +169,33 @@ def test_one_step_gradients_match_torch_with_freezing(exported, name):
 def dynamo_exports(tmp_path_factory):
     pytest.importorskip("onnxscript")
     root = tmp_path_factory.mktemp("dynamo")
-    return {(name, train): (root / f"{name}.{train}.onnx",
-                            _export(root / f"{name}.{train}.onnx", name, train=train,
-                                    dynamo=True, dynamic=not train, opset=18))
-            for name, train in (("mlp", False), ("resnet18", True))}
+    path = root / "resnet18.dynamo.onnx"
+    # one export only: each costs ~10 s of tracing
+    return path, _export(path, "resnet18", train=True, dynamo=True, opset=18)
 
 
 def test_dynamo_export_imports_runs_and_trains(dynamo_exports):
-    path, module = dynamo_exports[("mlp", False)]
-    name = "mlp"
-    x, y = _batch(name)
+    path, module = dynamo_exports
+    x, y = _batch("resnet18")
     want = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
-    imported = import_onnx(str(path), {"input": _shape(name)})
-    assert {"fc1.weight", "head.bias"} <= set(imported.weights)
-    prog = bwplan.compile(str(path), onnx_options={"input_shapes": {"input": _shape(name)}})
-    got = prog.forward({"input": x, "label": y}, outputs=imported.outputs)
-    assert np.abs(got[imported.outputs[0]] - want).max() < RTOL
-
-    path, module = dynamo_exports[("resnet18", True)]
+    imported = import_onnx(str(path))
     prog = bwplan.compile(str(path), freeze=["layer1.*"])
+    # this exporter writes BatchNormalization without training_mode: inference in onnxruntime
+    got = prog.forward({"input": x, "label": y}, outputs=imported.outputs)
+    assert np.abs(got[imported.outputs[0]] - want).max() / np.abs(want).max() < RTOL
     # the exporter's zero conv biases are not parameters: the names are the module's
     assert "conv1.bias" not in prog.params and "bn1.running_mean" in prog.params
     _compare_gradients(prog, module, "resnet18", "layer1.*")
+
+
+@pytest.mark.parametrize("opset", [13, 20])
+def test_other_opsets_match_onnxruntime(tmp_path, opset):
+    name = "mobilenet_v2"    # Clip's bounds, ReduceMean's axes and Reshape move with opsets
+    path = tmp_path / f"m{opset}.onnx"
+    _export(path, name, dynamic=True, opset=opset)
+    x, y = _batch(name)
+    want = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    imported = import_onnx(str(path), {"input": _shape(name)})
+    prog = bwplan.compile(str(path), onnx_options={"input_shapes": {"input": _shape(name)}})
+    got = prog.forward({"input": x, "label": y}, outputs=imported.outputs)
+    assert np.abs(got[imported.outputs[0]] - want).max() / np.abs(want).max() < RTOL

@@ -382,11 +382,37 @@ def crop_case(draw):
 
 
 @st.composite
-def permute_case(draw):
-    shape = _shape(draw, 1, 4)
-    order = draw(st.permutations(range(len(shape))))
-    order = order[:draw(st.integers(0, len(shape)))]   # SSD may name only the first axes
-    return Case(dict(order=tuple(order)), [_normal(_rng(draw), *shape)])
+def interp_case(draw):
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4)),
+             draw(st.integers(1, 4)))
+    attrs = dict(height=draw(st.integers(1, 6)), width=draw(st.integers(1, 6)))
+    return Case(attrs, [_normal(_rng(draw), *shape)])
+
+
+@st.composite
+def roi_pool_case(draw):
+    rng = _rng(draw)
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    h, w = draw(st.integers(2, 5)), draw(st.integers(2, 5))
+    scale = draw(st.sampled_from([1.0, 0.5]))
+    rois = []
+    for _ in range(draw(st.integers(1, 3))):
+        x1, y1 = draw(st.integers(0, w)), draw(st.integers(0, h))
+        rois.append([draw(st.integers(0, n - 1)), x1 / scale, y1 / scale,
+                     draw(st.integers(x1, w + 1)) / scale, draw(st.integers(y1, h + 1)) / scale])
+    attrs = dict(pooled_h=draw(st.integers(1, 3)), pooled_w=draw(st.integers(1, 3)),
+                 spatial_scale=scale)
+    return Case(attrs, [_distinct(rng, (n, c, h, w)), np.array(rois, dtype=np.float64)])
+
+
+@st.composite
+def normalize_case(draw):
+    rng = _rng(draw)
+    shape = _shape(draw, 2, 4)
+    attrs = dict(across_spatial=draw(st.booleans()), channel_shared=draw(st.booleans()),
+                 eps=1e-10)
+    weight = _normal(rng, 1 if attrs["channel_shared"] else shape[1])
+    return Case(attrs, [_normal(rng, *shape) + 0.5], {"weight": weight})
 
 
 @st.composite
@@ -537,6 +563,23 @@ def smooth_l1_case(draw, weighted=False):
     return Case(dict(sigma=draw(st.sampled_from([1.0, 3.0, 0.5]))), inputs)
 
 
+@st.composite
+def mvn_case(draw):
+    shape = _shape(draw, 2, 4)
+    attrs = dict(normalize_variance=draw(st.booleans()), across_channels=draw(st.booleans()),
+                 eps=draw(st.sampled_from([1e-9, 0.1])))
+    return Case(attrs, [_normal(_rng(draw), *shape)])
+
+
+@st.composite
+def lrn_within_case(draw):
+    attrs = dict(size=draw(st.sampled_from([1, 3, 5])), alpha=draw(st.floats(0.1, 2.0)),
+                 beta=draw(st.floats(0.5, 1.0)))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4)),
+             draw(st.integers(1, 4)))
+    return Case(attrs, [_normal(_rng(draw), *shape)])
+
+
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
     "clip": clip_case(), "transpose": transpose_case(), "sigmoid": unary_case(),
@@ -554,11 +597,13 @@ CASES = {
     "threshold": threshold_case(), "reduction": reduction_case(), "argmax": argmax_case(),
     "silence": silence_case(), "bias": bias_case(), "bias_add": bias_add_case(),
     "tile": tile_case(), "embed": embed_case(),
-    "crop": crop_case(), "permute": permute_case(), "deconv2d": deconv2d_case(),
-    "pad": pad_case(),
     "sigmoid_cross_entropy_loss": sigmoid_ce_case(), "hinge_loss": hinge_case(),
     "infogain_loss": infogain_case(), "infogain_loss_h": infogain_case(as_input=True),
     "smooth_l1_loss": smooth_l1_case(), "smooth_l1_loss_weighted": smooth_l1_case(True),
+    "mvn": mvn_case(), "lrn_within_channel": lrn_within_case(),
+    "crop": crop_case(), "deconv2d": deconv2d_case(), "pad": pad_case(),
+    "interp": interp_case(), "roi_pool": roi_pool_case(),
+    "normalize": normalize_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 
@@ -817,6 +862,19 @@ def test_pooling_matches_caffe_loops(name, mode, data):
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=20, deadline=None)
+@given(case=lrn_within_case())
+def test_lrn_within_channel_is_caffes_pooling_pipeline(case):
+    """Caffe builds WITHIN_CHANNEL LRN from layers: x^2, average pooling (size, stride 1,
+    pad (size - 1) / 2), Power(scale alpha, shift 1, power -beta), and a product with x."""
+    a, x = case.attrs, case.inputs[0]
+    pad = (a["size"] - 1) // 2
+    pooled = _caffe_pool(x * x, (a["size"],) * 2, (1, 1), (pad, pad), x.shape[2:], "ave")
+    want = x * (1 + a["alpha"] * pooled) ** -a["beta"]
+    got, _ = run_forward(registry.OPS["lrn_within_channel"], a, [x], {})
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 # ---- forwards against PyTorch --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def torch():
@@ -919,7 +977,7 @@ TORCH.update({name: (CASES[name], _oracle(name)) for name in (
     "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold", "reduction",
     "argmax", "silence", "bias", "bias_add", "tile", "embed", "sigmoid_cross_entropy_loss",
     "hinge_loss", "infogain_loss", "infogain_loss_h", "smooth_l1_loss",
-    "smooth_l1_loss_weighted")})
+    "smooth_l1_loss_weighted", "mvn", "lrn_within_channel")})
 
 
 @pytest.mark.parametrize("key", sorted(TORCH))
@@ -950,3 +1008,68 @@ def test_deconv2d_forward_matches_torch_conv_transpose(data):
         None if bias is None else torch.from_numpy(bias), stride=a["stride"],
         padding=a["pad"], groups=a["groups"], dilation=a["dilation"]).numpy()
     np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)
+
+
+def test_interp_aligns_corners_like_caffe():
+    # caffe_cpu_interp2: output i samples input i * (in - 1) / (out - 1)
+    x = np.arange(3.0).reshape(1, 1, 1, 3)
+    out, _ = run_forward(registry.OPS["interp"], dict(height=1, width=5), [x], {})
+    np.testing.assert_allclose(out.ravel(), [0, 0.5, 1, 1.5, 2])
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_interp_matches_torch_bilinear_with_aligned_corners(data):
+    torch = pytest.importorskip("torch")
+    case = draw_case(data, "interp")
+    out, _ = run_forward(registry.OPS["interp"], case.attrs, case.inputs, {})
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(case.inputs[0]), size=(case.attrs["height"], case.attrs["width"]),
+        mode="bilinear", align_corners=True).numpy()
+    np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)
+
+
+def _caffe_roi_pool(x, rois, pooled_h, pooled_w, scale):
+    """ROIPoolingLayer::Forward_cpu of Fast R-CNN, transcribed loop for loop."""
+    n, c, h, w = x.shape
+    top = np.zeros((len(rois), c, pooled_h, pooled_w))
+    for r, roi in enumerate(rois):
+        b = int(roi[0])
+        start_w, start_h, end_w, end_h = (int(np.sign(v * scale) * np.floor(abs(v * scale)
+                                                                           + 0.5))
+                                          for v in roi[1:])
+        bin_h = max(end_h - start_h + 1, 1) / pooled_h
+        bin_w = max(end_w - start_w + 1, 1) / pooled_w
+        for ch in range(c):
+            for ph in range(pooled_h):
+                for pw in range(pooled_w):
+                    hstart = min(max(int(np.floor(ph * bin_h)) + start_h, 0), h)
+                    hend = min(max(int(np.ceil((ph + 1) * bin_h)) + start_h, 0), h)
+                    wstart = min(max(int(np.floor(pw * bin_w)) + start_w, 0), w)
+                    wend = min(max(int(np.ceil((pw + 1) * bin_w)) + start_w, 0), w)
+                    if hend <= hstart or wend <= wstart:
+                        continue
+                    best = -np.inf
+                    for yy in range(hstart, hend):
+                        for xx in range(wstart, wend):
+                            best = max(best, x[b, ch, yy, xx])
+                    top[r, ch, ph, pw] = best
+    return top
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_roi_pool_matches_fast_rcnns_loops(data):
+    case = draw_case(data, "roi_pool")
+    a = case.attrs
+    out, _ = run_forward(registry.OPS["roi_pool"], a, case.inputs, {})
+    want = _caffe_roi_pool(*case.inputs, a["pooled_h"], a["pooled_w"], a["spatial_scale"])
+    np.testing.assert_array_equal(out, want)
+
+
+def test_normalize_divides_by_the_l2_norm_at_each_position():
+    x = np.array([3.0, 4.0]).reshape(1, 2, 1)
+    attrs = dict(across_spatial=False, channel_shared=True, eps=0.0)
+    out, aux = run_forward(registry.OPS["normalize"], attrs, [x], {"weight": np.array([2.0])})
+    np.testing.assert_allclose(out.ravel(), [1.2, 1.6])
+    np.testing.assert_allclose(aux["norm"].ravel(), [5.0])

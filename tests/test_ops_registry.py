@@ -17,7 +17,8 @@ from bwplan.ops.reference import full_attrs
 
 # values for required attributes, so that every op can be instantiated
 REQUIRED_SAMPLES = {"out": 4, "kernel": 3, "shape": (0, -1), "begin": 0, "end": 1,
-                    "tiles": 2, "perm": (0, 1, 3, 2), "num_output": 4, "input_dim": 5}
+                    "tiles": 2, "perm": (0, 1, 3, 2), "num_output": 4, "input_dim": 5,
+                    "height": 2, "width": 2, "pooled_h": 2, "pooled_w": 2}
 
 
 def attr_variants(op):
@@ -172,6 +173,8 @@ SHAPES = [
      ()),
     ("smooth_l1_loss", {}, [f32(4, 8), f32(4, 8)], ()),
     ("smooth_l1_loss_weighted", {}, [f32(4, 8), f32(4, 8), f32(4, 8), f32(4, 8)], ()),
+    ("mvn", dict(across_channels=True), [f32(2, 3, 4, 4)], (2, 3, 4, 4)),
+    ("lrn_within_channel", dict(size=3), [f32(2, 3, 4, 4)], (2, 3, 4, 4)),
 ]
 
 
@@ -235,6 +238,9 @@ ERRORS = [
      "must be a 10 x 10 matrix"),
     ("smooth_l1_loss_weighted", {}, [f32(4, 8), f32(4, 8), f32(4, 8), f32(4, 7)],
      "as many elements"),
+    ("mvn", {}, [f32(4)], "needs [N, C, ...]"),
+    ("lrn_within_channel", dict(size=2), [f32(1, 1, 4, 4)], "must be odd"),
+    ("lrn_within_channel", {}, [f32(1, 4, 4)], "NCHW"),
 ]
 
 
@@ -329,6 +335,7 @@ def test_needs_match_the_documented_contract():
         ("infogain_loss_h", "logits"): {"prob", "label", "infogain"},
         ("smooth_l1_loss", "a"): {"diff"}, ("smooth_l1_loss", "b"): {"diff"},
         ("smooth_l1_loss_weighted", "a"): {"diff", "inside", "outside"},
+        ("lrn_within_channel", "x"): {"x", "out", "scale"},
     }
     for (name, wrt), needs in expected.items():
         op = registry.OPS[name]
@@ -343,10 +350,12 @@ def test_needs_match_the_documented_contract():
     ("elu", dict(alpha=0.0), {"out"}),
     ("elu", dict(alpha=-0.5), {"x", "out"}),             # out > 0 no longer means x > 0
     ("reduction", dict(operation="MEAN"), set()),
+    ("mvn", dict(normalize_variance=True), {"out", "std"}),
+    ("mvn", dict(normalize_variance=False), set()),
     ("reduction", dict(operation="ASUM"), {"x"}),
     ("reduction", dict(operation="SUMSQ"), {"x"}),
 ])
-def test_activation_needs_depend_on_attributes(name, attrs, needs):
+def test_needs_depend_on_attributes(name, attrs, needs):
     op = registry.OPS[name]
     assert op.grad_for("x").needs_for(full_attrs(op, attrs)) == needs
 

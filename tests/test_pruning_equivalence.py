@@ -46,7 +46,9 @@ r1   = relu(sc1, negative_slope=0.1)
 n1   = lrn(r1, size=3, alpha=0.5, beta=0.75, k=2)
 mp1  = maxpool(n1, kernel=2, stride=2, pad=1, ceil=true)
 c2   = conv2d(n1, out=8, kernel=3, pad=1, groups=2)
-ap1  = avgpool(c2, kernel=2, stride=2, ceil=true)
+cl   = clip(c2, min=-1, max=1)
+tp   = transpose(cl, perm=[0, 1, 3, 2])
+ap1  = avgpool(tp, kernel=2, stride=2, ceil=true)
 t    = tanh(mp1)
 s    = sigmoid(ap1)
 m    = mul(t, s)
@@ -104,7 +106,9 @@ input tgt : f32[4, 3]
 input w_in : f32[4, 3]
 input w_out : f32[4, 3]
 
-c1   = conv2d(x, out=4, kernel=3, pad=1)
+c0   = conv2d(x, out=4, kernel=3, pad=1)
+mv   = mvn(c0, eps=0.001)
+c1   = lrn_within_channel(mv, size=3, alpha=0.5)
 e    = elu(c1, alpha=0.5)
 pr   = prelu(e)
 ps   = prelu(c1, channel_shared=true)
@@ -146,6 +150,26 @@ sl1  = smooth_l1_loss(fc, tgt, sigma=2.0) weight=0.05
 slw  = smooth_l1_loss_weighted(fc, tgt, wi, wo) weight=0.1
 """
 
+SPATIAL = """\
+input x : f32[4, 3, 6, 6]
+input like : f32[4, 3, 4, 4]
+input rois : f32[4, 5]
+input y : i64[4]
+
+c0   = conv2d(x, out=4, kernel=3, pad=1)
+nm   = normalize(c0, across_spatial=false, channel_shared=false)
+dc   = deconv2d(nm, out=4, kernel=3, stride=2, pad=1, groups=2)
+ip   = interp(dc, height=8, width=8)
+cr   = crop(ip, like, axis=2, offset=[1, 2])
+pm   = transpose(cr, perm=[0, 2, 3, 1])
+rp   = roi_pool(c0, rois, pooled_h=2, pooled_w=3, spatial_scale=0.5)
+n2   = normalize(rp)
+f1   = linear(pm, out=5)
+f2   = linear(n2, out=5)
+s    = add(f1, f2)
+loss = softmax_cross_entropy(s, y)
+"""
+
 NETS: dict[str, str] = {p.stem: p.read_text() for p in sorted(EXAMPLES.glob("*.bw"))}
 # The image nets on images a quarter of the size (seed_inception_branch's last pool window
 # shrunk to match): the same layers, shapes but for H and W, and decisions; the full sizes
@@ -162,6 +186,7 @@ for _name, _edits in SMALLER_IMAGES.items():
 NETS["zoo"] = ZOO
 NETS["decay_only"] = DECAY_ONLY
 NETS["neurons"] = NEURONS
+NETS["spatial"] = SPATIAL
 
 # Small batches, through the automatic re-planning for another batch size; one sample of
 # seed_inception_branch keeps the reference target quick.
@@ -298,7 +323,15 @@ def make_batch(net, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     for inp in net.inputs:
         shape = (n,) + tuple(inp.type.shape[1:])
         readers = [(net.layer(e.dst), e.index) for e in net.consumers(inp.name)]
-        if any(layer.op == "contrastive_loss" and i == 2 for layer, i in readers):
+        pooled = [layer for layer, i in readers if layer.op == "roi_pool" and i == 1]
+        if pooled:
+            # valid regions: a sample of the batch, corners inside the scaled image
+            _, _, h, w = net.tensor_type(pooled[0].inputs[0].src).shape
+            size = np.array([w, h, w, h]) / pooled[0].attrs["spatial_scale"]
+            corners = np.sort(rng.uniform(0, 1, (n, 2, 2)), axis=1).reshape(n, 4)
+            rois = np.column_stack([np.arange(n), corners * size])   # x1, y1, x2, y2
+            batch[inp.name] = rois.astype(numpy_dtype(inp.type.dtype))
+        elif any(layer.op == "contrastive_loss" and i == 2 for layer, i in readers):
             flags = (np.arange(n) % 2 == 0).reshape(shape)
             batch[inp.name] = flags.astype(numpy_dtype(inp.type.dtype))
         elif not inp.type.is_float:

@@ -38,7 +38,7 @@ def test_pretrain_then_finetune_a_new_head(digits, capsys):
                  "--profile"]) == 0
     out = capsys.readouterr().out
     assert float(out.split("acc ")[1].split()[0].rstrip(",")) > 0.6, out
-    assert "dw        2 kernels" in out and "dx        1 kernels" in out
+    assert "dw        2 kernels" in out and "dx        1 kernel " in out
     tuned = dict(np.load(d / "tuned.npz"))
     for frozen in ("conv1.weight", "conv2.weight", "feat.weight", "feat.bias"):
         assert np.array_equal(tuned[frozen], backbone[frozen])

@@ -62,7 +62,8 @@ def test_frozen_part_left_random_is_reported_unless_weights_give_it(files, capsy
         "--weights given): fc1.weight, fc1.bias" in err
     np.savez(files / "w.npz", **{"fc1.weight": np.zeros((5, 6), np.float32),
                                   "fc1.bias": np.zeros(5, np.float32)})
-    rc, _, err = train(files, capsys, "--weights", str(files / "w.npz"), "--skip", "side.*", "--skip", "head.*")
+    rc, _, err = train(files, capsys, "--weights", str(files / "w.npz"), "--skip", "side.*",
+                       "--skip", "head.*")
     assert rc == 0 and "random initial values" not in err
 
 

@@ -74,7 +74,7 @@ def _channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
 UNDECIDED = 1e-5
 
 # ops whose functions take `hints`
-DECIDING_OPS = frozenset({"relu", "maxpool", "global_maxpool", "maximum"})
+DECIDING_OPS = frozenset({"relu", "clip", "maxpool", "global_maxpool", "maximum"})
 
 
 def _undecided(margin: torch.Tensor, scale_of: torch.Tensor) -> torch.Tensor:
@@ -219,9 +219,17 @@ def relu(a, xs, p, training, hints=None):
     return torch.where(keep, x, a["negative_slope"] * x)
 
 
-def clip(a, xs, p, training):
-    """ReLU6 / hardtanh: the gradient passes strictly between the bounds."""
-    return F.hardtanh(xs[0], a["min"], a["max"])
+def clip(a, xs, p, training, hints=None):
+    """ReLU6 / hardtanh: the gradient passes strictly between the bounds; near a bound the
+    decision follows bwplan's own value (decisions at kinks)."""
+    x, lo, hi = xs[0], a["min"], a["max"]
+    v = x.detach()
+    inside = (v > lo) & (v < hi)
+    if hints is not None:
+        near = _undecided((v - lo).abs(), x) | _undecided((v - hi).abs(), x)
+        inside = torch.where(near, (hints[0] > lo) & (hints[0] < hi), inside)
+    bound = torch.where(v <= (lo + hi) / 2, torch.full_like(v, lo), torch.full_like(v, hi))
+    return torch.where(inside, x, bound)
 
 
 def dropout(a, xs, p, training):
@@ -415,8 +423,82 @@ def smooth_l1_loss(a, xs, p, training):
     return err.sum() / x.shape[0]
 
 
+def mvn(a, xs, p, training):
+    """Caffe MVN: per sample (across_channels) or per channel of a sample, subtract the
+    mean and divide by the biased standard deviation plus eps."""
+    x = xs[0]
+    rows = x.reshape(x.shape[0] if a["across_channels"] else x.shape[0] * x.shape[1], -1)
+    c = rows - rows.mean(dim=1, keepdim=True)
+    if a["normalize_variance"]:
+        c = c / (torch.sqrt((c * c).mean(dim=1, keepdim=True)) + a["eps"])
+    return c.reshape(x.shape)
+
+
+def lrn_within_channel(a, xs, p, training):
+    """Caffe LRN WITHIN_CHANNEL: an average pool of x^2 that counts the zero padding."""
+    x, size = xs[0], a["size"]
+    pooled = F.avg_pool2d(x * x, size, 1, (size - 1) // 2, count_include_pad=True)
+    return x * (1 + a["alpha"] * pooled) ** -a["beta"]
+
+
 # op(attrs, inputs, params by slot, training) -> output; DECIDING_OPS also take `hints`
 OpFn = Callable[..., torch.Tensor]
+
+# ---- the spatial family: crop, deconv2d, interp, roi_pool, normalize -----------
+def crop(a, xs, p, training):
+    x, like = xs
+    axis, offsets = a["axis"] % x.dim(), list(a["offset"])
+    index = []
+    for i in range(x.dim()):
+        if i < axis:
+            index.append(slice(None))
+            continue
+        o = offsets[0] if len(offsets) == 1 else (offsets[i - axis] if offsets else 0)
+        index.append(slice(o, o + like.shape[i]))
+    return x[tuple(index)]
+
+
+def deconv2d(a, xs, p, training):
+    return F.conv_transpose2d(xs[0], p["weight"], p.get("bias"), stride=_pair(a["stride"]),
+                              padding=_pair(a["pad"]), groups=a["groups"],
+                              dilation=_pair(a["dilation"]))
+
+
+def interp(a, xs, p, training):
+    return F.interpolate(xs[0], size=(a["height"], a["width"]), mode="bilinear",
+                         align_corners=True)
+
+
+def roi_pool(a, xs, p, training):
+    """Fast R-CNN's ROIPoolingLayer: rounded corners, floor / ceil bin edges, 0 when empty."""
+    x, rois = xs
+    _, c, h, w = x.shape
+    ph_n, pw_n, scale = a["pooled_h"], a["pooled_w"], a["spatial_scale"]
+    outs = []
+    for roi in rois.detach().tolist():
+        x1, y1, x2, y2 = (int(math.copysign(math.floor(abs(v * scale) + 0.5), v))
+                          for v in roi[1:])
+        bh, bw = max(y2 - y1 + 1, 1) / ph_n, max(x2 - x1 + 1, 1) / pw_n
+        plane = x[int(roi[0])]
+        bins = []
+        for i in range(ph_n):
+            for j in range(pw_n):
+                h0 = min(max(math.floor(i * bh) + y1, 0), h)
+                h1 = min(max(math.ceil((i + 1) * bh) + y1, 0), h)
+                w0 = min(max(math.floor(j * bw) + x1, 0), w)
+                w1 = min(max(math.ceil((j + 1) * bw) + x1, 0), w)
+                bins.append(plane.new_zeros(c) if h1 <= h0 or w1 <= w0
+                            else plane[:, h0:h1, w0:w1].amax(dim=(1, 2)))
+        outs.append(torch.stack(bins, dim=1).reshape(c, ph_n, pw_n))
+    return torch.stack(outs)
+
+
+def normalize(a, xs, p, training):
+    x = xs[0]
+    dims = tuple(range(1, x.dim())) if a["across_spatial"] else (1,)
+    norm = torch.sqrt((x * x).sum(dim=dims, keepdim=True) + a["eps"])
+    return x / norm * _channel_view(p["weight"], x.dim())
+
 
 OPS: dict[str, OpFn] = {
     "conv2d": conv2d,
@@ -470,6 +552,10 @@ OPS: dict[str, OpFn] = {
     "infogain_loss_h": infogain_loss,
     "smooth_l1_loss": smooth_l1_loss,
     "smooth_l1_loss_weighted": smooth_l1_loss,
+    "mvn": mvn,
+    "lrn_within_channel": lrn_within_channel,
+    "crop": crop, "deconv2d": deconv2d, "interp": interp,
+    "roi_pool": roi_pool, "normalize": normalize,
 }
 
 

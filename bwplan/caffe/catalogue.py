@@ -111,7 +111,8 @@ _ROWS = (
               tops=_ONE, shape=s.inner_product,
               imports=Import("layer", "linear", m.inner_product, ("weight", "bias"))),
     CaffeType("Embed", param_blobs=_bias("embed_param"), bottoms=_ONE, tops=_ONE,
-              labels=frozenset({0}), shape=s.embed),
+              labels=frozenset({0}), shape=s.embed,
+              imports=Import("layer", "embed", m.embed, ("weight", "bias"))),
     CaffeType("PReLU", param_blobs=_n(1), bottoms=_ONE, tops=_ONE, shape=s.prelu,
               imports=Import("layer", "prelu", m.settings(
                   "prelu_param", ("channel_shared", "channel_shared", False)), ("weight",))),
@@ -122,7 +123,8 @@ _ROWS = (
               imports=Import("layer", "scale", m.fork_bn, ("weight", "bias", None, None),
                              before=m.fork_bn_norm)),
     CaffeType("Normalize", param_blobs=_n(1), bottoms=_ONE, tops=_ONE,       # SSD
-              shape=s.normalize),
+              shape=s.normalize, imports=Import("layer", "normalize", m.normalize,
+                                                ("weight",))),
     CaffeType("BatchNorm", param_blobs=_n(3), bottoms=_ONE, tops=_ONE, shape=s.batch_norm,
               imports=Import("layer", "batchnorm", m.batch_norm, ("mean", "var", None),
                              stats=True)),
@@ -137,7 +139,8 @@ _ROWS = (
     # ---- layers without parameters ---------------------------------------------------
     CaffeType("Pooling", bottoms=_ONE, tops=(-1, 1, 2), shape=s.pooling,
               imports=Import("layer", m.pool_op, m.pool)),
-    _unary("LRN", "lrn", m.lrn),
+    CaffeType("LRN", bottoms=_ONE, tops=_ONE, shape=s.same,
+              imports=Import("layer", m.lrn_op, m.lrn)),
     _unary("ReLU", "relu", m.relu),
     _unary("Sigmoid", "sigmoid"),
     _unary("TanH", "tanh"),
@@ -160,10 +163,12 @@ _ROWS = (
     CaffeType("Crop", bottoms=(2, -1, -1), tops=_ONE, shape=s.crop,
               imports=Import("layer", "crop", m.crop)),
     CaffeType("Upsample", bottoms=(2, -1, -1), tops=_ONE, shape=s.upsample),   # SegNet
-    CaffeType("Interp", bottoms=(-1, 1, 2), tops=_ONE, shape=s.interp),        # PSPNet
+    CaffeType("Interp", bottoms=(-1, 1, 2), tops=_ONE, shape=s.interp,         # PSPNet
+              imports=Import("layer", "interp", m.interp)),
     CaffeType("Permute", bottoms=_ONE, tops=_ONE, shape=s.permute,             # SSD
-              imports=Import("layer", "permute", m.permute)),
-    CaffeType("ROIPooling", bottoms=(2, -1, -1), tops=_ONE, shape=s.roi_pooling),
+              imports=Import("layer", "transpose", m.permute)),
+    CaffeType("ROIPooling", bottoms=(2, -1, -1), tops=_ONE, shape=s.roi_pooling,
+              imports=Import("layer", "roi_pool", m.roi_pooling)),
     CaffeType("Tile", bottoms=_ONE, tops=_ONE, shape=s.tile,
               imports=Import("layer", "tile", m.tile)),
     CaffeType("Reduction", bottoms=_ONE, tops=_ONE, shape=s.reduction,
@@ -179,7 +184,10 @@ _ROWS = (
                                     ("scale", "scale", 1.0), ("shift", "shift", 0.0))),
     _unary("Log", "log", m.settings("log_param", ("base", "base", -1.0),
                                     ("scale", "scale", 1.0), ("shift", "shift", 0.0))),
-    CaffeType("MVN", bottoms=_ONE, tops=_ONE, shape=s.same),
+    _unary("MVN", "mvn", m.settings("mvn_param",
+                                    ("normalize_variance", "normalize_variance", True),
+                                    ("across_channels", "across_channels", False),
+                                    ("eps", "eps", 1e-9))),
     # ---- not differentiable ----------------------------------------------------------
     CaffeType("Accuracy", "stop", bottoms=(2, -1, -1), tops=(-1, 1, 2),
               no_force=frozenset({0, 1}), labels=frozenset({1}), shape=s.accuracy,
@@ -205,13 +213,17 @@ _ROWS = (
     CaffeType("ContrastiveLoss", **{**_LOSS, "bottoms": (3, -1, -1),
                                     "no_force": frozenset({2})}, labels=frozenset({2}),
               imports=Import("layer", "contrastive_loss", m.contrastive)),
-    CaffeType("SigmoidCrossEntropyLoss", **_LOSS),
+    CaffeType("SigmoidCrossEntropyLoss", **_LOSS,
+              imports=Import("layer", "sigmoid_cross_entropy_loss", m.sigmoid_ce)),
     CaffeType("MultinomialLogisticLoss", **_LOSS, labels=frozenset({1})),
-    CaffeType("InfogainLoss", **{**_LOSS, "bottoms": (-1, 2, 3)}, labels=frozenset({1})),
-    CaffeType("HingeLoss", **_LOSS, labels=frozenset({1})),
+    CaffeType("InfogainLoss", **{**_LOSS, "bottoms": (-1, 2, 3)}, labels=frozenset({1}),
+              imports=Import("layer", m.infogain_op, m.infogain)),
+    CaffeType("HingeLoss", **_LOSS, labels=frozenset({1}),
+              imports=Import("layer", "hinge_loss", m.hinge)),
     # py-faster-rcnn's SmoothL1Loss takes inside / outside weights and lets force_backward
     # reach every bottom
-    CaffeType("SmoothL1Loss", **{**_LOSS, "bottoms": (-1, 2, 4), "no_force": frozenset()}),
+    CaffeType("SmoothL1Loss", **{**_LOSS, "bottoms": (-1, 2, 4), "no_force": frozenset()},
+              imports=Import("layer", m.smooth_l1_op, m.smooth_l1)),
     # SSD: loc, conf, priors, ground truth
     CaffeType("MultiBoxLoss", **{**_LOSS, "bottoms": (4, -1, -1)}, labels=frozenset({3})),
 )

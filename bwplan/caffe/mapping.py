@@ -152,9 +152,12 @@ def crop(layer, ctx):
 
 
 def permute(layer, ctx):
+    """SSD's Permute as bwplan's transpose: the axes `order` names, then the others in
+    their order (the whole permutation, from the bottom's rank)."""
+    from bwplan.caffe.shapes import permute_order
     p = layer.sub("permute_param")
-    order = tuple(p.get("order"))
-    return [("order", order, p.where("order", 0))] if order else []
+    perm = permute_order(layer, len(ctx.bottom_shapes[0]))
+    return [("perm", perm, p.where("order", 0))]
 
 
 def argmax(layer, ctx):
@@ -207,6 +210,106 @@ def fork_bn_norm(layer, ctx) -> "Import | None":
                   stats=True)
 
 
+def interp(layer, ctx):
+    """PSPNet's Interp: the output size Caffe computes (zoom / shrink factors, or height and
+    width) becomes the op's height and width."""
+    p = layer.sub("interp_param")
+    for field in ("pad_beg", "pad_end"):
+        if _word(p, field, 0) != 0:
+            raise unsupported(layer, p, field, "Interp with padding (pad_beg / pad_end) is "
+                              "not supported")
+    if len(layer.bottoms) != 1:
+        raise CaffeError(layer.bottom_span(1), f"Interp layer '{layer.name}': a second bottom "
+                         "giving the size is not supported", "give height and width in "
+                         "interp_param instead")
+    top = ctx.top_shapes[0]
+    if top is None:
+        raise CaffeError(p.span, f"Interp layer '{layer.name}' needs its output size: give "
+                         "zoom_factor, shrink_factor, or height and width, and the shape "
+                         "of its bottom")
+    return [("height", top[2], p.span), ("width", top[3], p.span)]
+
+
+def roi_pooling(layer, ctx):
+    p = layer.sub("roi_pooling_param")     # Fast R-CNN's fork: an open message
+    out = []
+    for field, default in (("pooled_h", 0), ("pooled_w", 0)):
+        value = _word(p, field, default)
+        if not value:
+            raise CaffeError(p.span, f"ROIPooling layer '{layer.name}' needs {field}")
+        out.append((field, int(value), p.where(field)))
+    scale = float(_word(p, "spatial_scale", 1.0))
+    return out + ([("spatial_scale", scale, p.where("spatial_scale"))] if scale != 1 else [])
+
+
+def normalize(layer, ctx):
+    p = layer.sub("norm_param")            # SSD's fork: an open message
+    out = []
+    for field, default in (("across_spatial", True), ("channel_shared", True)):
+        value = _word(p, field, default) in (True, 1, "true", "True")
+        if value != default:
+            out.append((field, value, p.where(field)))
+    eps = float(_word(p, "eps", 1e-10))
+    return out + ([("eps", eps, p.where("eps"))] if eps != 1e-10 else [])
+
+
+def _normalization(layer: CaffeLayer, default: str) -> list[Attr]:
+    """A loss's normalization: loss_param.normalization, or the legacy `normalize` (true:
+    VALID, false: BATCH_SIZE), left out when it is the layer's default."""
+    p = layer.sub("loss_param")
+    if p.has("normalization"):
+        value, where = p.get("normalization"), p.where("normalization")
+    elif p.has("normalize"):
+        value, where = ("VALID" if p.get("normalize") else "BATCH_SIZE"), p.where("normalize")
+    else:
+        return []
+    return [] if value == default else [("normalization", value, where)]
+
+
+def _ignore_label(layer: CaffeLayer) -> list[Attr]:
+    p = layer.sub("loss_param")
+    return [("ignore_label", p.get("ignore_label"), p.where("ignore_label"))] \
+        if p.has("ignore_label") else []
+
+
+def sigmoid_ce(layer, ctx):
+    return _normalization(layer, "BATCH_SIZE") + _ignore_label(layer)
+
+
+def hinge(layer, ctx):
+    return _opt(layer.sub("hinge_loss_param"), "norm", "norm", "L1")
+
+
+def infogain_op(layer: CaffeLayer) -> str:
+    """Two bottoms: H from the `source` file (a parameter bwplan loads); three: H given."""
+    return "infogain_loss" if len(layer.bottoms) == 2 else "infogain_loss_h"
+
+
+def infogain(layer, ctx):
+    return (_opt(layer.sub("infogain_loss_param"), "axis", "axis", 1)
+            + _normalization(layer, "VALID") + _ignore_label(layer))
+
+
+def smooth_l1_op(layer: CaffeLayer) -> str:
+    if len(layer.bottoms) not in (2, 4):
+        raise CaffeError(layer.span, f"SmoothL1Loss layer '{layer.name}' takes 2 bottoms, or "
+                         f"4 with inside and outside weights, not {len(layer.bottoms)}")
+    return "smooth_l1_loss" if len(layer.bottoms) == 2 else "smooth_l1_loss_weighted"
+
+
+def smooth_l1(layer, ctx):
+    p = layer.sub("smooth_l1_loss_param")
+    sigma = float(_word(p, "sigma", 1.0))
+    return [("sigma", sigma, p.where("sigma"))] if sigma != 1.0 else []
+
+
+def embed(layer, ctx):
+    p = layer.sub("embed_param")
+    return [("num_output", _required(layer, p, "num_output"), p.where("num_output")),
+            ("input_dim", _required(layer, p, "input_dim"), p.where("input_dim"))] + \
+        _opt(p, "bias_term", "bias_term", True)
+
+
 def pool_op(layer: CaffeLayer) -> str:
     p = layer.sub("pooling_param")
     kind = {"MAX": "maxpool", "AVE": "avgpool"}.get(p.get("pool"))
@@ -229,14 +332,18 @@ def pool(layer, ctx):
     return out
 
 
+def lrn_op(layer: CaffeLayer) -> str:
+    within = layer.sub("lrn_param").get("norm_region") == "WITHIN_CHANNEL"
+    return "lrn_within_channel" if within else "lrn"
+
+
 def lrn(layer, ctx):
     p = layer.sub("lrn_param")
-    if p.get("norm_region") != "ACROSS_CHANNELS":
-        raise unsupported(layer, p, "norm_region", "WITHIN_CHANNEL normalisation is not "
-                          "supported")
     # every value written: Caffe's default alpha (1) is not the usual 1e-4
-    return [(key, p.get(field), p.where(field)) for key, field in
-            (("size", "local_size"), ("alpha", "alpha"), ("beta", "beta"), ("k", "k"))]
+    fields = (("size", "local_size"), ("alpha", "alpha"), ("beta", "beta"))
+    if p.get("norm_region") == "ACROSS_CHANNELS":
+        fields += (("k", "k"),)     # within a channel Caffe adds 1, whatever k says
+    return [(key, p.get(field), p.where(field)) for key, field in fields]
 
 
 def concat(layer, ctx):

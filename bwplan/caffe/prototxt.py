@@ -68,9 +68,38 @@ class Message:
 Scalar = Union[int, float, str, Ident]
 
 
+# The longest [ ] list a prototxt may write; refused while lexing, since parsing a
+# megabyte list takes tens of seconds.
+MAX_LIST = 4096
+
+
+class _ListLimit:
+    """Counts the elements of each [ ] list as the tokens stream by."""
+
+    always_accept = ()
+
+    def __init__(self) -> None:
+        self.path = "<input>"
+
+    def process(self, stream):
+        opened: list[list] = []   # [token, commas] per open '['
+        for tok in stream:
+            if tok.type == "LSQB":
+                opened.append([tok, 0])
+            elif tok.type == "RSQB" and opened:
+                opened.pop()
+            elif tok.type == "COMMA" and opened:
+                opened[-1][1] += 1
+                if opened[-1][1] >= MAX_LIST:
+                    raise BwSyntaxError(_tok_span(self.path, opened[-1][0]),
+                                        f"a list of more than {MAX_LIST} values")
+            yield tok
+
+
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
-    return Lark(GRAMMAR.read_text(), parser="lalr", propagate_positions=True)
+    return Lark(GRAMMAR.read_text(), parser="lalr", propagate_positions=True,
+                postlex=_ListLimit())
 
 
 def _tok_span(path: str, tok: Token) -> Span:
@@ -265,6 +294,7 @@ def _error(err: UnexpectedInput, src: SourceFile) -> BwSyntaxError:
 def parse_prototxt(text: str, path: str = "<input>") -> Message:
     """Parse protobuf text. Raises BwSyntaxError for text that does not parse."""
     src = register(SourceFile(path, text))
+    _parser().options.postlex.path = path
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as err:

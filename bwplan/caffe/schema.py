@@ -108,6 +108,11 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
         "argmax_param": _f("message", msg="ArgMaxParameter"),
         "bias_param": _f("message", msg="BiasParameter"),
         "tile_param": _f("message", msg="TileParameter"),
+        "mvn_param": _f("message", msg="MVNParameter"),
+        "hinge_loss_param": _f("message", msg="HingeLossParameter"),
+        "infogain_loss_param": _f("message", msg="InfogainLossParameter"),
+        "sigmoid_cross_entropy_loss_param": _f("open"),
+        "smooth_l1_loss_param": _f("open"),          # Fast R-CNN
     },
     "TransformationParameter": {
         "scale": _f("float", 1.0), "mirror": _f("bool", False), "crop_size": _f("uint", 0),
@@ -218,6 +223,10 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
                         "axis": _f("int")},
     "BiasParameter": {"axis": _f("int", 1), "num_axes": _f("int", 1), "filler": _OPEN},
     "TileParameter": {"axis": _f("int", 1), "tiles": _f("int")},
+    "MVNParameter": {"normalize_variance": _f("bool", True),
+                     "across_channels": _f("bool", False), "eps": _f("float", 1e-9)},
+    "HingeLossParameter": {"norm": _f("enum", "L1", choices=("", "L1", "L2"))},
+    "InfogainLossParameter": {"source": _f("string", ""), "axis": _f("int", 1)},
     "SoftmaxParameter": {"engine": _f("enum", "DEFAULT", choices=_ENGINE),
                          "axis": _f("int", 1)},
 }
@@ -362,9 +371,9 @@ def _decode(msg: Message, kind: str, problems: list[CaffeError]) -> Record:
             problems.append(err)
             continue
         repeated = spec.repeated if spec is not None and schema is not None else True
-        if repeated:
-            values[f.name] = values.get(f.name, ()) + (value,)
-            spans[f.name] = spans.get(f.name, ()) + (f.span,)
+        if repeated:  # lists while decoding (appending to tuples is quadratic)
+            values.setdefault(f.name, []).append(value)
+            spans.setdefault(f.name, []).append(f.span)
         else:
             if f.name in values and spec.kind != "open":
                 problems.append(CaffeError(f.name_span, f'non-repeated field "{f.name}" is '
@@ -373,4 +382,6 @@ def _decode(msg: Message, kind: str, problems: list[CaffeError]) -> Record:
                 continue
             values[f.name] = value
             spans[f.name] = f.span
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    spans = {k: tuple(v) if isinstance(v, list) else v for k, v in spans.items()}
     return Record(kind, MappingProxyType(values), MappingProxyType(spans), msg.span)

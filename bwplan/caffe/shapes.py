@@ -363,7 +363,7 @@ def roi_pooling(layer, bottoms):
 
 def normalize(layer, bottoms):
     p = layer.sub("norm_param")
-    shared = _open_get(p, "channel_shared", True)
+    shared = getattr(_open_get(p, "channel_shared", True), "name", True) in (True, "true")
     return [bottoms[0]], [(1,) if shared else (bottoms[0][1],)]
 
 

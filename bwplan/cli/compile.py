@@ -59,8 +59,9 @@ def run(args) -> int:
     write_atomic(out / "schedule.json", json.dumps(schedule_to_dict(program), indent=1) + "\n")
     source_name = Path(args.file).name
     # an ONNX model is binary: the artifact keeps the file as it was read
-    source = Path(args.file).read_bytes() if args.file.endswith(".onnx") else read_text(args.file)
-    write_atomic(out / source_name, source)
+    original = (Path(args.file).read_bytes() if args.file.endswith(".onnx")
+                else read_text(args.file))
+    write_atomic(out / source_name, original)
     kernels = sorted({f"{prog.net.layer(s.layer).op}:{s.component}"
                       for s in program.components})
     manifest = {"schema": "bwplan.artifact/1", "version": bwplan.__version__,

@@ -51,7 +51,10 @@ def run_cuda(args, out_dir: Path) -> int:
     write_atomic(out_dir / "plan.json", json.dumps(plan_to_dict(plan), indent=1) + "\n")
     write_atomic(out_dir / "schedule.json",
                  json.dumps(schedule_to_dict(program), indent=1) + "\n")
-    write_atomic(out_dir / source_name, read_text(args.file))
+    # an ONNX model is binary: the artifact keeps the file as it was read
+    original = (Path(args.file).read_bytes() if args.file.endswith(".onnx")
+                else read_text(args.file))
+    write_atomic(out_dir / source_name, original)
 
     nvcc = build.find_nvcc()
     compiled = None

@@ -10,7 +10,7 @@ from bwplan.cli.options import add_network_arguments, caffe_options, onnx_option
 from bwplan.errors import BwError
 from bwplan.explain.dot import render_dot
 from bwplan.explain.json_report import render_json
-from bwplan.explain.table import render_table
+from bwplan.explain.table import WIDTH, render_table
 from bwplan.explain.why import render_why
 from bwplan.fsutil import write_atomic
 from bwplan.frontend.load import load, read_text
@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also show the gradient buckets a data-parallel step all-reduces")
     p.add_argument("--bucket-kib", type=int, default=256, metavar="KIB",
                    help="with --data-parallel: the largest bucket one all-reduce sends")
+    p.add_argument("--wide", action="store_true",
+                   help=f"one line per layer with its reason, however wide (the table fits "
+                   f"{WIDTH} columns otherwise)")
 
 
 def is_caffe(path: str) -> bool:
@@ -45,7 +48,12 @@ def run(args) -> int:
         text = caffe_report(args)
     else:
         plan = _plan(args)
-        text = render_why(plan, args.why) if args.why else RENDERERS[args.format](plan)
+        if args.why:
+            text = render_why(plan, args.why)
+        elif args.format == "table":
+            text = render_table(plan, None if args.wide else WIDTH)
+        else:
+            text = RENDERERS[args.format](plan)
         if args.data_parallel and not args.why:
             text = _with_buckets(plan, text, args)
     if args.output:
@@ -108,6 +116,13 @@ def caffe_report(args) -> str:
     if args.rules:
         raise BwError(Span.synthetic("--caffe"), "--caffe shows what Caffe decides for the "
                       "file as written; --freeze/--unfreeze do not apply to it")
+    other = [o for o, given in (("--format " + args.format, args.format != "table"),
+                                ("--why", args.why), ("--wide", args.wide)) if given]
+    if other:
+        raise BwError(Span.synthetic("--caffe"), "--caffe prints Caffe's own log lines beside "
+                      f"bwplan's as text; {' and '.join(other)} "
+                      f"{'does' if len(other) == 1 else 'do'} not apply to it",
+                      "leave out --caffe to get bwplan's plan that way")
     from bwplan.caffe.compare import render_caffe_only, render_caffe_view
     from bwplan.caffe.importer import caffe_state, import_caffe_text
     text, options = read_text(args.file), caffe_options(args)

@@ -27,7 +27,9 @@ def profile_lines(prog, step: tuple | None = None, title: str = "last step:") ->
     s = program.plan.summary
     lines = [title]
     for phase in ("fwd", "dx", "dw", "update"):
-        lines.append(f"  {phase:6s} {st.launched[phase]:4d} kernels  {flops(st.flops[phase])}")
+        n = st.launched[phase]
+        lines.append(f"  {phase:6s} {n:4d} {'kernel ' if n == 1 else 'kernels'}  "
+                     f"{flops(st.flops[phase])}")
     planned = s.planned_peak_bytes if program.pruned else s.full_peak_bytes
     if cached:
         lines.append(f"  peak live activations {nbytes(st.peak_bytes)} (the frozen prefix "

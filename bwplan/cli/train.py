@@ -60,7 +60,6 @@ def run(args) -> int:
     from bwplan.cli.report import profile_lines
     from bwplan.runtime.data import load_dataset
     from bwplan.runtime.train import train
-
     from bwplan.cli.schedule import check_schedule, read_schedule
     from bwplan.fsutil import check_writable
     from bwplan.runtime.checks import check_dataset, check_options
@@ -83,7 +82,8 @@ def run(args) -> int:
     if args.weights:
         loaded = prog.load_weights(args.weights, rename=rename, skip=args.skip)
         print(f"loaded {len(loaded)} parameters from {args.weights}", file=sys.stderr)
-    data = load_dataset(args.data, [i.name for i in prog.net.inputs])
+    data = load_dataset(args.data, [i.name for i in prog.net.inputs],
+                        {i.name: i.type.shape for i in prog.net.inputs})
     check_dataset(prog.net, data.train, data.val, args.data)
     if schedule is not None:
         schedule = check_schedule(schedule, prog.net, [], args.epochs)

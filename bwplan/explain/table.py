@@ -9,25 +9,131 @@ from bwplan.plan.plan import LayerPlan, Plan
 MARK = {True: "yes", False: "-"}
 
 
-def _row(plan: Plan, lp: LayerPlan) -> list[str]:
+def _row(plan: Plan, lp: LayerPlan) -> list[list[str]]:
+    """The cells of a layer's row, each as its items (joined on one line, or stacked one
+    per line when the table must fit a width)."""
     layer = plan.net.layer(lp.name)
-    dx = "  ".join(f"{e.src}:{MARK[d.needed]}" for e, d in zip(layer.inputs, lp.dx)) or "-"
-    dw = "  ".join(f"{u.slot}:{MARK[d.needed]}" for u, d in zip(layer.params, lp.dw)) or "-"
-    keeps = ", ".join(lp.keeps) or "-"
-    return [lp.name, lp.op, MARK[lp.forward.needed], dx, dw, keeps, lp.reason.text]
+    dx = [f"{e.src}:{MARK[d.needed]}" for e, d in zip(layer.inputs, lp.dx)] or ["-"]
+    dw = [f"{u.slot}:{MARK[d.needed]}" for u, d in zip(layer.params, lp.dw)] or ["-"]
+    keeps = [k + "," for k in lp.keeps[:-1]] + list(lp.keeps[-1:]) or ["-"]
+    return [[lp.name], [lp.op], [MARK[lp.forward.needed]], dx, dw, keeps]
 
 
-def render_table(plan: Plan) -> str:
-    header = ["layer", "op", "fwd", "dX", "dW", "keeps", "why"]
-    rows = [header] + [_row(plan, lp) for lp in plan.layers]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+WIDTH = 100   # columns of the default table; render_table(plan, None) never wraps
+_HEADER = ["layer", "op", "fwd", "dX", "dW", "keeps"]
+_JOIN = ["", "", "", "  ", "  ", " "]
+
+
+def render_table(plan: Plan, width: int | None = WIDTH) -> str:
+    """The plan as a table. With a width, a row too wide stacks its longest lists one item
+    per line, the reasons move below the table, and long summary lines wrap."""
+    rows = [[[h] for h in _HEADER]] + [_row(plan, lp) for lp in plan.layers]
+    whys = ["why"] + [lp.reason.text for lp in plan.layers]
     lines = [f"net {plan.net.name} ({plan.net.path}): {len(plan.layers)} layers, "
              f"{len(plan.net.params)} parameters"]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    if width is not None:
+        lines = _wrap(lines[0], width, 4)
+    inline = _layout(rows, set(), whys)
+    if width is None or max(map(len, inline)) <= width:
+        lines += inline
+        lines.append("")
+        lines.extend(render_summary(plan))
+        return "\n".join(lines) + "\n"
+    # the reasons go below the table; if that is not enough, what each layer keeps too
+    keeps_below = False
+    stacked = _stacked(rows, width)
+    if _total(rows, stacked) > width:
+        keeps_below = True
+        rows = [r[:-1] for r in rows]
+        stacked = _stacked(rows, width)
+    lines += _layout(rows, stacked, None)
+    names = [lp.name for lp in plan.layers]
+    indent = max(map(len, names)) + 4
+    lines += ["", "why" + (" (and what each layer keeps for the backward)" if keeps_below
+                           else "")]
+    for lp, why in zip(plan.layers, whys[1:]):
+        kept = f"keeps {', '.join(lp.keeps)}. " if keeps_below and lp.keeps else ""
+        lines += _wrap(f"  {lp.name.ljust(indent - 4)}  {kept}{why}", width, indent)
     lines.append("")
-    lines.extend(render_summary(plan))
+    for line in render_summary(plan):
+        lines += _wrap(line, width, _hanging_indent(line))
     return "\n".join(lines) + "\n"
+
+
+def _total(rows, stacked: set[int]) -> int:
+    widths = _widths(rows, stacked)
+    return sum(widths) + 2 * (len(widths) - 1)
+
+
+def _cell(items: list[str], column: int, stacked: set[int]) -> list[str]:
+    return items if column in stacked else [_JOIN[column].join(items)]
+
+
+def _widths(rows, stacked: set[int]) -> list[int]:
+    return [max(len(t) for r in rows for t in _cell(r[c], c, stacked))
+            for c in range(len(rows[0]))]
+
+
+def _stacked(rows, width: int) -> set[int]:
+    """Columns to stack, widest first, until a row fits the width (or nothing is left to
+    stack)."""
+    stacked: set[int] = set()
+    while True:
+        widths = _widths(rows, stacked)
+        if _total(rows, stacked) <= width:
+            return stacked
+        candidates = [c for c in range(len(rows[0])) if c not in stacked
+                      and any(len(r[c]) > 1 for r in rows)]
+        if not candidates:
+            return stacked
+        stacked.add(max(candidates, key=lambda c: widths[c]))
+
+
+def _layout(rows, stacked: set[int], whys: list[str] | None) -> list[str]:
+    widths = _widths(rows, stacked)
+    out = []
+    for i, row in enumerate(rows):
+        cells = [_cell(items, c, stacked) for c, items in enumerate(row)]
+        for k in range(max(map(len, cells))):
+            parts = [(cell[k] if k < len(cell) else "").ljust(w)
+                     for cell, w in zip(cells, widths)]
+            if whys is not None:
+                parts.append(whys[i] if k == 0 else "")
+            out.append("  ".join(parts).rstrip())
+    return out
+
+
+def _hanging_indent(line: str) -> int:
+    """Where a wrapped summary line continues: under the figures (after the 19-column
+    label), the update's text, or a finding's text."""
+    if line.startswith("  fix: "):
+        return 7
+    if line.startswith("  "):            # an update: "  name  kind  text"
+        return 4
+    if line[:19].rstrip() and line[19:20] != " " and "  " in line[:19]:
+        return 19
+    return 4
+
+
+def _wrap(line: str, width: int, indent: int) -> list[str]:
+    if len(line) <= width:
+        return [line]
+    import textwrap
+    lead = len(line) - len(line.lstrip(" "))
+    return textwrap.wrap(line, width, initial_indent="", subsequent_indent=" " * indent,
+                         break_long_words=False, break_on_hyphens=False,
+                         drop_whitespace=True) if lead == 0 else \
+        [" " * lead + w for w in textwrap.wrap(line[lead:], width - lead,
+                                               subsequent_indent=" " * (indent - lead),
+                                               break_long_words=False,
+                                               break_on_hyphens=False)]
+
+
+def _cut_note(plan: Plan) -> str:
+    """The full backward honours the net's own stop_gradient edges, so what they save is in
+    neither figure: say so where there are some."""
+    cuts = sum(1 for l in plan.net.layers for e in l.inputs if e.stop_gradient)
+    return f"; what {cuts} stop_gradient edge(s) cut is left out of both" if cuts else ""
 
 
 def render_summary(plan: Plan) -> list[str]:
@@ -36,7 +142,8 @@ def render_summary(plan: Plan) -> list[str]:
     out = [
         f"forward            {flops(s.fwd_flops)}",
         f"backward           full {flops(s.full_bwd_flops)}, planned "
-        f"{flops(s.planned_bwd_flops)} ({saving(s.full_bwd_flops, s.planned_bwd_flops)})",
+        f"{flops(s.planned_bwd_flops)} ({saving(s.full_bwd_flops, s.planned_bwd_flops)}"
+        f"{_cut_note(plan)})",
         f"components         dX full {s.full_dx}, planned {s.planned_dx}; "
         f"dW full {s.full_dw}, planned {s.planned_dw}",
         f"kept for backward  full {nbytes(s.full_kept_bytes)}, planned "

@@ -19,4 +19,7 @@ def nbytes(n: int) -> str:
 def saving(full: int, planned: int) -> str:
     if full == 0:
         return "nothing to save"
-    return f"saves {100.0 * (full - planned) / full:.1f}%"
+    if planned == full:
+        return "no saving"
+    share = 100.0 * (full - planned) / full
+    return f"saves {share:.1f}%" if share >= 0.05 else "saves under 0.1%"

@@ -154,7 +154,8 @@ class _Expander:
         body_names = [s.name for s in block.body]
         local = {p.name: a.name for p, a in zip(tensor_params, args)}
         local.update({n: prefix + n for n in body_names})
-        cut = {p.name for p, a in zip(tensor_params, args) if a.stop_gradient}
+        # input -> the call-site argument that cuts it, where the user wrote stop_gradient
+        cut = {p.name: a for p, a in zip(tensor_params, args) if a.stop_gradient}
         self.instances[stmt.name] = tuple(prefix + n for n in body_names)
         if block.ret.name not in local or block.ret.name in {p.name for p in tensor_params}:
             self.errors.append(UnknownName(block.ret.span, f"layer in block '{block.name}'",
@@ -184,8 +185,8 @@ class _Expander:
             if cut:  # stop_gradient at the call site cuts every edge from that input
                 call = body_stmt.call
                 body_stmt = replace(body_stmt, call=replace(call, args=tuple(
-                    replace(a, stop_gradient=a.stop_gradient or a.name in cut)
-                    for a in call.args)))
+                    replace(a, stop_gradient=True, span=cut[a.name].span)
+                    if a.name in cut and not a.stop_gradient else a for a in call.args)))
             for inner in self.layer(body_stmt, prefix, local, values, stack + (block.name,)):
                 mods = inner.modifiers + inherited
                 if shares is not None:

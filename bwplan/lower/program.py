@@ -18,18 +18,20 @@ outputs are live at its position, and the buffers it frees die after it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from bwplan.ir.types import TensorType
 from bwplan.ops.needs import Component
 from bwplan.plan.plan import Plan
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class BufferId:
+class BufferId(NamedTuple):
     """What a buffer holds: a tensor's value, a layer's aux buffer, a tensor's gradient,
-    or the scratch an accumulating dX writes before adding it to the gradient."""
+    or the scratch an accumulating dX writes before adding it to the gradient. (A named
+    tuple rather than a dataclass: lowering hashes tens of thousands of them per plan, and
+    tuple hashing is what keeps re-planning a 1,000-layer net fast.)"""
 
     kind: str          # "value" | "aux" | "grad" | "scratch"
     tensor: str        # the tensor (input or layer output); aux: the layer
@@ -45,14 +47,18 @@ class BufferId:
         return f"d:{self.tensor}@{self.part}"
 
 
+# lowering asks for the same ids many times per plan; the caches make that a dict lookup
+@lru_cache(maxsize=None)
 def value(tensor: str) -> BufferId:
     return BufferId("value", tensor)
 
 
+@lru_cache(maxsize=None)
 def aux(layer: str, name: str) -> BufferId:
     return BufferId("aux", layer, name)
 
 
+@lru_cache(maxsize=None)
 def grad(tensor: str) -> BufferId:
     return BufferId("grad", tensor)
 

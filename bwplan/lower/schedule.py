@@ -10,7 +10,7 @@ gives every buffer its lifetime (`Program.buffers`); runtimes and the peak figur
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import gc
 
 import networkx as nx
 
@@ -24,15 +24,29 @@ from bwplan.plan.plan import Plan
 
 
 def lower(plan: Plan, prune: bool = True) -> Program:
+    # Lowering allocates tens of thousands of small objects and creates no reference
+    # cycles; the cyclic collector's passes over the whole (large, live) Net would be half
+    # its time on a 10,000-layer net, so it is paused while the Program is built.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _lower(plan, prune)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _lower(plan: Plan, prune: bool) -> Program:
     net = plan.net
     outputs = [net.layer(name) for name in plan.outputs]
     losses = tuple((l.name, l.loss_weight) for l in outputs if registry.OPS[l.op].role == "loss"
                    or l.loss_weight != 0)
     metrics = tuple(l.name for l in outputs if registry.OPS[l.op].role == "metric")
-    run = [l for l in net.layers if plan.layer(l.name).forward.needed]
+    run = [(l, lp) for l, lp in zip(net.layers, plan.layers) if lp.forward.needed]
 
     # ---- backward (first: the forward keeps exactly what it reads) ---------------------
-    backward: list[Step] = []
+    # each step as its Step fields but `frees`, which need the whole list
+    specs: list[tuple] = []
     written: set[BufferId] = set()
     seeds = []
     for name, weight in losses:
@@ -40,50 +54,63 @@ def lower(plan: Plan, prune: bool = True) -> Program:
             seeds.append(Seed(name, weight))
             written.add(grad(name))
     params_written: set[str] = set()
-    for layer in reversed(run):
-        lp = plan.layer(layer.name)
-        op = registry.OPS[layer.op]
-        ctx = op_ctx(net, layer)
+    memo = plan._bindings    # shared by the pruned and the full program of this plan
+    for layer, lp in reversed(run):
         dout = grad(layer.name)
         for k, use in enumerate(layer.params):
-            needed = lp.dw[k].needed if prune else lp.full_dw[k]
-            if not needed:
+            if not (lp.dw[k].needed if prune else lp.full_dw[k]):
                 continue
-            rule = op.grad_for(use.slot)
-            saved = _saved(net, layer, rule)
-            backward.append(Step("dw", layer.name, Component("dw", use.slot), param=use.param,
-                                 scale=use.lr_mult, accumulate=use.param in params_written,
-                                 reads=_values(saved) + (dout,), saved=saved, dout=dout,
-                                 flops=rule.flops(ctx)))
+            component, saved, reads, flops = _binding(memo, net, layer, "dw", k)
+            # Step's fields in order, `frees` left out
+            specs.append(("dw", layer.name, component, -1, use.param, use.lr_mult, None,
+                          use.param in params_written, (), reads + (dout,), saved, dout, None,
+                          flops))
             params_written.add(use.param)
         for k, edge in enumerate(layer.inputs):
-            needed = lp.dx[k].needed if prune else lp.full_dx[k]
-            if not needed:
+            if not (lp.dx[k].needed if prune else lp.full_dx[k]):
                 continue
-            rule = dx_rule(op, edge.index)
+            component, saved, reads, flops = _binding(memo, net, layer, "dx", k)
             target = grad(edge.src)
             accumulate = target in written
-            saved = _saved(net, layer, rule)
-            backward.append(Step(
-                "dx", layer.name, Component("dx", op.port_for(edge.index).name),
-                index=edge.index, target=target, accumulate=accumulate,
-                reads=_values(saved) + (dout,), saved=saved, dout=dout,
-                scratch=BufferId("scratch", edge.src, f"{layer.name}.{edge.index}")
-                if accumulate else None, flops=rule.flops(ctx)))
+            scratch = BufferId("scratch", edge.src, f"{layer.name}.{edge.index}") \
+                if accumulate else None
+            specs.append(("dx", layer.name, component, edge.index, "", 1.0, target,
+                          accumulate, (), reads + (dout,), saved, dout, scratch, flops))
             written.add(target)
-    kept = frozenset(b for s in backward for b in s.reads if b.kind != "grad")
+    kept = frozenset(b for s in specs for b in s[_READS] if b.kind != "grad")
 
     # ---- forward -----------------------------------------------------------------------
     keep_until_end = kept | {value(l.name) for l in outputs}
-    forward = _forward_steps(net, plan, run, keep_until_end, kept)
+    forward = _forward_steps(net, plan, [l for l, _ in run], keep_until_end, kept)
 
     caller_owned = frozenset(value(i.name) for i in net.inputs)  # the batch is the caller's
-    backward = _with_backward_frees(backward, kept - caller_owned)
+    backward = _backward_steps(specs, kept - caller_owned)
     mixed = frozenset(u.param for u in plan.updates
                       if len({t.lr_mult for t in u.terms if t.computed or not prune}) > 1)
     buffers, positions = _lifetimes(net, forward, seeds, backward)
     return _checked(Program(plan, prune, tuple(forward), tuple(backward), tuple(seeds), kept,
                             losses, metrics, mixed, buffers, positions))
+
+
+def _binding(memo: dict, net: Net, layer: Layer, kind: str, k: int):
+    """(component, saved, forward values read, FLOPs) of one backward component: the dW
+    of parameter use k or the dX into input k."""
+    key = (layer.name, kind, k)
+    found = memo.get(key)
+    if found is None:
+        op = registry.OPS[layer.op]
+        if kind == "dw":
+            slot = layer.params[k].slot
+            rule, component = op.grad_for(slot), Component("dw", slot)
+        else:
+            index = layer.inputs[k].index
+            rule, component = dx_rule(op, index), Component("dx", op.port_for(index).name)
+        ctx = memo.get(layer.name)
+        if ctx is None:
+            ctx = memo[layer.name] = op_ctx(net, layer)
+        saved = _saved(net, layer, rule)
+        found = memo[key] = (component, saved, _values(saved), rule.flops(ctx))
+    return found
 
 
 def _checked(program: Program) -> Program:
@@ -110,7 +137,8 @@ def _saved(net: Net, layer: Layer, rule) -> tuple[Saved, ...]:
 
 
 def _values(saved: tuple[Saved, ...]) -> tuple[BufferId, ...]:
-    return tuple(b for s in saved for b in s.buffers)
+    """The distinct forward values the bindings read, in order."""
+    return tuple(dict.fromkeys(b for s in saved for b in s.buffers))
 
 
 def _forward_steps(net: Net, plan: Plan, run: list, keep: frozenset[BufferId],
@@ -144,18 +172,20 @@ def _grad_at(plan: Plan, name: str, prune: bool) -> bool:
     return any(layer.full_dx) or any(layer.full_dw)
 
 
-def _with_backward_frees(steps: list[Step], kept: frozenset[BufferId]) -> list[Step]:
-    """Each kept value and each gradient dies after the last backward step that reads it."""
+_READS = 9   # the position of `reads` among Step's fields
+
+
+def _backward_steps(specs: list[tuple], kept: frozenset[BufferId]) -> list[Step]:
+    """The steps, where each kept value and each gradient dies after the last backward
+    step that reads it."""
     last: dict[BufferId, int] = {}
-    for i, step in enumerate(steps):
-        for b in step.reads:
+    for i, spec in enumerate(specs):
+        for b in spec[_READS]:
             last[b] = i
-    out = []
-    for i, step in enumerate(steps):
-        frees = tuple(b for b in dict.fromkeys(step.reads) if last[b] == i
-                      and (b in kept or b.kind == "grad"))
-        out.append(replace(step, frees=frees))
-    return out
+    # a step's reads are distinct: its forward values (deduplicated by _values) and dout
+    return [Step(*spec, frees=tuple(b for b in spec[_READS] if last[b] == i
+                                    and (b in kept or b.kind == "grad")))
+            for i, spec in enumerate(specs)]
 
 
 def _lifetimes(net: Net, forward, seeds, backward) -> tuple[tuple[Buffer, ...], int]:
@@ -174,11 +204,12 @@ def _lifetimes(net: Net, forward, seeds, backward) -> tuple[tuple[Buffer, ...], 
     for step in forward:
         pos += 1
         layer = net.layer(step.layer)
-        born[value(layer.name)] = (pos, layer.out, False)
-        ctx = op_ctx(net, layer)
-        op = registry.OPS[layer.op]
-        for a in step.aux:
-            born[aux(layer.name, a)] = (pos, op.aux_spec(a).type(ctx), False)
+        born[step.target] = (pos, layer.out, False)
+        if step.aux:
+            ctx = op_ctx(net, layer)
+            op = registry.OPS[layer.op]
+            for a in step.aux:
+                born[aux(layer.name, a)] = (pos, op.aux_spec(a).type(ctx), False)
         free(step.frees, pos)
     pos += 1
     for seed in seeds:

@@ -6,7 +6,8 @@ do_constant_folding=True, the dynamo exporter through its optimizer), so the fil
 weights are not the model's and there is no BN left to train or freeze. The signal used: the
 graph has no BatchNormalization node, and a Conv's weight initializer carries a name the
 exporter made up for a tensor it computed (`onnx::Conv_12`, or not `<module>.weight` while
-the Gemm/MatMul weights keep their module names). Its limits: a model that never had batch
+the Gemm/MatMul weights keep their module names), or the bias beside `X.weight` is not
+`X.bias` (the dynamo exporter's `X.weight_bias`). Its limits: a model that never had batch
 normalisation, exported by a tool that renames every initializer, looks folded too; a model
 whose BN was folded by hand before export and renamed `conv.weight` does not.
 
@@ -20,6 +21,14 @@ import re
 from bwplan.onnx.to_ast import Note
 
 _MADE_UP = re.compile(r"^(onnx::|_?val_|_?v_|const)|^[0-9]+$")
+
+
+def _made_up_bias(node, init) -> bool:
+    """A bias beside a module's `X.weight` that is not `X.bias` (the dynamo exporter's
+    folded `conv1.weight_bias`)."""
+    if len(node.input) < 3 or node.input[2] not in init or not node.input[1].endswith(".weight"):
+        return False
+    return node.input[2] != node.input[1][:-len("weight")] + "bias"
 
 
 def export_notes(graph) -> tuple[Note, ...]:
@@ -40,16 +49,19 @@ def export_notes(graph) -> tuple[Note, ...]:
     folded = [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 1
               and n.input[1] in init
               and (_MADE_UP.match(n.input[1])
-                   or (modules_named and not n.input[1].endswith(".weight")))]
+                   or (modules_named and not n.input[1].endswith(".weight"))
+                   or _made_up_bias(n, init))]
     if folded:
-        first = ", ".join(n.input[1] for n in folded[:3])
-        notes.append(Note("onnx_batchnorm_folded", f"{len(folded)} Conv weight(s) carry names "
-                          f"the exporter made up ({first}{', ...' if len(folded) > 3 else ''})"
+        first = ", ".join(n.input[2] if _made_up_bias(n, init) else n.input[1]
+                          for n in folded[:3])
+        notes.append(Note("onnx_batchnorm_folded", f"{len(folded)} Conv layer(s) carry "
+                          f"initializers the exporter named ({first}"
+                          f"{', ...' if len(folded) > 3 else ''})"
                           " and the graph has no BatchNormalization: batch normalisation was "
                           "most likely folded into the convolutions at export, so these "
                           "weights are not the model's and no BN is left to train or freeze",
-                          "export in training mode to keep BN and the module names "
-                          "(docs/onnx.md)"))
+                          "export in training mode (the dynamo exporter also with "
+                          "optimize=False) to keep BN and the module names (docs/onnx.md)"))
     return tuple(notes)
 
 

@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from bwplan.ops import conv, elementwise, linear, loss, norm, pool, shape
-from bwplan.ops import activation, broadcast, embed, reduction
+from bwplan.ops import activation, broadcast, embed, reduction, spatial_norm
 from bwplan.ops import spatial
 from bwplan.ops.opdef import OpDef
 
 _FAMILIES = (conv, linear, elementwise, pool, norm, shape, loss, activation, reduction,
-             broadcast, spatial, embed)
+             broadcast, embed, spatial_norm, spatial)
 
 
 def _collect() -> Mapping[str, OpDef]:

@@ -1,10 +1,12 @@
 """Ops of Caffe's structural layers and of its forks that work on spatial positions:
-crop (Caffe Crop, FCN), permute (SSD's Permute), deconv2d (Caffe Deconvolution) and pad
-(zeros around H and W, as ONNX's Pad and the asymmetric padding of TensorFlow's SAME convs).
+crop (Caffe Crop, FCN), deconv2d (Caffe Deconvolution) and interp (PSPNet's bilinear Interp; linear in x, so its dX reads nothing) and roi_pool (Fast
+R-CNN's ROIPooling: its dX reads the rois and the argmax the forward saves), SSD's
+normalize (an L2 norm with a learned scale; the forward saves the norms for the backward),
+and pad (zeros around H and W: ONNX's Pad and the uneven padding of TensorFlow's SAME convs).
 
-Crop and permute move data and compute nothing, like the shape family, and neither
-backward reads a forward value: crop's dX is dY written into zeros at the crop's offsets,
-permute's dX is dY permuted back. Crop's second input only gives the output its size: it
+Crop moves data and computes nothing, like the shape family, and its backward reads no
+forward value: crop's dX is dY written into zeros at the crop's offsets. (SSD's Permute is
+the shape family's transpose.) Crop's second input only gives the output its size: it
 is not differentiable, so no gradient flows into it (Caffe's CropLayer leaves it untouched
 too).
 
@@ -20,7 +22,8 @@ import numpy as np
 from bwplan.ir.types import TensorType
 from bwplan.ops import conv
 from bwplan.ops._shapes import pair
-from bwplan.ops.opdef import AttrSpec, GradRule, OpCtx, OpDef, ParamSlot, Port, zero_flops
+from bwplan.ops.opdef import (AttrSpec, AuxSpec, GradRule, OpCtx, OpDef, ParamSlot, Port,
+                              on_every_target, zero_flops)
 
 
 def _axis(axis: int, rank: int) -> int:
@@ -142,44 +145,6 @@ PAD = OpDef(
 )
 
 
-# ---- permute ---------------------------------------------------------------------------
-def permute_order(ctx: OpCtx) -> tuple[int, ...]:
-    """SSD's order: the axes given, then the rest in their order."""
-    rank = len(ctx.x.shape)
-    given = [_axis(a, rank) for a in ctx.attrs["order"]]
-    if len(set(given)) != len(given):
-        raise ValueError(f"permute: order {list(ctx.attrs['order'])} repeats an axis")
-    return tuple(given + [a for a in range(rank) if a not in given])
-
-
-def _permute_infer(ctx: OpCtx) -> TensorType:
-    return ctx.x.with_shape(*(ctx.x.shape[a] for a in permute_order(ctx)))
-
-
-def _permute_fwd(ctx, inputs, params, training, rng):
-    return np.ascontiguousarray(np.transpose(inputs[0], permute_order(ctx))), {}
-
-
-def _permute_dx(ctx, saved, dout, index):
-    return np.ascontiguousarray(np.transpose(dout, np.argsort(permute_order(ctx))))
-
-
-PERMUTE = OpDef(
-    name="permute",
-    family="spatial",
-    doc="The input's dimensions reordered: output dimension i is input dimension order[i]; "
-        "dimensions not named follow in their order (SSD Permute).",
-    ports=(Port("x"),),
-    attrs=(AttrSpec("order", "ints", (), doc="the input dimension of each output "
-                                             "dimension"),),
-    infer=_permute_infer,
-    flops=zero_flops,
-    grads=(GradRule("x", frozenset(), zero_flops, _permute_dx),),
-    forward_ref=_permute_fwd,
-    kernels={"cpu": {"fwd": "spatial.permute_fwd", "dx:x": "spatial.permute_dx"},
-             "cuda": {"fwd": "spatial.gather4", "dx:x": "spatial.gather4"}},
-)
-
 # ---- deconv2d --------------------------------------------------------------------------
 def _deconv_out(ctx: OpCtx) -> tuple[int, int]:
     _, _, h, w = ctx.x.shape
@@ -279,4 +244,227 @@ DECONV2D = OpDef(
                       "dw:weight": "spatial.deconv2d_dw", "dw:bias": "spatial.deconv2d_db"}},
 )
 
-OPS = (CROP, PERMUTE, DECONV2D, PAD)
+# ---- interp ----------------------------------------------------------------------------
+def interp_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index: the lower input index, the upper one, and the upper one's weight.
+    Corners align (Caffe's caffe_cpu_interp2): output i samples input i * (in-1)/(out-1)."""
+    ratio = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    pos = np.arange(size_out) * ratio
+    low = np.minimum(np.floor(pos).astype(np.int64), size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    return low, high, pos - low
+
+
+def _interp_infer(ctx: OpCtx) -> TensorType:
+    if len(ctx.x.shape) != 4:
+        raise ValueError(f"interp expects an NCHW input, got {ctx.x}")
+    h, w = ctx.attrs["height"], ctx.attrs["width"]
+    if h <= 0 or w <= 0:
+        raise ValueError(f"interp: the output size {h}x{w} must be positive")
+    return ctx.x.with_shape(*ctx.x.shape[:2], h, w)
+
+
+def _interp_matrices(ctx: OpCtx) -> tuple[np.ndarray, np.ndarray]:
+    """[out_h, in_h] and [out_w, in_w]: the forward is Mh @ x @ Mw^T per plane."""
+    mats = []
+    for size_in, size_out in ((ctx.x.shape[2], ctx.attrs["height"]),
+                              (ctx.x.shape[3], ctx.attrs["width"])):
+        low, high, frac = interp_taps(size_in, size_out)
+        m = np.zeros((size_out, size_in))
+        np.add.at(m, (np.arange(size_out), low), 1 - frac)
+        np.add.at(m, (np.arange(size_out), high), frac)
+        mats.append(m)
+    return mats[0], mats[1]
+
+
+def _interp_fwd(ctx, inputs, params, training, rng):
+    mh, mw = _interp_matrices(ctx)
+    return np.einsum("ih,nchw,jw->ncij", mh, inputs[0], mw), {}
+
+
+def _interp_dx(ctx, saved, dout, index):
+    mh, mw = _interp_matrices(ctx)
+    return np.einsum("ih,ncij,jw->nchw", mh, dout, mw)
+
+
+INTERP = OpDef(
+    name="interp",
+    family="spatial",
+    doc="Bilinear resize of NCHW input to height x width, corners aligned (PSPNet / DeepLab "
+        "Interp).",
+    ports=(Port("x"),),
+    attrs=(AttrSpec("height", "int", doc="output height"),
+           AttrSpec("width", "int", doc="output width")),
+    infer=_interp_infer,
+    flops=lambda ctx: 8 * ctx.out.numel,
+    grads=(GradRule("x", frozenset(), lambda ctx: 8 * ctx.out.numel, _interp_dx),),
+    forward_ref=_interp_fwd,
+    kernels=on_every_target({"fwd": "spatial.interp_fwd", "dx:x": "spatial.interp_dx"}),
+)
+
+# ---- roi_pool --------------------------------------------------------------------------
+def caffe_round(v: float) -> int:
+    """C's round(): halves away from zero."""
+    return int(np.sign(v) * np.floor(abs(v) + 0.5))
+
+
+def roi_bins(ctx: OpCtx, roi) -> tuple[int, list[tuple[int, int]], list[tuple[int, int]]]:
+    """(batch index, [hstart, hend) per bin row, [wstart, wend) per bin column) of one roi
+    [batch, x1, y1, x2, y2], as Fast R-CNN's ROIPoolingLayer cuts it."""
+    _, _, h, w = ctx.x.shape
+    a = ctx.attrs
+    scale, ph_n, pw_n = a["spatial_scale"], a["pooled_h"], a["pooled_w"]
+    x1, y1, x2, y2 = (caffe_round(float(v) * scale) for v in roi[1:5])
+    bin_h = max(y2 - y1 + 1, 1) / ph_n
+    bin_w = max(x2 - x1 + 1, 1) / pw_n
+
+    def cut(count, size, bin_size, start):
+        return [(min(max(int(np.floor(i * bin_size)) + start, 0), size),
+                 min(max(int(np.ceil((i + 1) * bin_size)) + start, 0), size))
+                for i in range(count)]
+    return int(roi[0]), cut(ph_n, h, bin_h, y1), cut(pw_n, w, bin_w, x1)
+
+
+def _roi_infer(ctx: OpCtx) -> TensorType:
+    x, rois = ctx.inputs
+    if len(x.shape) != 4 or len(rois.shape) != 2 or rois.shape[1] != 5:
+        raise ValueError(f"roi_pool takes NCHW features and rois [R, 5] (batch, x1, y1, x2, "
+                         f"y2), got {x} and {rois}")
+    if ctx.attrs["pooled_h"] <= 0 or ctx.attrs["pooled_w"] <= 0:
+        raise ValueError("roi_pool: pooled_h and pooled_w must be positive")
+    return x.with_shape(rois.shape[0], x.shape[1], ctx.attrs["pooled_h"],
+                        ctx.attrs["pooled_w"])
+
+
+def _roi_fwd(ctx, inputs, params, training, rng):
+    x, rois = inputs
+    r_n, c_n = rois.shape[0], x.shape[1]
+    ph_n, pw_n = ctx.attrs["pooled_h"], ctx.attrs["pooled_w"]
+    w = x.shape[3]
+    out = np.zeros((r_n, c_n, ph_n, pw_n), dtype=x.dtype)
+    argmax = np.full(out.shape, -1, dtype=np.int32)
+    for r in range(r_n):
+        b, rows, cols = roi_bins(ctx, rois[r])
+        for i, (h0, h1) in enumerate(rows):
+            for j, (w0, w1) in enumerate(cols):
+                if h1 <= h0 or w1 <= w0:
+                    continue      # an empty bin: 0, and no gradient
+                window = x[b, :, h0:h1, w0:w1].reshape(c_n, -1)
+                best = window.argmax(axis=1)
+                out[r, :, i, j] = window[np.arange(c_n), best]
+                argmax[r, :, i, j] = (h0 + best // (w1 - w0)) * w + w0 + best % (w1 - w0)
+    return out, {"argmax": argmax}
+
+
+def _roi_dx(ctx, saved, dout, index):
+    rois, argmax = saved["rois"], saved["argmax"]
+    dx = np.zeros(ctx.x.shape, dtype=dout.dtype)
+    planes = dx.reshape(dx.shape[0], dx.shape[1], -1)
+    for r in range(argmax.shape[0]):
+        b = int(rois[r, 0])
+        for c in range(argmax.shape[1]):
+            for k, g in zip(argmax[r, c].ravel(), dout[r, c].ravel()):
+                if k >= 0:
+                    planes[b, c, k] += g
+    return dx
+
+
+ROI_POOL = OpDef(
+    name="roi_pool",
+    family="spatial",
+    doc="Max pooling of each region of interest into pooled_h x pooled_w bins (Fast R-CNN "
+        "ROIPooling): rois are [R, 5] rows (batch index, x1, y1, x2, y2) in input pixels, "
+        "scaled by spatial_scale onto the features; an empty bin is 0. Differentiable with "
+        "respect to the features, not the rois.",
+    ports=(Port("x"), Port("rois", differentiable=False)),
+    attrs=(AttrSpec("pooled_h", "int", doc="bin rows"),
+           AttrSpec("pooled_w", "int", doc="bin columns"),
+           AttrSpec("spatial_scale", "float", 1.0, doc="feature pixels per input pixel")),
+    infer=_roi_infer,
+    flops=lambda ctx: ctx.out.numel * max(1, ctx.x.shape[2] * ctx.x.shape[3]
+                                          // (ctx.attrs["pooled_h"] * ctx.attrs["pooled_w"])),
+    aux=(AuxSpec("argmax", lambda ctx: ctx.out.shape, "i32"),),
+    grads=(GradRule("x", frozenset({"argmax", "rois"}), lambda ctx: ctx.out.numel, _roi_dx),),
+    forward_ref=_roi_fwd,
+    kernels=on_every_target({"fwd": "spatial.roi_pool_fwd", "dx:x": "spatial.roi_pool_dx"}),
+)
+
+# ---- normalize -------------------------------------------------------------------------
+def _ncs(ctx: OpCtx) -> tuple[int, int, int]:
+    shape = ctx.x.shape
+    return shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64))
+
+
+def _norm_shape(ctx: OpCtx) -> tuple[int, ...]:
+    """One norm per sample (across_spatial) or per sample and position."""
+    n, _, s = _ncs(ctx)
+    return (n,) if ctx.attrs["across_spatial"] else (n, s)
+
+
+def _norms(ctx, x3):
+    eps = ctx.attrs["eps"]
+    if ctx.attrs["across_spatial"]:
+        return np.sqrt((x3 ** 2).sum(axis=(1, 2)) + eps)[:, None, None]
+    return np.sqrt((x3 ** 2).sum(axis=1, keepdims=True) + eps)
+
+
+def _scale3(ctx, weight):
+    return np.asarray(weight).reshape(1, -1, 1)
+
+
+def _normalize_fwd(ctx, inputs, params, training, rng):
+    x3 = inputs[0].reshape(_ncs(ctx))
+    norm = _norms(ctx, x3)
+    out = x3 / norm * _scale3(ctx, params["weight"])
+    return out.reshape(ctx.x.shape), {"norm": norm.reshape(_norm_shape(ctx))}
+
+
+def _normalize_dx(ctx, saved, dout, index):
+    x3, g = saved["x"].reshape(_ncs(ctx)), dout.reshape(_ncs(ctx))
+    norm = saved["norm"].reshape((-1, 1, 1) if ctx.attrs["across_spatial"]
+                                 else (x3.shape[0], 1, x3.shape[2]))
+    g = g * _scale3(ctx, saved["weight"])
+    axes = (1, 2) if ctx.attrs["across_spatial"] else (1,)
+    dot = (g * x3).sum(axis=axes, keepdims=True)
+    return (g / norm - x3 * dot / norm ** 3).reshape(ctx.x.shape)
+
+
+def _normalize_dw(ctx, saved, dout, index):
+    x3, g = saved["x"].reshape(_ncs(ctx)), dout.reshape(_ncs(ctx))
+    norm = saved["norm"].reshape((-1, 1, 1) if ctx.attrs["across_spatial"]
+                                 else (x3.shape[0], 1, x3.shape[2]))
+    per_channel = (g * x3 / norm).sum(axis=(0, 2))
+    return per_channel.sum(keepdims=True) if ctx.attrs["channel_shared"] else per_channel
+
+
+def _normalize_infer(ctx: OpCtx) -> TensorType:
+    if len(ctx.x.shape) < 2:
+        raise ValueError(f"normalize expects [N, C, ...], got {ctx.x}")
+    return ctx.x
+
+
+NORMALIZE = OpDef(
+    name="normalize",
+    family="spatial",
+    doc="x divided by its L2 norm, sqrt(sum x^2 + eps), over each sample (across_spatial) "
+        "or over the channels at each position, times a learned scale per channel or one "
+        "shared (SSD Normalize).",
+    ports=(Port("x"),),
+    attrs=(AttrSpec("across_spatial", "bool", True, doc="one norm per sample"),
+           AttrSpec("channel_shared", "bool", True, doc="one scale for every channel"),
+           AttrSpec("eps", "float", 1e-10)),
+    params=(ParamSlot("weight", lambda ctx: (1,) if ctx.attrs["channel_shared"]
+                      else (ctx.x.shape[1],), init="constant:1.0"),),
+    infer=_normalize_infer,
+    flops=lambda ctx: 4 * ctx.x.numel,
+    aux=(AuxSpec("norm", _norm_shape),),
+    grads=(GradRule("x", frozenset({"x", "norm", "weight"}), lambda ctx: 6 * ctx.x.numel,
+                    _normalize_dx),
+           GradRule("weight", frozenset({"x", "norm"}), lambda ctx: 3 * ctx.x.numel,
+                    _normalize_dw)),
+    forward_ref=_normalize_fwd,
+    kernels=on_every_target({"fwd": "spatial.normalize_fwd", "dx:x": "spatial.normalize_dx",
+                             "dw:weight": "spatial.normalize_dw"}),
+)
+
+OPS = (CROP, DECONV2D, INTERP, ROI_POOL, NORMALIZE, PAD)

@@ -20,8 +20,8 @@ the loss's probabilities and labels are kept for the backward.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
 
@@ -67,20 +67,33 @@ class KeptValue:
     readers: tuple[str, ...]        # layers whose backward reads it
 
 
-@dataclass(frozen=True, slots=True)
+def _no_peak(prune: bool) -> int:
+    return 0
+
+
+@dataclass(frozen=True)  # no slots: the peak figures are cached properties
 class Summary:
     fwd_flops: int
     full_bwd_flops: int
     planned_bwd_flops: int
     full_kept_bytes: int
     planned_kept_bytes: int
-    full_peak_bytes: int
-    planned_peak_bytes: int
     full_dx: int
     planned_dx: int
     full_dw: int
     planned_dw: int
     allreduce_bytes: int
+    # the peak of the lowered program, pruned or not: read from its buffers when first
+    # asked for (re-planning for a new frozen set never asks, so it never lowers twice)
+    peak_of: Callable[[bool], int] = field(default=_no_peak, repr=False, compare=False)
+
+    @cached_property
+    def full_peak_bytes(self) -> int:
+        return self.peak_of(False)
+
+    @cached_property
+    def planned_peak_bytes(self) -> int:
+        return self.peak_of(True)
 
 
 @dataclass(frozen=True)
@@ -98,9 +111,20 @@ class Plan:
     # what a training step returns and holds to its end: its losses and metrics, and every
     # weighted layer, in topological order
     outputs: tuple[str, ...] = ()
+    _programs: dict = field(init=False, default_factory=dict, repr=False, compare=False)
+    # lowering's memo of each backward component's buffer bindings, which the pruned and
+    # the full program share
+    _bindings: dict = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def layer(self, name: str) -> LayerPlan:
         return self.layers[self.net.position(name)]
+
+    def program(self, prune: bool = True):
+        """The lowered Program of this plan (lower/schedule.py), lowered once and kept."""
+        if prune not in self._programs:
+            from bwplan.lower.schedule import lower  # lowering reads the plan it is given
+            self._programs[prune] = lower(self, prune)
+        return self._programs[prune]
 
     @cached_property
     def backward_graph(self):
@@ -185,20 +209,19 @@ def make_plan(net: Net) -> Plan:
         planned_bwd_flops=sum(p.bwd_flops for p in layer_plans),
         full_kept_bytes=sum(v.nbytes for v in full_values.values()),
         planned_kept_bytes=sum(v.nbytes for v in kept_values.values()),
-        full_peak_bytes=0,       # read from the lowered programs below
-        planned_peak_bytes=0,
         full_dx=len(full_dx_edges), planned_dx=len(dx_edges),
         full_dw=sum(sum(p.full_dw) for p in layer_plans),
         planned_dw=sum(dw_needed.values()),
         allreduce_bytes=sum(b for _, b in allreduce),
+        peak_of=lambda prune: peak_bytes(final[0].program(prune)),
     )
+    final: list[Plan] = []
     prefix = frozen_prefix(net, _trains, fwd_flops)
     plan = Plan(net, tuple(layer_plans), kept_values, full_values, summary, prefix, updates,
                 allreduce, (), flow, outputs)
-    plan = replace(plan, summary=replace(summary, full_peak_bytes=_peak(plan, False),
-                                         planned_peak_bytes=_peak(plan, True)))
     from bwplan.plan.pitfalls import find_pitfalls  # the checks read the finished plan
     plan = replace(plan, findings=find_pitfalls(plan))
+    final.append(plan)
     if verify.enabled():
         verify.verify_plan(plan)
     return plan
@@ -207,13 +230,6 @@ def make_plan(net: Net) -> Plan:
 def _freeze_kept(table) -> Mapping[str, KeptValue]:
     return MappingProxyType({name: KeptValue(v.name, v.kind, v.nbytes, tuple(readers))
                              for name, (v, readers) in table.items()})
-
-
-def _peak(plan: Plan, prune: bool) -> int:
-    """The peak of the step's live bytes: lowering gives every buffer its lifetime, and
-    the figure is read from there (the runtime measures the same buffers)."""
-    from bwplan.lower.schedule import lower  # lowering reads the plan it is given
-    return peak_bytes(lower(plan, prune))
 
 
 # ---- decisions ---------------------------------------------------------------------------
@@ -261,7 +277,10 @@ def _dx_decision(net: Net, flow: Flow, edge) -> Decision:
         return Decision.no("dx_nothing_upstream_trains", f"nothing upstream of {src} trains")
     # `via` names the ends of the proof; `explain --why` prints the whole path
     trained, loss = flow.source[src], flow.loss[dst]
-    return Decision.yes("dx_flows", f"{trained} trains upstream of {src}, and "
+    # the witness is a parameter that trains, or a data input that asks for its gradient
+    wants = f"{trained} asks for its gradient" if net.input(trained) is not None \
+        else f"{trained} trains"
+    return Decision.yes("dx_flows", f"{wants} upstream of {src}, and "
                         f"{_reaches(dst, loss)}", (trained, src, dst, loss))
 
 
@@ -286,4 +305,7 @@ def _dw_decision(net: Net, flow: Flow, layer_name: str, use) -> Decision:
 
 
 def _reaches(name: str, loss: str) -> str:
-    return f"{name} is a loss" if name == loss else f"{name} reaches the loss {loss}"
+    if name == loss:
+        return f"{name} is a loss"
+    # a loss layer named "loss" would read "reaches the loss loss"
+    return f"{name} reaches the loss" if loss == "loss" else f"{name} reaches the loss {loss}"

@@ -79,7 +79,17 @@ def _check_array(net: Net, inp, key: str, arr: np.ndarray, where: Span) -> None:
     if kind not in "iu":
         raise DataError(where, f"array '{key}' holds {arr.dtype} values; input "
                         f"'{inp.name}' is {inp.type.dtype}, which needs integers")
-    for edge in net.consumers(inp.name):
+    problem = label_problem(net, inp.name, arr)
+    if problem:
+        raise DataError(where, f"array '{key}' holds " + problem[0], problem[1])
+
+
+def label_problem(net: Net, name: str, arr: np.ndarray) -> tuple[str, str | None] | None:
+    """Where the input `name` feeds a label port, the first value that names no class of
+    the consuming layer (and is not its ignore label), as (message, hint); else None. Run
+    on the host before a step, so no target's kernels see such a label (the CUDA loss would
+    turn it into a NaN and its dX into a wrong gradient)."""
+    for edge in net.consumers(name):
         layer = net.layer(edge.dst)
         op = registry.OPS[layer.op]
         port = op.port_for(edge.index)
@@ -96,10 +106,10 @@ def _check_array(net: Net, inp, key: str, arr: np.ndarray, where: Span) -> None:
         if bad.any():
             first = tuple(int(i) for i in np.argwhere(bad)[0])
             also = f" or the ignore label {ignore}" if ignore is not None else ""
-            raise DataError(where, f"array '{key}' holds label {arr[first]} at index "
-                            f"{list(first)}: '{layer.name}' ({layer.op}) takes classes "
-                            f"0-{classes - 1}{also}",
-                            f"'{layer.name}' has no ignore label" if ignore is None else None)
+            return (f"label {arr[first]} at index {list(first)}: '{layer.name}' "
+                    f"({layer.op}) takes classes 0-{classes - 1}{also}",
+                    f"'{layer.name}' has no ignore label" if ignore is None else None)
+    return None
 
 
 def check_step(loss: float, grads: Mapping[str, np.ndarray], epoch: int, step: int,
@@ -115,4 +125,4 @@ def check_step(loss: float, grads: Mapping[str, np.ndarray], epoch: int, step: i
              "NaN or inf, or lower --lr" if step == 1 else
              f"the run diverged: --lr {lr:g} is likely too high; try a smaller one")
     raise DivergedError(Span.synthetic("train"), f"training stopped at step {step} (epoch "
-                        f"{epoch}): the {what}", cause + "; no weights were written from it")
+                        f"{epoch}): the {what}", cause + "; nothing non-finite was written")

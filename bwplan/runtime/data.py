@@ -33,8 +33,11 @@ class Dataset:
             yield idx, {k: v[idx] for k, v in self.train.items()}
 
 
-def load_dataset(path: str, inputs: list[str]) -> Dataset:
-    """Reads only the arrays of the net's inputs (and their val/ twins)."""
+def load_dataset(path: str, inputs: list[str],
+                 shapes: Mapping[str, tuple[int, ...]] | None = None) -> Dataset:
+    """Reads only the arrays of the net's inputs (and their val/ twins). shapes: the net's
+    declared input shapes; arrays must match them but for the batch dimension (checked
+    here, so that the error names the data file)."""
     with NpzArchive(path, "data file") as archive:
         missing = [n for n in inputs if n not in archive]
         if missing:
@@ -53,6 +56,12 @@ def load_dataset(path: str, inputs: list[str]) -> Dataset:
         raise DataError(Span.whole(path), "the input arrays differ in length: " +
                         ", ".join(f"{n}: {len(v)}" for n, v in train.items()))
     val = {n: arrays[f"val/{n}"] for n in inputs if f"val/{n}" in arrays}
+    for name, want in (shapes or {}).items():
+        for key, arr in ((name, train.get(name)), (f"val/{name}", val.get(name))):
+            if arr is not None and (arr.ndim != len(want) or arr.shape[1:] != tuple(want[1:])):
+                expected = ", ".join(["N"] + [str(d) for d in want[1:]])
+                raise DataError(Span.whole(path), f"array '{key}' has shape {list(arr.shape)}; "
+                                f"the net's input '{name}' is [{expected}]")
     if val and len(val) != len(inputs):
         raise DataError(Span.whole(path), "validation arrays must cover every input")
     return Dataset(train, val)

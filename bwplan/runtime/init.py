@@ -1,6 +1,6 @@
 """Initial parameter values, seeded: "xavier" (Caffe's default filler for weights: uniform
-in +-sqrt(3 / fan_in)), "zeros", "ones", "constant:<value>" (Caffe's constant filler), "identity" (a square
-matrix, e.g. an infogain loss's H until one is loaded)."""
+in +-sqrt(3 / fan_in)), "zeros", "ones", "constant:<value>" (Caffe's constant filler),
+"identity" (a square matrix, e.g. an infogain loss's H until one is loaded)."""
 from __future__ import annotations
 
 import math

@@ -53,6 +53,10 @@ class NpzArchive:
         except IsADirectoryError:
             raise FileError(Span.whole(path), f"is a directory, not a {what}") from None
         except (zipfile.BadZipFile, ValueError, OSError) as err:
+            if self._holds_text():
+                raise FileError(Span.whole(path), f"not a readable .npz {what}: it holds text",
+                                "a network (.bw, .prototxt) goes first on the command line; "
+                                f"the {what} is an .npz of named arrays") from None
             raise FileError(Span.whole(path), f"not a readable .npz {what} ({self._why(err)})",
                             "write it with numpy.savez") from None
         self._members = {n[:-4]: n for n in self._zip.namelist() if n.endswith(".npy")}
@@ -68,6 +72,16 @@ class NpzArchive:
         if head == b"\x93NUMPY":
             return "it is a single .npy array, not an .npz archive of named arrays"
         return str(err)
+
+    def _holds_text(self) -> bool:
+        """Whether the file starts with printable text: a .bw or .prototxt given where the
+        arrays go."""
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(64)
+        except OSError:
+            return False
+        return bool(head) and all(32 <= b < 127 or b in b"\t\r\n" for b in head)
 
     def __enter__(self) -> "NpzArchive":
         return self

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 FAMILIES = ("conv", "linear", "elementwise", "pool", "norm", "shape", "loss", "activation",
-            "reduction", "broadcast", "spatial", "embed")
+            "reduction", "broadcast", "embed", "spatial_norm", "spatial")
 
 
 def get(name: str) -> Callable[..., Any]:

@@ -18,8 +18,10 @@ the chunk-wide rate), so small images multiply the whole chunk at once, with the
 laid out [K, nb*P]: Y[O, nb*P] = W @ cols, scattered (+ bias) into the output; dcols = W^T
 @ dY[O, nb*P], dY gathered first; dW^T = cols @ dY^T. The scatter and gather move O*P
 numbers per sample, little next to the K-times-larger GEMM. dW also takes the chunk-wide
-form where O > P, so that its per-sample parts [nb, K, O] never outgrow the columns; per
-sample, it needs no gather of dY (0.6x the time on cnn_small's conv1: K = 27, P = 1024).
+form where O > P, so that its per-sample parts [nb, K, O] never outgrow the columns, and
+where the columns have DW_WIDE_ROWS rows or more, where one long-inner-dimension GEMM beats
+nb short ones and their sum; per sample, with few rows, it needs no gather of dY (0.6x the
+time on cnn_small's conv1: K = 27, P = 1024).
 A 1x1 convolution with stride 1 and no padding needs no unfolding: its columns are the
 input itself, and its dX comes straight out of the GEMM.
 
@@ -44,11 +46,15 @@ from bwplan.ops._shapes import pair
 # Upper bound on one chunk's column buffer: a batch makes several tasks for the workers, few
 # enough that the Python calls per chunk do not show, and memory stays bounded for any
 # batch. On cnn_small's and resnet_mini's convolutions 2-4 MiB ran fastest, within a few
-# percent of 1 and 8 MiB (narrower chunks slow the chunk-wide GEMMs). Tests shrink it to
-# cross chunk boundaries.
-CHUNK_BYTES = 4 << 20
+# percent of 1 and 8 MiB (narrower chunks slow the chunk-wide GEMMs); with the cores and
+# the last-level cache shared with other busy processes, 2 MiB ran cnn_small's first
+# convolution's forward 1.08-1.1x faster than 4 MiB (paired CPU time) and the others
+# within noise, and 512 KiB slowed dW. Tests shrink it to cross chunk boundaries.
+CHUNK_BYTES = 2 << 20
 # Samples with fewer output pixels than this take the chunk-wide GEMM (see above).
 PER_SAMPLE_PIXELS = 128
+# Columns with at least this many rows (K) take the chunk-wide dW GEMM (Geometry.per_sample_dw).
+DW_WIDE_ROWS = 64
 
 
 class Geometry(NamedTuple):
@@ -90,8 +96,12 @@ class Geometry(NamedTuple):
     @property
     def per_sample_dw(self) -> bool:
         """Whether dW multiplies sample by sample: [K, O] parts, one per sample, summed per
-        chunk; no larger than the chunk's columns [nb, K, P] when O <= P."""
-        return self.per_sample and self.o <= self.p
+        chunk; no larger than the chunk's columns [nb, K, P] when O <= P. Only for columns
+        of few rows (K < DW_WIDE_ROWS): there the chunk-wide GEMM, K x O over a long inner
+        dimension, ran at half the per-sample rate (cnn_small's conv1, K = 27), while with
+        more rows it ran 1.2-1.4x faster (K = 288, 576; the GEMMs alone), and its parts
+        need no summing."""
+        return self.per_sample and self.o <= self.p and self.k < DW_WIDE_ROWS
 
     @property
     def identity(self) -> bool:
@@ -120,6 +130,27 @@ def chunks(g: Geometry, itemsize: int) -> list[tuple[int, int]]:
     per_sample = max(g.k, g.o) * g.p * itemsize
     nb = max(1, min(g.n, CHUNK_BYTES // per_sample))
     return [(n0, min(nb, g.n - n0)) for n0 in range(0, g.n, nb)]
+
+
+# A call site's geometry and chunk list, computed at its first call (about 15 us of Python
+# that every later step would repeat, three kernels per convolution). Keyed by the context's
+# identity: the entry holds the context, so its id cannot be reused while cached, and by the
+# chunk size, which tests change. Bounded: cleared when full.
+_SETUPS: dict[tuple[int, int, int], tuple[object, Geometry, list[tuple[int, int]]]] = {}
+_SETUPS_MAX = 4096
+
+
+def _setup(ctx, itemsize: int) -> tuple[Geometry, list[tuple[int, int]]]:
+    key = (id(ctx), itemsize, CHUNK_BYTES)
+    hit = _SETUPS.get(key)
+    if hit is not None and hit[0] is ctx:
+        return hit[1], hit[2]
+    g = geometry(ctx)
+    parts = chunks(g, itemsize)
+    if len(_SETUPS) >= _SETUPS_MAX:
+        _SETUPS.clear()
+    _SETUPS[key] = (ctx, g, parts)
+    return g, parts
 
 
 # ---- Numba loops ---------------------------------------------------------------------------
@@ -264,12 +295,11 @@ def _gathered(a3: np.ndarray, n0: int, nb: int) -> np.ndarray:
 
 def conv2d_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
     x = inputs[0]
-    g = geometry(ctx)
+    g, parts = _setup(ctx, x.itemsize)
     wg = _weights(g, params["weight"])
     og, kg = wg.shape[1], wg.shape[2]
     bias = params["bias"] if ctx.attrs["bias"] else None
     x3, out3 = view(x, (g.n, g.c, g.h * g.w)), view(out, (g.n, g.o, g.p))
-    parts = chunks(g, x.itemsize)
 
     def chunk(t: int) -> None:
         n0, nb = parts[t]
@@ -292,11 +322,10 @@ def conv2d_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
 
 
 def conv2d_dx(ctx, saved, dout, index, out) -> None:
-    g = geometry(ctx)
+    g, parts = _setup(ctx, dout.itemsize)
     wg = _weights(g, saved["weight"])
     og, kg = wg.shape[1], wg.shape[2]
     dout3, out3 = view(dout, (g.n, g.o, g.p)), view(out, (g.n, g.c, g.h * g.w))
-    parts = chunks(g, dout.itemsize)
 
     def chunk(t: int) -> None:
         n0, nb = parts[t]
@@ -319,12 +348,11 @@ def conv2d_dx(ctx, saved, dout, index, out) -> None:
 
 
 def conv2d_dw(ctx, saved, dout, out) -> None:
-    g = geometry(ctx)
+    g, parts = _setup(ctx, dout.itemsize)
     dw = _weights(g, out)
     og, kg = dw.shape[1], dw.shape[2]
     x, dout3 = saved["x"], view(dout, (g.n, g.o, g.p))
     x3 = view(x, (g.n, g.c, g.h * g.w))
-    parts = chunks(g, dout.itemsize)
     if not parts:  # an empty batch
         out[...] = 0
         return

@@ -27,7 +27,7 @@ from types import MappingProxyType
 from bwplan import ops as registry
 from bwplan.errors import InternalError
 from bwplan.kernels.cuda import conv, elementwise, linear, loss, norm, pool, shape, update
-from bwplan.kernels.cuda import activation, broadcast, embed, reduction
+from bwplan.kernels.cuda import activation, broadcast, embed, reduction, spatial_norm
 from bwplan.kernels.cuda import spatial
 from bwplan.kernels.cuda.default import default_launch
 from bwplan.kernels.cuda.limits import Env, Launch, check
@@ -36,7 +36,8 @@ from bwplan.kernels.cuda.limits import Env, Launch, check
 FAMILIES = MappingProxyType({"conv": conv, "linear": linear, "elementwise": elementwise,
                              "pool": pool, "norm": norm, "shape": shape, "loss": loss,
                              "activation": activation, "reduction": reduction,
-                             "broadcast": broadcast, "spatial": spatial, "embed": embed})
+                             "broadcast": broadcast, "embed": embed,
+                             "spatial_norm": spatial_norm, "spatial": spatial})
 COMMON = "common.cuh"
 # the runtime's own kernels (optimizer step, seeds, gradient sums), not an op's
 RUNTIME_SOURCE = "update.cu"

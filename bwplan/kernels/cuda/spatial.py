@@ -1,15 +1,16 @@
-"""Launch geometry of cuda/spatial.cu: crop and permute as 4-D gathers (spatial.cu's
-header; tensors of more than four dimensions are refused here, before any launch), and
+"""Launch geometry of cuda/spatial.cu: crop as a 4-D gather and pad as crop's transpose
+(spatial.cu's header; tensors of more than four dimensions are refused here, before any launch), and
 deconv2d's direct loops: grid-stride over the elements written, one block per element of
-the weight (dW) and per channel (dB)."""
+the weight (dW) and per channel (dB); interp's gathers over the output (forward) and the
+input (dX)."""
 from __future__ import annotations
 
 import numpy as np
 
-from bwplan.kernels.cuda.limits import (Launch, Unsupported, check_index, flag, grid_stride,
-                                        i32, i64, per_channel, ptr)
+from bwplan.kernels.cuda.limits import (Launch, Unsupported, check_index, f32, flag,
+                                        grid_stride, i32, i64, per_channel, ptr)
 from bwplan.ops._shapes import pair
-from bwplan.ops.spatial import crop_offsets, permute_order
+from bwplan.ops.spatial import crop_offsets
 
 RANK = 4
 
@@ -18,7 +19,7 @@ def _four(values, fill) -> list[int]:
     """`values` padded in front to four entries."""
     values = list(values)
     if len(values) > RANK:
-        raise Unsupported(f"the CUDA crop and permute take at most {RANK} dimensions, not "
+        raise Unsupported(f"the CUDA crop takes at most {RANK} dimensions, not "
                           f"{len(values)}")
     return [fill] * (RANK - len(values)) + values
 
@@ -69,20 +70,6 @@ def pad_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
     return [_gather(dout, out, ctx.x.shape, strides, offset, ctx.x.numel, accumulate, env)]
 
 
-def permute_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
-    strides = _strides(ctx.x.shape)
-    order = permute_order(ctx)
-    return [_gather(inputs[0], out, ctx.out.shape, [strides[a] for a in order], 0,
-                    ctx.out.numel, False, env)]
-
-
-def permute_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
-    strides = _strides(ctx.out.shape)
-    inverse = np.argsort(permute_order(ctx))
-    return [_gather(dout, out, ctx.x.shape, [strides[a] for a in inverse], 0, ctx.x.numel,
-                    accumulate, env)]
-
-
 def deconv_shape(ctx) -> tuple[int, ...]:
     """DeconvShape (spatial.cu): n, c, h, w, o, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw,
     groups."""
@@ -118,10 +105,78 @@ def deconv2d_db(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
                         flag(accumulate))]
 
 
+def _interp_dims(ctx):
+    n, c, h, w = ctx.x.shape
+    ho, wo = ctx.attrs["height"], ctx.attrs["width"]
+    rh = (h - 1) / (ho - 1) if ho > 1 else 0.0
+    rw = (w - 1) / (wo - 1) if wo > 1 else 0.0
+    return (i64(n * c), i32(h), i32(w), i32(ho), i32(wo), f32(rh), f32(rw))
+
+
+def interp_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    return [grid_stride("interp_fwd", ctx.out.numel, env, ptr(inputs[0]), ptr(out),
+                        *_interp_dims(ctx))]
+
+
+def interp_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    return [grid_stride("interp_dx", ctx.x.numel, env, ptr(dout), ptr(out),
+                        *_interp_dims(ctx), flag(accumulate))]
+
+
+def roi_pool_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    _, c, h, w = ctx.x.shape
+    a = ctx.attrs
+    return [grid_stride("roi_pool_fwd", ctx.out.numel, env, ptr(inputs[0]), ptr(inputs[1]),
+                        ptr(out), ptr(aux.get("argmax")), i32(ctx.inputs[1].shape[0]), i32(c),
+                        i32(h), i32(w), i32(a["pooled_h"]), i32(a["pooled_w"]),
+                        f32(a["spatial_scale"]))]
+
+
+def roi_pool_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    n, c, h, w = ctx.x.shape
+    a = ctx.attrs
+    return [grid_stride("roi_pool_dx", ctx.x.numel, env, ptr(saved["rois"]),
+                        ptr(saved["argmax"]), ptr(dout), ptr(out), i32(n),
+                        i32(ctx.inputs[1].shape[0]), i32(c), i32(h), i32(w),
+                        i32(a["pooled_h"]), i32(a["pooled_w"]), f32(a["spatial_scale"]),
+                        flag(accumulate))]
+
+
+def _normalize_dims(ctx):
+    n, c = ctx.x.shape[:2]
+    s = ctx.x.numel // max(1, n * c)
+    across, shared = ctx.attrs["across_spatial"], ctx.attrs["channel_shared"]
+    return n, c, s, across, shared, n * (1 if across else s)
+
+
+def normalize_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    n, c, s, across, shared, groups = _normalize_dims(ctx)
+    return [per_channel("normalize_fwd", groups, ptr(inputs[0]), ptr(params["weight"]),
+                        ptr(out), ptr(aux.get("norm")), i32(n), i32(c), i64(s), flag(across),
+                        flag(shared), f32(ctx.attrs["eps"]))]
+
+
+def normalize_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    n, c, s, across, shared, groups = _normalize_dims(ctx)
+    return [per_channel("normalize_dx", groups, ptr(saved["x"]), ptr(saved["norm"]),
+                        ptr(saved["weight"]), ptr(dout), ptr(out), i32(n), i32(c), i64(s),
+                        flag(across), flag(shared), flag(accumulate))]
+
+
+def normalize_dw(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
+    n, c, s, across, shared, _ = _normalize_dims(ctx)
+    return [per_channel("normalize_dw", 1 if shared else c, ptr(saved["x"]),
+                        ptr(saved["norm"]), ptr(dout), ptr(out), i32(n), i32(c), i64(s),
+                        flag(across), flag(shared), flag(accumulate))]
+
+
 LAUNCH = {
+    ("normalize", "fwd"): normalize_fwd, ("normalize", "dx:x"): normalize_dx,
+    ("normalize", "dw:weight"): normalize_dw,
+    ("roi_pool", "fwd"): roi_pool_fwd, ("roi_pool", "dx:x"): roi_pool_dx,
+    ("interp", "fwd"): interp_fwd, ("interp", "dx:x"): interp_dx,
     ("deconv2d", "fwd"): deconv2d_fwd, ("deconv2d", "dx:x"): deconv2d_dx,
     ("deconv2d", "dw:weight"): deconv2d_dw, ("deconv2d", "dw:bias"): deconv2d_db,
     ("crop", "fwd"): crop_fwd, ("crop", "dx:x"): crop_dx,
-    ("permute", "fwd"): permute_fwd, ("permute", "dx:x"): permute_dx,
     ("pad", "fwd"): pad_fwd, ("pad", "dx:x"): pad_dx,
 }
