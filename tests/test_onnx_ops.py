@@ -3,7 +3,8 @@
 TensorFlow/Keras exports write them), which becomes a `pad` layer before the conv2d; Sub
 and Div by constants (input normalisation), Add of a constant, Gemm with transA, alpha and
 beta, MatMul with a constant on either side, Squeeze/Unsqueeze of computed tensors, Pad
-(constant mode, opsets 9, 13 and 18), ConvTranspose, HardSigmoid and HardSwish.
+(constant mode, opsets 9, 13 and 18), ConvTranspose, HardSigmoid, HardSwish, Erf and Gelu
+(opset 20's node and the decomposition older exporters write).
 """
 from __future__ import annotations
 
@@ -265,3 +266,17 @@ def test_same_upper_pools_match_onnxruntime(tmp_path, op, kernel, size):
              helper.make_node("Flatten", ["p"], ["y"])]
     net = _compare(_net(tmp_path, nodes, (2, 3, size, size)), _x((2, 3, size, size)) - 2)
     assert net.layers[0].op == {"MaxPool": "maxpool", "AveragePool": "avgpool"}[op]
+
+
+def test_gelu_and_the_erf_pattern_older_exporters_write_match_onnxruntime(tmp_path):
+    nodes = [helper.make_node("Gelu", ["x"], ["a"]),
+             helper.make_node("Div", ["x", "sqrt2"], ["d"]),         # torch's GELU, opset < 20
+             helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["f"]),
+             helper.make_node("Mul", ["x", "f"], ["g"]),
+             helper.make_node("Mul", ["g", "half"], ["b"]),
+             helper.make_node("Sub", ["a", "b"], ["c"]),
+             helper.make_node("Add", ["a", "c"], ["y"])]
+    inits = [_init("sqrt2", np.sqrt(2.0)), _init("one", 1.0), _init("half", 0.5)]
+    net = _compare(_net(tmp_path, nodes, (3, 8), inits, opset=20), _x((3, 8), 11) * 2)
+    assert "erf" in [layer.op for layer in net.layers]

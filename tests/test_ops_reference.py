@@ -601,7 +601,7 @@ CASES = {
     "infogain_loss": infogain_case(), "infogain_loss_h": infogain_case(as_input=True),
     "smooth_l1_loss": smooth_l1_case(), "smooth_l1_loss_weighted": smooth_l1_case(True),
     "mvn": mvn_case(), "lrn_within_channel": lrn_within_case(),
-    "crop": crop_case(), "deconv2d": deconv2d_case(), "pad": pad_case(),
+    "crop": crop_case(), "deconv2d": deconv2d_case(), "pad": pad_case(), "erf": unary_case(),
     "interp": interp_case(), "roi_pool": roi_pool_case(),
     "normalize": normalize_case(),
 }

@@ -533,6 +533,7 @@ OPS: dict[str, OpFn] = {
     "elu": lambda a, xs, p, t: F.elu(xs[0], a["alpha"]),
     "power": power,
     "absval": lambda a, xs, p, t: torch.abs(xs[0]),
+    "erf": lambda a, xs, p, t: torch.erf(xs[0]),
     "bnll": lambda a, xs, p, t: torch.logaddexp(xs[0], torch.zeros_like(xs[0])),
     "exp": lambda a, xs, p, t: _base(a) ** (a["shift"] + a["scale"] * xs[0]),
     "log": lambda a, xs, p, t: torch.log(a["shift"] + a["scale"] * xs[0]) / math.log(_base(a)),

@@ -11,7 +11,8 @@ MatMul followed by Add of a constant vector (a Linear on a 3-D input, or a bias-
 and Mul then Add of per-channel constants (Caffe2's affine after a batch normalisation).
 Some emit a short chain, the first layer named `<layer>.<suffix>`: a `pad` before a Conv
 whose sides differ (TensorFlow's SAME), a `transpose` before a Gemm with transA=1 or
-around a MatMul with a constant left operand, HardSigmoid/HardSwish as power, clip (, mul).
+around a MatMul with a constant left operand, HardSigmoid/HardSwish as power, clip (, mul),
+Gelu as power, erf, power, mul.
 """
 from __future__ import annotations
 
@@ -652,6 +653,21 @@ def hard_swish(view: NodeView) -> Mapped:
                    Emit("mul", (view.data(0), PREVIOUS), {}, {}, view.node.output[0])))
 
 
+def gelu(view: NodeView) -> Mapped:
+    """x * (1 + erf(x / sqrt 2)) / 2 (opset 20's Gelu, exact form): power, erf, power, mul."""
+    how = view.attrs.get("approximate", b"none")
+    how = how.decode() if isinstance(how, bytes) else how
+    if how != "none":
+        raise Unsupported(f"approximate='{how}': bwplan imports the exact (erf) GELU")
+    x = view.data(0)
+    return Mapped((Emit("power", (x,), dict(power=1.0, scale=float(1 / np.sqrt(2.0)),
+                                            shift=0.0), {}, None, ".scaled"),
+                   Emit("erf", (PREVIOUS,), {}, {}, None, ".erf"),
+                   Emit("power", (PREVIOUS,), dict(power=1.0, scale=0.5, shift=0.5), {}, None,
+                        ".gate"),
+                   Emit("mul", (x, PREVIOUS), {}, {}, view.node.output[0])))
+
+
 def unary(op: str, **fixed) -> Callable[[NodeView], Mapped]:
     return lambda view: one(view, op, [view.data(0)], fixed)
 
@@ -690,6 +706,8 @@ ROWS: Mapping[str, Callable[[NodeView], Mapped]] = {
     "ConvTranspose": conv_transpose,
     "HardSigmoid": hard_sigmoid,
     "HardSwish": hard_swish,
+    "Erf": unary("erf"),
+    "Gelu": gelu,
     "Concat": concat,
     "Softmax": softmax,
     "LRN": lrn,
