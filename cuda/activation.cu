@@ -1,5 +1,5 @@
 // activation.cu: Caffe's further neuron layers of bwplan/ops/activation.py: ELU, Power,
-// AbsVal, BNLL, Exp, Log, PReLU and Threshold.
+// AbsVal, BNLL, Exp, Log, PReLU and Threshold; and erf (ONNX's Erf).
 //
 // No kernel here has a launch row: each takes the default launch of its component kind
 // (bwplan/kernels/cuda/default.py), its arguments bound by the names of its parameters,
@@ -160,4 +160,19 @@ extern "C" __global__ void prelu_dw(const float* x, const float* dout, float* dw
 extern "C" __global__ void threshold_fwd(const float* x, float* out, long long n,
                                          float threshold) {
     BW_GRID_STRIDE(i, n) out[i] = x[i] > threshold ? 1.0f : 0.0f;
+}
+
+// == kernel erf_fwd ==
+extern "C" __global__ void erf_fwd(const float* x, float* out, long long n) {
+    BW_GRID_STRIDE(i, n) out[i] = erff(x[i]);
+}
+
+// == kernel erf_dx ==
+// 2/sqrt(pi) * exp(-x^2) * dout: it needs x, the output does not give it.
+extern "C" __global__ void erf_dx(const float* x, const float* dout, float* dx, long long n,
+                                  int accumulate) {
+    BW_GRID_STRIDE(i, n) {
+        const float v = x[i];
+        bw_put(dx, i, dout[i] * 1.12837916709551257f * expf(-v * v), accumulate);
+    }
 }

@@ -416,6 +416,13 @@ def normalize_case(draw):
 
 
 @st.composite
+def pad_case(draw):
+    shape = _shape(draw, 4, 4)
+    side = st.one_of(st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2)))
+    return Case(dict(begin=draw(side), end=draw(side)), [_normal(_rng(draw), *shape)])
+
+
+@st.composite
 def deconv2d_case(draw):
     rng = _rng(draw)
     groups = draw(st.integers(1, 2))
@@ -594,7 +601,7 @@ CASES = {
     "infogain_loss": infogain_case(), "infogain_loss_h": infogain_case(as_input=True),
     "smooth_l1_loss": smooth_l1_case(), "smooth_l1_loss_weighted": smooth_l1_case(True),
     "mvn": mvn_case(), "lrn_within_channel": lrn_within_case(),
-    "crop": crop_case(), "deconv2d": deconv2d_case(),
+    "crop": crop_case(), "deconv2d": deconv2d_case(), "pad": pad_case(), "erf": unary_case(),
     "interp": interp_case(), "roi_pool": roi_pool_case(),
     "normalize": normalize_case(),
 }

@@ -41,6 +41,7 @@ def export_notes(graph) -> tuple[Note, ...]:
                           "one runs on its stored statistics (the file's running mean and "
                           "variance), a trained one on batch statistics",
                           "freeze a BN layer (--freeze NAME) to keep its statistics fixed"))
+        notes.extend(_training_mode(graph))
         return tuple(notes)
     named = [n.input[1] for n in graph.node if n.op_type in ("Gemm", "MatMul")
              and len(n.input) > 1 and n.input[1] in init]
@@ -62,3 +63,23 @@ def export_notes(graph) -> tuple[Note, ...]:
                           "export in training mode (the dynamo exporter also with "
                           "optimize=False) to keep BN and the module names (docs/onnx.md)"))
     return tuple(notes)
+
+
+def _training_mode(graph) -> list[Note]:
+    """BatchNormalization's `training_mode` (opset 14 on) says which statistics the file's own
+    forward normalises with. bwplan does not follow it: a training step normalises a trained
+    BN with the batch's statistics and a frozen one with the stored ones; a forward outside
+    training uses the stored ones for every BN. Where that differs from the file, say so."""
+    from bwplan.onnx.fold import attrs_of
+    marked = [n for n in graph.node if n.op_type == "BatchNormalization"
+              and attrs_of(n).get("training_mode", 0)]
+    if not marked:
+        return []
+    first = ", ".join(n.name or n.output[0] for n in marked[:3])
+    return [Note("onnx_batchnorm_training_mode", f"{len(marked)} BatchNormalization node(s) "
+                 f"have training_mode=1 ({first}{', ...' if len(marked) > 3 else ''}): the "
+                 "file normalises them with batch statistics; bwplan does so in a training "
+                 "step for the ones it trains, and uses the stored statistics for frozen ones "
+                 "and in every forward outside training (explain, eval)",
+                 "onnxruntime's output on this file matches bwplan's training-mode forward "
+                 "(forward(..., training=True)) with no BN frozen")]

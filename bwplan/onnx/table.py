@@ -9,11 +9,15 @@ converter collects those for every node and reports them together.
 Most rows emit one layer. Two fuse a pattern an exporter writes for one PyTorch module:
 MatMul followed by Add of a constant vector (a Linear on a 3-D input, or a bias-less one),
 and Mul then Add of per-channel constants (Caffe2's affine after a batch normalisation).
+Some emit a short chain, the first layer named `<layer>.<suffix>`: a `pad` before a Conv
+whose sides differ (TensorFlow's SAME), a `transpose` before a Gemm with transA=1 or
+around a MatMul with a constant left operand, HardSigmoid/HardSwish as power, clip (, mul),
+Gelu as power, erf, power, mul.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -128,13 +132,9 @@ def _spatial(view: NodeView, what: str) -> tuple[int, int]:
     return shape[2], shape[3]
 
 
-def _pads(view: NodeView, kernel, strides, dilations, pool: bool = False
-          ) -> tuple[tuple[int, int], bool]:
-    """Symmetric (pad_h, pad_w) from `pads` or `auto_pad`, and whether a pool must round up.
-
-    Converters from Caffe write a pool's ceil mode as extra padding at the end (Caffe2,
-    onnx's light models); when that extra padding changes nothing but the count of windows,
-    it is bwplan's `ceil` with the begin padding, and it is read as such."""
+def _begin_end(view: NodeView, kernel, strides, dilations) -> tuple[list[int], list[int]]:
+    """The (h, w) padding before and after, from `pads` or `auto_pad` (SAME_UPPER puts the
+    odd cell at the end, SAME_LOWER at the beginning, as TensorFlow's SAME does)."""
     auto = view.attrs.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto in ("SAME_UPPER", "SAME_LOWER"):
@@ -152,7 +152,17 @@ def _pads(view: NodeView, kernel, strides, dilations, pool: bool = False
     else:
         pads = list(view.attrs.get("pads", [0, 0, 0, 0]))
         begin, end = pads[:2], pads[2:]
-    begin, end = [int(b) for b in begin], [int(e) for e in end]
+    return [int(b) for b in begin], [int(e) for e in end]
+
+
+def _pads(view: NodeView, kernel, strides, dilations, pool: bool = False
+          ) -> tuple[tuple[int, int], bool]:
+    """Symmetric (pad_h, pad_w) of a pool, and whether it must round up.
+
+    Converters from Caffe write a pool's ceil mode as extra padding at the end (Caffe2,
+    onnx's light models); when that extra padding changes nothing but the count of windows,
+    it is bwplan's `ceil` with the begin padding, and it is read as such."""
+    begin, end = _begin_end(view, kernel, strides, dilations)
     if begin == end:
         return (begin[0], begin[1]), False
     if pool and all(e >= b for b, e in zip(begin, end)) and _end_pad_is_ceil(
@@ -182,12 +192,33 @@ def _end_pad_is_ceil(view: NodeView, kernel, strides, begin, end) -> bool:
 
 def _window_attrs(view: NodeView, kernel, pool: bool = False
                   ) -> tuple[list[int], list[int], tuple[int, int], bool]:
-    strides = list(view.attrs.get("strides", [1, 1]))
-    dilations = list(view.attrs.get("dilations", [1, 1]))
-    if len(kernel) != 2:
-        raise Unsupported(f"a {len(kernel)}-D kernel: bwplan has 2-D windows only")
+    strides, dilations = _strides_dilations(view, kernel)
     pad, ceil = _pads(view, kernel, strides, dilations, pool)
     return strides, dilations, pad, ceil
+
+
+def _strides_dilations(view: NodeView, kernel) -> tuple[list[int], list[int]]:
+    if len(kernel) != 2:
+        raise Unsupported(f"a {len(kernel)}-D kernel: bwplan has 2-D windows only")
+    return list(view.attrs.get("strides", [1, 1])), list(view.attrs.get("dilations", [1, 1]))
+
+
+def _split_pads(begin: list[int], end: list[int]) -> tuple[tuple[int, int], Emit | None]:
+    """Padding the two sides alike as the conv's own `pad`, and what is left over (one side
+    only, per axis) as a `pad` layer before it, or None when the padding is symmetric."""
+    both = (min(begin[0], end[0]), min(begin[1], end[1]))
+    extra_begin = tuple(b - s for b, s in zip(begin, both))
+    extra_end = tuple(e - s for e, s in zip(end, both))
+    if not any(extra_begin + extra_end):
+        return both, None
+    return both, Emit("pad", (), dict(begin=extra_begin, end=extra_end), {}, None, ".pad")
+
+
+def _with_pad(pre: Emit | None, layer: Emit) -> Mapped:
+    """The layer, after the `pad` layer `pre` (when there is one) that reads its input."""
+    if pre is None:
+        return Mapped((layer,))
+    return Mapped((replace(pre, args=layer.args), replace(layer, args=(PREVIOUS,))))
 
 
 # ---- rows -----------------------------------------------------------------------------
@@ -197,7 +228,8 @@ def conv(view: NodeView) -> Mapped:
     if w is None:
         raise Unsupported("the weight (input 1) is computed, not an initializer")
     kernel = list(view.attrs.get("kernel_shape", w.shape[2:]))
-    strides, dilations, pad, _ = _window_attrs(view, kernel)
+    strides, dilations = _strides_dilations(view, kernel)
+    pad, pre = _split_pads(*_begin_end(view, kernel, strides, dilations))
     weights = {"weight": view.weight(1)}
     # the dynamo exporter gives a bias-free Conv a bias computed as zeros (Expand of 0):
     # not a parameter of the model, so it does not become a trained one
@@ -205,36 +237,43 @@ def conv(view: NodeView) -> Mapped:
                      and view.is_const(2) and not view.const(2).any())
     if view.input(2) and not computed_zero:
         weights["bias"] = view.weight(2)
-    return one(view, "conv2d", [view.data(0)], dict(
+    return _with_pad(pre, Emit("conv2d", (view.data(0),), dict(
         out=int(w.shape[0]), kernel=tuple(kernel), stride=tuple(strides), pad=pad,
         dilation=tuple(dilations), groups=int(view.attrs.get("group", 1)),
-        bias="bias" in weights), weights)
+        bias="bias" in weights), weights, view.node.output[0]))
 
 
 def gemm(view: NodeView) -> Mapped:
+    """alpha * A' B' + beta * C as linear: alpha folded into the weight, beta into the bias;
+    transA=1 (A stored [K, N]) is a transpose layer before it."""
     a = view.attrs
-    if a.get("transA", 0):
-        raise Unsupported("transA=1: bwplan's linear takes its input as [N, K]")
-    if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
-        raise Unsupported(f"alpha={a.get('alpha', 1.0)} beta={a.get('beta', 1.0)}: bwplan "
-                          "imports Gemm with alpha = beta = 1")
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
     b = view.const(1)
     if b is None or b.ndim != 2:
         raise Unsupported("B (input 1) must be a 2-D initializer")
-    weights = {"weight": view.weight(1) if a.get("transB", 0) else view.weight(1, b.T)}
-    out = b.shape[0] if a.get("transB", 0) else b.shape[1]
-    if view.input(2):
+    stored = b if a.get("transB", 0) else b.T           # linear's [out, in]
+    weights = {"weight": view.weight(1) if alpha == 1.0 and a.get("transB", 0)
+               else view.weight(1, alpha * stored)}
+    out = stored.shape[0]
+    if view.input(2) and beta != 0.0:
         c = view.const(2)
         if c is None or c.size != out:
             raise Unsupported("C (input 2) must be an initializer with one value per output")
-        weights["bias"] = view.weight(2, c.reshape(out)) if c.ndim != 1 else view.weight(2)
+        weights["bias"] = (view.weight(2) if c.ndim == 1 and beta == 1.0
+                           else view.weight(2, beta * c.reshape(out)))
     if len(view.shape(0)) != 2:
         raise Unsupported(f"a {len(view.shape(0))}-D input A")
-    return one(view, "linear", [view.data(0)], dict(out=int(out), bias="bias" in weights),
-               weights)
+    fc = Emit("linear", (view.data(0),), dict(out=int(out), bias="bias" in weights), weights,
+              view.node.output[0])
+    if not a.get("transA", 0):
+        return Mapped((fc,))
+    first = Emit("transpose", fc.args, dict(perm=(1, 0)), {}, None, ".t")
+    return Mapped((first, Emit(fc.op, (PREVIOUS,), fc.attrs, fc.weights, fc.output)))
 
 
 def matmul(view: NodeView) -> Mapped:
+    if view.is_const(0) and not view.is_const(1):
+        return _matmul_left(view)
     b = view.const(1)
     if b is None or b.ndim != 2:
         raise Unsupported("B (input 1) must be a 2-D initializer: bwplan maps MatMul to a "
@@ -256,6 +295,20 @@ def matmul(view: NodeView) -> Mapped:
     return Mapped((Emit("linear", (view.data(0),), dict(out=int(b.shape[1]),
                                                          bias="bias" in weights),
                         weights, output),), absorbed)
+
+
+def _matmul_left(view: NodeView) -> Mapped:
+    """A X with A a constant [M, K] and X computed [K, N]: (X^T A^T)^T, a linear layer with
+    weight A between two transposes."""
+    a = view.const(0)
+    if a.ndim != 2 or len(view.shape(1)) != 2:
+        raise Unsupported("a constant left operand of MatMul must be 2-D, and the right one "
+                          "too")
+    return Mapped((Emit("transpose", (view.data(1),), dict(perm=(1, 0)), {}, None, ".t"),
+                   Emit("linear", (PREVIOUS,), dict(out=int(a.shape[0]), bias=False),
+                        {"weight": view.weight(0)}, None),
+                   Emit("transpose", (PREVIOUS,), dict(perm=(1, 0)), {}, view.node.output[0],
+                        ".out")))
 
 
 def _per_channel(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -281,6 +334,22 @@ def _binary_inputs(view: NodeView) -> tuple[int, int] | None:
     return None
 
 
+def _channel_constant(view: NodeView, d: int, c: int) -> np.ndarray:
+    per = _per_channel(view.const(c), view.shape(d))
+    if per is None:
+        raise Unsupported(f"a constant of shape {list(view.const(c).shape)} that is not one "
+                          f"value per channel of {list(view.shape(d))}")
+    return per
+
+
+def _plus_constant(view: NodeView, d: int, c: int, sign: float) -> Mapped:
+    """x + sign * constant, one value per channel: a `bias` layer (axis 1)."""
+    per = _channel_constant(view, d, c)
+    keep = sign == 1.0 and view.const(c).shape == per.shape
+    return one(view, "bias", [view.data(d)], dict(axis=1, num_axes=1),
+               {"bias": view.weight(c, None if keep else sign * per)})
+
+
 def add(view: NodeView) -> Mapped:
     pair = _binary_inputs(view)
     if pair is None:
@@ -289,8 +358,35 @@ def add(view: NodeView) -> Mapped:
             raise Unsupported(f"inputs of shapes {sorted(shapes)}: bwplan adds same-shaped "
                               "tensors only (no broadcasting)")
         return one(view, "add", [view.data(i) for i in range(len(view.node.input))])
-    raise Unsupported("adding a constant: bwplan imports a per-channel constant only after a "
-                      "Mul by one (as scale with a bias)")
+    return _plus_constant(view, *pair, 1.0)
+
+
+def sub(view: NodeView) -> Mapped:
+    """a - b: `add` with coefficients 1, -1; x - c a bias of -c; c - x a scale of -1 with the
+    bias c (all per channel)."""
+    pair = _binary_inputs(view)
+    if pair is None:
+        if view.shape(0) != view.shape(1):
+            raise Unsupported(f"inputs of shapes {view.shape(0)} and {view.shape(1)}: bwplan "
+                              "subtracts same-shaped tensors only")
+        return one(view, "add", [view.data(0), view.data(1)], dict(coeffs=(1.0, -1.0)))
+    d, c = pair
+    if d == 0:
+        return _plus_constant(view, d, c, -1.0)
+    per = _channel_constant(view, d, c)
+    return one(view, "scale", [view.data(d)], dict(bias=True), {
+        "weight": Weight(None, -np.ones_like(per)), "bias": view.weight(c, per)})
+
+
+def div(view: NodeView) -> Mapped:
+    """x / c, one value per channel: a scale by 1 / c."""
+    if not view.is_const(1) or view.is_const(0):
+        raise Unsupported("bwplan divides a computed tensor by a constant only")
+    per = _channel_constant(view, 0, 1)
+    if not np.all(per):
+        raise Unsupported("division by a constant that holds 0")
+    return one(view, "scale", [view.data(0)], dict(bias=False),
+               {"weight": view.weight(1, 1.0 / per)})
 
 
 def mul(view: NodeView) -> Mapped:
@@ -482,6 +578,101 @@ def lrn(view: NodeView) -> Mapped:
                k=float(a.get("bias", 1.0))))
 
 
+def pad(view: NodeView) -> Mapped:
+    """Constant-mode Pad with zeros, on H and W of an NCHW tensor: the `pad` layer."""
+    mode = view.attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        raise Unsupported(f"mode '{mode}': bwplan pads with zeros (constant mode) only")
+    rank = len(view.shape(0))
+    if view.opset < 11:
+        pads, value = list(view.attrs.get("pads", [])), float(view.attrs.get("value", 0.0))
+    else:
+        for i in (1, 2, 3):
+            if view.input(i) and not view.is_const(i):
+                raise Unsupported(f"input {i} is computed, not a constant")
+        pads = [int(p) for p in view.const(1).reshape(-1)]
+        value = float(view.const(2).reshape(-1)[0]) if view.input(2) else 0.0
+        if view.input(3):
+            axes = [int(a) % rank for a in view.const(3).reshape(-1)]
+            full = [0] * (2 * rank)
+            for k, a in enumerate(axes):
+                full[a], full[rank + a] = pads[k], pads[len(axes) + k]
+            pads = full
+    if value != 0.0:
+        raise Unsupported(f"the constant {value}: bwplan pads with zeros")
+    begin, end = pads[:rank], pads[rank:]
+    if rank != 4 or any(begin[:2] + end[:2]) or min(pads) < 0:
+        raise Unsupported(f"pads {pads} of a {rank}-D input: bwplan pads H and W of NCHW "
+                          "with zeros, never negatively")
+    return one(view, "pad", [view.data(0)], dict(begin=tuple(begin[2:]), end=tuple(end[2:])))
+
+
+def conv_transpose(view: NodeView) -> Mapped:
+    """ConvTranspose as deconv2d (Caffe's Deconvolution: the same [in, out/groups, kh, kw]
+    weight and output size) where the padding is symmetric and no output_padding or
+    output_shape changes the size."""
+    _spatial(view, "ConvTranspose")
+    w = view.const(1)
+    if w is None:
+        raise Unsupported("the weight (input 1) is computed, not an initializer")
+    kernel = list(view.attrs.get("kernel_shape", w.shape[2:]))
+    strides, dilations = _strides_dilations(view, kernel)
+    auto = view.attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto not in ("NOTSET", "VALID"):
+        raise Unsupported(f"auto_pad={auto}: bwplan's deconv2d pads both sides alike")
+    pads = [0, 0, 0, 0] if auto == "VALID" else list(view.attrs.get("pads", [0, 0, 0, 0]))
+    if pads[:2] != pads[2:]:
+        raise Unsupported(f"asymmetric pads {pads}: bwplan's deconv2d pads both sides alike")
+    if any(view.attrs.get("output_padding", [0, 0])):
+        raise Unsupported("output_padding: bwplan's deconv2d has Caffe's output size")
+    groups = int(view.attrs.get("group", 1))
+    weights = {"weight": view.weight(1)}
+    if view.input(2):
+        weights["bias"] = view.weight(2)
+    mapped = one(view, "deconv2d", [view.data(0)], dict(
+        out=int(w.shape[1]) * groups, kernel=tuple(kernel), stride=tuple(strides),
+        pad=(int(pads[0]), int(pads[1])), dilation=tuple(dilations), groups=groups,
+        bias="bias" in weights), weights)
+    if "output_shape" in view.attrs and tuple(view.out_shape()[2:]) != tuple(
+            int(d) for d in view.attrs["output_shape"])[-2:]:
+        raise Unsupported("output_shape: bwplan's deconv2d has Caffe's output size")
+    return mapped
+
+
+def hard_sigmoid(view: NodeView, alpha: float | None = None, beta: float | None = None
+                 ) -> Mapped:
+    """max(0, min(1, alpha x + beta)): power (the affine part) then clip to [0, 1]."""
+    alpha = float(view.attrs.get("alpha", 0.2)) if alpha is None else alpha
+    beta = float(view.attrs.get("beta", 0.5)) if beta is None else beta
+    return Mapped((Emit("power", (view.data(0),), dict(power=1.0, scale=alpha, shift=beta),
+                        {}, None, ".affine"),
+                   Emit("clip", (PREVIOUS,), dict(min=0.0, max=1.0), {}, view.node.output[0])))
+
+
+def hard_swish(view: NodeView) -> Mapped:
+    """x * HardSigmoid(x) with alpha 1/6, beta 1/2 (ONNX's HardSwish, MobileNet v3)."""
+    gate = hard_sigmoid(view, 1.0 / 6.0, 0.5).layers
+    return Mapped((gate[0], replace(gate[1], output=None, suffix=".gate"),
+                   Emit("mul", (view.data(0), PREVIOUS), {}, {}, view.node.output[0])))
+
+
+def gelu(view: NodeView) -> Mapped:
+    """x * (1 + erf(x / sqrt 2)) / 2 (opset 20's Gelu, exact form): power, erf, power, mul."""
+    how = view.attrs.get("approximate", b"none")
+    how = how.decode() if isinstance(how, bytes) else how
+    if how != "none":
+        raise Unsupported(f"approximate='{how}': bwplan imports the exact (erf) GELU")
+    x = view.data(0)
+    return Mapped((Emit("power", (x,), dict(power=1.0, scale=float(1 / np.sqrt(2.0)),
+                                            shift=0.0), {}, None, ".scaled"),
+                   Emit("erf", (PREVIOUS,), {}, {}, None, ".erf"),
+                   Emit("power", (PREVIOUS,), dict(power=1.0, scale=0.5, shift=0.5), {}, None,
+                        ".gate"),
+                   Emit("mul", (x, PREVIOUS), {}, {}, view.node.output[0])))
+
+
 def unary(op: str, **fixed) -> Callable[[NodeView], Mapped]:
     return lambda view: one(view, op, [view.data(0)], fixed)
 
@@ -514,6 +705,14 @@ ROWS: Mapping[str, Callable[[NodeView], Mapped]] = {
     "Add": add,
     "Sum": add,
     "Mul": mul,
+    "Sub": sub,
+    "Div": div,
+    "Pad": pad,
+    "ConvTranspose": conv_transpose,
+    "HardSigmoid": hard_sigmoid,
+    "HardSwish": hard_swish,
+    "Erf": unary("erf"),
+    "Gelu": gelu,
     "Concat": concat,
     "Softmax": softmax,
     "LRN": lrn,

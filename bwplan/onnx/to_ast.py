@@ -243,14 +243,15 @@ class _Converter:
     def emit(self, node, layers: tuple[Emit, ...]) -> None:
         span = node_span(self.path, node.name or node.output[0], node.op_type)
         made: list[str] = []
-        base = None
+        # the layer that holds the weight names them all (a conv's `.pad` layer before it)
+        named = [e for e in layers if e.op is not None]
+        base = self.layer_name(node, next((e for e in named if e.weights), named[0])) \
+            if named else None
         for e in layers:
             args = tuple(made[-1] if a == PREVIOUS else self.current[a] for a in e.args)
             if e.op is None:
                 self.current[e.output] = args[0]
                 continue
-            if base is None:
-                base = self.layer_name(node, e)
             name = self.names.take(base + e.suffix)
             kwargs = [ast.KwArg(k, v, span) for k, v in e.attrs.items()]
             for slot, w in e.weights.items():

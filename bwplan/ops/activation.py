@@ -1,4 +1,5 @@
-"""Caffe's further neuron layers: ELU, Power, AbsVal, BNLL, Exp, Log, PReLU and Threshold.
+"""Caffe's further neuron layers: ELU, Power, AbsVal, BNLL, Exp, Log, PReLU and Threshold;
+and the error function erf (ONNX's Erf, the core of an exact GELU).
 
 Each follows its Caffe layer's formula and parameter names (caffe.proto's ELUParameter,
 PowerParameter, ExpParameter, LogParameter, PReLUParameter, ThresholdParameter). Where the
@@ -278,4 +279,26 @@ THRESHOLD = OpDef(
     kernels=_kernels("threshold"),
 )
 
-OPS = (ELU, POWER, ABSVAL, BNLL, EXP, LOG, PRELU, THRESHOLD)
+# ---- erf -------------------------------------------------------------------------------
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+def _erf_fwd(ctx, inputs, params, training, rng):
+    return np.vectorize(math.erf, otypes=[inputs[0].dtype])(inputs[0]), {}
+
+
+ERF = OpDef(
+    name="erf",
+    family="activation",
+    doc="The error function 2/sqrt(pi) * integral of exp(-t^2) from 0 to x (ONNX Erf); "
+        "dX reads x: 2/sqrt(pi) * exp(-x^2) cannot be had from the output.",
+    ports=(Port("x"),),
+    infer=same_as_input,
+    flops=_per_element(8),
+    grads=(GradRule("x", frozenset({"x"}), _per_element(4),
+                    lambda ctx, s, dout, i: dout * _TWO_OVER_SQRT_PI * np.exp(-s["x"] ** 2)),),
+    forward_ref=_erf_fwd,
+    kernels=_kernels("erf", "dx:x"),
+)
+
+OPS = (ELU, POWER, ABSVAL, BNLL, EXP, LOG, PRELU, THRESHOLD, ERF)

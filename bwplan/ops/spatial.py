@@ -1,7 +1,8 @@
 """Ops of Caffe's structural layers and of its forks that work on spatial positions:
 crop (Caffe Crop, FCN), deconv2d (Caffe Deconvolution) and interp (PSPNet's bilinear Interp; linear in x, so its dX reads nothing) and roi_pool (Fast
-R-CNN's ROIPooling: its dX reads the rois and the argmax the forward saves), and SSD's
-normalize (an L2 norm with a learned scale; the forward saves the norms for the backward).
+R-CNN's ROIPooling: its dX reads the rois and the argmax the forward saves), SSD's
+normalize (an L2 norm with a learned scale; the forward saves the norms for the backward),
+and pad (zeros around H and W: ONNX's Pad and the uneven padding of TensorFlow's SAME convs).
 
 Crop moves data and computes nothing, like the shape family, and its backward reads no
 forward value: crop's dX is dY written into zeros at the crop's offsets. (SSD's Permute is
@@ -96,6 +97,51 @@ CROP = OpDef(
     forward_ref=_crop_fwd,
     kernels={"cpu": {"fwd": "spatial.crop_fwd", "dx:x": "spatial.crop_dx"},
              "cuda": {"fwd": "spatial.gather4", "dx:x": "spatial.crop_dx"}},
+)
+
+
+# ---- pad -------------------------------------------------------------------------------
+# pad is crop's transpose: its forward writes x into zeros at the begin offsets (crop's dX)
+# and its dX takes the window back out (crop's forward), so both targets run crop's kernels.
+def pad_window(ctx: OpCtx) -> tuple[slice, ...]:
+    """Where x sits inside the padded output."""
+    (bh, bw), (_, _, h, w) = pair(ctx.attrs["begin"]), ctx.x.shape
+    return (slice(None), slice(None), slice(bh, bh + h), slice(bw, bw + w))
+
+
+def _pad_infer(ctx: OpCtx) -> TensorType:
+    if len(ctx.x.shape) != 4:
+        raise ValueError(f"pad expects an NCHW input, got {ctx.x}")
+    (bh, bw), (eh, ew) = pair(ctx.attrs["begin"]), pair(ctx.attrs["end"])
+    n, c, h, w = ctx.x.shape
+    return ctx.x.with_shape(n, c, h + bh + eh, w + bw + ew)
+
+
+def _pad_fwd(ctx, inputs, params, training, rng):
+    (bh, bw), (eh, ew) = pair(ctx.attrs["begin"]), pair(ctx.attrs["end"])
+    return np.pad(inputs[0], ((0, 0), (0, 0), (bh, eh), (bw, ew))), {}
+
+
+def _pad_dx(ctx, saved, dout, index):
+    return dout[pad_window(ctx)].copy()
+
+
+PAD = OpDef(
+    name="pad",
+    family="spatial",
+    doc="Zeros around the H and W of an NCHW input: `begin` rows/columns before (top, "
+        "left), `end` after (bottom, right), so the two sides may differ.",
+    ports=(Port("x"),),
+    attrs=(AttrSpec("begin", "ints", 0, doc="zeros before, p or [top, left]", at_least=0,
+                    arity=(1, 2)),
+           AttrSpec("end", "ints", 0, doc="zeros after, p or [bottom, right]", at_least=0,
+                    arity=(1, 2))),
+    infer=_pad_infer,
+    flops=zero_flops,
+    grads=(GradRule("x", frozenset(), zero_flops, _pad_dx),),
+    forward_ref=_pad_fwd,
+    kernels={"cpu": {"fwd": "spatial.pad_fwd", "dx:x": "spatial.pad_dx"},
+             "cuda": {"fwd": "spatial.crop_dx", "dx:x": "spatial.gather4"}},
 )
 
 
@@ -421,4 +467,4 @@ NORMALIZE = OpDef(
                              "dw:weight": "spatial.normalize_dw"}),
 )
 
-OPS = (CROP, DECONV2D, INTERP, ROI_POOL, NORMALIZE)
+OPS = (CROP, DECONV2D, INTERP, ROI_POOL, NORMALIZE, PAD)

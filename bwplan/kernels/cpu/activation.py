@@ -230,3 +230,25 @@ def _threshold(x, t, out):
 
 def threshold_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
     _threshold(flat(inputs[0]), ctx.attrs["threshold"], flat(out))
+
+
+# ---- erf -------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _erf(x, out):
+    for i in range(x.size):
+        out[i] = math.erf(x[i])
+
+
+@njit(cache=True, nogil=True)
+def _erf_back(x, dout, out):
+    for i in range(x.size):
+        v = x[i]
+        out[i] = dout[i] * 1.1283791670955126 * math.exp(-v * v)   # 2 / sqrt(pi)
+
+
+def erf_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    _erf(flat(inputs[0]), flat(out))
+
+
+def erf_dx(ctx, saved, dout, index, out) -> None:
+    _erf_back(flat(saved["x"]), flat(dout), flat(out))

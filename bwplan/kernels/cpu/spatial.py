@@ -1,6 +1,6 @@
-"""Crop, deconv2d, interp, roi_pool and normalize on the CPU (bwplan/ops/spatial.py).
+"""Crop, pad, deconv2d, interp, roi_pool and normalize on the CPU (bwplan/ops/spatial.py).
 
-Crop moves data and computes nothing, like the shape family, so each of its kernels is
+Crop and pad move data and compute nothing, like the shape family, so each kernel is
 one NumPy copy (a strided view copied into the output buffer): a memcpy-speed pass a Numba
 loop could only match. deconv2d runs conv2d's Numba kernels on the transposed problem
 (`conv_view`): its forward is conv2d's dX, its dX conv2d's forward, its dW conv2d's dW
@@ -17,7 +17,7 @@ from numba import njit
 
 from bwplan.kernels.cpu import conv
 from bwplan.kernels.cpu.views import flat, ncs
-from bwplan.ops.spatial import conv_view, crop_window, interp_taps, roi_bins
+from bwplan.ops.spatial import conv_view, crop_window, interp_taps, pad_window, roi_bins
 
 
 def crop_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
@@ -27,6 +27,15 @@ def crop_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
 def crop_dx(ctx, saved, dout, index, out) -> None:
     out.fill(0)
     out[crop_window(ctx)] = dout
+
+
+def pad_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    out.fill(0)
+    out[pad_window(ctx)] = inputs[0]
+
+
+def pad_dx(ctx, saved, dout, index, out) -> None:
+    np.copyto(out, dout[pad_window(ctx)])
 
 
 def deconv2d_fwd(ctx, inputs, params, out, aux, training, rng) -> None:

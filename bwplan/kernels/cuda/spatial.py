@@ -1,5 +1,5 @@
-"""Launch geometry of cuda/spatial.cu: crop as a 4-D gather (spatial.cu's
-header; tensors of more than four dimensions are refused here, before any launch), and
+"""Launch geometry of cuda/spatial.cu: crop as a 4-D gather and pad as crop's transpose
+(spatial.cu's header; tensors of more than four dimensions are refused here, before any launch), and
 deconv2d's direct loops: grid-stride over the elements written, one block per element of
 the weight (dW) and per channel (dB); interp's gathers over the output (forward) and the
 input (dX)."""
@@ -49,6 +49,25 @@ def crop_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
     return [grid_stride("crop_dx", n, env, ptr(dout), ptr(out), *(i64(v) for v in x[1:]),
                         *(i64(v) for v in e), *(i64(v) for v in o), i64(n),
                         flag(accumulate))]
+
+
+def pad_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    """crop's dX with the roles swapped: every element of the padded output is written, x
+    inside the window at the begin offsets, 0 around it."""
+    (bh, bw) = pair(ctx.attrs["begin"])
+    n = ctx.out.numel
+    return [grid_stride("crop_dx", n, env, ptr(inputs[0]), ptr(out),
+                        *(i64(v) for v in ctx.out.shape[1:]),
+                        *(i64(v) for v in ctx.x.shape), *(i64(v) for v in (0, 0, bh, bw)),
+                        i64(n), flag(False))]
+
+
+def pad_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
+    """crop's forward: the window of dY at the begin offsets, gathered into dX."""
+    strides = _strides(ctx.out.shape)
+    (bh, bw) = pair(ctx.attrs["begin"])
+    offset = bh * strides[2] + bw * strides[3]
+    return [_gather(dout, out, ctx.x.shape, strides, offset, ctx.x.numel, accumulate, env)]
 
 
 def deconv_shape(ctx) -> tuple[int, ...]:
@@ -159,4 +178,5 @@ LAUNCH = {
     ("deconv2d", "fwd"): deconv2d_fwd, ("deconv2d", "dx:x"): deconv2d_dx,
     ("deconv2d", "dw:weight"): deconv2d_dw, ("deconv2d", "dw:bias"): deconv2d_db,
     ("crop", "fwd"): crop_fwd, ("crop", "dx:x"): crop_dx,
+    ("pad", "fwd"): pad_fwd, ("pad", "dx:x"): pad_dx,
 }

@@ -1,0 +1,282 @@
+"""ONNX ops beyond the first import, each checked against onnxruntime on a hand-built graph
+(onnx.helper): Conv with asymmetric padding (explicit `pads` and every `auto_pad` mode, as
+TensorFlow/Keras exports write them), which becomes a `pad` layer before the conv2d; Sub
+and Div by constants (input normalisation), Add of a constant, Gemm with transA, alpha and
+beta, MatMul with a constant on either side, Squeeze/Unsqueeze of computed tensors, Pad
+(constant mode, opsets 9, 13 and 18), ConvTranspose, HardSigmoid, HardSwish, Erf and Gelu
+(opset 20's node and the decomposition older exporters write).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import bwplan  # noqa: E402
+from bwplan.onnx.importer import import_onnx  # noqa: E402
+
+
+def _save(path, nodes, inputs, outputs, inits=(), opset=17) -> str:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _f32(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _init(name, value):
+    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+
+def _compare(path, x, atol=1e-5):
+    """bwplan's forward against onnxruntime's on x; returns the imported net."""
+    want = ort.InferenceSession(path).run(None, {"x": x})[0]
+    imported = import_onnx(path)
+    prog = bwplan.compile(path)
+    got = prog.forward({"x": x, "label": np.zeros(x.shape[0], np.int64)},
+                       outputs=imported.outputs)[imported.outputs[0]]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=atol * max(1.0, np.abs(want).max()), rtol=0)
+    return imported.net
+
+
+CONVS = [  # (attributes, input H, W, whether the two sides differ on some axis)
+    (dict(auto_pad="SAME_UPPER", strides=[2, 2]), 8, 7, True),
+    (dict(auto_pad="SAME_LOWER", strides=[2, 2]), 8, 7, True),
+    (dict(auto_pad="SAME_UPPER", strides=[3, 1]), 7, 5, False),
+    (dict(auto_pad="SAME_LOWER", strides=[1, 2]), 5, 6, True),
+    (dict(auto_pad="VALID", strides=[2, 1]), 7, 6, False),
+    (dict(pads=[0, 1, 2, 0]), 5, 6, True),
+    (dict(pads=[1, 2, 2, 1], strides=[2, 2]), 7, 7, True),
+    (dict(pads=[1, 1, 1, 1], strides=[2, 2]), 6, 6, False),
+]
+
+
+@pytest.mark.parametrize("attrs,h,w,asymmetric", CONVS)
+def test_conv_padding_matches_onnxruntime(tmp_path, attrs, h, w, asymmetric):
+    rng = np.random.default_rng(0)
+    conv = helper.make_node("Conv", ["x", "k.weight", "k.bias"], ["c"], name="/k/Conv",
+                            **attrs)
+    relu = helper.make_node("Relu", ["c"], ["r"])
+    flat = helper.make_node("Flatten", ["r"], ["y"])
+    path = _save(tmp_path / "conv.onnx", [conv, relu, flat], [_f32("x", [2, 4, h, w])],
+                 [_f32("y", ["a", "b"])], [_init("k.weight", rng.standard_normal((3, 4, 3, 3))),
+                                           _init("k.bias", rng.standard_normal(3))])
+    x = rng.standard_normal((2, 4, h, w)).astype(np.float32)
+    net = _compare(path, x)
+    ops = {layer.name: layer.op for layer in net.layers}
+    assert ops["k"] == "conv2d"
+    # only the difference between the sides is a layer of its own
+    assert ("k.pad" in ops) == asymmetric, ops
+
+
+def test_a_padded_conv_trains_through_its_pad_layer(tmp_path):
+    """The pad layer passes the gradient back: the first conv's weight gets one."""
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Conv", ["x", "a.weight"], ["c"], auto_pad="SAME_UPPER",
+                              strides=[2, 2], name="/a/Conv"),
+             helper.make_node("Conv", ["c", "b.weight"], ["d"], pads=[0, 0, 1, 1],
+                              name="/b/Conv"),
+             helper.make_node("GlobalAveragePool", ["d"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["y"])]
+    path = _save(tmp_path / "two.onnx", nodes, [_f32("x", [2, 3, 6, 6])], [_f32("y", [2, 4])],
+                 [_init("a.weight", rng.standard_normal((5, 3, 3, 3))),
+                  _init("b.weight", rng.standard_normal((4, 5, 2, 2)))])
+    prog = bwplan.compile(path)
+    prog.set_optimizer(lr=0.0, momentum=0.0)
+    prog.step({"x": rng.standard_normal((2, 3, 6, 6)).astype(np.float32),
+               "label": np.array([0, 3])})
+    assert np.abs(prog.grads["a.weight"]).max() > 0
+
+
+# ---- arithmetic with constants, Gemm, MatMul, Pad, ConvTranspose, hard activations --------
+def _net(tmp_path, nodes, shape, inits=(), opset=17):
+    """A graph from x of `shape` to a 2-D y, whose sizes shape inference fills in."""
+    return _save(tmp_path / "net.onnx", nodes, [_f32("x", list(shape))],
+                 [_f32("y", ["a", "b"])], inits, opset)
+
+
+def _x(shape, seed=3):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_input_normalisation_sub_then_div_is_bias_then_scale(tmp_path):
+    """(x - mean) / std with per-channel constants, as torchvision's transforms are exported
+    inside a model, and a scalar division (x / 255)."""
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["a"]),
+             helper.make_node("Div", ["a", "std"], ["b"]),
+             helper.make_node("Div", ["b", "k"], ["c"]),
+             helper.make_node("Sub", ["one", "c"], ["d"]),
+             helper.make_node("Sub", ["d", "c"], ["e"]),
+             helper.make_node("Add", ["e", "shift"], ["f"]),
+             helper.make_node("Flatten", ["f"], ["y"])]
+    inits = [_init("mean", np.array([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)),
+             _init("std", np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1)),
+             _init("k", 255.0), _init("one", [1.0]), _init("shift", [[[0.5]], [[-1]], [[2]]])]
+    net = _compare(_net(tmp_path, nodes, (2, 3, 4, 4), inits), _x((2, 3, 4, 4)))
+    assert [layer.op for layer in net.layers][:6] == ["bias", "scale", "scale", "scale",
+                                                      "add", "bias"]
+
+
+@pytest.mark.parametrize("attrs", [dict(transB=1), dict(transA=1), dict(alpha=0.5, beta=2.0),
+                                   dict(transA=1, transB=1, alpha=-1.5, beta=0.0)],
+                         ids=["transB", "transA", "alpha-beta", "all"])
+def test_gemm_variants_match_onnxruntime(tmp_path, attrs):
+    rng = np.random.default_rng(4)
+    a_shape = (5, 2) if attrs.get("transA") else (2, 5)
+    b = rng.standard_normal((3, 5) if attrs.get("transB") else (5, 3))
+    nodes = [helper.make_node("Gemm", ["x", "fc.weight", "fc.bias"], ["y"], **attrs)]
+    path = _net(tmp_path, nodes, a_shape, [_init("fc.weight", b),
+                                           _init("fc.bias", rng.standard_normal(3))])
+    net = _compare(path, _x(a_shape))
+    assert ("transpose" in [layer.op for layer in net.layers]) == bool(attrs.get("transA"))
+
+
+def test_matmul_with_a_constant_on_either_side_matches_onnxruntime(tmp_path):
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["x", "right"], ["a"]),     # [4, 6] @ [6, 3]
+             helper.make_node("MatMul", ["left", "a"], ["y"])]      # [2, 4] @ [4, 3]
+    path = _net(tmp_path, nodes, (4, 6), [_init("right", rng.standard_normal((6, 3))),
+                                          _init("left", rng.standard_normal((2, 4)))])
+    _compare(path, _x((4, 6)))
+
+
+def test_squeeze_and_unsqueeze_of_computed_tensors_match_onnxruntime(tmp_path):
+    i64 = numpy_helper.from_array(np.asarray([2, 3], np.int64), "axes")
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+             helper.make_node("Squeeze", ["g", "axes"], ["s"]),
+             helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("Unsqueeze", ["r", "axes"], ["u"]),
+             helper.make_node("Flatten", ["u"], ["y"])]
+    net = _compare(_net(tmp_path, nodes, (2, 3, 4, 4), [i64]), _x((2, 3, 4, 4)))
+    assert [layer.op for layer in net.layers][:4] == ["global_avgpool", "reshape", "relu",
+                                                      "reshape"]
+
+
+@pytest.mark.parametrize("opset", [9, 13, 18])
+def test_constant_pad_matches_onnxruntime(tmp_path, opset):
+    pads = [0, 0, 1, 2, 0, 0, 3, 0]
+    if opset == 9:
+        node = helper.make_node("Pad", ["x"], ["p"], pads=pads)
+        inits = []
+    elif opset == 13:
+        node = helper.make_node("Pad", ["x", "pads", "zero"], ["p"])
+        inits = [numpy_helper.from_array(np.asarray(pads, np.int64), "pads"), _init("zero", 0)]
+    else:   # the axes input: only H and W given
+        node = helper.make_node("Pad", ["x", "pads", "", "axes"], ["p"])
+        inits = [numpy_helper.from_array(np.asarray([1, 2, 3, 0], np.int64), "pads"),
+                 numpy_helper.from_array(np.asarray([2, 3], np.int64), "axes")]
+    nodes = [node, helper.make_node("Flatten", ["p"], ["y"])]
+    net = _compare(_net(tmp_path, nodes, (2, 3, 4, 5), inits, opset), _x((2, 3, 4, 5)))
+    assert net.layers[0].op == "pad" and net.layers[0].out.shape == (2, 3, 8, 7)
+
+
+@pytest.mark.parametrize("attrs", [dict(strides=[2, 2]), dict(strides=[2, 1], pads=[1, 0, 1, 0]),
+                                   dict(group=2, dilations=[1, 2])])
+def test_conv_transpose_matches_onnxruntime(tmp_path, attrs):
+    rng = np.random.default_rng(6)
+    g = attrs.get("group", 1)
+    nodes = [helper.make_node("ConvTranspose", ["x", "up.weight", "up.bias"], ["u"], **attrs),
+             helper.make_node("Flatten", ["u"], ["y"])]
+    path = _net(tmp_path, nodes, (2, 4, 3, 4), [_init("up.weight", rng.standard_normal(
+        (4, 3, 3, 3))), _init("up.bias", rng.standard_normal(3 * g))])
+    net = _compare(path, _x((2, 4, 3, 4)))
+    assert net.layer("up").op == "deconv2d"
+
+
+def test_hard_sigmoid_and_hard_swish_match_onnxruntime(tmp_path):
+    nodes = [helper.make_node("HardSigmoid", ["x"], ["a"], alpha=0.3, beta=0.4),
+             helper.make_node("HardSwish", ["x"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    x = _x((3, 8), 7) * 4     # across both bends of each
+    _compare(_net(tmp_path, nodes, (3, 8)), x)
+
+
+# ---- BatchNormalization's training_mode --------------------------------------------------
+def _bn_model(tmp_path, training_mode: int) -> str:
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("BatchNormalization", ["x", "bn.weight", "bn.bias",
+                                                     "bn.running_mean", "bn.running_var"],
+                              ["b", "mean", "var"][:1 + 2 * training_mode],
+                              training_mode=training_mode, name="/bn/BatchNorm"),
+             helper.make_node("Flatten", ["b"], ["y"])]
+    inits = [_init("bn.weight", rng.uniform(0.5, 1.5, 3)), _init("bn.bias", [0.1, -0.2, 0.3]),
+             _init("bn.running_mean", [1.0, -1.0, 0.5]),
+             _init("bn.running_var", [2.0, 0.5, 1.5])]
+    return _save(tmp_path / f"bn{training_mode}.onnx", nodes, [_f32("x", [4, 3, 2, 2])],
+                 [_f32("y", ["a", "b"])], inits, opset=15)
+
+
+@pytest.mark.parametrize("training_mode", [0, 1])
+def test_batchnorm_training_mode_is_told_and_matches_the_forward_it_names(
+        tmp_path, capsys, training_mode):
+    from bwplan.cli.main import main
+    path = _bn_model(tmp_path, training_mode)
+    assert main(["explain", path]) == 0
+    said = "have training_mode=1 (/bn/BatchNorm)" in capsys.readouterr().out
+    assert said == bool(training_mode)
+    x = _x((4, 3, 2, 2), 9) * 2 + 1
+    want = ort.InferenceSession(path).run(None, {"x": x})[0]
+    imported = import_onnx(path)
+    prog = bwplan.compile(path)
+    got = prog.forward({"x": x, "label": np.zeros(4, np.int64)}, outputs=imported.outputs,
+                       training=bool(training_mode))[imported.outputs[0]]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_same_padded_net_converts_to_a_bw_file_that_builds_the_same_net(tmp_path, capsys):
+    from bwplan.cli.main import main
+    from bwplan.frontend.load import load
+    rng = np.random.default_rng(10)
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["n"]),
+             helper.make_node("Conv", ["n", "a.weight"], ["c"], auto_pad="SAME_UPPER",
+                              strides=[2, 2], name="/a/Conv"),
+             helper.make_node("Pad", ["c", "pads"], ["p"]),
+             helper.make_node("ConvTranspose", ["p", "b.weight"], ["d"], strides=[2, 2]),
+             helper.make_node("HardSwish", ["d"], ["h"]),
+             helper.make_node("GlobalAveragePool", ["h"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["y"])]
+    inits = [_init("mean", np.array([0.5, 0.25, 0.0]).reshape(3, 1, 1)),
+             _init("a.weight", rng.standard_normal((4, 3, 3, 3))),
+             numpy_helper.from_array(np.asarray([0, 0, 1, 0, 0, 0, 0, 1], np.int64), "pads"),
+             _init("b.weight", rng.standard_normal((4, 2, 2, 2)))]
+    path = _save(tmp_path / "same.onnx", nodes, [_f32("x", [2, 3, 8, 8])], [_f32("y", [2, 2])],
+                 inits)
+    out = tmp_path / "same.bw"
+    assert main(["convert", path, "-o", str(out)]) == 0
+    a, b = load(str(out)), import_onnx(path).net
+    assert [(x.name, x.op, x.out) for x in a.layers] == [(x.name, x.op, x.out) for x in b.layers]
+    assert {"a.pad", "a"} <= {x.name for x in a.layers}
+    _compare(path, _x((2, 3, 8, 8)))
+
+
+@pytest.mark.parametrize("op,kernel,size", [("MaxPool", 2, 7), ("MaxPool", 3, 8),
+                                            ("AveragePool", 3, 8), ("AveragePool", 2, 6)])
+def test_same_upper_pools_match_onnxruntime(tmp_path, op, kernel, size):
+    """Keras's 'same' pools: the odd cell of padding at the end, which only completes the last
+    window, is bwplan's ceil mode (no pad layer: a pool's padding is not zeros)."""
+    nodes = [helper.make_node(op, ["x"], ["p"], kernel_shape=[kernel, kernel], strides=[2, 2],
+                              auto_pad="SAME_UPPER"),
+             helper.make_node("Flatten", ["p"], ["y"])]
+    net = _compare(_net(tmp_path, nodes, (2, 3, size, size)), _x((2, 3, size, size)) - 2)
+    assert net.layers[0].op == {"MaxPool": "maxpool", "AveragePool": "avgpool"}[op]
+
+
+def test_gelu_and_the_erf_pattern_older_exporters_write_match_onnxruntime(tmp_path):
+    nodes = [helper.make_node("Gelu", ["x"], ["a"]),
+             helper.make_node("Div", ["x", "sqrt2"], ["d"]),         # torch's GELU, opset < 20
+             helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["f"]),
+             helper.make_node("Mul", ["x", "f"], ["g"]),
+             helper.make_node("Mul", ["g", "half"], ["b"]),
+             helper.make_node("Sub", ["a", "b"], ["c"]),
+             helper.make_node("Add", ["a", "c"], ["y"])]
+    inits = [_init("sqrt2", np.sqrt(2.0)), _init("one", 1.0), _init("half", 0.5)]
+    net = _compare(_net(tmp_path, nodes, (3, 8), inits, opset=20), _x((3, 8), 11) * 2)
+    assert "erf" in [layer.op for layer in net.layers]
