@@ -191,6 +191,9 @@ def _grammar_programs():
         "DTYPE": st.sampled_from(sorted(DTYPE_BYTES)).map(lambda n: f" {n} "),
         # from 1: a dimension must be positive, and the parser checks it
         "INT": st.integers(1, 9).map(str),
+        # numbers the parser accepts (it refuses a too large integer where it reads it)
+        "SIGNED_NUMBER": st.one_of(st.integers(-99, 99).map(str),
+                                   st.sampled_from(["0.5", "-1.25", "1e-3", ".5", "+2"])),
     })
 
 

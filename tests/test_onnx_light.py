@@ -12,7 +12,7 @@ final Softmax) and the model's output must agree within 1e-4 of their largest ma
 All run at the files' own size (1x3x224x224). Four run by default (Inception v1, ShuffleNet,
 SqueezeNet, DenseNet-121: about 10 s together on two cores); the other five (ResNet-50,
 Inception v2, and AlexNet, ZFNet and VGG-19 with 60-140 M weights each: about 2 minutes and
-a few GB of memory) run when BWPLAN_TEST_ONNX_LIGHT=all, as .ci/run sets it.
+a few GB of memory) run when BWPLAN_TEST_ONNX_LIGHT=all, as .ci/run sets it for the suite.
 """
 from __future__ import annotations
 

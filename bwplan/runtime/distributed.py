@@ -189,6 +189,9 @@ def guarded(comm: Communicator, fn: Callable[..., int], *args, debug: bool = Fal
     print(f"bwplan: rank {comm.rank} of {comm.size} failed: {cause}", file=err_stream,
           flush=True)
     sys.stdout.flush()
+    # the launcher forwards a rank's output asynchronously; an abort at once can kill the
+    # processes before the message reaches it (seen under load: an empty stderr)
+    time.sleep(0.3)
     comm.abort(status)
     return status
 
