@@ -130,7 +130,76 @@ def test_explain_data_parallel_lists_the_buckets(files):
     assert doc["data_parallel"]["learnable_bytes"] == learnable
 
 
+# a class-incremental head: rows 0:7 of c (7 old classes) kept, 3 new ones train
+ROWS_NET = """\
+input x : f32[8, 6]
+input y : i64[8]
+h = linear(x, out=6)
+r = relu(h)
+c = linear(r, out=10)
+loss = softmax_cross_entropy(c, y)
+"""
+ROWS_FREEZE = ("c.weight[0:7]", "c.bias[0:7]")
+
+
+@pytest.fixture
+def rows_files(tmp_path):
+    net = tmp_path / "rows.bw"
+    net.write_text(ROWS_NET)
+    rng = np.random.default_rng(2)
+    data = tmp_path / "rows.npz"
+    np.savez(data, x=rng.standard_normal((27, 6)).astype(np.float32),
+             y=rng.integers(0, 10, 27))
+    return net, data, tmp_path
+
+
+def test_buckets_carry_only_the_trainable_rows(rows_files):
+    net, _, _ = rows_files
+    whole = gradient_buckets(bwplan.compile(str(net), target="reference").program)
+    prog = bwplan.compile(str(net), target="reference", freeze=ROWS_FREEZE)
+    sliced = gradient_buckets(prog.program)
+    entries = {e.param: e for b in sliced.buckets for e in b.entries}
+    assert entries["c.weight"].rows == ((7, 10),) and entries["c.bias"].rows == ((7, 10),)
+    assert entries["c.weight"].size == 3 * 6 and entries["c.weight"].nbytes == 3 * 6 * 4
+    assert entries["h.weight"].rows == () and entries["h.weight"].size == 36
+    # 7 of c's 10 rows (7*6 weights + 7 biases, float32) stay home
+    assert sliced.nbytes == whole.nbytes - (7 * 6 + 7) * 4
+    assert sliced.nbytes == prog.plan.summary.allreduce_bytes
+    offsets = [(e.offset, e.size) for b in sliced.buckets for e in b.entries]
+    assert all(o + n == o2 for (o, n), (o2, _) in zip(offsets, offsets[1:]))   # packed
+    shown = _run([sys.executable, "-m", "bwplan", "explain", str(net), "--data-parallel",
+                  "--freeze", ROWS_FREEZE[0], "--freeze", ROWS_FREEZE[1]])
+    assert shown.returncode == 0, shown.stderr
+    assert "252 B all-reduced per step" in shown.stdout, shown.stdout
+    assert "c.weight[7:10], c.bias[7:10]" in shown.stdout
+    doc = json.loads(_run([sys.executable, "-m", "bwplan", "explain", str(net), "--format",
+                           "json", "--data-parallel", "--freeze", ROWS_FREEZE[0]]).stdout)
+    sent = {e["param"]: e for b in doc["data_parallel"]["buckets"] for e in b["params"]}
+    assert sent["c.weight"]["rows"] == [[7, 10]] and sent["c.weight"]["bytes"] == 72
+    assert sent["c.bias"]["rows"] == []
+
+
 # ---- two processes -------------------------------------------------------------------------
+@needs_mpi
+def test_two_ranks_send_only_trainable_rows_and_match_one_process(rows_files):
+    net, data, tmp = rows_files
+    freeze = [a for rule in ROWS_FREEZE for a in ("--freeze", rule)]
+    one = _train(net, data, tmp / "one.npz", 0, *freeze)
+    assert one.returncode == 0, one.stderr
+    two = _train(net, data, tmp / "two.npz", 2, *freeze)
+    assert two.returncode == 0, two.stderr
+    # 4 gradients, 252 B where the whole head would be 448 B
+    assert "1 bucket, 4 gradients, 252 B per step (all learnable parameters: 448 B)" \
+        in two.stderr, two.stderr
+    _close(tmp / "one.npz", tmp / "two.npz")
+    initial = bwplan.compile(str(net), target="reference").params
+    w1, w2 = np.load(tmp / "one.npz"), np.load(tmp / "two.npz")
+    for k in ("c.weight", "c.bias"):
+        assert np.array_equal(w2[k][:7], initial[k][:7]), k    # the old rows, exactly
+        assert np.array_equal(w2[k][:7], w1[k][:7]), k
+        assert not np.allclose(w2[k][7:], initial[k][7:]), k   # the new rows trained
+
+
 @needs_mpi
 def test_two_ranks_match_one_process_pruned_and_unpruned(files):
     net, data, tmp = files

@@ -14,6 +14,13 @@ their dW), and neither do decay-only parameters (trainable, no gradient): every 
 their decay alone. For a parameter whose uses carry different lr multipliers the update reads
 the multiplier-weighted sum (`Program.mixed_scale`), so that buffer travels instead.
 
+A partly frozen parameter (`--freeze 'fc.weight[0:90]'`) travels as its trainable rows
+alone: its entry records those [start, stop) ranges of the leading axis, and its `size` and
+`nbytes` count only them, packed one after another in the bucket (the frozen rows' gradient
+is zero on every rank and the update never reads it, so summing it would be wasted bytes).
+Each range is a contiguous run of the row-major gradient, so the runtime packs it with one
+copy per range before the all-reduce and unpacks it after.
+
 Example: the digits fine-tune, where only `head` trains (`explain --data-parallel`): the
 backward's steps are the loss's dX (0) and head's dW of weight (1) and bias (2), so
 
@@ -37,6 +44,14 @@ class BucketEntry:
     size: int            # elements
     nbytes: int
     source: str          # "grads" (the summed gradient) or "scaled" (lr-weighted sum)
+    # the trainable [start, stop) ranges of the leading axis that travel, packed in this
+    # order; () when the whole parameter does
+    rows: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def row_size(self) -> int:
+        """Elements in one row of the leading axis."""
+        return self.size // sum(b - a for a, b in self.rows) if self.rows else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +85,7 @@ class BucketPlan:
 
     def layout(self) -> tuple:
         """What every rank must agree on: bucket by bucket, (param, shape, dtype)."""
-        return tuple((b.dtype, tuple((e.param, e.shape) for e in b.entries))
+        return tuple((b.dtype, tuple((e.param, e.shape, e.rows) for e in b.entries))
                      for b in self.buckets)
 
 
@@ -86,6 +101,7 @@ def gradient_buckets(program: Program, cap_bytes: int = DEFAULT_CAP_BYTES) -> Bu
         raise InternalError(f"the plan all-reduces {', '.join(missing)} but the program "
                             "computes no gradient for it")
     order = sorted(sent, key=lambda p: last_write[p])
+    rows_of = {u.param: u.rows for u in plan.updates}
     buckets: list[Bucket] = []
     entries: list[BucketEntry] = []
     dtype, filled, offset = "", 0, 0
@@ -103,8 +119,12 @@ def gradient_buckets(program: Program, cap_bytes: int = DEFAULT_CAP_BYTES) -> Bu
             close()
         dtype = ptype.dtype
         source = "scaled" if p in program.mixed_scale else "grads"
-        entries.append(BucketEntry(p, tuple(ptype.shape), offset, ptype.numel, sent[p], source))
-        offset += ptype.numel
+        rows = rows_of.get(p, ())
+        size = ptype.numel
+        if rows:
+            size = size // ptype.shape[0] * sum(b - a for a, b in rows)
+        entries.append(BucketEntry(p, tuple(ptype.shape), offset, size, sent[p], source, rows))
+        offset += size
         filled += sent[p]
     close()
     return BucketPlan(tuple(buckets), cap_bytes)

@@ -206,7 +206,9 @@ def make_plan(net: Net) -> Plan:
     kept_values = _freeze_kept(kept)
     full_values = _freeze_kept(full_kept)
     updates = param_updates(net, dw_needed)
-    allreduce = tuple((u.param, u.nbytes) for u in updates if any(t.computed for t in u.terms))
+    # a partly frozen parameter sends only its trainable rows
+    allreduce = tuple((u.param, u.sent_bytes) for u in updates
+                      if any(t.computed for t in u.terms))
     summary = Summary(
         fwd_flops=sum(fwd_flops.values()),
         full_bwd_flops=sum(p.full_bwd_flops for p in layer_plans),

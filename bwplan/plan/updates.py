@@ -28,6 +28,8 @@ class ParamUpdate:
     text: str
     # the [start, stop) leading-axis ranges the update touches; () for the whole tensor
     rows: tuple[tuple[int, int], ...] = ()
+    # the bytes of the rows the update touches: what a data-parallel step must all-reduce
+    sent_bytes: int = 0
 
 
 def param_updates(net: Net, dw_needed: dict[tuple[str, str], bool]) -> tuple[ParamUpdate, ...]:
@@ -67,8 +69,11 @@ def param_updates(net: Net, dw_needed: dict[tuple[str, str], bool]) -> tuple[Par
         rows = param.trainable_rows() if kind != "none" else ()
         if rows:
             text += f"; rows {_ranges(rows)} of {param.type.shape[0]} only, the rest kept"
+        sent = param.type.nbytes
+        if rows:
+            sent = sent // param.type.shape[0] * sum(b - a for a, b in rows)
         out.append(ParamUpdate(name, kind, terms, decay_lr, decay, param.type.nbytes, text,
-                               rows))
+                               rows, sent))
     return tuple(out)
 
 

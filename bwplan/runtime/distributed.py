@@ -14,6 +14,9 @@ What it does:
   announced when the plan changes); a bucket's `Iallreduce` starts right after the backward
   step that completes it, later steps poll MPI so it progresses, and the update of each
   bucket's parameters waits for that bucket alone. Decay-only parameters update locally.
+  A gradient that travels whole lives in its bucket's buffer (the dW kernels write there);
+  a partly frozen one keeps its own array, and only its trainable rows are copied into the
+  bucket before the all-reduce and back after it.
 - Running statistics (BatchNorm mean/var) are averaged over the ranks every step (weighted
   by shard size), so every rank holds the same parameters after every step; the
   normalisation itself uses each shard's own batch statistics (as PyTorch DDP without
@@ -250,6 +253,8 @@ class _Bound:
     buckets: BucketPlan
     buffers: list[np.ndarray]
     views: dict[str, tuple[str, np.ndarray]]             # param -> (grads|scaled, view)
+    # per bucket, its partly frozen entries: (entry, the gradient's own array)
+    packed: dict[int, list[tuple]]
     ready: dict[int, list[int]]                          # backward step -> buckets to start
     seed_role: dict[str, bool]                           # loss layer -> averages its batch
     local_updates: tuple = ()                            # updates with nothing to wait for
@@ -363,6 +368,7 @@ class DataParallel:
         waited = 0.0
         for b, request in self._started:
             waited += self.comm.wait(request, f"the all-reduce of gradient bucket {b}")
+            self._unpack(b)
             launched += optimizer.step(bound.bucket_updates[b], params, grads, scaled)
         if self._stat_request is not None:
             waited += self.comm.wait(self._stat_request, "the running statistics")
@@ -388,6 +394,9 @@ class DataParallel:
         self.begin(bound.program, prog._grad_store, prog._scaled)
         for buf in bound.buffers:
             buf.fill(0)
+        for entries in bound.packed.values():
+            for _, own in entries:
+                own.fill(0)
         program = bound.program
         result = StepResult(0.0, {n: 0.0 for n, _ in program.losses}, {}, StepStats())
         computed = {s.param for s in program.backward if s.phase == "dw"}
@@ -432,9 +441,16 @@ class DataParallel:
             buffers = [np.zeros(b.size, numpy_dtype(b.dtype)) for b in buckets.buckets]
             self._buffers[layout] = buffers
         views, ready = {}, {}
+        packed: dict[int, list[tuple]] = {}
         for b, buf in zip(buckets.buckets, buffers):
             for e in b.entries:
-                views[e.param] = (e.source, buf[e.offset:e.offset + e.size].reshape(e.shape))
+                if e.rows:
+                    own = np.zeros(e.shape, buf.dtype)
+                    views[e.param] = (e.source, own)
+                    packed.setdefault(b.index, []).append((e, own))
+                else:
+                    views[e.param] = (e.source,
+                                      buf[e.offset:e.offset + e.size].reshape(e.shape))
             ready.setdefault(b.ready_after, []).append(b.index)
         net = program.plan.net
         seed_role = {n: registry.OPS[net.layer(n).op].role == "loss" for n, _ in program.losses}
@@ -444,7 +460,7 @@ class DataParallel:
             name for name, p in net.params.items() if not p.learnable and any(
                 registry.OPS[net.layer(layer).op].state_update_ref is not None
                 for layer, _ in net.uses_of(name)))
-        bound = _Bound(program, buckets, buffers, views, ready, seed_role,
+        bound = _Bound(program, buckets, buffers, views, packed, ready, seed_role,
                        tuple(u for u in updates if u.param not in in_bucket),
                        [tuple(u for u in updates if in_bucket.get(u.param) == b.index)
                         for b in buckets.buckets], statistics)
@@ -460,9 +476,30 @@ class DataParallel:
         self.comm.progress(self._pending)
 
     def _start(self, b: int) -> None:
+        self._pack(b)
         request = self.comm.iallreduce(self._current.buffers[b])
         self._started.append((b, request))
         self._pending.append(request)
+
+    def _pack(self, b: int) -> None:
+        """Copy the trainable rows of bucket b's partly frozen gradients into it."""
+        buf = self._current.buffers[b]
+        for e, own in self._current.packed.get(b, ()):
+            flat, at = own.reshape(-1), e.offset
+            for lo, hi in e.rows:
+                n = (hi - lo) * e.row_size
+                buf[at:at + n] = flat[lo * e.row_size:hi * e.row_size]
+                at += n
+
+    def _unpack(self, b: int) -> None:
+        """The summed rows back into the gradients' arrays (the frozen rows stay 0)."""
+        buf = self._current.buffers[b]
+        for e, own in self._current.packed.get(b, ()):
+            flat, at = own.reshape(-1), e.offset
+            for lo, hi in e.rows:
+                n = (hi - lo) * e.row_size
+                flat[lo * e.row_size:hi * e.row_size] = buf[at:at + n]
+                at += n
 
     def _start_statistics(self, params) -> None:
         names = self._current.statistics
