@@ -243,3 +243,27 @@ def test_onnx_import_follows_the_exported_training_mode(tmp_path, training_mode,
     net = import_onnx(str(path), loss="euclidean_loss").net
     bn = next(layer for layer in net.layers if layer.op == "batchnorm")
     assert bwplan.make_plan(net).layer(bn.name).mode.mode.stats == want
+
+
+@pytest.mark.parametrize("case", ["default", "frozen", "batch_fixed"])
+def test_json_carries_each_mode(case, capsys, tmp_path):
+    import json
+    path = tmp_path / "net.bw"
+    path.write_text(_source(case))
+    assert main(["explain", str(path), "--format", "json"]) == 0
+    layers = {layer["name"]: layer for layer in json.loads(capsys.readouterr().out)["layers"]}
+    stats, update = CASES[case][5]
+    assert layers["bn"]["mode"] == {
+        "stats": stats, "update_stats": update,
+        "scale_shift": "trains" if CASES[case][3] else "frozen", "scale_shift_in": "bn"}
+    assert layers["conv"]["mode"] is None and layers["fc"]["mode"] is None
+
+
+def test_json_names_the_scale_layer_of_a_caffe_batchnorm(tmp_path, capsys):
+    import json
+    path = tmp_path / "bn.prototxt"
+    path.write_text(CAFFE % "batch_norm_param { use_global_stats: true }")
+    assert main(["explain", str(path), "--format", "json"]) == 0
+    layers = {layer["name"]: layer for layer in json.loads(capsys.readouterr().out)["layers"]}
+    assert layers["bn"]["mode"] == {"stats": "stored", "update_stats": False,
+                                    "scale_shift": "frozen", "scale_shift_in": "sc"}

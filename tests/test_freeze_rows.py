@@ -139,6 +139,27 @@ def test_explain_shows_the_rows_and_the_saving(capsys, tmp_path):
     assert "rows 7:10 of 10 only, the rest kept" in flat
 
 
+def test_json_carries_each_parameters_frozen_rows(capsys, tmp_path):
+    import json
+    path = tmp_path / "net.bw"
+    path.write_text(LINEAR)
+    assert main(["explain", str(path), "--format", "json", "--freeze", "fc.weight[0:2, 5:7]",
+                 "--freeze", "fc.bias[0:7]"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    params = {p["name"]: p for p in doc["net"]["params"]}
+    assert params["fc.weight"]["frozen_rows"] == [[0, 2], [5, 7]]
+    assert params["fc.bias"]["frozen_rows"] == [[0, 7]]
+    assert params["h.weight"]["frozen_rows"] == []
+    updates = {u["param"]: u for u in doc["updates"]}
+    assert updates["fc.weight"]["rows"] == [[2, 5], [7, 10]]
+    assert updates["fc.bias"]["rows"] == [[7, 10]] and updates["h.weight"]["rows"] == []
+    # 6 of fc's 10 rows train: its backward (dX, and dW over those rows) costs less
+    fc = next(layer for layer in doc["layers"] if layer["name"] == "fc")
+    sent = {p["param"]: p["bytes"] for p in doc["allreduce"]["params"]}
+    assert sent["fc.weight"] == 6 * 12 * 4 and sent["fc.bias"] == 3 * 4
+    assert fc["flops"]["backward"] < fc["flops"]["backward_full"]
+
+
 @pytest.mark.parametrize("rule, message", [
     ("fc.weight[0:11]", "rows 0:11 are out of bounds: the leading axis has 10 rows"),
     ("fc.weight[3:3]", "rows 3:3 are out of bounds"),

@@ -2,9 +2,11 @@
 Bump SCHEMA when a field changes meaning or disappears; adding fields keeps the version."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from bwplan.plan.decisions import Decision
+from bwplan.plan.modes import LayerMode
 from bwplan.plan.plan import Plan
 
 SCHEMA = "bwplan.plan/1"
@@ -13,6 +15,19 @@ SCHEMA = "bwplan.plan/1"
 def _decision(d: Decision) -> dict:
     return {"needed": d.needed, "code": d.reason.code, "text": d.reason.text,
             "via": list(d.reason.via)}
+
+
+def _mode(mode: LayerMode | None) -> dict | None:
+    """A layer's running mode: the op's mode object's fields (batchnorm: `stats`,
+    `update_stats`) and whether its scale/shift trains, and in which layer."""
+    if mode is None:
+        return None
+    return {**dataclasses.asdict(mode.mode), "scale_shift": mode.scale_shift,
+            "scale_shift_in": mode.scale_shift_in or None}
+
+
+def _rows(rows) -> list[list[int]]:
+    return [[a, b] for a, b in rows]
 
 
 def plan_to_dict(plan: Plan) -> dict:
@@ -24,6 +39,7 @@ def plan_to_dict(plan: Plan) -> dict:
             "name": lp.name, "op": lp.op, "at": str(layer.span),
             "shape": list(layer.out.shape), "dtype": layer.out.dtype,
             "frozen": layer.frozen, "loss_weight": layer.loss_weight,
+            "mode": _mode(lp.mode),
             "forward": _decision(lp.forward),
             "dx": [{"input": e.src, "index": e.index, "stop_gradient": e.stop_gradient,
                     **_decision(d)} for e, d in zip(layer.inputs, lp.dx)],
@@ -42,7 +58,8 @@ def plan_to_dict(plan: Plan) -> dict:
                 "inputs": [{"name": i.name, "dtype": i.type.dtype, "shape": list(i.type.shape),
                             "grad": i.requires_grad} for i in net.inputs],
                 "params": [{"name": q.name, "dtype": q.type.dtype, "shape": list(q.type.shape),
-                            "learnable": q.learnable, "bytes": q.type.nbytes}
+                            "learnable": q.learnable, "bytes": q.type.nbytes,
+                            "frozen_rows": _rows(q.frozen_rows)}
                            for q in net.params.values()]},
         "layers": layers,
         "kept": [{"name": v.name, "kind": v.kind, "bytes": v.nbytes,
@@ -62,6 +79,7 @@ def plan_to_dict(plan: Plan) -> dict:
                           "reason": p.reason},
         "updates": [{"param": u.param, "kind": u.kind, "decay_mult": u.decay_mult,
                      "decay_lr_mult": u.decay_lr_mult, "text": u.text,
+                     "rows": _rows(u.rows),
                      "uses": [{"layer": t.layer, "lr_mult": t.lr_mult,
                                "computed": t.computed} for t in u.terms]}
                     for u in plan.updates],
