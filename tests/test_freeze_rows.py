@@ -165,6 +165,8 @@ def test_json_carries_each_parameters_frozen_rows(capsys, tmp_path):
     ("fc.weight[3:3]", "rows 3:3 are out of bounds"),
     ("fc.weight[a:b]", "'a:b' is not a range start:stop"),
     ("fc.wieght[0:1]", "no parameter 'fc.wieght'"),
+    # no trainable row left: that is a frozen parameter, not a partly frozen one
+    ("fc.weight[0:4, 4:10]", "the frozen rows cover all 10 rows of the leading axis"),
 ])
 def test_a_bad_range_is_a_located_error(rule, message, capsys, tmp_path):
     path = tmp_path / "net.bw"
@@ -220,6 +222,7 @@ def test_the_bw_spelling_plans_and_trains_like_the_flag():
     ('weight.frozen_rows="0:17"', "rows 0:17 are out of bounds"),
     ('weight.frozen_rows=3', "needs a string of ranges"),
     ('wieght.frozen_rows="0:1"', "wieght"),
+    ('weight.frozen_rows="0:10"', "the frozen rows cover all 10 rows"),
 ])
 def test_a_bad_bw_range_is_located_at_its_setting(setting, message):
     with pytest.raises(BwError) as err:

@@ -21,7 +21,7 @@ from bwplan.errors import (AttrError, BwError, CycleError, ParamError, Redefined
 from bwplan.frontend import ast
 from bwplan.ir import verify
 from bwplan.ir.net import Edge, Input, Layer, Net, Param, ParamUse, make_graph
-from bwplan.ir.rows import parse_rows, rows_problem
+from bwplan.ir.rows import add_rows, parse_rows, rows_problem
 from bwplan.ir.types import MAX_EXTENT, TensorType
 from bwplan.ops.opdef import REQUIRED, AttrSpec, OpCtx, OpDef
 from bwplan.source import Span
@@ -281,8 +281,9 @@ class _Builder:
                 text, where = settings.frozen_rows[slot.name]
                 rows = parse_rows(where, f"{stmt.name}.{slot.name}.frozen_rows", text,
                                   ptype.shape[0])
-                params[pname] = replace(params[pname], frozen_rows=tuple(sorted(
-                    params[pname].frozen_rows + rows)))
+                params[pname] = replace(params[pname], frozen_rows=add_rows(
+                    where, f"{stmt.name}.{slot.name}.frozen_rows",
+                    params[pname].frozen_rows, rows, ptype.shape[0]))
             uses.append(settings.use(pname, slot.name, slot.learnable, decl, span))
         loss_weight = settings.loss_weight
         if loss_weight is None:

@@ -28,6 +28,24 @@ def parse_rows(where: Span, what: str, text: str, rows: int) -> tuple[tuple[int,
     return tuple(sorted(out))
 
 
+def add_rows(where: Span, what: str, frozen: tuple[tuple[int, int], ...],
+             more: tuple[tuple[int, int], ...], rows: int) -> tuple[tuple[int, int], ...]:
+    """`frozen` and `more` together, sorted; refused when they cover every row, since a
+    parameter with no trainable row is a frozen parameter and is written as one (its
+    update would otherwise be planned over the whole tensor)."""
+    out = tuple(sorted(frozen + more))
+    covered = 0
+    for a, b in out:
+        if a > covered:
+            return out
+        covered = max(covered, b)
+    if covered >= rows:
+        raise BwError(where, f"{what}: the frozen rows cover all {rows} rows of the leading "
+                      "axis", "freeze its layer (--freeze LAYER), or in .bw set its lr to 0 "
+                      "(weight.lr=0)")
+    return out
+
+
 def rows_problem(op_name: str, slot: str, attrs) -> str | None:
     """Why rows of this op's `slot` cannot be frozen, or None."""
     rule = registry.OPS[op_name].grad_for(slot)

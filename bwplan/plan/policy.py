@@ -12,7 +12,7 @@ from bwplan import ops as registry
 from bwplan.errors import BwError
 from bwplan.ir import verify
 from bwplan.ir.net import Layer, Net
-from bwplan.ir.rows import parse_rows, rows_problem
+from bwplan.ir.rows import add_rows, parse_rows, rows_problem
 from bwplan.source import Span
 
 
@@ -66,9 +66,9 @@ def _freeze_rows(net: Net, rules: list[tuple[str, str]]) -> Net:
             problem = rows_problem(net.layer(layer).op, use.slot, net.layer(layer).attrs)
             if problem:
                 raise BwError(where, f"'{pattern}': {problem}")
-        ranges = param.frozen_rows + parse_rows(where, f"'{pattern}'", m.group("ranges"),
-                                                param.type.shape[0])
-        params[name] = replace(param, frozen_rows=tuple(sorted(ranges)))
+        ranges = parse_rows(where, f"'{pattern}'", m.group("ranges"), param.type.shape[0])
+        params[name] = replace(param, frozen_rows=add_rows(
+            where, f"'{pattern}'", param.frozen_rows, ranges, param.type.shape[0]))
     return Net(net.name, net.path, net.inputs, MappingProxyType(params), net.layers,
                net.graph)
 
