@@ -34,6 +34,47 @@ def test_table_fits_100_columns_and_wide_keeps_a_line_per_layer(capsys, path):
     assert all(len(row.split()) >= 7 for row in wide.splitlines()[2:2 + layers])
 
 
+# names long enough that every --why line about them overflows 100 columns
+LONG_NAMES = """\
+input image : f32[4, 3, 8, 8]
+input label : i64[4]
+feature_extractor_convolution_a = conv2d(image, out=4, kernel=3, pad=1) frozen
+feature_extractor_activation_a = relu(feature_extractor_convolution_a)
+feature_extractor_convolution_b = conv2d(feature_extractor_activation_a, out=4, kernel=3)
+feature_extractor_global_pooling = global_avgpool(feature_extractor_convolution_b)
+classification_head_fully_connected = linear(feature_extractor_global_pooling, out=10)
+classification_loss_softmax = softmax_cross_entropy(classification_head_fully_connected, label)
+"""
+
+
+@pytest.mark.parametrize("name", ["feature_extractor_convolution_b",
+                                  "feature_extractor_convolution_a.weight",
+                                  "classification_head_fully_connected.weight", "image"])
+def test_why_fits_100_columns_and_wide_keeps_its_lines(capsys, tmp_path, name):
+    path = tmp_path / "long.bw"
+    path.write_text(LONG_NAMES)
+    rc, text, _ = explain(capsys, path, "--why", name, "--freeze",
+                          "classification_head_fully_connected.weight[0:9]")
+    assert rc == 0
+    assert max(map(len, text.splitlines())) <= 100, text
+    rc, wide, _ = explain(capsys, path, "--why", name, "--wide", "--freeze",
+                          "classification_head_fully_connected.weight[0:9]")
+    assert rc == 0 and max(map(len, wide.splitlines())) > 100
+    # each wide line becomes lines holding its words, continued 4 columns deeper
+    wrapped = iter(text.splitlines())
+    for line in wide.splitlines():
+        lead = len(line) - len(line.lstrip(" "))
+        first = next(wrapped)
+        assert line.startswith(first), (line, first)
+        words = first.split()
+        while len(words) < len(line.split()):
+            more = next(wrapped)
+            assert more.startswith(" " * (lead + 4)) and more[lead + 4] != " ", more
+            words += more.split()
+        assert words == line.split()
+    assert next(wrapped, None) is None
+
+
 def test_wording(capsys, tmp_path):
     for path in EXAMPLES:
         rc, text, _ = explain(capsys, path)

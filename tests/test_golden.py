@@ -22,6 +22,8 @@ OUTPUT_MARK = "#### bwplan explain\n"
 CASES = {p.stem: ["explain", f"examples/{p.name}"]
          for p in sorted((ROOT / "examples").glob("*.bw"))}
 CASES["middle_frozen.why_conv2"] = ["explain", "examples/middle_frozen.bw", "--why", "conv2"]
+CASES["middle_frozen.why_conv2.wide"] = ["explain", "examples/middle_frozen.bw", "--why",
+                                        "conv2", "--wide"]
 CASES["seed_inception_branch.wide"] = ["explain", "examples/seed_inception_branch.bw", "--wide"]
 CASES["cnn_small.freeze_convs"] = ["explain", "examples/cnn_small.bw", "--freeze", "conv*",
                                    "--unfreeze", "conv3"]

@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bucket-kib", type=int, default=256, metavar="KIB",
                    help="with --data-parallel: the largest bucket one all-reduce sends")
     p.add_argument("--wide", action="store_true",
-                   help=f"one line per layer with its reason, however wide (the table fits "
-                   f"{WIDTH} columns otherwise)")
+                   help=f"one line per layer with its reason, however wide (the table and "
+                   f"--why fit {WIDTH} columns otherwise)")
 
 
 def is_caffe(path: str) -> bool:
@@ -49,7 +49,7 @@ def run(args) -> int:
     else:
         plan = _plan(args)
         if args.why:
-            text = render_why(plan, args.why)
+            text = render_why(plan, args.why, None if args.wide else WIDTH)
         elif args.format == "table":
             text = render_table(plan, None if args.wide else WIDTH)
         else:

@@ -1,12 +1,15 @@
 """`bwplan explain --why NAME`: the chain of facts behind every decision about one layer,
 input or parameter: which trainable parameter it leads to, which loss it reaches, and which
-edge or freeze cuts it, with source positions."""
+edge or freeze cuts it, with source positions. Lines longer than `width` (the CLI's 100
+columns unless `--wide`) wrap as the table's do: between words, a chain of names between
+its arrows, each continuation 4 columns deeper than its line."""
 from __future__ import annotations
 
 from collections import deque
 
 from bwplan import ops as registry
 from bwplan.errors import UnknownName
+from bwplan.explain.table import _wrap
 from bwplan.plan.grad_flow import path_down, path_up
 from bwplan.plan.plan import Plan
 from bwplan.source import Span
@@ -14,16 +17,21 @@ from bwplan.source import Span
 _LIMIT = 8
 
 
-def render_why(plan: Plan, name: str) -> str:
+def render_why(plan: Plan, name: str, width: int | None = None) -> str:
     net = plan.net
     if net.has_layer(name):
-        return "\n".join(_layer(plan, name)) + "\n"
-    if name in net.params:
-        return "\n".join(_param(plan, name)) + "\n"
-    if net.input(name) is not None:
-        return "\n".join(_input(plan, name)) + "\n"
-    raise UnknownName(Span.synthetic("--why"), "layer, input or param", name,
-                      net.tensor_names() + list(net.params))
+        lines = _layer(plan, name)
+    elif name in net.params:
+        lines = _param(plan, name)
+    elif net.input(name) is not None:
+        lines = _input(plan, name)
+    else:
+        raise UnknownName(Span.synthetic("--why"), "layer, input or param", name,
+                          net.tensor_names() + list(net.params))
+    if width is not None:
+        lines = [part for line in lines
+                 for part in _wrap(line, width, len(line) - len(line.lstrip(" ")) + 4)]
+    return "\n".join(lines) + "\n"
 
 
 def _arrow(names) -> str:
