@@ -5,7 +5,9 @@ Caffe's CIFAR-10 "quick" model imported from its prototxt when ../shared/caffe i
 Scenarios are freezing rules derived from each net's parameterised layers (topological
 order): `full` (as written), `head` (only the last parameterised layer trains), `top3` (the
 last three train), `mid_frozen` (the middle parameterised layer frozen, the gradient flowing
-through it).
+through it), `head_rows90` (class-incremental: the head trains, with the first 90% of its
+output rows, weight and bias, frozen, and at least one row training: 1 of siamese_mlp's 2;
+compare it with `head`).
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ NETWORKS = {
     "cifar10_quick": BenchNet("cifar10_quick", SHARED_CAFFE / "base_cifar10_quick.prototxt",
                               SHARED_CAFFE / "time_base_cifar10_quick.log"),
 }
-SCENARIOS = ("full", "head", "top3", "mid_frozen")
+SCENARIOS = ("full", "head", "top3", "mid_frozen", "head_rows90")
+ROWS_FROZEN = 0.9   # head_rows90: the share of the head's output rows kept
 
 
 def available(names) -> list[BenchNet]:
@@ -52,4 +55,12 @@ def scenario_rules(net, scenario: str) -> list[tuple[str, str]]:
         return [("freeze", "*")] + [("unfreeze", n) for n in layers[-3:]]
     if scenario == "mid_frozen":
         return [("freeze", layers[len(layers) // 2])]
+    if scenario == "head_rows90":
+        head = net.layer(layers[-1])
+        rows = []
+        for u in head.params:
+            if net.params[u.param].learnable:
+                n = net.params[u.param].type.shape[0]
+                rows.append(("freeze", f"{u.param}[0:{min(n - 1, round(ROWS_FROZEN * n))}]"))
+        return scenario_rules(net, "head") + rows
     raise ValueError(scenario)

@@ -82,6 +82,11 @@ class TorchPeer:
             uses = [u for _, u in net.uses_of(name)]
             trains = net.params[name].learnable and any(u.lr_mult > 0 for u in uses)
             self.params[name] = _layout(torch.tensor(value), variant).requires_grad_(trains)
+        # PyTorch cannot freeze part of a tensor: its users compute the whole dW and put the
+        # frozen rows back after each step (which also undoes momentum and decay on them)
+        self._kept_rows = [(self.params[name], a, b, self.params[name][a:b].detach().clone())
+                           for name, p in net.params.items() if name in self.params
+                           for a, b in p.frozen_rows]
         groups = []
         for name, t in self.params.items():
             if t.requires_grad:
@@ -134,6 +139,10 @@ class TorchPeer:
             loss.backward()
         if self.optimizer is not None:
             self.optimizer.step()
+        if self._kept_rows:
+            with torch.no_grad():
+                for t, a, b, rows in self._kept_rows:
+                    t[a:b] = rows
         return float(loss.detach())
 
     def _first_forward(self, batch) -> torch.Tensor:

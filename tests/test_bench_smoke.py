@@ -42,6 +42,21 @@ def test_scenarios_freeze_what_they_say():
     assert frozen == ["conv3"] and mid.layer("conv3").dx[0].needed
 
 
+def test_the_class_incremental_scenario_slices_the_head():
+    import bwplan
+    net = bwplan.compile(str(NETWORKS["cnn_small"].path), target="reference").net
+    rules = scenario_rules(net, "head_rows90")
+    assert rules[-2:] == [("freeze", "fc2.weight[0:9]"), ("freeze", "fc2.bias[0:9]")]
+    rows = bwplan.make_plan(bwplan.apply_policy(net, rules))
+    head = bwplan.make_plan(bwplan.apply_policy(net, scenario_rules(net, "head")))
+    assert {l.name for l in rows.layers if any(d.needed for d in l.dw)} == {"fc2"}
+    # 1 of fc2's 10 output rows trains: a tenth of its dW and db, the loss's dX unchanged
+    loss_dx = rows.layer("loss").bwd_flops
+    assert loss_dx == head.layer("loss").bwd_flops
+    assert rows.layer("fc2").bwd_flops * 10 == head.layer("fc2").bwd_flops
+    assert rows.summary.planned_bwd_flops == loss_dx + head.layer("fc2").bwd_flops // 10
+
+
 def test_one_case_end_to_end():
     row = run_case(NETWORKS["siamese_mlp"], "head", "cpu", warmup=0, repeats=2,
                    with_torch=False)
@@ -89,3 +104,31 @@ def test_torch_at_its_best_is_the_fastest_variant_and_targets_say_so():
     assert "NOT met" in lines[0] and "n/s 2.00" in lines[0]  # 2.0 > 1.0x the best
     assert lines[1].endswith("NOT met (0 of 1 cases; wall 1.00-1.00, CPU time 0.50-0.50; "
                              "over: n/s 1.00)")
+
+
+def test_torch_peer_puts_the_frozen_rows_back_and_steps_as_bwplan_does():
+    """PyTorch's workaround for frozen rows (the whole dW, the rows restored after the step)
+    gives the parameters bwplan's sliced step gives."""
+    import numpy as np
+    import pytest
+    pytest.importorskip("torch")
+    import bwplan
+    from bench.suite import DECAY, LR, MOMENTUM, random_batch
+    from bench.torch_peer import TorchPeer
+    base = bwplan.compile(str(NETWORKS["cnn_small"].path), target="reference")
+    prog = bwplan.compile(str(NETWORKS["cnn_small"].path), target="reference",
+                          rules=scenario_rules(base.net, "head_rows90"))
+    prog.set_optimizer(LR, MOMENTUM, DECAY)
+    initial = {k: np.array(v) for k, v in prog.params.items()}
+    batch = random_batch(prog.net)
+    peer = TorchPeer(prog.net, initial, LR, MOMENTUM, DECAY)
+    tbatch = peer.batch(batch)
+    for _ in range(2):
+        peer.step(tbatch)
+        prog.step(batch)
+    for k in ("fc2.weight", "fc2.bias"):
+        theirs = peer.params[k].detach().numpy()
+        assert np.array_equal(theirs[:9], initial[k][:9]), k
+        assert np.array_equal(prog.params[k][:9], initial[k][:9]), k
+        assert not np.allclose(theirs[9:], initial[k][9:]), k
+        np.testing.assert_allclose(prog.params[k], theirs, rtol=1e-4, atol=1e-6, err_msg=k)
