@@ -198,6 +198,14 @@ def test_two_ranks_send_only_trainable_rows_and_match_one_process(rows_files):
         assert np.array_equal(w2[k][:7], initial[k][:7]), k    # the old rows, exactly
         assert np.array_equal(w2[k][:7], w1[k][:7]), k
         assert not np.allclose(w2[k][7:], initial[k][7:]), k   # the new rows trained
+    # the last global batch of 25 samples holds one: rank 1 sends zeros for its rows
+    arrays = dict(np.load(data))
+    small = tmp / "rows25.npz"
+    np.savez(small, **{k: v[:25] for k, v in arrays.items()})
+    one = _train(net, small, tmp / "one25.npz", 0, *freeze)
+    two = _train(net, small, tmp / "two25.npz", 2, *freeze)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    _close(tmp / "one25.npz", tmp / "two25.npz")
 
 
 @needs_mpi

@@ -84,7 +84,8 @@ class BucketPlan:
         return tuple(e.param for b in self.buckets for e in b.entries)
 
     def layout(self) -> tuple:
-        """What every rank must agree on: bucket by bucket, (param, shape, dtype)."""
+        """What every rank must agree on: bucket by bucket, its dtype and (param, shape,
+        rows sent)."""
         return tuple((b.dtype, tuple((e.param, e.shape, e.rows) for e in b.entries))
                      for b in self.buckets)
 
