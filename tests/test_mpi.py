@@ -170,8 +170,10 @@ def test_buckets_carry_only_the_trainable_rows(rows_files):
     shown = _run([sys.executable, "-m", "bwplan", "explain", str(net), "--data-parallel",
                   "--freeze", ROWS_FREEZE[0], "--freeze", ROWS_FREEZE[1]])
     assert shown.returncode == 0, shown.stderr
-    assert "252 B all-reduced per step" in shown.stdout, shown.stdout
-    assert "c.weight[7:10], c.bias[7:10]" in shown.stdout
+    flat = " ".join(shown.stdout.split())     # the lines wrap at 100 columns
+    assert "252 B all-reduced per step (every learnable parameter: 448 B)" in flat, flat
+    assert "c.weight[7:10], c.bias[7:10]" in flat
+    assert max(map(len, shown.stdout.splitlines())) <= 100
     doc = json.loads(_run([sys.executable, "-m", "bwplan", "explain", str(net), "--format",
                            "json", "--data-parallel", "--freeze", ROWS_FREEZE[0]]).stdout)
     sent = {e["param"]: e for b in doc["data_parallel"]["buckets"] for e in b["params"]}

@@ -96,7 +96,7 @@ def _with_buckets(plan, text: str, args) -> str:
     if args.format == "dot":
         raise BwError(Span.synthetic("--data-parallel"), "--data-parallel adds to the table "
                       "and the JSON report, not to dot")
-    return text + "\n".join(render_buckets(plan, buckets)) + "\n"
+    return text + "\n".join(render_buckets(plan, buckets, None if args.wide else WIDTH)) + "\n"
 
 
 def _onnx_plan(args):

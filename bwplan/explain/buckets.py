@@ -4,6 +4,7 @@ Caffe's multi-GPU solver does). A partly frozen parameter is listed with the row
 `fc.weight[90:100]`. A pure renderer of `bwplan.lower.buckets.BucketPlan`."""
 from __future__ import annotations
 
+from bwplan.explain.table import _wrap
 from bwplan.explain.units import nbytes
 from bwplan.lower.buckets import BucketEntry, BucketPlan
 from bwplan.plan.plan import Plan
@@ -19,7 +20,9 @@ def _label(e: BucketEntry) -> str:
     return f"{e.param}[{', '.join(f'{a}:{b}' for a, b in e.rows)}]"
 
 
-def render_buckets(plan: Plan, buckets: BucketPlan) -> list[str]:
+def render_buckets(plan: Plan, buckets: BucketPlan, width: int | None = None) -> list[str]:
+    """The lines under the table; wrapped at `width` as the table's summary is (None:
+    however wide)."""
     everything = learnable_bytes(plan)
     n = len(buckets.buckets)
     out = [f"data-parallel      {n} bucket{'' if n == 1 else 's'} of at most "
@@ -28,7 +31,10 @@ def render_buckets(plan: Plan, buckets: BucketPlan) -> list[str]:
     for b in buckets.buckets:
         out.append(f"  bucket {b.index}  {nbytes(b.nbytes).rjust(10)}  starts after backward "
                    f"step {b.ready_after}: " + ", ".join(_label(e) for e in b.entries))
-    return out
+    if width is None:
+        return out
+    return _wrap(out[0], width, 19) + [part for line in out[1:]
+                                       for part in _wrap(line, width, 6)]
 
 
 def buckets_to_dict(plan: Plan, buckets: BucketPlan) -> dict:
