@@ -580,6 +580,21 @@ def lrn_within_case(draw):
     return Case(attrs, [_normal(_rng(draw), *shape)])
 
 
+
+@st.composite
+def max_unpool_case(draw):
+    """Distinct mask positions in each output plane, as a max pool without overlapping
+    windows gives them; the size either from `scale` or written out."""
+    rng = _rng(draw)
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    h, w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    scale = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    size = draw(st.one_of(st.none(), st.just((h * scale[0] + 1, w * scale[1]))))
+    ho, wo = size or (h * scale[0], w * scale[1])
+    mask = np.stack([rng.permutation(ho * wo)[:h * w] for _ in range(n * c)])
+    return Case(dict(scale=scale, size=size),
+                [_normal(rng, n, c, h, w), mask.reshape(n, c, h, w).astype(np.float64)])
+
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
     "clip": clip_case(), "transpose": transpose_case(), "sigmoid": unary_case(),
@@ -604,6 +619,7 @@ CASES = {
     "crop": crop_case(), "deconv2d": deconv2d_case(), "pad": pad_case(), "erf": unary_case(),
     "interp": interp_case(), "roi_pool": roi_pool_case(),
     "normalize": normalize_case(),
+    "maxpool_mask": pool_case(), "max_unpool": max_unpool_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 
@@ -977,7 +993,7 @@ TORCH.update({name: (CASES[name], _oracle(name)) for name in (
     "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold", "reduction",
     "argmax", "silence", "bias", "bias_add", "tile", "embed", "sigmoid_cross_entropy_loss",
     "hinge_loss", "infogain_loss", "infogain_loss_h", "smooth_l1_loss",
-    "smooth_l1_loss_weighted", "mvn", "lrn_within_channel")})
+    "smooth_l1_loss_weighted", "mvn", "lrn_within_channel", "maxpool_mask", "max_unpool")})
 
 
 @pytest.mark.parametrize("key", sorted(TORCH))
@@ -1073,3 +1089,19 @@ def test_normalize_divides_by_the_l2_norm_at_each_position():
     out, aux = run_forward(registry.OPS["normalize"], attrs, [x], {"weight": np.array([2.0])})
     np.testing.assert_allclose(out.ravel(), [1.2, 1.6])
     np.testing.assert_allclose(aux["norm"].ravel(), [5.0])
+
+
+def test_maxpool_mask_is_maxpools_argmax_and_max_unpool_puts_each_max_back():
+    """SegNet's pool -> upsample pair: every window's max returns to where it was, every
+    other cell is zero; overlapping windows' shared winner is counted once."""
+    x = np.array([[[[1.0, 5.0, 2.0, 0.0],
+                    [3.0, 4.0, 7.0, 6.0],
+                    [9.0, 8.0, 0.5, 0.25],
+                    [2.0, 1.0, 3.0, 4.0]]]])
+    attrs = dict(kernel=2, stride=2)
+    pooled, aux = run_forward(registry.OPS["maxpool"], attrs, [x], {})
+    mask, _ = run_forward(registry.OPS["maxpool_mask"], attrs, [x], {})
+    assert mask.dtype == x.dtype and np.array_equal(mask, aux["argmax"])
+    assert mask[0, 0].tolist() == [[1.0, 6.0], [8.0, 15.0]]
+    up, _ = run_forward(registry.OPS["max_unpool"], {}, [pooled, mask], {})
+    assert np.array_equal(up, np.where(x == np.kron(pooled, np.ones((2, 2))), x, 0.0))

@@ -54,6 +54,9 @@ class Import:
     # layer only: an IR layer computed first, named <layer>_norm, whose output the layer
     # reads instead of its bottom (the forks' BN: batchnorm, then scale); None for none
     before: Callable[[CaffeLayer, "MapCtx"], "Import | None"] | None = None
+    # layer only: the IR layer computing the second top from the same bottoms, named after
+    # that top (Pooling MAX's mask: `maxpool_mask`); None when the layer has no such top
+    second_top: Callable[[CaffeLayer, "MapCtx"], "Import | None"] | None = None
 
     def op_for(self, layer: CaffeLayer) -> str:
         return self.op(layer) if callable(self.op) else self.op
@@ -330,6 +333,30 @@ def pool(layer, ctx):
     if p.get("round_mode") == "CEIL" and p.get("ceil_mode"):
         out.append(("ceil", True, p.where("round_mode")))
     return out
+
+
+def pool_mask(layer, ctx) -> Import | None:
+    """Pooling's second top, the max-pooling mask (SegNet): a `maxpool_mask` with the pool's
+    window. Caffe writes it for MAX pooling only; None otherwise."""
+    p = layer.sub("pooling_param")
+    if p.get("pool") != "MAX" or p.get("global_pooling"):
+        return None
+    return Import("layer", "maxpool_mask", pool)
+
+
+def upsample(layer, ctx):
+    """SegNet's Upsample (bottoms: the values, the mask): the output size Caffe computes,
+    as a scale when it is one, else written out."""
+    top, bottom = ctx.top_shapes[0], ctx.bottom_shapes[0]
+    if top is None or bottom is None:
+        raise CaffeError(layer.span, f"Upsample layer '{layer.name}' needs the shape of its "
+                         "bottom", "pass --input-shape for the data blobs")
+    (h, w), (ho, wo) = bottom[2:], top[2:]
+    where = layer.sub("upsample_param").span
+    if ho % h == 0 and wo % w == 0:
+        scale = _pair(ho // h, wo // w)
+        return [] if scale == 2 else [("scale", scale, where)]
+    return [("size", (ho, wo), where)]
 
 
 def lrn_op(layer: CaffeLayer) -> str:
