@@ -457,6 +457,18 @@ def test_segnet_pooling_mask_top_and_upsample_import():
         imported(SEGNET_LIKE.replace("pool: MAX", "pool: AVE"))
     assert "2 tops" in info.value.message
 
+def test_segnet_class_weighting_becomes_class_weights():
+    loss = ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" '
+            'top: "loss" loss_param { weight_by_label_freqs: true %s } }\n')
+    body = SEGNET_LIKE.replace(LOSS % "fc", "")
+    net = imported(body + loss % "class_weighting: 0.5 class_weighting: 2 "
+                   "class_weighting: 1").net
+    assert net.layer("loss").attrs["class_weights"] == (0.5, 2.0, 1.0)
+    assert imported(SEGNET_LIKE).net.layer("loss").attrs["class_weights"] == ()
+    with pytest.raises(CaffeError) as info:
+        imported(body + loss % "class_weighting: 0.5")
+    assert "3 classes, 1 given" in info.value.message
+
 def test_pooling_ceil_mode_of_the_forks():
     body = ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { '
             'pool: MAX kernel_size: 3 stride: 2 %s } }\n'

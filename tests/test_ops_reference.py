@@ -260,8 +260,9 @@ def softmax_case(draw):
 
 
 @st.composite
-def labelled_case(draw, ignore=True):
-    """Logits [N, C] or [N, C, H] and labels [N] or [N, H]; at least one label counts."""
+def labelled_case(draw, ignore=True, weighted=False):
+    """Logits [N, C] or [N, C, H] and labels [N] or [N, H]; at least one label counts.
+    `weighted` sometimes draws a weight per class (SegNet's class weighting)."""
     rng = _rng(draw)
     n, c = draw(st.integers(1, 3)), draw(st.integers(2, 4))
     spatial = draw(st.sampled_from([(), (2,)]))
@@ -269,7 +270,10 @@ def labelled_case(draw, ignore=True):
     if ignore and draw(st.booleans()):
         label.reshape(-1)[1:] = np.where(rng.random(label.size - 1) < 0.5, -1,
                                          label.reshape(-1)[1:])
-    return Case({}, [_normal(rng, n, c, *spatial), label])
+    attrs = {}
+    if weighted and draw(st.booleans()):
+        attrs["class_weights"] = tuple(float(w) for w in rng.uniform(0, 3, c).round(3))
+    return Case(attrs, [_normal(rng, n, c, *spatial), label])
 
 
 @st.composite
@@ -604,7 +608,8 @@ CASES = {
     "global_maxpool": global_pool_case(), "global_avgpool": global_pool_case(),
     "flatten": flatten_case(), "reshape": reshape_case(), "concat": concat_case(),
     "slice": slice_case(), "batchnorm": batchnorm_case(), "scale": scale_case(),
-    "lrn": lrn_case(), "softmax": softmax_case(), "softmax_cross_entropy": labelled_case(),
+    "lrn": lrn_case(), "softmax": softmax_case(),
+    "softmax_cross_entropy": labelled_case(weighted=True),
     "euclidean_loss": euclidean_case(), "contrastive_loss": contrastive_case(),
     "accuracy": accuracy_case(),
     "elu": elu_case(), "power": power_case(), "absval": kinked_case(), "bnll": bnll_case(),
@@ -988,6 +993,10 @@ def _oracle(name: str):
     return run
 
 
+# SegNet's class weighting, through the training oracle's translation (torch's weight=)
+TORCH["softmax_cross_entropy-weighted"] = (labelled_case(weighted=True),
+                                           _oracle("softmax_cross_entropy"))
+
 # ops checked through the training oracle's translation, on their reference-test strategy
 TORCH.update({name: (CASES[name], _oracle(name)) for name in (
     "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold", "reduction",
@@ -1105,3 +1114,14 @@ def test_maxpool_mask_is_maxpools_argmax_and_max_unpool_puts_each_max_back():
     assert mask[0, 0].tolist() == [[1.0, 6.0], [8.0, 15.0]]
     up, _ = run_forward(registry.OPS["max_unpool"], {}, [pooled, mask], {})
     assert np.array_equal(up, np.where(x == np.kron(pooled, np.ones((2, 2))), x, 0.0))
+
+
+def test_class_weights_scale_each_term_but_not_the_count():
+    """SegNet's weight_by_label_freqs: -sum w[label] log p[label] / (counted positions)."""
+    op = registry.OPS["softmax_cross_entropy"]
+    logits = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, -1.0]])
+    label = np.array([0, 1, -1])
+    loss, _ = run_forward(op, dict(class_weights=(0.5, 3.0)), [logits, label], {})
+    assert np.isclose(loss, (0.5 + 3.0) * np.log(2.0) / 2)
+    plain, _ = run_forward(op, {}, [logits, label], {})
+    assert np.isclose(plain, np.log(2.0))

@@ -173,7 +173,7 @@ loss = softmax_cross_entropy(s, y)
 
 # SegNet's encoder-decoder step: each max pool's mask puts a decoded map back at the
 # winners' positions (one unpooling scaled, one with its size written: 3x3 windows of an
-# 8x8 image unpool to 8x8, not 9x9); the loss is per pixel.
+# 8x8 image unpool to 8x8, not 9x9); the loss is per pixel, its classes weighted.
 SEGNET = """\
 input x : f32[4, 3, 8, 8]
 input y : i64[4, 8, 8]
@@ -189,7 +189,7 @@ m2   = maxpool_mask(r1, kernel=3, stride=3, pad=1)
 u2   = max_unpool(p2, m2, size=[8, 8])
 s    = add(u1, u2)
 c3   = conv2d(s, out=3, kernel=1)
-loss = softmax_cross_entropy(c3, y)
+loss = softmax_cross_entropy(c3, y, class_weights=[0.5, 1.0, 2.5])
 """
 
 NETS: dict[str, str] = {p.stem: p.read_text() for p in sorted(EXAMPLES.glob("*.bw"))}

@@ -309,7 +309,12 @@ def softmax_cross_entropy(a, xs, p, training):
     logits, label = xs
     label = _labels_like(logits, label)
     valid = int((label != a["ignore_label"]).sum())
-    total = F.cross_entropy(logits, label, ignore_index=a["ignore_label"], reduction="sum")
+    # torch weights each term by its class and, summed, divides by nothing: Caffe-SegNet's
+    # weight_by_label_freqs then divides by the count of positions, not the sum of weights
+    weight = None if not a.get("class_weights") else \
+        torch.tensor(a["class_weights"], dtype=logits.dtype)
+    total = F.cross_entropy(logits, label, weight=weight, ignore_index=a["ignore_label"],
+                            reduction="sum")
     return total / max(1, valid)
 
 

@@ -427,11 +427,22 @@ def softmax(layer, ctx):
 
 def softmax_loss(layer, ctx):
     p = layer.sub("loss_param")
-    if p.get("weight_by_label_freqs"):
-        raise unsupported(layer, p, "weight_by_label_freqs", "class weighting "
-                          "(weight_by_label_freqs) is not supported yet")
-    return [("ignore_label", p.get("ignore_label"), p.where("ignore_label"))] \
+    out = [("ignore_label", p.get("ignore_label"), p.where("ignore_label"))] \
         if p.has("ignore_label") else []
+    if p.get("weight_by_label_freqs"):
+        # SegNet's fork: class_weighting holds one weight per class (Caffe CHECKs the
+        # count); without weight_by_label_freqs it is not read
+        weights = tuple(float(w) for w in p.get("class_weighting", ()))
+        bottom = ctx.bottom_shapes[0] if ctx.bottom_shapes else None
+        classes = bottom[1] if bottom is not None and len(bottom) > 1 else None
+        if classes is not None and len(weights) != classes:
+            raise CaffeError(p.where("weight_by_label_freqs"), f"SoftmaxWithLoss layer "
+                             f"'{layer.name}': weight_by_label_freqs needs one "
+                             f"class_weighting per class: {classes} classes, "
+                             f"{len(weights)} given")
+        out.append(("class_weights", weights, p.where("class_weighting")
+                    if p.has("class_weighting") else p.where("weight_by_label_freqs")))
+    return out
 
 
 def contrastive(layer, ctx):
