@@ -28,14 +28,22 @@ __device__ __forceinline__ double bw_normalizer(int mode, double batch, double c
     return v > 1.0 ? v : 1.0;
 }
 
+// SegNet's class weighting: one weight per class, passed by value (up to 128 classes,
+// MAX_WEIGHTED_CLASSES in bwplan/kernels/cuda/loss.py, which checks it); `weighted` 0:
+// every class weighs 1 and the array is not read.
+struct ClassWeights {
+    float w[128];
+};
+
 // == kernel softmax_cross_entropy_fwd ==
 // Logits [N, C, S...] with classes on dimension 1, labels [N, S...]. Per row (n, s):
-// log-softmax, -log p[label] unless the label is ignore_label; loss = sum / valid count
-// (at least 1). prob ([N, C, S], the backward's aux) is written only when given.
+// log-softmax, -log p[label] (times the label's class weight when weighted) unless the
+// label is ignore_label; loss = sum / valid count (at least 1). prob ([N, C, S], the
+// backward's aux) is written only when given.
 extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
 softmax_cross_entropy_fwd(const float* logits, const void* label, int label_dtype,
                           float* loss, float* prob, int n, int c, long long s,
-                          long long ignore) {
+                          long long ignore, int weighted, ClassWeights weights) {
     __shared__ double scratch[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     double total = 0.0, valid = 0.0;
@@ -54,8 +62,10 @@ softmax_cross_entropy_fwd(const float* logits, const void* label, int label_dtyp
         const long long lab = bw_load_index(label, row, label_dtype);
         if (lane == 0 && lab != ignore) {
             valid += 1.0;
-            total += (lab >= 0 && lab < c) ? -(double)(logits[base + lab * s] - mx - lse)
-                                           : (double)NAN;
+            total += (lab >= 0 && lab < c)
+                         ? -(double)(logits[base + lab * s] - mx - lse)
+                               * (weighted ? (double)weights.w[lab] : 1.0)
+                         : (double)NAN;
         }
     }
     total = bw_block_sum_d(total, scratch);
@@ -64,13 +74,15 @@ softmax_cross_entropy_fwd(const float* logits, const void* label, int label_dtyp
 }
 
 // == kernel softmax_cross_entropy_dx ==
-// d logits = (prob - onehot(label)) * valid * dout / count. Each block first counts the
-// valid labels itself (N*S reads, cheaper than a separate pass), then covers its share
-// of the N*C*S elements in a grid-stride loop. Block 256.
+// d logits = (prob - onehot(label)) * valid * weight[label] * dout / count (weight 1 when
+// not weighted). Each block first counts the valid labels itself (N*S reads, cheaper
+// than a separate pass), then covers its share of the N*C*S elements in a grid-stride
+// loop. Block 256.
 extern "C" __global__ void softmax_cross_entropy_dx(const float* prob, const void* label,
                                                     int label_dtype, const float* dout,
                                                     float* dx, int n, int c, long long s,
-                                                    long long ignore, int accumulate) {
+                                                    long long ignore, int weighted,
+                                                    ClassWeights weights, int accumulate) {
     __shared__ double scratch[32];
     double valid = 0.0;
     for (long long r = threadIdx.x; r < (long long)n * s; r += blockDim.x)
@@ -80,7 +92,9 @@ extern "C" __global__ void softmax_cross_entropy_dx(const float* prob, const voi
     BW_GRID_STRIDE(i, (long long)n * c * s) {
         const long long q = (i / s) % c, row = (i / (s * c)) * s + i % s;
         const long long lab = bw_load_index(label, row, label_dtype);
-        const float g = lab == ignore ? 0.0f : (prob[i] - (lab == q ? 1.0f : 0.0f)) * scale;
+        const float w = weighted && lab >= 0 && lab < c ? weights.w[lab] : 1.0f;
+        const float g =
+            lab == ignore ? 0.0f : (prob[i] - (lab == q ? 1.0f : 0.0f)) * scale * w;
         bw_put(dx, i, g, accumulate);
     }
 }

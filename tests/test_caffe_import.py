@@ -434,6 +434,41 @@ def test_fork_types_are_emulated_with_their_param_blobs():
     assert state.layer("up").tops[0].shape == (2, 4, 6, 6)
 
 
+def test_segnet_pooling_mask_top_and_upsample_import():
+    """Pooling's second top becomes a maxpool_mask of the same bottom and window; Upsample
+    becomes max_unpool at Caffe's top shape; no gradient flows into the mask."""
+    result = imported(SEGNET_LIKE)
+    net, state = result.net, result.caffe
+    pool, mask, up = net.layer("pool"), net.layer("mask"), net.layer("up")
+    assert (pool.op, mask.op, up.op) == ("maxpool", "maxpool_mask", "max_unpool")
+    assert mask.attrs == pool.attrs
+    assert [e.src for e in mask.inputs] == [e.src for e in pool.inputs] == ["bn"]
+    assert mask.out.shape == state.layer("pool").tops[1].shape
+    assert [e.src for e in up.inputs] == ["pool", "mask"] and up.out.shape == state.layer("up").tops[0].shape
+    assert result.layer_map["pool"] == ("pool", "mask")
+    plan = make_plan(net)
+    assert plan.layer("up").dx[0].needed and not plan.layer("up").dx[1].needed
+    # a size that is no multiple of the input's is written out
+    sized = SEGNET_LIKE.replace("upsample_param { scale: 2 }",
+                                "upsample_param { upsample_h: 7 upsample_w: 6 }")
+    assert imported(sized).net.layer("up").attrs["size"] == (7, 6)
+    # Caffe writes a mask for MAX pooling only
+    with pytest.raises(CaffeError) as info:
+        imported(SEGNET_LIKE.replace("pool: MAX", "pool: AVE"))
+    assert "2 tops" in info.value.message
+
+def test_segnet_class_weighting_becomes_class_weights():
+    loss = ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" '
+            'top: "loss" loss_param { weight_by_label_freqs: true %s } }\n')
+    body = SEGNET_LIKE.replace(LOSS % "fc", "")
+    net = imported(body + loss % "class_weighting: 0.5 class_weighting: 2 "
+                   "class_weighting: 1").net
+    assert net.layer("loss").attrs["class_weights"] == (0.5, 2.0, 1.0)
+    assert imported(SEGNET_LIKE).net.layer("loss").attrs["class_weights"] == ()
+    with pytest.raises(CaffeError) as info:
+        imported(body + loss % "class_weighting: 0.5")
+    assert "3 classes, 1 given" in info.value.message
+
 def test_pooling_ceil_mode_of_the_forks():
     body = ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { '
             'pool: MAX kernel_size: 3 stride: 2 %s } }\n'

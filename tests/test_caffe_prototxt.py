@@ -78,13 +78,13 @@ def test_schema_errors_point_at_the_field(text, words, line):
 
 def test_fork_parameters_are_accepted_and_types_are_reported_by_the_importer():
     text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 '
-            'dim: 3 dim: 4 dim: 4 } } }\nlayer { name: "p" type: "Upsample" bottom: "x" '
+            'dim: 3 dim: 4 dim: 4 } } }\nlayer { name: "p" type: "Upsample3D" bottom: "x" '
             'bottom: "x" top: "p" upsample_param { scale: 2 } }\n')
     net = read_net(text, "f.prototxt")
-    assert net.layers[1].type == "Upsample"
+    assert net.layers[1].type == "Upsample3D"
     with pytest.raises(CaffeError) as info:
         import_caffe_text(text, "f.prototxt")
-    assert "'Upsample', which bwplan does not import" in info.value.message
+    assert "'Upsample3D', which bwplan does not import" in info.value.message
     assert (info.value.span.line, info.value.span.col) == (2, 19)
 
 

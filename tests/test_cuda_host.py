@@ -83,7 +83,7 @@ _C_TYPES = {"pointer": np.dtype(np.uintp), "float": np.dtype(np.float32),
 def _c_types(source: str, params) -> list[np.dtype]:
     """The argument dtypes a kernel with these parameters takes; a shape struct passed by
     value (PoolShape, ConvShape: int fields; PermShape: long long arrays) takes one value
-    per field, an array field one per element."""
+    per field, an array field one per element; ClassWeights: a float array)."""
     text = (build.source_dir() / source).read_text()
     out = []
     for p in params:
@@ -93,7 +93,8 @@ def _c_types(source: str, params) -> list[np.dtype]:
         body = re.search(r"struct\s+%s\s*\{([^}]*)\}" % re.escape(p.ctype), text).group(1)
         body = re.sub(r"//[^\n]*", "", body)
         for decl in filter(None, (d.strip() for d in body.split(";"))):
-            ctype = next(t for t in ("long long", "int") if decl.startswith(t + " "))
+            ctype = next(t for t in ("long long", "int", "float")
+                         if decl.startswith(t + " "))
             for name in decl[len(ctype):].split(","):
                 size = re.search(r"\[(\d+)\]", name)
                 out += [_C_TYPES[ctype]] * (int(size.group(1)) if size else 1)

@@ -260,8 +260,9 @@ def softmax_case(draw):
 
 
 @st.composite
-def labelled_case(draw, ignore=True):
-    """Logits [N, C] or [N, C, H] and labels [N] or [N, H]; at least one label counts."""
+def labelled_case(draw, ignore=True, weighted=False):
+    """Logits [N, C] or [N, C, H] and labels [N] or [N, H]; at least one label counts.
+    `weighted` sometimes draws a weight per class (SegNet's class weighting)."""
     rng = _rng(draw)
     n, c = draw(st.integers(1, 3)), draw(st.integers(2, 4))
     spatial = draw(st.sampled_from([(), (2,)]))
@@ -269,7 +270,10 @@ def labelled_case(draw, ignore=True):
     if ignore and draw(st.booleans()):
         label.reshape(-1)[1:] = np.where(rng.random(label.size - 1) < 0.5, -1,
                                          label.reshape(-1)[1:])
-    return Case({}, [_normal(rng, n, c, *spatial), label])
+    attrs = {}
+    if weighted and draw(st.booleans()):
+        attrs["class_weights"] = tuple(float(w) for w in rng.uniform(0, 3, c).round(3))
+    return Case(attrs, [_normal(rng, n, c, *spatial), label])
 
 
 @st.composite
@@ -580,6 +584,21 @@ def lrn_within_case(draw):
     return Case(attrs, [_normal(_rng(draw), *shape)])
 
 
+
+@st.composite
+def max_unpool_case(draw):
+    """Distinct mask positions in each output plane, as a max pool without overlapping
+    windows gives them; the size either from `scale` or written out."""
+    rng = _rng(draw)
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    h, w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    scale = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    size = draw(st.one_of(st.none(), st.just((h * scale[0] + 1, w * scale[1]))))
+    ho, wo = size or (h * scale[0], w * scale[1])
+    mask = np.stack([rng.permutation(ho * wo)[:h * w] for _ in range(n * c)])
+    return Case(dict(scale=scale, size=size),
+                [_normal(rng, n, c, h, w), mask.reshape(n, c, h, w).astype(np.float64)])
+
 CASES = {
     "conv2d": conv2d_case(), "linear": linear_case(), "relu": relu_case(),
     "clip": clip_case(), "transpose": transpose_case(), "sigmoid": unary_case(),
@@ -589,7 +608,8 @@ CASES = {
     "global_maxpool": global_pool_case(), "global_avgpool": global_pool_case(),
     "flatten": flatten_case(), "reshape": reshape_case(), "concat": concat_case(),
     "slice": slice_case(), "batchnorm": batchnorm_case(), "scale": scale_case(),
-    "lrn": lrn_case(), "softmax": softmax_case(), "softmax_cross_entropy": labelled_case(),
+    "lrn": lrn_case(), "softmax": softmax_case(),
+    "softmax_cross_entropy": labelled_case(weighted=True),
     "euclidean_loss": euclidean_case(), "contrastive_loss": contrastive_case(),
     "accuracy": accuracy_case(),
     "elu": elu_case(), "power": power_case(), "absval": kinked_case(), "bnll": bnll_case(),
@@ -604,6 +624,7 @@ CASES = {
     "crop": crop_case(), "deconv2d": deconv2d_case(), "pad": pad_case(), "erf": unary_case(),
     "interp": interp_case(), "roi_pool": roi_pool_case(),
     "normalize": normalize_case(),
+    "maxpool_mask": pool_case(), "max_unpool": max_unpool_case(),
 }
 WITH_GRADS = sorted(name for name, op in registry.OPS.items() if op.grads)
 
@@ -972,12 +993,16 @@ def _oracle(name: str):
     return run
 
 
+# SegNet's class weighting, through the training oracle's translation (torch's weight=)
+TORCH["softmax_cross_entropy-weighted"] = (labelled_case(weighted=True),
+                                           _oracle("softmax_cross_entropy"))
+
 # ops checked through the training oracle's translation, on their reference-test strategy
 TORCH.update({name: (CASES[name], _oracle(name)) for name in (
     "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold", "reduction",
     "argmax", "silence", "bias", "bias_add", "tile", "embed", "sigmoid_cross_entropy_loss",
     "hinge_loss", "infogain_loss", "infogain_loss_h", "smooth_l1_loss",
-    "smooth_l1_loss_weighted", "mvn", "lrn_within_channel")})
+    "smooth_l1_loss_weighted", "mvn", "lrn_within_channel", "maxpool_mask", "max_unpool")})
 
 
 @pytest.mark.parametrize("key", sorted(TORCH))
@@ -1073,3 +1098,30 @@ def test_normalize_divides_by_the_l2_norm_at_each_position():
     out, aux = run_forward(registry.OPS["normalize"], attrs, [x], {"weight": np.array([2.0])})
     np.testing.assert_allclose(out.ravel(), [1.2, 1.6])
     np.testing.assert_allclose(aux["norm"].ravel(), [5.0])
+
+
+def test_maxpool_mask_is_maxpools_argmax_and_max_unpool_puts_each_max_back():
+    """SegNet's pool -> upsample pair: every window's max returns to where it was, every
+    other cell is zero; overlapping windows' shared winner is counted once."""
+    x = np.array([[[[1.0, 5.0, 2.0, 0.0],
+                    [3.0, 4.0, 7.0, 6.0],
+                    [9.0, 8.0, 0.5, 0.25],
+                    [2.0, 1.0, 3.0, 4.0]]]])
+    attrs = dict(kernel=2, stride=2)
+    pooled, aux = run_forward(registry.OPS["maxpool"], attrs, [x], {})
+    mask, _ = run_forward(registry.OPS["maxpool_mask"], attrs, [x], {})
+    assert mask.dtype == x.dtype and np.array_equal(mask, aux["argmax"])
+    assert mask[0, 0].tolist() == [[1.0, 6.0], [8.0, 15.0]]
+    up, _ = run_forward(registry.OPS["max_unpool"], {}, [pooled, mask], {})
+    assert np.array_equal(up, np.where(x == np.kron(pooled, np.ones((2, 2))), x, 0.0))
+
+
+def test_class_weights_scale_each_term_but_not_the_count():
+    """SegNet's weight_by_label_freqs: -sum w[label] log p[label] / (counted positions)."""
+    op = registry.OPS["softmax_cross_entropy"]
+    logits = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, -1.0]])
+    label = np.array([0, 1, -1])
+    loss, _ = run_forward(op, dict(class_weights=(0.5, 3.0)), [logits, label], {})
+    assert np.isclose(loss, (0.5 + 3.0) * np.log(2.0) / 2)
+    plain, _ = run_forward(op, {}, [logits, label], {})
+    assert np.isclose(plain, np.log(2.0))

@@ -171,6 +171,27 @@ s    = add(f1, f2)
 loss = softmax_cross_entropy(s, y)
 """
 
+# SegNet's encoder-decoder step: each max pool's mask puts a decoded map back at the
+# winners' positions (one unpooling scaled, one with its size written: 3x3 windows of an
+# 8x8 image unpool to 8x8, not 9x9); the loss is per pixel, its classes weighted.
+SEGNET = """\
+input x : f32[4, 3, 8, 8]
+input y : i64[4, 8, 8]
+
+c1   = conv2d(x, out=4, kernel=3, pad=1)
+r1   = relu(c1)
+p1   = maxpool(r1, kernel=2, stride=2)
+m1   = maxpool_mask(r1, kernel=2, stride=2)
+c2   = conv2d(p1, out=4, kernel=3, pad=1)
+u1   = max_unpool(c2, m1)
+p2   = maxpool(r1, kernel=3, stride=3, pad=1)
+m2   = maxpool_mask(r1, kernel=3, stride=3, pad=1)
+u2   = max_unpool(p2, m2, size=[8, 8])
+s    = add(u1, u2)
+c3   = conv2d(s, out=3, kernel=1)
+loss = softmax_cross_entropy(c3, y, class_weights=[0.5, 1.0, 2.5])
+"""
+
 NETS: dict[str, str] = {p.stem: p.read_text() for p in sorted(EXAMPLES.glob("*.bw"))}
 # The image nets on images a quarter of the size (seed_inception_branch's last pool window
 # shrunk to match): the same layers, shapes but for H and W, and decisions; the full sizes
@@ -188,6 +209,7 @@ NETS["zoo"] = ZOO
 NETS["decay_only"] = DECAY_ONLY
 NETS["neurons"] = NEURONS
 NETS["spatial"] = SPATIAL
+NETS["segnet"] = SEGNET
 
 # Small batches, through the automatic re-planning for another batch size; one sample of
 # seed_inception_branch keeps the reference target quick.

@@ -74,7 +74,8 @@ def _channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
 UNDECIDED = 1e-5
 
 # ops whose functions take `hints`
-DECIDING_OPS = frozenset({"relu", "clip", "maxpool", "global_maxpool", "maximum"})
+DECIDING_OPS = frozenset({"relu", "clip", "maxpool", "global_maxpool", "maximum",
+                          "maxpool_mask"})
 
 
 def _undecided(margin: torch.Tensor, scale_of: torch.Tensor) -> torch.Tensor:
@@ -149,6 +150,32 @@ def maxpool(a, xs, p, training, hints=None):
                                                     pad, out_hw)
     return _take(cells, 2, _argmax(cells, 2, hint, x))
 
+
+
+def maxpool_mask(a, xs, p, training, hints=None):
+    """Caffe's pooling mask: the flat position h * W + w of maxpool's winner, as floats."""
+    x = xs[0].detach()
+    kernel, stride, pad, out_hw = _pool_geometry(a, x)
+    cells = _pool_windows(x, float("-inf"), kernel, stride, pad, out_hw)
+    hint = None if hints is None else _pool_windows(hints[0], float("-inf"), kernel, stride,
+                                                    pad, out_hw)
+    k = _argmax(cells, 2, hint, x)
+    rows = torch.arange(out_hw[0])[:, None] * stride[0] - pad[0] + k // kernel[1]
+    cols = torch.arange(out_hw[1])[None, :] * stride[1] - pad[1] + k % kernel[1]
+    return (rows * x.shape[3] + cols).to(x.dtype)
+
+
+def max_unpool(a, xs, p, training):
+    """torch's max_unpool2d; a stride-1 window of (out - in + 1) makes its default output
+    size the wanted one, whatever the scale."""
+    x, mask = xs
+    h, w = x.shape[2:]
+    if a["size"] is not None:
+        ho, wo = _pair(a["size"])
+    else:
+        ho, wo = h * _pair(a["scale"])[0], w * _pair(a["scale"])[1]
+    return F.max_unpool2d(x, mask.detach().long(), (ho - h + 1, wo - w + 1), stride=1,
+                          output_size=(ho, wo))
 
 def _avg_divisors(size: int, out: int, k: int, s: int, p: int, count_pad: bool = True
                   ) -> list[int]:
@@ -282,7 +309,12 @@ def softmax_cross_entropy(a, xs, p, training):
     logits, label = xs
     label = _labels_like(logits, label)
     valid = int((label != a["ignore_label"]).sum())
-    total = F.cross_entropy(logits, label, ignore_index=a["ignore_label"], reduction="sum")
+    # torch weights each term by its class and, summed, divides by nothing: Caffe-SegNet's
+    # weight_by_label_freqs then divides by the count of positions, not the sum of weights
+    weight = None if not a.get("class_weights") else \
+        torch.tensor(a["class_weights"], dtype=logits.dtype)
+    total = F.cross_entropy(logits, label, weight=weight, ignore_index=a["ignore_label"],
+                            reduction="sum")
     return total / max(1, valid)
 
 
@@ -557,6 +589,7 @@ OPS: dict[str, OpFn] = {
     "lrn_within_channel": lrn_within_channel,
     "crop": crop, "deconv2d": deconv2d, "interp": interp,
     "roi_pool": roi_pool, "normalize": normalize,
+    "maxpool_mask": maxpool_mask, "max_unpool": max_unpool,
 }
 
 

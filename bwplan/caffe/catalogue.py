@@ -138,7 +138,7 @@ _ROWS = (
     CaffeType("RNN", param_blobs=_n(5), bottoms=(-1, 2, 3), tops=_ONE),
     # ---- layers without parameters ---------------------------------------------------
     CaffeType("Pooling", bottoms=_ONE, tops=(-1, 1, 2), shape=s.pooling,
-              imports=Import("layer", m.pool_op, m.pool)),
+              imports=Import("layer", m.pool_op, m.pool, second_top=m.pool_mask)),
     CaffeType("LRN", bottoms=_ONE, tops=_ONE, shape=s.same,
               imports=Import("layer", m.lrn_op, m.lrn)),
     _unary("ReLU", "relu", m.relu),
@@ -162,7 +162,8 @@ _ROWS = (
               imports=Import("layer", "silence")),
     CaffeType("Crop", bottoms=(2, -1, -1), tops=_ONE, shape=s.crop,
               imports=Import("layer", "crop", m.crop)),
-    CaffeType("Upsample", bottoms=(2, -1, -1), tops=_ONE, shape=s.upsample),   # SegNet
+    CaffeType("Upsample", bottoms=(2, -1, -1), tops=_ONE, shape=s.upsample,    # SegNet
+              imports=Import("layer", "max_unpool", m.upsample)),
     CaffeType("Interp", bottoms=(-1, 1, 2), tops=_ONE, shape=s.interp,         # PSPNet
               imports=Import("layer", "interp", m.interp)),
     CaffeType("Permute", bottoms=_ONE, tops=_ONE, shape=s.permute,             # SSD

@@ -54,6 +54,9 @@ class Import:
     # layer only: an IR layer computed first, named <layer>_norm, whose output the layer
     # reads instead of its bottom (the forks' BN: batchnorm, then scale); None for none
     before: Callable[[CaffeLayer, "MapCtx"], "Import | None"] | None = None
+    # layer only: the IR layer computing the second top from the same bottoms, named after
+    # that top (Pooling MAX's mask: `maxpool_mask`); None when the layer has no such top
+    second_top: Callable[[CaffeLayer, "MapCtx"], "Import | None"] | None = None
 
     def op_for(self, layer: CaffeLayer) -> str:
         return self.op(layer) if callable(self.op) else self.op
@@ -332,6 +335,30 @@ def pool(layer, ctx):
     return out
 
 
+def pool_mask(layer, ctx) -> Import | None:
+    """Pooling's second top, the max-pooling mask (SegNet): a `maxpool_mask` with the pool's
+    window. Caffe writes it for MAX pooling only; None otherwise."""
+    p = layer.sub("pooling_param")
+    if p.get("pool") != "MAX" or p.get("global_pooling"):
+        return None
+    return Import("layer", "maxpool_mask", pool)
+
+
+def upsample(layer, ctx):
+    """SegNet's Upsample (bottoms: the values, the mask): the output size Caffe computes,
+    as a scale when it is one, else written out."""
+    top, bottom = ctx.top_shapes[0], ctx.bottom_shapes[0]
+    if top is None or bottom is None:
+        raise CaffeError(layer.span, f"Upsample layer '{layer.name}' needs the shape of its "
+                         "bottom", "pass --input-shape for the data blobs")
+    (h, w), (ho, wo) = bottom[2:], top[2:]
+    where = layer.sub("upsample_param").span
+    if ho % h == 0 and wo % w == 0:
+        scale = _pair(ho // h, wo // w)
+        return [] if scale == 2 else [("scale", scale, where)]
+    return [("size", (ho, wo), where)]
+
+
 def lrn_op(layer: CaffeLayer) -> str:
     within = layer.sub("lrn_param").get("norm_region") == "WITHIN_CHANNEL"
     return "lrn_within_channel" if within else "lrn"
@@ -400,11 +427,22 @@ def softmax(layer, ctx):
 
 def softmax_loss(layer, ctx):
     p = layer.sub("loss_param")
-    if p.get("weight_by_label_freqs"):
-        raise unsupported(layer, p, "weight_by_label_freqs", "class weighting "
-                          "(weight_by_label_freqs) is not supported yet")
-    return [("ignore_label", p.get("ignore_label"), p.where("ignore_label"))] \
+    out = [("ignore_label", p.get("ignore_label"), p.where("ignore_label"))] \
         if p.has("ignore_label") else []
+    if p.get("weight_by_label_freqs"):
+        # SegNet's fork: class_weighting holds one weight per class (Caffe CHECKs the
+        # count); without weight_by_label_freqs it is not read
+        weights = tuple(float(w) for w in p.get("class_weighting", ()))
+        bottom = ctx.bottom_shapes[0] if ctx.bottom_shapes else None
+        classes = bottom[1] if bottom is not None and len(bottom) > 1 else None
+        if classes is not None and len(weights) != classes:
+            raise CaffeError(p.where("weight_by_label_freqs"), f"SoftmaxWithLoss layer "
+                             f"'{layer.name}': weight_by_label_freqs needs one "
+                             f"class_weighting per class: {classes} classes, "
+                             f"{len(weights)} given")
+        out.append(("class_weights", weights, p.where("class_weighting")
+                    if p.has("class_weighting") else p.where("weight_by_label_freqs")))
+    return out
 
 
 def contrastive(layer, ctx):

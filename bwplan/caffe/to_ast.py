@@ -96,6 +96,9 @@ def _wanted(pairs, params: Mapping[str, int]) -> tuple[list[str], list[str]]:
         kind = row.kind if row is not None else ""
         if kind in ("inputs", "per_top"):
             others.extend(original.tops)
+        elif kind == "layer" and row.second_top is not None:
+            layers.append(original.name)
+            others.extend(original.tops[1:2])
         elif kind == "layer":
             layers.append(original.name)
     return layers, others + [p for p, n in params.items() if n > 1]
@@ -158,6 +161,11 @@ class _Converter:
                               self.loss_weight(layer, 0))
         if layer.tops:  # a loss layer may leave its top unnamed
             self.current[layer.tops[0]] = name
+        second = row.second_top(layer, self.ctx(ls)) if row.second_top is not None else None
+        if second is not None and len(layer.tops) > 1:
+            top = layer.tops[1]
+            self.current[top] = self.statement(layer, ls, second, self.names.take(top),
+                                               args, self.loss_weight(layer, 1))
 
     def statement(self, layer: CaffeLayer, ls: LayerState, row: Import, name: str,
                   args: tuple[ast.Arg, ...], modifiers: list[ast.Modifier]) -> str:
@@ -270,7 +278,8 @@ class _Converter:
         raise_all(errors)
 
     def check_layer(self, layer: CaffeLayer, ls: LayerState, row: Import) -> None:
-        if len(layer.tops) > 1:
+        second = row.second_top(layer, self.ctx(ls)) if row.second_top is not None else None
+        if len(layer.tops) > 1 + (second is not None):
             raise CaffeError(layer.top_span(1), f"{layer.type} layer '{layer.name}' has "
                              f"{len(layer.tops)} tops; bwplan imports this type with one top")
         row.op_for(layer)

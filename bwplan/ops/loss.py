@@ -33,6 +33,23 @@ def _valid_count(label: np.ndarray, ignore: int) -> int:
     return max(1, int(np.count_nonzero(label != ignore)))
 
 
+def _sce_check(ctx: OpCtx) -> TensorType:
+    weights = ctx.attrs.get("class_weights", ())
+    if weights and len(weights) != ctx.x.shape[1]:
+        raise ValueError(f"class_weights gives {len(weights)} weights for the "
+                         f"{ctx.x.shape[1]} classes of {ctx.x}")
+    return _check_label(ctx)
+
+
+def _row_weights(ctx: OpCtx, lab: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Each counted position's weight: its class's in `class_weights` (SegNet's
+    weight_by_label_freqs), else 1; 0 where the label is ignored."""
+    weights = ctx.attrs["class_weights"]
+    if not weights:
+        return valid.astype(np.float64)
+    return np.asarray(weights, dtype=np.float64)[np.where(valid, lab, 0)] * valid
+
+
 def _sce_fwd(ctx, inputs, params, training, rng):
     logits, label = inputs
     n, c = logits.shape[0], logits.shape[1]
@@ -43,7 +60,7 @@ def _sce_fwd(ctx, inputs, params, training, rng):
     ignore = ctx.attrs["ignore_label"]
     valid = lab != ignore
     picked = logp[np.arange(len(lab)), np.where(valid, lab, 0)]
-    loss = -(picked * valid).sum() / _valid_count(lab, ignore)
+    loss = -(picked * _row_weights(ctx, lab, valid)).sum() / _valid_count(lab, ignore)
     prob = np.moveaxis(np.exp(logp).reshape((n,) + logits.shape[2:] + (c,)), -1, 1)
     return np.asarray(loss, dtype=logits.dtype), {"prob": prob}
 
@@ -56,7 +73,7 @@ def _sce_dx(ctx, saved, dout, index):
     ignore = ctx.attrs["ignore_label"]
     valid = lab != ignore
     g[np.arange(len(lab)), np.where(valid, lab, 0)] -= 1.0
-    g *= valid[:, None]
+    g *= _row_weights(ctx, lab, valid)[:, None]
     g *= dout / _valid_count(lab, ignore)
     return np.moveaxis(g.reshape((prob.shape[0],) + prob.shape[2:] + (c,)), -1, 1)
 
@@ -64,10 +81,14 @@ def _sce_dx(ctx, saved, dout, index):
 SOFTMAX_CROSS_ENTROPY = OpDef(
     name="softmax_cross_entropy",
     family="loss",
-    doc="Mean softmax cross-entropy over classes on dimension 1 (Caffe SoftmaxWithLoss).",
+    doc="Mean softmax cross-entropy over classes on dimension 1 (Caffe SoftmaxWithLoss); "
+        "with `class_weights`, each position's term is weighted by its label's class "
+        "(SegNet's weight_by_label_freqs), still divided by the count of positions.",
     ports=(Port("logits"), Port("label", differentiable=False, classes_of="logits")),
-    attrs=(AttrSpec("ignore_label", "int", -1, doc="label value that contributes nothing"),),
-    infer=_check_label,
+    attrs=(AttrSpec("ignore_label", "int", -1, doc="label value that contributes nothing"),
+           AttrSpec("class_weights", "floats", (), doc="one weight per class (SegNet's "
+                    "class_weighting); empty: every class weighs 1", at_least=0)),
+    infer=_sce_check,
     flops=lambda ctx: 5 * ctx.inputs[0].numel,
     grads=(GradRule("logits", frozenset({"prob", "label"}),
                     lambda ctx: 2 * ctx.inputs[0].numel, _sce_dx),),

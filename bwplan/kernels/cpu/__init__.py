@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 FAMILIES = ("conv", "linear", "elementwise", "pool", "norm", "shape", "loss", "activation",
-            "reduction", "broadcast", "embed", "spatial_norm", "spatial")
+            "reduction", "broadcast", "embed", "spatial_norm", "spatial",
+            "unpool")
 
 
 def get(name: str) -> Callable[..., Any]:

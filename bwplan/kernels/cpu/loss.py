@@ -35,10 +35,16 @@ def _check_labels(label, classes, ignore):
     return -1
 
 
+def _class_weights(ctx) -> np.ndarray:
+    """The per-class weights, or an empty array when the classes are not weighted."""
+    return np.asarray(ctx.attrs.get("class_weights", ()), dtype=np.float64)
+
+
 @njit(cache=True, parallel=True)
-def _sce_fwd(z, label, ignore, prob, keep_prob):
-    """Sum of -log softmax(z)[label] over the counted positions, and their number; the
-    probabilities too when kept. Parallel over samples, reduced by Numba."""
+def _sce_fwd(z, label, ignore, prob, keep_prob, weights):
+    """Sum of -log softmax(z)[label] over the counted positions (times the label's class
+    weight when `weights` is not empty), and their number; the probabilities too when
+    kept. Parallel over samples, reduced by Numba."""
     c_n, s_n = z.shape[1], z.shape[2]
     loss = 0.0
     count = 0
@@ -53,7 +59,8 @@ def _sce_fwd(z, label, ignore, prob, keep_prob):
             log_total = np.log(total)
             lab = int(label[n * s_n + s])
             if lab != ignore:
-                loss += top + log_total - z[n, lab, s]
+                term = top + log_total - z[n, lab, s]
+                loss += term * weights[lab] if weights.size else term
                 count += 1
             if keep_prob:
                 for c in range(c_n):
@@ -62,8 +69,9 @@ def _sce_fwd(z, label, ignore, prob, keep_prob):
 
 
 @njit(cache=True, parallel=True)
-def _sce_back(prob, label, ignore, weight, out):
-    """(prob - onehot(label)) * weight at counted positions, 0 at ignored ones."""
+def _sce_back(prob, label, ignore, scale, weights, out):
+    """(prob - onehot(label)) * scale (times the label's class weight when `weights` is not
+    empty) at counted positions, 0 at ignored ones."""
     c_n, s_n = prob.shape[1], prob.shape[2]
     for n in prange(prob.shape[0]):
         for s in range(s_n):
@@ -72,6 +80,7 @@ def _sce_back(prob, label, ignore, weight, out):
                 for c in range(c_n):
                     out[n, c, s] = 0
                 continue
+            weight = scale * weights[lab] if weights.size else scale
             for c in range(c_n):
                 out[n, c, s] = prob[n, c, s] * weight
             out[n, lab, s] -= weight
@@ -94,15 +103,15 @@ def softmax_cross_entropy_fwd(ctx, inputs, params, out, aux, training, rng) -> N
         raise _bad_label(bad, label, z.shape[1])
     keep = "prob" in aux
     prob = ncs(aux["prob"]) if keep else z  # never written when not kept
-    loss, count = _sce_fwd(z, label, ignore, prob, keep)
+    loss, count = _sce_fwd(z, label, ignore, prob, keep, _class_weights(ctx))
     out[()] = loss / max(count, 1)
 
 
 def softmax_cross_entropy_dx(ctx, saved, dout, index, out) -> None:
     prob, label = ncs(saved["prob"]), flat(saved["label"])
     ignore = ctx.attrs["ignore_label"]
-    weight = scalar(dout) / _counted(label, ignore)
-    _sce_back(prob, label, ignore, weight, ncs(out))
+    scale = scalar(dout) / _counted(label, ignore)
+    _sce_back(prob, label, ignore, scale, _class_weights(ctx), ncs(out))
 
 
 # ---- Euclidean -----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from bwplan.errors import InternalError
 from bwplan.kernels.cuda import conv, elementwise, linear, loss, norm, pool, shape, update
 from bwplan.kernels.cuda import activation, broadcast, embed, reduction, spatial_norm
 from bwplan.kernels.cuda import spatial
+from bwplan.kernels.cuda import unpool
 from bwplan.kernels.cuda.default import default_launch
 from bwplan.kernels.cuda.limits import Env, Launch, check
 
@@ -37,7 +38,8 @@ FAMILIES = MappingProxyType({"conv": conv, "linear": linear, "elementwise": elem
                              "pool": pool, "norm": norm, "shape": shape, "loss": loss,
                              "activation": activation, "reduction": reduction,
                              "broadcast": broadcast, "embed": embed,
-                             "spatial_norm": spatial_norm, "spatial": spatial})
+                             "spatial_norm": spatial_norm, "spatial": spatial,
+                             "unpool": unpool})
 COMMON = "common.cuh"
 # the runtime's own kernels (optimizer step, seeds, gradient sums), not an op's
 RUNTIME_SOURCE = "update.cu"

@@ -27,11 +27,28 @@ def _classes(ctx) -> tuple[int, int, int]:
     return shape[0], shape[1], math.prod(shape[2:])
 
 
+# ClassWeights (loss.cu): the most classes softmax_cross_entropy's class_weights may have
+MAX_WEIGHTED_CLASSES = 128
+
+
+def _class_weights(ctx) -> tuple:
+    """(weighted flag, ClassWeights passed by value: one float per slot)."""
+    weights = ctx.attrs.get("class_weights", ())
+    if not weights:
+        return (i32(0),) + (f32(0.0),) * MAX_WEIGHTED_CLASSES
+    if len(weights) > MAX_WEIGHTED_CLASSES:
+        raise Unsupported(f"class_weights for {len(weights)} classes; the CUDA kernels "
+                          f"weight at most {MAX_WEIGHTED_CLASSES}")
+    padded = tuple(weights) + (0.0,) * (MAX_WEIGHTED_CLASSES - len(weights))
+    return (i32(1),) + tuple(map(f32, padded))
+
+
 def sce_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
     n, c, s = _classes(ctx)
     return [_one_block("softmax_cross_entropy_fwd", ptr(inputs[0]), ptr(inputs[1]),
                        i32(dtype_code(ctx.inputs[1].dtype)), ptr(out), ptr(aux.get("prob")),
-                       i32(n), i32(c), i64(s), i64(ctx.attrs["ignore_label"]))]
+                       i32(n), i32(c), i64(s), i64(ctx.attrs["ignore_label"]),
+                       *_class_weights(ctx))]
 
 
 def sce_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
@@ -39,7 +56,7 @@ def sce_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
     return [grid_stride("softmax_cross_entropy_dx", n * c * s, env, ptr(saved["prob"]),
                         ptr(saved["label"]), i32(dtype_code(ctx.inputs[1].dtype)), ptr(dout),
                         ptr(out), i32(n), i32(c), i64(s), i64(ctx.attrs["ignore_label"]),
-                        flag(accumulate))]
+                        *_class_weights(ctx), flag(accumulate))]
 
 
 def euclidean_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
