@@ -393,3 +393,65 @@ class CudaExecutor:
         """The gradients the last step computed, summed over uses, by parameter."""
         return self.state.download_grads(sorted({s.param for s in self.program.backward
                                                  if s.phase == "dw"}))
+
+
+# ---- the target ------------------------------------------------------------------------
+class CudaTarget:
+    """The "cuda" target behind `CompiledNet` (runtime/target.py): the parameters live on
+    the device (one CudaParams shared by the executors of every batch size); after a step
+    the gradients and the updated parameters come back, so that the host view stays
+    current. The update runs on the device, so the host optimizer's kernel is None and
+    only its settings are read."""
+
+    name = "cuda"
+    update_kernel = None
+
+    def __init__(self, initial, seed: int = 0) -> None:
+        self.params: dict[str, np.ndarray] = initial()
+        self.state = CudaParams(device(), self.params)
+        self.settings = SgdSettings()
+        self.seed = seed   # seeds each executor's dropout counter
+        self._prepared: list[CudaExecutor] = []
+
+    @classmethod
+    def check_net(cls, net) -> None:
+        if any(p.frozen_rows for p in net.params.values()):
+            raise BwError(Span.synthetic("--freeze"), "the cuda target does not run partly "
+                          "frozen parameters yet (its dW and update kernels take whole "
+                          "tensors)", "use --target cpu")
+
+    def prepare(self, program: Program) -> CudaExecutor:
+        executor = CudaExecutor(program, self.state, self.settings, seed=self.seed)
+        self._prepared.append(executor)
+        return executor
+
+    def step(self, prepared: CudaExecutor, batch, optimizer, *, seed: int, given, capture,
+             prefix_skip, data_parallel):
+        """Forward, backward and update all run on the device (the per-step `seed` is the
+        host's: the device counts its own dropout steps from the target's seed)."""
+        if given or capture:
+            raise BwError(Span.synthetic("cuda"), "the cuda target keeps the frozen prefix "
+                          "on the device: --cache-frozen is a cpu-target option")
+        result = prepared.run(batch)
+        grads = prepared.grads()
+        self.params.update(self.state.download())
+        return result, grads
+
+    def forward(self, prepared: CudaExecutor, batch, training: bool, seed: int, outputs):
+        result = prepared.run(batch, training, forward_only=True)
+        known = {**result.losses, **result.metrics}
+        if outputs and set(outputs) - set(known):
+            raise BwError(Span.synthetic("cuda"), "the cuda target returns losses and "
+                          "metrics only; use the cpu target to read other layers")
+        return {n: np.asarray(v) for n, v in known.items()}
+
+    def set_optimizer(self, settings: SgdSettings) -> None:
+        self.settings = settings
+        for executor in self._prepared:
+            executor.set_optimizer(settings)
+
+    def weights_changed(self) -> None:
+        self.state.upload(self.params)
+
+    def forget(self) -> None:
+        self._prepared.clear()
