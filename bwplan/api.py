@@ -29,7 +29,6 @@ from bwplan.runtime.executor import StepResult, StepStats
 from bwplan.runtime.init import initial_params
 from bwplan.runtime.optimizer import Sgd, SgdSettings
 from bwplan.runtime.target import Target, target_class
-from bwplan.runtime.weights import load_into, save_weights
 from bwplan.source import Span
 
 
@@ -131,12 +130,10 @@ class CompiledNet:
 
     def load_weights(self, path: str, rename: Mapping[str, str] | None = None,
                      skip: Iterable[str] = (), strict: bool = True) -> dict[str, str]:
-        loaded = load_into(self.params, path, rename, skip, strict)
-        self.runtime.weights_changed()
-        return loaded
+        return self.runtime.load_weights(path, rename, skip, strict)
 
     def save_weights(self, path: str) -> None:
-        save_weights(path, self.params)
+        self.runtime.save_weights(path)
 
     # ---- running -----------------------------------------------------------------------
     def step(self, batch: Mapping[str, np.ndarray],

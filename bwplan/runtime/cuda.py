@@ -41,6 +41,7 @@ from bwplan.lower.program import Program, value
 from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.executor import StepResult, StepStats
 from bwplan.runtime.optimizer import SgdSettings
+from bwplan.runtime.weights import load_into, save_weights
 from bwplan.source import Span
 
 NEEDS = "the cuda target needs a GPU and PyCUDA: pip install -e '.[cuda]'"
@@ -450,8 +451,14 @@ class CudaTarget:
         for executor in self._prepared:
             executor.set_optimizer(settings)
 
-    def weights_changed(self) -> None:
+    def load_weights(self, path: str, rename, skip, strict: bool) -> dict[str, str]:
+        """Into the host view, then onto the device."""
+        loaded = load_into(self.params, path, rename, skip, strict)
         self.state.upload(self.params)
+        return loaded
+
+    def save_weights(self, path: str) -> None:
+        save_weights(path, self.params)   # the host view is current after every step
 
     def forget(self) -> None:
         self._prepared.clear()

@@ -7,7 +7,8 @@ Program); a target prepares them and runs them against the parameters it holds.
     result, grads = target.step(prepared, batch, optimizer, seed=..., ...)
     target.forward(prepared, batch, training, seed, outputs)
     target.params                                   # host arrays, current after a step
-    target.set_optimizer(settings); target.weights_changed(); target.forget()
+    target.load_weights(path, rename, skip, strict); target.save_weights(path)
+    target.set_optimizer(settings); target.forget()   # forget: the plan changed
 
 `HostTarget` is the "cpu" (Numba kernels) and "reference" (NumPy references) targets: the
 parameters are host arrays updated in place by the host optimizer. The "cuda" target
@@ -30,6 +31,7 @@ from bwplan.lower.program import Program
 from bwplan.runtime.backend import BACKENDS
 from bwplan.runtime.executor import Executor, StepResult
 from bwplan.runtime.optimizer import Sgd, SgdSettings
+from bwplan.runtime.weights import load_into, save_weights
 from bwplan.source import Span
 
 InitialParams = Callable[[], dict]
@@ -56,7 +58,9 @@ class Target(Protocol):
 
     def set_optimizer(self, settings: SgdSettings) -> None: ...
 
-    def weights_changed(self) -> None: ...
+    def load_weights(self, path: str, rename, skip, strict: bool) -> dict[str, str]: ...
+
+    def save_weights(self, path: str) -> None: ...
 
     def forget(self) -> None: ...
 
@@ -131,8 +135,12 @@ class HostTarget:
     def set_optimizer(self, settings: SgdSettings) -> None:
         """The host optimizer reads its settings at each update: nothing to do."""
 
-    def weights_changed(self) -> None:
-        """The kernels read the host arrays themselves: nothing to copy."""
+    def load_weights(self, path: str, rename, skip, strict: bool) -> dict[str, str]:
+        """Into the host arrays the kernels read."""
+        return load_into(self.params, path, rename, skip, strict)
+
+    def save_weights(self, path: str) -> None:
+        save_weights(path, self.params)
 
     def forget(self) -> None:
         """Executors hold nothing beyond their program: nothing to drop."""
@@ -141,12 +149,16 @@ class HostTarget:
 class CpuTarget(HostTarget):
     """The Numba kernels."""
 
+    name = "cpu"
+
     def __init__(self, initial: InitialParams, seed: int = 0) -> None:
         super().__init__("cpu", initial)
 
 
 class ReferenceTarget(HostTarget):
     """The ops' NumPy references: slow and obvious, the oracle."""
+
+    name = "reference"
 
     def __init__(self, initial: InitialParams, seed: int = 0) -> None:
         super().__init__("reference", initial)
