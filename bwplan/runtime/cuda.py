@@ -5,12 +5,12 @@ What it does, in order:
   program launches, or every kernel once for many programs) with PyCUDA's SourceModule,
   for the device's own architecture, with an on-disk cache;
 - places every activation, aux buffer and activation gradient in ONE device allocation,
-  at offsets planned in Python from the schedule (bwplan/kernels/cuda/arena.py), so the
+  at offsets planned in Python from the schedule (bwplan/lower/cuda_arena.py), so the
   device bytes of a step are the plan's peak; the parameters, their gradients and
   velocities live in one more allocation (CudaParams), and the split-K workspace, the
   scaled sums of shared parameters, the dropout counter and the optimizer's segment
   table in a last, fixed one;
-- computes the whole step's launch list once (bwplan/kernels/cuda/step.py: every address
+- computes the whole step's launch list once (bwplan/lower/cuda_launches.py: every address
   is static), then per step copies the batch in, launches the list on one stream, and
   copies back only the losses and metrics: nothing returns to the host inside a step;
 - times each step with CUDA events and counts what it ran as the CPU executor does
@@ -34,8 +34,8 @@ import numpy as np
 from bwplan import ops as registry
 from bwplan.errors import BwError, InternalError
 from bwplan.kernels.cuda import build, update
-from bwplan.kernels.cuda import step as step_plan
-from bwplan.kernels.cuda.arena import plan_arena
+from bwplan.lower import cuda_launches as step_plan
+from bwplan.lower.cuda_arena import plan_arena
 from bwplan.kernels.cuda.limits import Launch
 from bwplan.lower.program import Program, value
 from bwplan.runtime.backend import numpy_dtype
