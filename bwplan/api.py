@@ -46,9 +46,9 @@ def compile(source: str, target: str = "cpu", freeze: Iterable[str] = (),
             onnx_options: Mapping | None = None) -> "CompiledNet":
     """Compile a .bw / .prototxt / .onnx file (or .bw source text) for `target` ("cpu";
     "reference" for the NumPy references; "cuda" for one GPU). `freeze`/`unfreeze` are
-    globs on layer names (freezes first), or give `rules` as ordered (action, glob) pairs. An ONNX model starts
-    from its own weights; `onnx_options` may give `input_shapes` ({input: shape}, for
-    dynamic axes) and `loss` (see docs/onnx.md)."""
+    globs on layer names (freezes first), or give `rules` as ordered (action, glob) pairs.
+    An ONNX model starts from its own weights; `onnx_options` may give `input_shapes`
+    ({input: shape}, for dynamic axes) and `loss` (see docs/onnx.md)."""
     loaded = load_module(source, caffe_options, onnx_options)
     order = list(rules) if rules is not None else _rules(freeze, unfreeze)
     net = CompiledNet(loaded.module, target, order, prune, seed, loaded.weights)
