@@ -9,7 +9,6 @@ runs the forward pass, only the backward work the plan kept, and the parameter u
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
@@ -24,12 +23,12 @@ from bwplan.lower.program import Program
 from bwplan.lower.schedule import lower, lower_inference
 from bwplan.plan.plan import Plan, make_plan
 from bwplan.plan.policy import apply_policy
-from bwplan.runtime.backend import BACKENDS, numpy_dtype
+from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.checks import label_problem
-from bwplan.runtime.executor import Executor, StepResult, StepStats
+from bwplan.runtime.executor import StepResult, StepStats
 from bwplan.runtime.init import initial_params
 from bwplan.runtime.optimizer import Sgd, SgdSettings
-from bwplan.runtime.weights import load_into, save_weights
+from bwplan.runtime.target import Target, target_class
 from bwplan.source import Span
 
 
@@ -45,11 +44,11 @@ def compile(source: str, target: str = "cpu", freeze: Iterable[str] = (),
             unfreeze: Iterable[str] = (), rules: Iterable[tuple[str, str]] | None = None,
             prune: bool = True, seed: int = 0, caffe_options: Mapping | None = None,
             onnx_options: Mapping | None = None) -> "CompiledNet":
-    """Compile a .bw / .prototxt / .onnx file (or .bw source text) for `target` ("cpu", or
-    "reference" for the NumPy references). `freeze`/`unfreeze` are globs on layer names
-    (freezes first), or give `rules` as ordered (action, glob) pairs. An ONNX model starts
-    from its own weights; `onnx_options` may give `input_shapes` ({input: shape}, for
-    dynamic axes) and `loss` (see docs/onnx.md)."""
+    """Compile a .bw / .prototxt / .onnx file (or .bw source text) for `target` ("cpu";
+    "reference" for the NumPy references; "cuda" for one GPU). `freeze`/`unfreeze` are
+    globs on layer names (freezes first), or give `rules` as ordered (action, glob) pairs.
+    An ONNX model starts from its own weights; `onnx_options` may give `input_shapes`
+    ({input: shape}, for dynamic axes) and `loss` (see docs/onnx.md)."""
     loaded = load_module(source, caffe_options, onnx_options)
     order = list(rules) if rules is not None else _rules(freeze, unfreeze)
     net = CompiledNet(loaded.module, target, order, prune, seed, loaded.weights)
@@ -58,57 +57,58 @@ def compile(source: str, target: str = "cpu", freeze: Iterable[str] = (),
 
 
 class CompiledNet:
+    """source -> Net -> Plan -> Program, run by a target (bwplan/runtime/target.py) that
+    holds the parameters: `target` is the target's name, `runtime` the target itself."""
+
     def __init__(self, module: ast.Module, target: str, rules, prune: bool, seed: int,
                  weights: Mapping[str, np.ndarray] | None = None) -> None:
-        if target not in BACKENDS and target != "cuda":
-            raise BwError(Span.synthetic("target"), f"unknown target '{target}'",
-                          "targets: " + ", ".join(sorted(BACKENDS) + ["cuda"]))
+        target_cls = target_class(target)
         self.module = module
         self.target = target
-        # the cuda target runs its own executor, with parameters resident on the device
-        self.backend = None if target == "cuda" else BACKENDS[target]()
         self.prune = prune
         self.seed = seed
         self.rules = list(rules)
         self.net: Net = apply_policy(build(module), self.rules)
-        if target == "cuda" and any(p.frozen_rows for p in self.net.params.values()):
-            raise BwError(Span.synthetic("--freeze"), "the cuda target does not run partly "
-                          "frozen parameters yet (its dW and update kernels take whole "
-                          "tensors)", "use --target cpu")
+        target_cls.check_net(self.net)
         self.plan: Plan = make_plan(self.net)
         self.program: Program = lower(self.plan, prune)
-        self._params: dict[str, np.ndarray] | None = None   # initialised on first use
         self._imported_weights = weights or {}   # an imported model's own weights
-        self._cuda_params = None
-        if target == "cuda":
-            from bwplan.runtime.cuda import CudaParams, device
-            self._cuda_params = CudaParams(device(), self.params)
-        self.optimizer = Sgd(update=getattr(self.backend, "update_kernel", None))
-        self._grad_store: dict[str, np.ndarray] = {}
-        self._scaled: dict[str, np.ndarray] = {}
+        self.runtime: Target = target_cls(self._initial_params, seed)
+        self.optimizer = Sgd(update=self.runtime.update_kernel)
         self.grads: dict[str, np.ndarray] = {}
         self.last_stats: StepStats | None = None
         self.last_program: Program | None = None
         self.last_cached = False   # whether the last step read its frozen prefix from a cache
         self.steps_taken = 0
-        self._executors: dict[tuple, Executor] = {}
+        self._executors: dict[tuple, object] = {}   # prepared programs, by (mode, batch)
         # a bwplan.runtime.distributed.DataParallel when training data-parallel
         self.data_parallel = None
         self.warnings: tuple = ()   # the importer's warnings (a Caffe net's)
 
+    def _initial_params(self) -> dict[str, np.ndarray]:
+        params = initial_params(self.net, self.seed)
+        for name, value in self._imported_weights.items():
+            params[name][...] = value
+        return params
+
     @property
     def params(self) -> dict[str, np.ndarray]:
-        """The parameters, by name; initialised (seeded) when first read, so that planning
-        and `compile` never allocate them."""
-        if self._params is None:
-            self._params = initial_params(self.net, self.seed)
-            for name, value in self._imported_weights.items():
-                self._params[name][...] = value
-        return self._params
+        """The parameters, by name, on the host; initialised (seeded) when first read (on
+        the host targets), so that planning and `compile` never allocate them."""
+        return self.runtime.params
 
     @params.setter
     def params(self, value: dict[str, np.ndarray]) -> None:
-        self._params = value
+        self.runtime.params = value
+
+    # the host targets' gradient stores, which data parallelism points at its buckets
+    @property
+    def _grad_store(self) -> dict[str, np.ndarray]:
+        return self.runtime.grad_store
+
+    @property
+    def _scaled(self) -> dict[str, np.ndarray]:
+        return self.runtime.scaled
 
     # ---- configuration -----------------------------------------------------------------
     def set_optimizer(self, lr: float = 0.01, momentum: float = 0.9,
@@ -116,9 +116,7 @@ class CompiledNet:
         velocity = self.optimizer.velocity
         self.optimizer = Sgd(SgdSettings(lr, momentum, weight_decay), self.optimizer.update)
         self.optimizer.velocity = velocity
-        if self._cuda_params is not None:
-            for executor in self._executors.values():
-                executor.set_optimizer(self.optimizer.settings)
+        self.runtime.set_optimizer(self.optimizer.settings)
 
     def replan(self, rules: Iterable[tuple[str, str]]) -> None:
         """Apply a new freezing scheme (gradual unfreezing): re-plan and re-lower; the
@@ -128,16 +126,14 @@ class CompiledNet:
         self.plan = make_plan(self.net)
         self.program = lower(self.plan, self.prune)
         self._executors.clear()
+        self.runtime.forget()
 
     def load_weights(self, path: str, rename: Mapping[str, str] | None = None,
                      skip: Iterable[str] = (), strict: bool = True) -> dict[str, str]:
-        loaded = load_into(self.params, path, rename, skip, strict)
-        if self._cuda_params is not None:
-            self._cuda_params.upload(self.params)
-        return loaded
+        return self.runtime.load_weights(path, rename, skip, strict)
 
     def save_weights(self, path: str) -> None:
-        save_weights(path, self.params)
+        self.runtime.save_weights(path)
 
     # ---- running -----------------------------------------------------------------------
     def step(self, batch: Mapping[str, np.ndarray],
@@ -153,48 +149,13 @@ class CompiledNet:
         if dp is not None and dp.is_empty(batch):
             return dp.empty_step(self)
         batch = self._check(batch)
-        executor = self._executor(batch, "train")
-        if self._cuda_params is not None:
-            return self._cuda_step(executor, batch, given, capture)
-        skip = frozenset()
-        if given:
-            skip = self._prefix_skip(given)
-        hooks = dp.begin(executor.program, self._grad_store, self._scaled) if dp else {}
-        result = executor.run(batch, self.params, self._grad_store, self._scaled,
-                              training=True, seed=self.seed * 1_000_003 + self.steps_taken,
-                              given=given, skip=skip, capture=capture, **hooks)
-        computed = {s.param for s in executor.program.backward if s.phase == "dw"}
-        self.grads = {p: self._grad_store[p] for p in computed}
-        scaled = {p: self._scaled[p] for p in computed if p in executor.program.mixed_scale}
-        start = time.perf_counter()
-        if dp is not None:   # the update waits for each gradient bucket's all-reduce
-            result, launched = dp.update(result, self.optimizer, self.params, self.grads,
-                                         scaled)
-        else:
-            launched = self.optimizer.step(executor.program.plan.updates, self.params,
-                                           self.grads, scaled)
-        result.stats.seconds["update"] = time.perf_counter() - start
-        result.stats.launched["update"] = launched
-        result.stats.flops["update"] = sum(
-            4 * self.params[u.param].size for u in executor.program.plan.updates
-            if u.kind != "none")
+        prepared = self._executor(batch, "train")
+        result, self.grads = self.runtime.step(
+            prepared, batch, self.optimizer, seed=self.seed * 1_000_003 + self.steps_taken,
+            given=given, capture=capture, prefix_skip=self._prefix_skip, data_parallel=dp)
         self.last_stats = result.stats
-        self.last_program = executor.program
+        self.last_program = prepared.program
         self.last_cached = bool(given)
-        self.steps_taken += 1
-        return result
-
-    def _cuda_step(self, executor, batch, given, capture) -> StepResult:
-        """Forward, backward and update all run on the device; the gradients and the
-        updated parameters come back so that `grads` and `params` stay current."""
-        if given or capture:
-            raise BwError(Span.synthetic("cuda"), "the cuda target keeps the frozen prefix "
-                          "on the device: --cache-frozen is a cpu-target option")
-        result = executor.run(batch)
-        self.grads = executor.grads()
-        self.params.update(self._cuda_params.download())
-        self.last_stats = result.stats
-        self.last_program = executor.program
         self.steps_taken += 1
         return result
 
@@ -204,22 +165,8 @@ class CompiledNet:
         losses, metrics and every layer nothing consumes)."""
         batch = self._check(batch)
         names = tuple(outputs) if outputs is not None else None
-        executor = self._executor(batch, ("infer", names))
-        program = executor.program
-        if self._cuda_params is not None:
-            result = executor.run(batch, training, forward_only=True)
-            known = {**result.losses, **result.metrics}
-            if names and set(names) - set(known):
-                raise BwError(Span.synthetic("cuda"), "the cuda target returns losses and "
-                              "metrics only; use the cpu target to read other layers")
-            return {n: np.asarray(v) for n, v in known.items()}
-        wanted = names or tuple(s.layer for s in program.forward
-                                if not executor.net.consumers(s.layer)
-                                or s.layer in dict(program.losses) or s.layer in
-                                program.metrics)
-        result = executor.run(batch, self.params, training=training, forward_only=True,
-                              seed=self.seed, capture=wanted)
-        return result.values
+        prepared = self._executor(batch, ("infer", names))
+        return self.runtime.forward(prepared, batch, training, self.seed, names)
 
     def prefix_outputs(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The frozen prefix's boundary tensors for this batch, to cache and pass back to
@@ -287,7 +234,8 @@ class CompiledNet:
                              ", ".join(map(str, sorted(batch_sizes))))
         return out
 
-    def _executor(self, batch, mode) -> Executor:
+    def _executor(self, batch, mode):
+        """The program for this batch size and mode, prepared by the target (cached)."""
         n = next((a.shape[0] for a in batch.values() if a.ndim), None)
         key = (mode, n)
         ex = self._executors.get(key)
@@ -302,12 +250,7 @@ class CompiledNet:
             program = self.program if plan is self.plan else lower(plan, self.prune)
         else:
             program = lower_inference(plan, mode[1])
-        if self._cuda_params is not None:
-            from bwplan.runtime.cuda import CudaExecutor
-            ex = CudaExecutor(program, self._cuda_params, self.optimizer.settings,
-                              seed=self.seed)
-        else:
-            ex = Executor(program, self.backend)
+        ex = self.runtime.prepare(program)
         self._executors[key] = ex
         return ex
 

@@ -224,8 +224,8 @@ def test_checkpoint_every_writes_out_during_training(setup, capsys, monkeypatch)
     real = weights.save_weights
     monkeypatch.setattr(weights, "save_weights", lambda p, params: (writes.append(p),
                                                                      real(p, params)))
-    import bwplan.api
-    monkeypatch.setattr(bwplan.api, "save_weights", weights.save_weights)
+    import bwplan.runtime.target   # the host targets save through it
+    monkeypatch.setattr(bwplan.runtime.target, "save_weights", weights.save_weights)
     # 16 samples, batch 4: 4 steps per epoch, 8 in all -> checkpoints at steps 3 and 6
     assert main(["train", str(net), "--data", str(data), "--target", "reference",
                  "--epochs", "2", "--batch", "4", "--checkpoint-every", "3",

@@ -21,9 +21,9 @@ from bwplan import ops as registry
 from bwplan.cli.main import main
 from bwplan.kernels import cuda as cuda_table
 from bwplan.kernels.cuda import build, limits
-from bwplan.kernels.cuda import step as step_plan
+from bwplan.lower import cuda_launches as step_plan
 from bwplan.errors import InternalError
-from bwplan.kernels.cuda.arena import ALIGNMENT, plan_arena
+from bwplan.lower.cuda_arena import ALIGNMENT, plan_arena
 from bwplan.kernels.cuda.default import default_launch, signatures
 from bwplan.ops.reference import make_ctx
 from bwplan.lower.program import grad, value

@@ -21,8 +21,8 @@ from bwplan.explain.units import flops
 from bwplan.fsutil import write_atomic
 from bwplan.frontend.load import read_text
 from bwplan.kernels.cuda import build
-from bwplan.kernels.cuda import step as step_plan
-from bwplan.kernels.cuda.arena import plan_arena
+from bwplan.lower import cuda_launches as step_plan
+from bwplan.lower.cuda_arena import plan_arena
 from bwplan.kernels.cuda.limits import DEFAULT_SM_COUNT
 from bwplan.runtime.optimizer import SgdSettings
 

@@ -1,7 +1,8 @@
 """The op registry: every op bwplan knows, by name.
 
 Each family module lists its ops in `OPS`; adding an op means adding its `OpDef` to its
-family's `OPS`, nothing else.
+family's `OPS` and its kernels (docs/architecture.md lists the few rows beside them, and
+tests/test_op_places.py keeps every other module from naming an op).
 """
 from __future__ import annotations
 

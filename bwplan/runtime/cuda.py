@@ -5,12 +5,12 @@ What it does, in order:
   program launches, or every kernel once for many programs) with PyCUDA's SourceModule,
   for the device's own architecture, with an on-disk cache;
 - places every activation, aux buffer and activation gradient in ONE device allocation,
-  at offsets planned in Python from the schedule (bwplan/kernels/cuda/arena.py), so the
+  at offsets planned in Python from the schedule (bwplan/lower/cuda_arena.py), so the
   device bytes of a step are the plan's peak; the parameters, their gradients and
   velocities live in one more allocation (CudaParams), and the split-K workspace, the
   scaled sums of shared parameters, the dropout counter and the optimizer's segment
   table in a last, fixed one;
-- computes the whole step's launch list once (bwplan/kernels/cuda/step.py: every address
+- computes the whole step's launch list once (bwplan/lower/cuda_launches.py: every address
   is static), then per step copies the batch in, launches the list on one stream, and
   copies back only the losses and metrics: nothing returns to the host inside a step;
 - times each step with CUDA events and counts what it ran as the CPU executor does
@@ -34,13 +34,14 @@ import numpy as np
 from bwplan import ops as registry
 from bwplan.errors import BwError, InternalError
 from bwplan.kernels.cuda import build, update
-from bwplan.kernels.cuda import step as step_plan
-from bwplan.kernels.cuda.arena import plan_arena
+from bwplan.lower import cuda_launches as step_plan
+from bwplan.lower.cuda_arena import plan_arena
 from bwplan.kernels.cuda.limits import Launch
 from bwplan.lower.program import Program, value
 from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.executor import StepResult, StepStats
 from bwplan.runtime.optimizer import SgdSettings
+from bwplan.runtime.weights import load_into, save_weights
 from bwplan.source import Span
 
 NEEDS = "the cuda target needs a GPU and PyCUDA: pip install -e '.[cuda]'"
@@ -393,3 +394,71 @@ class CudaExecutor:
         """The gradients the last step computed, summed over uses, by parameter."""
         return self.state.download_grads(sorted({s.param for s in self.program.backward
                                                  if s.phase == "dw"}))
+
+
+# ---- the target ------------------------------------------------------------------------
+class CudaTarget:
+    """The "cuda" target behind `CompiledNet` (runtime/target.py): the parameters live on
+    the device (one CudaParams shared by the executors of every batch size); after a step
+    the gradients and the updated parameters come back, so that the host view stays
+    current. The update runs on the device, so the host optimizer's kernel is None and
+    only its settings are read."""
+
+    name = "cuda"
+    update_kernel = None
+
+    def __init__(self, initial, seed: int = 0) -> None:
+        self.params: dict[str, np.ndarray] = initial()
+        self.state = CudaParams(device(), self.params)
+        self.settings = SgdSettings()
+        self.seed = seed   # seeds each executor's dropout counter
+        self._prepared: list[CudaExecutor] = []
+
+    @classmethod
+    def check_net(cls, net) -> None:
+        if any(p.frozen_rows for p in net.params.values()):
+            raise BwError(Span.synthetic("--freeze"), "the cuda target does not run partly "
+                          "frozen parameters yet (its dW and update kernels take whole "
+                          "tensors)", "use --target cpu")
+
+    def prepare(self, program: Program) -> CudaExecutor:
+        executor = CudaExecutor(program, self.state, self.settings, seed=self.seed)
+        self._prepared.append(executor)
+        return executor
+
+    def step(self, prepared: CudaExecutor, batch, optimizer, *, seed: int, given, capture,
+             prefix_skip, data_parallel):
+        """Forward, backward and update all run on the device (the per-step `seed` is the
+        host's: the device counts its own dropout steps from the target's seed)."""
+        if given or capture:
+            raise BwError(Span.synthetic("cuda"), "the cuda target keeps the frozen prefix "
+                          "on the device: --cache-frozen is a cpu-target option")
+        result = prepared.run(batch)
+        grads = prepared.grads()
+        self.params.update(self.state.download())
+        return result, grads
+
+    def forward(self, prepared: CudaExecutor, batch, training: bool, seed: int, outputs):
+        result = prepared.run(batch, training, forward_only=True)
+        known = {**result.losses, **result.metrics}
+        if outputs and set(outputs) - set(known):
+            raise BwError(Span.synthetic("cuda"), "the cuda target returns losses and "
+                          "metrics only; use the cpu target to read other layers")
+        return {n: np.asarray(v) for n, v in known.items()}
+
+    def set_optimizer(self, settings: SgdSettings) -> None:
+        self.settings = settings
+        for executor in self._prepared:
+            executor.set_optimizer(settings)
+
+    def load_weights(self, path: str, rename, skip, strict: bool) -> dict[str, str]:
+        """Into the host view, then onto the device."""
+        loaded = load_into(self.params, path, rename, skip, strict)
+        self.state.upload(self.params)
+        return loaded
+
+    def save_weights(self, path: str) -> None:
+        save_weights(path, self.params)   # the host view is current after every step
+
+    def forget(self) -> None:
+        self._prepared.clear()

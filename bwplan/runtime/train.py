@@ -1,18 +1,48 @@
 """The training loop behind `bwplan train`: epochs of `CompiledNet.step`, validation with the
 net's metrics, gradual unfreezing (re-planning at each stage, reusing compiled kernels),
-and the frozen-prefix cache (computing a deterministic frozen prefix once per sample)."""
+and the frozen-prefix cache (computing a deterministic frozen prefix once per sample).
+
+It sits below the API: it reads a compiled net only through `Trainable`, the part of
+`bwplan.api.CompiledNet` a training loop needs, and never imports bwplan.api."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from bwplan.api import CompiledNet
+from bwplan.ir.net import Net
+from bwplan.lower.program import Program
+from bwplan.plan.plan import Plan
 from bwplan.runtime.compiling import seconds_so_far
 from bwplan.runtime.checks import check_step
 from bwplan.runtime.data import Dataset
+from bwplan.runtime.executor import StepResult
+from bwplan.runtime.optimizer import Sgd
+
+
+class Trainable(Protocol):
+    """What the loop reads and calls on a compiled net (bwplan.api.CompiledNet is one)."""
+
+    net: Net
+    plan: Plan
+    program: Program
+    rules: list[tuple[str, str]]
+    optimizer: Sgd
+    grads: dict[str, np.ndarray]
+    last_program: Program | None
+    last_cached: bool
+    steps_taken: int
+
+    def replan(self, rules: list[tuple[str, str]]) -> None: ...
+
+    def run_step(self, batch: Mapping[str, np.ndarray], given=None,
+                 capture: tuple[str, ...] = ()) -> StepResult: ...
+
+    def forward(self, batch: Mapping[str, np.ndarray], outputs=None,
+                training: bool = False) -> dict[str, np.ndarray]: ...
 
 
 @dataclass
@@ -47,7 +77,7 @@ class PrefixCache:
             self.filled = np.zeros(size, bool)
 
 
-def unfreeze_units(prog: CompiledNet) -> list[str]:
+def unfreeze_units(prog: Trainable) -> list[str]:
     """The units gradual unfreezing thaws, from the top of the net down: block instances
     (layers named `<instance>/...`) and single parameterised layers, in reverse
     topological order of their last layer."""
@@ -61,7 +91,7 @@ def unfreeze_units(prog: CompiledNet) -> list[str]:
     return units
 
 
-def train(prog: CompiledNet, data: Dataset, epochs: int, batch: int, seed: int = 0,
+def train(prog: Trainable, data: Dataset, epochs: int, batch: int, seed: int = 0,
           cache_frozen: bool = False, unfreeze_every: int = 0,
           schedule: dict[int, list[tuple[str, str]]] | None = None,
           on_batch: Callable[[int, int, int, float, float], None] | None = None,
@@ -119,7 +149,7 @@ def train(prog: CompiledNet, data: Dataset, epochs: int, batch: int, seed: int =
     return history
 
 
-def evaluate(prog: CompiledNet, arrays: dict[str, np.ndarray], batch: int
+def evaluate(prog: Trainable, arrays: dict[str, np.ndarray], batch: int
              ) -> tuple[float, dict[str, float]]:
     """Loss and metrics over a data split, weighted by batch size, in inference mode."""
     n = len(next(iter(arrays.values())))
@@ -135,14 +165,14 @@ def evaluate(prog: CompiledNet, arrays: dict[str, np.ndarray], batch: int
     return loss, {nm: sums[nm] / n for nm in prog.program.metrics}
 
 
-def _is_frozen(prog: CompiledNet, unit: str) -> bool:
+def _is_frozen(prog: Trainable, unit: str) -> bool:
     import fnmatch
     layers = [l for l in prog.net.layers if fnmatch.fnmatchcase(l.name, unit)]
     return any(u.lr_mult == 0 and prog.net.params[u.param].learnable
                for l in layers for u in l.params)
 
 
-def _stage(prog: CompiledNet, epoch: int, every: int, thaw: list[str],
+def _stage(prog: Trainable, epoch: int, every: int, thaw: list[str],
            schedule: dict[int, list[tuple[str, str]]]) -> bool:
     """Apply this epoch's freezing changes; True when the plan changed."""
     rules = list(prog.rules)

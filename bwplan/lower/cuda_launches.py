@@ -19,7 +19,7 @@ import numpy as np
 from bwplan.errors import BwError
 from bwplan.kernels import cuda as table
 from bwplan.kernels.cuda import update
-from bwplan.kernels.cuda.arena import Arena
+from bwplan.lower.cuda_arena import Arena
 from bwplan.kernels.cuda.limits import Env, Launch, Unsupported, check
 from bwplan.lower.program import BufferId, Program, Step, aux as aux_id, grad
 from bwplan.plan.components import op_ctx

@@ -1,0 +1,118 @@
+"""The places an op touches, as docs/architecture.md states them, kept true.
+
+Everything else in bwplan/ reads an op through its `OpDef` (the registry), so no other module
+may name an op: for every registered op, its name as a string constant (found with `ast`,
+so comments and docstrings do not count) may appear only in
+
+- its op module, `bwplan/ops/<family>.py`;
+- its family's CUDA table, `bwplan/kernels/cuda/<family>.py`, for a kernel whose launch is
+  not its kind's default (a `LAUNCH`/`ALSO`/`WORKSPACE` row);
+- an importer's table: a row saying which bwplan op a Caffe layer type or an ONNX op type
+  becomes (`caffe/catalogue.py`, `caffe/mapping.py`, `onnx/table.py`, `onnx/loss.py`).
+
+The Numba kernels (`kernels/cpu/<family>.py`) and the CUDA C (`cuda/<family>.cu`) are
+reached through the kernel names the OpDef holds, never by the op's name.
+"""
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+from bwplan import ops as registry
+
+ROOT = Path(__file__).parent.parent
+PACKAGE = ROOT / "bwplan"
+
+OP_MODULE = "bwplan/ops/{family}.py"
+CUDA_ROWS = "bwplan/kernels/cuda/{family}.py"
+IMPORTER_TABLES = ("bwplan/caffe/catalogue.py", "bwplan/caffe/mapping.py",
+                   "bwplan/onnx/table.py", "bwplan/onnx/loss.py")
+
+# (module, string): why the string there is not the op of that name
+NOT_THE_OP = {
+    ("bwplan/caffe/schema.py", "normalize"): "LossParameter's `normalize` field",
+    ("bwplan/caffe/schema.py", "transpose"): "InnerProductParameter's `transpose` field",
+    ("bwplan/caffe/shapes.py", "transpose"): "InnerProduct's `transpose` field, read",
+}
+
+# op names that are also the name of a port, parameter slot, attribute, aux value or op
+# family, so a string constant cannot tell the two apart: these ops are not checked here.
+# A new op whose name collides so must be added with the reason.
+SHARED_NAMES = {
+    "argmax": "the aux value of maximum and the max-pooling ops",
+    "bias": "the bias parameter slot (and attribute) of conv2d, linear, batchnorm, ...",
+    "embed": "the embed family",
+    "linear": "the linear family",
+    "pad": "conv2d's and the pooling ops' pad attribute",
+    "power": "the power attribute of power",
+    "reduction": "the reduction family",
+    "scale": "the scale attribute of power, exp and log; an aux value of the lrn ops",
+    "threshold": "the threshold attribute of threshold",
+}
+
+
+def _other_names() -> set[str]:
+    names: set[str] = set()
+    for op in registry.OPS.values():
+        names |= {p.name for p in op.ports} | {s.name for s in op.params}
+        names |= {a.name for a in op.attrs} | {a.name for a in op.aux} | {op.family}
+    return names
+
+
+def _mentions() -> dict[str, dict[str, list[int]]]:
+    """op name -> module -> lines where the name is a string constant."""
+    found: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(), module)):
+            if isinstance(node, ast.Constant) and node.value in registry.OPS:
+                found[node.value][module].append(node.lineno)
+    return found
+
+
+def test_the_shared_names_are_exactly_the_colliding_ones():
+    assert set(registry.OPS) & _other_names() == set(SHARED_NAMES)
+
+
+def test_no_module_outside_an_ops_places_names_it():
+    mentions = _mentions()
+    wrong = []
+    for name, op in sorted(registry.OPS.items()):
+        if name in SHARED_NAMES:
+            continue
+        allowed = {OP_MODULE.format(family=op.family), CUDA_ROWS.format(family=op.family),
+                   *IMPORTER_TABLES}
+        for module, lines in sorted(mentions[name].items()):
+            if module not in allowed and (module, name) not in NOT_THE_OP:
+                wrong.append(f"{module}:{lines[0]} names op {name!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_op_is_named_in_its_own_module():
+    mentions = _mentions()
+    for name, op in registry.OPS.items():
+        assert OP_MODULE.format(family=op.family) in mentions[name], name
+
+
+def test_the_exceptions_are_still_needed():
+    mentions = _mentions()
+    for module, name in NOT_THE_OP:
+        assert module in mentions[name], (module, name)
+
+
+def test_every_family_has_its_kernel_sources():
+    for family in {op.family for op in registry.OPS.values()}:
+        assert (PACKAGE / "kernels" / "cpu" / f"{family}.py").is_file(), family
+        assert (ROOT / "cuda" / f"{family}.cu").is_file(), family
+
+
+def test_the_architecture_document_names_these_places():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text[text.index("Adding an op touches"):]
+    for place in ("bwplan/ops/<family>.py", "bwplan/kernels/cpu/<family>.py",
+                  "cuda/<family>.cu", "bwplan/kernels/cuda/<family>.py",
+                  "tests/test_ops_reference.py", "tests/torch_oracle.py",
+                  "bench/torch_peer.py", "tests/test_op_places.py", *IMPORTER_TABLES):
+        short = place.removeprefix("bwplan/") if place in IMPORTER_TABLES else place
+        assert short in section, place
