@@ -11,6 +11,7 @@ from lark.exceptions import (UnexpectedInput,
 
 from bwplan.errors import BwSyntaxError
 from bwplan.frontend import ast
+from bwplan.gc_pause import cyclic_gc_paused
 from bwplan.ir.types import DTYPE_BYTES, MAX_EXTENT, TensorType
 from bwplan.frontend.lark_errors import describe
 from bwplan.resources import resource_dir
@@ -275,6 +276,7 @@ def _error_span(err: UnexpectedInput, src: SourceFile) -> Span:
     return Span(src.path, line, col, line, col + 1)
 
 
+@cyclic_gc_paused
 def parse_bw(text: str, path: str = "<input>") -> ast.Module:
     """Parse .bw source text. Raises BwSyntaxError for text that does not parse."""
     src = register(SourceFile(path, text))

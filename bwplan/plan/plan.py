@@ -26,6 +26,7 @@ from functools import cached_property
 from types import MappingProxyType
 
 from bwplan import ops as registry
+from bwplan.gc_pause import cyclic_gc_paused
 from bwplan.ir import verify
 from bwplan.ir.net import Net
 from bwplan.plan import grad_flow
@@ -141,6 +142,7 @@ def _trains(use) -> bool:
     return use.lr_mult > 0
 
 
+@cyclic_gc_paused
 def make_plan(net: Net) -> Plan:
     flow = grad_flow.analyse(net, _trains)
     full_flow = grad_flow.analyse(net, lambda u: net.params[u.param].learnable)
