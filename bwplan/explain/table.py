@@ -5,6 +5,7 @@ from __future__ import annotations
 from bwplan import ops as registry
 from bwplan.explain.grouping import render_findings
 from bwplan.explain.units import flops, nbytes, saving
+from bwplan.gc_pause import cyclic_gc_paused
 from bwplan.plan.components import dw_flops, op_ctx
 from bwplan.plan.plan import LayerPlan, Plan
 
@@ -26,6 +27,7 @@ _HEADER = ["layer", "op", "fwd", "dX", "dW", "keeps"]
 _JOIN = ["", "", "", "  ", "  ", " "]
 
 
+@cyclic_gc_paused
 def render_table(plan: Plan, width: int | None = WIDTH) -> str:
     """The plan as a table. With a width, a row too wide stacks its longest lists one item
     per line, the reasons move below the table, and long summary lines wrap."""

@@ -13,6 +13,7 @@ from dataclasses import replace
 from bwplan.errors import (AttrError, BwError, BwSyntaxError, Redefined, UnknownName,
                            raise_all)
 from bwplan.frontend import ast
+from bwplan.gc_pause import cyclic_gc_paused
 
 _VALUE_KINDS = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -28,6 +29,7 @@ _VALUE_KINDS = {
 MAX_LAYERS = 100_000
 
 
+@cyclic_gc_paused
 def expand(module: ast.Module) -> ast.Module:
     blocks: dict[str, ast.BlockDef] = {}
     errors: list[BwError] = []

@@ -19,6 +19,7 @@ from bwplan import ops as registry
 from bwplan.errors import (AttrError, BwError, CycleError, ParamError, Redefined, ShapeError,
                            UnknownName, raise_all)
 from bwplan.frontend import ast
+from bwplan.gc_pause import cyclic_gc_paused
 from bwplan.ir import verify
 from bwplan.ir.net import Edge, Input, Layer, Net, Param, ParamUse, make_graph
 from bwplan.ir.rows import add_rows, parse_rows, rows_problem
@@ -30,6 +31,7 @@ _LAYER_SETTINGS = ("frozen", "shares", "lr", "decay", "weight")
 _SLOT_SETTINGS = ("lr", "decay")
 
 
+@cyclic_gc_paused
 def build(module: ast.Module, name: str | None = None) -> Net:
     net = _Builder(module).run(name or Path(module.path).stem)
     if verify.enabled():

@@ -13,6 +13,7 @@ one per use, so a parameter used by two layers keeps a learning-rate multiplier 
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -126,9 +127,7 @@ class Net:
         init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        succ = self.graph.succ
-        consumers = {n: tuple(data["edge"] for keyed in succ[n].values()
-                              for data in keyed.values()) for n in self.graph}
+        consumers = _consumers_of(self.graph)
         uses: dict[str, list[tuple[str, ParamUse]]] = {p: [] for p in self.params}
         for layer in self.layers:
             for use in layer.params:
@@ -137,8 +136,7 @@ class Net:
                            MappingProxyType({l.name: i for i, l in enumerate(self.layers)}))
         object.__setattr__(self, "_input_index",
                            MappingProxyType({i.name: i for i in self.inputs}))
-        object.__setattr__(self, "_consumers",
-                           MappingProxyType(consumers))
+        object.__setattr__(self, "_consumers", consumers)
         object.__setattr__(self, "_param_uses",
                            MappingProxyType({k: tuple(v) for k, v in uses.items()}))
 
@@ -173,6 +171,24 @@ class Net:
     def replace_layers(self, layers: tuple[Layer, ...]) -> "Net":
         """A new Net with the same structure and edited layers (same names, same order)."""
         return Net(self.name, self.path, self.inputs, self.params, layers, self.graph)
+
+
+# frozen graph -> its consumer lists: every Net that a freezing policy derives from another
+# shares its graph, and re-planning after a change of the frozen set builds one such Net
+_CONSUMERS: "weakref.WeakKeyDictionary[nx.MultiDiGraph, Mapping]" = weakref.WeakKeyDictionary()
+
+
+def _consumers_of(graph: nx.MultiDiGraph) -> Mapping[str, tuple[Edge, ...]]:
+    """Each node's outgoing edges, in the graph's order. Only a frozen graph's are kept:
+    an unfrozen one could change under them."""
+    found = _CONSUMERS.get(graph)
+    if found is None:
+        succ = graph.succ
+        found = MappingProxyType({n: tuple(data["edge"] for keyed in succ[n].values()
+                                           for data in keyed.values()) for n in graph})
+        if nx.is_frozen(graph):
+            _CONSUMERS[graph] = found
+    return found
 
 
 def make_graph(inputs, layers) -> nx.MultiDiGraph:

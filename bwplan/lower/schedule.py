@@ -10,11 +10,10 @@ gives every buffer its lifetime (`Program.buffers`); runtimes and the peak figur
 """
 from __future__ import annotations
 
-import gc
-
 import networkx as nx
 
 from bwplan import ops as registry
+from bwplan.gc_pause import cyclic_gc_paused
 from bwplan.ir import verify
 from bwplan.ir.net import Layer, Net
 from bwplan.lower.program import Buffer, BufferId, Program, Saved, Seed, Step, aux, grad, value
@@ -23,20 +22,8 @@ from bwplan.plan.components import dw_flops, dx_rule, op_ctx
 from bwplan.plan.plan import Plan
 
 
+@cyclic_gc_paused
 def lower(plan: Plan, prune: bool = True) -> Program:
-    # Lowering allocates tens of thousands of small objects and creates no reference
-    # cycles; the cyclic collector's passes over the whole (large, live) Net would be half
-    # its time on a 10,000-layer net, so it is paused while the Program is built.
-    paused = gc.isenabled()
-    gc.disable()
-    try:
-        return _lower(plan, prune)
-    finally:
-        if paused:
-            gc.enable()
-
-
-def _lower(plan: Plan, prune: bool) -> Program:
     net = plan.net
     outputs = [net.layer(name) for name in plan.outputs]
     losses = tuple((l.name, l.loss_weight) for l in outputs if registry.OPS[l.op].role == "loss"

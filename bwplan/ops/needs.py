@@ -54,11 +54,26 @@ class Need:
     variadic: bool = False       # "port": the rule receives a list, one per input
 
 
+# (id(op), id(rule), needs, n_inputs) -> (op, rule, bound): the entry holds op and rule, so
+# their ids cannot be reused while it lives. A large net binds the same few rules thousands
+# of times, in the planner and in lowering.
+_BOUND: dict[tuple, tuple] = {}
+
+
 def bind_needs(op: OpDef, rule: GradRule, attrs: Attrs, n_inputs: int) -> tuple[Need, ...]:
     """The rule's needs for a layer of `op` with `n_inputs` inputs, in name order."""
+    needs = frozenset(rule.needs_for(attrs))
+    key = (id(op), id(rule), needs, n_inputs)
+    found = _BOUND.get(key)
+    if found is None:
+        found = _BOUND[key] = (op, rule, _bind(op, rule, needs, n_inputs))
+    return found[2]
+
+
+def _bind(op: OpDef, rule: GradRule, needs, n_inputs: int) -> tuple[Need, ...]:
     ports = {p.name: p for p in op.ports}
     out = []
-    for name in sorted(rule.needs_for(attrs)):
+    for name in sorted(needs):
         if name == "out":
             out.append(Need(name, "out"))
         elif name in ports:

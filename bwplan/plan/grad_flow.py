@@ -90,11 +90,18 @@ def edge_carries_gradient(net: Net, edge: Edge) -> bool:
     return op.port_for(edge.index).differentiable and net.tensor_type(edge.src).is_float
 
 
-def analyse(net: Net, trains: Callable[[ParamUse], bool]) -> Flow:
-    carries = {}  # keyed by (dst, index): cheaper to hash than the Edge itself
-    for layer in net.layers:
-        for edge in layer.inputs:
-            carries[layer.name, edge.index] = edge_carries_gradient(net, edge)
+def edges_carrying_gradient(net: Net) -> dict[tuple[str, int], bool]:
+    """`edge_carries_gradient` of every edge, keyed by (dst, index): cheaper to hash than
+    the Edge itself."""
+    return {(layer.name, edge.index): edge_carries_gradient(net, edge)
+            for layer in net.layers for edge in layer.inputs}
+
+
+def analyse(net: Net, trains: Callable[[ParamUse], bool],
+            carries: dict[tuple[str, int], bool] | None = None) -> Flow:
+    """The two walks; `carries` (from `edges_carrying_gradient`) when the caller has it."""
+    if carries is None:
+        carries = edges_carrying_gradient(net)
 
     up: dict = {}
     source: dict = {}

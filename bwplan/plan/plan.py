@@ -26,6 +26,7 @@ from functools import cached_property
 from types import MappingProxyType
 
 from bwplan import ops as registry
+from bwplan.gc_pause import cyclic_gc_paused
 from bwplan.ir import verify
 from bwplan.ir.net import Net
 from bwplan.plan import grad_flow
@@ -141,9 +142,11 @@ def _trains(use) -> bool:
     return use.lr_mult > 0
 
 
+@cyclic_gc_paused
 def make_plan(net: Net) -> Plan:
-    flow = grad_flow.analyse(net, _trains)
-    full_flow = grad_flow.analyse(net, lambda u: net.params[u.param].learnable)
+    carries = grad_flow.edges_carrying_gradient(net)   # the same for both walks
+    flow = grad_flow.analyse(net, _trains, carries)
+    full_flow = grad_flow.analyse(net, lambda u: net.params[u.param].learnable, carries)
 
     layer_plans = []
     kept: dict[str, tuple[Value, list[str]]] = {}
@@ -158,8 +161,13 @@ def make_plan(net: Net) -> Plan:
         planned_cost = full_cost = 0
         keeps: list[str] = []
 
+        reads: dict[int, tuple[Value, ...]] = {}   # by id(rule): for both tables
+
         def run(rule, table, who):
-            for value in values_read(net, layer, rule, ctx):
+            values = reads.get(id(rule))
+            if values is None:
+                values = reads[id(rule)] = values_read(net, layer, rule, ctx)
+            for value in values:
                 entry = table.setdefault(value.name, (value, []))
                 if who not in entry[1]:
                     entry[1].append(who)
@@ -175,7 +183,9 @@ def make_plan(net: Net) -> Plan:
                 run(rule, kept, layer.name)
                 planned_cost += rule.flops(ctx)
                 dx_edges.append((layer.name, edge.src))
-            full_dx.append(_dx_needed(net, full_flow, edge))
+            full_dx.append(carries[layer.name, edge.index]
+                           and full_flow.down[edge.dst] is not None
+                           and full_flow.up[edge.src] is not None)
             if full_dx[-1]:
                 run(rule, full_kept, layer.name)
                 full_cost += rule.flops(ctx)
@@ -250,11 +260,6 @@ def _fwd_decision(flow: Flow, name: str) -> Decision:
         return Decision.yes("fwd_loss", text)
     text = "it is a metric" if target == name else f"it feeds the metric {target}"
     return Decision.yes("fwd_metric", text)
-
-
-def _dx_needed(net: Net, flow: Flow, edge) -> bool:
-    return (grad_flow.edge_carries_gradient(net, edge) and flow.down[edge.dst] is not None
-            and flow.up[edge.src] is not None)
 
 
 def _dx_decision(net: Net, flow: Flow, edge) -> Decision:

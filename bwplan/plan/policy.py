@@ -10,12 +10,14 @@ from types import MappingProxyType
 
 from bwplan import ops as registry
 from bwplan.errors import BwError
+from bwplan.gc_pause import cyclic_gc_paused
 from bwplan.ir import verify
 from bwplan.ir.net import Layer, Net
 from bwplan.ir.rows import add_rows, parse_rows, rows_problem
 from bwplan.source import Span
 
 
+@cyclic_gc_paused
 def apply_policy(net: Net, rules: list[tuple[str, str]]) -> Net:
     """rules: ("freeze" | "unfreeze", glob) in order. Raises BwError for a glob that
     matches no layer, since that is almost always a typo."""
