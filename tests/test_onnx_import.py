@@ -15,30 +15,18 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
 
 import bwplan  # noqa: E402
 from bwplan.cli.main import main  # noqa: E402
 from bwplan.frontend.load import load  # noqa: E402
 from bwplan.onnx.importer import import_onnx  # noqa: E402
+from onnx_graphs import f32 as _f32  # noqa: E402
+from onnx_graphs import initializer as _init  # noqa: E402
+from onnx_graphs import save_graph as _save  # noqa: E402
 
 LIGHT = sorted(glob.glob(os.path.join(os.path.dirname(onnx.__file__),
                                       "backend/test/data/light/light_*.onnx")))
-
-
-def _save(path, nodes, inputs, outputs, inits=(), opset=17):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    onnx.save(model, str(path))
-    return str(path)
-
-
-def _f32(name, shape):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-
-
-def _init(name, value):
-    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
 
 
 def _ort(path, feeds):

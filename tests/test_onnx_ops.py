@@ -13,25 +13,13 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
 
 import bwplan  # noqa: E402
 from bwplan.onnx.importer import import_onnx  # noqa: E402
-
-
-def _save(path, nodes, inputs, outputs, inits=(), opset=17) -> str:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    onnx.save(model, str(path))
-    return str(path)
-
-
-def _f32(name, shape):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-
-
-def _init(name, value):
-    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+from onnx_graphs import f32 as _f32  # noqa: E402
+from onnx_graphs import initializer as _init  # noqa: E402
+from onnx_graphs import save_graph as _save  # noqa: E402
 
 
 def _compare(path, x, atol=1e-5):
