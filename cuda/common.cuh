@@ -216,3 +216,23 @@ __device__ double bw_channel_dot(const float* a, const float* b, int N, int C, l
     }
     return bw_block_sum_d(acc, scratch);
 }
+
+// ---- max-pooling windows ----------------------------------------------------------------
+// The flat position h * W + w of the maximum of plane xp over rows [h0, h1) and columns
+// [w0, w1): the first maximum in row-major order wins ties. Shared by maxpool_fwd (pool.cu)
+// and maxpool_mask_fwd (unpool.cu), whose masks must name the same cells.
+__device__ __forceinline__ int bw_window_argmax(const float* xp, int W, int h0, int h1,
+                                                int w0, int w1, float* best_value) {
+    int best_at = h0 * W + w0;
+    float best = xp[best_at];
+    for (int h = h0; h < h1; ++h)
+        for (int w = w0; w < w1; ++w) {
+            const float v = xp[h * W + w];
+            if (v > best) {
+                best = v;
+                best_at = h * W + w;
+            }
+        }
+    *best_value = best;
+    return best_at;
+}

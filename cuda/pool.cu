@@ -36,17 +36,9 @@ extern "C" __global__ void maxpool_fwd(const float* x, float* out, int* argmax, 
         const long long plane = t / ((long long)s.wo * s.ho);
         const int h0 = max(ho * s.sh - s.ph, 0), h1 = min(ho * s.sh - s.ph + s.kh, s.h);
         const int w0 = max(wo * s.sw - s.pw, 0), w1 = min(wo * s.sw - s.pw + s.kw, s.w);
-        const float* xp = x + plane * s.h * s.w;
-        int best_at = h0 * s.w + w0;
-        float best = xp[best_at];
-        for (int h = h0; h < h1; ++h)
-            for (int w = w0; w < w1; ++w) {
-                const float v = xp[h * s.w + w];
-                if (v > best) {
-                    best = v;
-                    best_at = h * s.w + w;
-                }
-            }
+        float best;
+        const int best_at = bw_window_argmax(x + plane * s.h * s.w, s.w, h0, h1, w0, w1,
+                                             &best);
         out[t] = best;
         if (argmax) argmax[t] = best_at;
     }

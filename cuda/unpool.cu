@@ -1,10 +1,11 @@
 // unpool.cu: the max-pooling mask and max unpooling (SegNet's Upsample); the semantics of
 // bwplan/ops/unpool.py.
 //
-// maxpool_mask_fwd is pool.cu's maxpool_fwd writing the winner's flat position h * W + w
-// (as a float) instead of its value. max_unpool_fwd zeroes the output, then one thread per
-// input element writes it at its mask position: two values sent to one position (only with
-// overlapping windows) race, and one of them lands, as in Caffe's GPU kernel. Its dX is a
+// maxpool_mask_fwd is pool.cu's maxpool_fwd (both call common.cuh's bw_window_argmax)
+// writing the winner's flat position h * W + w (as a float) instead of its value.
+// max_unpool_fwd zeroes the output, then one thread per input element writes it at its
+// mask position: two values sent to one position (only with overlapping windows) race, and
+// one of them lands, as in Caffe's GPU kernel. Its dX is a
 // gather, one thread per input element, so `accumulate` is exact. A position outside the
 // output plane is skipped. Launch geometry: bwplan/kernels/cuda/unpool.py.
 
@@ -23,17 +24,9 @@ extern "C" __global__ void maxpool_mask_fwd(const float* x, float* out, MaskShap
         const long long plane = t / ((long long)s.wo * s.ho);
         const int h0 = max(ho * s.sh - s.ph, 0), h1 = min(ho * s.sh - s.ph + s.kh, s.h);
         const int w0 = max(wo * s.sw - s.pw, 0), w1 = min(wo * s.sw - s.pw + s.kw, s.w);
-        const float* xp = x + plane * s.h * s.w;
-        int best_at = h0 * s.w + w0;
-        float best = xp[best_at];
-        for (int h = h0; h < h1; ++h)
-            for (int w = w0; w < w1; ++w) {
-                const float v = xp[h * s.w + w];
-                if (v > best) {
-                    best = v;
-                    best_at = h * s.w + w;
-                }
-            }
+        float best;
+        const int best_at = bw_window_argmax(x + plane * s.h * s.w, s.w, h0, h1, w0, w1,
+                                             &best);
         out[t] = (float)best_at;
     }
 }
