@@ -71,16 +71,21 @@ def _train(net: Path, data: Path, out: Path, ranks: int = 0, *extra: str, **env)
     return _run(argv, ranks, **env)
 
 
+def _net_and_data(tmp_path, name: str, source: str, classes: int, seed: int):
+    """The net's file and 27 samples for it: the last global batch of 3 splits 2 + 1,
+    weighted by shard size."""
+    net = tmp_path / f"{name}.bw"
+    net.write_text(source)
+    rng = np.random.default_rng(seed)
+    data = tmp_path / f"{name}.npz"
+    np.savez(data, x=rng.standard_normal((27, 6)).astype(np.float32),
+             y=rng.integers(0, classes, 27))
+    return net, data, tmp_path
+
+
 @pytest.fixture
 def files(tmp_path):
-    net = tmp_path / "net.bw"
-    net.write_text(NET)
-    rng = np.random.default_rng(1)
-    data = tmp_path / "data.npz"
-    # 27 samples: the last global batch of 3 splits 2 + 1, weighted by shard size
-    np.savez(data, x=rng.standard_normal((27, 6)).astype(np.float32),
-             y=rng.integers(0, 4, 27))
-    return net, data, tmp_path
+    return _net_and_data(tmp_path, "net", NET, 4, 1)
 
 
 def _close(a: Path, b: Path) -> float:
@@ -144,13 +149,7 @@ ROWS_FREEZE = ("c.weight[0:7]", "c.bias[0:7]")
 
 @pytest.fixture
 def rows_files(tmp_path):
-    net = tmp_path / "rows.bw"
-    net.write_text(ROWS_NET)
-    rng = np.random.default_rng(2)
-    data = tmp_path / "rows.npz"
-    np.savez(data, x=rng.standard_normal((27, 6)).astype(np.float32),
-             y=rng.integers(0, 10, 27))
-    return net, data, tmp_path
+    return _net_and_data(tmp_path, "rows", ROWS_NET, 10, 2)
 
 
 def test_buckets_carry_only_the_trainable_rows(rows_files):
