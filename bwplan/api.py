@@ -20,7 +20,7 @@ from bwplan.frontend.load import load_module
 from bwplan.ir.build import build
 from bwplan.ir.net import Net
 from bwplan.lower.program import Program
-from bwplan.lower.schedule import lower, lower_inference
+from bwplan.lower.schedule import lower_inference
 from bwplan.plan.plan import Plan, make_plan
 from bwplan.plan.policy import apply_policy
 from bwplan.runtime.backend import numpy_dtype
@@ -71,7 +71,7 @@ class CompiledNet:
         self.net: Net = apply_policy(build(module), self.rules)
         target_cls.check_net(self.net)
         self.plan: Plan = make_plan(self.net)
-        self.program: Program = lower(self.plan, prune)
+        self.program: Program = self.plan.program(prune)   # the one the plan's figures read
         self._imported_weights = weights or {}   # an imported model's own weights
         self.runtime: Target = target_cls(self._initial_params, seed)
         self.optimizer = Sgd(update=self.runtime.update_kernel)
@@ -124,7 +124,7 @@ class CompiledNet:
         self.rules = list(rules)
         self.net = apply_policy(build(self.module), self.rules)
         self.plan = make_plan(self.net)
-        self.program = lower(self.plan, self.prune)
+        self.program = self.plan.program(self.prune)
         self._executors.clear()
         self.runtime.forget()
 
@@ -247,7 +247,7 @@ class CompiledNet:
         else:
             plan = make_plan(apply_policy(build(_with_batch(self.module, n)), self.rules))
         if mode == "train":
-            program = self.program if plan is self.plan else lower(plan, self.prune)
+            program = plan.program(self.prune)
         else:
             program = lower_inference(plan, mode[1])
         ex = self.runtime.prepare(program)

@@ -80,13 +80,13 @@ def _plan(args):
 
 
 def _with_buckets(plan, text: str, args) -> str:
-    """The table or JSON with the data-parallel buckets added (lowering is pure Python)."""
+    """The table or JSON with the data-parallel buckets added (from the pruned Program the
+    peak figures already lowered)."""
     from bwplan.explain.buckets import buckets_to_dict, render_buckets
     from bwplan.lower.buckets import gradient_buckets
-    from bwplan.lower.schedule import lower
     if args.bucket_kib <= 0:
         raise BwError(Span.synthetic("--bucket-kib"), "the bucket size must be positive")
-    buckets = gradient_buckets(lower(plan), args.bucket_kib << 10)
+    buckets = gradient_buckets(plan.program(True), args.bucket_kib << 10)
     if args.format == "json":
         import json
         from bwplan.explain.json_report import plan_to_dict
