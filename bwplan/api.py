@@ -16,7 +16,8 @@ import numpy as np
 
 from bwplan.errors import BwError
 from bwplan.frontend import ast
-from bwplan.frontend.load import load_module
+from bwplan.frontend.import_warning import ImportWarning
+from bwplan.frontend.load import Loaded, load_module
 from bwplan.ir.build import build
 from bwplan.ir.net import Net
 from bwplan.lower.program import Program
@@ -40,7 +41,7 @@ def _rules(freeze: Iterable[str], unfreeze: Iterable[str]) -> list[tuple[str, st
     return [("freeze", p) for p in freeze] + [("unfreeze", p) for p in unfreeze]
 
 
-def compile(source: str, target: str = "cpu", freeze: Iterable[str] = (),
+def compile(source: str | Loaded, target: str = "cpu", freeze: Iterable[str] = (),
             unfreeze: Iterable[str] = (), rules: Iterable[tuple[str, str]] | None = None,
             prune: bool = True, seed: int = 0, caffe_options: Mapping | None = None,
             onnx_options: Mapping | None = None) -> "CompiledNet":
@@ -48,8 +49,10 @@ def compile(source: str, target: str = "cpu", freeze: Iterable[str] = (),
     "reference" for the NumPy references; "cuda" for one GPU). `freeze`/`unfreeze` are
     globs on layer names (freezes first), or give `rules` as ordered (action, glob) pairs.
     An ONNX model starts from its own weights; `onnx_options` may give `input_shapes`
-    ({input: shape}, for dynamic axes) and `loss` (see docs/onnx.md)."""
-    loaded = load_module(source, caffe_options, onnx_options)
+    ({input: shape}, for dynamic axes) and `loss` (see docs/onnx.md). `source` may also be
+    what `bwplan.frontend.load.load_module` returned (the options are then its own)."""
+    loaded = (source if isinstance(source, Loaded)
+              else load_module(source, caffe_options, onnx_options))
     order = list(rules) if rules is not None else _rules(freeze, unfreeze)
     net = CompiledNet(loaded.module, target, order, prune, seed, loaded.weights)
     net.warnings = loaded.warnings
@@ -83,7 +86,8 @@ class CompiledNet:
         self._executors: dict[tuple, object] = {}   # prepared programs, by (mode, batch)
         # a bwplan.runtime.distributed.DataParallel when training data-parallel
         self.data_parallel = None
-        self.warnings: tuple = ()   # the importer's warnings (a Caffe net's)
+        # the importer's warnings (a Caffe net's differences, an ONNX model's notes)
+        self.warnings: tuple[ImportWarning, ...] = ()
 
     def _initial_params(self) -> dict[str, np.ndarray]:
         params = initial_params(self.net, self.seed)

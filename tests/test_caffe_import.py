@@ -128,8 +128,8 @@ def test_difference_warnings():
         ["caffe-propagate-down-true"]
     warnings = corpus("bn_on_data_no_param_specs").warnings
     assert [w.code for w in warnings] == ["caffe-batchnorm-statistics"] * 2
-    code, span, text, fix, subject = warnings[0]
-    assert span.line > 0 and "bn0" in text and "lr_mult: 0" in fix
+    first = warnings[0]
+    assert first.span.line > 0 and "bn0" in first.text and "lr_mult: 0" in first.fix
 
 
 @needs_corpus

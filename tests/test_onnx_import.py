@@ -288,5 +288,5 @@ def test_batchnorm_folding_is_told_from_the_initializer_names(tmp_path, weight, 
     inits = [_init(weight, np.ones((2, 3, 1, 1))), _init(bias, np.zeros(2))]
     path = _save(tmp_path / "c.onnx", nodes, [_f32("x", [1, 3, 2, 2])], [_f32("y", [1, 2, 2, 2])],
                  inits)
-    codes = [n.code for n in export_notes(onnx.load(path).graph)]
+    codes = [n.code for n in export_notes(onnx.load(path).graph, path)]
     assert ("onnx_batchnorm_folded" in codes) == folded

@@ -19,21 +19,11 @@ In each case bwplan's own plan computes less than Caffe, never more.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from bwplan.caffe.catalogue import caffe_type
 from bwplan.caffe.prepare import built_layers
 from bwplan.caffe.state import CaffeState, LayerState
 from bwplan.caffe.model import CaffeLayer, CaffeNet
-from bwplan.source import Span
-
-
-class ImportWarning(NamedTuple):
-    code: str
-    span: Span
-    text: str
-    fix: str
-    subject: str = ""    # the Caffe layer it is about (for grouping)
+from bwplan.frontend.import_warning import ImportWarning
 
 
 def _rejected(state: CaffeState) -> list[ImportWarning]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bwplan.caffe.differences import ImportWarning, differences
+from bwplan.caffe.differences import differences
 from bwplan.caffe.emulate import emulate
 from bwplan.caffe.state import CaffeState
 from bwplan.caffe.model import read_net
 from bwplan.caffe.to_ast import to_flat_ast
 from bwplan.errors import CaffeError, MultipleErrors, raise_all
 from bwplan.frontend import ast
+from bwplan.frontend.import_warning import ImportWarning
 from bwplan.ir.build import build
 from bwplan.ir.net import Net
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from bwplan.cli.options import add_network_arguments, caffe_options, onnx_options
+from bwplan.cli.options import add_network_arguments, load_network
 from bwplan.cli.report import profile_lines, program_lines
 from bwplan.explain.json_report import plan_to_dict
 from bwplan.explain.units import flops
@@ -51,9 +51,8 @@ def run(args) -> int:
     if args.target == "cuda":
         from bwplan.cli.compile_cuda import run_cuda
         return run_cuda(args, out)
-    prog = bwplan.compile(args.file, target=args.target, rules=args.rules,
-                          prune=not args.no_prune, caffe_options=caffe_options(args),
-                          onnx_options=onnx_options(args))
+    prog = bwplan.compile(load_network(args), target=args.target, rules=args.rules,
+                          prune=not args.no_prune)
     program = prog.program
     write_atomic(out / "plan.json", json.dumps(plan_to_dict(prog.plan), indent=1) + "\n")
     write_atomic(out / "schedule.json", json.dumps(schedule_to_dict(program), indent=1) + "\n")

@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from bwplan.cli.options import caffe_options, onnx_options
+from bwplan.cli.options import load_network
 from bwplan.explain.json_report import plan_to_dict
 from bwplan.explain.units import flops
 from bwplan.fsutil import write_atomic
@@ -30,9 +30,8 @@ from bwplan.runtime.optimizer import SgdSettings
 def run_cuda(args, out_dir: Path) -> int:
     import bwplan
     from bwplan.cli.compile import schedule_to_dict
-    prog = bwplan.compile(args.file, target="reference", rules=args.rules,
-                          prune=not args.no_prune, caffe_options=caffe_options(args),
-                          onnx_options=onnx_options(args))
+    prog = bwplan.compile(load_network(args), target="reference", rules=args.rules,
+                          prune=not args.no_prune)
     program, plan = prog.program, prog.plan
     arena = plan_arena(program)
     sizes = {name: int(math.prod(v.shape)) for name, v in prog.params.items()}

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bwplan.cli.options import caffe_options, onnx_options
+from bwplan.cli.options import load_network
 from bwplan.errors import BwError
 from bwplan.fsutil import write_atomic
-from bwplan.frontend.load import read_text
+from bwplan.ir.build import build
 from bwplan.source import Span
 
 
@@ -29,20 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from bwplan.frontend.write_bw import write_bw
-    if args.file.endswith(".onnx"):
-        from bwplan.onnx.importer import import_onnx
-        imported = import_onnx(args.file, **onnx_options(args))
-    elif not args.file.endswith((".prototxt", ".pbtxt")):
+    if not args.file.endswith((".onnx", ".prototxt", ".pbtxt")):
         raise BwError(Span.whole(args.file), "convert reads Caffe .prototxt and ONNX .onnx "
                       "files")
-    else:
-        from bwplan.caffe.importer import import_caffe_text
-        imported = import_caffe_text(read_text(args.file), args.file, **caffe_options(args))
-    text = write_bw(imported.module)
+    loaded = load_network(args)
+    net = build(loaded.module)   # what the .bw text builds; rejects what bwplan cannot run
+    text = write_bw(loaded.module)
     if args.output:
         write_atomic(args.output, text)
-        print(f"wrote {args.output}: {len(imported.net.layers)} layers, "
-              f"{len(imported.net.params)} parameters", file=sys.stderr)
+        print(f"wrote {args.output}: {len(net.layers)} layers, "
+              f"{len(net.params)} parameters", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

@@ -6,14 +6,16 @@ import argparse
 import sys
 from dataclasses import replace
 
-from bwplan.cli.options import add_network_arguments, caffe_options, onnx_options
+from bwplan.cli.options import add_network_arguments, caffe_options, load_network
 from bwplan.errors import BwError
 from bwplan.explain.dot import render_dot
 from bwplan.explain.json_report import render_json
 from bwplan.explain.table import WIDTH, render_table
 from bwplan.explain.why import render_why
 from bwplan.fsutil import write_atomic
-from bwplan.frontend.load import load, read_text
+from bwplan.frontend.load import read_text
+from bwplan.ir.build import build
+from bwplan.plan.decisions import Finding
 from bwplan.plan.plan import make_plan
 from bwplan.plan.policy import apply_policy
 from bwplan.source import Span
@@ -64,18 +66,15 @@ def run(args) -> int:
 
 
 def _plan(args):
-    """The plan of the file; for a Caffe net, the importer's warnings join the findings;
-    for an ONNX model, the importer's notes (the loss it assumed, batch normalisation)."""
-    if args.file.endswith(".onnx"):
-        return _onnx_plan(args)
-    if not is_caffe(args.file):
-        return make_plan(apply_policy(load(args.file), args.rules))
-    from bwplan.caffe.importer import import_caffe_text
-    from bwplan.plan.pitfalls import Finding
-    imported = import_caffe_text(read_text(args.file), args.file, **caffe_options(args))
-    plan = make_plan(apply_policy(imported.net, args.rules))
-    extra = tuple(Finding(w.code, "warning", w.span, w.text, w.fix, w.subject)
-                  for w in imported.warnings)
+    """The plan of the file; the importer's warnings (where a Caffe net trains differently
+    in Caffe; an ONNX model's notes: the loss it assumed, batch normalisation) join the
+    findings after the plan's own."""
+    loaded = load_network(args)
+    plan = make_plan(apply_policy(build(loaded.module), args.rules))
+    if not loaded.warnings:
+        return plan
+    extra = tuple(Finding(w.code, w.severity, w.span, w.text, w.fix, w.subject)
+                  for w in loaded.warnings)
     return replace(plan, findings=plan.findings + extra)
 
 
@@ -97,16 +96,6 @@ def _with_buckets(plan, text: str, args) -> str:
         raise BwError(Span.synthetic("--data-parallel"), "--data-parallel adds to the table "
                       "and the JSON report, not to dot")
     return text + "\n".join(render_buckets(plan, buckets, None if args.wide else WIDTH)) + "\n"
-
-
-def _onnx_plan(args):
-    from bwplan.onnx.importer import import_onnx
-    from bwplan.plan.decisions import Finding
-    imported = import_onnx(args.file, **onnx_options(args))
-    plan = make_plan(apply_policy(imported.net, args.rules))
-    extra = tuple(Finding(n.code, "note", Span.whole(args.file), n.text, n.fix)
-                  for n in imported.notes)
-    return replace(plan, findings=plan.findings + extra)
 
 
 def caffe_report(args) -> str:

@@ -1,5 +1,5 @@
 """Options shared by commands that read a network: freezing rules in command-line order,
-Caffe phase and input shapes."""
+Caffe phase and input shapes; `load_network`, the file of a command read with them."""
 from __future__ import annotations
 
 import argparse
@@ -60,3 +60,10 @@ def caffe_options(args) -> dict:
 
 def onnx_options(args) -> dict:
     return {"input_shapes": input_shapes(args), "loss": getattr(args, "loss", None)}
+
+
+def load_network(args):
+    """The command's network file through the one loader (a Loaded: the flat module, the
+    importer's warnings, the file's weights); `args.file` is always a path."""
+    from bwplan.frontend.load import load_module
+    return load_module(args.file, caffe_options(args), onnx_options(args), from_file=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bwplan.cli.options import add_network_arguments, caffe_options, onnx_options
+from bwplan.cli.options import add_network_arguments, load_network
 from bwplan.cli.progress import Progress
 from bwplan.errors import BwError
 from bwplan.source import Span
@@ -73,10 +73,8 @@ def run(args) -> int:
         if path:
             check_writable(path, option)
     schedule = read_schedule(args.schedule) if args.schedule else None
-    prog = bwplan.compile(args.file, target=args.target, rules=args.rules,
-                          prune=not args.no_prune, seed=args.seed,
-                          caffe_options=caffe_options(args),
-                          onnx_options=onnx_options(args))
+    prog = bwplan.compile(load_network(args), target=args.target, rules=args.rules,
+                          prune=not args.no_prune, seed=args.seed)
     rename = dict(_pair(r) for r in args.rename)
     loaded = {}
     if args.weights:

@@ -1,6 +1,6 @@
-"""Reads a network file of either kind and returns its flat module (`load_module`, with
-the importer's warnings) or its Net (`load`): the one entry point the CLI and the library
-use."""
+"""Reads a network file of any kind (.bw, Caffe .prototxt, ONNX) and returns its flat
+module with the importer's warnings and the file's weights (`load_module`), or its Net
+(`load`): the one entry point of the CLI's commands and of `bwplan.compile`."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,7 @@ from pathlib import Path
 from bwplan.errors import FileError
 from bwplan.frontend import ast
 from bwplan.frontend.expand import expand
+from bwplan.frontend.import_warning import ImportWarning
 from bwplan.frontend.parse_bw import parse_bw
 from bwplan.ir.build import build
 from bwplan.ir.net import Net
@@ -47,13 +48,13 @@ def load_bw_text(text: str, path: str = "<input>") -> Net:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A network's flat module, where it came from, what its importer warned about (the
-    Caffe importer's ImportWarnings; none for .bw) and the weights the file holds (an ONNX
-    model's initializers; none for the text formats)."""
+    """A network's flat module, where it came from, what its importer warned about (a
+    Caffe net's differences from Caffe, an ONNX model's notes; none for .bw) and the
+    weights the file holds (an ONNX model's initializers; none for the text formats)."""
 
     module: ast.Module
     path: str
-    warnings: tuple = ()
+    warnings: tuple[ImportWarning, ...] = ()
     weights: Mapping = field(default_factory=dict)
 
 
@@ -61,16 +62,18 @@ _CAFFE = (".prototxt", ".pbtxt")
 
 
 def load_module(source: str, caffe_options: Mapping | None = None,
-                onnx_options: Mapping | None = None) -> Loaded:
+                onnx_options: Mapping | None = None, from_file: bool = False) -> Loaded:
     """A .bw, Caffe or ONNX file by path, or .bw source text (anything with a newline, or
-    that names no file)."""
+    that names no file). `from_file`: `source` is a path whatever it looks like (a
+    command's argument), so a missing file is reported as one. The file's kind is its
+    suffix: .onnx, .prototxt / .pbtxt, anything else .bw."""
     if "\n" not in source and source.endswith(".onnx"):
-        from bwplan.onnx.importer import import_onnx
-        imported = import_onnx(source, **dict(onnx_options or {}))
-        return Loaded(imported.module, source, weights=imported.weights)
+        from bwplan.onnx.importer import onnx_module
+        converted = onnx_module(source, **dict(onnx_options or {}))
+        return Loaded(converted.module, source, converted.notes, converted.weights)
     looks_like_path = "\n" not in source and source.endswith((".bw",) + _CAFFE)
-    if looks_like_path or (len(source) < 4096 and "\n" not in source
-                           and os.path.exists(source)):
+    if from_file or looks_like_path or (len(source) < 4096 and "\n" not in source
+                                        and os.path.exists(source)):
         path, text = source, read_text(source)
     else:
         path, text = "<source>", source
@@ -84,11 +87,4 @@ def load_module(source: str, caffe_options: Mapping | None = None,
 def load(path: str, **caffe_options) -> Net:
     """Load a .bw file, or a Caffe .prototxt (phase and input shapes via caffe_options), or
     an ONNX model (its default loss assumed; bwplan.onnx.importer for the options)."""
-    if path.endswith(".onnx"):
-        from bwplan.onnx.importer import import_onnx
-        return import_onnx(path).net
-    text = read_text(path)
-    if path.endswith(_CAFFE):
-        from bwplan.caffe.importer import import_caffe_text
-        return import_caffe_text(text, path, **caffe_options).net
-    return load_bw_text(text, path)
+    return build(load_module(path, caffe_options, from_file=True).module)

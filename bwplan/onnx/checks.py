@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 
-from bwplan.onnx.to_ast import Note
+from bwplan.frontend.import_warning import ImportWarning
+from bwplan.onnx.to_ast import note
 
 _MADE_UP = re.compile(r"^(onnx::|_?val_|_?v_|const)|^[0-9]+$")
 
@@ -31,17 +32,17 @@ def _made_up_bias(node, init) -> bool:
     return node.input[2] != node.input[1][:-len("weight")] + "bias"
 
 
-def export_notes(graph) -> tuple[Note, ...]:
+def export_notes(graph, path: str) -> tuple[ImportWarning, ...]:
     ops = [n.op_type for n in graph.node]
     init = {i.name for i in graph.initializer}
-    notes: list[Note] = []
+    notes: list[ImportWarning] = []
     if "BatchNormalization" in ops:
         count = ops.count("BatchNormalization")
-        notes.append(Note("onnx_batchnorm", f"{count} BatchNormalization node(s): a frozen "
-                          "one runs on its stored statistics (the file's running mean and "
-                          "variance), a trained one on batch statistics",
+        notes.append(note(path, "onnx_batchnorm", f"{count} BatchNormalization node(s): a "
+                          "frozen one runs on its stored statistics (the file's running mean "
+                          "and variance), a trained one on batch statistics",
                           "freeze a BN layer (--freeze NAME) to keep its statistics fixed"))
-        notes.extend(_training_mode(graph))
+        notes.extend(_training_mode(graph, path))
         return tuple(notes)
     named = [n.input[1] for n in graph.node if n.op_type in ("Gemm", "MatMul")
              and len(n.input) > 1 and n.input[1] in init]
@@ -54,8 +55,8 @@ def export_notes(graph) -> tuple[Note, ...]:
     if folded:
         first = ", ".join(n.input[2] if _made_up_bias(n, init) else n.input[1]
                           for n in folded[:3])
-        notes.append(Note("onnx_batchnorm_folded", f"{len(folded)} Conv layer(s) carry "
-                          f"initializers the exporter named ({first}"
+        notes.append(note(path, "onnx_batchnorm_folded", f"{len(folded)} Conv layer(s) "
+                          f"carry initializers the exporter named ({first}"
                           f"{', ...' if len(folded) > 3 else ''})"
                           " and the graph has no BatchNormalization: batch normalisation was "
                           "most likely folded into the convolutions at export, so these "
@@ -65,7 +66,7 @@ def export_notes(graph) -> tuple[Note, ...]:
     return tuple(notes)
 
 
-def _training_mode(graph) -> list[Note]:
+def _training_mode(graph, path: str) -> list[ImportWarning]:
     """BatchNormalization's `training_mode` (opset 14 on) says which statistics the file's own
     forward normalises with. bwplan does not follow it: a training step normalises a trained
     BN with the batch's statistics and a frozen one with the stored ones; a forward outside
@@ -76,8 +77,8 @@ def _training_mode(graph) -> list[Note]:
     if not marked:
         return []
     first = ", ".join(n.name or n.output[0] for n in marked[:3])
-    return [Note("onnx_batchnorm_training_mode", f"{len(marked)} BatchNormalization node(s) "
-                 f"have training_mode=1 ({first}{', ...' if len(marked) > 3 else ''}): the "
+    return [note(path, "onnx_batchnorm_training_mode", f"{len(marked)} BatchNormalization "
+                 f"node(s) have training_mode=1 ({first}{', ...' if len(marked) > 3 else ''}): the "
                  "file normalises them with batch statistics; bwplan does so in a training "
                  "step for the ones it trains, and uses the stored statistics for frozen ones "
                  "and in every forward outside training (explain, eval)",

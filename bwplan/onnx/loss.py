@@ -15,7 +15,7 @@ from dataclasses import replace
 from bwplan.frontend import ast
 from bwplan.ir.types import TensorType
 from bwplan.onnx.errors import OnnxError
-from bwplan.onnx.to_ast import Converted, Note
+from bwplan.onnx.to_ast import Converted, note
 from bwplan.source import Span
 
 LOSSES = ("softmax_cross_entropy", "euclidean_loss")
@@ -84,5 +84,5 @@ def attach_loss(conv: Converted, out_shape: tuple[int, ...] | None, loss: str | 
     fix = ("choose the loss with --loss " + " | ".join(LOSSES) if assumed else
            "the batch must hold '" + label.name + "'")
     return replace(conv, module=module,
-                   notes=conv.notes + (Note("onnx_loss_assumed" if assumed else
+                   notes=conv.notes + (note(path, "onnx_loss_assumed" if assumed else
                                             "onnx_loss_attached", text, fix),))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bwplan.frontend import ast
+from bwplan.frontend.import_warning import ImportWarning
 from bwplan.ir.types import TensorType
 from bwplan.onnx.errors import OnnxError, node_span
 from bwplan.onnx.fold import attrs_of, try_fold
@@ -48,13 +49,9 @@ def sanitize(name: str) -> str:
     return name if valid_name(name) else "_" + name
 
 
-@dataclass(frozen=True)
-class Note:
-    """A fact the importer found that `explain` should tell (code, text, fix)."""
-
-    code: str
-    text: str
-    fix: str = ""
+def note(path: str, code: str, text: str, fix: str = "") -> ImportWarning:
+    """A fact about the whole model that `explain` tells as a note."""
+    return ImportWarning(code, Span.whole(path), text, fix, severity="note")
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ class Converted:
     module: ast.Module
     weights: Mapping[str, np.ndarray]       # bwplan parameter name -> initial value
     outputs: tuple[str, ...]                # layers that compute the graph's outputs
-    notes: tuple[Note, ...] = ()
+    notes: tuple[ImportWarning, ...] = ()
     layer_of_node: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
