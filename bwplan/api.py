@@ -139,6 +139,17 @@ class CompiledNet:
     def save_weights(self, path: str) -> None:
         self.runtime.save_weights(path)
 
+    # ---- artifacts (bwplan/artifacts.py: the files `bwplan compile` writes) --------------
+    def plan_json(self) -> str:
+        """The plan as `explain --format json` prints it (the artifact's plan.json)."""
+        from bwplan.explain.json_report import render_json
+        return render_json(self.plan)
+
+    def program_json(self) -> str:
+        """The program a training step runs, as JSON (the artifact's schedule.json)."""
+        from bwplan.lower.program_json import render_program_json
+        return render_program_json(self.program)
+
     # ---- running -----------------------------------------------------------------------
     def step(self, batch: Mapping[str, np.ndarray],
              given: Mapping[str, np.ndarray] | None = None) -> float:

@@ -1,19 +1,17 @@
 """`bwplan compile net.bw --target cpu -o DIR`: write the compiled artifact — the plan
 (JSON), the schedule of the step (JSON), the network source, and a manifest — and print
-what was emitted and what was skipped."""
+what was emitted and what was skipped. The artifact itself is built by bwplan/artifacts.py;
+`--target cuda` adds the CUDA source (cli/compile_cuda.py prints its report)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from bwplan.cli.options import add_network_arguments, load_network
 from bwplan.cli.report import profile_lines, program_lines
-from bwplan.explain.json_report import plan_to_dict
 from bwplan.explain.units import flops
 from bwplan.fsutil import write_atomic
-from bwplan.frontend.load import read_text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,47 +26,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run one step on random data and print what it launched")
 
 
-def schedule_to_dict(program) -> dict:
-    def step(s):
-        return {"phase": s.phase, "layer": s.layer, "component": str(s.component),
-                "index": s.index, "param": s.param, "scale": s.scale,
-                "target": s.param if s.target is None else str(s.target),
-                "accumulate": s.accumulate, "aux": list(s.aux),
-                "reads": [str(b) for b in s.reads], "flops": s.flops,
-                "frees": [str(b) for b in s.frees]}
-    return {"schema": "bwplan.schedule/1", "pruned": program.pruned,
-            "forward": [step(s) for s in program.forward],
-            "backward": [step(s) for s in program.backward],
-            "seeds": [{"layer": s.layer, "weight": s.weight} for s in program.seeds],
-            "kept": sorted(str(b) for b in program.kept),
-            "losses": [{"layer": n, "weight": w} for n, w in program.losses],
-            "metrics": list(program.metrics)}
-
-
 def run(args) -> int:
     import bwplan
+    from bwplan.artifacts import cuda_artifact, host_artifact
     out = Path(args.output)
+    # the CUDA artifact needs no device: its net is compiled for the NumPy references
+    prog = bwplan.compile(load_network(args), rules=args.rules, prune=not args.no_prune,
+                          target="reference" if args.target == "cuda" else args.target)
+    artifact = cuda_artifact(prog, args.arch) if args.target == "cuda" else host_artifact(prog)
+    for name, content in artifact.files:
+        write_atomic(out / name, content)
     if args.target == "cuda":
-        from bwplan.cli.compile_cuda import run_cuda
-        return run_cuda(args, out)
-    prog = bwplan.compile(load_network(args), target=args.target, rules=args.rules,
-                          prune=not args.no_prune)
+        from bwplan.cli.compile_cuda import report
+        report(prog, artifact, args, out)
+        return 0
     program = prog.program
-    write_atomic(out / "plan.json", json.dumps(plan_to_dict(prog.plan), indent=1) + "\n")
-    write_atomic(out / "schedule.json", json.dumps(schedule_to_dict(program), indent=1) + "\n")
-    source_name = Path(args.file).name
-    # an ONNX model is binary: the artifact keeps the file as it was read
-    original = (Path(args.file).read_bytes() if args.file.endswith(".onnx")
-                else read_text(args.file))
-    write_atomic(out / source_name, original)
-    kernels = sorted({f"{prog.net.layer(s.layer).op}:{s.component}"
-                      for s in program.components})
-    manifest = {"schema": "bwplan.artifact/1", "version": bwplan.__version__,
-                "target": args.target, "pruned": program.pruned, "source": source_name,
-                "rules": [list(r) for r in args.rules], "kernels": kernels}
-    write_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     s = prog.plan.summary
-    print(f"wrote {out}/: plan.json, schedule.json, {source_name}, manifest.json")
+    print(f"wrote {out}/: {', '.join(artifact.names)}")
     print(f"emitted: {len(program.forward)} forward, "
           f"{sum(1 for x in program.backward if x.phase == 'dx')} dX and "
           f"{sum(1 for x in program.backward if x.phase == 'dw')} dW kernels "
@@ -79,27 +53,8 @@ def run(args) -> int:
         print("skipped:")
         print("\n".join(skipped))
     if args.profile:
-        prog.run_step(_random_batch(prog))
+        from bwplan.runtime.data import random_batch
+        print("profile: one step on random data", file=sys.stderr)
+        prog.run_step(random_batch(prog.net))
         print("\n".join(profile_lines(prog)))
     return 0
-
-
-def _random_batch(prog):
-    import numpy as np
-    from bwplan.runtime.backend import numpy_dtype
-    rng = np.random.default_rng(0)
-    batch = {}
-    for inp in prog.net.inputs:
-        dtype = numpy_dtype(inp.type.dtype)
-        if np.issubdtype(dtype, np.integer):
-            users = prog.net.consumers(inp.name)
-            high = 2
-            for e in users:
-                out = prog.net.layer(e.dst)
-                high = max(high, prog.net.tensor_type(out.inputs[0].src).shape[1]
-                           if len(prog.net.tensor_type(out.inputs[0].src).shape) > 1 else 2)
-            batch[inp.name] = rng.integers(0, high, inp.type.shape).astype(dtype)
-        else:
-            batch[inp.name] = rng.standard_normal(inp.type.shape).astype(dtype)
-    print("profile: one step on random data", file=sys.stderr)
-    return batch

@@ -97,3 +97,23 @@ def save_arrays(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_atomic(path, buf.getvalue())
+
+
+def random_batch(net, seed: int = 0) -> dict[str, np.ndarray]:
+    """One batch of random data at the net's declared input shapes (`compile --profile`):
+    floats standard normal; integer inputs (labels) below the class count of the layers
+    that read them (at least 2)."""
+    from bwplan.runtime.backend import numpy_dtype
+    rng = np.random.default_rng(seed)
+    batch = {}
+    for inp in net.inputs:
+        dtype = numpy_dtype(inp.type.dtype)
+        if np.issubdtype(dtype, np.integer):
+            high = 2
+            for e in net.consumers(inp.name):
+                shape = net.tensor_type(net.layer(e.dst).inputs[0].src).shape
+                high = max(high, shape[1] if len(shape) > 1 else 2)
+            batch[inp.name] = rng.integers(0, high, inp.type.shape).astype(dtype)
+        else:
+            batch[inp.name] = rng.standard_normal(inp.type.shape).astype(dtype)
+    return batch
