@@ -28,7 +28,8 @@ from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.checks import label_problem
 from bwplan.runtime.executor import StepResult, StepStats
 from bwplan.runtime.init import initial_params
-from bwplan.runtime.optimizer import Sgd, SgdSettings
+from bwplan.optim import SgdSettings
+from bwplan.runtime.optimizer import Sgd
 from bwplan.runtime.target import Target, target_class
 from bwplan.source import Span
 

@@ -82,7 +82,7 @@ def cuda_artifact(prog, arch: str = "sm_90", source: Source | None = None) -> Ar
     from bwplan.kernels.cuda.limits import DEFAULT_SM_COUNT
     from bwplan.lower import cuda_launches as step_plan
     from bwplan.lower.cuda_arena import plan_arena
-    from bwplan.runtime.optimizer import SgdSettings
+    from bwplan.optim import SgdSettings
     program, plan = prog.program, prog.plan
     arena = plan_arena(program)
     sizes = {name: int(math.prod(v.shape)) for name, v in prog.params.items()}

@@ -42,7 +42,7 @@ from bwplan.kernels.cuda import build  # noqa: E402
 from bwplan.kernels.cuda.limits import Env  # noqa: E402
 from bwplan.ops.reference import grad_index, make_ctx, run_forward, saved_values  # noqa: E402
 from bwplan.runtime.cuda import CudaExecutor  # noqa: E402
-from bwplan.runtime.optimizer import SgdSettings  # noqa: E402
+from bwplan.optim import SgdSettings  # noqa: E402
 import closeness as close  # noqa: E402
 from test_ops_reference import CASES, Case, _valid  # noqa: E402
 

@@ -27,7 +27,8 @@ from bwplan.lower.cuda_arena import ALIGNMENT, plan_arena
 from bwplan.kernels.cuda.default import default_launch, signatures
 from bwplan.ops.reference import make_ctx
 from bwplan.lower.program import grad, value
-from bwplan.runtime.optimizer import Sgd, SgdSettings
+from bwplan.optim import SgdSettings
+from bwplan.runtime.optimizer import Sgd
 from test_ops_reference import draw_case
 
 EXAMPLES = sorted(Path(__file__).parent.parent.glob("examples/*.bw"))

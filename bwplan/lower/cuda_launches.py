@@ -23,7 +23,7 @@ from bwplan.lower.cuda_arena import Arena
 from bwplan.kernels.cuda.limits import Env, Launch, Unsupported, check
 from bwplan.lower.program import BufferId, Program, Step, aux as aux_id, grad
 from bwplan.plan.components import op_ctx
-from bwplan.runtime.optimizer import SgdSettings
+from bwplan.optim import SgdSettings
 
 
 @dataclass(frozen=True)

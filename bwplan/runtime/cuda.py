@@ -40,7 +40,7 @@ from bwplan.kernels.cuda.limits import Launch
 from bwplan.lower.program import Program, value
 from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.executor import StepResult, StepStats
-from bwplan.runtime.optimizer import SgdSettings
+from bwplan.optim import SgdSettings
 from bwplan.runtime.weights import load_into, save_weights
 from bwplan.source import Span
 

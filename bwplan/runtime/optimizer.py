@@ -14,18 +14,11 @@ too); a trainable parameter that got no gradient still decays.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
+from bwplan.optim import SgdSettings
 from bwplan.plan.updates import ParamUpdate
-
-
-@dataclass(frozen=True)
-class SgdSettings:
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
 
 
 class Sgd:

@@ -30,7 +30,8 @@ from bwplan.ir.net import Net
 from bwplan.lower.program import Program
 from bwplan.runtime.backend import BACKENDS
 from bwplan.runtime.executor import Executor, StepResult
-from bwplan.runtime.optimizer import Sgd, SgdSettings
+from bwplan.optim import SgdSettings
+from bwplan.runtime.optimizer import Sgd
 from bwplan.runtime.weights import load_into, save_weights
 from bwplan.source import Span
 
