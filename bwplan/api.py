@@ -106,15 +106,6 @@ class CompiledNet:
     def params(self, value: dict[str, np.ndarray]) -> None:
         self.runtime.params = value
 
-    # the host targets' gradient stores, which data parallelism points at its buckets
-    @property
-    def _grad_store(self) -> dict[str, np.ndarray]:
-        return self.runtime.grad_store
-
-    @property
-    def _scaled(self) -> dict[str, np.ndarray]:
-        return self.runtime.scaled
-
     # ---- configuration -----------------------------------------------------------------
     def set_optimizer(self, lr: float = 0.01, momentum: float = 0.9,
                       weight_decay: float = 0.0) -> None:

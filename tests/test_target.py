@@ -36,7 +36,7 @@ def test_every_target_provides_the_whole_interface(name):
     methods = [n for n, v in vars(Target).items()
                if not n.startswith("_") and (callable(v) or isinstance(v, classmethod))]
     assert {"prepare", "step", "forward", "load_weights", "save_weights", "set_optimizer",
-            "forget", "check_net"} <= set(methods)
+            "forget", "check_net", "gradient_stores"} <= set(methods)
     for method in methods:
         want = list(inspect.signature(getattr(Target, method)).parameters)
         assert list(inspect.signature(getattr(cls, method)).parameters) == want, method
@@ -75,6 +75,16 @@ def test_host_targets_make_parameters_only_when_read():
     assert isinstance(prog.runtime, HostTarget) and prog.runtime._params is None
     assert set(prog.params) == set(prog.net.params)
     assert prog.params is prog.runtime.params
+
+
+def test_a_host_step_writes_its_gradients_into_the_targets_stores():
+    """What data parallelism reads and repoints: the arrays the step returns as grads."""
+    prog = bwplan.compile(NET, target="reference")
+    stores = prog.runtime.gradient_stores()
+    prog.step(_batch())
+    assert set(prog.grads) == set(prog.net.params)
+    assert all(prog.grads[p] is stores.grads[p] for p in prog.grads)
+    assert prog.runtime.gradient_stores().grads is stores.grads
 
 
 # ---- the cuda target's wiring, with its device side stood in for -----------------------
@@ -157,6 +167,14 @@ def test_cuda_target_steps_on_the_device_and_brings_params_back(fake_device, tmp
     assert again.runtime.state.uploads == uploads + 1
     for name, value in prog.params.items():
         np.testing.assert_array_equal(again.runtime.state.device_copy[name], value)
+
+
+def test_data_parallel_needs_a_target_with_host_gradients(fake_device):
+    from bwplan.runtime.distributed import DataParallel
+    prog = bwplan.compile(NET, target="cuda")
+    assert prog.runtime.gradient_stores() is None
+    with pytest.raises(BwError, match="the cuda target's update stays on the device"):
+        DataParallel(prog, comm=None)
 
 
 def test_cuda_target_refuses_row_frozen_parameters_before_touching_the_device(monkeypatch):

@@ -462,3 +462,7 @@ class CudaTarget:
 
     def forget(self) -> None:
         self._prepared.clear()
+
+    def gradient_stores(self) -> None:
+        """The gradients stay on the device; a step downloads copies of them."""
+        return None

@@ -268,10 +268,10 @@ class DataParallel:
 
     def __init__(self, prog, comm: Communicator, cap_bytes: int = DEFAULT_CAP_BYTES,
                  overlap: bool = True, announce: Callable[[str], None] | None = None) -> None:
-        if prog.target == "cuda":
+        if prog.runtime.gradient_stores() is None:
             raise _error("--target", "data-parallel training runs on the cpu and reference "
-                         "targets; the cuda target's update stays on the device and is not "
-                         "wired to MPI yet", "use --target cpu under mpiexec")
+                         f"targets; the {prog.target} target's update stays on the device "
+                         "and is not wired to MPI yet", "use --target cpu under mpiexec")
         self.prog = prog
         self.comm = comm
         self.cap_bytes = cap_bytes
@@ -391,7 +391,8 @@ class DataParallel:
     def empty_step(self, prog) -> StepResult:
         """A rank with no samples this step still joins every collective, with zeros."""
         bound = self._current or self._bind(prog.program)
-        self.begin(bound.program, prog._grad_store, prog._scaled)
+        stores = prog.runtime.gradient_stores()
+        self.begin(bound.program, stores.grads, stores.scaled)
         for buf in bound.buffers:
             buf.fill(0)
         for entries in bound.packed.values():
@@ -400,9 +401,9 @@ class DataParallel:
         program = bound.program
         result = StepResult(0.0, {n: 0.0 for n, _ in program.losses}, {}, StepStats())
         computed = {s.param for s in program.backward if s.phase == "dw"}
-        grads = {p: prog._grad_store[p] for p in computed if p in prog._grad_store}
-        scaled = {p: prog._scaled[p] for p in computed if p in program.mixed_scale
-                  and p in prog._scaled}
+        grads = {p: stores.grads[p] for p in computed if p in stores.grads}
+        scaled = {p: stores.scaled[p] for p in computed if p in program.mixed_scale
+                  and p in stores.scaled}
         result, launched = self.update(result, prog.optimizer, prog.params, grads, scaled)
         result.stats.launched["update"] = launched
         prog.grads = grads

@@ -9,6 +9,7 @@ Program); a target prepares them and runs them against the parameters it holds.
     target.params                                   # host arrays, current after a step
     target.load_weights(path, rename, skip, strict); target.save_weights(path)
     target.set_optimizer(settings); target.forget()   # forget: the plan changed
+    target.gradient_stores()                        # host gradient arrays, or None
 
 `HostTarget` is the "cpu" (Numba kernels) and "reference" (NumPy references) targets: the
 parameters are host arrays updated in place by the host optimizer. The "cuda" target
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -36,6 +37,15 @@ from bwplan.runtime.weights import load_into, save_weights
 from bwplan.source import Span
 
 InitialParams = Callable[[], dict]
+
+
+class GradientStores(NamedTuple):
+    """The host arrays a training step writes its gradients into, by parameter: the
+    gradients, and the multiplier-scaled sums of shared parameters (runtime/executor.py).
+    Data parallelism (runtime/distributed.py) points entries at its bucket buffers."""
+
+    grads: dict[str, np.ndarray]
+    scaled: dict[str, np.ndarray]
 
 
 class Target(Protocol):
@@ -64,6 +74,10 @@ class Target(Protocol):
     def save_weights(self, path: str) -> None: ...
 
     def forget(self) -> None: ...
+
+    def gradient_stores(self) -> GradientStores | None:
+        """Where a step writes its gradients on the host; None when they stay on the
+        device (such a target cannot be data-parallel: the all-reduce runs on the host)."""
 
 
 class HostTarget:
@@ -145,6 +159,9 @@ class HostTarget:
 
     def forget(self) -> None:
         """Executors hold nothing beyond their program: nothing to drop."""
+
+    def gradient_stores(self) -> GradientStores:
+        return GradientStores(self.grad_store, self.scaled)
 
 
 class CpuTarget(HostTarget):
