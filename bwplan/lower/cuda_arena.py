@@ -21,20 +21,23 @@ ALIGNMENT = 256
 
 
 @dataclass(frozen=True, slots=True)
-class Buffer:
+class PlacedBuffer:
+    """A Program buffer's bytes and lifetime (lower/program.py `Buffer`), and where it
+    lies in the arena."""
+
     id: BufferId
     nbytes: int
     first: int       # the first schedule position where it is live
     last: int        # the last position where it is live (inclusive)
     offset: int = 0
 
-    def overlaps_in_time(self, other: Buffer) -> bool:
+    def overlaps_in_time(self, other: PlacedBuffer) -> bool:
         return self.first <= other.last and other.first <= self.last
 
 
 @dataclass(frozen=True)
 class Arena:
-    buffers: dict[BufferId, Buffer]
+    buffers: dict[BufferId, PlacedBuffer]
     size: int            # bytes of the one allocation
     peak_live: int       # the largest sum of live bytes at any position (a lower bound)
     positions: int       # schedule positions: 0 batch, forward steps, seeds, backward steps
@@ -44,15 +47,15 @@ def _align(n: int) -> int:
     return -(-n // ALIGNMENT) * ALIGNMENT
 
 
-def lifetimes(program: Program) -> tuple[list[Buffer], int]:
+def lifetimes(program: Program) -> tuple[list[PlacedBuffer], int]:
     """The program's device buffers with their lifetimes, and its schedule positions."""
-    return ([Buffer(b.id, b.nbytes, b.first, b.last) for b in program.buffers
+    return ([PlacedBuffer(b.id, b.nbytes, b.first, b.last) for b in program.buffers
              if not b.scratch], program.positions)
 
 
 def plan_arena(program: Program) -> Arena:
     buffers, positions = lifetimes(program)
-    placed: list[Buffer] = []
+    placed: list[PlacedBuffer] = []
     for buf in sorted(buffers, key=lambda b: (-b.nbytes, b.first, str(b.id))):
         size = _align(buf.nbytes)
         offset = 0
@@ -62,7 +65,7 @@ def plan_arena(program: Program) -> Arena:
                 if offset + size <= other.offset:
                     break
                 offset = max(offset, other.offset + _align(other.nbytes))
-        placed.append(Buffer(buf.id, buf.nbytes, buf.first, buf.last, offset))
+        placed.append(PlacedBuffer(buf.id, buf.nbytes, buf.first, buf.last, offset))
     total = max((b.offset + _align(b.nbytes) for b in placed), default=0)
     return Arena({b.id: b for b in placed}, total, program.peak_bytes(scratch=False),
                  positions)
