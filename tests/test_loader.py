@@ -46,7 +46,7 @@ def test_both_importers_warn_with_one_type(tmp_path):
     pytest.importorskip("onnx")
     from onnx import helper
 
-    from tests.onnx_graphs import f32, initializer, save_graph
+    from onnx_graphs import f32, initializer, save_graph
     caffe = tmp_path / "shared.prototxt"
     caffe.write_text(SHARED_LR)
     model = save_graph(tmp_path / "fc.onnx",
