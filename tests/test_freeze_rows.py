@@ -187,9 +187,12 @@ def test_why_explains_the_split(capsys, tmp_path):
     assert "split: rows 0:7 of 10 are frozen, rows 7:10 train" in text
 
 
-def test_the_cuda_target_refuses_partly_frozen_parameters():
-    with pytest.raises(BwError, match="cuda target does not run partly frozen"):
-        bwplan.compile(LINEAR, target="cuda", freeze=["fc.weight[0:7]"])
+def test_the_cuda_target_takes_partly_frozen_parameters():
+    """It lowers them to its sliced dW kernels and an update over the trainable rows (the
+    launches are checked in test_cuda_host.py, the run in test_cuda_gpu.py)."""
+    from bwplan.runtime.cuda import CudaTarget
+    net = bwplan.apply_policy(bwplan.load_bw_text(LINEAR), [("freeze", "fc.weight[0:7]")])
+    CudaTarget.check_net(net)
 
 
 def test_rows_of_an_op_that_does_not_split_by_rows_are_an_error():
