@@ -14,6 +14,11 @@
 //            long and the output small, so it is split over blockIdx.z (split-K) into a
 //            workspace and summed by conv2d_dw_reduce.
 //   dB       db[o]            = sum_(n, p) dy[n, o, p], one block per channel.
+// A partly frozen weight (output channels [r0, r1) trainable; groups = 1, since rows of a
+// grouped convolution cannot be frozen) runs dW as conv2d_dw_rows: the same GEMM with
+// M = r1 - r0 over dy's channels r0..r1 (the slice of dY's channels), writing only those
+// rows of dW; its dB is conv2d_db launched on that slice (pointers offset by r0 channels,
+// one block per channel of the slice).
 // Launch geometry: bwplan/kernels/cuda/conv.py.
 
 #include "common.cuh"
@@ -35,6 +40,30 @@ __device__ __forceinline__ float conv_gather_x(const float* x, const ConvShape& 
     if (h < 0 || h >= s.h || w < 0 || w >= s.w) return 0.0f;
     return x[(((long long)img * s.c + ch) * s.h + h) * s.w + w];
 }
+
+// dW's product, shared by conv2d_dw and conv2d_dw_rows (the store is relative to `out`:
+// row m of the GEMM is output channel g * O/groups + m).
+struct ConvDwOp {
+    const float* x; const float* dy; float* out; ConvShape s; int g; int accumulate;
+    static constexpr bool A_K_CONTIG = true;   // k = (img, pixel): a dy plane is contiguous
+    static constexpr bool B_K_CONTIG = true;   // consecutive k are neighbouring pixels of x
+    __device__ int cg() const { return s.c / s.groups; }
+    __device__ int og() const { return s.o / s.groups; }
+    __device__ float a(int m, int k) const {
+        const int hw = s.ho * s.wo;
+        return dy[((long long)(k / hw) * s.o + g * og() + m) * hw + k % hw];
+    }
+    __device__ float b(int k, int n) const {
+        const int khw = s.kh * s.kw, hw = s.ho * s.wo;
+        const int ch = n / khw, r = n % khw, img = k / hw, p = k % hw;
+        return conv_gather_x(x, s, img, g * cg() + ch, p / s.wo, p % s.wo, r / s.kw,
+                             r % s.kw);
+    }
+    __device__ void store(int m, int n, float v) const {
+        const long long i = (long long)(g * og() + m) * (cg() * s.kh * s.kw) + n;
+        bw_put(out, i, v, accumulate);
+    }
+};
 
 // == kernel conv2d_fwd ==
 struct ConvFwdOp {
@@ -101,28 +130,6 @@ conv2d_dx(const float* weight, const float* dout, float* dx, ConvShape s, int ac
 }
 
 // == kernel conv2d_dw ==
-struct ConvDwOp {
-    const float* x; const float* dy; float* out; ConvShape s; int g; int accumulate;
-    static constexpr bool A_K_CONTIG = true;   // k = (img, pixel): a dy plane is contiguous
-    static constexpr bool B_K_CONTIG = true;   // consecutive k are neighbouring pixels of x
-    __device__ int cg() const { return s.c / s.groups; }
-    __device__ int og() const { return s.o / s.groups; }
-    __device__ float a(int m, int k) const {
-        const int hw = s.ho * s.wo;
-        return dy[((long long)(k / hw) * s.o + g * og() + m) * hw + k % hw];
-    }
-    __device__ float b(int k, int n) const {
-        const int khw = s.kh * s.kw, hw = s.ho * s.wo;
-        const int ch = n / khw, r = n % khw, img = k / hw, p = k % hw;
-        return conv_gather_x(x, s, img, g * cg() + ch, p / s.wo, p % s.wo, r / s.kw,
-                             r % s.kw);
-    }
-    __device__ void store(int m, int n, float v) const {
-        const long long i = (long long)(g * og() + m) * (cg() * s.kh * s.kw) + n;
-        bw_put(out, i, v, accumulate);
-    }
-};
-
 // grid (ceil(Cg*kh*kw / BW_BN), ceil(Og / BW_BM), groups * splits), block 256. With
 // splits > 1 each split writes its partial sum to workspace[split] (a whole
 // [O, Cg*kh*kw] slab) and conv2d_dw_reduce finishes; with one split the tile stores
@@ -149,6 +156,40 @@ conv2d_dw(const float* x, const float* dout, float* dweight, float* workspace, C
 extern "C" __global__ void conv2d_dw_reduce(const float* workspace, float* dweight,
                                             long long count, int splits, int accumulate) {
     bw_splitk_reduce(workspace, dweight, count, splits, accumulate);
+}
+
+// == kernel conv2d_dw_rows ==
+// Rows [row0, row0 + rows) of ConvDwOp's GEMM: output channel row0 + m of dy, stored
+// relative to `out` (which points at row row0 of dW, or at a split's [rows, C*kh*kw] slab).
+struct ConvDwRowsOp {
+    ConvDwOp whole;   // groups == 1, g == 0
+    int row0;
+    static constexpr bool A_K_CONTIG = ConvDwOp::A_K_CONTIG;
+    static constexpr bool B_K_CONTIG = ConvDwOp::B_K_CONTIG;
+    __device__ float a(int m, int k) const { return whole.a(row0 + m, k); }
+    __device__ float b(int k, int n) const { return whole.b(k, n); }
+    __device__ void store(int m, int n, float v) const { whole.store(m, n, v); }
+};
+
+// dW rows [row0, row0 + rows) (+)= the GEMM over dy's channels row0..row0 + rows, for the
+// trainable rows of a partly frozen weight; the other rows are not touched.
+// grid (ceil(C*kh*kw / BW_BN), ceil(rows / BW_BM), splits), block 256; with splits > 1
+// each split writes its slab to workspace[split] and conv2d_dw_reduce adds them up.
+extern "C" __global__ void __launch_bounds__(BW_GEMM_THREADS)
+conv2d_dw_rows(const float* x, const float* dout, float* dweight, float* workspace,
+               ConvShape s, int row0, int rows, int splits, int accumulate) {
+    const int split = blockIdx.z, cols = s.c * s.kh * s.kw;
+    const long long count = (long long)rows * cols;
+    int k0, k1;
+    bw_split_range(s.n * s.ho * s.wo, splits, split, &k0, &k1);
+    if (splits == 1) {
+        const ConvDwRowsOp op{{x, dout, dweight + (long long)row0 * cols, s, 0, accumulate},
+                              row0};
+        bw_gemm_tile(op, rows, cols, k0, k1);
+    } else {
+        const ConvDwRowsOp op{{x, dout, workspace + split * count, s, 0, 0}, row0};
+        bw_gemm_tile(op, rows, cols, k0, k1);
+    }
 }
 
 // == kernel conv2d_db ==

@@ -5,6 +5,10 @@
 //   dX       dx[b, k] = sum_o dy[b, o] W[o, k]               M = B, N = K, K = O
 //   dW       dW[o, k] = sum_b dy[b, o] x[b, k]               M = O, N = K, K = B
 //   dB       db[o]    = sum_b dy[b, o]
+// A partly frozen weight (rows [r0, r1) trainable) runs dW as linear_dw_rows: the same GEMM
+// with M = r1 - r0 over dy's columns r0..r1 (the slice of dY's channels), writing rows
+// r0..r1 of dW only; its dB is linear_db launched on that slice (pointers offset by r0,
+// one block per row of the slice).
 // All three products run on bw_gemm_tile (common.cuh). M is the batch in the forward and
 // dX so that the stores of a tile row are contiguous in y and dx. dW reduces over the
 // batch; with a large batch and a small weight it is split over blockIdx.z (split-K) into
@@ -12,6 +16,20 @@
 // bwplan/kernels/cuda/linear.py.
 
 #include "common.cuh"
+
+// dW's product, shared by linear_dw and linear_dw_rows: row m of the GEMM is output
+// feature m of `dy` and `out`, both already offset to the first row the kernel writes;
+// O is dy's row stride (all output features), so a slice of rows reads its own columns.
+struct LinearDwOp {
+    const float* dy; const float* x; float* out; int O, K, accumulate;
+    static constexpr bool A_K_CONTIG = false;  // dy[b, o]: consecutive o are adjacent
+    static constexpr bool B_K_CONTIG = false;  // x[b, k]: consecutive k are adjacent
+    __device__ float a(int m, int k) const { return dy[(long long)k * O + m]; }
+    __device__ float b(int k, int n) const { return x[(long long)k * K + n]; }
+    __device__ void store(int m, int n, float v) const {
+        bw_put(out, (long long)m * K + n, v, accumulate);
+    }
+};
 
 // == kernel linear_fwd ==
 struct LinearFwdOp {
@@ -54,17 +72,6 @@ linear_dx(const float* weight, const float* dout, float* dx, int B, int K, int O
 }
 
 // == kernel linear_dw ==
-struct LinearDwOp {
-    const float* dy; const float* x; float* out; int O, K, accumulate;
-    static constexpr bool A_K_CONTIG = false;  // dy[b, o]: consecutive o are adjacent
-    static constexpr bool B_K_CONTIG = false;  // x[b, k]: consecutive k are adjacent
-    __device__ float a(int m, int k) const { return dy[(long long)k * O + m]; }
-    __device__ float b(int k, int n) const { return x[(long long)k * K + n]; }
-    __device__ void store(int m, int n, float v) const {
-        bw_put(out, (long long)m * K + n, v, accumulate);
-    }
-};
-
 // grid (ceil(K / BW_BN), ceil(O / BW_BM), splits), block 256; with splits > 1 each split
 // writes its partial [O, K] slab to workspace[split] and linear_dw_reduce finishes.
 extern "C" __global__ void __launch_bounds__(BW_GEMM_THREADS)
@@ -86,6 +93,27 @@ linear_dw(const float* x, const float* dout, float* dweight, float* workspace, i
 extern "C" __global__ void linear_dw_reduce(const float* workspace, float* dweight,
                                             long long count, int splits, int accumulate) {
     bw_splitk_reduce(workspace, dweight, count, splits, accumulate);
+}
+
+// == kernel linear_dw_rows ==
+// dW rows [row0, row0 + rows) (+)= dy[:, row0:row0 + rows]^T x: the GEMM over a slice of
+// dY's channels, for the trainable rows of a partly frozen weight; the other rows are not
+// touched. grid (ceil(K / BW_BN), ceil(rows / BW_BM), splits), block 256; with
+// splits > 1 each split writes a [rows, K] slab to workspace[split] and linear_dw_reduce
+// adds them into those rows.
+extern "C" __global__ void __launch_bounds__(BW_GEMM_THREADS)
+linear_dw_rows(const float* x, const float* dout, float* dweight, float* workspace, int B,
+               int K, int O, int row0, int rows, int splits, int accumulate) {
+    int k0, k1;
+    bw_split_range(B, splits, blockIdx.z, &k0, &k1);
+    const float* dy = dout + row0;     // column row0 of dy; its rows stay O apart
+    if (splits == 1) {
+        const LinearDwOp op{dy, x, dweight + (long long)row0 * K, O, K, accumulate};
+        bw_gemm_tile(op, rows, K, k0, k1);
+    } else {
+        const LinearDwOp op{dy, x, workspace + (long long)blockIdx.z * rows * K, O, K, 0};
+        bw_gemm_tile(op, rows, K, k0, k1);
+    }
 }
 
 // == kernel linear_db ==

@@ -130,3 +130,22 @@ def test_nvcc_failure_is_an_internal_error_with_its_output(tmp_path):
         build.compile_cubin('extern "C" __global__ void k() { undeclared(); }', ARCH,
                             workdir=str(tmp_path))
     assert "undeclared" in info.value.context
+
+
+@pytest.mark.parametrize("name,freeze,sliced", [
+    ("class_incremental", [], {"linear_dw_rows"}),
+    ("cnn_small", ["conv2.weight[0:16, 40:50]", "conv2.bias[0:16]"], {"conv2d_dw_rows"}),
+])
+def test_a_partly_frozen_programs_source_compiles_with_its_sliced_kernels(name, freeze, sliced,
+                                                                         tmp_path):
+    prog = bwplan.compile(str(ROOT / f"examples/{name}.bw"), target="reference",
+                          freeze=freeze)
+    assert any(p.frozen_rows for p in prog.net.params.values())
+    compiled = build.compile_cubin(build.program_source(prog.program), ARCH,
+                                   workdir=str(tmp_path))
+    symbols = build.cubin_functions(compiled.cubin)
+    assert sliced <= symbols and "fill" in symbols
+    assert "warning" not in compiled.log.lower(), compiled.log
+    for kernel in sliced:
+        r = compiled.resources[kernel]
+        assert r.spill_stores == 0 and r.stack == 0, r

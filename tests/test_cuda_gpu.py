@@ -8,6 +8,11 @@ Outputs start as NaN (integers as INT_MAX), so an unwritten element fails. Toler
 |got - ref| <= TOL + |ref| * EPS with TOL = EPS = 1e-4, float32 throughout (the GEMMs are
 FP32 FFMA; there is no TF32 path to loosen it for).
 
+The sliced dW kernels of a partly frozen parameter (linear_dw_rows, conv2d_dw_rows, and
+the bias kernels on a slice) against the reference's trainable rows, their frozen rows
+left as the NaN they started with; and 5 training steps with frozen rows on target
+"cuda" against target "cpu", the frozen rows bit-identical.
+
 Then the multi-block paths tiny cases miss: GEMMs with several tiles in M and N, split-K
 dW, grid-stride loops on a device that pretends to have one multiprocessor; batchnorm's
 running statistics; dropout's masks; and 5 training steps of every example (batch 4) on
@@ -429,3 +434,95 @@ def test_compile_api_trains_on_the_gpu(source, tmp_path):
     again = bwplan.compile(source, target="cuda")
     again.load_weights(str(path))
     assert abs(float(again.forward(batch)["loss"]) - float(out["loss"])) < 1e-5
+
+
+# ---- partly frozen parameters ----------------------------------------------------------------
+@pytest.mark.parametrize("name,attrs,shape,rows", [
+    ("linear", dict(out=300), (5, 70), ((0, 10), (100, 300))),          # 4 x 2 tiles
+    ("linear", dict(out=130), (1000, 3), ((0, 5), (70, 130))),          # split-K per range
+    ("linear", dict(out=1010), (8, 16), ((1000, 1010),)),
+    ("conv2d", dict(out=140, kernel=3, pad=1), (6, 5, 20, 20), ((0, 3), (60, 140))),
+    ("conv2d", dict(out=6, kernel=(3, 2), stride=2, dilation=(1, 2)), (2, 3, 9, 8),
+     ((5, 6),)),
+])
+@pytest.mark.parametrize("sm_count", [1, None])
+def test_sliced_dw_kernels_write_only_the_trainable_rows(name, attrs, shape, rows, sm_count):
+    """dW and dB over the trainable rows against the float64 reference's rows; every
+    frozen row keeps the NaN it started with (the kernels never touch it), and with
+    `accumulate` the trainable rows double."""
+    rng = np.random.default_rng(8)
+    op = registry.OPS[name]
+    x = rng.standard_normal(shape).astype(np.float32)
+    ctx = make_ctx(op, attrs, [x])
+    dout = rng.standard_normal(ctx.out.shape).astype(np.float32)
+    mem = Mem()
+    x_ptr, dout_ptr = mem.up(x), mem.up(dout)
+    mask = np.zeros(ctx.attrs["out"], bool)
+    for a, b in rows:
+        mask[a:b] = True
+    sms = sm_count or DEV.sm_count
+    for slot in ("weight", "bias"):
+        e = table.entry(name, f"dw:{slot}")
+        ws = e.rows_workspace(ctx, rows, Env(sms)) if e.rows_workspace else 0
+        env = Env(sms, mem.up(np.zeros(ws // 4 + 1, np.float32)), ws, 0, 0)
+        pshape = next(tuple(p.shape(ctx)) for p in op.param_slots(ctx.attrs) if p.name == slot)
+        ref = np.asarray(op.grad_for(slot).reference(ctx, {"x": x.astype(np.float64)},
+                                                     dout.astype(np.float64), 0))
+        got = mem.poisoned(pshape, np.float32)
+        for accumulate, factor in ((False, 1.0), (True, 2.0)):
+            run(table.rows_launches(e, ctx, {"x": x_ptr}, dout_ptr, got, accumulate, rows,
+                                    env))
+            out = Mem.down(got, pshape, np.float32)
+            assert np.isnan(out[~mask]).all(), f"{name} {slot}: a frozen row was written"
+            assert_close(out[mask], factor * ref.reshape(pshape)[mask],
+                         f"{name} {slot} rows {rows} accumulate={accumulate}")
+
+
+ROWS_CONV = """\
+input x : f32[4, 3, 6, 6]
+input y : i64[4]
+conv = conv2d(x, out=8, kernel=3, pad=1)
+r    = relu(conv)
+pool = global_avgpool(r)
+fc   = linear(pool, out=5)
+loss = softmax_cross_entropy(fc, y)
+"""
+
+
+@pytest.mark.parametrize("source,freeze", [
+    (str(ROOT / "examples" / "class_incremental.bw"), []),
+    (ROWS_CONV, ["conv.weight[0:2, 5:7]", "conv.bias[0:2, 5:7]", "fc.weight[1:3]"]),
+])
+def test_sliced_training_on_the_gpu_matches_the_cpu_target(source, freeze, tmp_path):
+    """5 steps with momentum and weight decay, bwplan.compile(target="cuda") against
+    target "cpu" from the same weights: the frozen rows bit-identical on the device, the
+    first step's gradients (frozen rows zero on both) to 1e-4, the losses to 1e-3, each
+    parameter's change to 5e-2 (see the five-steps test above for why not tighter)."""
+    cpu = bwplan.compile(source, target="cpu", freeze=freeze)
+    gpu = bwplan.compile(source, target="cuda", freeze=freeze)
+    path = tmp_path / "w.npz"
+    cpu.save_weights(str(path))
+    gpu.load_weights(str(path))
+    before = {k: v.copy() for k, v in cpu.params.items()}
+    frozen = {k: p.frozen_rows for k, p in cpu.net.params.items() if p.frozen_rows}
+    assert frozen
+    for prog in (cpu, gpu):
+        prog.set_optimizer(0.1, 0.9, 0.01)
+    rng = np.random.default_rng(2)
+    for step in range(5):
+        batch = _batch(cpu, rng)
+        want, got = cpu.step(batch), gpu.step(batch)
+        assert abs(got - want) <= 1e-4 + 1e-3 * abs(want), (step, got, want)
+        assert gpu.last_stats.launched == cpu.last_stats.launched
+        assert gpu.last_stats.flops == cpu.last_stats.flops
+        if step == 0:
+            assert set(gpu.grads) == set(cpu.grads)
+            for name, value in cpu.grads.items():
+                assert _rel(gpu.grads[name], value) < 1e-4, name
+                for a, b in frozen.get(name, ()):
+                    assert not gpu.grads[name][a:b].any(), (name, "frozen rows' gradient")
+    for name, value in cpu.params.items():
+        got = gpu.params[name]
+        for a, b in frozen.get(name, ()):
+            assert np.array_equal(got[a:b], before[name][a:b]), (name, "frozen rows moved")
+        assert _rel(got - before[name], value - before[name]) < 5e-2, name

@@ -397,3 +397,272 @@ def test_geometry_of_the_gemm_covers_every_output():
         assert gx * limits.GEMM_TILE_N >= n > (gx - 1) * limits.GEMM_TILE_N
         assert gy * limits.GEMM_TILE_M >= m > (gy - 1) * limits.GEMM_TILE_M
     assert math.prod(limits.Launch("k", (1, 2, 3), (4, 8, 1), ()).grid) == 6
+
+
+# ---- partly frozen parameters: the sliced dW and the update over slices ---------------------
+# The sliced kernels cannot run here; what can be checked is everything around them: every
+# rule that splits by rows has a sliced form, its launches pass what the kernels' C
+# signatures take, and the launches of a whole dW step, read by a NumPy model of each kernel
+# (written from its C: which rows of dY it reads, where it stores, the split-K slabs), give
+# the CPU target's gradient: the trainable rows' dW, zeros elsewhere.
+def _sliced(op, component) -> bool:
+    kind, _, wrt = component.partition(":")
+    return kind == "dw" and op.grad_for(wrt).by_rows
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_every_rule_that_splits_by_rows_has_a_sliced_cuda_form(name):
+    op = registry.OPS[name]
+    declared = build.kernels_in_sources()
+    for component in op.kernels["cuda"]:
+        e = cuda_table.entry(name, component)
+        assert (e.rows is not None) == _sliced(op, component), component
+        assert set(e.rows_kernels) <= declared[e.source], component
+        assert set(e.kernels_for(True)) == set(e.rows_kernels)
+
+
+ROW_CASES = [   # (op, attrs, input shape, trainable rows)
+    ("linear", dict(out=1010), (8, 16), ((1000, 1010),)),
+    ("linear", dict(out=130), (1000, 3), ((0, 5), (70, 130))),          # split-K per range
+    ("linear", dict(out=7), (4, 2, 3), ((2, 5), (6, 7))),
+    ("conv2d", dict(out=20, kernel=3, pad=1), (6, 5, 20, 20), ((0, 3), (10, 20))),  # split-K
+    ("conv2d", dict(out=6, kernel=(3, 2), stride=2, dilation=(1, 2)), (2, 3, 9, 8),
+     ((5, 6),)),
+]
+
+
+def _row_ctx(name, attrs, shape):
+    return make_ctx(registry.OPS[name], attrs, [np.zeros(shape, np.float32)])
+
+
+@pytest.mark.parametrize("name,attrs,shape,rows", ROW_CASES)
+def test_sliced_launches_pass_what_their_kernels_c_signatures_take(name, attrs, shape, rows):
+    ctx = _row_ctx(name, attrs, shape)
+    env = limits.Env(sm_count=132, workspace=1 << 20, workspace_bytes=1 << 30)
+    for slot in ("weight", "bias"):
+        e = cuda_table.entry(name, f"dw:{slot}")
+        launches = cuda_table.rows_launches(e, ctx, {"x": 4096}, 8192, 1 << 30, False, rows,
+                                            env)
+        assert launches and all(l.kernel in e.rows_kernels for l in launches)
+        for launch in launches:
+            types = _c_types(e.source, signatures(e.source)[launch.kernel])
+            assert [a.dtype for a in launch.args] == types, (slot, launch.kernel)
+
+
+class _Memory:
+    """Flat float32 device buffers at made-up addresses; an address inside a buffer (a
+    pointer the launch code offset) resolves to the rest of that buffer."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[int, np.ndarray] = {}
+        self._next = 1 << 20
+
+    def put(self, array: np.ndarray) -> int:
+        addr = self._next
+        self.buffers[addr] = np.ascontiguousarray(array, np.float32).reshape(-1).copy()
+        self._next += -(-4 * max(array.size, 1) // 4096) * 4096 + 4096
+        return addr
+
+    def at(self, addr: int) -> np.ndarray:
+        for base, buf in self.buffers.items():
+            if base <= addr < base + 4 * buf.size:
+                assert (addr - base) % 4 == 0
+                return buf[(addr - base) // 4:]
+        raise AssertionError(f"address {addr} is in no buffer")
+
+
+def _split_range(k: int, splits: int, s: int) -> tuple[int, int]:
+    """bw_split_range of common.cuh."""
+    tile = limits.GEMM_TILE_K
+    per = -(-(-(-k // tile)) // splits)
+    return min(k, s * per * tile), min(k, (s + 1) * per * tile)
+
+
+def _put(dst: np.ndarray, value: np.ndarray, accumulate: int) -> None:
+    if accumulate:
+        dst[:value.size] += value.reshape(-1)
+    else:
+        dst[:value.size] = value.reshape(-1)
+
+
+def _emulate(launch, mem: _Memory, ctx) -> None:
+    """What the kernel does with these arguments, read from its C source."""
+    a = [int(v) if isinstance(v, np.integer) else float(v) for v in launch.args]
+    if launch.kernel == "fill":
+        mem.at(a[0])[:a[1]] = a[2]
+    elif launch.kernel in ("linear_dw_reduce", "conv2d_dw_reduce"):
+        ws, out, count, splits, acc = a
+        part = mem.at(ws)[:splits * count].reshape(splits, count)
+        _put(mem.at(out), part.sum(axis=0), acc)
+    elif launch.kernel == "linear_db":    # one block per channel c of the pointer's view
+        dout, db, b, o, acc = a
+        c = launch.grid[0]
+        dy = mem.at(dout)[:(b - 1) * o + c]
+        _put(mem.at(db), np.array([dy[c0::o][:b].sum() for c0 in range(c)]), acc)
+    elif launch.kernel == "conv2d_db":
+        dout, db, n, o, hw, acc = a
+        c = launch.grid[0]
+        dy = mem.at(dout)
+        sums = [sum(dy[(i * o + c0) * hw:(i * o + c0) * hw + hw].sum() for i in range(n))
+                for c0 in range(c)]
+        _put(mem.at(db), np.array(sums), acc)
+    elif launch.kernel == "linear_dw_rows":
+        x, dout, dw, ws, b, k, o, row0, rows, splits, acc = a
+        xs = mem.at(x)[:b * k].reshape(b, k)
+        dy = mem.at(dout)[:b * o].reshape(b, o)[:, row0:row0 + rows]
+        for s in range(splits):
+            k0, k1 = _split_range(b, splits, s)
+            part = dy[k0:k1].T @ xs[k0:k1]
+            if splits == 1:
+                _put(mem.at(dw + 4 * row0 * k), part, acc)
+            else:
+                mem.at(ws + 4 * s * rows * k)[:rows * k] = part.reshape(-1)
+    elif launch.kernel == "conv2d_dw_rows":
+        from bwplan.ops.conv import _im2col
+        x, dout, dw, ws, *shape, row0, rows, splits, acc = a
+        n, c, h, w, o, ho, wo, kh, kw, *_ = shape
+        cols = c * kh * kw
+        im = _im2col(mem.at(x)[:n * c * h * w].reshape(n, c, h, w).astype(np.float64), ctx)
+        bmat = im.transpose(0, 2, 1).reshape(n * ho * wo, cols)
+        dy = mem.at(dout)[:n * o * ho * wo].reshape(n, o, ho * wo)[:, row0:row0 + rows]
+        amat = dy.transpose(1, 0, 2).reshape(rows, n * ho * wo)
+        for s in range(splits):
+            k0, k1 = _split_range(n * ho * wo, splits, s)
+            part = amat[:, k0:k1] @ bmat[k0:k1]
+            if splits == 1:
+                _put(mem.at(dw + 4 * row0 * cols), part, acc)
+            else:
+                mem.at(ws + 4 * s * rows * cols)[:rows * cols] = part.reshape(-1)
+    else:
+        raise AssertionError(f"no model of {launch.kernel}")
+
+
+@pytest.mark.parametrize("sm_count", [1, 132])
+@pytest.mark.parametrize("name,attrs,shape,rows", ROW_CASES)
+def test_the_launches_of_a_sliced_dw_give_the_cpu_targets_gradient(name, attrs, shape, rows,
+                                                                   sm_count):
+    """Through the lowering's own dW launches (zeroing included), into a gradient that
+    starts as NaN: the trainable rows hold the reference's dW, the frozen rows zeros; then
+    a second use with `accumulate` adds its rows and leaves the frozen zeros alone."""
+    op = registry.OPS[name]
+    ctx = _row_ctx(name, attrs, shape)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dout = rng.standard_normal(ctx.out.shape).astype(np.float32)
+    mem = _Memory()
+    x_at, dout_at = mem.put(x), mem.put(dout)
+    env0 = limits.Env(sm_count=sm_count)
+    for slot in ("weight", "bias"):
+        e = cuda_table.entry(name, f"dw:{slot}")
+        work = e.rows_workspace(ctx, rows, env0) if e.rows_workspace else 0
+        assert e.rows_workspace is None or slot == "weight"
+        ws_at = mem.put(np.full(max(work // 4, 1), np.nan, np.float32))
+        env = limits.Env(sm_count=sm_count, workspace=ws_at, workspace_bytes=work)
+        pshape = next(tuple(p.shape(ctx)) for p in op.param_slots(ctx.attrs)
+                      if p.name == slot)
+        grad_at = mem.put(np.full(int(np.prod(pshape)), np.nan, np.float32))
+        want = op.grad_for(slot).reference(ctx, {"x": x.astype(np.float64)},
+                                           dout.astype(np.float64), 0).reshape(pshape)
+        mask = np.zeros(pshape[0], bool)
+        for a, b in rows:
+            mask[a:b] = True
+        want = np.where(mask.reshape((-1,) + (1,) * (len(pshape) - 1)), want, 0.0)
+        for accumulate, scale in ((False, 1), (True, 2)):
+            launches = step_plan._dw(_FakeLayer(name), e, ctx, {"x": x_at}, dout_at, grad_at,
+                                     accumulate, rows, _OneParam(pshape),
+                                     _FakeLayout(pshape, env), "p")
+            assert any(l.kernel in e.rows_kernels for l in launches)
+            assert not any(l.kernel == "fill" for l in launches) or not accumulate
+            for launch in launches:
+                limits.check(launch)
+                _emulate(launch, mem, ctx)
+            got = mem.at(grad_at)[:want.size].reshape(pshape)
+            assert not np.isnan(got).any(), (slot, "a row left unwritten")
+            np.testing.assert_allclose(got, scale * want, rtol=1e-4, atol=1e-4,
+                                       err_msg=f"{slot} accumulate={accumulate}")
+
+
+class _FakeLayer:
+    def __init__(self, name: str) -> None:
+        self.name, self.op, self.span = "layer", name, None
+
+
+class _OneParam:
+    """The part of a Program `_dw` reads: the parameter's leading axis."""
+
+    def __init__(self, shape) -> None:
+        from types import SimpleNamespace
+        self.plan = SimpleNamespace(net=SimpleNamespace(params={
+            "p": SimpleNamespace(type=SimpleNamespace(shape=shape))}))
+
+
+class _FakeLayout:
+    def __init__(self, shape, env) -> None:
+        self.param_sizes = {"p": int(np.prod(shape))}
+        self._env = env
+
+    def env(self, stream: int = 0):
+        return self._env
+
+
+def test_a_partly_frozen_program_launches_the_sliced_kernels_and_zeroes_frozen_rows():
+    prog = compiled(Path(__file__).parent.parent / "examples/class_incremental.bw")
+    layout = layout_of(prog)
+    s = SgdSettings(lr=0.1, momentum=0.9, weight_decay=0.01)
+    planned = step_plan.step_launches(prog.program, layout, s,
+                                      step_plan.segment_table(prog.program, layout, s),
+                                      training=True, backward=True)
+    fc8 = [l for p in planned if p.phase == "dw" and p.layer == "fc8" for l in p.launches]
+    kernels = [l.kernel for l in fc8]
+    assert kernels == ["fill", "linear_dw_rows", "fill", "linear_db"]
+    weight, bias = layout.grad("fc8.weight"), layout.grad("fc8.bias")
+    assert fc8[0].args[0] == weight and fc8[0].args[1] == 1000 * 16   # rows 0:1000 zeroed
+    assert [int(v) for v in fc8[1].args[7:9]] == [1000, 10]             # row0, rows
+    assert fc8[3].grid[0] == 10 and fc8[3].args[1] == bias + 4 * 1000
+    used = build.program_kernels(prog.program)["linear.cu"]
+    assert used["linear_dw_rows"] == ["fc8 dw:weight"]
+    assert used["linear_dw"] == ["fc7 dw:weight"]
+
+
+@pytest.mark.parametrize("name,rules", [
+    ("class_incremental", ()),
+    ("cnn_small", (("freeze", "conv2.weight[0:16, 40:50]"), ("freeze", "conv2.bias[0:16]"),
+                   ("freeze", "fc1.weight[3:9]"))),
+])
+def test_segments_over_slices_reproduce_the_cpu_optimizer(name, rules):
+    """The update's segments of a partly frozen parameter cover its trainable rows only:
+    after two steps of the update kernel's NumPy model the frozen rows are bit-identical
+    and everything matches the host optimizer; the launch count is the host's."""
+    path = Path(__file__).parent.parent / f"examples/{name}.bw"
+    prog = compiled(path, True, rules)
+    program = prog.program
+    assert any(p.frozen_rows for p in prog.net.params.values())
+    s = SgdSettings(lr=0.1, momentum=0.9, weight_decay=0.01)
+    layout = layout_of(prog)
+    table = step_plan.segment_table(program, layout, s)
+    rng = np.random.default_rng(0)
+    computed = {st.param for st in program.backward if st.phase == "dw"}
+    grads = {p: rng.standard_normal(prog.params[p].shape).astype(np.float32) for p in computed}
+    host = {k: v.copy() for k, v in prog.params.items()}
+    opt = Sgd(s)
+    for _ in range(2):
+        launched = opt.step(program.plan.updates, host, grads, {})
+    from bwplan.kernels.cuda import update
+    assert update.updated_params(program, s.weight_decay) == launched
+    sizes = {k: int(v.size) for k, v in prog.params.items()}
+    flat = np.zeros(sum(sizes.values()), np.float32)
+    flat_g, velocity = np.zeros_like(flat), np.zeros_like(flat)
+    for k, v in prog.params.items():
+        off = layout.param_offsets[k]
+        flat[off:off + v.size] = v.ravel()
+        if k in grads:
+            flat_g[off:off + v.size] = grads[k].ravel()
+    for _ in range(2):
+        _apply_segments(table, flat, flat_g, np.zeros(1, np.float32), velocity, s)
+    for k, v in host.items():
+        off = layout.param_offsets[k]
+        got = flat[off:off + v.size].reshape(v.shape)
+        np.testing.assert_allclose(got, v, rtol=1e-5, atol=1e-6, err_msg=k)
+        for a, b in prog.net.params[k].frozen_rows:
+            assert np.array_equal(got[a:b], prog.params[k][a:b]), (k, "frozen rows moved")
+            assert not velocity[off:off + v.size].reshape(v.shape)[a:b].any(), k

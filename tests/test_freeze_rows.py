@@ -187,9 +187,12 @@ def test_why_explains_the_split(capsys, tmp_path):
     assert "split: rows 0:7 of 10 are frozen, rows 7:10 train" in text
 
 
-def test_the_cuda_target_refuses_partly_frozen_parameters():
-    with pytest.raises(BwError, match="cuda target does not run partly frozen"):
-        bwplan.compile(LINEAR, target="cuda", freeze=["fc.weight[0:7]"])
+def test_the_cuda_target_takes_partly_frozen_parameters():
+    """It lowers them to its sliced dW kernels and an update over the trainable rows (the
+    launches are checked in test_cuda_host.py, the run in test_cuda_gpu.py)."""
+    from bwplan.runtime.cuda import CudaTarget
+    net = bwplan.apply_policy(bwplan.load_bw_text(LINEAR), [("freeze", "fc.weight[0:7]")])
+    CudaTarget.check_net(net)
 
 
 def test_rows_of_an_op_that_does_not_split_by_rows_are_an_error():
@@ -230,3 +233,39 @@ def test_a_bad_bw_range_is_located_at_its_setting(setting, message):
                                            f"fc   = linear(r, out=10) {setting}"))
     assert message in str(err.value)
     assert (err.value.span.line, err.value.span.col) == (5, 26)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_unpruned_baseline_computes_every_row_and_keeps_the_frozen_ones(case):
+    """--no-prune is the baseline: dW over every row (its FLOPs the whole rule's), while the
+    update still skips the frozen rows; it trains to the pruned run's parameters: the same
+    bits for linear; for conv2d the CPU's dW GEMM (OpenBLAS) over all output channels
+    rounds some trainable entries one float32 step away from the GEMM over their slice."""
+    source, rules, frozen = CASES[case]
+    full = bwplan.compile(source, target="cpu", prune=False, freeze=rules)
+    part = bwplan.compile(source, target="cpu", freeze=rules)
+    for prog, sliced in ((full, False), (part, True)):
+        program = prog.program
+        for step in program.backward:
+            if step.phase == "dw" and step.param in frozen:
+                rows = program.dw_rows(step)
+                assert rows == (prog.net.params[step.param].trainable_rows() if sliced else ())
+    assert full.plan.summary.full_bwd_flops == full.program.flops("dx") + \
+        full.program.flops("dw")
+    initial = {k: np.array(v) for k, v in part.params.items()}
+    full.params.update({k: np.array(v) for k, v in initial.items()})
+    rng = np.random.default_rng(2)
+    for prog in (full, part):
+        prog.set_optimizer(LR, MOMENTUM, DECAY)
+    for batch in _batches(part.net, rng):
+        full.run_step(batch)
+        part.run_step(batch)
+    for name, value in part.params.items():
+        if case == "linear":
+            np.testing.assert_array_equal(full.params[name], value, err_msg=name)
+        else:
+            np.testing.assert_allclose(full.params[name], value, rtol=1e-6, atol=1e-7,
+                                       err_msg=name)
+        for a, b in frozen.get(name, ()):
+            assert np.array_equal(full.params[name][a:b], initial[name][a:b]), name
+            assert np.array_equal(value[a:b], initial[name][a:b]), name

@@ -177,7 +177,11 @@ def test_data_parallel_needs_a_target_with_host_gradients(fake_device):
         DataParallel(prog, comm=None)
 
 
-def test_cuda_target_refuses_row_frozen_parameters_before_touching_the_device(monkeypatch):
-    monkeypatch.setattr(cuda_runtime, "device", lambda: pytest.fail("device opened"))
-    with pytest.raises(BwError, match="partly frozen"):
-        bwplan.compile(NET, target="cuda", freeze=["h.weight[0:2]"])
+def test_cuda_target_takes_row_frozen_parameters(fake_device):
+    """The device gets the pruned program, whose dW of h.weight runs over rows 2:5 only
+    (its launches are checked in test_cuda_host.py, on a GPU in test_cuda_gpu.py)."""
+    prog = bwplan.compile(NET, target="cuda", freeze=["h.weight[0:2]"])
+    prog.step(_batch())
+    ex, = _Executor.made
+    step, = [s for s in ex.program.backward if s.param == "h.weight"]
+    assert ex.program.dw_rows(step) == ((2, 5),)

@@ -24,7 +24,10 @@ The update is `torch.optim.SGD` with one group per parameter: Caffe's
 `v = momentum*v + lr*diff; w -= v` is torch's momentum SGD for a constant learning rate,
 with the parameter's decay (weight_decay * decay_mult * its largest lr multiplier) as the
 group's weight_decay. A trainable parameter that got no gradient is given a zero one, so
-that it still decays.
+that it still decays. A partly frozen parameter (frozen rows of its leading axis) is what
+PyTorch users write by hand: its gradient masked on those rows (raw gradients too), and
+since torch's decay and momentum would still move them, the rows and their momentum
+buffer are put back after each step.
 
 Not covered: dropout with p > 0 (its masks come from bwplan's generator) and gradients with
 respect to inputs.
@@ -619,6 +622,14 @@ class TorchNet:
             self.params[name] = t
         self.optimizer: torch.optim.SGD | None = None
         self._use_grads: dict[tuple[str, str], torch.Tensor] = {}
+        # partly frozen parameters: True on the rows that train
+        self.row_masks: dict[str, torch.Tensor] = {}
+        for name, p in net.params.items():
+            if p.frozen_rows:
+                mask = torch.ones(p.type.shape[0], dtype=torch.bool)
+                for a, b in p.frozen_rows:
+                    mask[a:b] = False
+                self.row_masks[name] = mask
 
     def trains(self, name: str) -> bool:
         """Whether the parameter ever changes: learnable, with some use's lr_mult > 0."""
@@ -699,13 +710,26 @@ class TorchNet:
         raw: dict[str, np.ndarray] = {}
         for (_, param), g in self._use_grads.items():
             raw[param] = raw[param] + g.numpy() if param in raw else g.numpy().copy()
+        for name, mask in self.row_masks.items():    # the gradient-masking hook
+            if name in raw:
+                raw[name][~mask.numpy()] = 0
+            if self.params[name].grad is not None:
+                self.params[name].grad[~mask] = 0
         scaled = {n: t.grad.numpy().copy() for n, t in self.params.items()
                   if t.grad is not None}
         if self.optimizer is not None:
             for t in self.params.values():
                 if t.requires_grad and t.grad is None:
                     t.grad = torch.zeros_like(t)     # no gradient, but it still decays
+            kept = {n: self.params[n].detach()[~m].clone() for n, m in self.row_masks.items()}
             self.optimizer.step()
+            with torch.no_grad():   # decay and momentum masked by hand
+                for name, rows in kept.items():
+                    t, mask = self.params[name], self.row_masks[name]
+                    t[~mask] = rows
+                    buf = self.optimizer.state.get(t, {}).get("momentum_buffer")
+                    if buf is not None:
+                        buf[~mask] = 0
         losses = {l.name: float(values[l.name].detach().sum()) for l in self.net.layers
                   if l.op in LOSS_OPS or l.loss_weight != 0}
         metrics = {l.name: float(values[l.name]) for l in self.net.layers

@@ -5,6 +5,10 @@ so the whole step is planned once: per forward step the op's forward launches, t
 seeds, per backward step its dX or dW launches (a dW of a parameter whose uses disagree
 on their lr multipliers writes a temporary, then `grad_accumulate` adds it to the
 gradient and to the scaled sum), the one SGD launch, and the step counter's advance.
+The dW of a partly frozen parameter runs its kernel's sliced form over the trainable rows
+(the GEMM over that slice of dY's channels) after zeroing the frozen rows of the gradient
+it overwrites, as the CPU target leaves them; the SGD segments cover only the trainable
+rows, so the frozen rows and their velocity are never written.
 The runtime (bwplan/runtime/cuda.py) allocates the memory and replays this list; since
 nothing here needs a GPU, the tests build it for every example on any machine and check
 every launch against the device limits.
@@ -83,9 +87,12 @@ def scratch_needs(program: Program, sizes: Mapping[str, int], sm_count: int) -> 
     for step in program.backward:
         layer = net.layer(step.layer)
         e = table.entry(layer.op, step.component.key)
-        if e.workspace is not None:
+        rows = program.dw_rows(step)
+        need = e.rows_workspace if rows else e.workspace
+        if need is not None:
             try:
-                workspace = max(workspace, e.workspace(op_ctx(net, layer), env))
+                ctx = op_ctx(net, layer)
+                workspace = max(workspace, need(ctx, rows, env) if rows else need(ctx, env))
             except Unsupported as err:
                 raise _cannot(layer, e, err) from None
     return Needs(offsets, total, max((sizes[p] for p in mixed), default=0), workspace)
@@ -147,6 +154,38 @@ def _saved(layout: Layout, step: Step) -> dict:
     return saved
 
 
+def _frozen_rows_zeroed(program: Program, layout: Layout, param: str, out: int,
+                        rows: tuple[tuple[int, int], ...]) -> tuple[Launch, ...]:
+    """Zero the rows of the gradient at `out` outside `rows` (the frozen ones), which the
+    sliced dW does not write: what the CPU target's gradient holds there."""
+    n = program.plan.net.params[param].type.shape[0]
+    per_row = layout.param_sizes[param] // n
+    gaps, at = [], 0
+    for a, b in rows:
+        if a > at:
+            gaps.append((at, a))
+        at = b
+    if at < n:
+        gaps.append((at, n))
+    return tuple(update.fill(out + 4 * a * per_row, (b - a) * per_row, 0.0, layout.env())
+                 for a, b in gaps)
+
+
+def _dw(layer, e, ctx, saved, dout, out: int, accumulate: bool, rows, program: Program,
+        layout: Layout, param: str) -> tuple[Launch, ...]:
+    """A dW into `out`: the whole gradient, or only the trainable `rows` of a partly frozen
+    parameter (the rest zeroed when this step overwrites `out`)."""
+    env = layout.env()
+    if not rows:
+        return _launches(layer, e, ctx, saved, dout, out, accumulate, env)
+    zeroed = () if accumulate else _frozen_rows_zeroed(program, layout, param, out, rows)
+    try:
+        return zeroed + tuple(table.rows_launches(e, ctx, saved, dout, out, accumulate,
+                                                  rows, env))
+    except Unsupported as err:
+        raise _cannot(layer, e, err) from None
+
+
 def _backward(program: Program, layout: Layout, step: Step) -> tuple[Launch, ...]:
     net = program.plan.net
     layer = net.layer(step.layer)
@@ -157,9 +196,11 @@ def _backward(program: Program, layout: Layout, step: Step) -> tuple[Launch, ...
         return _launches(layer, e, ctx, saved, dout, step.index, layout.addr(step.target),
                          step.accumulate, env)
     p = step.param
+    rows = program.dw_rows(step)
     if p not in layout.scaled_offsets:
-        return _launches(layer, e, ctx, saved, dout, layout.grad(p), step.accumulate, env)
-    return _launches(layer, e, ctx, saved, dout, layout.tmp, False, env) + (
+        return _dw(layer, e, ctx, saved, dout, layout.grad(p), step.accumulate, rows,
+                   program, layout, p)
+    return _dw(layer, e, ctx, saved, dout, layout.tmp, False, rows, program, layout, p) + (
         update.grad_accumulate(layout.tmp, layout.grad(p),
                                layout.scaled_base + 4 * layout.scaled_offsets[p],
                                layout.param_sizes[p], step.scale, step.accumulate, env),)

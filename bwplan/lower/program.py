@@ -22,6 +22,7 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Mapping, NamedTuple
 
+from bwplan import ops as registry
 from bwplan.ir.types import TensorType
 from bwplan.ops.needs import Component
 from bwplan.plan.plan import Plan
@@ -147,6 +148,20 @@ class Program:
 
     def flops(self, phase: str) -> int:
         return sum(s.flops for s in self.components if s.phase == phase)
+
+    def dw_rows(self, step: Step) -> tuple[tuple[int, int], ...]:
+        """The rows of a dW step's gradient that a target computes: in the pruned program,
+        the trainable rows of a partly frozen parameter whose rule splits by rows; () for
+        the whole gradient (always in the full program, the baseline). Every target's dW
+        reads this one answer, as `Step.flops` counts it."""
+        if not self.pruned or step.phase != "dw":
+            return ()
+        param = self.plan.net.params[step.param]
+        if not param.frozen_rows:
+            return ()
+        layer = self.plan.net.layer(step.layer)
+        rule = registry.OPS[layer.op].grad_for(step.component.wrt)
+        return param.trainable_rows() if rule is not None and rule.by_rows else ()
 
     def launches(self, phase: str) -> int:
         return sum(1 for s in self.components if s.phase == phase)

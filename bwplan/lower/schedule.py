@@ -47,7 +47,9 @@ def lower(plan: Plan, prune: bool = True) -> Program:
         for k, use in enumerate(layer.params):
             if not (lp.dw[k].needed if prune else lp.full_dw[k]):
                 continue
-            component, saved, reads, flops = _binding(memo, net, layer, "dw", k)
+            component, saved, reads, flops, whole = _binding(memo, net, layer, "dw", k)
+            if not prune:   # the baseline computes every row (Program.dw_rows)
+                flops = whole
             # Step's fields in order, `frees` left out
             specs.append(("dw", layer.name, component, -1, use.param, use.lr_mult, None,
                           use.param in params_written, (), reads + (dout,), saved, dout, None,
@@ -56,7 +58,7 @@ def lower(plan: Plan, prune: bool = True) -> Program:
         for k, edge in enumerate(layer.inputs):
             if not (lp.dx[k].needed if prune else lp.full_dx[k]):
                 continue
-            component, saved, reads, flops = _binding(memo, net, layer, "dx", k)
+            component, saved, reads, flops, _ = _binding(memo, net, layer, "dx", k)
             target = grad(edge.src)
             accumulate = target in written
             scratch = BufferId("scratch", edge.src, f"{layer.name}.{edge.index}") \
@@ -80,8 +82,9 @@ def lower(plan: Plan, prune: bool = True) -> Program:
 
 
 def _binding(memo: dict, net: Net, layer: Layer, kind: str, k: int):
-    """(component, saved, forward values read, FLOPs) of one backward component: the dW
-    of parameter use k or the dX into input k."""
+    """(component, saved, forward values read, FLOPs, FLOPs of the whole gradient) of one
+    backward component: the dW of parameter use k (of a partly frozen parameter: its
+    trainable rows' FLOPs first) or the dX into input k."""
     key = (layer.name, kind, k)
     found = memo.get(key)
     if found is None:
@@ -97,7 +100,8 @@ def _binding(memo: dict, net: Net, layer: Layer, kind: str, k: int):
             ctx = memo[layer.name] = op_ctx(net, layer)
         saved = _saved(net, layer, rule)
         flops = dw_flops(net, layer, slot, rule, ctx) if kind == "dw" else rule.flops(ctx)
-        found = memo[key] = (component, saved, _values(saved), flops)
+        whole = rule.flops(ctx) if kind == "dw" else flops
+        found = memo[key] = (component, saved, _values(saved), flops, whole)
     return found
 
 

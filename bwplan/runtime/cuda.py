@@ -380,7 +380,10 @@ class CudaExecutor:
             stats.flops[step.phase] += step.flops
             stats.kernels.append((step.phase, step.layer, str(step.component)))
         if backward:
-            stats.launched["update"] = len(self.segments)
+            # one per parameter, as the host optimizer counts (a partly frozen one has a
+            # segment per trainable range)
+            stats.launched["update"] = update.updated_params(self.program,
+                                                             self.settings.weight_decay)
             stats.flops["update"] = 4 * int(self.segments["size"].sum()) if len(
                 self.segments) else 0
         stats.peak_bytes = self.layout.arena.size
@@ -416,10 +419,9 @@ class CudaTarget:
 
     @classmethod
     def check_net(cls, net) -> None:
-        if any(p.frozen_rows for p in net.params.values()):
-            raise BwError(Span.synthetic("--freeze"), "the cuda target does not run partly "
-                          "frozen parameters yet (its dW and update kernels take whole "
-                          "tensors)", "use --target cpu")
+        """Every net that plans lowers (a partly frozen parameter's dW and update run over
+        its trainable rows); what a kernel cannot take is refused when its launches are
+        planned, with the layer's span."""
 
     def prepare(self, program: Program) -> CudaExecutor:
         executor = CudaExecutor(program, self.state, self.settings, seed=self.seed)

@@ -201,9 +201,8 @@ class Executor:
         p = step.param
         if p not in grads:
             grads[p] = np.empty_like(params[p])
-        rows = self.net.params[p].trainable_rows()
-        if rows and registry.OPS[self.net.layer(step.layer).op].grad_for(
-                step.component.wrt).by_rows:
+        rows = self.program.dw_rows(step)
+        if rows:
             kernel = by_rows(kernel, rows)
         mixed = p in self.program.mixed_scale
         if not step.accumulate and not mixed:

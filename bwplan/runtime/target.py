@@ -134,7 +134,8 @@ class HostTarget:
         result.stats.seconds["update"] = time.perf_counter() - start
         result.stats.launched["update"] = launched
         result.stats.flops["update"] = sum(
-            4 * self.params[u.param].size for u in program.plan.updates if u.kind != "none")
+            4 * _touched(u, self.params[u.param]) for u in program.plan.updates
+            if u.kind != "none")
         return result, grads
 
     def forward(self, prepared: Executor, batch, training: bool, seed: int, outputs):
@@ -203,3 +204,10 @@ def target_class(name: str) -> type:
         raise BwError(Span.synthetic("target"), f"unknown target '{name}'",
                       "targets: " + ", ".join(TARGETS))
     return TARGETS[name]()
+
+
+def _touched(update, w: np.ndarray) -> int:
+    """Elements an update writes: a partly frozen parameter's trainable rows only."""
+    if not update.rows:
+        return w.size
+    return w.size // w.shape[0] * sum(b - a for a, b in update.rows)

@@ -13,6 +13,15 @@ the result is a list of `Launch` records instead of work done:
     dx(ctx, saved, dout, index, out, accumulate, env) -> [Launch]
     dw(ctx, saved, dout, out, accumulate, env)        -> [Launch]
 
+A gradient rule that splits by output rows (`GradRule.by_rows`: linear and conv2d dW and
+dB) also has a sliced form, for a partly frozen parameter: its family module's ROWS row,
+
+    dw_rows(ctx, saved, dout, out, accumulate, rows, env) -> [Launch]
+
+computes only the trainable `rows` ((start, stop) ranges of the leading axis) of `out`
+and leaves the others untouched; ROWS_KERNELS lists its kernels, ROWS_WORKSPACE its
+split-K workspace (ctx, rows, env) -> bytes.
+
 `accumulate` asks the kernel to add to `out` instead of overwriting it; `env`
 (limits.Env) carries the device's multiprocessor count, the split-K workspace and the
 dropout step counter. Nothing here imports PyCUDA or needs a GPU: `bwplan compile
@@ -55,10 +64,20 @@ class KernelEntry:
     launch: Callable[..., list[Launch]]
     also: tuple[str, ...] = ()        # further kernels its launches may use (split-K)
     workspace: Callable[[object, Env], int] | None = None
+    # the sliced form for a partly frozen parameter (None: the rule does not split by rows)
+    rows: Callable[..., list[Launch]] | None = None
+    rows_kernels: tuple[str, ...] = ()
+    rows_workspace: Callable[[object, tuple, Env], int] | None = None
 
     @property
     def kernels(self) -> tuple[str, ...]:
-        return (self.kernel,) + self.also
+        """Every kernel the entry's launches may use, whole or sliced."""
+        return tuple(dict.fromkeys((self.kernel,) + self.also + self.rows_kernels))
+
+    def kernels_for(self, sliced: bool) -> tuple[str, ...]:
+        """The kernels of the whole form, or of the sliced form (a partly frozen
+        parameter's dW)."""
+        return self.rows_kernels if sliced else (self.kernel,) + self.also
 
 
 def _entry(op_name: str, component: str) -> KernelEntry:
@@ -76,7 +95,10 @@ def _entry(op_name: str, component: str) -> KernelEntry:
                                                                         kernel)
     return KernelEntry(op_name, component, source, kernel, launch,
                        getattr(module, "ALSO", {}).get(key, ()),
-                       getattr(module, "WORKSPACE", {}).get(key))
+                       getattr(module, "WORKSPACE", {}).get(key),
+                       getattr(module, "ROWS", {}).get(key),
+                       getattr(module, "ROWS_KERNELS", {}).get(key, ()),
+                       getattr(module, "ROWS_WORKSPACE", {}).get(key))
 
 
 def _table() -> MappingProxyType:
@@ -108,5 +130,20 @@ def launches(entry_: KernelEntry, *args) -> list[Launch]:
     return out
 
 
-__all__ = ["COMMON", "FAMILIES", "KernelEntry", "TABLE", "entry", "launches", "Env",
-           "Launch"]
+def rows_launches(entry_: KernelEntry, ctx, saved, dout, out: int, accumulate: bool,
+                  rows: tuple[tuple[int, int], ...], env: Env) -> list[Launch]:
+    """The sliced form's launches (only `rows` of `out` written), checked like `launches`."""
+    if entry_.rows is None:
+        raise InternalError(f"{entry_.op} {entry_.component} has no sliced cuda kernel "
+                            "(a ROWS row in its family module), yet its rows are frozen")
+    out_ = entry_.rows(ctx, saved, dout, out, accumulate, rows, env)
+    for launch in out_:
+        if launch.kernel not in entry_.rows_kernels:
+            raise InternalError(f"{entry_.op} {entry_.component} (rows) launches "
+                                f"{launch.kernel}, which its entry does not list")
+        check(launch)
+    return out_
+
+
+__all__ = ["COMMON", "FAMILIES", "KernelEntry", "TABLE", "entry", "launches", "rows_launches",
+           "Env", "Launch"]

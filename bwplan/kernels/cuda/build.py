@@ -77,7 +77,7 @@ def program_kernels(program: Program) -> dict[str, dict[str, list[str]]]:
     net = program.plan.net
     for step in program.components:
         e = entry(net.layer(step.layer).op, step.component.key)
-        for kernel in e.kernels:
+        for kernel in e.kernels_for(bool(program.dw_rows(step))):
             used.setdefault(e.source, {}).setdefault(kernel, []).append(
                 f"{step.layer} {step.component}")
     used.setdefault(RUNTIME_SOURCE, {})

@@ -104,3 +104,58 @@ LAUNCH = {
 }
 ALSO = {("conv2d", "dw:weight"): ("conv2d_dw_reduce",)}
 WORKSPACE = {("conv2d", "dw:weight"): dw_workspace}
+
+
+# ---- a partly frozen weight: dW and dB over its trainable output channels only ---------------
+def _row_splits(ctx, rows, env):
+    """(row0, channels in the range, splits) of each trainable range's dW GEMM; rows of a
+    grouped convolution cannot be frozen (bwplan/ir/rows.py), so groups is 1."""
+    n, c, _, _, _, ho, wo, kh, kw, *_, g = shape(ctx)
+    if g != 1:
+        raise InternalError("rows of a grouped conv2d's weight reached the cuda lowering")
+    cols = c * kh * kw
+    return [(r0, r1 - r0, split_k(r1 - r0, cols, n * ho * wo, 1, (r1 - r0) * cols, env))
+            for r0, r1 in rows], cols
+
+
+def dw_rows_workspace(ctx, rows, env) -> int:
+    ranges, cols = _row_splits(ctx, rows, env)
+    return max((4 * s * m * cols for _, m, s in ranges if s > 1), default=0)
+
+
+def dw_rows(ctx, saved, dout, out, accumulate, rows, env) -> list[Launch]:
+    """One conv2d_dw_rows GEMM per trainable range [r0, r1) (M = r1 - r0 over those
+    channels of dY), split-K like the whole dW; the frozen rows of `out` are not written."""
+    s = shape(ctx)
+    ranges, cols = _row_splits(ctx, rows, env)
+    launches = []
+    for r0, m, splits in ranges:
+        count = m * cols
+        if splits > 1 and env.workspace_bytes < 4 * splits * count:
+            raise InternalError(f"conv2d dW rows {r0}:{r0 + m} need {4 * splits * count} "
+                                f"bytes of workspace, the runtime gave {env.workspace_bytes}")
+        launches.append(Launch("conv2d_dw_rows", gemm_grid(m, cols, splits),
+                               (GEMM_THREADS, 1, 1),
+                               (ptr(saved["x"]), ptr(dout), ptr(out), ptr(env.workspace),
+                                *map(i32, s), i32(r0), i32(m), i32(splits),
+                                flag(accumulate))))
+        if splits > 1:
+            launches.append(grid_stride("conv2d_dw_reduce", count, env, ptr(env.workspace),
+                                        ptr(out + 4 * r0 * cols), i64(count), i32(splits),
+                                        flag(accumulate)))
+    return launches
+
+
+def db_rows(ctx, saved, dout, out, accumulate, rows, env) -> list[Launch]:
+    """conv2d_db on each trainable range: dout offset by r0 channel planes and db by r0
+    (dout keeps its channel stride O), one block per channel of the range."""
+    n, o, ho, wo = ctx.out.shape
+    return [per_channel("conv2d_db", r1 - r0, ptr(dout + 4 * r0 * ho * wo), ptr(out + 4 * r0),
+                        i32(n), i32(o), i64(ho * wo), flag(accumulate)) for r0, r1 in rows]
+
+
+# the sliced form of a `by_rows` gradient rule (bwplan/lower/program.py `Program.dw_rows`)
+ROWS = {("conv2d", "dw:weight"): dw_rows, ("conv2d", "dw:bias"): db_rows}
+ROWS_KERNELS = {("conv2d", "dw:weight"): ("conv2d_dw_rows", "conv2d_dw_reduce"),
+                ("conv2d", "dw:bias"): ("conv2d_db",)}
+ROWS_WORKSPACE = {("conv2d", "dw:weight"): dw_rows_workspace}

@@ -69,3 +69,51 @@ LAUNCH = {
 }
 ALSO = {("linear", "dw:weight"): ("linear_dw_reduce",)}
 WORKSPACE = {("linear", "dw:weight"): dw_workspace}
+
+
+# ---- a partly frozen weight: dW and dB over its trainable rows only -------------------------
+def _row_splits(ctx, rows, env):
+    """(row0, rows in the range, splits) of each trainable range's dW GEMM."""
+    b, k, _ = dims(ctx)
+    return [(r0, r1 - r0, split_k(r1 - r0, k, b, 1, (r1 - r0) * k, env)) for r0, r1 in rows]
+
+
+def dw_rows_workspace(ctx, rows, env) -> int:
+    _, k, _ = dims(ctx)
+    return max((4 * s * n * k for _, n, s in _row_splits(ctx, rows, env) if s > 1), default=0)
+
+
+def dw_rows(ctx, saved, dout, out, accumulate, rows, env) -> list[Launch]:
+    """One linear_dw_rows GEMM per trainable range [r0, r1) (M = r1 - r0 over those columns
+    of dY), split-K like the whole dW; the frozen rows of `out` are not written."""
+    b, k, o = dims(ctx)
+    launches = []
+    for r0, n, splits in _row_splits(ctx, rows, env):
+        count = n * k
+        if splits > 1 and env.workspace_bytes < 4 * splits * count:
+            raise InternalError(f"linear dW rows {r0}:{r0 + n} need {4 * splits * count} "
+                                f"bytes of workspace, the runtime gave {env.workspace_bytes}")
+        launches.append(Launch("linear_dw_rows", gemm_grid(n, k, splits), (GEMM_THREADS, 1, 1),
+                               (ptr(saved["x"]), ptr(dout), ptr(out), ptr(env.workspace),
+                                i32(b), i32(k), i32(o), i32(r0), i32(n), i32(splits),
+                                flag(accumulate))))
+        if splits > 1:
+            launches.append(grid_stride("linear_dw_reduce", count, env, ptr(env.workspace),
+                                        ptr(out + 4 * r0 * k), i64(count), i32(splits),
+                                        flag(accumulate)))
+    return launches
+
+
+def db_rows(ctx, saved, dout, out, accumulate, rows, env) -> list[Launch]:
+    """linear_db on each trainable range: dout and db offset by r0 (dout keeps its row
+    stride O), one block per row of the range."""
+    b, _, o = dims(ctx)
+    return [per_channel("linear_db", r1 - r0, ptr(dout + 4 * r0), ptr(out + 4 * r0), i32(b),
+                        i32(o), flag(accumulate)) for r0, r1 in rows]
+
+
+# the sliced form of a `by_rows` gradient rule (bwplan/lower/program.py `Program.dw_rows`)
+ROWS = {("linear", "dw:weight"): dw_rows, ("linear", "dw:bias"): db_rows}
+ROWS_KERNELS = {("linear", "dw:weight"): ("linear_dw_rows", "linear_dw_reduce"),
+                ("linear", "dw:bias"): ("linear_db",)}
+ROWS_WORKSPACE = {("linear", "dw:weight"): dw_rows_workspace}

@@ -23,26 +23,49 @@ SEGMENT = np.dtype([("param_off", "<i8"), ("source_off", "<i8"), ("size", "<i8")
 SOURCE_GRADS, SOURCE_SCALED, SOURCE_NONE = 0, 1, -1
 
 
-def update_segments(program: Program, offsets: Mapping[str, int], sizes: Mapping[str, int],
-                    scaled_offsets: Mapping[str, int], weight_decay: float) -> np.ndarray:
-    """One row per parameter the step changes (element offsets into the flat buffers)."""
+def _updates(program: Program, weight_decay: float):
+    """(update, gradient source, lr multiplier, decay) of each parameter the step changes."""
     computed_here = {s.param for s in program.backward if s.phase == "dw"}
-    rows = []
     for u in program.plan.updates:
         if u.kind == "none":
             continue
         computed = [t for t in u.terms if t.computed]
         if u.param in computed_here and u.param in program.mixed_scale:
-            source, source_off, mult = SOURCE_SCALED, scaled_offsets[u.param], 1.0
+            source, mult = SOURCE_SCALED, 1.0
         elif u.param in computed_here and computed:
-            source, source_off, mult = SOURCE_GRADS, offsets[u.param], computed[0].lr_mult
+            source, mult = SOURCE_GRADS, computed[0].lr_mult
         else:
-            source, source_off, mult = SOURCE_NONE, 0, 0.0
+            source, mult = SOURCE_NONE, 0.0
         decay = u.decay_lr_mult * u.decay_mult
         if source == SOURCE_NONE and decay * weight_decay == 0:
             continue  # no gradient and no decay: Sgd.step leaves it (and its velocity) alone
-        rows.append((offsets[u.param], source_off, sizes[u.param], mult, decay, source, 0))
+        yield u, source, mult, decay
+
+
+def update_segments(program: Program, offsets: Mapping[str, int], sizes: Mapping[str, int],
+                    scaled_offsets: Mapping[str, int], weight_decay: float) -> np.ndarray:
+    """One row per parameter the step changes (element offsets into the flat buffers); a
+    partly frozen parameter gets one row per trainable range of its leading axis, so the
+    one SGD launch never writes its frozen rows or their velocity."""
+    rows = []
+    for u, source, mult, decay in _updates(program, weight_decay):
+        base = scaled_offsets[u.param] if source == SOURCE_SCALED else \
+            offsets[u.param] if source == SOURCE_GRADS else 0
+        if not u.rows:
+            rows.append((offsets[u.param], base, sizes[u.param], mult, decay, source, 0))
+            continue
+        per_row = sizes[u.param] // program.plan.net.params[u.param].type.shape[0]
+        for a, b in u.rows:
+            at = a * per_row
+            rows.append((offsets[u.param] + at, base + at if source != SOURCE_NONE else 0,
+                         (b - a) * per_row, mult, decay, source, 0))
     return np.array(rows, dtype=SEGMENT)
+
+
+def updated_params(program: Program, weight_decay: float) -> int:
+    """How many parameters the step's update changes (the host optimizer's kernel count:
+    one per parameter, however many segments it takes)."""
+    return sum(1 for _ in _updates(program, weight_decay))
 
 
 def sgd_update(params: int, velocity: int, grads: int, scaled: int, segments: int,
