@@ -299,9 +299,31 @@ def contrastive_case(draw):
 
 @st.composite
 def accuracy_case(draw):
-    case = draw(labelled_case(ignore=False))
+    """Sometimes with labels -1 and `ignore_label: -1` (Caffe Accuracy's ignore_label)."""
+    ignore = draw(st.booleans())
+    case = draw(labelled_case(ignore=ignore))
     case.attrs["top_k"] = draw(st.integers(1, case.inputs[0].shape[1]))
+    if ignore:
+        case.attrs["ignore_label"] = -1
     return case
+
+
+@st.composite
+def seg_accuracy_case(draw):
+    """Scores [N, C, H, W] (sometimes with tied rows), labels [N, 1, H, W], some 255 when
+    255 is ignored, and sometimes a class that is also ignored."""
+    rng = _rng(draw)
+    n, c = draw(st.integers(1, 2)), draw(st.integers(2, 4))
+    h, w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    scores = _normal(rng, n, c, h, w)
+    if draw(st.booleans()):
+        scores = scores.round(0)        # ties: the higher class wins them
+    label = rng.integers(0, c, (n, 1, h, w))
+    ignored = draw(st.sampled_from([(), (255,), (255, 0)]))
+    if ignored:
+        label = np.where(rng.random(label.shape) < 0.3, 255, label)
+    attrs = {"ignore_label": ignored} if ignored else {}
+    return Case(attrs, [scores, label.astype(np.int64)])
 
 
 def _away_from(x: np.ndarray, point: float = 0.0) -> np.ndarray:
@@ -611,7 +633,8 @@ CASES = {
     "lrn": lrn_case(), "softmax": softmax_case(),
     "softmax_cross_entropy": labelled_case(weighted=True),
     "euclidean_loss": euclidean_case(), "contrastive_loss": contrastive_case(),
-    "accuracy": accuracy_case(),
+    "accuracy": accuracy_case(), "accuracy_per_class": accuracy_case(),
+    "seg_accuracy": seg_accuracy_case(),
     "elu": elu_case(), "power": power_case(), "absval": kinked_case(), "bnll": bnll_case(),
     "exp": exp_case(), "log": log_case(), "prelu": prelu_case(),
     "threshold": threshold_case(), "reduction": reduction_case(), "argmax": argmax_case(),
@@ -1002,7 +1025,8 @@ TORCH.update({name: (CASES[name], _oracle(name)) for name in (
     "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold", "reduction",
     "argmax", "silence", "bias", "bias_add", "tile", "embed", "sigmoid_cross_entropy_loss",
     "hinge_loss", "infogain_loss", "infogain_loss_h", "smooth_l1_loss",
-    "smooth_l1_loss_weighted", "mvn", "lrn_within_channel", "maxpool_mask", "max_unpool")})
+    "smooth_l1_loss_weighted", "mvn", "lrn_within_channel", "maxpool_mask", "max_unpool",
+    "accuracy", "accuracy_per_class", "seg_accuracy")})
 
 
 @pytest.mark.parametrize("key", sorted(TORCH))

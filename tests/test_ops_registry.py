@@ -87,7 +87,9 @@ def test_every_op_is_documented_with_references(name):
 @pytest.mark.parametrize("name", ALL)
 def test_attr_specs_are_well_formed(name):
     op = registry.OPS[name]
-    types = {"int": int, "float": float, "bool": bool, "ints": (int, tuple, type(None)),
+    # None: an optional setting left unset (accuracy's ignore_label, a pool's stride)
+    types = {"int": (int, type(None)), "float": float, "bool": bool,
+             "ints": (int, tuple, type(None)),
              "floats": tuple, "choice": str}
     for spec in op.attrs:
         assert spec.kind in ATTR_KINDS

@@ -192,7 +192,13 @@ _ROWS = (
     # ---- not differentiable ----------------------------------------------------------
     CaffeType("Accuracy", "stop", bottoms=(2, -1, -1), tops=(-1, 1, 2),
               no_force=frozenset({0, 1}), labels=frozenset({1}), shape=s.accuracy,
-              imports=Import("layer", "accuracy", m.accuracy)),
+              imports=Import("layer", "accuracy", m.accuracy,
+                             second_top=m.accuracy_per_class)),
+    # the DeepLab fork's: [pixel accuracy, mean class accuracy, mean IoU] of the batch; its
+    # header declares no AllowForceBackward, so Layer's default (true) stands
+    CaffeType("SegAccuracy", "stop", bottoms=(2, -1, -1), tops=_ONE,
+              labels=frozenset({1}), shape=s.seg_accuracy,
+              imports=Import("layer", "seg_accuracy", m.seg_accuracy)),
     # a Python layer's tops are inputs of the shapes the user gives; nothing flows back
     CaffeType("Python", "stop", param_blobs=lambda layer: len(layer.params),
               imports=Import("inputs", unknown_shape=m.python_layer)),

@@ -454,9 +454,30 @@ def accuracy(layer, ctx):
     p = layer.sub("accuracy_param")
     if p.get("axis") != 1:
         raise unsupported(layer, p, "axis", "only axis 1 is supported")
-    if p.has("ignore_label"):
-        raise unsupported(layer, p, "ignore_label", "ignore_label is not supported")
-    return _opt(p, "top_k", "top_k", 1)
+    out = _opt(p, "top_k", "top_k", 1)
+    return out + ([("ignore_label", p.get("ignore_label"), p.where("ignore_label"))]
+                  if p.has("ignore_label") else [])
+
+
+def accuracy_per_class(layer, ctx) -> Import:
+    """Accuracy's second top, the accuracy of each class: an `accuracy_per_class` with
+    the same settings, named after the top."""
+    return Import("layer", "accuracy_per_class", accuracy)
+
+
+def seg_accuracy(layer, ctx):
+    """The DeepLab fork's SegAccuracy: its ignore labels (a repeated field); `reset:
+    false`, which sums the confusion matrix over iterations, is state bwplan does not keep."""
+    p = layer.sub("seg_accuracy_param")     # the fork's schema: an open message
+    if _word(p, "reset", True) in (False, 0, "false", "False"):
+        raise unsupported(layer, p, "reset", "reset: false sums the confusion matrix over "
+                          "iterations; bwplan scores each batch on its own")
+    metric = _word(p, "metric", "PixelAccuracy")
+    if metric != "PixelAccuracy":
+        raise unsupported(layer, p, "metric", f"metric {metric}: only the fork's "
+                          "confusion-matrix scores (its default) are supported")
+    ignored = tuple(int(v) for v in p.get("ignore_label", ()))
+    return [("ignore_label", ignored, p.where("ignore_label", 0))] if ignored else []
 
 
 def flatten(layer, ctx):

@@ -40,6 +40,7 @@ from bwplan.kernels.cuda.limits import Launch
 from bwplan.lower.program import Program, value
 from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.executor import StepResult, StepStats
+from bwplan.runtime.metrics import metrics_of
 from bwplan.runtime.optimizer import SgdSettings
 from bwplan.runtime.weights import load_into, save_weights
 from bwplan.source import Span
@@ -236,6 +237,7 @@ class CudaExecutor:
         self.net = program.plan.net
         self.state = params if isinstance(params, CudaParams) else CudaParams(self.dev, params)
         self.settings = settings or SgdSettings()
+        self.metric_arrays: dict[str, np.ndarray] = {}    # the last step's, by metric
         self._check_types()
         arena = plan_arena(program)
         self.kernels = self.dev.kernels(build.full_source() if source == "full"
@@ -347,12 +349,12 @@ class CudaExecutor:
         marks = self._replay(planned)
         end.record(self.stream)
         check(end.synchronize, "running the step")
-        values = {}
+        values, hosts = {}, {}
         for name in [n for n, _ in self.program.losses] + list(self.program.metrics):
             # a weighted layer that is not a loss joins the objective with its sum
             host = np.empty(self.net.layer(name).out.shape, np.float32)
             check(lambda: cuda.memcpy_dtoh(host, self.layout.addr(value(name))), "reading " + name)
-            values[name] = float(np.sum(host, dtype=np.float64))
+            values[name], hosts[name] = float(np.sum(host, dtype=np.float64)), host
         stats = self._stats(backward)
         if hasattr(stats, "seconds"):
             before = start
@@ -367,7 +369,9 @@ class CudaExecutor:
                                  self.layout.arena.size,
                                  self.state.nbytes + self.scratch_bytes, per_phase)
         losses = {n: values[n] for n, _ in self.program.losses}
-        metrics = {n: values[n] for n in self.program.metrics}
+        # the metrics as arrays (a vector metric whole), for a forward's outputs
+        self.metric_arrays = {n: hosts[n] for n in self.program.metrics}
+        metrics = metrics_of(self.program.metrics, hosts)
         loss = sum(w * losses[n] for n, w in self.program.losses)
         return StepResult(loss, losses, metrics, stats)
 
@@ -440,7 +444,7 @@ class CudaTarget:
 
     def forward(self, prepared: CudaExecutor, batch, training: bool, seed: int, outputs):
         result = prepared.run(batch, training, forward_only=True)
-        known = {**result.losses, **result.metrics}
+        known = {**result.losses, **prepared.metric_arrays}
         if outputs and set(outputs) - set(known):
             raise BwError(Span.synthetic("cuda"), "the cuda target returns losses and "
                           "metrics only; use the cpu target to read other layers")
