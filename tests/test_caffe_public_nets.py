@@ -8,11 +8,13 @@ import fnmatch
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import bwplan
 from bwplan.caffe.importer import import_caffe_text
 from bwplan.cli.main import main
+from bwplan.errors import BwError, CaffeError
 from bwplan.frontend.load import load_bw_text
 from bwplan.plan.plan import make_plan
 from test_write_bw import summary
@@ -28,6 +30,7 @@ CASES = {
     "pspnet_deploy": ((), "conv1_*"),
     "densenet121_deploy": ((), "conv1*"),
     "cifar10_full_train_test": (("data=2,3,32,32",), "conv1"),
+    "ssd300_vgg_train": (("label=1,1,3,8",), "conv4_3*"),
 }
 
 
@@ -121,13 +124,74 @@ def test_cifar10_full_label_follows_the_given_batch():
     assert net.layer("norm1").op == "lrn_within_channel"
 
 
-def test_ssd300_stops_only_at_multiboxloss_and_the_caffe_view_still_emulates(capsys):
+def _ssd_batch() -> dict[str, np.ndarray]:
+    """SSD300's blobs at the excerpt's size: an 8 x 8 map with 4 priors per cell (min 30,
+    max 60 pixels of 32, aspect ratio 2 flipped, clipped), and three boxes (one difficult)
+    for one image: the runtime takes dimension 0 of every input as the batch, and the
+    priors and boxes have 1 there."""
+    rng = np.random.default_rng(3)
+    c = (np.arange(8) + 0.5) / 8
+    cx, cy = (a.ravel() for a in np.meshgrid(c, c))
+    sizes = [(30 / 32, 30 / 32), (np.sqrt(30 * 60) / 32,) * 2,
+             (30 / 32 * np.sqrt(2), 30 / 32 / np.sqrt(2)),
+             (30 / 32 / np.sqrt(2), 30 / 32 * np.sqrt(2))]
+    boxes = np.stack([np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+                      for w, h in sizes], 1).reshape(-1, 4).clip(0, 1)
+    priors = np.stack([boxes.ravel(), np.tile([0.1, 0.1, 0.2, 0.2], len(boxes))])
+    gt = np.array([[0, 12, 0, 0.1, 0.2, 0.6, 0.9, 0], [0, 3, 1, 0.5, 0.5, 0.9, 0.8, 0],
+                   [0, 7, 2, 0.2, 0.1, 0.5, 0.6, 1]])
+    return {"data": rng.standard_normal((1, 3, 32, 32)).astype(np.float32),
+            "label": gt.reshape(1, 1, 3, 8).astype(np.float32),
+            "conv4_3_norm_mbox_priorbox": priors.reshape(1, 2, -1).astype(np.float32)}
+
+
+def test_ssd300_trains_on_the_cpu_as_the_references_compute(tmp_path):
+    bw = tmp_path / "ssd.bw"
+    assert main(["convert", str(NETS / "ssd300_vgg_train.prototxt"), "--input-shape",
+                 "data=1,3,32,32", *_args("ssd300_vgg_train"), "-o", str(bw)]) == 0
+    batch = _ssd_batch()
+    cpu = bwplan.compile(str(bw), target="cpu")
+    ref = bwplan.compile(str(bw), target="reference")
+    ref.params = {k: v.copy() for k, v in cpu.params.items()}
+    got, want = cpu.run_step(batch), ref.run_step(batch)
+    assert np.isfinite(got.loss) and got.loss > 0
+    assert got.loss == pytest.approx(want.loss, rel=1e-5)
+    assert set(cpu.grads) == set(ref.grads) and "conv4_3_norm_mbox_conf.weight" in cpu.grads
+    for name, grad in cpu.grads.items():
+        np.testing.assert_allclose(grad, ref.grads[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_the_cuda_target_refuses_multiboxloss_clearly(tmp_path, capsys):
     path = str(NETS / "ssd300_vgg_train.prototxt")
-    flags = ["--input-shape", "label=1,1,3,8"]
-    assert main(["explain", path, *flags]) == 2
+    assert main(["compile", path, *_args("ssd300_vgg_train"), "--target", "cuda",
+                 "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count(": error: ") == 1 and "'MultiBoxLoss'" in err
-    assert main(["explain", "--caffe", path, *flags]) == 0
-    out = capsys.readouterr().out
-    assert "conv4_3_norm_mbox_conf needs backward computation." in out
-    assert "mbox_priorbox does not need backward computation." in out
+    assert "the cuda target has no kernels for 'mbox_loss' (multibox_loss)" in err
+    assert "Traceback" not in err
+
+
+def test_a_background_box_in_the_ground_truth_is_refused(tmp_path):
+    bw = tmp_path / "ssd.bw"
+    assert main(["convert", str(NETS / "ssd300_vgg_train.prototxt"), "--input-shape",
+                 "data=1,3,32,32", *_args("ssd300_vgg_train"), "-o", str(bw)]) == 0
+    batch = _ssd_batch()
+    batch["label"][0, 0, 1, 1] = 0
+    with pytest.raises(BwError) as info:
+        bwplan.compile(str(bw)).run_step(batch)
+    assert "its label is the background 0" in info.value.message
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("code_type: CENTER_SIZE", "code_type: CORNER"), "code_type: CORNER is not supported"),
+    (("mining_type: MAX_NEGATIVE", "mining_type: HARD_EXAMPLE"), "HARD_EXAMPLE"),
+    (("propagate_down: true\n  propagate_down: true", "propagate_down: true\n"
+      "  propagate_down: false"), "propagate_down: false on bottom 1"),
+    (("num_classes: 21", ""), "needs num_classes"),
+])
+def test_multibox_settings_bwplan_does_not_implement_are_errors(edit, words):
+    text = (NETS / "ssd300_vgg_train.prototxt").read_text()
+    assert edit[0] in text
+    with pytest.raises(CaffeError) as info:
+        import_caffe_text(text.replace(*edit), "ssd.prototxt",
+                          input_shapes={"label": (1, 1, 3, 8)})
+    assert words in info.value.message

@@ -49,7 +49,8 @@ import torch.nn.functional as F  # noqa: E402
 
 LOSS_OPS = frozenset({"softmax_cross_entropy", "euclidean_loss", "contrastive_loss",
                       "sigmoid_cross_entropy_loss", "hinge_loss", "infogain_loss",
-                      "infogain_loss_h", "smooth_l1_loss", "smooth_l1_loss_weighted"})
+                      "infogain_loss_h", "smooth_l1_loss", "smooth_l1_loss_weighted",
+                      "multibox_loss"})
 METRIC_OPS = frozenset({"accuracy", "accuracy_per_class", "seg_accuracy"})
 
 
@@ -363,6 +364,30 @@ def accuracy_per_class(a, xs, p, training):
     return torch.where(seen > 0, hits / seen.clamp(min=1), torch.zeros_like(seen)).float()
 
 
+def multibox_loss(a, xs, p, training):
+    """SSD's MultiBoxLoss: the matching and mining decisions are the NumPy reference's
+    (bwplan/ops/multibox.py: not differentiable, checked by hand there), the loss on them
+    is torch's smooth L1 and cross-entropy."""
+    from bwplan.ops import multibox as mb
+    loc, conf, prior, gt = xs
+    n, c = loc.shape[0], a["num_classes"]
+    targets, labels = mb.decide(a, loc.detach().numpy(), conf.detach().numpy(),
+                                prior.numpy(), gt.numpy())
+    p_ = labels.shape[1]
+    labels = torch.from_numpy(labels)
+    positive = (labels >= 0) & (labels != a["background_label_id"])
+    norm = mb.normalizer_of(a, n, p_, labels.numpy())
+    loc_loss = F.smooth_l1_loss(loc.reshape(n, p_, 4)[positive],
+                                torch.from_numpy(targets).to(loc.dtype)[positive],
+                                reduction="sum", beta=1.0)
+    counted = labels >= 0
+    logp = torch.log_softmax(conf.reshape(n, p_, c), dim=-1)[counted]
+    picked = logp.gather(1, labels[counted].long()[:, None])[:, 0]
+    floor = float(np.log(np.finfo(np.float32).tiny))
+    conf_loss = -torch.clamp(picked, min=floor).sum()
+    return (a["loc_weight"] * loc_loss + conf_loss) / norm
+
+
 def seg_accuracy(a, xs, p, training):
     """DeepLab's SegAccuracy: a confusion matrix (true, predicted; a tie to the higher
     class), then its pixel accuracy, mean recall over present classes, mean Jaccard."""
@@ -606,7 +631,7 @@ OPS: dict[str, OpFn] = {
     "euclidean_loss": euclidean_loss,
     "contrastive_loss": contrastive_loss,
     "accuracy": accuracy, "accuracy_per_class": accuracy_per_class,
-    "seg_accuracy": seg_accuracy,
+    "seg_accuracy": seg_accuracy, "multibox_loss": multibox_loss,
     "elu": lambda a, xs, p, t: F.elu(xs[0], a["alpha"]),
     "power": power,
     "absval": lambda a, xs, p, t: torch.abs(xs[0]),

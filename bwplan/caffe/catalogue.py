@@ -231,8 +231,10 @@ _ROWS = (
     # reach every bottom
     CaffeType("SmoothL1Loss", **{**_LOSS, "bottoms": (-1, 2, 4), "no_force": frozenset()},
               imports=Import("layer", m.smooth_l1_op, m.smooth_l1)),
-    # SSD: loc, conf, priors, ground truth
-    CaffeType("MultiBoxLoss", **{**_LOSS, "bottoms": (4, -1, -1)}, labels=frozenset({3})),
+    # SSD: loc, conf, priors, ground truth; the ground truth holds boxes (floats), and
+    # LossLayer's AllowForceBackward (not bottom 1) stands
+    CaffeType("MultiBoxLoss", **{**_LOSS, "bottoms": (4, -1, -1)},
+              imports=Import("layer", "multibox_loss", m.multibox)),
 )
 
 TYPES: Mapping[str, CaffeType] = MappingProxyType({row.name: row for row in _ROWS})

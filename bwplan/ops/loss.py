@@ -13,8 +13,9 @@ import math
 import numpy as np
 
 from bwplan.ir.types import TensorType
+from bwplan.ops import multibox as mb
 from bwplan.ops.opdef import (AttrSpec, AuxSpec, GradRule, in_numel, on_every_target, OpCtx, OpDef,
-                              ParamSlot, Port)
+                              ParamSlot, Port, REQUIRED)
 
 
 def _scalar(ctx: OpCtx) -> TensorType:
@@ -666,6 +667,118 @@ SEG_ACCURACY = OpDef(
 )
 
 
+# ---- SSD's MultiBoxLoss ------------------------------------------------------------------
+def _multibox_dims(ctx: OpCtx) -> tuple[int, int, int]:
+    """(N, priors P, classes C), checked against the four inputs."""
+    loc, conf, prior, gt = ctx.inputs
+    c = ctx.attrs["num_classes"]
+    if len(prior.shape) != 3 or prior.shape[:2] != (1, 2) or prior.shape[2] % 4:
+        raise ValueError(f"priors {prior} must be [1, 2, P * 4] (boxes, then variances)")
+    p = prior.shape[2] // 4
+    n = loc.shape[0] if loc.shape else 0
+    if not loc.shape or loc.numel != n * p * 4:
+        raise ValueError(f"loc {loc} must hold 4 values for each of the {p} priors per sample")
+    if not conf.shape or conf.shape[0] != n or conf.numel != n * p * c:
+        raise ValueError(f"conf {conf} must hold {c} scores for each of the {p} priors per "
+                         f"sample of the {n}")
+    if len(gt.shape) != 4 or gt.shape[:2] != (1, 1) or gt.shape[3] != 8:
+        raise ValueError(f"ground truth {gt} must be [1, 1, G, 8]")
+    if not 0 <= ctx.attrs["background_label_id"] < c:
+        raise ValueError(f"background_label_id {ctx.attrs['background_label_id']} is not one "
+                         f"of the {c} classes")
+    return n, p, c
+
+
+def _multibox_infer(ctx: OpCtx) -> TensorType:
+    _multibox_dims(ctx)
+    return _scalar(ctx)
+
+
+def _multibox_fwd(ctx, inputs, params, training, rng):
+    loc, conf, prior, gt = inputs
+    n, p, c = _multibox_dims(ctx)
+    targets, labels = mb.decide(ctx.attrs, loc, conf, prior, gt)
+    norm = mb.normalizer_of(ctx.attrs, n, p, labels)
+    positive = (labels >= 0) & (labels != ctx.attrs["background_label_id"])
+    d = loc.reshape(n, p, 4) - targets
+    loc_loss = (mb.smooth_l1(d) * positive[..., None]).sum()
+    logp = mb.log_softmax(conf.reshape(n, p, c).astype(np.float64))
+    counted = labels >= 0
+    prob = np.exp(logp)[counted, labels[counted]]
+    conf_loss = -np.log(np.maximum(prob, mb.FLT_MIN)).sum()
+    loss = (ctx.attrs["loc_weight"] * loc_loss + conf_loss) / norm
+    return np.asarray(loss, dtype=loc.dtype), {
+        "targets": targets.astype(loc.dtype), "labels": labels.astype(loc.dtype)}
+
+
+def _multibox_dloc(ctx, saved, dout, index):
+    loc, targets, labels = saved["loc"], saved["targets"], saved["labels"]
+    n, p = labels.shape
+    positive = (labels >= 0) & (labels != ctx.attrs["background_label_id"])
+    d = loc.reshape(n, p, 4) - targets
+    scale = ctx.attrs["loc_weight"] * dout / mb.normalizer_of(ctx.attrs, n, p, labels)
+    return (mb.smooth_l1_grad(d) * positive[..., None] * scale).reshape(loc.shape)
+
+
+def _multibox_dconf(ctx, saved, dout, index):
+    conf, labels = saved["conf"], saved["labels"]
+    n, p = labels.shape
+    c = ctx.attrs["num_classes"]
+    g = np.exp(mb.log_softmax(conf.reshape(n, p, c).astype(np.float64)))
+    counted = labels >= 0
+    lab = labels.astype(np.int64)
+    g[counted, lab[counted]] -= 1.0
+    g *= counted[..., None] * (dout / mb.normalizer_of(ctx.attrs, n, p, labels))
+    return g.reshape(conf.shape)
+
+
+def _multibox_aux(ctx: OpCtx) -> tuple[int, ...]:
+    n, p, _ = _multibox_dims(ctx)
+    return (n, p)
+
+
+MULTIBOX_LOSS = OpDef(
+    name="multibox_loss",
+    family="loss",
+    doc="SSD's MultiBoxLoss (share_location, CENTER_SIZE codes, variances in the priors): "
+        "priors matched to the ground-truth boxes (bipartite, then per prediction above "
+        "`overlap_threshold`), hard negatives mined (MAX_NEGATIVE: `neg_pos_ratio` per "
+        "positive, below `neg_overlap`), then `loc_weight` * smooth L1 of the positives' "
+        "offsets plus the softmax cross-entropy of positives and negatives, divided per "
+        "`normalization`. The matching and the mining are decisions of the forward; "
+        "gradients reach loc and conf only.",
+    ports=(Port("loc"), Port("conf"), Port("priors", differentiable=False),
+           Port("ground_truth", differentiable=False)),
+    attrs=(AttrSpec("num_classes", "int", REQUIRED, at_least=1),
+           AttrSpec("overlap_threshold", "float", 0.5, at_least=0, at_most=1),
+           AttrSpec("background_label_id", "int", 0, at_least=0),
+           AttrSpec("use_difficult_gt", "bool", True),
+           AttrSpec("neg_pos_ratio", "float", 3.0, at_least=0),
+           AttrSpec("neg_overlap", "float", 0.5, at_least=0, at_most=1),
+           AttrSpec("loc_weight", "float", 1.0),
+           AttrSpec("match_type", "choice", "PER_PREDICTION",
+                    choices=("BIPARTITE", "PER_PREDICTION")),
+           AttrSpec("mining_type", "choice", "MAX_NEGATIVE", choices=("NONE", "MAX_NEGATIVE"),
+                    doc="NONE: the positives alone"),
+           AttrSpec("normalization", "choice", "VALID", choices=NORMALIZATIONS,
+                    doc="VALID divides by the number of positives")),
+    infer=_multibox_infer,
+    flops=lambda ctx: 8 * ctx.inputs[1].numel + 20 * ctx.x.numel,
+    grads=(GradRule("loc", frozenset({"loc", "targets", "labels"}),
+                    lambda ctx: 3 * ctx.x.numel, _multibox_dloc),
+           GradRule("conf", frozenset({"conf", "labels"}),
+                    lambda ctx: 4 * ctx.inputs[1].numel, _multibox_dconf)),
+    aux=(AuxSpec("targets", lambda ctx: _multibox_aux(ctx) + (4,)),
+         AuxSpec("labels", _multibox_aux)),
+    role="loss",
+    forward_ref=_multibox_fwd,
+    # matching and mining run on the host, so there are CPU kernels only: the cuda target
+    # refuses the op (bwplan/runtime/cuda.py)
+    kernels={"cpu": {"fwd": "loss.multibox_loss_fwd", "dx:loc": "loss.multibox_loss_dx_loc",
+                     "dx:conf": "loss.multibox_loss_dx_conf"}},
+)
+
+
 OPS = (SOFTMAX_CROSS_ENTROPY, EUCLIDEAN_LOSS, CONTRASTIVE_LOSS, ACCURACY,
        SIGMOID_CROSS_ENTROPY_LOSS, HINGE_LOSS, INFOGAIN_LOSS, INFOGAIN_LOSS_H, SMOOTH_L1_LOSS,
-       SMOOTH_L1_LOSS_WEIGHTED, ACCURACY_PER_CLASS, SEG_ACCURACY)
+       SMOOTH_L1_LOSS_WEIGHTED, ACCURACY_PER_CLASS, SEG_ACCURACY, MULTIBOX_LOSS)

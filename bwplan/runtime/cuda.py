@@ -34,6 +34,7 @@ import numpy as np
 from bwplan import ops as registry
 from bwplan.errors import BwError, InternalError
 from bwplan.kernels.cuda import build, update
+from bwplan.kernels import cuda as table
 from bwplan.lower import cuda_launches as step_plan
 from bwplan.lower.cuda_arena import plan_arena
 from bwplan.kernels.cuda.limits import Launch
@@ -237,7 +238,6 @@ class CudaExecutor:
         self.net = program.plan.net
         self.state = params if isinstance(params, CudaParams) else CudaParams(self.dev, params)
         self.settings = settings or SgdSettings()
-        self.metric_arrays: dict[str, np.ndarray] = {}    # the last step's, by metric
         self._check_types()
         arena = plan_arena(program)
         self.kernels = self.dev.kernels(build.full_source() if source == "full"
@@ -254,7 +254,9 @@ class CudaExecutor:
                                  state_bytes=self.state.nbytes + self.scratch_bytes)
 
     def _check_types(self) -> None:
-        """The kernels run float32; integer tensors may only be labels or flags."""
+        """The kernels run float32; integer tensors may only be labels or flags. An op
+        without cuda kernels (MultiBoxLoss: its matching runs on the host) is refused."""
+        table.require_kernels(self.net)
         for layer in self.net.layers:
             op = registry.OPS[layer.op]
             for e in layer.inputs:
@@ -369,11 +371,11 @@ class CudaExecutor:
                                  self.layout.arena.size,
                                  self.state.nbytes + self.scratch_bytes, per_phase)
         losses = {n: values[n] for n, _ in self.program.losses}
-        # the metrics as arrays (a vector metric whole), for a forward's outputs
-        self.metric_arrays = {n: hosts[n] for n in self.program.metrics}
         metrics = metrics_of(self.program.metrics, hosts)
         loss = sum(w * losses[n] for n, w in self.program.losses)
-        return StepResult(loss, losses, metrics, stats)
+        # the metrics as arrays too (a vector metric whole), for a forward's outputs
+        return StepResult(loss, losses, metrics, stats,
+                          {n: hosts[n] for n in self.program.metrics})
 
     def _stats(self, backward: bool) -> StepStats:
         """What ran, counted as the CPU executor counts it: one launch per component."""
@@ -444,7 +446,7 @@ class CudaTarget:
 
     def forward(self, prepared: CudaExecutor, batch, training: bool, seed: int, outputs):
         result = prepared.run(batch, training, forward_only=True)
-        known = {**result.losses, **prepared.metric_arrays}
+        known = {**result.losses, **result.values}
         if outputs and set(outputs) - set(known):
             raise BwError(Span.synthetic("cuda"), "the cuda target returns losses and "
                           "metrics only; use the cpu target to read other layers")

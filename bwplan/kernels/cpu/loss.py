@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from bwplan.errors import DataError
+from bwplan.kernels.cpu import multibox as mbk
 from bwplan.kernels.cpu.views import flat, ncs, scalar, view
 from bwplan.ops.loss import FLT_MIN, infogain_split, normalizer, seg_scores
 from bwplan.source import Span
@@ -506,3 +507,66 @@ def _smooth_l1_dx(sign: float):
 
 smooth_l1_loss_dx_a = _smooth_l1_dx(1.0)
 smooth_l1_loss_dx_b = _smooth_l1_dx(-1.0)
+
+
+# ---- SSD's MultiBoxLoss ------------------------------------------------------------------
+def _multibox_shape(ctx) -> tuple[int, int, int]:
+    n = ctx.inputs[0].shape[0]
+    p = ctx.inputs[2].shape[2] // 4
+    return n, p, ctx.attrs["num_classes"]
+
+
+def _multibox_norm(ctx, positives: int) -> float:
+    n, p, _ = _multibox_shape(ctx)
+    return normalizer(ctx.attrs["normalization"], n, n * p, positives)
+
+
+def multibox_loss_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    a = ctx.attrs
+    n, p, c = _multibox_shape(ctx)
+    loc = np.asarray(inputs[0], dtype=np.float64).reshape(n, p, 4)
+    conf = np.asarray(inputs[1], dtype=np.float64).reshape(n, p, c)
+    priors = np.asarray(inputs[2], dtype=np.float64).reshape(2, p, 4)
+    rows = np.asarray(inputs[3], dtype=np.float64).reshape(-1, 8)
+    bad = mbk.check_ground_truth(rows, n, a["background_label_id"])
+    if bad >= 0:
+        raise DataError(Span.synthetic("batch"), f"ground-truth row {rows[bad].tolist()}: "
+                        f"its image is beyond the batch of {n} or its label is the "
+                        f"background {a['background_label_id']}")
+    targets, labels = np.empty((n, p, 4)), np.empty((n, p))
+    mbk.decide(conf, priors[0], priors[1], rows, a["background_label_id"],
+               a["use_difficult_gt"], a["match_type"] == "PER_PREDICTION",
+               a["overlap_threshold"], a["mining_type"] == "MAX_NEGATIVE",
+               a["neg_pos_ratio"], a["neg_overlap"], targets, labels)
+    loc_sum, conf_sum, positives = mbk.loss_sums(loc, conf, targets, labels,
+                                                 a["background_label_id"])
+    out[()] = (a["loc_weight"] * loc_sum + conf_sum) / _multibox_norm(ctx, positives)
+    if "targets" in aux:
+        aux["targets"][...] = targets
+    if "labels" in aux:
+        aux["labels"][...] = labels
+
+
+def _positives(ctx, labels: np.ndarray) -> int:
+    return int(np.count_nonzero((labels >= 0) & (labels != ctx.attrs["background_label_id"])))
+
+
+def multibox_loss_dx_loc(ctx, saved, dout, index, out) -> None:
+    n, p, _ = _multibox_shape(ctx)
+    labels = np.asarray(saved["labels"], dtype=np.float64).reshape(n, p)
+    scale = ctx.attrs["loc_weight"] * scalar(dout) / _multibox_norm(ctx, _positives(ctx, labels))
+    grad = np.empty((n, p, 4))
+    mbk.loc_grad(np.asarray(saved["loc"], dtype=np.float64).reshape(n, p, 4),
+                 np.asarray(saved["targets"], dtype=np.float64).reshape(n, p, 4), labels,
+                 ctx.attrs["background_label_id"], scale, grad)
+    out.reshape(-1)[:] = grad.reshape(-1)
+
+
+def multibox_loss_dx_conf(ctx, saved, dout, index, out) -> None:
+    n, p, c = _multibox_shape(ctx)
+    labels = np.asarray(saved["labels"], dtype=np.float64).reshape(n, p)
+    scale = scalar(dout) / _multibox_norm(ctx, _positives(ctx, labels))
+    grad = np.empty((n, p, c))
+    mbk.conf_grad(np.asarray(saved["conf"], dtype=np.float64).reshape(n, p, c), labels, scale,
+                  grad)
+    out.reshape(-1)[:] = grad.reshape(-1)
