@@ -45,6 +45,7 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from bwplan.runtime.metrics import metric_entries  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 LOSS_OPS = frozenset({"softmax_cross_entropy", "euclidean_loss", "contrastive_loss",
@@ -76,7 +77,7 @@ UNDECIDED = 1e-5
 
 # ops whose functions take `hints`
 DECIDING_OPS = frozenset({"relu", "clip", "maxpool", "global_maxpool", "maximum",
-                          "maxpool_mask"})
+                          "maxpool_mask", "multibox_loss"})
 
 
 def _undecided(margin: torch.Tensor, scale_of: torch.Tensor) -> torch.Tensor:
@@ -364,15 +365,16 @@ def accuracy_per_class(a, xs, p, training):
     return torch.where(seen > 0, hits / seen.clamp(min=1), torch.zeros_like(seen)).float()
 
 
-def multibox_loss(a, xs, p, training):
+def multibox_loss(a, xs, p, training, hints=None):
     """SSD's MultiBoxLoss: the matching and mining decisions are the NumPy reference's
-    (bwplan/ops/multibox.py: not differentiable, checked by hand there), the loss on them
-    is torch's smooth L1 and cross-entropy."""
+    (bwplan/ops/multibox.py: not differentiable, checked by hand there), made on bwplan's
+    own values of the inputs when `hints` gives them (the mining ranks float losses), and
+    the loss on them is torch's smooth L1 and cross-entropy."""
     from bwplan.ops import multibox as mb
     loc, conf, prior, gt = xs
     n, c = loc.shape[0], a["num_classes"]
-    targets, labels = mb.decide(a, loc.detach().numpy(), conf.detach().numpy(),
-                                prior.numpy(), gt.numpy())
+    seen = [t.detach().numpy() for t in (hints if hints is not None else xs)]
+    targets, labels = mb.decide(a, *seen)
     p_ = labels.shape[1]
     labels = torch.from_numpy(labels)
     positive = (labels >= 0) & (labels != a["background_label_id"])
@@ -778,8 +780,9 @@ class TorchNet:
             self.optimizer.step()
         losses = {l.name: float(values[l.name].detach().sum()) for l in self.net.layers
                   if l.op in LOSS_OPS or l.loss_weight != 0}
-        metrics = {l.name: float(values[l.name]) for l in self.net.layers
-                   if l.op in METRIC_OPS}
+        # a vector metric one entry per element, as bwplan reports it
+        metrics = {k: v for l in self.net.layers if l.op in METRIC_OPS
+                   for k, v in metric_entries(l.name, values[l.name].detach().numpy()).items()}
         return TorchStep(float(objective.detach()), losses, metrics, raw, scaled)
 
     def numpy_params(self) -> dict[str, np.ndarray]:
