@@ -187,26 +187,126 @@ extern "C" __global__ void contrastive_loss_dx(const float* diff, const float* d
 }
 
 // == kernel accuracy_fwd ==
-// Fraction of rows (n, s) whose label is among the top_k scores; a class tied with the
-// true one counts as ranked above it (as Caffe); a label outside [0, C) is a miss. One
-// block, one warp per row.
+// Fraction of the rows (n, s) whose label is not ignore_label (when has_ignore) that have
+// their label among the top_k scores; 0 when no row counts (as Caffe). A class tied with
+// the true one counts as ranked above it; a label outside [0, C) is a miss. One block,
+// one warp per row.
 extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
 accuracy_fwd(const float* logits, const void* label, int label_dtype, float* out, int n,
-             int c, long long s, int top_k) {
+             int c, long long s, int top_k, int has_ignore, long long ignore) {
     __shared__ double scratch[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    double hits = 0.0;
+    double hits = 0.0, counted = 0.0;
     for (long long row = warp; row < (long long)n * s; row += warps) {
         const long long base = (row / s) * c * s + row % s;
         const long long lab = bw_load_index(label, row, label_dtype);
+        if (has_ignore && lab == ignore) continue;     // the same for the whole warp
         const float truth = (lab >= 0 && lab < c) ? logits[base + lab * s] : INFINITY;
         float ahead = 0.0f;
         for (int q = lane; q < c; q += 32) ahead += logits[base + q * s] >= truth ? 1.0f : 0.0f;
         ahead = bw_warp_sum(ahead);
-        if (lane == 0 && lab >= 0 && lab < c && ahead - 1.0f < top_k) hits += 1.0;
+        if (lane == 0) {
+            counted += 1.0;
+            if (lab >= 0 && lab < c && ahead - 1.0f < top_k) hits += 1.0;
+        }
     }
     hits = bw_block_sum_d(hits, scratch);
-    if (threadIdx.x == 0) *out = (float)(hits / ((double)n * s));
+    counted = bw_block_sum_d(counted, scratch);
+    if (threadIdx.x == 0) *out = counted > 0.0 ? (float)(hits / counted) : 0.0f;
+}
+
+// The most classes accuracy_per_class_fwd and seg_accuracy_fwd count in shared memory
+// (MAX_PER_CLASS and MAX_SEG_CLASSES in bwplan/kernels/cuda/loss.py, which checks them).
+#define BW_MAX_PER_CLASS 4096
+#define BW_MAX_SEG_CLASSES 96
+
+// == kernel accuracy_per_class_fwd ==
+// Caffe Accuracy's second top: per class, the counted rows labelled with it that are
+// hits (as accuracy_fwd decides), over the counted rows labelled with it; 0 for a class
+// without one. One block, one warp per row; the counts are integers in shared memory, so
+// the atomics leave the result independent of their order.
+extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
+accuracy_per_class_fwd(const float* logits, const void* label, int label_dtype, float* out,
+                       int n, int c, long long s, int top_k, int has_ignore,
+                       long long ignore) {
+    __shared__ unsigned int seen[BW_MAX_PER_CLASS], hits[BW_MAX_PER_CLASS];
+    for (int q = threadIdx.x; q < c; q += blockDim.x) seen[q] = hits[q] = 0u;
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (long long row = warp; row < (long long)n * s; row += warps) {
+        const long long base = (row / s) * c * s + row % s;
+        const long long lab = bw_load_index(label, row, label_dtype);
+        if ((has_ignore && lab == ignore) || lab < 0 || lab >= c) continue;
+        const float truth = logits[base + lab * s];
+        float ahead = 0.0f;
+        for (int q = lane; q < c; q += 32) ahead += logits[base + q * s] >= truth ? 1.0f : 0.0f;
+        ahead = bw_warp_sum(ahead);
+        if (lane == 0) {
+            atomicAdd(&seen[lab], 1u);
+            if (ahead - 1.0f < top_k) atomicAdd(&hits[lab], 1u);
+        }
+    }
+    __syncthreads();
+    for (int q = threadIdx.x; q < c; q += blockDim.x)
+        out[q] = seen[q] ? (float)((double)hits[q] / (double)seen[q]) : 0.0f;
+}
+
+// == kernel seg_accuracy_fwd ==
+// The DeepLab fork's SegAccuracy over scores [N, C, S] and labels [N, S]: the confusion
+// matrix (true class, the class of the highest score, of tied scores the highest) of the
+// positions whose label is none of the ignored ones (up to 4: their count, then the
+// values, unused slots unread), counted in shared memory; then thread 0 writes
+// [pixel accuracy, mean class accuracy over the classes that occur, mean IoU over every
+// class (an empty class scores 1)] as bwplan.ops.loss.seg_scores does. One block.
+extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
+seg_accuracy_fwd(const float* scores, const void* label, int label_dtype, float* out, int n,
+                 int c, long long s, int ignored_count, long long ignore0, long long ignore1,
+                 long long ignore2, long long ignore3) {
+    __shared__ unsigned int cm[BW_MAX_SEG_CLASSES * BW_MAX_SEG_CLASSES];
+    for (int q = threadIdx.x; q < c * c; q += blockDim.x) cm[q] = 0u;
+    __syncthreads();
+    for (long long row = threadIdx.x; row < (long long)n * s; row += blockDim.x) {
+        const long long lab = bw_load_index(label, row, label_dtype);
+        if (lab < 0 || lab >= c || (ignored_count > 0 && lab == ignore0)
+            || (ignored_count > 1 && lab == ignore1) || (ignored_count > 2 && lab == ignore2)
+            || (ignored_count > 3 && lab == ignore3)) continue;
+        const long long base = (row / s) * c * s + row % s;
+        int best = 0;
+        for (int q = 1; q < c; ++q)
+            if (scores[base + q * s] >= scores[base + best * s]) best = q;
+        atomicAdd(&cm[lab * c + best], 1u);
+    }
+    __syncthreads();
+    // per class i (one thread each): its row sum, its diagonal, its IoU
+    __shared__ double rows[BW_MAX_SEG_CLASSES], diags[BW_MAX_SEG_CLASSES],
+        ious[BW_MAX_SEG_CLASSES];
+    for (int i = threadIdx.x; i < c; i += blockDim.x) {
+        unsigned int row_sum = 0u, col_sum = 0u;
+        for (int j = 0; j < c; ++j) {
+            row_sum += cm[i * c + j];
+            col_sum += cm[j * c + i];
+        }
+        const double diag = cm[i * c + i], uni = (double)row_sum + col_sum - diag;
+        rows[i] = row_sum;
+        diags[i] = diag;
+        ious[i] = uni == diag ? 1.0 : diag / uni;
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    double total = 0.0, trace = 0.0, recall = 0.0, iou = 0.0;
+    int present = 0;
+    for (int i = 0; i < c; ++i) {
+        total += rows[i];
+        trace += diags[i];
+        iou += ious[i];
+        if (rows[i] > 0.0) {
+            recall += diags[i] / rows[i];
+            ++present;
+        }
+    }
+    out[0] = total > 0.0 ? (float)(trace / total) : 0.0f;
+    out[1] = present ? (float)(recall / present) : 0.0f;
+    out[2] = (float)(iou / c);
 }
 
 // == kernel sigmoid_cross_entropy_loss_fwd ==

@@ -32,7 +32,9 @@ from bwplan.runtime.optimizer import Sgd
 from test_ops_reference import draw_case
 
 EXAMPLES = sorted(Path(__file__).parent.parent.glob("examples/*.bw"))
-ALL_OPS = sorted(registry.OPS)
+# ops the cuda target refuses, and why (docs/caffe.md says so too)
+NO_CUDA = {"multibox_loss": "SSD's matching and hard-negative mining run on the host"}
+ALL_OPS = sorted(set(registry.OPS) - set(NO_CUDA))
 
 
 def components(op) -> set[str]:
@@ -64,7 +66,10 @@ def test_every_named_cuda_kernel_exists_in_its_source(name):
 
 def test_the_cpu_entries_are_kept_beside_the_cuda_ones():
     for op in registry.OPS.values():
-        assert set(op.kernels) >= {"cuda"}
+        assert set(op.kernels) >= ({"cpu"} if op.name in NO_CUDA else {"cuda"})
+        if op.name in NO_CUDA:
+            assert "cuda" not in op.kernels, op.name
+            continue
         if "cpu" in op.kernels:
             assert set(op.kernels["cpu"]) == set(op.kernels["cuda"]), op.name
 

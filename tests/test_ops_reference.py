@@ -299,9 +299,79 @@ def contrastive_case(draw):
 
 @st.composite
 def accuracy_case(draw):
-    case = draw(labelled_case(ignore=False))
+    """Sometimes with labels -1 and `ignore_label: -1` (Caffe Accuracy's ignore_label)."""
+    ignore = draw(st.booleans())
+    case = draw(labelled_case(ignore=ignore))
     case.attrs["top_k"] = draw(st.integers(1, case.inputs[0].shape[1]))
+    if ignore:
+        case.attrs["ignore_label"] = -1
     return case
+
+
+@st.composite
+def seg_accuracy_case(draw):
+    """Scores [N, C, H, W] (sometimes with tied rows), labels [N, 1, H, W], some 255 when
+    255 is ignored, and sometimes a class that is also ignored."""
+    rng = _rng(draw)
+    n, c = draw(st.integers(1, 2)), draw(st.integers(2, 4))
+    h, w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    scores = _normal(rng, n, c, h, w)
+    if draw(st.booleans()):
+        scores = scores.round(0)        # ties: the higher class wins them
+    label = rng.integers(0, c, (n, 1, h, w))
+    ignored = draw(st.sampled_from([(), (255,), (255, 0)]))
+    if ignored:
+        label = np.where(rng.random(label.shape) < 0.3, 255, label)
+    attrs = {"ignore_label": ignored} if ignored else {}
+    return Case(attrs, [scores, label.astype(np.int64)])
+
+
+def _prior_grid(side: int) -> np.ndarray:
+    """SSD's prior blob for a side x side grid of 0.4-wide boxes: [1, 2, P * 4]."""
+    c = (np.arange(side) + 0.5) / side
+    cx, cy = (a.ravel() for a in np.meshgrid(c, c))
+    boxes = np.stack([cx - 0.2, cy - 0.2, cx + 0.2, cy + 0.2], 1)
+    return np.stack([boxes.ravel(), np.tile([0.1, 0.1, 0.2, 0.2], side * side)]
+                    ).reshape(1, 2, -1)
+
+
+@st.composite
+def multibox_case(draw):
+    """Priors on a grid, a few ground-truth boxes (a padding row, a difficult box), loc and
+    conf drawn so that the decisions hold under a finite-difference step: the offsets
+    stay away from smooth L1's kink, the mining losses apart."""
+    from bwplan.ops import multibox as mb
+    rng = _rng(draw)
+    n, side, c = draw(st.integers(1, 2)), draw(st.integers(2, 3)), draw(st.integers(2, 4))
+    p = side * side
+    prior = _prior_grid(side)
+    rows = []
+    for item in range(n):
+        for _ in range(draw(st.integers(0, 2))):
+            lo = rng.uniform(0.0, 0.5, 2)
+            hi = lo + rng.uniform(0.2, 0.5, 2)
+            rows.append([item, rng.integers(1, c), 0, *lo, *np.minimum(hi, 1.0),
+                         float(rng.random() < 0.2)])
+    rows.append([-1] * 8)       # padding, as SSD's data layer writes it
+    gt = np.array(rows, dtype=np.float64).reshape(1, 1, -1, 8)
+    attrs = dict(num_classes=c,
+                 match_type=draw(st.sampled_from(["PER_PREDICTION", "BIPARTITE"])),
+                 mining_type=draw(st.sampled_from(["MAX_NEGATIVE", "NONE"])),
+                 normalization=draw(st.sampled_from(["VALID", "BATCH_SIZE", "FULL"])),
+                 neg_pos_ratio=draw(st.sampled_from([1.0, 3.0])),
+                 loc_weight=draw(st.sampled_from([1.0, 2.0])),
+                 use_difficult_gt=draw(st.booleans()))
+    loc = _normal(rng, n, p * 4)
+    conf = _normal(rng, n, p * c)
+    full = {**{a.name: a.default for a in registry.OPS["multibox_loss"].attrs}, **attrs}
+    targets, labels = mb.decide(full, loc, conf, prior, gt)
+    d = loc.reshape(n, p, 4) - targets
+    assume(np.all(np.abs(np.abs(d) - 1) > 1e-3))
+    z = mb.log_softmax(conf.reshape(n, p, c))[..., 0]
+    for img in z:
+        gaps = np.diff(np.sort(img))
+        assume(np.all(gaps > 1e-4))
+    return Case(attrs, [loc, conf, prior, gt])
 
 
 def _away_from(x: np.ndarray, point: float = 0.0) -> np.ndarray:
@@ -611,7 +681,8 @@ CASES = {
     "lrn": lrn_case(), "softmax": softmax_case(),
     "softmax_cross_entropy": labelled_case(weighted=True),
     "euclidean_loss": euclidean_case(), "contrastive_loss": contrastive_case(),
-    "accuracy": accuracy_case(),
+    "accuracy": accuracy_case(), "accuracy_per_class": accuracy_case(),
+    "seg_accuracy": seg_accuracy_case(), "multibox_loss": multibox_case(),
     "elu": elu_case(), "power": power_case(), "absval": kinked_case(), "bnll": bnll_case(),
     "exp": exp_case(), "log": log_case(), "prelu": prelu_case(),
     "threshold": threshold_case(), "reduction": reduction_case(), "argmax": argmax_case(),
@@ -773,6 +844,34 @@ def test_accuracy_counts_ties_against_the_true_class():
     label = np.array([1, 0], dtype=np.int32)
     assert run_forward(op, dict(top_k=1), [logits, label], {})[0] == 0.5
     assert run_forward(op, dict(top_k=2), [logits, label], {})[0] == 1.0
+
+
+@pytest.mark.parametrize("match_type, labels, loss", [
+    # B overlaps the box by 2/3: matched per prediction (threshold 0.5), so C alone is a
+    # negative; bipartite leaves B unmatched, but 2/3 is above neg_overlap: not mined
+    ("PER_PREDICTION", [1, 1, 0], (1.5 + 3 * np.log(2)) / 2),
+    ("BIPARTITE", [1, -1, 0], 2 * np.log(2)),
+])
+def test_multibox_matches_mines_and_scores_a_worked_example(match_type, labels, loss):
+    from bwplan.kernels.cpu import get
+    from bwplan.ops.opdef import OpCtx
+    op = registry.OPS["multibox_loss"]
+    priors = [[0, 0, .5, .5], [.1, 0, .6, .5], [.5, .5, 1, 1]]     # A, B, C
+    prior = np.array([sum(priors, []), [0.1, 0.1, 0.2, 0.2] * 3]).reshape(1, 2, 12)
+    gt = np.array([0, 1, 0, 0, 0, .5, .5, 0], dtype=np.float64).reshape(1, 1, 1, 8)
+    loc, conf = np.zeros((1, 12)), np.zeros((1, 6))
+    attrs = dict(num_classes=2, match_type=match_type)
+    out, aux = run_forward(op, attrs, [loc, conf, prior, gt], {})
+    assert aux["labels"].tolist() == [labels]
+    # B's box centre is 0.1 left of its own: (-0.1 / 0.5) / 0.1 = -2, smooth L1 1.5
+    if labels[1] == 1:
+        assert aux["targets"][0, 1].tolist() == pytest.approx([-2, 0, 0, 0])
+    assert float(out) == pytest.approx(loss)
+    ctx = make_ctx(op, attrs, [loc, conf, prior, gt])
+    got, kept = np.zeros(()), {"targets": np.zeros((1, 3, 4)), "labels": np.zeros((1, 3))}
+    get(op.kernels["cpu"]["fwd"])(OpCtx(ctx.attrs, ctx.inputs, ctx.out),
+                                  [loc, conf, prior, gt], {}, got, kept, True, None)
+    assert float(got) == pytest.approx(loss) and kept["labels"].tolist() == [labels]
 
 
 def test_argmax_gives_a_tie_to_the_larger_index_and_lays_out_like_caffe():
@@ -1002,7 +1101,8 @@ TORCH.update({name: (CASES[name], _oracle(name)) for name in (
     "elu", "power", "absval", "bnll", "exp", "log", "prelu", "threshold", "reduction",
     "argmax", "silence", "bias", "bias_add", "tile", "embed", "sigmoid_cross_entropy_loss",
     "hinge_loss", "infogain_loss", "infogain_loss_h", "smooth_l1_loss",
-    "smooth_l1_loss_weighted", "mvn", "lrn_within_channel", "maxpool_mask", "max_unpool")})
+    "smooth_l1_loss_weighted", "mvn", "lrn_within_channel", "maxpool_mask", "max_unpool",
+    "accuracy", "accuracy_per_class", "seg_accuracy", "multibox_loss")})
 
 
 @pytest.mark.parametrize("key", sorted(TORCH))

@@ -18,7 +18,7 @@ from bwplan.ops.reference import full_attrs
 # values for required attributes, so that every op can be instantiated
 REQUIRED_SAMPLES = {"out": 4, "kernel": 3, "shape": (0, -1), "begin": 0, "end": 1,
                     "tiles": 2, "perm": (0, 1, 3, 2), "num_output": 4, "input_dim": 5,
-                    "height": 2, "width": 2, "pooled_h": 2, "pooled_w": 2}
+                    "height": 2, "width": 2, "pooled_h": 2, "pooled_w": 2, "num_classes": 3}
 
 
 def attr_variants(op):
@@ -87,7 +87,9 @@ def test_every_op_is_documented_with_references(name):
 @pytest.mark.parametrize("name", ALL)
 def test_attr_specs_are_well_formed(name):
     op = registry.OPS[name]
-    types = {"int": int, "float": float, "bool": bool, "ints": (int, tuple, type(None)),
+    # None: an optional setting left unset (accuracy's ignore_label, a pool's stride)
+    types = {"int": (int, type(None)), "float": float, "bool": bool,
+             "ints": (int, tuple, type(None)),
              "floats": tuple, "choice": str}
     for spec in op.attrs:
         assert spec.kind in ATTR_KINDS

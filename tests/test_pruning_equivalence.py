@@ -74,6 +74,31 @@ ct2  = contrastive_loss(pa, pb, sim, margin=1.0, legacy=true) weight=0.2
 acc  = accuracy(fc, label, top_k=2)
 """
 
+# SSD's loss on a 4 x 4 map with one prior per position (multibox_loss; loc and conf laid
+# out as SSD's Permute and Flatten do), and the segmentation metrics of a head beside it.
+# The priors and the boxes have 1 on dimension 0: a batch of one sample, so the ignore
+# labels are no class (make_batch would give the one sample's every label to a class one).
+DETECTION = """\
+input x : f32[1, 3, 4, 4]
+input priors : f32[1, 2, 64]
+input gt : f32[1, 1, 2, 8]
+input y : i64[1, 1, 4, 4]
+
+f    = conv2d(x, out=4, kernel=3, pad=1)
+r    = relu(f)
+lc   = conv2d(r, out=4, kernel=1)
+lt   = transpose(lc, perm=[0, 2, 3, 1])
+loc  = flatten(lt)
+cf   = conv2d(r, out=3, kernel=1)
+ct   = transpose(cf, perm=[0, 2, 3, 1])
+conf = flatten(ct)
+mb   = multibox_loss(loc, conf, priors, gt, num_classes=3)
+seg  = conv2d(r, out=3, kernel=1)
+sl   = softmax_cross_entropy(seg, y, ignore_label=5) weight=0.5
+pca  = accuracy_per_class(seg, y, ignore_label=5)
+sa   = seg_accuracy(seg, y, ignore_label=[5, 7])
+"""
+
 # Trainable parameters that get no gradient: h (its only consumer stops the gradient) and
 # aux (its loss has weight 0) decay only; side has decay 0 as well, so it never changes.
 DECAY_ONLY = """\
@@ -210,11 +235,13 @@ NETS["decay_only"] = DECAY_ONLY
 NETS["neurons"] = NEURONS
 NETS["spatial"] = SPATIAL
 NETS["segnet"] = SEGNET
+NETS["detection"] = DETECTION
 
 # Small batches, through the automatic re-planning for another batch size; one sample of
 # seed_inception_branch keeps the reference target quick.
 BATCH = 2
-BATCHES = {"seed_inception_branch": 1, "zoo": 3}
+# detection: the priors and boxes have 1 on dimension 0, which the runtime takes as the batch
+BATCHES = {"seed_inception_branch": 1, "zoo": 3, "detection": 1}
 
 
 def batch_size(name: str) -> int:
@@ -338,6 +365,26 @@ def require_target(target: str, net) -> None:
 
 
 # ---- batches ----------------------------------------------------------------------------
+def _multibox_input(net, readers, rng: np.random.Generator, inp) -> np.ndarray:
+    """SSD's priors (a grid of boxes 0.4 wide, one per position) or ground truth (boxes
+    of image 0, labels other than the background)."""
+    layer, index = next((l, i) for l, i in readers if l.op == "multibox_loss")
+    if index == 2:
+        side = int(round(np.sqrt(inp.type.shape[2] // 4)))
+        c = (np.arange(side) + 0.5) / side
+        cx, cy = (a.ravel() for a in np.meshgrid(c, c))
+        boxes = np.stack([cx - 0.2, cy - 0.2, cx + 0.2, cy + 0.2], 1)
+        out = np.stack([boxes.ravel(), np.tile([0.1, 0.1, 0.2, 0.2], side * side)])
+    else:
+        g = inp.type.shape[2]
+        lo = rng.uniform(0.0, 0.5, (g, 2))
+        labels = rng.integers(1, layer.attrs["num_classes"], g)
+        out = np.column_stack([np.zeros(g), labels, np.arange(g), lo,
+                               np.minimum(lo + rng.uniform(0.2, 0.5, (g, 2)), 1.0),
+                               np.zeros(g)])
+    return out.reshape(inp.type.shape).astype(numpy_dtype(inp.type.dtype))
+
+
 def make_batch(net, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Standard normal floats; labels drawn from the classes of the logits they label (a
     loss's ignore_label, when it is one of them, is the first sample's); contrastive flags
@@ -354,6 +401,8 @@ def make_batch(net, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
             corners = np.sort(rng.uniform(0, 1, (n, 2, 2)), axis=1).reshape(n, 4)
             rois = np.column_stack([np.arange(n), corners * size])   # x1, y1, x2, y2
             batch[inp.name] = rois.astype(numpy_dtype(inp.type.dtype))
+        elif any(layer.op == "multibox_loss" and i >= 2 for layer, i in readers):
+            batch[inp.name] = _multibox_input(net, readers, rng, inp)
         elif any(layer.op == "contrastive_loss" and i == 2 for layer, i in readers):
             flags = (np.arange(n) % 2 == 0).reshape(shape)
             batch[inp.name] = flags.astype(numpy_dtype(inp.type.dtype))
@@ -363,6 +412,8 @@ def make_batch(net, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
             labels = rng.integers(0, classes, size=shape)
             for layer, _ in readers:
                 ignore = layer.attrs.get("ignore_label")
+                if isinstance(ignore, tuple):       # seg_accuracy's ignore labels
+                    ignore = ignore[0] if ignore else None
                 if ignore is not None and 0 <= ignore < classes:
                     labels.reshape(n, -1)[0] = ignore
             batch[inp.name] = labels.astype(numpy_dtype(inp.type.dtype))

@@ -48,12 +48,14 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from bwplan.runtime.metrics import metric_entries  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 LOSS_OPS = frozenset({"softmax_cross_entropy", "euclidean_loss", "contrastive_loss",
                       "sigmoid_cross_entropy_loss", "hinge_loss", "infogain_loss",
-                      "infogain_loss_h", "smooth_l1_loss", "smooth_l1_loss_weighted"})
-METRIC_OPS = frozenset({"accuracy"})
+                      "infogain_loss_h", "smooth_l1_loss", "smooth_l1_loss_weighted",
+                      "multibox_loss"})
+METRIC_OPS = frozenset({"accuracy", "accuracy_per_class", "seg_accuracy"})
 
 
 def _pair(value) -> tuple[int, int]:
@@ -78,7 +80,7 @@ UNDECIDED = 1e-5
 
 # ops whose functions take `hints`
 DECIDING_OPS = frozenset({"relu", "clip", "maxpool", "global_maxpool", "maximum",
-                          "maxpool_mask"})
+                          "maxpool_mask", "multibox_loss"})
 
 
 def _undecided(margin: torch.Tensor, scale_of: torch.Tensor) -> torch.Tensor:
@@ -338,14 +340,83 @@ def contrastive_loss(a, xs, p, training):
     return torch.where(similar, dist_sq, apart).sum() / (2 * n)
 
 
-def accuracy(a, xs, p, training):
-    logits, label = xs
+def _accuracy_rows(a, logits, label):
+    """(counted, hit, label with 0 where ignored, classes) per position, as Caffe's
+    AccuracyLayer: a tie with the true class ranks above it."""
     c = logits.shape[1]
     z = torch.movedim(logits, 1, -1).reshape(-1, c)
     lab = label.reshape(-1).long()
-    true = z[torch.arange(len(lab)), lab]
-    ahead = (z >= true[:, None]).sum(dim=1) - 1      # a tie ranks above the true class
-    return (ahead < a["top_k"]).float().mean()
+    ignore = a.get("ignore_label")
+    counted = lab != ignore if ignore is not None else torch.ones_like(lab, dtype=torch.bool)
+    safe = torch.where(counted, lab, torch.zeros_like(lab))
+    true = z[torch.arange(len(lab)), safe]
+    ahead = (z >= true[:, None]).sum(dim=1) - 1
+    return counted, counted & (ahead < a["top_k"]), safe, c
+
+
+def accuracy(a, xs, p, training):
+    counted, hit, _, _ = _accuracy_rows(a, *xs)
+    count = int(counted.sum())
+    # the op's output is f32, whatever its inputs
+    return (hit.sum().double() / count if count else torch.zeros((), dtype=torch.float64)).float()
+
+
+def accuracy_per_class(a, xs, p, training):
+    counted, hit, lab, c = _accuracy_rows(a, *xs)
+    seen = torch.bincount(lab[counted], minlength=c).double()
+    hits = torch.bincount(lab[hit], minlength=c).double()
+    return torch.where(seen > 0, hits / seen.clamp(min=1), torch.zeros_like(seen)).float()
+
+
+def multibox_loss(a, xs, p, training, hints=None):
+    """SSD's MultiBoxLoss: the matching and mining decisions are the NumPy reference's
+    (bwplan/ops/multibox.py: not differentiable, checked by hand there), made on bwplan's
+    own values of the inputs when `hints` gives them (the mining ranks float losses), and
+    the loss on them is torch's smooth L1 and cross-entropy."""
+    from bwplan.ops import multibox as mb
+    loc, conf, prior, gt = xs
+    n, c = loc.shape[0], a["num_classes"]
+    seen = [t.detach().numpy() for t in (hints if hints is not None else xs)]
+    targets, labels = mb.decide(a, *seen)
+    p_ = labels.shape[1]
+    labels = torch.from_numpy(labels)
+    positive = (labels >= 0) & (labels != a["background_label_id"])
+    norm = mb.normalizer_of(a, n, p_, labels.numpy())
+    loc_loss = F.smooth_l1_loss(loc.reshape(n, p_, 4)[positive],
+                                torch.from_numpy(targets).to(loc.dtype)[positive],
+                                reduction="sum", beta=1.0)
+    counted = labels >= 0
+    logp = torch.log_softmax(conf.reshape(n, p_, c), dim=-1)[counted]
+    picked = logp.gather(1, labels[counted].long()[:, None])[:, 0]
+    floor = float(np.log(np.finfo(np.float32).tiny))
+    conf_loss = -torch.clamp(picked, min=floor).sum()
+    return (a["loc_weight"] * loc_loss + conf_loss) / norm
+
+
+def seg_accuracy(a, xs, p, training):
+    """DeepLab's SegAccuracy: a confusion matrix (true, predicted; a tie to the higher
+    class), then its pixel accuracy, mean recall over present classes, mean Jaccard."""
+    scores, label = xs
+    c = scores.shape[1]
+    z = torch.movedim(scores, 1, -1).reshape(-1, c)
+    classes = torch.arange(c).expand(z.shape[0], c)
+    is_max = z >= z.max(dim=1, keepdim=True).values
+    pred = torch.where(is_max, classes, torch.full_like(classes, -1)).max(dim=1).values
+    lab = label.reshape(-1).long()
+    keep = torch.ones_like(lab, dtype=torch.bool)
+    for v in a["ignore_label"]:
+        keep &= lab != v
+    cm = torch.zeros((c, c), dtype=torch.float64)
+    cm.index_put_((lab[keep], pred[keep]), torch.ones(int(keep.sum()), dtype=torch.float64),
+                  accumulate=True)
+    diag, rows, cols = torch.diagonal(cm), cm.sum(1), cm.sum(0)
+    total = cm.sum()
+    pixel = diag.sum() / total if total > 0 else torch.zeros((), dtype=torch.float64)
+    present = rows > 0
+    recall = (diag[present] / rows[present]).mean() if present.any() else torch.zeros(())
+    union = rows + cols - diag
+    iou = torch.where(union == diag, torch.ones_like(diag), diag / union.clamp(min=1)).mean()
+    return torch.stack([pixel, recall.double(), iou]).reshape(1, 1, 1, 3).float()
 
 
 # ---- Caffe's further neuron layers (caffe.proto's parameter names and defaults) -----------
@@ -564,7 +635,8 @@ OPS: dict[str, OpFn] = {
     "softmax_cross_entropy": softmax_cross_entropy,
     "euclidean_loss": euclidean_loss,
     "contrastive_loss": contrastive_loss,
-    "accuracy": accuracy,
+    "accuracy": accuracy, "accuracy_per_class": accuracy_per_class,
+    "seg_accuracy": seg_accuracy, "multibox_loss": multibox_loss,
     "elu": lambda a, xs, p, t: F.elu(xs[0], a["alpha"]),
     "power": power,
     "absval": lambda a, xs, p, t: torch.abs(xs[0]),
@@ -732,8 +804,9 @@ class TorchNet:
                         buf[~mask] = 0
         losses = {l.name: float(values[l.name].detach().sum()) for l in self.net.layers
                   if l.op in LOSS_OPS or l.loss_weight != 0}
-        metrics = {l.name: float(values[l.name]) for l in self.net.layers
-                   if l.op in METRIC_OPS}
+        # a vector metric one entry per element, as bwplan reports it
+        metrics = {k: v for l in self.net.layers if l.op in METRIC_OPS
+                   for k, v in metric_entries(l.name, values[l.name].detach().numpy()).items()}
         return TorchStep(float(objective.detach()), losses, metrics, raw, scaled)
 
     def numpy_params(self) -> dict[str, np.ndarray]:

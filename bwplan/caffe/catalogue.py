@@ -192,7 +192,13 @@ _ROWS = (
     # ---- not differentiable ----------------------------------------------------------
     CaffeType("Accuracy", "stop", bottoms=(2, -1, -1), tops=(-1, 1, 2),
               no_force=frozenset({0, 1}), labels=frozenset({1}), shape=s.accuracy,
-              imports=Import("layer", "accuracy", m.accuracy)),
+              imports=Import("layer", "accuracy", m.accuracy,
+                             second_top=m.accuracy_per_class)),
+    # the DeepLab fork's: [pixel accuracy, mean class accuracy, mean IoU] of the batch; its
+    # header declares no AllowForceBackward, so Layer's default (true) stands
+    CaffeType("SegAccuracy", "stop", bottoms=(2, -1, -1), tops=_ONE,
+              labels=frozenset({1}), shape=s.seg_accuracy,
+              imports=Import("layer", "seg_accuracy", m.seg_accuracy)),
     # a Python layer's tops are inputs of the shapes the user gives; nothing flows back
     CaffeType("Python", "stop", param_blobs=lambda layer: len(layer.params),
               imports=Import("inputs", unknown_shape=m.python_layer)),
@@ -225,8 +231,10 @@ _ROWS = (
     # reach every bottom
     CaffeType("SmoothL1Loss", **{**_LOSS, "bottoms": (-1, 2, 4), "no_force": frozenset()},
               imports=Import("layer", m.smooth_l1_op, m.smooth_l1)),
-    # SSD: loc, conf, priors, ground truth
-    CaffeType("MultiBoxLoss", **{**_LOSS, "bottoms": (4, -1, -1)}, labels=frozenset({3})),
+    # SSD: loc, conf, priors, ground truth; the ground truth holds boxes (floats), and
+    # LossLayer's AllowForceBackward (not bottom 1) stands
+    CaffeType("MultiBoxLoss", **{**_LOSS, "bottoms": (4, -1, -1)},
+              imports=Import("layer", "multibox_loss", m.multibox)),
 )
 
 TYPES: Mapping[str, CaffeType] = MappingProxyType({row.name: row for row in _ROWS})

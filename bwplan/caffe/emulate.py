@@ -109,10 +109,13 @@ class _Init:
                 continue
             n_blobs = max(ctype.param_blobs(layer), 0)
             tshapes, _ = caffe_shapes.infer(ctype.shape, layer, [], n_blobs)
+            # a top the file gives no shape (an LMDB image without crop_size) has the
+            # batch its layer's other tops have (the label's batch_size)
+            batches = {shape[0] for shape in tshapes if shape}
             for top, shape in zip(layer.tops, tshapes):
                 given = self.input_shapes.get(top)
-                if given and shape and given[0] != shape[0]:
-                    old = shape[0]
+                old = shape[0] if shape else min(batches) if len(batches) == 1 else None
+                if given and old is not None and given[0] != old:
                     # two blobs of one batch given different batches: follow neither
                     changes[old] = given[0] if changes.get(old, given[0]) == given[0] else None
         self.batch_changes = {old: new for old, new in changes.items() if new is not None}

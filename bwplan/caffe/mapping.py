@@ -454,9 +454,84 @@ def accuracy(layer, ctx):
     p = layer.sub("accuracy_param")
     if p.get("axis") != 1:
         raise unsupported(layer, p, "axis", "only axis 1 is supported")
-    if p.has("ignore_label"):
-        raise unsupported(layer, p, "ignore_label", "ignore_label is not supported")
-    return _opt(p, "top_k", "top_k", 1)
+    out = _opt(p, "top_k", "top_k", 1)
+    return out + ([("ignore_label", p.get("ignore_label"), p.where("ignore_label"))]
+                  if p.has("ignore_label") else [])
+
+
+def accuracy_per_class(layer, ctx) -> Import:
+    """Accuracy's second top, the accuracy of each class: an `accuracy_per_class` with
+    the same settings, named after the top."""
+    return Import("layer", "accuracy_per_class", accuracy)
+
+
+def seg_accuracy(layer, ctx):
+    """The DeepLab fork's SegAccuracy: its ignore labels (a repeated field); `reset:
+    false`, which sums the confusion matrix over iterations, is state bwplan does not keep."""
+    p = layer.sub("seg_accuracy_param")     # the fork's schema: an open message
+    if _word(p, "reset", True) in (False, 0, "false", "False"):
+        raise unsupported(layer, p, "reset", "reset: false sums the confusion matrix over "
+                          "iterations; bwplan scores each batch on its own")
+    metric = _word(p, "metric", "PixelAccuracy")
+    if metric != "PixelAccuracy":
+        raise unsupported(layer, p, "metric", f"metric {metric}: only the fork's "
+                          "confusion-matrix scores (its default) are supported")
+    ignored = tuple(int(v) for v in p.get("ignore_label", ()))
+    return [("ignore_label", ignored, p.where("ignore_label", 0))] if ignored else []
+
+
+# SSD's multibox_loss_param fields bwplan imports: (field, key, SSD's default)
+_MULTIBOX = (("num_classes", "num_classes", None),
+             ("overlap_threshold", "overlap_threshold", 0.5),
+             ("background_label_id", "background_label_id", 0),
+             ("use_difficult_gt", "use_difficult_gt", True),
+             ("neg_pos_ratio", "neg_pos_ratio", 3.0), ("neg_overlap", "neg_overlap", 0.5),
+             ("loc_weight", "loc_weight", 1.0), ("match_type", "match_type", "PER_PREDICTION"),
+             ("mining_type", "mining_type", "MAX_NEGATIVE"))
+# fields that must keep the one value bwplan implements
+_MULTIBOX_FIXED = (("share_location", True), ("code_type", "CENTER_SIZE"),
+                   ("variance_encoded_in_target", False), ("loc_loss_type", "SMOOTH_L1"),
+                   ("conf_loss_type", "SOFTMAX"), ("use_prior_for_matching", True),
+                   ("ignore_cross_boundary_bbox", False), ("encode_variance_in_target", False))
+
+
+def _truth(value: Any) -> Any:
+    return {"true": True, "True": True, "false": False, "False": False}.get(value, value)
+
+
+def multibox(layer, ctx):
+    """SSD's MultiBoxLoss: its settings; the ones bwplan does not implement are errors at
+    their field. Caffe scores the loc and conf terms only where they propagate, so a
+    `propagate_down: false` on either is refused rather than changing the loss."""
+    p = layer.sub("multibox_loss_param")    # SSD's fork: an open message
+    for field, value in _MULTIBOX_FIXED:
+        written = _truth(_word(p, field, value))
+        if written != value and not (isinstance(value, bool) and written == int(value)):
+            shown = str(value).lower() if isinstance(value, bool) else value
+            raise unsupported(layer, p, field, f"{field}: {written} is not supported "
+                              f"(only {shown})")
+    for i in (0, 1):
+        if i < len(layer.propagate_down) and not layer.propagate_down[i]:
+            raise CaffeError(layer.bottom_span(i), f"MultiBoxLoss layer '{layer.name}': "
+                             f"propagate_down: false on bottom {i} drops its term from "
+                             "Caffe's loss, which bwplan does not do")
+    mining = _word(p, "mining_type", "MAX_NEGATIVE")
+    if mining not in ("NONE", "MAX_NEGATIVE"):
+        raise unsupported(layer, p, "mining_type", f"mining_type {mining} is not supported")
+    if not p.has("num_classes"):
+        raise CaffeError(p.span, f"MultiBoxLoss layer '{layer.name}' needs num_classes")
+    out = []
+    for field, key, default in _MULTIBOX:
+        value = _truth(_word(p, field, default))
+        if isinstance(default, float):
+            value = float(value)
+        elif isinstance(default, bool):
+            value = bool(value)
+        elif isinstance(default, int) or default is None:
+            value = int(value)
+        if value != default:
+            out.append((key, value, p.where(field)))
+    return out + _normalization(layer, "VALID")
 
 
 def flatten(layer, ctx):

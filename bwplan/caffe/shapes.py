@@ -180,6 +180,11 @@ def accuracy(layer, bottoms):
     return [()] + [(bottoms[0][1],)] * (len(layer.tops) - 1), []
 
 
+def seg_accuracy(layer, bottoms):
+    # the DeepLab fork's top: (1, 1, 1, 3), its three scores
+    return [(1, 1, 1, 3)], []
+
+
 def flatten(layer, bottoms):
     p = layer.sub("flatten_param")
     x = bottoms[0]

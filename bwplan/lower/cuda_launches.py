@@ -76,6 +76,7 @@ class Needs:
 
 def scratch_needs(program: Program, sizes: Mapping[str, int], sm_count: int) -> Needs:
     net = program.plan.net
+    table.require_kernels(net)
     dw_params = {s.param for s in program.backward if s.phase == "dw"}
     mixed = sorted(p for p in program.mixed_scale if p in dw_params)
     offsets, total = {}, 0

@@ -13,8 +13,9 @@ import math
 import numpy as np
 
 from bwplan.ir.types import TensorType
+from bwplan.ops import multibox as mb
 from bwplan.ops.opdef import (AttrSpec, AuxSpec, GradRule, in_numel, on_every_target, OpCtx, OpDef,
-                              ParamSlot, Port)
+                              ParamSlot, Port, REQUIRED)
 
 
 def _scalar(ctx: OpCtx) -> TensorType:
@@ -239,25 +240,43 @@ def _accuracy_infer(ctx: OpCtx) -> TensorType:
     return TensorType("f32", ())
 
 
-def _accuracy_fwd(ctx, inputs, params, training, rng):
-    logits, label = inputs
+def accuracy_hits(ctx: OpCtx, logits: np.ndarray, label: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per position, as Caffe's AccuracyLayer decides: (counted: its label is not the
+    ignore label, hit: counted and the label is among the top_k scores, the label with 0
+    where it is ignored). A class tied with the true one counts as ranked above it."""
     c = logits.shape[1]
     z = np.moveaxis(logits, 1, -1).reshape(-1, c)
     lab = label.reshape(-1).astype(np.int64)
-    true = z[np.arange(len(lab)), lab]
-    # As Caffe: a class tied with the true one counts as ranked above it.
+    ignore = ctx.attrs["ignore_label"]
+    counted = lab != ignore if ignore is not None else np.ones(len(lab), dtype=bool)
+    safe = np.where(counted, lab, 0)
+    true = z[np.arange(len(lab)), safe]
     ahead = (z >= true[:, None]).sum(axis=1) - 1
-    return np.asarray((ahead < ctx.attrs["top_k"]).mean(), dtype=np.float32), {}
+    return counted, counted & (ahead < ctx.attrs["top_k"]), safe
 
+
+def _accuracy_fwd(ctx, inputs, params, training, rng):
+    counted, hit, _ = accuracy_hits(ctx, *inputs)
+    count = int(counted.sum())
+    # as Caffe: no counted position gives 0
+    return np.asarray(hit.sum() / count if count else 0.0, dtype=np.float32), {}
+
+
+_ACCURACY_ATTRS = (
+    AttrSpec("top_k", "int", 1, at_least=1),
+    AttrSpec("ignore_label", "int", None, doc="label value that is not counted; unset: "
+             "every label counts"))
 
 ACCURACY = OpDef(
     name="accuracy",
     family="loss",
     doc="Fraction of samples whose label is among the `top_k` highest scores (Caffe "
-        "Accuracy); a metric, never differentiated.",
+        "Accuracy), over the positions whose label is not `ignore_label` (0 when none "
+        "is); a metric, never differentiated.",
     ports=(Port("logits", differentiable=False),
            Port("label", differentiable=False, classes_of="logits")),
-    attrs=(AttrSpec("top_k", "int", 1, at_least=1),),
+    attrs=_ACCURACY_ATTRS,
     infer=_accuracy_infer,
     flops=lambda ctx: ctx.x.numel,
     role="metric",
@@ -265,6 +284,7 @@ ACCURACY = OpDef(
     kernels=on_every_target({
         "fwd": "loss.accuracy_fwd"}),
 )
+
 
 # ---- Caffe's normalization of a loss (LossParameter.normalization) ------------------------
 NORMALIZATIONS = ("FULL", "VALID", "BATCH_SIZE", "NONE")
@@ -544,6 +564,221 @@ SMOOTH_L1_LOSS_WEIGHTED = _smooth_l1_op(
      Port("outside", differentiable=False)), frozenset({"diff", "inside", "outside"}))
 
 
+# ---- per-class accuracy and segmentation scores: metrics of a vector -------------------
+def _per_class_infer(ctx: OpCtx) -> TensorType:
+    _accuracy_infer(ctx)
+    return TensorType("f32", (ctx.x.shape[1],))
+
+
+def _per_class_fwd(ctx, inputs, params, training, rng):
+    counted, hit, lab = accuracy_hits(ctx, *inputs)
+    classes = inputs[0].shape[1]
+    seen = np.bincount(lab[counted], minlength=classes)
+    hits = np.bincount(lab[hit], minlength=classes)
+    # as Caffe: a class no counted position has scores 0
+    out = np.where(seen > 0, hits / np.maximum(seen, 1), 0.0)
+    return out.astype(np.float32), {}
+
+
+ACCURACY_PER_CLASS = OpDef(
+    name="accuracy_per_class",
+    family="loss",
+    doc="Caffe Accuracy's second top: for each class c, the fraction of the counted "
+        "positions labelled c whose label is among the `top_k` highest scores (0 for a "
+        "class no counted position has), a vector of the C classes; a metric, never "
+        "differentiated.",
+    ports=(Port("logits", differentiable=False),
+           Port("label", differentiable=False, classes_of="logits")),
+    attrs=_ACCURACY_ATTRS,
+    infer=_per_class_infer,
+    flops=lambda ctx: ctx.x.numel,
+    role="metric",
+    forward_ref=_per_class_fwd,
+    kernels=on_every_target({
+        "fwd": "loss.accuracy_per_class_fwd"}),
+)
+
+SEG_SCORES = ("pixel accuracy", "mean class accuracy", "mean IoU")
+
+
+def _seg_accuracy_infer(ctx: OpCtx) -> TensorType:
+    scores, label = ctx.inputs
+    if len(scores.shape) != 4:
+        raise ValueError(f"scores {scores} must be [N, C, H, W]")
+    n, _, h, w = scores.shape
+    if label.shape not in ((n, 1, h, w), (n, h, w)):
+        raise ValueError(f"label {label} does not match scores {scores} (expected "
+                         f"{(n, 1, h, w)})")
+    return TensorType("f32", (1, 1, 1, len(SEG_SCORES)))
+
+
+def seg_scores(confusion: np.ndarray) -> tuple[float, float, float]:
+    """(pixel accuracy, mean class accuracy, mean IoU) of a confusion matrix (rows: the
+    true class, columns: the predicted one), as the DeepLab fork's ConfusionMatrix computes
+    them: pixel accuracy 0 when nothing is counted; the class accuracy averaged over the
+    classes that occur (0 when none does); IoU averaged over every class, a class with an
+    empty union scoring 1."""
+    cm = confusion.astype(np.float64)
+    total, diag = cm.sum(), np.diag(cm)
+    rows, cols = cm.sum(axis=1), cm.sum(axis=0)
+    pixel = diag.sum() / total if total else 0.0
+    present = rows > 0
+    recall = (diag[present] / rows[present]).mean() if present.any() else 0.0
+    union = rows + cols - diag
+    iou = np.where(union == diag, 1.0, diag / np.where(union > 0, union, 1.0)).mean()
+    return float(pixel), float(recall), float(iou)
+
+
+def seg_confusion(ctx: OpCtx, scores: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """The batch's confusion matrix: each position whose label is not one of
+    `ignore_label`, counted at (its label, the class of its highest score; of tied
+    scores the highest class, as the fork's sort of (score, class) pairs picks)."""
+    c = scores.shape[1]
+    z = np.moveaxis(scores, 1, -1).reshape(-1, c)
+    pred = c - 1 - np.argmax(z[:, ::-1], axis=1)
+    lab = label.reshape(-1).astype(np.int64)
+    counted = ~np.isin(lab, np.asarray(ctx.attrs["ignore_label"], dtype=np.int64))
+    flat = lab[counted] * c + pred[counted]
+    return np.bincount(flat, minlength=c * c).reshape(c, c)
+
+
+def _seg_accuracy_fwd(ctx, inputs, params, training, rng):
+    scores = seg_scores(seg_confusion(ctx, *inputs))
+    return np.asarray(scores, dtype=np.float32).reshape(1, 1, 1, len(SEG_SCORES)), {}
+
+
+SEG_ACCURACY = OpDef(
+    name="seg_accuracy",
+    family="loss",
+    doc="The DeepLab fork's SegAccuracy: from the batch's confusion matrix (each pixel "
+        "whose label is not one of `ignore_label`, at its label and its highest-scoring "
+        "class, a tie to the higher class), [pixel accuracy, mean class accuracy over the "
+        "classes that occur, mean IoU over every class (an empty class scores 1)] as a "
+        "[1, 1, 1, 3] tensor; a metric, never differentiated.",
+    ports=(Port("scores", differentiable=False),
+           Port("label", differentiable=False, classes_of="scores")),
+    attrs=(AttrSpec("ignore_label", "ints", (), doc="label values that are not counted"),),
+    infer=_seg_accuracy_infer,
+    flops=lambda ctx: ctx.x.numel,
+    role="metric",
+    forward_ref=_seg_accuracy_fwd,
+    kernels=on_every_target({
+        "fwd": "loss.seg_accuracy_fwd"}),
+)
+
+
+# ---- SSD's MultiBoxLoss ------------------------------------------------------------------
+def _multibox_dims(ctx: OpCtx) -> tuple[int, int, int]:
+    """(N, priors P, classes C), checked against the four inputs."""
+    loc, conf, prior, gt = ctx.inputs
+    c = ctx.attrs["num_classes"]
+    if len(prior.shape) != 3 or prior.shape[:2] != (1, 2) or prior.shape[2] % 4:
+        raise ValueError(f"priors {prior} must be [1, 2, P * 4] (boxes, then variances)")
+    p = prior.shape[2] // 4
+    n = loc.shape[0] if loc.shape else 0
+    if not loc.shape or loc.numel != n * p * 4:
+        raise ValueError(f"loc {loc} must hold 4 values for each of the {p} priors per sample")
+    if not conf.shape or conf.shape[0] != n or conf.numel != n * p * c:
+        raise ValueError(f"conf {conf} must hold {c} scores for each of the {p} priors per "
+                         f"sample of the {n}")
+    if len(gt.shape) != 4 or gt.shape[:2] != (1, 1) or gt.shape[3] != 8:
+        raise ValueError(f"ground truth {gt} must be [1, 1, G, 8]")
+    if not 0 <= ctx.attrs["background_label_id"] < c:
+        raise ValueError(f"background_label_id {ctx.attrs['background_label_id']} is not one "
+                         f"of the {c} classes")
+    return n, p, c
+
+
+def _multibox_infer(ctx: OpCtx) -> TensorType:
+    _multibox_dims(ctx)
+    return _scalar(ctx)
+
+
+def _multibox_fwd(ctx, inputs, params, training, rng):
+    loc, conf, prior, gt = inputs
+    n, p, c = _multibox_dims(ctx)
+    targets, labels = mb.decide(ctx.attrs, loc, conf, prior, gt)
+    norm = mb.normalizer_of(ctx.attrs, n, p, labels)
+    positive = (labels >= 0) & (labels != ctx.attrs["background_label_id"])
+    d = loc.reshape(n, p, 4) - targets
+    loc_loss = (mb.smooth_l1(d) * positive[..., None]).sum()
+    logp = mb.log_softmax(conf.reshape(n, p, c).astype(np.float64))
+    counted = labels >= 0
+    prob = np.exp(logp)[counted, labels[counted]]
+    conf_loss = -np.log(np.maximum(prob, mb.FLT_MIN)).sum()
+    loss = (ctx.attrs["loc_weight"] * loc_loss + conf_loss) / norm
+    return np.asarray(loss, dtype=loc.dtype), {
+        "targets": targets.astype(loc.dtype), "labels": labels.astype(loc.dtype)}
+
+
+def _multibox_dloc(ctx, saved, dout, index):
+    loc, targets, labels = saved["loc"], saved["targets"], saved["labels"]
+    n, p = labels.shape
+    positive = (labels >= 0) & (labels != ctx.attrs["background_label_id"])
+    d = loc.reshape(n, p, 4) - targets
+    scale = ctx.attrs["loc_weight"] * dout / mb.normalizer_of(ctx.attrs, n, p, labels)
+    return (mb.smooth_l1_grad(d) * positive[..., None] * scale).reshape(loc.shape)
+
+
+def _multibox_dconf(ctx, saved, dout, index):
+    conf, labels = saved["conf"], saved["labels"]
+    n, p = labels.shape
+    c = ctx.attrs["num_classes"]
+    g = np.exp(mb.log_softmax(conf.reshape(n, p, c).astype(np.float64)))
+    counted = labels >= 0
+    lab = labels.astype(np.int64)
+    g[counted, lab[counted]] -= 1.0
+    g *= counted[..., None] * (dout / mb.normalizer_of(ctx.attrs, n, p, labels))
+    return g.reshape(conf.shape)
+
+
+def _multibox_aux(ctx: OpCtx) -> tuple[int, ...]:
+    n, p, _ = _multibox_dims(ctx)
+    return (n, p)
+
+
+MULTIBOX_LOSS = OpDef(
+    name="multibox_loss",
+    family="loss",
+    doc="SSD's MultiBoxLoss (share_location, CENTER_SIZE codes, variances in the priors): "
+        "priors matched to the ground-truth boxes (bipartite, then per prediction above "
+        "`overlap_threshold`), hard negatives mined (MAX_NEGATIVE: `neg_pos_ratio` per "
+        "positive, below `neg_overlap`), then `loc_weight` * smooth L1 of the positives' "
+        "offsets plus the softmax cross-entropy of positives and negatives, divided per "
+        "`normalization`. The matching and the mining are decisions of the forward; "
+        "gradients reach loc and conf only.",
+    ports=(Port("loc"), Port("conf"), Port("priors", differentiable=False),
+           Port("ground_truth", differentiable=False)),
+    attrs=(AttrSpec("num_classes", "int", REQUIRED, at_least=1),
+           AttrSpec("overlap_threshold", "float", 0.5, at_least=0, at_most=1),
+           AttrSpec("background_label_id", "int", 0, at_least=0),
+           AttrSpec("use_difficult_gt", "bool", True),
+           AttrSpec("neg_pos_ratio", "float", 3.0, at_least=0),
+           AttrSpec("neg_overlap", "float", 0.5, at_least=0, at_most=1),
+           AttrSpec("loc_weight", "float", 1.0),
+           AttrSpec("match_type", "choice", "PER_PREDICTION",
+                    choices=("BIPARTITE", "PER_PREDICTION")),
+           AttrSpec("mining_type", "choice", "MAX_NEGATIVE", choices=("NONE", "MAX_NEGATIVE"),
+                    doc="NONE: the positives alone"),
+           AttrSpec("normalization", "choice", "VALID", choices=NORMALIZATIONS,
+                    doc="VALID divides by the number of positives")),
+    infer=_multibox_infer,
+    flops=lambda ctx: 8 * ctx.inputs[1].numel + 20 * ctx.x.numel,
+    grads=(GradRule("loc", frozenset({"loc", "targets", "labels"}),
+                    lambda ctx: 3 * ctx.x.numel, _multibox_dloc),
+           GradRule("conf", frozenset({"conf", "labels"}),
+                    lambda ctx: 4 * ctx.inputs[1].numel, _multibox_dconf)),
+    aux=(AuxSpec("targets", lambda ctx: _multibox_aux(ctx) + (4,)),
+         AuxSpec("labels", _multibox_aux)),
+    role="loss",
+    forward_ref=_multibox_fwd,
+    # matching and mining run on the host, so there are CPU kernels only: the cuda target
+    # refuses the op (bwplan/runtime/cuda.py)
+    kernels={"cpu": {"fwd": "loss.multibox_loss_fwd", "dx:loc": "loss.multibox_loss_dx_loc",
+                     "dx:conf": "loss.multibox_loss_dx_conf"}},
+)
+
+
 OPS = (SOFTMAX_CROSS_ENTROPY, EUCLIDEAN_LOSS, CONTRASTIVE_LOSS, ACCURACY,
        SIGMOID_CROSS_ENTROPY_LOSS, HINGE_LOSS, INFOGAIN_LOSS, INFOGAIN_LOSS_H, SMOOTH_L1_LOSS,
-       SMOOTH_L1_LOSS_WEIGHTED)
+       SMOOTH_L1_LOSS_WEIGHTED, ACCURACY_PER_CLASS, SEG_ACCURACY, MULTIBOX_LOSS)

@@ -100,15 +100,18 @@ def label_problem(net: Net, name: str, arr: np.ndarray) -> tuple[str, str | None
         shape = net.tensor_type(logits.src).shape
         classes = shape[1] if len(shape) > 1 else 1
         ignore = layer.attrs.get("ignore_label")
+        # one ignore label, several (seg_accuracy's), or none
+        ignored = ignore if isinstance(ignore, tuple) else () if ignore is None else (ignore,)
         bad = (arr < 0) | (arr >= classes)
-        if ignore is not None:
-            bad &= arr != ignore
+        if ignored:
+            bad &= ~np.isin(arr, ignored)
         if bad.any():
             first = tuple(int(i) for i in np.argwhere(bad)[0])
-            also = f" or the ignore label {ignore}" if ignore is not None else ""
+            also = (f" or the ignore label{'s' * (len(ignored) > 1)} "
+                    f"{', '.join(map(str, ignored))}") if ignored else ""
             return (f"label {arr[first]} at index {list(first)}: '{layer.name}' "
                     f"({layer.op}) takes classes 0-{classes - 1}{also}",
-                    f"'{layer.name}' has no ignore label" if ignore is None else None)
+                    None if ignored else f"'{layer.name}' has no ignore label")
     return None
 
 

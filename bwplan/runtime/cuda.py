@@ -34,6 +34,7 @@ import numpy as np
 from bwplan import ops as registry
 from bwplan.errors import BwError, InternalError
 from bwplan.kernels.cuda import build, update
+from bwplan.kernels import cuda as table
 from bwplan.lower import cuda_launches as step_plan
 from bwplan.lower.cuda_arena import plan_arena
 from bwplan.kernels.cuda.limits import Launch
@@ -41,6 +42,7 @@ from bwplan.lower.program import Program, value
 from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.executor import StepResult, StepStats
 from bwplan.optim import SgdSettings
+from bwplan.runtime.metrics import metrics_of
 from bwplan.runtime.weights import load_into, save_weights
 from bwplan.source import Span
 
@@ -252,7 +254,9 @@ class CudaExecutor:
                                  state_bytes=self.state.nbytes + self.scratch_bytes)
 
     def _check_types(self) -> None:
-        """The kernels run float32; integer tensors may only be labels or flags."""
+        """The kernels run float32; integer tensors may only be labels or flags. An op
+        without cuda kernels (MultiBoxLoss: its matching runs on the host) is refused."""
+        table.require_kernels(self.net)
         for layer in self.net.layers:
             op = registry.OPS[layer.op]
             for e in layer.inputs:
@@ -347,12 +351,12 @@ class CudaExecutor:
         marks = self._replay(planned)
         end.record(self.stream)
         check(end.synchronize, "running the step")
-        values = {}
+        values, hosts = {}, {}
         for name in [n for n, _ in self.program.losses] + list(self.program.metrics):
             # a weighted layer that is not a loss joins the objective with its sum
             host = np.empty(self.net.layer(name).out.shape, np.float32)
             check(lambda: cuda.memcpy_dtoh(host, self.layout.addr(value(name))), "reading " + name)
-            values[name] = float(np.sum(host, dtype=np.float64))
+            values[name], hosts[name] = float(np.sum(host, dtype=np.float64)), host
         stats = self._stats(backward)
         if hasattr(stats, "seconds"):
             before = start
@@ -367,9 +371,11 @@ class CudaExecutor:
                                  self.layout.arena.size,
                                  self.state.nbytes + self.scratch_bytes, per_phase)
         losses = {n: values[n] for n, _ in self.program.losses}
-        metrics = {n: values[n] for n in self.program.metrics}
+        metrics = metrics_of(self.program.metrics, hosts)
         loss = sum(w * losses[n] for n, w in self.program.losses)
-        return StepResult(loss, losses, metrics, stats)
+        # the metrics as arrays too (a vector metric whole), for a forward's outputs
+        return StepResult(loss, losses, metrics, stats,
+                          {n: hosts[n] for n in self.program.metrics})
 
     def _stats(self, backward: bool) -> StepStats:
         """What ran, counted as the CPU executor counts it: one launch per component."""
@@ -442,7 +448,7 @@ class CudaTarget:
 
     def forward(self, prepared: CudaExecutor, batch, training: bool, seed: int, outputs):
         result = prepared.run(batch, training, forward_only=True)
-        known = {**result.losses, **result.metrics}
+        known = {**result.losses, **result.values}
         if outputs and set(outputs) - set(known):
             raise BwError(Span.synthetic("cuda"), "the cuda target returns losses and "
                           "metrics only; use the cpu target to read other layers")

@@ -20,6 +20,7 @@ from bwplan.ops.needs import FWD
 from bwplan.plan.components import op_ctx
 from bwplan.runtime.slices import by_rows
 from bwplan.runtime.backend import numpy_dtype
+from bwplan.runtime.metrics import metrics_of
 from bwplan.runtime.pool import BufferPool
 
 
@@ -138,7 +139,8 @@ class Executor:
         # a weighted layer that is not a loss op contributes the sum of its output
         losses = {n: float(np.sum(values[value(n)])) for n, _ in program.losses
                   if value(n) in values}
-        metrics = {n: float(values[value(n)]) for n in program.metrics if value(n) in values}
+        metrics = metrics_of(program.metrics, {n: values[value(n)] for n in program.metrics
+                                               if value(n) in values})
         loss = sum(w * losses[n] for n, w in program.losses if n in losses)
 
         if not forward_only:

@@ -20,6 +20,7 @@ from bwplan.runtime.compiling import seconds_so_far
 from bwplan.runtime.checks import check_step
 from bwplan.runtime.data import Dataset
 from bwplan.runtime.executor import StepResult
+from bwplan.runtime.metrics import metrics_of
 from bwplan.runtime.optimizer import Sgd
 
 
@@ -154,15 +155,20 @@ def evaluate(prog: Trainable, arrays: dict[str, np.ndarray], batch: int
     """Loss and metrics over a data split, weighted by batch size, in inference mode."""
     n = len(next(iter(arrays.values())))
     losses = dict(prog.program.losses)
-    names = list(losses) + list(prog.program.metrics)
-    sums = dict.fromkeys(names, 0.0)
+    metrics = list(prog.program.metrics)
+    names = list(losses) + metrics
+    sums = dict.fromkeys(losses, 0.0)
+    metric_sums: dict[str, float] = {}
     for start in range(0, n, batch):
         b = {k: v[start:start + batch] for k, v in arrays.items()}
         out = prog.forward(b, outputs=names)
-        for name in names:
-            sums[name] += float(out[name]) * len(next(iter(b.values())))
+        size = len(next(iter(b.values())))
+        for name in losses:
+            sums[name] += float(out[name]) * size
+        for key, v in metrics_of(metrics, out).items():
+            metric_sums[key] = metric_sums.get(key, 0.0) + v * size
     loss = sum(w * sums[nm] / n for nm, w in losses.items())
-    return loss, {nm: sums[nm] / n for nm in prog.program.metrics}
+    return loss, {key: total / n for key, total in metric_sums.items()}
 
 
 def _is_frozen(prog: Trainable, unit: str) -> bool:

@@ -14,8 +14,9 @@ import numpy as np
 from numba import njit, prange
 
 from bwplan.errors import DataError
+from bwplan.kernels.cpu import multibox as mbk
 from bwplan.kernels.cpu.views import flat, ncs, scalar, view
-from bwplan.ops.loss import FLT_MIN, infogain_split, normalizer
+from bwplan.ops.loss import FLT_MIN, infogain_split, normalizer, seg_scores
 from bwplan.source import Span
 
 
@@ -223,30 +224,83 @@ contrastive_loss_dx_b = _contrastive_dx(-1.0)
 
 # ---- accuracy ------------------------------------------------------------------------------
 @njit(cache=True)
-def _top_k_hits(z, label, top_k):
-    """Positions whose label is among the top_k scores; a score tied with the label's
-    counts as ranked above it, as in Caffe."""
+def _top_k_hits(z, label, top_k, has_ignore, ignore, seen, hits):
+    """Count the positions whose label is not ignored into seen[label], and those whose
+    label is among the top_k scores into hits[label]; a score tied with the label's counts
+    as ranked above it, as in Caffe."""
     c_n, s_n = z.shape[1], z.shape[2]
-    hits = 0
     for n in range(z.shape[0]):
         for s in range(s_n):
-            true = z[n, int(label[n * s_n + s]), s]
+            lab = int(label[n * s_n + s])
+            if has_ignore and lab == ignore:
+                continue
+            seen[lab] += 1
+            true = z[n, lab, s]
             ahead = -1
             for c in range(c_n):
                 if z[n, c, s] >= true:
                     ahead += 1
             if ahead < top_k:
-                hits += 1
-    return hits
+                hits[lab] += 1
+
+
+def _accuracy_counts(ctx, inputs) -> tuple[np.ndarray, np.ndarray]:
+    """(counted positions per class, hits per class)."""
+    z, label = ncs(inputs[0]), flat(inputs[1])
+    ignore = ctx.attrs["ignore_label"]
+    # 0 is always a valid class, so passing it as the ignore label ignores nothing
+    bad = _check_labels(label, z.shape[1], 0 if ignore is None else ignore)
+    if bad >= 0:
+        raise _bad_label(bad, label, z.shape[1])
+    seen = np.zeros(z.shape[1], dtype=np.int64)
+    hits = np.zeros(z.shape[1], dtype=np.int64)
+    _top_k_hits(z, label, ctx.attrs["top_k"], ignore is not None,
+                0 if ignore is None else ignore, seen, hits)
+    return seen, hits
 
 
 def accuracy_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    seen, hits = _accuracy_counts(ctx, inputs)
+    count = int(seen.sum())
+    out[()] = hits.sum() / count if count else 0.0
+
+
+def accuracy_per_class_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    seen, hits = _accuracy_counts(ctx, inputs)
+    out[:] = np.where(seen > 0, hits / np.maximum(seen, 1), 0.0)
+
+
+@njit(cache=True)
+def _confusion(z, label, ignored, out):
+    """Count each position whose label is not in `ignored` at (label, the class of its
+    highest score, the highest class among tied scores)."""
+    c_n, s_n = z.shape[1], z.shape[2]
+    for n in range(z.shape[0]):
+        for s in range(s_n):
+            lab = int(label[n * s_n + s])
+            skip = False
+            for k in range(ignored.size):
+                if lab == ignored[k]:
+                    skip = True
+            if skip:
+                continue
+            best = 0
+            for c in range(1, c_n):
+                if z[n, c, s] >= z[n, best, s]:
+                    best = c
+            out[lab, best] += 1
+
+
+def seg_accuracy_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
     z, label = ncs(inputs[0]), flat(inputs[1])
-    # 0 is always a valid class, so passing it as the ignore label ignores nothing
-    bad = _check_labels(label, z.shape[1], 0)
-    if bad >= 0:
-        raise _bad_label(bad, label, z.shape[1])
-    out[()] = _top_k_hits(z, label, ctx.attrs["top_k"]) / label.size
+    ignored = np.asarray(ctx.attrs["ignore_label"], dtype=np.int64)
+    lab = label.astype(np.int64)
+    bad = ~np.isin(lab, ignored) & ((lab < 0) | (lab >= z.shape[1]))
+    if bad.any():
+        raise _bad_label(int(np.argmax(bad)), label, z.shape[1])
+    confusion = np.zeros((z.shape[1], z.shape[1]), dtype=np.int64)
+    _confusion(z, label, ignored, confusion)
+    out.reshape(-1)[:] = seg_scores(confusion)
 
 
 # ---- sigmoid cross-entropy ---------------------------------------------------------------
@@ -453,3 +507,66 @@ def _smooth_l1_dx(sign: float):
 
 smooth_l1_loss_dx_a = _smooth_l1_dx(1.0)
 smooth_l1_loss_dx_b = _smooth_l1_dx(-1.0)
+
+
+# ---- SSD's MultiBoxLoss ------------------------------------------------------------------
+def _multibox_shape(ctx) -> tuple[int, int, int]:
+    n = ctx.inputs[0].shape[0]
+    p = ctx.inputs[2].shape[2] // 4
+    return n, p, ctx.attrs["num_classes"]
+
+
+def _multibox_norm(ctx, positives: int) -> float:
+    n, p, _ = _multibox_shape(ctx)
+    return normalizer(ctx.attrs["normalization"], n, n * p, positives)
+
+
+def multibox_loss_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    a = ctx.attrs
+    n, p, c = _multibox_shape(ctx)
+    loc = np.asarray(inputs[0], dtype=np.float64).reshape(n, p, 4)
+    conf = np.asarray(inputs[1], dtype=np.float64).reshape(n, p, c)
+    priors = np.asarray(inputs[2], dtype=np.float64).reshape(2, p, 4)
+    rows = np.asarray(inputs[3], dtype=np.float64).reshape(-1, 8)
+    bad = mbk.check_ground_truth(rows, n, a["background_label_id"])
+    if bad >= 0:
+        raise DataError(Span.synthetic("batch"), f"ground-truth row {rows[bad].tolist()}: "
+                        f"its image is beyond the batch of {n} or its label is the "
+                        f"background {a['background_label_id']}")
+    targets, labels = np.empty((n, p, 4)), np.empty((n, p))
+    mbk.decide(conf, priors[0], priors[1], rows, a["background_label_id"],
+               a["use_difficult_gt"], a["match_type"] == "PER_PREDICTION",
+               a["overlap_threshold"], a["mining_type"] == "MAX_NEGATIVE",
+               a["neg_pos_ratio"], a["neg_overlap"], targets, labels)
+    loc_sum, conf_sum, positives = mbk.loss_sums(loc, conf, targets, labels,
+                                                 a["background_label_id"])
+    out[()] = (a["loc_weight"] * loc_sum + conf_sum) / _multibox_norm(ctx, positives)
+    if "targets" in aux:
+        aux["targets"][...] = targets
+    if "labels" in aux:
+        aux["labels"][...] = labels
+
+
+def _positives(ctx, labels: np.ndarray) -> int:
+    return int(np.count_nonzero((labels >= 0) & (labels != ctx.attrs["background_label_id"])))
+
+
+def multibox_loss_dx_loc(ctx, saved, dout, index, out) -> None:
+    n, p, _ = _multibox_shape(ctx)
+    labels = np.asarray(saved["labels"], dtype=np.float64).reshape(n, p)
+    scale = ctx.attrs["loc_weight"] * scalar(dout) / _multibox_norm(ctx, _positives(ctx, labels))
+    grad = np.empty((n, p, 4))
+    mbk.loc_grad(np.asarray(saved["loc"], dtype=np.float64).reshape(n, p, 4),
+                 np.asarray(saved["targets"], dtype=np.float64).reshape(n, p, 4), labels,
+                 ctx.attrs["background_label_id"], scale, grad)
+    out.reshape(-1)[:] = grad.reshape(-1)
+
+
+def multibox_loss_dx_conf(ctx, saved, dout, index, out) -> None:
+    n, p, c = _multibox_shape(ctx)
+    labels = np.asarray(saved["labels"], dtype=np.float64).reshape(n, p)
+    scale = scalar(dout) / _multibox_norm(ctx, _positives(ctx, labels))
+    grad = np.empty((n, p, c))
+    mbk.conf_grad(np.asarray(saved["conf"], dtype=np.float64).reshape(n, p, c), labels, scale,
+                  grad)
+    out.reshape(-1)[:] = grad.reshape(-1)

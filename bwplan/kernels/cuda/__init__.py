@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from bwplan import ops as registry
-from bwplan.errors import InternalError
+from bwplan.errors import BwError, InternalError
 from bwplan.kernels.cuda import conv, elementwise, linear, loss, norm, pool, shape, update
 from bwplan.kernels.cuda import activation, broadcast, embed, reduction, spatial_norm
 from bwplan.kernels.cuda import spatial
@@ -99,6 +99,15 @@ def _entry(op_name: str, component: str) -> KernelEntry:
                        getattr(module, "ROWS", {}).get(key),
                        getattr(module, "ROWS_KERNELS", {}).get(key, ()),
                        getattr(module, "ROWS_WORKSPACE", {}).get(key))
+
+
+def require_kernels(net) -> None:
+    """A BwError at the first layer whose op has no cuda kernels (SSD's MultiBoxLoss: its
+    matching and hard-negative mining run on the host), before anything is lowered."""
+    for layer in net.layers:
+        if "cuda" not in registry.OPS[layer.op].kernels:
+            raise BwError(layer.span, f"the cuda target has no kernels for '{layer.name}' "
+                          f"({layer.op}); run this net on the cpu target")
 
 
 def _table() -> MappingProxyType:

@@ -92,11 +92,48 @@ def _contrastive_dx(sign: float):
     return dx
 
 
+def _ignore(ctx) -> tuple:
+    ignore = ctx.attrs["ignore_label"]
+    return flag(ignore is not None), i64(0 if ignore is None else ignore)
+
+
 def accuracy_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
     n, c, s = _classes(ctx)
     return [_one_block("accuracy_fwd", ptr(inputs[0]), ptr(inputs[1]),
                        i32(dtype_code(ctx.inputs[1].dtype)), ptr(out), i32(n), i32(c), i64(s),
-                       i32(ctx.attrs["top_k"]))]
+                       i32(ctx.attrs["top_k"]), *_ignore(ctx))]
+
+
+# the shared-memory counts of loss.cu (BW_MAX_PER_CLASS, BW_MAX_SEG_CLASSES) and the most
+# ignore labels seg_accuracy_fwd takes
+MAX_PER_CLASS = 4096
+MAX_SEG_CLASSES = 96
+MAX_SEG_IGNORED = 4
+
+
+def accuracy_per_class_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    n, c, s = _classes(ctx)
+    if c > MAX_PER_CLASS:
+        raise Unsupported(f"per-class accuracy of {c} classes; the CUDA kernel counts at "
+                          f"most {MAX_PER_CLASS}")
+    return [_one_block("accuracy_per_class_fwd", ptr(inputs[0]), ptr(inputs[1]),
+                       i32(dtype_code(ctx.inputs[1].dtype)), ptr(out), i32(n), i32(c), i64(s),
+                       i32(ctx.attrs["top_k"]), *_ignore(ctx))]
+
+
+def seg_accuracy_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
+    n, c, s = _classes(ctx)
+    ignored = tuple(ctx.attrs["ignore_label"])
+    if c > MAX_SEG_CLASSES:
+        raise Unsupported(f"seg_accuracy of {c} classes; the CUDA kernel's confusion matrix "
+                          f"holds at most {MAX_SEG_CLASSES}")
+    if len(ignored) > MAX_SEG_IGNORED:
+        raise Unsupported(f"{len(ignored)} ignore labels; the CUDA kernel takes at most "
+                          f"{MAX_SEG_IGNORED}")
+    slots = ignored + (0,) * (MAX_SEG_IGNORED - len(ignored))
+    return [_one_block("seg_accuracy_fwd", ptr(inputs[0]), ptr(inputs[1]),
+                       i32(dtype_code(ctx.inputs[1].dtype)), ptr(out), i32(n), i32(c), i64(s),
+                       i32(len(ignored)), *map(i64, slots))]
 
 
 # ---- Caffe's further losses ---------------------------------------------------------------
@@ -186,6 +223,8 @@ LAUNCH = {
     ("contrastive_loss", "dx:a"): _contrastive_dx(1.0),
     ("contrastive_loss", "dx:b"): _contrastive_dx(-1.0),
     ("accuracy", "fwd"): accuracy_fwd,
+    ("accuracy_per_class", "fwd"): accuracy_per_class_fwd,
+    ("seg_accuracy", "fwd"): seg_accuracy_fwd,
     ("sigmoid_cross_entropy_loss", "fwd"): sigmoid_ce_fwd,
     ("sigmoid_cross_entropy_loss", "dx:logits"): sigmoid_ce_dx,
     ("hinge_loss", "fwd"): hinge_fwd, ("hinge_loss", "dx:scores"): hinge_dx,
