@@ -74,7 +74,7 @@ def random_batch(net, rng) -> dict[str, np.ndarray]:
 def time_bwplan(text: str, rules, prune: bool, batches, args) -> dict:
     import bwplan
     from bwplan.runtime.cuda import CudaExecutor
-    from bwplan.runtime.optimizer import SgdSettings
+    from bwplan.optim import SgdSettings
     prog = bwplan.compile(text, target="reference", rules=rules, prune=prune)
     ex = CudaExecutor(prog.program, prog.params, SgdSettings(**SGD), source="full")
     for i in range(args.warmup):

@@ -76,6 +76,17 @@ class Param:
             out.append((at, self.type.shape[0]))
         return tuple(out)
 
+    def row_blocks(self) -> tuple[tuple[int, int], ...]:
+        """Every row of the leading axis, cut into [start, stop) blocks at the edges between
+        frozen and trainable rows; () when no row is frozen."""
+        if not self.frozen_rows:
+            return ()
+        edges = {0, self.type.shape[0]}
+        for a, b in self.frozen_rows:
+            edges |= {a, b}
+        cuts = sorted(edges)
+        return tuple(zip(cuts, cuts[1:]))
+
     def trainable_fraction(self) -> float:
         rows = self.trainable_rows()
         return 1.0 if not self.frozen_rows else sum(b - a for a, b in rows) / self.type.shape[0]

@@ -150,18 +150,22 @@ class Program:
         return sum(s.flops for s in self.components if s.phase == phase)
 
     def dw_rows(self, step: Step) -> tuple[tuple[int, int], ...]:
-        """The rows of a dW step's gradient that a target computes: in the pruned program,
-        the trainable rows of a partly frozen parameter whose rule splits by rows; () for
-        the whole gradient (always in the full program, the baseline). Every target's dW
-        reads this one answer, as `Step.flops` counts it."""
-        if not self.pruned or step.phase != "dw":
+        """The row blocks in which a target computes a dW step's gradient, one GEMM over
+        dY's channels per block; () for the whole gradient in one. Only a partly frozen
+        parameter whose rule splits by rows has blocks: the pruned program computes its
+        trainable rows; the full program (the baseline) computes every row, cut at the same
+        edges, so its trainable rows come from the same GEMMs and match the pruned run bit
+        for bit. Every target's dW reads this one answer, as `Step.flops` counts it."""
+        if step.phase != "dw":
             return ()
         param = self.plan.net.params[step.param]
         if not param.frozen_rows:
             return ()
         layer = self.plan.net.layer(step.layer)
         rule = registry.OPS[layer.op].grad_for(step.component.wrt)
-        return param.trainable_rows() if rule is not None and rule.by_rows else ()
+        if rule is None or not rule.by_rows:
+            return ()
+        return param.trainable_rows() if self.pruned else param.row_blocks()
 
     def launches(self, phase: str) -> int:
         return sum(1 for s in self.components if s.phase == phase)
