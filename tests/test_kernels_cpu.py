@@ -234,13 +234,16 @@ class winograd_from(conv_limits):
                        [x.astype(np.float32) for x in self.case.inputs])
         g = conv_kernels.geometry(ctx)
         th, tw = winograd.tiles(g.ho, g.wo)
-        self.saved = conv_kernels.WINOGRAD_MIN_CHANNELS, winograd.CHUNK_BYTES
+        self.saved = (conv_kernels.WINOGRAD_MIN_CHANNELS, winograd.CHUNK_BYTES,
+                      winograd.DW_CHUNK_BYTES)
         conv_kernels.WINOGRAD_MIN_CHANNELS = self.channels
-        winograd.CHUNK_BYTES = self.samples * 16 * max(g.c, g.o) * th * tw * 4
+        winograd.CHUNK_BYTES = winograd.DW_CHUNK_BYTES = \
+            self.samples * 16 * max(g.c, g.o) * th * tw * 4
 
     def __exit__(self, *exc):
         from bwplan.kernels.cpu import winograd
-        conv_kernels.WINOGRAD_MIN_CHANNELS, winograd.CHUNK_BYTES = self.saved
+        (conv_kernels.WINOGRAD_MIN_CHANNELS, winograd.CHUNK_BYTES,
+         winograd.DW_CHUNK_BYTES) = self.saved
 
 
 @st.composite

@@ -136,10 +136,11 @@ def geometry(ctx) -> Geometry:
                     ctx.attrs["groups"])
 
 
-def chunks(g: Geometry, itemsize: int) -> list[tuple[int, int]]:
-    """(first sample, samples) of each chunk of the batch."""
+def chunks(g: Geometry, itemsize: int, dw: bool = False) -> list[tuple[int, int]]:
+    """(first sample, samples) of each chunk of the batch (for the dW kernel: `dw`)."""
     if g.winograd:
-        return winograd.chunks(g.n, g.c, g.o, g.ho, g.wo, itemsize)
+        return winograd.chunks(g.n, g.c, g.o, g.ho, g.wo, itemsize,
+                               winograd.DW_CHUNK_BYTES if dw else winograd.CHUNK_BYTES)
     per_sample = max(g.k, g.o) * g.p * itemsize
     nb = max(1, min(g.n, CHUNK_BYTES // per_sample))
     return [(n0, min(nb, g.n - n0)) for n0 in range(0, g.n, nb)]
@@ -153,13 +154,14 @@ _SETUPS: dict[tuple[int, ...], tuple[object, Geometry, list[tuple[int, int]]]] =
 _SETUPS_MAX = 4096
 
 
-def _setup(ctx, itemsize: int) -> tuple[Geometry, list[tuple[int, int]]]:
-    key = (id(ctx), itemsize, CHUNK_BYTES, winograd.CHUNK_BYTES, WINOGRAD_MIN_CHANNELS)
+def _setup(ctx, itemsize: int, dw: bool = False) -> tuple[Geometry, list[tuple[int, int]]]:
+    key = (id(ctx), itemsize, dw, CHUNK_BYTES, winograd.CHUNK_BYTES, winograd.DW_CHUNK_BYTES,
+           WINOGRAD_MIN_CHANNELS)
     hit = _SETUPS.get(key)
     if hit is not None and hit[0] is ctx:
         return hit[1], hit[2]
     g = geometry(ctx)
-    parts = chunks(g, itemsize)
+    parts = chunks(g, itemsize, dw)
     if len(_SETUPS) >= _SETUPS_MAX:
         _SETUPS.clear()
     _SETUPS[key] = (ctx, g, parts)
@@ -367,7 +369,7 @@ def conv2d_dx(ctx, saved, dout, index, out) -> None:
 
 
 def conv2d_dw(ctx, saved, dout, out) -> None:
-    g, parts = _setup(ctx, dout.itemsize)
+    g, parts = _setup(ctx, dout.itemsize, dw=True)
     dw = _weights(g, out)
     og, kg = dw.shape[1], dw.shape[2]
     x, dout3 = saved["x"], view(dout, (g.n, g.o, g.p))
@@ -471,7 +473,9 @@ def _winograd_dw(g: Geometry, parts, x, dout, out) -> None:
         np.matmul(m, v.transpose(0, 2, 1), out=sums[t])
 
     threads.for_each(len(parts), chunk)
-    winograd.weight_grad(sums, out)
+    for t in range(1, len(parts)):  # in chunk order, whichever thread ran which chunk
+        np.add(sums[0], sums[t], out=sums[0])
+    winograd.weight_grad(sums[0], out)
 
 
 def conv2d_db(ctx, saved, dout, out) -> None:
