@@ -533,3 +533,13 @@ def test_scratch_buffers_are_reused_between_calls():
     kernel(op, "fwd")(ctx, [x], params, out, {}, True, None)
     assert scratch.held_bytes() == held > 0
     assert out[0, 0, 4, 4] == 27 and out[0, 0, 0, 0] == 12  # 3x3x3 ones; a padded corner
+
+
+def test_conv2d_winograd_dw_parts_stay_bounded_on_wide_layers():
+    from bwplan.kernels.cpu import winograd
+    # 512 -> 512 channels at 7x7, batch 64: a [16, 512, 512] part is 16 MiB
+    parts = winograd.chunks(64, 512, 512, 7, 7, 4, winograd.DW_CHUNK_BYTES, dw=True)
+    assert len(parts) * 16 * 512 * 512 * 4 <= winograd.DW_PARTS_BYTES
+    assert sum(nb for _, nb in parts) == 64
+    narrow = winograd.chunks(64, 32, 64, 16, 16, 4, winograd.DW_CHUNK_BYTES, dw=True)
+    assert narrow == winograd.chunks(64, 32, 64, 16, 16, 4, winograd.DW_CHUNK_BYTES)

@@ -144,7 +144,7 @@ def chunks(g: Geometry, itemsize: int, dw: bool = False) -> list[tuple[int, int]
     """(first sample, samples) of each chunk of the batch (for the dW kernel: `dw`)."""
     if g.winograd:
         return winograd.chunks(g.n, g.c, g.o, g.ho, g.wo, itemsize,
-                               winograd.DW_CHUNK_BYTES if dw else winograd.CHUNK_BYTES)
+                               winograd.DW_CHUNK_BYTES if dw else winograd.CHUNK_BYTES, dw)
     per_sample = max(g.k, g.o) * g.p * itemsize
     nb = max(1, min(g.n, CHUNK_BYTES // per_sample))
     return [(n0, min(nb, g.n - n0)) for n0 in range(0, g.n, nb)]

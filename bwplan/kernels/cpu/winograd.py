@@ -271,12 +271,19 @@ def output_grad_tiles(dy, n0, nb, th, tw, m):
 # produce only O x C per chunk and gain from a longer T), so dW takes 1 MiB.
 CHUNK_BYTES = 1 << 19
 DW_CHUNK_BYTES = 1 << 20
+# dW keeps one [16, O, C] part per chunk until all are summed in chunk order; wide layers
+# take fewer, larger chunks so that the parts together stay under this.
+DW_PARTS_BYTES = 32 << 20
 
 
-def chunks(n: int, c: int, o: int, ho: int, wo: int, itemsize: int, limit: int
-           ) -> list[tuple[int, int]]:
-    """(first sample, samples) of each chunk of the batch, under `limit` bytes a chunk."""
+def chunks(n: int, c: int, o: int, ho: int, wo: int, itemsize: int, limit: int,
+           dw: bool = False) -> list[tuple[int, int]]:
+    """(first sample, samples) of each chunk of the batch, under `limit` bytes a chunk (dW:
+    and no more chunks than DW_PARTS_BYTES holds parts of)."""
     th, tw = tiles(ho, wo)
     per_sample = 16 * max(c, o) * th * tw * itemsize
     nb = max(1, min(n, limit // per_sample))
+    if dw:
+        most = max(1, DW_PARTS_BYTES // (16 * o * c * itemsize))
+        nb = max(nb, -(-n // most))
     return [(n0, min(nb, n - n0)) for n0 in range(0, n, nb)]
