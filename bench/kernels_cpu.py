@@ -13,7 +13,9 @@ Each kernel's GFLOP/s is also set against the single-thread GEMM peak, np.matmul
 square float32 matrices (PEAK_N), measured in the same rounds: the GFLOP/s come from the
 process's CPU time, so a thread descheduled by a neighbour does not count, and "% peak" is
 the median over rounds of the kernel's rate over the peak's in that round. With more than
-one thread the CPU time adds up every thread's, so the percentage is per core busy.
+one thread the CPU time adds up every thread's, so the percentage is per core busy. Layers
+that conv2d runs as Winograd F(2x2, 3x3) are marked "W": their GFLOP/s count the direct
+convolution's FLOPs (the work done for the user), so they can pass the GEMM peak.
 
 PyTorch here shares the process, and so the passive OpenMP wait policy bwplan sets: that
 slows it (1.1-1.2x on cnn_small's convolutions, measured on the 2-vCPU machine); `python -m
@@ -140,11 +142,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{PEAK_N}x{PEAK_N} float32, measured in every round; % = paired ratio to it")
     print("ms: median wall; ratio: bwplan / torch, median of paired per-round ratios of "
           "CPU time (of wall in brackets)")
-    print(f"{'layer':<7} {'part':<6} {'ms bwplan':>10} {'ms torch':>9} {'ratio':>13} "
+    print(f"{'layer':<9} {'part':<6} {'ms bwplan':>10} {'ms torch':>9} {'ratio':>13} "
           f"{'GFLOP/s':>15} {'peak':>6} {'% peak':>7}")
     totals = [0.0, 0.0]
     for name, c, o, hw, k, s, p in LAYERS[args.net]:
         rows = bench_layer(torch, c, o, hw, k, s, p, batch, args.repeats, peak)
+        ctx = make_ctx(registry.OPS["conv2d"], dict(out=o, kernel=k, stride=s, pad=p),
+                       [np.empty((batch, c, hw, hw), np.float32)])
+        name = f"{name} W" if conv.geometry(ctx).winograd else name
         flops = conv_flops(c, o, hw, k, s, p, batch)
         peak_wall, peak_cpu = rows["peak"]
         for part in ("fwd", "dx", "dw", "dw+db"):
@@ -159,13 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             # per round: this kernel's GFLOP/s over the peak GEMM's, both from CPU time
             share = statistics.median(pc / kc for pc, kc in zip(peak_cpu, cpu)) * \
                 flops / peak_flops
-            print(f"{name:<7} {part:<6} {ours * 1e3:10.2f} {theirs * 1e3:9.2f} "
+            print(f"{name:<9} {part:<6} {ours * 1e3:10.2f} {theirs * 1e3:9.2f} "
                   f"{ratio:6.2f} ({ratio_wall:4.2f}) {gf:7.1f} ({gf_wall:5.1f}) {pk:6.1f} "
                   f"{100 * share:6.0f}%")
             if part in ("fwd", "dx", "dw+db"):
                 totals[0] += ours
                 totals[1] += theirs
-    print(f"{'all':<7} {'f+b':<6} {totals[0] * 1e3:10.2f} {totals[1] * 1e3:9.2f} "
+    print(f"{'all':<9} {'f+b':<6} {totals[0] * 1e3:10.2f} {totals[1] * 1e3:9.2f} "
           f"{totals[0] / totals[1]:6.2f}")
     return 0
 

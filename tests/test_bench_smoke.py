@@ -132,3 +132,17 @@ def test_torch_peer_puts_the_frozen_rows_back_and_steps_as_bwplan_does():
         assert np.array_equal(prog.params[k][:9], initial[k][:9]), k
         assert not np.allclose(theirs[9:], initial[k][9:]), k
         np.testing.assert_allclose(prog.params[k], theirs, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_conv_paths_runs_both_algorithms_to_the_same_first_loss(capsys):
+    from bench import conv_paths
+    from bwplan.kernels.cpu import conv
+
+    threshold = conv.WINOGRAD_MIN_CHANNELS
+    assert conv_paths.main(["--nets", "cnn_small", "--scenarios", "head", "--repeats", "1",
+                            "--threads", "1"]) == 0
+    assert conv.WINOGRAD_MIN_CHANNELS == threshold   # restored after each step
+    row = next(line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("| cnn_small | head"))
+    im2col, winograd = (float(v) for v in row.rstrip(" |").split("|")[-1].split("/"))
+    assert abs(winograd - im2col) <= 1e-5 * abs(im2col)

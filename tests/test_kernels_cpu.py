@@ -221,6 +221,74 @@ def test_conv2d_1x1_takes_its_input_as_columns(groups, bias, per_sample):
         run.check_grads()
 
 
+class winograd_from(conv_limits):
+    """Within it, conv2d takes Winograd F(2x2, 3x3) from `channels` channels, with chunks
+    of `samples` samples."""
+
+    def __init__(self, channels: int, case: Case, samples: int):
+        self.channels, self.case, self.samples = channels, case, samples
+
+    def __enter__(self):
+        from bwplan.kernels.cpu import winograd
+        ctx = make_ctx(registry.OPS["conv2d"], self.case.attrs,
+                       [x.astype(np.float32) for x in self.case.inputs])
+        g = conv_kernels.geometry(ctx)
+        th, tw = winograd.tiles(g.ho, g.wo)
+        self.saved = (conv_kernels.WINOGRAD_MIN_CHANNELS, winograd.CHUNK_BYTES,
+                      winograd.DW_CHUNK_BYTES)
+        conv_kernels.WINOGRAD_MIN_CHANNELS = self.channels
+        winograd.CHUNK_BYTES = winograd.DW_CHUNK_BYTES = \
+            self.samples * 16 * max(g.c, g.o) * th * tw * 4
+
+    def __exit__(self, *exc):
+        from bwplan.kernels.cpu import winograd
+        (conv_kernels.WINOGRAD_MIN_CHANNELS, winograd.CHUNK_BYTES,
+         winograd.DW_CHUNK_BYTES) = self.saved
+
+
+@st.composite
+def winograd_case(draw):
+    """Stride-1 3x3 convolutions, any padding up to 2, odd and even output sizes."""
+    rng = _rng(draw)
+    pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    attrs = dict(out=draw(st.integers(1, 4)), kernel=3, pad=pad, bias=draw(st.booleans()))
+    c = draw(st.integers(1, 4))
+    h = 3 - 2 * pad[0] + draw(st.integers(max(0, 2 * pad[0] - 2), 6))
+    w = 3 - 2 * pad[1] + draw(st.integers(max(0, 2 * pad[1] - 2), 6))
+    n = draw(st.integers(1, 4))
+    params = {"weight": _normal(rng, attrs["out"], c, 3, 3)}
+    if attrs["bias"]:
+        params["bias"] = _normal(rng, attrs["out"])
+    return Case(attrs, [_normal(rng, n, c, h, w)], params), draw(st.integers(1, n))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_conv2d_winograd_matches_reference_across_chunks(data):
+    """F(2x2, 3x3)'s forward, dX and dW against the float64 direct convolution, to the
+    float32 tolerance every kernel here meets (see winograd.py on its error bound)."""
+    case, samples = data.draw(winograd_case(), label="conv2d")
+    _valid("conv2d", case)
+    with winograd_from(1, case, samples):
+        run = Run("conv2d", case)
+        assert conv_kernels._setup(run.ctx, 4)[0].winograd
+        run.check_forward()
+        run.check_grads()
+
+
+def test_conv2d_takes_winograd_for_wide_stride_1_3x3_layers_only():
+    def geometry(c, o, kernel=3, stride=1, groups=1):
+        x = np.zeros((2, c, 8, 8), np.float32)
+        return conv_kernels.geometry(make_ctx(registry.OPS["conv2d"], dict(
+            out=o, kernel=kernel, stride=stride, pad=1, groups=groups), [x]))
+    wide = conv_kernels.WINOGRAD_MIN_CHANNELS
+    assert geometry(wide, wide).winograd
+    assert not geometry(3, 32).winograd           # the first layer: im2col
+    assert not geometry(wide, wide, kernel=1).winograd
+    assert not geometry(wide, wide, stride=2).winograd
+    assert not geometry(2 * wide, 2 * wide, groups=2).winograd
+
+
 @pytest.fixture
 def two_workers():
     """The kernel workers at two threads, as `threads.configure` sets them on two cores."""
@@ -234,7 +302,7 @@ def two_workers():
     (dict(out=6, kernel=3, stride=2, pad=1, groups=3), (6, 3, 7, 7)),
     (dict(out=4, kernel=1), (5, 2, 4, 4)),
 ])
-@pytest.mark.parametrize("per_sample", [True, False])
+@pytest.mark.parametrize("per_sample", [True, False, "winograd"])
 def test_conv2d_gives_the_same_bits_on_one_thread_or_two(two_workers, attrs, shape,
                                                         per_sample):
     """Chunks depend on the shapes only, and the dW parts add up in chunk order."""
@@ -244,7 +312,9 @@ def test_conv2d_gives_the_same_bits_on_one_thread_or_two(two_workers, attrs, sha
               "bias": _normal(rng, attrs["out"])}
     case = Case(attrs, [_normal(rng, *shape)], params)
     results = []
-    with conv_limits(case, 2, per_sample):
+    limits = winograd_from(1, case, 2) if per_sample == "winograd" else \
+        conv_limits(case, 2, per_sample)
+    with limits:
         for width in (1, 2):
             threads.set_width(width)
             run = Run("conv2d", case)
@@ -463,3 +533,13 @@ def test_scratch_buffers_are_reused_between_calls():
     kernel(op, "fwd")(ctx, [x], params, out, {}, True, None)
     assert scratch.held_bytes() == held > 0
     assert out[0, 0, 4, 4] == 27 and out[0, 0, 0, 0] == 12  # 3x3x3 ones; a padded corner
+
+
+def test_conv2d_winograd_dw_parts_stay_bounded_on_wide_layers():
+    from bwplan.kernels.cpu import winograd
+    # 512 -> 512 channels at 7x7, batch 64: a [16, 512, 512] part is 16 MiB
+    parts = winograd.chunks(64, 512, 512, 7, 7, 4, winograd.DW_CHUNK_BYTES, dw=True)
+    assert len(parts) * 16 * 512 * 512 * 4 <= winograd.DW_PARTS_BYTES
+    assert sum(nb for _, nb in parts) == 64
+    narrow = winograd.chunks(64, 32, 64, 16, 16, 4, winograd.DW_CHUNK_BYTES, dw=True)
+    assert narrow == winograd.chunks(64, 32, 64, 16, 16, 4, winograd.DW_CHUNK_BYTES)
