@@ -268,3 +268,94 @@ def test_gelu_and_the_erf_pattern_older_exporters_write_match_onnxruntime(tmp_pa
     inits = [_init("sqrt2", np.sqrt(2.0)), _init("one", 1.0), _init("half", 0.5)]
     net = _compare(_net(tmp_path, nodes, (3, 8), inits, opset=20), _x((3, 8), 11) * 2)
     assert "erf" in [layer.op for layer in net.layers]
+
+
+# ---- ConvTranspose: uneven pads, output_padding, output_shape, auto_pad -------------------
+CONV_TRANSPOSES = [  # attributes on a [2, 4, 4, 5] input, 3 x 3 kernel
+    dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),   # PyTorch's usual
+    dict(strides=[2, 2], output_padding=[1, 1]),          # past the full output: zeros+bias
+    dict(strides=[2, 3], pads=[0, 1, 2, 0]),
+    dict(strides=[2, 2], pads=[2, 0, 0, 1], output_padding=[1, 0]),
+    dict(strides=[2, 2], auto_pad="SAME_UPPER"),
+    dict(strides=[2, 2], auto_pad="SAME_LOWER"),
+    dict(strides=[3, 2], auto_pad="SAME_UPPER"),
+    dict(strides=[2, 2], auto_pad="VALID", output_padding=[1, 0]),
+    dict(strides=[2, 2], output_shape=[8, 9]),
+    dict(strides=[2, 2], output_shape=[7, 10], auto_pad="SAME_UPPER"),
+    dict(strides=[2, 2], output_shape=[10, 10]),
+]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("attrs", CONV_TRANSPOSES, ids=lambda a: "-".join(
+    f"{k}{v}" for k, v in a.items()).replace(" ", ""))
+def test_conv_transpose_padding_matches_onnxruntime(tmp_path, attrs, bias):
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("ConvTranspose", ["x", "up.weight"] + ["up.bias"] * bias, ["u"],
+                              **attrs),
+             helper.make_node("Flatten", ["u"], ["y"])]
+    inits = [_init("up.weight", rng.standard_normal((4, 3, 3, 3)))]
+    inits += [_init("up.bias", rng.standard_normal(3))] * bias
+    net = _compare(_net(tmp_path, nodes, (2, 4, 4, 5), inits), _x((2, 4, 4, 5)))
+    ops = {layer.name: layer.op for layer in net.layers}
+    assert ops["up"] == "deconv2d"
+    # the bias moves after the zeros only where zeros are added
+    assert ("up.shift" in ops) == (bias and "up.pad" in ops), ops
+
+
+def test_conv_transpose_whose_output_sizes_disagree_is_reported(tmp_path):
+    """SAME_LOWER with output_padding: onnxruntime writes in * stride cells, ONNX's shape
+    inference in * stride + output_padding; bwplan imports neither guess."""
+    from bwplan.errors import BwError
+    nodes = [helper.make_node("ConvTranspose", ["x", "up.weight"], ["u"], strides=[3, 2],
+                              auto_pad="SAME_LOWER", output_padding=[1, 1]),
+             helper.make_node("Flatten", ["u"], ["y"])]
+    path = _net(tmp_path, nodes, (2, 4, 4, 5), [_init("up.weight", np.ones((4, 3, 3, 3)))])
+    with pytest.raises(BwError, match=r"ConvTranspose.*shape inference says \[13, 11\]"):
+        import_onnx(path)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_torch_conv_transpose_with_output_padding_matches_ort_and_torch(tmp_path, dynamo):
+    """nn.ConvTranspose2d(output_padding=1), exported by either exporter: the forward as in
+    onnxruntime, one step's gradients as in PyTorch (float64)."""
+    import warnings
+    torch = pytest.importorskip("torch")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+
+    class Up(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.up = torch.nn.ConvTranspose2d(4, 5, 3, stride=2, padding=1, output_padding=1)
+            self.head = torch.nn.ConvTranspose2d(5, 6, 2, stride=2, output_padding=1,
+                                                 bias=False)
+
+        def forward(self, x):
+            y = self.head(torch.relu(self.up(self.conv(x))))
+            return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1)
+
+    torch.manual_seed(0)
+    module, path = Up(), str(tmp_path / "up.onnx")
+    x = _x((2, 3, 5, 6), 13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.tensor(x),), path, dynamo=dynamo,
+                          input_names=["input"], output_names=["output"])
+    want = ort.InferenceSession(path).run(None, {"input": x})[0]
+    imported = import_onnx(path)
+    prog = bwplan.compile(path)
+    y = np.array([1, 4])
+    got = prog.forward({"input": x, "label": y}, outputs=imported.outputs)
+    np.testing.assert_allclose(got[imported.outputs[0]], want, atol=1e-5, rtol=0)
+    assert {"up.crop_h", "up.crop_w", "head.pad"} <= {layer.name for layer in imported.net.layers}
+    prog.set_optimizer(lr=0.0, momentum=0.0)
+    prog.step({"input": x, "label": y})
+    m = module.double()
+    torch.nn.functional.cross_entropy(m(torch.tensor(x, dtype=torch.float64)),
+                                      torch.tensor(y)).backward()
+    grads = {n: p.grad.numpy() for n, p in m.named_parameters()}
+    assert set(prog.grads) == set(grads)
+    for name, g in grads.items():
+        assert np.linalg.norm(prog.grads[name] - g) / np.linalg.norm(g) < 1e-4, name

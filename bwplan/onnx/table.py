@@ -608,37 +608,94 @@ def pad(view: NodeView) -> Mapped:
     return one(view, "pad", [view.data(0)], dict(begin=tuple(begin[2:]), end=tuple(end[2:])))
 
 
+def _conv_transpose_pads(view: NodeView, full: list[int], strides
+                         ) -> tuple[list[int], list[int], list[int]]:
+    """(begin, end, output_padding) per axis: how many cells of the full transposed
+    convolution (`full`, no padding) the output drops before and after, and how many it adds
+    at the end. `output_shape` and SAME_* derive the pads from the output size, as the ONNX
+    operator text gives them (SAME_UPPER puts the odd cell at the end)."""
+    extra = [int(e) for e in view.attrs.get("output_padding", [0, 0])]
+    auto = view.attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    h, w = _spatial(view, "ConvTranspose")
+    if "output_shape" in view.attrs:
+        out = [int(d) for d in view.attrs["output_shape"]][-2:]
+    elif auto in ("SAME_UPPER", "SAME_LOWER"):
+        out = [size * s for size, s in zip((h, w), strides)]
+    elif auto == "VALID":
+        return [0, 0], [0, 0], extra
+    else:
+        pads = [int(p) for p in view.attrs.get("pads", [0, 0, 0, 0])]
+        return pads[:2], pads[2:], extra
+    begin, end = [], []
+    for f, e, o in zip(full, extra, out):
+        total = f + e - o
+        small = total // 2
+        # ONNX: SAME_UPPER puts the larger half at the end, anything else at the start
+        b = small if auto == "SAME_UPPER" else total - small
+        begin.append(b)
+        end.append(total - b)
+    return begin, end, extra
+
+
 def conv_transpose(view: NodeView) -> Mapped:
     """ConvTranspose as deconv2d (Caffe's Deconvolution: the same [in, out/groups, kh, kw]
-    weight and output size) where the padding is symmetric and no output_padding or
-    output_shape changes the size."""
+    weight and output size, padding both sides alike).
+
+    ONNX's output is the window [begin, full + output_padding - end) of the full transposed
+    convolution (no padding, zeros past its end, then the bias). The padding both sides
+    share is deconv2d's own `pad`; what is left is cut away with `slice` layers
+    (`<layer>.crop_h`, `.crop_w`) or, where the window reaches past the full output
+    (`output_padding` larger than the end padding), added as zeros by a `pad` layer
+    (`<layer>.pad`), after which a `bias` layer (`<layer>.shift`) adds the bias, so that
+    the added cells hold the bias as in ONNX."""
     _spatial(view, "ConvTranspose")
     w = view.const(1)
     if w is None:
         raise Unsupported("the weight (input 1) is computed, not an initializer")
     kernel = list(view.attrs.get("kernel_shape", w.shape[2:]))
     strides, dilations = _strides_dilations(view, kernel)
-    auto = view.attrs.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto not in ("NOTSET", "VALID"):
-        raise Unsupported(f"auto_pad={auto}: bwplan's deconv2d pads both sides alike")
-    pads = [0, 0, 0, 0] if auto == "VALID" else list(view.attrs.get("pads", [0, 0, 0, 0]))
-    if pads[:2] != pads[2:]:
-        raise Unsupported(f"asymmetric pads {pads}: bwplan's deconv2d pads both sides alike")
-    if any(view.attrs.get("output_padding", [0, 0])):
-        raise Unsupported("output_padding: bwplan's deconv2d has Caffe's output size")
+    _, _, h, wd = view.shape(0)
+    full = [(size - 1) * s + (k - 1) * d + 1
+            for size, k, s, d in zip((h, wd), kernel, strides, dilations)]
+    begin, end, extra = _conv_transpose_pads(view, full, strides)
+    # cells cut at each side of the full output; negative: zeros added
+    cut_begin, cut_end = list(begin), [e - x for e, x in zip(end, extra)]
+    shared = [max(0, min(b, e)) for b, e in zip(cut_begin, cut_end)]
+    cut_begin = [b - s for b, s in zip(cut_begin, shared)]
+    cut_end = [e - s for e, s in zip(cut_end, shared)]
+    inner = [f - 2 * s for f, s in zip(full, shared)]
+    want = [i - b - e for i, b, e in zip(inner, cut_begin, cut_end)]
+    if min(want) < 1 or min(inner) < 1:
+        raise Unsupported(f"pads (begin {begin}, end {end}) leave no output")
+    if tuple(want) != tuple(view.out_shape()[2:]):
+        raise Unsupported(f"an output of {want} cells by the ONNX formula where shape "
+                          f"inference says {list(view.out_shape()[2:])}")
     groups = int(view.attrs.get("group", 1))
+    grows = any(c < 0 for c in cut_begin + cut_end)
     weights = {"weight": view.weight(1)}
-    if view.input(2):
+    late_bias = view.weight(2) if view.input(2) and grows else None
+    if view.input(2) and not grows:
         weights["bias"] = view.weight(2)
-    mapped = one(view, "deconv2d", [view.data(0)], dict(
+    layers = [Emit("deconv2d", (view.data(0),), dict(
         out=int(w.shape[1]) * groups, kernel=tuple(kernel), stride=tuple(strides),
-        pad=(int(pads[0]), int(pads[1])), dilation=tuple(dilations), groups=groups,
-        bias="bias" in weights), weights)
-    if "output_shape" in view.attrs and tuple(view.out_shape()[2:]) != tuple(
-            int(d) for d in view.attrs["output_shape"])[-2:]:
-        raise Unsupported("output_shape: bwplan's deconv2d has Caffe's output size")
-    return mapped
+        pad=tuple(shared), dilation=tuple(dilations), groups=groups,
+        bias="bias" in weights), weights, None)]
+    for axis, name in ((0, ".crop_h"), (1, ".crop_w")):
+        lo, hi = max(0, cut_begin[axis]), max(0, cut_end[axis])
+        if lo or hi:
+            size = inner[axis]
+            layers.append(Emit("slice", (PREVIOUS,), dict(axis=2 + axis, begin=lo,
+                                                          end=size - hi), {}, None, name))
+    if grows:
+        layers.append(Emit("pad", (PREVIOUS,), dict(
+            begin=tuple(max(0, -c) for c in cut_begin),
+            end=tuple(max(0, -c) for c in cut_end)), {}, None, ".pad"))
+    if late_bias is not None:
+        layers.append(Emit("bias", (PREVIOUS,), dict(axis=1, num_axes=1),
+                           {"bias": late_bias}, None, ".shift"))
+    layers[-1] = replace(layers[-1], output=view.node.output[0])
+    return Mapped(tuple(layers))
 
 
 def hard_sigmoid(view: NodeView, alpha: float | None = None, beta: float | None = None
