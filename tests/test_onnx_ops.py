@@ -359,3 +359,62 @@ def test_torch_conv_transpose_with_output_padding_matches_ort_and_torch(tmp_path
     assert set(prog.grads) == set(grads)
     for name, g in grads.items():
         assert np.linalg.norm(prog.grads[name] - g) / np.linalg.norm(g) < 1e-4, name
+
+
+POOLS = [  # (op, auto_pad, kernel, stride, count_include_pad, the layers it becomes)
+    # the odd cell at the start: padding it on both sides adds no window here
+    ("MaxPool", "SAME_LOWER", 3, 2, 0, ["maxpool"]),
+    # ... and with stride 1 one window too many, at the end: sliced off
+    ("MaxPool", "SAME_LOWER", 2, 1, 0, ["maxpool", "slice", "slice"]),
+    # the odd cell at the end with stride 1: the first window is sliced off
+    ("MaxPool", "SAME_UPPER", 2, 1, 0, ["maxpool", "slice", "slice"]),
+    ("MaxPool", "VALID", 3, 2, 0, ["maxpool"]),
+    ("AveragePool", "SAME_LOWER", 2, 2, 0, ["avgpool"]),
+    ("AveragePool", "SAME_UPPER", 2, 1, 0, ["avgpool", "slice", "slice"]),
+    # an average that counts the padding: the extra padding is zeros, a pad layer
+    ("AveragePool", "SAME_LOWER", 3, 2, 1, ["pad", "avgpool"]),
+    ("AveragePool", "SAME_UPPER", 2, 2, 1, ["pad", "avgpool"]),
+    ("AveragePool", "VALID", 2, 2, 1, ["avgpool"]),
+]
+
+
+@pytest.mark.parametrize("op,auto,kernel,stride,cip,layers", POOLS)
+def test_auto_pad_pools_match_onnxruntime(tmp_path, op, auto, kernel, stride, cip, layers):
+    """Every auto_pad mode, on an input whose sizes (7 x 8) make the padding odd on one axis
+    and even on the other; SAME_LOWER's odd cell is at the start."""
+    attrs = dict(kernel_shape=[kernel, kernel], strides=[stride, stride], auto_pad=auto)
+    if op == "AveragePool":
+        attrs["count_include_pad"] = cip
+    nodes = [helper.make_node(op, ["x"], ["p"], **attrs),
+             helper.make_node("Flatten", ["p"], ["y"])]
+    net = _compare(_net(tmp_path, nodes, (2, 3, 7, 8)), _x((2, 3, 7, 8), 14) - 1, atol=1e-4)
+    got = [layer.op for layer in net.layers][:-2]          # then flatten and the loss
+    assert sorted(got) == sorted(layers), got
+
+
+def test_a_same_lower_pool_passes_the_gradient_back(tmp_path):
+    """Through the slices after the pool: the conv before it gets the gradient a central
+    difference of the loss gives."""
+    rng = np.random.default_rng(15)
+    nodes = [helper.make_node("Conv", ["x", "a.weight"], ["c"], pads=[1, 1, 1, 1],
+                              name="/a/Conv"),
+             helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[3, 3], strides=[2, 2],
+                              auto_pad="SAME_LOWER"),
+             helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["y"])]
+    path = _save(tmp_path / "p.onnx", nodes, [_f32("x", [2, 2, 6, 5])], [_f32("y", [2, 3])],
+                 [_init("a.weight", rng.standard_normal((3, 2, 3, 3)))])
+    batch = {"x": _x((2, 2, 6, 5), 16), "label": np.array([0, 2])}
+    prog = bwplan.compile(path)
+    prog.set_optimizer(lr=0.0, momentum=0.0)
+    prog.step(batch)
+    grad = prog.grads["a.weight"].copy()
+    w, eps = prog.params["a.weight"], 1e-2
+    for idx in [(0, 0, 0, 0), (1, 1, 2, 1), (2, 0, 1, 2)]:
+        old = w[idx]
+        losses = []
+        for v in (old + eps, old - eps):
+            w[idx] = v
+            losses.append(float(prog.forward(batch)["loss"]))
+        w[idx] = old
+        assert abs((losses[0] - losses[1]) / (2 * eps) - grad[idx]) < 1e-3, idx

@@ -190,13 +190,6 @@ def _end_pad_is_ceil(view: NodeView, kernel, strides, begin, end) -> bool:
     return True
 
 
-def _window_attrs(view: NodeView, kernel, pool: bool = False
-                  ) -> tuple[list[int], list[int], tuple[int, int], bool]:
-    strides, dilations = _strides_dilations(view, kernel)
-    pad, ceil = _pads(view, kernel, strides, dilations, pool)
-    return strides, dilations, pad, ceil
-
-
 def _strides_dilations(view: NodeView, kernel) -> tuple[list[int], list[int]]:
     if len(kernel) != 2:
         raise Unsupported(f"a {len(kernel)}-D kernel: bwplan has 2-D windows only")
@@ -465,17 +458,69 @@ def _pool(op: str) -> Callable[[NodeView], Mapped]:
             # Caffe's global pooling as converters write it: one window, padded past the
             # image, averaging its real cells only
             return one(view, "global_" + op, [view.data(0)])
-        strides, dilations, pad, end_ceil = _window_attrs(view, kernel, pool=True)
+        strides, dilations = _strides_dilations(view, kernel)
+        ceil = bool(view.attrs.get("ceil_mode", 0))
+        try:
+            pad, end_ceil = _pads(view, kernel, strides, dilations, pool=True)
+            ceil, skip = ceil or end_ceil, None
+        except Unsupported:
+            if op == "avgpool" and view.attrs.get("count_include_pad", 0) and not ceil:
+                # padding an average counts is zeros: a `pad` layer can hold the extra
+                pad, pre = _split_pads(*_begin_end(view, kernel, strides, dilations))
+                return _with_pad(pre, Emit(op, (view.data(0),), dict(
+                    kernel=tuple(kernel), stride=tuple(strides), pad=pad, ceil=False,
+                    count_pad=True), {}, view.node.output[0]))
+            pad, skip = _shifted_windows(view, kernel, strides, dilations, op)
         if dilations != [1, 1]:
             raise Unsupported(f"dilations {dilations}: bwplan's pools are dense")
         if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
             raise Unsupported(f"pads {list(pad)} not smaller than the kernel {kernel}")
-        attrs = dict(kernel=tuple(kernel), stride=tuple(strides), pad=pad,
-                     ceil=bool(view.attrs.get("ceil_mode", 0)) or end_ceil)
+        attrs = dict(kernel=tuple(kernel), stride=tuple(strides), pad=pad, ceil=ceil)
         if op == "avgpool":
             attrs["count_pad"] = bool(view.attrs.get("count_include_pad", 0))
-        return one(view, op, [view.data(0)], attrs)
+        if skip is None:
+            return one(view, op, [view.data(0)], attrs)
+        return _trimmed(view, Emit(op, (view.data(0),), attrs, {}, None), kernel, strides,
+                        skip)
     return row
+
+
+def _shifted_windows(view: NodeView, kernel, strides, dilations, op: str
+                     ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Uneven pool padding that is no ceil mode (SAME_LOWER's odd cell at the start; SAME_UPPER
+    with stride 1): the pool padded max(begin, end) on both sides, of whose windows ONNX's are
+    a run, starting `skip` windows in. They read no cell outside ONNX's padded image, so a
+    max, and an average over the real cells or the whole window, are ONNX's."""
+    begin, end = _begin_end(view, kernel, strides, dilations)
+    pad = tuple(max(b, e) for b, e in zip(begin, end))
+    shift = [p - b for p, b in zip(pad, begin)]
+    if any(s % st for s, st in zip(shift, strides)) or (
+            op == "avgpool" and view.attrs.get("ceil_mode", 0)
+            and view.attrs.get("count_include_pad", 0)):
+        raise Unsupported(f"asymmetric padding (begin {begin}, end {end}) of a pool with "
+                          f"strides {strides}: bwplan pads both sides of a pool alike, and "
+                          "no run of the windows of a pool padded so is this one's")
+    return (pad[0], pad[1]), (shift[0] // strides[0], shift[1] // strides[1])
+
+
+def _trimmed(view: NodeView, pool: Emit, kernel, strides, skip) -> Mapped:
+    """The pool, then `slice` layers (`<layer>.crop_h`, `.crop_w`) that keep ONNX's windows:
+    `skip` of them in, as many as ONNX's output has."""
+    from bwplan.ops._shapes import window_out
+    layers = [pool]
+    for axis, size in enumerate(_spatial(view, view.node.op_type)):
+        have = window_out(size, kernel[axis], strides[axis], pool.attrs["pad"][axis],
+                          ceil=pool.attrs["ceil"])
+        first, want = skip[axis], view.out_shape()[2 + axis]
+        if have < first + want:
+            raise Unsupported(f"{want} windows along axis {2 + axis} where a pool padded "
+                              f"{pool.attrs['pad'][axis]} on both sides has {have}")
+        if (first, want) != (0, have):
+            layers.append(Emit("slice", (PREVIOUS,), dict(axis=2 + axis, begin=first,
+                                                          end=first + want),
+                               {}, None, (".crop_h", ".crop_w")[axis]))
+    layers[-1] = replace(layers[-1], output=view.node.output[0])
+    return Mapped(tuple(layers))
 
 
 def _one_window_covers_all(view: NodeView, kernel) -> bool:
