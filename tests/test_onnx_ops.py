@@ -418,3 +418,56 @@ def test_a_same_lower_pool_passes_the_gradient_back(tmp_path):
             losses.append(float(prog.forward(batch)["loss"]))
         w[idx] = old
         assert abs((losses[0] - losses[1]) / (2 * eps) - grad[idx]) < 1e-3, idx
+
+
+# ---- the activations of MobileNet v3, EfficientNet and transformers -----------------------
+@pytest.mark.parametrize("dynamo,opset", [(False, 14), (False, 20), (True, 18)],
+                         ids=["torchscript-14", "torchscript-20", "dynamo-18"])
+def test_torch_activations_match_ort_and_torch(tmp_path, dynamo, opset):
+    """SiLU (Sigmoid and Mul), GELU both ways (opset 20's Gelu node; before it the exporters'
+    Erf and Tanh patterns, the dynamo one with Pow), HardSwish and HardSigmoid (opset 14):
+    the forward as in onnxruntime, one step's gradients as in PyTorch."""
+    import warnings
+    torch = pytest.importorskip("torch")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    F = torch.nn.functional
+
+    class Acts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = torch.nn.Linear(6, 8)
+            self.fc2 = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.fc1(x)
+            h = (F.silu(h) + F.gelu(h, approximate="tanh") + F.gelu(h) + F.hardswish(h)
+                 + F.hardsigmoid(h))
+            return self.fc2(h)
+
+    torch.manual_seed(1)
+    module, path = Acts(), str(tmp_path / "acts.onnx")
+    x = _x((5, 6), 17) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.tensor(x),), path, dynamo=dynamo, opset_version=opset,
+                          input_names=["input"], output_names=["output"])
+    kinds = {n.op_type for n in onnx.load(path).graph.node}
+    assert {"HardSwish", "HardSigmoid", "Sigmoid"} <= kinds
+    assert ("Gelu" in kinds) == (opset >= 20) and ("Pow" in kinds) == (dynamo and opset < 20)
+    want = ort.InferenceSession(path).run(None, {"input": x})[0]
+    imported = import_onnx(path)
+    prog = bwplan.compile(path)
+    y = np.array([0, 1, 2, 3, 1])
+    got = prog.forward({"input": x, "label": y}, outputs=imported.outputs)
+    np.testing.assert_allclose(got[imported.outputs[0]], want, atol=1e-5, rtol=0)
+    prog.set_optimizer(lr=0.0, momentum=0.0)
+    prog.step({"input": x, "label": y})
+    m = module.double()
+    F.cross_entropy(m(torch.tensor(x, dtype=torch.float64)), torch.tensor(y)).backward()
+    grads = {n: p.grad.numpy() for n, p in m.named_parameters()}
+    # the older exporters' constants (GELU's 0.5, 1, 0.044715) are parameters of their own
+    # Mul and Add layers (docs/onnx.md); the module's are compared
+    assert set(grads) <= set(prog.grads)
+    for name, g in grads.items():
+        assert np.linalg.norm(prog.grads[name] - g) / np.linalg.norm(g) < 1e-4, name

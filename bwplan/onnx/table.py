@@ -761,18 +761,36 @@ def hard_swish(view: NodeView) -> Mapped:
 
 
 def gelu(view: NodeView) -> Mapped:
-    """x * (1 + erf(x / sqrt 2)) / 2 (opset 20's Gelu, exact form): power, erf, power, mul."""
+    """Opset 20's Gelu. Exact: x * (1 + erf(x / sqrt 2)) / 2, as power, erf, power, mul.
+    approximate="tanh": x * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2, as power (the
+    cube, its coefficient inside: (c^(1/3) x)^3), add, power, tanh, power, mul."""
     how = view.attrs.get("approximate", b"none")
     how = how.decode() if isinstance(how, bytes) else how
-    if how != "none":
-        raise Unsupported(f"approximate='{how}': bwplan imports the exact (erf) GELU")
     x = view.data(0)
-    return Mapped((Emit("power", (x,), dict(power=1.0, scale=float(1 / np.sqrt(2.0)),
-                                            shift=0.0), {}, None, ".scaled"),
-                   Emit("erf", (PREVIOUS,), {}, {}, None, ".erf"),
-                   Emit("power", (PREVIOUS,), dict(power=1.0, scale=0.5, shift=0.5), {}, None,
-                        ".gate"),
-                   Emit("mul", (x, PREVIOUS), {}, {}, view.node.output[0])))
+    gate = Emit("power", (PREVIOUS,), dict(power=1.0, scale=0.5, shift=0.5), {}, None,
+                ".gate")
+    out = Emit("mul", (x, PREVIOUS), {}, {}, view.node.output[0])
+    if how == "none":
+        return Mapped((Emit("power", (x,), dict(power=1.0, scale=float(1 / np.sqrt(2.0)),
+                                                shift=0.0), {}, None, ".scaled"),
+                       Emit("erf", (PREVIOUS,), {}, {}, None, ".erf"), gate, out))
+    if how != "tanh":
+        raise Unsupported(f"approximate='{how}': ONNX's Gelu is 'none' or 'tanh'")
+    return Mapped((Emit("power", (x,), dict(power=3.0, scale=float(0.044715 ** (1 / 3)),
+                                            shift=0.0), {}, None, ".cube"),
+                   Emit("add", (x, PREVIOUS), {}, {}, None, ".inner"),
+                   Emit("power", (PREVIOUS,), dict(power=1.0, scale=float(np.sqrt(2 / np.pi)),
+                                                   shift=0.0), {}, None, ".scaled"),
+                   Emit("tanh", (PREVIOUS,), {}, {}, None, ".tanh"), gate, out))
+
+
+def pow_(view: NodeView) -> Mapped:
+    """x ^ c with a constant scalar exponent (the dynamo exporter's x^3 in a tanh GELU):
+    bwplan's power."""
+    if view.is_const(0) or not view.is_const(1) or view.const(1).size != 1:
+        raise Unsupported("bwplan raises a computed tensor to a constant scalar power only")
+    return one(view, "power", [view.data(0)], dict(power=float(view.const(1).reshape(-1)[0]),
+                                                   scale=1.0, shift=0.0))
 
 
 def unary(op: str, **fixed) -> Callable[[NodeView], Mapped]:
@@ -815,6 +833,7 @@ ROWS: Mapping[str, Callable[[NodeView], Mapped]] = {
     "HardSwish": hard_swish,
     "Erf": unary("erf"),
     "Gelu": gelu,
+    "Pow": pow_,
     "Concat": concat,
     "Softmax": softmax,
     "LRN": lrn,
