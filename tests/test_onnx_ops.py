@@ -471,3 +471,20 @@ def test_torch_activations_match_ort_and_torch(tmp_path, dynamo, opset):
     assert set(grads) <= set(prog.grads)
     for name, g in grads.items():
         assert np.linalg.norm(prog.grads[name] - g) / np.linalg.norm(g) < 1e-4, name
+
+
+def test_a_squeeze_and_excitation_gate_is_scale_mul_and_matches_onnxruntime(tmp_path):
+    """x [N, C, H, W] times its gate [N, C, 1, 1], either side of the Mul: the gate reshaped
+    to [N, C], then scale_mul at axis 0."""
+    rng = np.random.default_rng(18)
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+             helper.make_node("Conv", ["g", "se.weight", "se.bias"], ["c"], name="/se/Conv"),
+             helper.make_node("Sigmoid", ["c"], ["s"]),
+             helper.make_node("Mul", ["x", "s"], ["a"], name="/se/Mul"),
+             helper.make_node("Mul", ["s", "a"], ["b"], name="/se2/Mul"),
+             helper.make_node("Flatten", ["b"], ["y"])]
+    inits = [_init("se.weight", rng.standard_normal((4, 4, 1, 1))),
+             _init("se.bias", rng.standard_normal(4))]
+    net = _compare(_net(tmp_path, nodes, (2, 4, 3, 3), inits), _x((2, 4, 3, 3), 19))
+    layer = net.layer("se.mul")
+    assert layer.op == "scale_mul" and net.layer("se.mul.gate").out.shape == (2, 4)

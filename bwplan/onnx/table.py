@@ -386,8 +386,7 @@ def mul(view: NodeView) -> Mapped:
     pair = _binary_inputs(view)
     if pair is None:
         if view.shape(0) != view.shape(1):
-            raise Unsupported(f"inputs of shapes {view.shape(0)} and {view.shape(1)}: bwplan "
-                              "multiplies same-shaped tensors only")
+            return _gate(view)
         return one(view, "mul", [view.data(0), view.data(1)])
     d, c = pair
     shape = view.shape(d)
@@ -408,6 +407,37 @@ def mul(view: NodeView) -> Mapped:
     output = absorbed[0].output[0] if absorbed else view.node.output[0]
     return Mapped((Emit("scale", (view.data(d),), dict(bias="bias" in weights), weights,
                         output),), absorbed)
+
+
+def _gate(view: NodeView) -> Mapped:
+    """x times a computed g that is x's dimensions a..k-1 with ones around them (the [N, C, 1,
+    1] gate of a squeeze-and-excitation block): g reshaped to those dimensions
+    (`<layer>.gate`), then scale_mul at axis a."""
+    shapes = [view.shape(0), view.shape(1)]
+    big = 0 if len(shapes[0]) >= len(shapes[1]) and np.prod(shapes[0]) >= np.prod(
+        shapes[1]) else 1
+    x, g = shapes[big], shapes[1 - big]
+    g = (1,) * (len(x) - len(g)) + tuple(g)
+    end = len(g)
+    while end > 0 and g[end - 1] == 1 and x[end - 1] != 1:
+        end -= 1
+    start = 0
+    while start < end and g[start] == 1 and x[start] != 1:
+        start += 1
+    if len(shapes[1 - big]) > len(x) or g[start:end] != x[start:end] or start == end:
+        raise Unsupported(f"inputs of shapes {list(shapes[0])} and {list(shapes[1])}: bwplan "
+                          "multiplies same-shaped tensors, or a tensor by one that is some "
+                          "of its dimensions with ones around them")
+    core = x[start:end]
+    args = (view.data(big), view.data(1 - big))
+    layers = []
+    if tuple(view.shape(1 - big)) != core:
+        target = _batch_kept(list(core), x) if start == 0 else core
+        layers.append(Emit("reshape", (args[1],), dict(shape=tuple(target)), {}, None,
+                           ".gate"))
+        args = (args[0], PREVIOUS)
+    layers.append(Emit("scale_mul", args, dict(axis=start), {}, view.node.output[0]))
+    return Mapped(tuple(layers))
 
 
 def batchnorm(view: NodeView) -> Mapped:
