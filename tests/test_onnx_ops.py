@@ -488,3 +488,44 @@ def test_a_squeeze_and_excitation_gate_is_scale_mul_and_matches_onnxruntime(tmp_
     net = _compare(_net(tmp_path, nodes, (2, 4, 3, 3), inits), _x((2, 4, 3, 3), 19))
     layer = net.layer("se.mul")
     assert layer.op == "scale_mul" and net.layer("se.mul.gate").out.shape == (2, 4)
+
+
+def test_slice_split_and_split_to_sequence_match_onnxruntime(tmp_path):
+    """The chunks of ShuffleNet: Slice with bounds from Shape arithmetic (the TorchScript
+    exporter's chunk, whose shapes ONNX's inference only knows once the bounds are folded),
+    Split, and SplitToSequence with SequenceAt (the dynamo exporter's)."""
+    i64 = lambda name, v: numpy_helper.from_array(np.asarray(v, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "one"], ["c"], axis=0),
+             helper.make_node("Div", ["c", "two"], ["half"]),
+             helper.make_node("Unsqueeze", ["half", "axis0"], ["ends"]),
+             helper.make_node("Slice", ["x", "zeros", "ends", "ones"], ["a"]),     # [:, :4]
+             helper.make_node("Slice", ["x", "ends", "big", "ones"], ["b"]),       # [:, 4:]
+             helper.make_node("Slice", ["a", "minus", "big", "three"], ["a2"]),    # [..., -2:]
+             helper.make_node("Split", ["b", "sizes"], ["s0", "s1"], axis=1),
+             helper.make_node("SplitToSequence", ["a", "two"], ["seq"], axis=1),
+             helper.make_node("SequenceAt", ["seq", "one"], ["q1"]),
+             helper.make_node("SequenceAt", ["seq", "zero"], ["q0"]),
+             helper.make_node("Concat", ["s1", "q1", "s0", "q0"], ["cat"], axis=1),
+             helper.make_node("Relu", ["cat"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("GlobalMaxPool", ["a2"], ["m"]),
+             helper.make_node("Flatten", ["g"], ["fg"]),
+             helper.make_node("Flatten", ["m"], ["fm"]),
+             helper.make_node("Concat", ["fg", "fm"], ["y"], axis=1)]
+    inits = [i64("one", 1), i64("two", 2), i64("zero", 0), i64("axis0", [0]),
+             i64("zeros", [0]), i64("ones", [1]), i64("big", [2 ** 62]), i64("minus", [-2]),
+             i64("three", [3]), i64("sizes", [1, 3])]
+    net = _compare(_net(tmp_path, nodes, (2, 8, 3, 5), inits), _x((2, 8, 3, 5), 20))
+    assert [layer.op for layer in net.layers].count("slice") == 2 + 1 + 2 + 2
+
+
+def test_a_sequence_position_past_the_end_is_reported(tmp_path):
+    from bwplan.errors import BwError
+    i64 = lambda name, v: numpy_helper.from_array(np.asarray(v, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("SplitToSequence", ["x", "two"], ["seq"], axis=1),
+             helper.make_node("SequenceAt", ["seq", "five"], ["q"], name="pick"),
+             helper.make_node("Flatten", ["q"], ["y"])]
+    path = _net(tmp_path, nodes, (2, 4, 3, 3), [i64("two", 2), i64("five", 5)])
+    with pytest.raises(BwError, match=r"node 'pick' \(SequenceAt.*'seq#5' is not computed"):
+        import_onnx(path)

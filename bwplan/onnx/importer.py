@@ -31,7 +31,7 @@ def import_onnx(path: str, input_shapes: Mapping[str, tuple[int, ...]] | None = 
     model = read_model(path, input_shapes)
     converted = to_flat_ast(model)
     out_name = model.proto.graph.output[0].name if model.proto.graph.output else None
-    converted = attach_loss(converted, model.shapes.get(out_name), loss, path)
+    converted = attach_loss(converted, converted.shapes.get(out_name), loss, path)
     net = build(converted.module)
     return OnnxImport(converted.module, net, converted.weights,
                       export_notes(model.proto.graph) + converted.notes, converted.outputs)

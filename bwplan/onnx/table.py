@@ -620,6 +620,84 @@ def squeeze_like(view: NodeView) -> Mapped:
                dict(shape=_batch_kept(list(view.out_shape()), view.shape(0))))
 
 
+def slice_(view: NodeView) -> Mapped:
+    """Slice of a computed tensor with constant starts, ends and axes, step 1 (ShuffleNet's
+    `x.chunk(2, dim=1)`): one `slice` layer per axis cut (`<layer>.axis<k>` but the last)."""
+    shape = view.shape(0)
+    if view.opset < 10:
+        starts, ends = view.attrs["starts"], view.attrs["ends"]
+        axes, steps = view.attrs.get("axes"), None
+    else:
+        for i in (1, 2, 3, 4):
+            if view.input(i) and not view.is_const(i):
+                raise Unsupported(f"input {i} is computed, not a constant")
+        starts, ends = view.const(1).reshape(-1), view.const(2).reshape(-1)
+        axes = view.const(3).reshape(-1) if view.input(3) else None
+        steps = view.const(4).reshape(-1) if view.input(4) else None
+    axes = range(len(starts)) if axes is None else axes
+    if steps is not None and any(int(k) != 1 for k in steps):
+        raise Unsupported(f"steps {[int(k) for k in steps]}: bwplan slices with step 1")
+    cuts = []
+    for a, b, e in zip(axes, starts, ends):
+        a, size = int(a) % len(shape), shape[int(a) % len(shape)]
+        b, e = (int(v) + size if int(v) < 0 else int(v) for v in (b, e))
+        b, e = min(max(b, 0), size), min(max(e, 0), size)
+        if e <= b:
+            raise Unsupported(f"an empty slice [{b}, {e}) of axis {a}")
+        if (b, e) != (0, size):
+            cuts.append((a, b, e))
+    if not cuts:
+        return alias(view)
+    layers = [Emit("slice", (PREVIOUS,) if k else (view.data(0),), dict(axis=a, begin=b, end=e),
+                   {}, None, f".axis{a}") for k, (a, b, e) in enumerate(cuts)]
+    layers[-1] = replace(layers[-1], output=view.node.output[0], suffix="")
+    return Mapped(tuple(layers))
+
+
+def split(view: NodeView) -> Mapped:
+    """Split (and SplitToSequence, whose pieces SequenceAt picks) of a computed tensor into
+    constant sizes: one `slice` layer per piece, `<layer>.<k>`."""
+    shape = view.shape(0)
+    axis = int(view.attrs.get("axis", 0)) % len(shape)
+    seq = view.node.op_type == "SplitToSequence"
+    if "split" in view.attrs:
+        sizes = [int(v) for v in view.attrs["split"]]
+    elif view.input(1):
+        if not view.is_const(1):
+            raise Unsupported("the split sizes are computed, not constant")
+        sizes = [int(v) for v in view.const(1).reshape(-1)]
+        if seq and view.const(1).ndim == 0:      # one size: equal pieces, the last smaller
+            sizes = [min(sizes[0], shape[axis] - k) for k in range(0, shape[axis], sizes[0])]
+    else:
+        count = len(view.node.output) if not seq else shape[axis]
+        count = int(view.attrs.get("num_outputs", count))
+        step = -(-shape[axis] // count)
+        sizes = [min(step, shape[axis] - k) for k in range(0, shape[axis], step)]
+    if sum(sizes) != shape[axis] or min(sizes) < 1:
+        raise Unsupported(f"sizes {sizes} do not split axis {axis} of {list(shape)}")
+    if seq and not view.attrs.get("keepdims", 1) and "split" not in view.attrs \
+            and not view.input(1):
+        raise Unsupported("keepdims=0: bwplan keeps the split axis")
+    names = ([f"{view.node.output[0]}#{k}" for k in range(len(sizes))] if seq
+             else list(view.node.output))
+    layers, begin = [], 0
+    for k, (size, out) in enumerate(zip(sizes, names)):
+        layers.append(Emit("slice", (view.data(0),), dict(axis=axis, begin=begin,
+                                                          end=begin + size), {}, out, f".{k}"))
+        begin += size
+    return Mapped(tuple(layers))
+
+
+def sequence_at(view: NodeView) -> Mapped:
+    """Piece i of a SplitToSequence (the dynamo exporter's chunk): that piece's slice."""
+    if not view.is_const(1):
+        raise Unsupported("the position is computed, not constant")
+    k = int(view.const(1).reshape(-1)[0])
+    if k < 0:
+        raise Unsupported(f"the position {k}: bwplan reads a sequence from its start")
+    return Mapped((Emit(None, (f"{view.input(0)}#{k}",), output=view.node.output[0]),))
+
+
 def concat(view: NodeView) -> Mapped:
     rank = len(view.shape(0))
     return one(view, "concat", [view.data(i) for i in range(len(view.node.input))],
@@ -865,6 +943,10 @@ ROWS: Mapping[str, Callable[[NodeView], Mapped]] = {
     "Gelu": gelu,
     "Pow": pow_,
     "Concat": concat,
+    "Slice": slice_,
+    "Split": split,
+    "SplitToSequence": split,
+    "SequenceAt": sequence_at,
     "Softmax": softmax,
     "LRN": lrn,
     "Identity": alias,

@@ -28,7 +28,7 @@ from bwplan.frontend import ast
 from bwplan.ir.types import TensorType
 from bwplan.onnx.errors import OnnxError, node_span
 from bwplan.onnx.fold import attrs_of, try_fold
-from bwplan.onnx.read import OnnxModel
+from bwplan.onnx.read import OnnxModel, shapes_after_folding
 from bwplan.onnx.table import PREVIOUS, ROWS, Emit, NodeView, Unsupported, Weight
 from bwplan.source import Span
 
@@ -64,6 +64,7 @@ class Converted:
     outputs: tuple[str, ...]                # layers that compute the graph's outputs
     notes: tuple[Note, ...] = ()
     layer_of_node: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)   # ONNX tensor shapes
 
 
 class _Names:
@@ -112,6 +113,7 @@ class _Converter:
         self.used: dict[str, str] = {}               # ONNX initializer -> bwplan parameter
         self.weights: dict[str, np.ndarray] = {}
         self.problems: list[str] = []
+        self.failed: set[str] = set()     # outputs of nodes that could not be imported
         self.layer_of_node: dict[str, tuple[str, ...]] = {}
         self.users: dict[str, list] = {}
         for node in self.nodes:
@@ -139,6 +141,13 @@ class _Converter:
         # Fold first, all of it: a row that looks at a later node (MatMul's Add) must see
         # that node's constant inputs even when the file computes them after the row's node.
         folded = {id(node) for node in self.nodes if self.fold(node)}
+        self.shapes = self.model.shapes
+        if any(o not in self.shapes for node in self.nodes
+               if id(node) in live and id(node) not in folded for o in node.output if o):
+            self.shapes = shapes_after_folding(
+                self.model, {k: v for k, v in self.constants.items()
+                             if k not in self.initializers},
+                {i for i, node in enumerate(self.nodes) if id(node) in folded})
         absorbed: set[int] = set()
         for node in self.nodes:
             if id(node) in absorbed or id(node) in folded or id(node) not in live:
@@ -148,16 +157,23 @@ class _Converter:
                 self.problem(node, "bwplan has no mapping for this op type")
                 continue
             view = NodeView(node, attrs_of(node), self.model.opset, self.constants,
-                            self.model.shapes, lambda t: self.users.get(t, []),
+                            self.shapes, lambda t: self.users.get(t, []),
                             self.initializers)
             try:
                 mapped = row(view)
             except Unsupported as why:
                 self.problem(node, str(why))
                 continue
-            if any(a not in self.current and a != PREVIOUS for e in mapped.layers
-                   for a in e.args):
-                continue   # an input comes from an unsupported node, already reported
+            missing = [a for e in mapped.layers for a in e.args
+                       if a not in self.current and a != PREVIOUS]
+            if missing:
+                # an input from an unsupported node is reported there; any other is not
+                unknown = [a for a in missing if a.split("#")[0] not in self.failed]
+                if unknown:
+                    self.problem(node, f"input '{unknown[0]}' is not computed by a layer "
+                                 "(a sequence position past its end?)")
+                self.failed.update(node.output)
+                continue
             absorbed.update(id(n) for n in mapped.absorbed)
             self.emit(node, mapped.layers)
         if self.problems:
@@ -173,9 +189,10 @@ class _Converter:
             outputs.append(self.current[out.name])
         statements = tuple(inputs) + tuple(self.params.values()) + tuple(self.layers)
         return Converted(ast.Module(self.path, statements), self.weights, tuple(outputs),
-                         (), dict(self.layer_of_node))
+                         (), dict(self.layer_of_node), self.shapes)
 
     def problem(self, node, why: str) -> None:
+        self.failed.update(node.output)
         name = node.name or (node.output[0] if node.output else "?")
         self.problems.append(f"  {self.path}: node '{name}' ({node.op_type}, opset "
                              f"{self.model.opset}): {why}")
