@@ -12,7 +12,11 @@ and Mul then Add of per-channel constants (Caffe2's affine after a batch normali
 Some emit a short chain, the first layer named `<layer>.<suffix>`: a `pad` before a Conv
 whose sides differ (TensorFlow's SAME), a `transpose` before a Gemm with transA=1 or
 around a MatMul with a constant left operand, HardSigmoid/HardSwish as power, clip (, mul),
-Gelu as power, erf, power, mul.
+Gelu as power, erf, power, mul (or, tanh-approximated, power, add, power, tanh, power, mul),
+a ConvTranspose as deconv2d then the slice, pad and bias layers that make ONNX's output
+window, a pool whose sides differ as the pool then slices (or a pad before it), and the Mul
+of a squeeze-and-excitation gate as a reshape then scale_mul. Split, SplitToSequence and a
+Slice of a computed tensor emit one slice layer per piece or per axis cut.
 """
 from __future__ import annotations
 
