@@ -529,3 +529,20 @@ def test_a_sequence_position_past_the_end_is_reported(tmp_path):
     path = _net(tmp_path, nodes, (2, 4, 3, 3), [i64("two", 2), i64("five", 5)])
     with pytest.raises(BwError, match=r"node 'pick' \(SequenceAt.*'seq#5' is not computed"):
         import_onnx(path)
+
+
+def test_one_constant_in_two_slots_is_a_copy_per_slot(tmp_path):
+    """The dynamo exporter's optimizer merges equal constants: a fresh BN's scale and
+    running variance (ones) arrive as one initializer. The same slot of two layers stays one
+    shared parameter (tied weights); another slot gets its own copy."""
+    nodes = [helper.make_node("BatchNormalization", ["x", "ones", "zeros", "zeros", "ones"],
+                              ["a"], training_mode=0, name="/bn1/BatchNorm"),
+             helper.make_node("BatchNormalization", ["a", "ones", "zeros", "zeros", "ones"],
+                              ["b"], training_mode=0, name="/bn2/BatchNorm"),
+             helper.make_node("Flatten", ["b"], ["y"])]
+    inits = [_init("ones", np.ones(3)), _init("zeros", np.zeros(3))]
+    net = _compare(_net(tmp_path, nodes, (2, 3, 2, 2), inits, opset=15), _x((2, 3, 2, 2), 21))
+    bn1, bn2 = net.layer("bn1"), net.layer("bn2")
+    by_slot = lambda layer: {u.slot: u.param for u in layer.params}  # noqa: E731
+    assert by_slot(bn1)["weight"] == by_slot(bn2)["weight"] != by_slot(bn1)["var"]
+    assert by_slot(bn1)["var"] == by_slot(bn2)["var"]

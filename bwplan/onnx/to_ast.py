@@ -109,8 +109,9 @@ class _Converter:
         self.constants: dict[str, np.ndarray] = {}
         self.current: dict[str, str] = {}       # ONNX tensor -> bwplan tensor
         self.layers: list[ast.LayerStmt] = []
-        self.params: dict[str, ast.ParamDecl] = {}   # ONNX initializer -> its declaration
-        self.used: dict[str, str] = {}               # ONNX initializer -> bwplan parameter
+        # (ONNX initializer, slot) -> its declaration, and the bwplan parameter it became
+        self.params: dict[tuple[str, str] | str, ast.ParamDecl] = {}
+        self.used: dict[tuple[str, str], str] = {}
         self.weights: dict[str, np.ndarray] = {}
         self.problems: list[str] = []
         self.failed: set[str] = set()     # outputs of nodes that could not be imported
@@ -284,30 +285,37 @@ class _Converter:
         self.layer_of_node[node.name or node.output[0]] = tuple(made)
 
     def param(self, layer: str, slot: str, w: Weight, span: Span) -> str | None:
-        """The declared parameter for this use, or None for the default `<layer>.<slot>`."""
+        """The declared parameter for this use, or None for the default `<layer>.<slot>`.
+
+        One initializer in the same slot of two layers is one shared parameter (tied
+        weights); in different slots it is a copy per slot: the dynamo exporter's optimizer
+        merges equal constants, so a fresh model's BN scale and running variance (both ones)
+        can arrive as one initializer, which is no tie."""
         value = np.ascontiguousarray(w.value, dtype=np.float32)
-        if w.name is not None and w.name in self.used:
+        key = None if w.name is None else (w.name, slot)
+        if key is not None and key in self.used:
             # the same initializer again: one shared parameter, now declared, so that the
             # first use's default binding `<layer>.<slot>` finds the declaration too
-            name = self.used[w.name]
-            if w.name not in self.params:
-                self.declare(name, value, span, w.name)
+            name = self.used[key]
+            if key not in self.params:
+                self.declare(name, value, span, key)
             return name
         default = f"{layer}.{slot}"
         if w.name is None or not valid_name(w.name) or w.name == default:
             name = self.names.take(default)
             self.weights[name] = value
-            if w.name is not None:
-                self.used[w.name] = name
+            if key is not None:
+                self.used[key] = name
             return None if name == default else self.declare(name, value, span, None)
         name = self.names.take(w.name)
         self.weights[name] = value
-        self.used[w.name] = name
-        return self.declare(name, value, span, w.name)
+        self.used[key] = name
+        return self.declare(name, value, span, key)
 
-    def declare(self, name: str, value: np.ndarray, span: Span, onnx_name: str | None) -> str:
+    def declare(self, name: str, value: np.ndarray, span: Span,
+                key: tuple[str, str] | None) -> str:
         decl = ast.ParamDecl(name, TensorType("f32", tuple(value.shape)), (), span)
-        self.params[onnx_name or name] = decl
+        self.params[key or name] = decl
         return name
 
 
