@@ -67,7 +67,8 @@ def exported(tmp_path_factory):
 
 
 def _shape(name: str, batch: int = BATCH) -> tuple[int, ...]:
-    return (batch,) + onnx_models.MODELS[name][1]
+    spec = onnx_models.MODELS.get(name) or onnx_models.MORE_MODELS[name]
+    return (batch,) + spec[1]
 
 
 def _arg(name: str, batch: int = BATCH) -> str:
@@ -199,3 +200,38 @@ def test_other_opsets_match_onnxruntime(tmp_path, opset):
     prog = bwplan.compile(str(path), onnx_options={"input_shapes": {"input": _shape(name)}})
     got = prog.forward({"input": x, "label": y}, outputs=imported.outputs)
     assert np.abs(got[imported.outputs[0]] - want).max() / np.abs(want).max() < RTOL
+
+
+# ---- more torchvision architectures, small (tests/onnx_models.py MORE_MODELS) -------------
+# The TorchScript exporter's files are checked always; the dynamo exporter's (a few seconds
+# of tracing each) where BWPLAN_TEST_ONNX_LIGHT=all, as CI sets it.
+ALL = os.environ.get("BWPLAN_TEST_ONNX_LIGHT", "") == "all"
+
+
+@pytest.mark.parametrize("name", sorted(onnx_models.MORE_MODELS))
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_more_models_explain_run_and_train_as_ort_and_torch(tmp_path, capsys, name, dynamo):
+    """A training-mode export (BN kept, dropout and stochastic depth at p = 0): `explain
+    --freeze` freezes the PyTorch modules the glob names; the forward is onnxruntime's (batch
+    statistics where the file says training_mode=1, as the TorchScript exporter writes;
+    stored ones where it says nothing, as the dynamo exporter writes); one step's gradients
+    with that part frozen are PyTorch's."""
+    if dynamo and not ALL:
+        pytest.skip("the dynamo exporter's files: set BWPLAN_TEST_ONNX_LIGHT=all")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    torch.set_num_threads(1)
+    pattern = onnx_models.MORE_MODELS[name][2]
+    path = tmp_path / f"{name}.onnx"
+    module = _export(path, name, train=True, dynamo=dynamo, opset=18 if dynamo else 17)
+    assert main(["explain", str(path), "--freeze", pattern]) == 0
+    # long names wrap the table: which layers froze is checked by the gradients below
+    assert f"frozen by --freeze '{pattern}'" in " ".join(capsys.readouterr().out.split())
+    x, y = _batch(name)
+    want = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    imported = import_onnx(str(path))
+    # nothing frozen here: a frozen BN would normalise with its stored statistics
+    got = bwplan.compile(str(path)).forward({"input": x, "label": y}, outputs=imported.outputs,
+                                            training=not dynamo)[imported.outputs[0]]
+    assert np.abs(got - want).max() / np.abs(want).max() < RTOL
+    _compare_gradients(bwplan.compile(str(path), freeze=[pattern]), module, name, pattern)

@@ -268,3 +268,281 @@ def test_gelu_and_the_erf_pattern_older_exporters_write_match_onnxruntime(tmp_pa
     inits = [_init("sqrt2", np.sqrt(2.0)), _init("one", 1.0), _init("half", 0.5)]
     net = _compare(_net(tmp_path, nodes, (3, 8), inits, opset=20), _x((3, 8), 11) * 2)
     assert "erf" in [layer.op for layer in net.layers]
+
+
+# ---- ConvTranspose: uneven pads, output_padding, output_shape, auto_pad -------------------
+CONV_TRANSPOSES = [  # attributes on a [2, 4, 4, 5] input, 3 x 3 kernel
+    dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),   # PyTorch's usual
+    dict(strides=[2, 2], output_padding=[1, 1]),          # past the full output: zeros+bias
+    dict(strides=[2, 3], pads=[0, 1, 2, 0]),
+    dict(strides=[2, 2], pads=[2, 0, 0, 1], output_padding=[1, 0]),
+    dict(strides=[2, 2], auto_pad="SAME_UPPER"),
+    dict(strides=[2, 2], auto_pad="SAME_LOWER"),
+    dict(strides=[3, 2], auto_pad="SAME_UPPER"),
+    dict(strides=[2, 2], auto_pad="VALID", output_padding=[1, 0]),
+    dict(strides=[2, 2], output_shape=[8, 9]),
+    dict(strides=[2, 2], output_shape=[7, 10], auto_pad="SAME_UPPER"),
+    dict(strides=[2, 2], output_shape=[10, 10]),
+]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("attrs", CONV_TRANSPOSES, ids=lambda a: "-".join(
+    f"{k}{v}" for k, v in a.items()).replace(" ", ""))
+def test_conv_transpose_padding_matches_onnxruntime(tmp_path, attrs, bias):
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("ConvTranspose", ["x", "up.weight"] + ["up.bias"] * bias, ["u"],
+                              **attrs),
+             helper.make_node("Flatten", ["u"], ["y"])]
+    inits = [_init("up.weight", rng.standard_normal((4, 3, 3, 3)))]
+    inits += [_init("up.bias", rng.standard_normal(3))] * bias
+    net = _compare(_net(tmp_path, nodes, (2, 4, 4, 5), inits), _x((2, 4, 4, 5)))
+    ops = {layer.name: layer.op for layer in net.layers}
+    assert ops["up"] == "deconv2d"
+    # the bias moves after the zeros only where zeros are added
+    assert ("up.shift" in ops) == (bias and "up.pad" in ops), ops
+
+
+def test_conv_transpose_whose_output_sizes_disagree_is_reported(tmp_path):
+    """SAME_LOWER with output_padding: onnxruntime writes in * stride cells, ONNX's shape
+    inference in * stride + output_padding; bwplan imports neither guess."""
+    from bwplan.errors import BwError
+    nodes = [helper.make_node("ConvTranspose", ["x", "up.weight"], ["u"], strides=[3, 2],
+                              auto_pad="SAME_LOWER", output_padding=[1, 1]),
+             helper.make_node("Flatten", ["u"], ["y"])]
+    path = _net(tmp_path, nodes, (2, 4, 4, 5), [_init("up.weight", np.ones((4, 3, 3, 3)))])
+    with pytest.raises(BwError, match=r"ConvTranspose.*shape inference says \[13, 11\]"):
+        import_onnx(path)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_torch_conv_transpose_with_output_padding_matches_ort_and_torch(tmp_path, dynamo):
+    """nn.ConvTranspose2d(output_padding=1), exported by either exporter: the forward as in
+    onnxruntime, one step's gradients as in PyTorch (float64)."""
+    import warnings
+    torch = pytest.importorskip("torch")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+
+    class Up(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.up = torch.nn.ConvTranspose2d(4, 5, 3, stride=2, padding=1, output_padding=1)
+            self.head = torch.nn.ConvTranspose2d(5, 6, 2, stride=2, output_padding=1,
+                                                 bias=False)
+
+        def forward(self, x):
+            y = self.head(torch.relu(self.up(self.conv(x))))
+            return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(y, 1), 1)
+
+    torch.manual_seed(0)
+    module, path = Up(), str(tmp_path / "up.onnx")
+    x = _x((2, 3, 5, 6), 13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.tensor(x),), path, dynamo=dynamo,
+                          input_names=["input"], output_names=["output"])
+    want = ort.InferenceSession(path).run(None, {"input": x})[0]
+    imported = import_onnx(path)
+    prog = bwplan.compile(path)
+    y = np.array([1, 4])
+    got = prog.forward({"input": x, "label": y}, outputs=imported.outputs)
+    np.testing.assert_allclose(got[imported.outputs[0]], want, atol=1e-5, rtol=0)
+    assert {"up.crop_h", "up.crop_w", "head.pad"} <= {layer.name for layer in imported.net.layers}
+    prog.set_optimizer(lr=0.0, momentum=0.0)
+    prog.step({"input": x, "label": y})
+    m = module.double()
+    torch.nn.functional.cross_entropy(m(torch.tensor(x, dtype=torch.float64)),
+                                      torch.tensor(y)).backward()
+    grads = {n: p.grad.numpy() for n, p in m.named_parameters()}
+    assert set(prog.grads) == set(grads)
+    for name, g in grads.items():
+        assert np.linalg.norm(prog.grads[name] - g) / np.linalg.norm(g) < 1e-4, name
+
+
+POOLS = [  # (op, auto_pad, kernel, stride, count_include_pad, the layers it becomes)
+    # the odd cell at the start: padding it on both sides adds no window here
+    ("MaxPool", "SAME_LOWER", 3, 2, 0, ["maxpool"]),
+    # ... and with stride 1 one window too many, at the end: sliced off
+    ("MaxPool", "SAME_LOWER", 2, 1, 0, ["maxpool", "slice", "slice"]),
+    # the odd cell at the end with stride 1: the first window is sliced off
+    ("MaxPool", "SAME_UPPER", 2, 1, 0, ["maxpool", "slice", "slice"]),
+    ("MaxPool", "VALID", 3, 2, 0, ["maxpool"]),
+    ("AveragePool", "SAME_LOWER", 2, 2, 0, ["avgpool"]),
+    ("AveragePool", "SAME_UPPER", 2, 1, 0, ["avgpool", "slice", "slice"]),
+    # an average that counts the padding: the extra padding is zeros, a pad layer
+    ("AveragePool", "SAME_LOWER", 3, 2, 1, ["pad", "avgpool"]),
+    ("AveragePool", "SAME_UPPER", 2, 2, 1, ["pad", "avgpool"]),
+    ("AveragePool", "VALID", 2, 2, 1, ["avgpool"]),
+]
+
+
+@pytest.mark.parametrize("op,auto,kernel,stride,cip,layers", POOLS)
+def test_auto_pad_pools_match_onnxruntime(tmp_path, op, auto, kernel, stride, cip, layers):
+    """Every auto_pad mode, on an input whose sizes (7 x 8) make the padding odd on one axis
+    and even on the other; SAME_LOWER's odd cell is at the start."""
+    attrs = dict(kernel_shape=[kernel, kernel], strides=[stride, stride], auto_pad=auto)
+    if op == "AveragePool":
+        attrs["count_include_pad"] = cip
+    nodes = [helper.make_node(op, ["x"], ["p"], **attrs),
+             helper.make_node("Flatten", ["p"], ["y"])]
+    net = _compare(_net(tmp_path, nodes, (2, 3, 7, 8)), _x((2, 3, 7, 8), 14) - 1, atol=1e-4)
+    got = [layer.op for layer in net.layers][:-2]          # then flatten and the loss
+    assert sorted(got) == sorted(layers), got
+
+
+def test_a_same_lower_pool_passes_the_gradient_back(tmp_path):
+    """Through the slices after the pool: the conv before it gets the gradient a central
+    difference of the loss gives."""
+    rng = np.random.default_rng(15)
+    nodes = [helper.make_node("Conv", ["x", "a.weight"], ["c"], pads=[1, 1, 1, 1],
+                              name="/a/Conv"),
+             helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[3, 3], strides=[2, 2],
+                              auto_pad="SAME_LOWER"),
+             helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["y"])]
+    path = _save(tmp_path / "p.onnx", nodes, [_f32("x", [2, 2, 6, 5])], [_f32("y", [2, 3])],
+                 [_init("a.weight", rng.standard_normal((3, 2, 3, 3)))])
+    batch = {"x": _x((2, 2, 6, 5), 16), "label": np.array([0, 2])}
+    prog = bwplan.compile(path)
+    prog.set_optimizer(lr=0.0, momentum=0.0)
+    prog.step(batch)
+    grad = prog.grads["a.weight"].copy()
+    w, eps = prog.params["a.weight"], 1e-2
+    for idx in [(0, 0, 0, 0), (1, 1, 2, 1), (2, 0, 1, 2)]:
+        old = w[idx]
+        losses = []
+        for v in (old + eps, old - eps):
+            w[idx] = v
+            losses.append(float(prog.forward(batch)["loss"]))
+        w[idx] = old
+        assert abs((losses[0] - losses[1]) / (2 * eps) - grad[idx]) < 1e-3, idx
+
+
+# ---- the activations of MobileNet v3, EfficientNet and transformers -----------------------
+@pytest.mark.parametrize("dynamo,opset", [(False, 14), (False, 20), (True, 18)],
+                         ids=["torchscript-14", "torchscript-20", "dynamo-18"])
+def test_torch_activations_match_ort_and_torch(tmp_path, dynamo, opset):
+    """SiLU (Sigmoid and Mul), GELU both ways (opset 20's Gelu node; before it the exporters'
+    Erf and Tanh patterns, the dynamo one with Pow), HardSwish and HardSigmoid (opset 14):
+    the forward as in onnxruntime, one step's gradients as in PyTorch."""
+    import warnings
+    torch = pytest.importorskip("torch")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    F = torch.nn.functional
+
+    class Acts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = torch.nn.Linear(6, 8)
+            self.fc2 = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.fc1(x)
+            h = (F.silu(h) + F.gelu(h, approximate="tanh") + F.gelu(h) + F.hardswish(h)
+                 + F.hardsigmoid(h))
+            return self.fc2(h)
+
+    torch.manual_seed(1)
+    module, path = Acts(), str(tmp_path / "acts.onnx")
+    x = _x((5, 6), 17) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.tensor(x),), path, dynamo=dynamo, opset_version=opset,
+                          input_names=["input"], output_names=["output"])
+    kinds = {n.op_type for n in onnx.load(path).graph.node}
+    assert {"HardSwish", "HardSigmoid", "Sigmoid"} <= kinds
+    assert ("Gelu" in kinds) == (opset >= 20) and ("Pow" in kinds) == (dynamo and opset < 20)
+    want = ort.InferenceSession(path).run(None, {"input": x})[0]
+    imported = import_onnx(path)
+    prog = bwplan.compile(path)
+    y = np.array([0, 1, 2, 3, 1])
+    got = prog.forward({"input": x, "label": y}, outputs=imported.outputs)
+    np.testing.assert_allclose(got[imported.outputs[0]], want, atol=1e-5, rtol=0)
+    prog.set_optimizer(lr=0.0, momentum=0.0)
+    prog.step({"input": x, "label": y})
+    m = module.double()
+    F.cross_entropy(m(torch.tensor(x, dtype=torch.float64)), torch.tensor(y)).backward()
+    grads = {n: p.grad.numpy() for n, p in m.named_parameters()}
+    # the older exporters' constants (GELU's 0.5, 1, 0.044715) are parameters of their own
+    # Mul and Add layers (docs/onnx.md); the module's are compared
+    assert set(grads) <= set(prog.grads)
+    for name, g in grads.items():
+        assert np.linalg.norm(prog.grads[name] - g) / np.linalg.norm(g) < 1e-4, name
+
+
+def test_a_squeeze_and_excitation_gate_is_scale_mul_and_matches_onnxruntime(tmp_path):
+    """x [N, C, H, W] times its gate [N, C, 1, 1], either side of the Mul: the gate reshaped
+    to [N, C], then scale_mul at axis 0."""
+    rng = np.random.default_rng(18)
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+             helper.make_node("Conv", ["g", "se.weight", "se.bias"], ["c"], name="/se/Conv"),
+             helper.make_node("Sigmoid", ["c"], ["s"]),
+             helper.make_node("Mul", ["x", "s"], ["a"], name="/se/Mul"),
+             helper.make_node("Mul", ["s", "a"], ["b"], name="/se2/Mul"),
+             helper.make_node("Flatten", ["b"], ["y"])]
+    inits = [_init("se.weight", rng.standard_normal((4, 4, 1, 1))),
+             _init("se.bias", rng.standard_normal(4))]
+    net = _compare(_net(tmp_path, nodes, (2, 4, 3, 3), inits), _x((2, 4, 3, 3), 19))
+    layer = net.layer("se.mul")
+    assert layer.op == "scale_mul" and net.layer("se.mul.gate").out.shape == (2, 4)
+
+
+def test_slice_split_and_split_to_sequence_match_onnxruntime(tmp_path):
+    """The chunks of ShuffleNet: Slice with bounds from Shape arithmetic (the TorchScript
+    exporter's chunk, whose shapes ONNX's inference only knows once the bounds are folded),
+    Split, and SplitToSequence with SequenceAt (the dynamo exporter's)."""
+    i64 = lambda name, v: numpy_helper.from_array(np.asarray(v, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "one"], ["c"], axis=0),
+             helper.make_node("Div", ["c", "two"], ["half"]),
+             helper.make_node("Unsqueeze", ["half", "axis0"], ["ends"]),
+             helper.make_node("Slice", ["x", "zeros", "ends", "ones"], ["a"]),     # [:, :4]
+             helper.make_node("Slice", ["x", "ends", "big", "ones"], ["b"]),       # [:, 4:]
+             helper.make_node("Slice", ["a", "minus", "big", "three"], ["a2"]),    # [..., -2:]
+             helper.make_node("Split", ["b", "sizes"], ["s0", "s1"], axis=1),
+             helper.make_node("SplitToSequence", ["a", "two"], ["seq"], axis=1),
+             helper.make_node("SequenceAt", ["seq", "one"], ["q1"]),
+             helper.make_node("SequenceAt", ["seq", "zero"], ["q0"]),
+             helper.make_node("Concat", ["s1", "q1", "s0", "q0"], ["cat"], axis=1),
+             helper.make_node("Relu", ["cat"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("GlobalMaxPool", ["a2"], ["m"]),
+             helper.make_node("Flatten", ["g"], ["fg"]),
+             helper.make_node("Flatten", ["m"], ["fm"]),
+             helper.make_node("Concat", ["fg", "fm"], ["y"], axis=1)]
+    inits = [i64("one", 1), i64("two", 2), i64("zero", 0), i64("axis0", [0]),
+             i64("zeros", [0]), i64("ones", [1]), i64("big", [2 ** 62]), i64("minus", [-2]),
+             i64("three", [3]), i64("sizes", [1, 3])]
+    net = _compare(_net(tmp_path, nodes, (2, 8, 3, 5), inits), _x((2, 8, 3, 5), 20))
+    assert [layer.op for layer in net.layers].count("slice") == 2 + 1 + 2 + 2
+
+
+def test_a_sequence_position_past_the_end_is_reported(tmp_path):
+    from bwplan.errors import BwError
+    i64 = lambda name, v: numpy_helper.from_array(np.asarray(v, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("SplitToSequence", ["x", "two"], ["seq"], axis=1),
+             helper.make_node("SequenceAt", ["seq", "five"], ["q"], name="pick"),
+             helper.make_node("Flatten", ["q"], ["y"])]
+    path = _net(tmp_path, nodes, (2, 4, 3, 3), [i64("two", 2), i64("five", 5)])
+    with pytest.raises(BwError, match=r"node 'pick' \(SequenceAt.*'seq#5' is not computed"):
+        import_onnx(path)
+
+
+def test_one_constant_in_two_slots_is_a_copy_per_slot(tmp_path):
+    """The dynamo exporter's optimizer merges equal constants: a fresh BN's scale and
+    running variance (ones) arrive as one initializer. The same slot of two layers stays one
+    shared parameter (tied weights); another slot gets its own copy."""
+    nodes = [helper.make_node("BatchNormalization", ["x", "ones", "zeros", "zeros", "ones"],
+                              ["a"], training_mode=0, name="/bn1/BatchNorm"),
+             helper.make_node("BatchNormalization", ["a", "ones", "zeros", "zeros", "ones"],
+                              ["b"], training_mode=0, name="/bn2/BatchNorm"),
+             helper.make_node("Flatten", ["b"], ["y"])]
+    inits = [_init("ones", np.ones(3)), _init("zeros", np.zeros(3))]
+    net = _compare(_net(tmp_path, nodes, (2, 3, 2, 2), inits, opset=15), _x((2, 3, 2, 2), 21))
+    bn1, bn2 = net.layer("bn1"), net.layer("bn2")
+    by_slot = lambda layer: {u.slot: u.param for u in layer.params}  # noqa: E731
+    assert by_slot(bn1)["weight"] == by_slot(bn2)["weight"] != by_slot(bn1)["var"]
+    assert by_slot(bn1)["var"] == by_slot(bn2)["var"]

@@ -694,6 +694,7 @@ CASES = {
     "mvn": mvn_case(), "lrn_within_channel": lrn_within_case(),
     "crop": crop_case(), "deconv2d": deconv2d_case(), "pad": pad_case(), "erf": unary_case(),
     "interp": interp_case(), "roi_pool": roi_pool_case(),
+    "scale_mul": bias_add_case(),     # the same shapes: a factor where bias_add adds
     "normalize": normalize_case(),
     "maxpool_mask": pool_case(), "max_unpool": max_unpool_case(),
 }
@@ -1102,7 +1103,7 @@ TORCH.update({name: (CASES[name], _oracle(name)) for name in (
     "argmax", "silence", "bias", "bias_add", "tile", "embed", "sigmoid_cross_entropy_loss",
     "hinge_loss", "infogain_loss", "infogain_loss_h", "smooth_l1_loss",
     "smooth_l1_loss_weighted", "mvn", "lrn_within_channel", "maxpool_mask", "max_unpool",
-    "accuracy", "accuracy_per_class", "seg_accuracy", "multibox_loss")})
+    "accuracy", "accuracy_per_class", "seg_accuracy", "multibox_loss", "scale_mul")})
 
 
 @pytest.mark.parametrize("key", sorted(TORCH))

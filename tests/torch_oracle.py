@@ -466,11 +466,13 @@ def argmax(a, xs, p, training):
     return out.reshape((x.shape[0], out.shape[1], k) + (1,) * max(0, x.dim() - 3))
 
 
-def _broadcast_bias(x: torch.Tensor, b: torch.Tensor, axis: int) -> torch.Tensor:
-    """Caffe Bias: b covers x's dimensions from axis on, as many as b has; a scalar b
-    covers everything."""
+def _broadcast_bias(x: torch.Tensor, b: torch.Tensor, axis: int, scale: bool = False
+                    ) -> torch.Tensor:
+    """Caffe Bias (or, with scale, Scale with two inputs): b covers x's dimensions from
+    axis on, as many as b has; a scalar b covers everything."""
     axis %= x.dim()
-    return x + b.reshape((1,) * axis + tuple(b.shape) + (1,) * (x.dim() - axis - b.dim()))
+    b = b.reshape((1,) * axis + tuple(b.shape) + (1,) * (x.dim() - axis - b.dim()))
+    return x * b if scale else x + b
 
 
 def tile(a, xs, p, training):
@@ -651,6 +653,7 @@ OPS: dict[str, OpFn] = {
     "silence": lambda a, xs, p, t: xs[0].new_empty((0,)),
     "bias": lambda a, xs, p, t: _broadcast_bias(xs[0], p["bias"], a["axis"]),
     "bias_add": lambda a, xs, p, t: _broadcast_bias(xs[0], xs[1], a["axis"]),
+    "scale_mul": lambda a, xs, p, t: _broadcast_bias(xs[0], xs[1], a["axis"], scale=True),
     "tile": tile,
     "embed": lambda a, xs, p, t: F.embedding(xs[0].long(), p["weight"]) + (
         p["bias"] if a["bias_term"] else 0.0),

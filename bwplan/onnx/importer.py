@@ -36,7 +36,7 @@ def onnx_module(path: str, input_shapes: Mapping[str, tuple[int, ...]] | None = 
     model = read_model(path, input_shapes)
     converted = to_flat_ast(model)
     out_name = model.proto.graph.output[0].name if model.proto.graph.output else None
-    converted = attach_loss(converted, model.shapes.get(out_name), loss, path)
+    converted = attach_loss(converted, converted.shapes.get(out_name), loss, path)
     return replace(converted, notes=export_notes(model.proto.graph, path) + converted.notes)
 
 

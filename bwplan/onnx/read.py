@@ -132,3 +132,33 @@ def read_model(path: str, input_shapes: Mapping[str, tuple[int, ...]] | None = N
     opset = next((o.version for o in inferred.opset_import if o.domain in ("", "ai.onnx")), 1)
     return OnnxModel(path, inferred, opset, MappingProxyType(fixed), MappingProxyType(shapes),
                      MappingProxyType(dtypes))
+
+
+def shapes_after_folding(model: OnnxModel, folded: Mapping[str, Any], nodes_folded: set[int]
+                         ) -> Mapping[str, tuple[int, ...]]:
+    """The shapes again, with the tensors the importer folded given as constants: shape
+    inference cannot follow `x[:, :c // 2]` when c // 2 comes from Shape arithmetic, and
+    then knows no shape after it (ShuffleNet's chunks). A copy of the graph without the
+    folded nodes, their outputs as initializers, fills those in."""
+    from onnx import numpy_helper, shape_inference
+    proto = type(model.proto)()
+    proto.CopyFrom(model.proto)
+    graph = proto.graph
+    keep = [n for i, n in enumerate(model.proto.graph.node) if i not in nodes_folded]
+    del graph.node[:]
+    graph.node.extend(keep)
+    have = {i.name for i in graph.initializer}
+    for name, value in folded.items():
+        if name not in have:
+            graph.initializer.append(numpy_helper.from_array(value, name))
+    del graph.value_info[:]
+    try:
+        inferred = shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:   # the first inference's shapes stand
+        return model.shapes
+    shapes = dict(model.shapes)
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = _dims(vi)
+        if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
+            shapes.setdefault(vi.name, tuple(dims))
+    return MappingProxyType(shapes)

@@ -12,7 +12,11 @@ and Mul then Add of per-channel constants (Caffe2's affine after a batch normali
 Some emit a short chain, the first layer named `<layer>.<suffix>`: a `pad` before a Conv
 whose sides differ (TensorFlow's SAME), a `transpose` before a Gemm with transA=1 or
 around a MatMul with a constant left operand, HardSigmoid/HardSwish as power, clip (, mul),
-Gelu as power, erf, power, mul.
+Gelu as power, erf, power, mul (or, tanh-approximated, power, add, power, tanh, power, mul),
+a ConvTranspose as deconv2d then the slice, pad and bias layers that make ONNX's output
+window, a pool whose sides differ as the pool then slices (or a pad before it), and the Mul
+of a squeeze-and-excitation gate as a reshape then scale_mul. Split, SplitToSequence and a
+Slice of a computed tensor emit one slice layer per piece or per axis cut.
 """
 from __future__ import annotations
 
@@ -188,13 +192,6 @@ def _end_pad_is_ceil(view: NodeView, kernel, strides, begin, end) -> bool:
         if floor_out != window_out(size, k, s, b, ceil=True) or (floor_out - 1) * s - b >= size:
             return False
     return True
-
-
-def _window_attrs(view: NodeView, kernel, pool: bool = False
-                  ) -> tuple[list[int], list[int], tuple[int, int], bool]:
-    strides, dilations = _strides_dilations(view, kernel)
-    pad, ceil = _pads(view, kernel, strides, dilations, pool)
-    return strides, dilations, pad, ceil
 
 
 def _strides_dilations(view: NodeView, kernel) -> tuple[list[int], list[int]]:
@@ -393,8 +390,7 @@ def mul(view: NodeView) -> Mapped:
     pair = _binary_inputs(view)
     if pair is None:
         if view.shape(0) != view.shape(1):
-            raise Unsupported(f"inputs of shapes {view.shape(0)} and {view.shape(1)}: bwplan "
-                              "multiplies same-shaped tensors only")
+            return _gate(view)
         return one(view, "mul", [view.data(0), view.data(1)])
     d, c = pair
     shape = view.shape(d)
@@ -415,6 +411,37 @@ def mul(view: NodeView) -> Mapped:
     output = absorbed[0].output[0] if absorbed else view.node.output[0]
     return Mapped((Emit("scale", (view.data(d),), dict(bias="bias" in weights), weights,
                         output),), absorbed)
+
+
+def _gate(view: NodeView) -> Mapped:
+    """x times a computed g that is x's dimensions a..k-1 with ones around them (the [N, C, 1,
+    1] gate of a squeeze-and-excitation block): g reshaped to those dimensions
+    (`<layer>.gate`), then scale_mul at axis a."""
+    shapes = [view.shape(0), view.shape(1)]
+    big = 0 if len(shapes[0]) >= len(shapes[1]) and np.prod(shapes[0]) >= np.prod(
+        shapes[1]) else 1
+    x, g = shapes[big], shapes[1 - big]
+    g = (1,) * (len(x) - len(g)) + tuple(g)
+    end = len(g)
+    while end > 0 and g[end - 1] == 1 and x[end - 1] != 1:
+        end -= 1
+    start = 0
+    while start < end and g[start] == 1 and x[start] != 1:
+        start += 1
+    if len(shapes[1 - big]) > len(x) or g[start:end] != x[start:end] or start == end:
+        raise Unsupported(f"inputs of shapes {list(shapes[0])} and {list(shapes[1])}: bwplan "
+                          "multiplies same-shaped tensors, or a tensor by one that is some "
+                          "of its dimensions with ones around them")
+    core = x[start:end]
+    args = (view.data(big), view.data(1 - big))
+    layers = []
+    if tuple(view.shape(1 - big)) != core:
+        target = _batch_kept(list(core), x) if start == 0 else core
+        layers.append(Emit("reshape", (args[1],), dict(shape=tuple(target)), {}, None,
+                           ".gate"))
+        args = (args[0], PREVIOUS)
+    layers.append(Emit("scale_mul", args, dict(axis=start), {}, view.node.output[0]))
+    return Mapped(tuple(layers))
 
 
 def batchnorm(view: NodeView) -> Mapped:
@@ -465,17 +492,69 @@ def _pool(op: str) -> Callable[[NodeView], Mapped]:
             # Caffe's global pooling as converters write it: one window, padded past the
             # image, averaging its real cells only
             return one(view, "global_" + op, [view.data(0)])
-        strides, dilations, pad, end_ceil = _window_attrs(view, kernel, pool=True)
+        strides, dilations = _strides_dilations(view, kernel)
+        ceil = bool(view.attrs.get("ceil_mode", 0))
+        try:
+            pad, end_ceil = _pads(view, kernel, strides, dilations, pool=True)
+            ceil, skip = ceil or end_ceil, None
+        except Unsupported:
+            if op == "avgpool" and view.attrs.get("count_include_pad", 0) and not ceil:
+                # padding an average counts is zeros: a `pad` layer can hold the extra
+                pad, pre = _split_pads(*_begin_end(view, kernel, strides, dilations))
+                return _with_pad(pre, Emit(op, (view.data(0),), dict(
+                    kernel=tuple(kernel), stride=tuple(strides), pad=pad, ceil=False,
+                    count_pad=True), {}, view.node.output[0]))
+            pad, skip = _shifted_windows(view, kernel, strides, dilations, op)
         if dilations != [1, 1]:
             raise Unsupported(f"dilations {dilations}: bwplan's pools are dense")
         if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
             raise Unsupported(f"pads {list(pad)} not smaller than the kernel {kernel}")
-        attrs = dict(kernel=tuple(kernel), stride=tuple(strides), pad=pad,
-                     ceil=bool(view.attrs.get("ceil_mode", 0)) or end_ceil)
+        attrs = dict(kernel=tuple(kernel), stride=tuple(strides), pad=pad, ceil=ceil)
         if op == "avgpool":
             attrs["count_pad"] = bool(view.attrs.get("count_include_pad", 0))
-        return one(view, op, [view.data(0)], attrs)
+        if skip is None:
+            return one(view, op, [view.data(0)], attrs)
+        return _trimmed(view, Emit(op, (view.data(0),), attrs, {}, None), kernel, strides,
+                        skip)
     return row
+
+
+def _shifted_windows(view: NodeView, kernel, strides, dilations, op: str
+                     ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Uneven pool padding that is no ceil mode (SAME_LOWER's odd cell at the start; SAME_UPPER
+    with stride 1): the pool padded max(begin, end) on both sides, of whose windows ONNX's are
+    a run, starting `skip` windows in. They read no cell outside ONNX's padded image, so a
+    max, and an average over the real cells or the whole window, are ONNX's."""
+    begin, end = _begin_end(view, kernel, strides, dilations)
+    pad = tuple(max(b, e) for b, e in zip(begin, end))
+    shift = [p - b for p, b in zip(pad, begin)]
+    if any(s % st for s, st in zip(shift, strides)) or (
+            op == "avgpool" and view.attrs.get("ceil_mode", 0)
+            and view.attrs.get("count_include_pad", 0)):
+        raise Unsupported(f"asymmetric padding (begin {begin}, end {end}) of a pool with "
+                          f"strides {strides}: bwplan pads both sides of a pool alike, and "
+                          "no run of the windows of a pool padded so is this one's")
+    return (pad[0], pad[1]), (shift[0] // strides[0], shift[1] // strides[1])
+
+
+def _trimmed(view: NodeView, pool: Emit, kernel, strides, skip) -> Mapped:
+    """The pool, then `slice` layers (`<layer>.crop_h`, `.crop_w`) that keep ONNX's windows:
+    `skip` of them in, as many as ONNX's output has."""
+    from bwplan.ops._shapes import window_out
+    layers = [pool]
+    for axis, size in enumerate(_spatial(view, view.node.op_type)):
+        have = window_out(size, kernel[axis], strides[axis], pool.attrs["pad"][axis],
+                          ceil=pool.attrs["ceil"])
+        first, want = skip[axis], view.out_shape()[2 + axis]
+        if have < first + want:
+            raise Unsupported(f"{want} windows along axis {2 + axis} where a pool padded "
+                              f"{pool.attrs['pad'][axis]} on both sides has {have}")
+        if (first, want) != (0, have):
+            layers.append(Emit("slice", (PREVIOUS,), dict(axis=2 + axis, begin=first,
+                                                          end=first + want),
+                               {}, None, (".crop_h", ".crop_w")[axis]))
+    layers[-1] = replace(layers[-1], output=view.node.output[0])
+    return Mapped(tuple(layers))
 
 
 def _one_window_covers_all(view: NodeView, kernel) -> bool:
@@ -545,6 +624,84 @@ def squeeze_like(view: NodeView) -> Mapped:
                dict(shape=_batch_kept(list(view.out_shape()), view.shape(0))))
 
 
+def slice_(view: NodeView) -> Mapped:
+    """Slice of a computed tensor with constant starts, ends and axes, step 1 (ShuffleNet's
+    `x.chunk(2, dim=1)`): one `slice` layer per axis cut (`<layer>.axis<k>` but the last)."""
+    shape = view.shape(0)
+    if view.opset < 10:
+        starts, ends = view.attrs["starts"], view.attrs["ends"]
+        axes, steps = view.attrs.get("axes"), None
+    else:
+        for i in (1, 2, 3, 4):
+            if view.input(i) and not view.is_const(i):
+                raise Unsupported(f"input {i} is computed, not a constant")
+        starts, ends = view.const(1).reshape(-1), view.const(2).reshape(-1)
+        axes = view.const(3).reshape(-1) if view.input(3) else None
+        steps = view.const(4).reshape(-1) if view.input(4) else None
+    axes = range(len(starts)) if axes is None else axes
+    if steps is not None and any(int(k) != 1 for k in steps):
+        raise Unsupported(f"steps {[int(k) for k in steps]}: bwplan slices with step 1")
+    cuts = []
+    for a, b, e in zip(axes, starts, ends):
+        a, size = int(a) % len(shape), shape[int(a) % len(shape)]
+        b, e = (int(v) + size if int(v) < 0 else int(v) for v in (b, e))
+        b, e = min(max(b, 0), size), min(max(e, 0), size)
+        if e <= b:
+            raise Unsupported(f"an empty slice [{b}, {e}) of axis {a}")
+        if (b, e) != (0, size):
+            cuts.append((a, b, e))
+    if not cuts:
+        return alias(view)
+    layers = [Emit("slice", (PREVIOUS,) if k else (view.data(0),), dict(axis=a, begin=b, end=e),
+                   {}, None, f".axis{a}") for k, (a, b, e) in enumerate(cuts)]
+    layers[-1] = replace(layers[-1], output=view.node.output[0], suffix="")
+    return Mapped(tuple(layers))
+
+
+def split(view: NodeView) -> Mapped:
+    """Split (and SplitToSequence, whose pieces SequenceAt picks) of a computed tensor into
+    constant sizes: one `slice` layer per piece, `<layer>.<k>`."""
+    shape = view.shape(0)
+    axis = int(view.attrs.get("axis", 0)) % len(shape)
+    seq = view.node.op_type == "SplitToSequence"
+    if "split" in view.attrs:
+        sizes = [int(v) for v in view.attrs["split"]]
+    elif view.input(1):
+        if not view.is_const(1):
+            raise Unsupported("the split sizes are computed, not constant")
+        sizes = [int(v) for v in view.const(1).reshape(-1)]
+        if seq and view.const(1).ndim == 0:      # one size: equal pieces, the last smaller
+            sizes = [min(sizes[0], shape[axis] - k) for k in range(0, shape[axis], sizes[0])]
+    else:
+        count = len(view.node.output) if not seq else shape[axis]
+        count = int(view.attrs.get("num_outputs", count))
+        step = -(-shape[axis] // count)
+        sizes = [min(step, shape[axis] - k) for k in range(0, shape[axis], step)]
+    if sum(sizes) != shape[axis] or min(sizes) < 1:
+        raise Unsupported(f"sizes {sizes} do not split axis {axis} of {list(shape)}")
+    if seq and not view.attrs.get("keepdims", 1) and "split" not in view.attrs \
+            and not view.input(1):
+        raise Unsupported("keepdims=0: bwplan keeps the split axis")
+    names = ([f"{view.node.output[0]}#{k}" for k in range(len(sizes))] if seq
+             else list(view.node.output))
+    layers, begin = [], 0
+    for k, (size, out) in enumerate(zip(sizes, names)):
+        layers.append(Emit("slice", (view.data(0),), dict(axis=axis, begin=begin,
+                                                          end=begin + size), {}, out, f".{k}"))
+        begin += size
+    return Mapped(tuple(layers))
+
+
+def sequence_at(view: NodeView) -> Mapped:
+    """Piece i of a SplitToSequence (the dynamo exporter's chunk): that piece's slice."""
+    if not view.is_const(1):
+        raise Unsupported("the position is computed, not constant")
+    k = int(view.const(1).reshape(-1)[0])
+    if k < 0:
+        raise Unsupported(f"the position {k}: bwplan reads a sequence from its start")
+    return Mapped((Emit(None, (f"{view.input(0)}#{k}",), output=view.node.output[0]),))
+
+
 def concat(view: NodeView) -> Mapped:
     rank = len(view.shape(0))
     return one(view, "concat", [view.data(i) for i in range(len(view.node.input))],
@@ -608,37 +765,94 @@ def pad(view: NodeView) -> Mapped:
     return one(view, "pad", [view.data(0)], dict(begin=tuple(begin[2:]), end=tuple(end[2:])))
 
 
+def _conv_transpose_pads(view: NodeView, full: list[int], strides
+                         ) -> tuple[list[int], list[int], list[int]]:
+    """(begin, end, output_padding) per axis: how many cells of the full transposed
+    convolution (`full`, no padding) the output drops before and after, and how many it adds
+    at the end. `output_shape` and SAME_* derive the pads from the output size, as the ONNX
+    operator text gives them (SAME_UPPER puts the odd cell at the end)."""
+    extra = [int(e) for e in view.attrs.get("output_padding", [0, 0])]
+    auto = view.attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    h, w = _spatial(view, "ConvTranspose")
+    if "output_shape" in view.attrs:
+        out = [int(d) for d in view.attrs["output_shape"]][-2:]
+    elif auto in ("SAME_UPPER", "SAME_LOWER"):
+        out = [size * s for size, s in zip((h, w), strides)]
+    elif auto == "VALID":
+        return [0, 0], [0, 0], extra
+    else:
+        pads = [int(p) for p in view.attrs.get("pads", [0, 0, 0, 0])]
+        return pads[:2], pads[2:], extra
+    begin, end = [], []
+    for f, e, o in zip(full, extra, out):
+        total = f + e - o
+        small = total // 2
+        # ONNX: SAME_UPPER puts the larger half at the end, anything else at the start
+        b = small if auto == "SAME_UPPER" else total - small
+        begin.append(b)
+        end.append(total - b)
+    return begin, end, extra
+
+
 def conv_transpose(view: NodeView) -> Mapped:
     """ConvTranspose as deconv2d (Caffe's Deconvolution: the same [in, out/groups, kh, kw]
-    weight and output size) where the padding is symmetric and no output_padding or
-    output_shape changes the size."""
+    weight and output size, padding both sides alike).
+
+    ONNX's output is the window [begin, full + output_padding - end) of the full transposed
+    convolution (no padding, zeros past its end, then the bias). The padding both sides
+    share is deconv2d's own `pad`; what is left is cut away with `slice` layers
+    (`<layer>.crop_h`, `.crop_w`) or, where the window reaches past the full output
+    (`output_padding` larger than the end padding), added as zeros by a `pad` layer
+    (`<layer>.pad`), after which a `bias` layer (`<layer>.shift`) adds the bias, so that
+    the added cells hold the bias as in ONNX."""
     _spatial(view, "ConvTranspose")
     w = view.const(1)
     if w is None:
         raise Unsupported("the weight (input 1) is computed, not an initializer")
     kernel = list(view.attrs.get("kernel_shape", w.shape[2:]))
     strides, dilations = _strides_dilations(view, kernel)
-    auto = view.attrs.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto not in ("NOTSET", "VALID"):
-        raise Unsupported(f"auto_pad={auto}: bwplan's deconv2d pads both sides alike")
-    pads = [0, 0, 0, 0] if auto == "VALID" else list(view.attrs.get("pads", [0, 0, 0, 0]))
-    if pads[:2] != pads[2:]:
-        raise Unsupported(f"asymmetric pads {pads}: bwplan's deconv2d pads both sides alike")
-    if any(view.attrs.get("output_padding", [0, 0])):
-        raise Unsupported("output_padding: bwplan's deconv2d has Caffe's output size")
+    _, _, h, wd = view.shape(0)
+    full = [(size - 1) * s + (k - 1) * d + 1
+            for size, k, s, d in zip((h, wd), kernel, strides, dilations)]
+    begin, end, extra = _conv_transpose_pads(view, full, strides)
+    # cells cut at each side of the full output; negative: zeros added
+    cut_begin, cut_end = list(begin), [e - x for e, x in zip(end, extra)]
+    shared = [max(0, min(b, e)) for b, e in zip(cut_begin, cut_end)]
+    cut_begin = [b - s for b, s in zip(cut_begin, shared)]
+    cut_end = [e - s for e, s in zip(cut_end, shared)]
+    inner = [f - 2 * s for f, s in zip(full, shared)]
+    want = [i - b - e for i, b, e in zip(inner, cut_begin, cut_end)]
+    if min(want) < 1 or min(inner) < 1:
+        raise Unsupported(f"pads (begin {begin}, end {end}) leave no output")
+    if tuple(want) != tuple(view.out_shape()[2:]):
+        raise Unsupported(f"an output of {want} cells by the ONNX formula where shape "
+                          f"inference says {list(view.out_shape()[2:])}")
     groups = int(view.attrs.get("group", 1))
+    grows = any(c < 0 for c in cut_begin + cut_end)
     weights = {"weight": view.weight(1)}
-    if view.input(2):
+    late_bias = view.weight(2) if view.input(2) and grows else None
+    if view.input(2) and not grows:
         weights["bias"] = view.weight(2)
-    mapped = one(view, "deconv2d", [view.data(0)], dict(
+    layers = [Emit("deconv2d", (view.data(0),), dict(
         out=int(w.shape[1]) * groups, kernel=tuple(kernel), stride=tuple(strides),
-        pad=(int(pads[0]), int(pads[1])), dilation=tuple(dilations), groups=groups,
-        bias="bias" in weights), weights)
-    if "output_shape" in view.attrs and tuple(view.out_shape()[2:]) != tuple(
-            int(d) for d in view.attrs["output_shape"])[-2:]:
-        raise Unsupported("output_shape: bwplan's deconv2d has Caffe's output size")
-    return mapped
+        pad=tuple(shared), dilation=tuple(dilations), groups=groups,
+        bias="bias" in weights), weights, None)]
+    for axis, name in ((0, ".crop_h"), (1, ".crop_w")):
+        lo, hi = max(0, cut_begin[axis]), max(0, cut_end[axis])
+        if lo or hi:
+            size = inner[axis]
+            layers.append(Emit("slice", (PREVIOUS,), dict(axis=2 + axis, begin=lo,
+                                                          end=size - hi), {}, None, name))
+    if grows:
+        layers.append(Emit("pad", (PREVIOUS,), dict(
+            begin=tuple(max(0, -c) for c in cut_begin),
+            end=tuple(max(0, -c) for c in cut_end)), {}, None, ".pad"))
+    if late_bias is not None:
+        layers.append(Emit("bias", (PREVIOUS,), dict(axis=1, num_axes=1),
+                           {"bias": late_bias}, None, ".shift"))
+    layers[-1] = replace(layers[-1], output=view.node.output[0])
+    return Mapped(tuple(layers))
 
 
 def hard_sigmoid(view: NodeView, alpha: float | None = None, beta: float | None = None
@@ -659,18 +873,36 @@ def hard_swish(view: NodeView) -> Mapped:
 
 
 def gelu(view: NodeView) -> Mapped:
-    """x * (1 + erf(x / sqrt 2)) / 2 (opset 20's Gelu, exact form): power, erf, power, mul."""
+    """Opset 20's Gelu. Exact: x * (1 + erf(x / sqrt 2)) / 2, as power, erf, power, mul.
+    approximate="tanh": x * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2, as power (the
+    cube, its coefficient inside: (c^(1/3) x)^3), add, power, tanh, power, mul."""
     how = view.attrs.get("approximate", b"none")
     how = how.decode() if isinstance(how, bytes) else how
-    if how != "none":
-        raise Unsupported(f"approximate='{how}': bwplan imports the exact (erf) GELU")
     x = view.data(0)
-    return Mapped((Emit("power", (x,), dict(power=1.0, scale=float(1 / np.sqrt(2.0)),
-                                            shift=0.0), {}, None, ".scaled"),
-                   Emit("erf", (PREVIOUS,), {}, {}, None, ".erf"),
-                   Emit("power", (PREVIOUS,), dict(power=1.0, scale=0.5, shift=0.5), {}, None,
-                        ".gate"),
-                   Emit("mul", (x, PREVIOUS), {}, {}, view.node.output[0])))
+    gate = Emit("power", (PREVIOUS,), dict(power=1.0, scale=0.5, shift=0.5), {}, None,
+                ".gate")
+    out = Emit("mul", (x, PREVIOUS), {}, {}, view.node.output[0])
+    if how == "none":
+        return Mapped((Emit("power", (x,), dict(power=1.0, scale=float(1 / np.sqrt(2.0)),
+                                                shift=0.0), {}, None, ".scaled"),
+                       Emit("erf", (PREVIOUS,), {}, {}, None, ".erf"), gate, out))
+    if how != "tanh":
+        raise Unsupported(f"approximate='{how}': ONNX's Gelu is 'none' or 'tanh'")
+    return Mapped((Emit("power", (x,), dict(power=3.0, scale=float(0.044715 ** (1 / 3)),
+                                            shift=0.0), {}, None, ".cube"),
+                   Emit("add", (x, PREVIOUS), {}, {}, None, ".inner"),
+                   Emit("power", (PREVIOUS,), dict(power=1.0, scale=float(np.sqrt(2 / np.pi)),
+                                                   shift=0.0), {}, None, ".scaled"),
+                   Emit("tanh", (PREVIOUS,), {}, {}, None, ".tanh"), gate, out))
+
+
+def pow_(view: NodeView) -> Mapped:
+    """x ^ c with a constant scalar exponent (the dynamo exporter's x^3 in a tanh GELU):
+    bwplan's power."""
+    if view.is_const(0) or not view.is_const(1) or view.const(1).size != 1:
+        raise Unsupported("bwplan raises a computed tensor to a constant scalar power only")
+    return one(view, "power", [view.data(0)], dict(power=float(view.const(1).reshape(-1)[0]),
+                                                   scale=1.0, shift=0.0))
 
 
 def unary(op: str, **fixed) -> Callable[[NodeView], Mapped]:
@@ -713,7 +945,12 @@ ROWS: Mapping[str, Callable[[NodeView], Mapped]] = {
     "HardSwish": hard_swish,
     "Erf": unary("erf"),
     "Gelu": gelu,
+    "Pow": pow_,
     "Concat": concat,
+    "Slice": slice_,
+    "Split": split,
+    "SplitToSequence": split,
+    "SequenceAt": sequence_at,
     "Softmax": softmax,
     "LRN": lrn,
     "Identity": alias,

@@ -29,7 +29,7 @@ from bwplan.frontend.import_warning import ImportWarning
 from bwplan.ir.types import TensorType
 from bwplan.onnx.errors import OnnxError, node_span
 from bwplan.onnx.fold import attrs_of, try_fold
-from bwplan.onnx.read import OnnxModel
+from bwplan.onnx.read import OnnxModel, shapes_after_folding
 from bwplan.onnx.table import PREVIOUS, ROWS, Emit, NodeView, Unsupported, Weight
 from bwplan.source import Span
 
@@ -61,6 +61,7 @@ class Converted:
     outputs: tuple[str, ...]                # layers that compute the graph's outputs
     notes: tuple[ImportWarning, ...] = ()
     layer_of_node: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)   # ONNX tensor shapes
 
 
 class _Names:
@@ -105,10 +106,12 @@ class _Converter:
         self.constants: dict[str, np.ndarray] = {}
         self.current: dict[str, str] = {}       # ONNX tensor -> bwplan tensor
         self.layers: list[ast.LayerStmt] = []
-        self.params: dict[str, ast.ParamDecl] = {}   # ONNX initializer -> its declaration
-        self.used: dict[str, str] = {}               # ONNX initializer -> bwplan parameter
+        # (ONNX initializer, slot) -> its declaration, and the bwplan parameter it became
+        self.params: dict[tuple[str, str] | str, ast.ParamDecl] = {}
+        self.used: dict[tuple[str, str], str] = {}
         self.weights: dict[str, np.ndarray] = {}
         self.problems: list[str] = []
+        self.failed: set[str] = set()     # outputs of nodes that could not be imported
         self.layer_of_node: dict[str, tuple[str, ...]] = {}
         self.users: dict[str, list] = {}
         for node in self.nodes:
@@ -136,6 +139,13 @@ class _Converter:
         # Fold first, all of it: a row that looks at a later node (MatMul's Add) must see
         # that node's constant inputs even when the file computes them after the row's node.
         folded = {id(node) for node in self.nodes if self.fold(node)}
+        self.shapes = self.model.shapes
+        if any(o not in self.shapes for node in self.nodes
+               if id(node) in live and id(node) not in folded for o in node.output if o):
+            self.shapes = shapes_after_folding(
+                self.model, {k: v for k, v in self.constants.items()
+                             if k not in self.initializers},
+                {i for i, node in enumerate(self.nodes) if id(node) in folded})
         absorbed: set[int] = set()
         for node in self.nodes:
             if id(node) in absorbed or id(node) in folded or id(node) not in live:
@@ -145,16 +155,23 @@ class _Converter:
                 self.problem(node, "bwplan has no mapping for this op type")
                 continue
             view = NodeView(node, attrs_of(node), self.model.opset, self.constants,
-                            self.model.shapes, lambda t: self.users.get(t, []),
+                            self.shapes, lambda t: self.users.get(t, []),
                             self.initializers)
             try:
                 mapped = row(view)
             except Unsupported as why:
                 self.problem(node, str(why))
                 continue
-            if any(a not in self.current and a != PREVIOUS for e in mapped.layers
-                   for a in e.args):
-                continue   # an input comes from an unsupported node, already reported
+            missing = [a for e in mapped.layers for a in e.args
+                       if a not in self.current and a != PREVIOUS]
+            if missing:
+                # an input from an unsupported node is reported there; any other is not
+                unknown = [a for a in missing if a.split("#")[0] not in self.failed]
+                if unknown:
+                    self.problem(node, f"input '{unknown[0]}' is not computed by a layer "
+                                 "(a sequence position past its end?)")
+                self.failed.update(node.output)
+                continue
             absorbed.update(id(n) for n in mapped.absorbed)
             self.emit(node, mapped.layers)
         if self.problems:
@@ -170,9 +187,10 @@ class _Converter:
             outputs.append(self.current[out.name])
         statements = tuple(inputs) + tuple(self.params.values()) + tuple(self.layers)
         return Converted(ast.Module(self.path, statements), self.weights, tuple(outputs),
-                         (), dict(self.layer_of_node))
+                         (), dict(self.layer_of_node), self.shapes)
 
     def problem(self, node, why: str) -> None:
+        self.failed.update(node.output)
         name = node.name or (node.output[0] if node.output else "?")
         self.problems.append(f"  {self.path}: node '{name}' ({node.op_type}, opset "
                              f"{self.model.opset}): {why}")
@@ -264,30 +282,37 @@ class _Converter:
         self.layer_of_node[node.name or node.output[0]] = tuple(made)
 
     def param(self, layer: str, slot: str, w: Weight, span: Span) -> str | None:
-        """The declared parameter for this use, or None for the default `<layer>.<slot>`."""
+        """The declared parameter for this use, or None for the default `<layer>.<slot>`.
+
+        One initializer in the same slot of two layers is one shared parameter (tied
+        weights); in different slots it is a copy per slot: the dynamo exporter's optimizer
+        merges equal constants, so a fresh model's BN scale and running variance (both ones)
+        can arrive as one initializer, which is no tie."""
         value = np.ascontiguousarray(w.value, dtype=np.float32)
-        if w.name is not None and w.name in self.used:
+        key = None if w.name is None else (w.name, slot)
+        if key is not None and key in self.used:
             # the same initializer again: one shared parameter, now declared, so that the
             # first use's default binding `<layer>.<slot>` finds the declaration too
-            name = self.used[w.name]
-            if w.name not in self.params:
-                self.declare(name, value, span, w.name)
+            name = self.used[key]
+            if key not in self.params:
+                self.declare(name, value, span, key)
             return name
         default = f"{layer}.{slot}"
         if w.name is None or not valid_name(w.name) or w.name == default:
             name = self.names.take(default)
             self.weights[name] = value
-            if w.name is not None:
-                self.used[w.name] = name
+            if key is not None:
+                self.used[key] = name
             return None if name == default else self.declare(name, value, span, None)
         name = self.names.take(w.name)
         self.weights[name] = value
-        self.used[w.name] = name
-        return self.declare(name, value, span, w.name)
+        self.used[key] = name
+        return self.declare(name, value, span, key)
 
-    def declare(self, name: str, value: np.ndarray, span: Span, onnx_name: str | None) -> str:
+    def declare(self, name: str, value: np.ndarray, span: Span,
+                key: tuple[str, str] | None) -> str:
         decl = ast.ParamDecl(name, TensorType("f32", tuple(value.shape)), (), span)
-        self.params[onnx_name or name] = decl
+        self.params[key or name] = decl
         return name
 
 

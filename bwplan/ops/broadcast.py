@@ -1,7 +1,9 @@
 """Ops that repeat values along axes: Caffe's Bias (a bias broadcast over the dimensions
-around `axis`, learned or given as a second input) and Tile (copies along one axis).
-Their backward sums the output gradient over the repeated positions and reads nothing
-from the forward.
+around `axis`, learned or given as a second input), scale_mul (a second input that
+multiplies, broadcast the same way: Caffe's Scale with two inputs, the gate of a
+squeeze-and-excitation block) and Tile (copies along one axis). The backward of Bias and
+Tile sums the output gradient over the repeated positions and reads nothing from the
+forward; scale_mul's dX reads the factor and its dS the input.
 
 Every tensor here is seen as [outer, dim, inner] around the repeated span (`split`), so
 the kernels need no more than three sizes.
@@ -56,7 +58,8 @@ def _bias_infer(ctx: OpCtx) -> TensorType:
 
 
 def bias_split(ctx: OpCtx) -> tuple[int, int, int]:
-    """(outer, dim, inner) of the input around the bias, for either bias op."""
+    """(outer, dim, inner) of the input around the bias, for either bias op (and around the
+    factor of scale_mul)."""
     if ctx.inputs[1:]:
         b = ctx.inputs[1]
         if not b.shape:
@@ -99,16 +102,20 @@ BIAS = OpDef(
 )
 
 
-def _bias_add_infer(ctx: OpCtx) -> TensorType:
-    x, b = ctx.inputs
-    if b.shape:
-        axis = canonical_axis(ctx.attrs["axis"], len(x.shape), "bias_add", x.shape)
-        if x.shape[axis:axis + len(b.shape)] != b.shape:
-            raise ValueError(f"bias {b} does not match {x} from axis {axis} (expected "
-                             f"the shape {x.shape[axis:axis + len(b.shape)]} or a scalar)")
-    if b.dtype != x.dtype:
-        raise ValueError(f"bias {b} must have the element type of {x}")
-    return x
+def _second_input_infer(op: str, what: str):
+    """The shape rule of an op whose second input broadcasts over x from `axis` on."""
+    def infer(ctx: OpCtx) -> TensorType:
+        x, b = ctx.inputs
+        if b.shape:
+            axis = canonical_axis(ctx.attrs["axis"], len(x.shape), op, x.shape)
+            if x.shape[axis:axis + len(b.shape)] != b.shape:
+                raise ValueError(f"{what} {b} does not match {x} from axis {axis} (expected "
+                                 f"the shape {x.shape[axis:axis + len(b.shape)]} or a "
+                                 "scalar)")
+        if b.dtype != x.dtype:
+            raise ValueError(f"{what} {b} must have the element type of {x}")
+        return x
+    return infer
 
 
 BIAS_ADD = OpDef(
@@ -119,7 +126,7 @@ BIAS_ADD = OpDef(
         "inputs).",
     ports=(Port("x"), Port("b")),
     attrs=(AttrSpec("axis", "int", 1),),
-    infer=_bias_add_infer,
+    infer=_second_input_infer("bias_add", "bias"),
     flops=in_numel,
     grads=(GradRule("x", frozenset(), zero_flops, lambda ctx, s, dout, i: dout),
            GradRule("b", frozenset(), in_numel,
@@ -132,6 +139,41 @@ BIAS_ADD = OpDef(
                      "dx:b": "broadcast.bias_add_db"},
              "cuda": {"fwd": "broadcast.bias_fwd", "dx:x": "broadcast.bias_dx",
                       "dx:b": "broadcast.bias_dw"}},
+)
+
+
+# ---- scale_mul -------------------------------------------------------------------------
+def _scale_mul(ctx, x, s):
+    outer, dim, inner = bias_split(ctx)
+    return (x.reshape(outer, dim, inner) * s.reshape(1, dim, 1)).reshape(x.shape)
+
+
+def _scale_mul_ds(ctx, saved, dout, index):
+    outer, dim, inner = bias_split(ctx)
+    prod = dout.reshape(outer, dim, inner) * saved["x"].reshape(outer, dim, inner)
+    return prod.sum(axis=(0, 2)).reshape(ctx.inputs[1].shape)
+
+
+SCALE_MUL = OpDef(
+    name="scale_mul",
+    family="broadcast",
+    doc="x times the second input s, whose shape is that of x's dimensions from `axis` on "
+        "(as many as s has) or a scalar, repeated over the others (Caffe Scale with two "
+        "inputs; a squeeze-and-excitation gate [N, C] at axis 0 of [N, C, H, W]).",
+    ports=(Port("x"), Port("s")),
+    attrs=(AttrSpec("axis", "int", 1),),
+    infer=_second_input_infer("scale_mul", "factor"),
+    flops=in_numel,
+    grads=(GradRule("x", frozenset({"s"}), in_numel,
+                    lambda ctx, saved, dout, i: _scale_mul(ctx, dout, saved["s"])),
+           GradRule("s", frozenset({"x"}), lambda ctx: 2 * ctx.x.numel, _scale_mul_ds)),
+    forward_ref=lambda ctx, inputs, params, training, rng: (
+        _scale_mul(ctx, inputs[0], inputs[1]), {}),
+    # on CUDA, dX (dout * s) is the forward's kernel run on dout
+    kernels={"cpu": {"fwd": "broadcast.scale_mul_fwd", "dx:x": "broadcast.scale_mul_dx",
+                     "dx:s": "broadcast.scale_mul_ds"},
+             "cuda": {"fwd": "broadcast.scale_mul_fwd", "dx:x": "broadcast.scale_mul_fwd",
+                      "dx:s": "broadcast.scale_mul_ds"}},
 )
 
 
@@ -179,4 +221,4 @@ TILE = OpDef(
     kernels=on_every_target({"fwd": "broadcast.tile_fwd", "dx:x": "broadcast.tile_dx"}),
 )
 
-OPS = (BIAS, BIAS_ADD, TILE)
+OPS = (BIAS, BIAS_ADD, TILE, SCALE_MUL)

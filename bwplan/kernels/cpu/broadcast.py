@@ -1,7 +1,7 @@
-"""Bias and Tile on the CPU (bwplan/ops/broadcast.py).
+"""Bias, scale_mul and Tile on the CPU (bwplan/ops/broadcast.py).
 
-Tensors are seen as [outer, dim, inner] (Bias) or [outer, tiles, inner] (Tile); the
-repeats are NumPy broadcasts into `out` and the gradient sums are Numba loops that add
+Tensors are seen as [outer, dim, inner] (Bias, scale_mul) or [outer, tiles, inner] (Tile);
+the repeats are NumPy broadcasts into `out` and the gradient sums are Numba loops that add
 in float64, one pass over the output gradient.
 """
 from __future__ import annotations
@@ -53,6 +53,37 @@ def bias_dw(ctx, saved, dout, out) -> None:
 
 def bias_add_db(ctx, saved, dout, index, out) -> None:
     _bias_grad(ctx, dout, out)
+
+
+# ---- scale_mul -------------------------------------------------------------------------
+def _times(ctx, x, s, out) -> None:
+    outer, dim, inner = bias_split(ctx)
+    np.multiply(view(x, (outer, dim, inner)), s.reshape(1, dim, 1),
+                out=view(out, (outer, dim, inner)))
+
+
+@njit(cache=True, nogil=True)
+def _dot_outer_inner(d, x, out):
+    """out[j] = sum of d[:, j, :] * x[:, j, :]."""
+    for j in range(d.shape[1]):
+        acc = 0.0
+        for o in range(d.shape[0]):
+            for s in range(d.shape[2]):
+                acc += d[o, j, s] * x[o, j, s]
+        out[j] = acc
+
+
+def scale_mul_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    _times(ctx, inputs[0], inputs[1], out)
+
+
+def scale_mul_dx(ctx, saved, dout, index, out) -> None:
+    _times(ctx, dout, saved["s"], out)
+
+
+def scale_mul_ds(ctx, saved, dout, index, out) -> None:
+    split = bias_split(ctx)
+    _dot_outer_inner(view(dout, split), view(saved["x"], split), flat(out))
 
 
 # ---- Tile ------------------------------------------------------------------------------
