@@ -6,8 +6,10 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from bwplan.records import record
 
-@dataclass(frozen=True, slots=True)
+
+@record
 class Span:
     """A region of a source file; lines and columns count from 1, `end_col` is exclusive."""
 

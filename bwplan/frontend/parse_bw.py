@@ -2,7 +2,6 @@
 exceptions: each becomes a `BwSyntaxError` with a span and, for common mistakes, a hint."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 from lark import Lark, Token, Transformer
@@ -14,6 +13,7 @@ from bwplan.frontend import ast
 from bwplan.gc_pause import cyclic_gc_paused
 from bwplan.ir.types import DTYPE_BYTES, MAX_EXTENT, TensorType
 from bwplan.frontend.lark_errors import describe
+from bwplan.records import record
 from bwplan.resources import resource_dir
 from bwplan.source import SourceFile, Span, register
 
@@ -90,7 +90,7 @@ def _tok_span(path: str, tok: Token) -> Span:
                 tok.end_column or tok.column + len(tok))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Val:
     """A literal value with its span, unwrapped by the node that holds it."""
 

@@ -22,10 +22,11 @@ from typing import Any
 import networkx as nx
 
 from bwplan.ir.types import TensorType
+from bwplan.records import record
 from bwplan.source import Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Edge:
     """Tensor `src` feeds input `index` of layer `dst`."""
 
@@ -36,7 +37,7 @@ class Edge:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ParamUse:
     """One use of a parameter by a layer. `origin` says where the lr multiplier was set."""
 
@@ -53,7 +54,7 @@ class ParamUse:
     frozen_by: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Param:
     name: str
     type: TensorType
@@ -81,7 +82,7 @@ class Param:
         return 1.0 if not self.frozen_rows else sum(b - a for a, b in rows) / self.type.shape[0]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Input:
     name: str
     type: TensorType
@@ -89,7 +90,7 @@ class Input:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Layer:
     name: str
     op: str

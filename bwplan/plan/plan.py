@@ -37,9 +37,10 @@ from bwplan.plan.memory import peak_bytes
 from bwplan.plan.modes import LayerMode, attach_modes
 from bwplan.plan.prefix import FrozenPrefix, frozen_prefix
 from bwplan.plan.updates import ParamUpdate, param_updates
+from bwplan.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LayerPlan:
     name: str
     op: str
@@ -63,7 +64,7 @@ class LayerPlan:
         return any(d.needed for d in self.dx) or any(d.needed for d in self.dw)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KeptValue:
     name: str
     kind: str                       # "activation" | "input" | "aux"
