@@ -126,6 +126,9 @@ class Net:
     _consumers: Mapping[str, tuple[Edge, ...]] = field(init=False, repr=False, compare=False)
     _param_uses: Mapping[str, tuple[tuple[str, ParamUse], ...]] = field(
         init=False, repr=False, compare=False)
+    # every tensor's type (inputs and layer outputs): the planner and lowering ask for
+    # tens of thousands of them per plan
+    _types: Mapping[str, TensorType] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         consumers = _consumers_of(self.graph)
@@ -140,6 +143,9 @@ class Net:
         object.__setattr__(self, "_consumers", consumers)
         object.__setattr__(self, "_param_uses",
                            MappingProxyType({k: tuple(v) for k, v in uses.items()}))
+        types = {l.name: l.out for l in self.layers}
+        types.update((i.name, i.type) for i in self.inputs)   # an input's name wins
+        object.__setattr__(self, "_types", types)
 
     # ---- lookups -------------------------------------------------------------------
     def layer(self, name: str) -> Layer:
@@ -156,8 +162,8 @@ class Net:
         return self._layer_index.get(name, -1)
 
     def tensor_type(self, name: str) -> TensorType:
-        inp = self._input_index.get(name)
-        return inp.type if inp is not None else self.layer(name).out
+        found = self._types.get(name)
+        return found if found is not None else self.layer(name).out   # KeyError: unknown
 
     def consumers(self, name: str) -> tuple[Edge, ...]:
         return self._consumers.get(name, ())
