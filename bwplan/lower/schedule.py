@@ -187,10 +187,11 @@ def _lifetimes(net: Net, forward, seeds, backward) -> tuple[tuple[Buffer, ...], 
     died: dict[BufferId, int] = {}
     for inp in net.inputs:
         born[value(inp.name)] = (0, inp.type, True)
+    callers = set(born)     # the batch: live for the whole step, never freed
 
     def free(ids, pos):
         for b in ids:
-            if b in born and b not in died and not born[b][2]:
+            if b in born and b not in died and b not in callers:
                 died[b] = pos
 
     pos = 0
@@ -207,10 +208,11 @@ def _lifetimes(net: Net, forward, seeds, backward) -> tuple[tuple[Buffer, ...], 
     pos += 1
     for seed in seeds:
         born[grad(seed.layer)] = (pos, net.layer(seed.layer).out, False)
+    tensor_type = net.tensor_type
     for step in backward:
         pos += 1
         if step.phase == "dx":
-            src_type = net.tensor_type(step.target.tensor)
+            src_type = tensor_type(step.target.tensor)
             if step.accumulate:
                 born[step.scratch] = (pos, src_type, False)
                 died[step.scratch] = pos
