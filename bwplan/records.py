@@ -35,6 +35,14 @@ class _Factory:
     """The default of a parameter whose field has a default_factory."""
 
 
+def _slot(cls, name: str):
+    """The slot descriptor of a field, on the class or on the record it extends."""
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    raise TypeError(f"{cls.__name__}.{name} has no slot")
+
+
 def _slot_init(cls):
     fields = dataclasses.fields(cls)
     if any(f.kw_only for f in fields) or any(
@@ -45,7 +53,7 @@ def _slot_init(cls):
     params, body = [], []
     for f in fields:
         store = f"_store_{f.name}"
-        env[store] = cls.__dict__[f.name].__set__
+        env[store] = _slot(cls, f.name).__set__
         if f.default_factory is not MISSING:
             env[f"_make_{f.name}"] = f.default_factory
         elif f.default is not MISSING:

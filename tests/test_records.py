@@ -55,3 +55,15 @@ def test_post_init_and_order():
     assert sorted([Key("dw", "b"), Key("dx"), Key("dw", "a")]) == [
         Key("dw", "a"), Key("dw", "b"), Key("dx")]
     assert seen[:3] == ["dw", "dx", "dw"]
+
+
+def test_a_record_extending_a_record_sets_the_inherited_fields():
+    @record
+    class Base:
+        a: int
+
+    @record
+    class Derived(Base):
+        b: int = 2
+    d = Derived(1)
+    assert (d.a, d.b) == (1, 2) and d == Derived(1, 2) and d != Derived(1, 3)
