@@ -6,8 +6,10 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from bwplan.records import record
 
-@dataclass(frozen=True, slots=True)
+
+@record
 class Span:
     """A region of a source file; lines and columns count from 1, `end_col` is exclusive."""
 
@@ -45,9 +47,10 @@ class SourceFile:
 
     def __post_init__(self) -> None:
         starts = [0]
-        for i, ch in enumerate(self.text):
-            if ch == "\n":
-                starts.append(i + 1)
+        find, at = self.text.find, self.text.find("\n")
+        while at >= 0:      # str.find, not a loop over every character of a large file
+            starts.append(at + 1)
+            at = find("\n", at + 1)
         object.__setattr__(self, "_line_starts", tuple(starts))
 
     def line_text(self, line: int) -> str:

@@ -38,9 +38,11 @@ def render_table(plan: Plan, width: int | None = WIDTH) -> str:
     if width is not None:
         lines = _wrap(lines[0], width, 4)
     extents = _extents(rows)
-    inline = _layout(rows, extents, set(), whys)
-    if width is None or max(map(len, inline)) <= width:
-        lines += inline
+    # the widest line of the one-line-per-layer table: every row pads its cells to the
+    # column widths and ends with its reason (the header's "why" at least)
+    inline_width = _total(extents, set()) + 2 + max(len(w.rstrip()) for w in whys)
+    if width is None or inline_width <= width:
+        lines += _layout(rows, extents, set(), whys)
         lines.extend(render_modes(plan))
         lines.extend(render_row_freezing(plan))
         lines.append("")

@@ -6,14 +6,14 @@ The Caffe importer produces a flat Module directly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Union
 
 from bwplan.ir.types import TensorType
+from bwplan.records import record
 from bwplan.source import Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NameRef:
     """A bare name used as a value: an enum choice, a parameter, or a block argument."""
 
@@ -24,7 +24,7 @@ class NameRef:
 Value = Union[int, float, bool, str, NameRef, tuple]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Arg:
     """A tensor argument of a call; `stop_gradient(x)` cuts the gradient along this edge."""
 
@@ -33,14 +33,14 @@ class Arg:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KwArg:
     key: str
     value: Value
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Call:
     op: str
     args: tuple[Arg, ...]
@@ -49,7 +49,7 @@ class Call:
     op_span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Modifier:
     """A training setting after a call: `frozen`, `shares NAME`, `lr=`, `decay=`, `weight=`
     (loss weight), `<slot>.lr=`, `<slot>.decay=`."""
@@ -59,7 +59,7 @@ class Modifier:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InputDecl:
     name: str
     type: TensorType
@@ -67,7 +67,7 @@ class InputDecl:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ParamDecl:
     name: str
     type: TensorType
@@ -75,7 +75,7 @@ class ParamDecl:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LayerStmt:
     name: str
     call: Call
@@ -88,7 +88,7 @@ class LayerStmt:
     decay_scale: float = 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BlockParam:
     """A block parameter: a tensor when `kind` is None, else a value of that kind."""
 
@@ -98,7 +98,7 @@ class BlockParam:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BlockDef:
     name: str
     params: tuple[BlockParam, ...]
@@ -110,7 +110,7 @@ class BlockDef:
 Statement = Union[InputDecl, ParamDecl, LayerStmt, BlockDef]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Module:
     path: str
     statements: tuple[Statement, ...]

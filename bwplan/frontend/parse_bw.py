@@ -2,7 +2,6 @@
 exceptions: each becomes a `BwSyntaxError` with a span and, for common mistakes, a hint."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 from lark import Lark, Token, Transformer
@@ -13,7 +12,9 @@ from bwplan.errors import BwSyntaxError
 from bwplan.frontend import ast
 from bwplan.gc_pause import cyclic_gc_paused
 from bwplan.ir.types import DTYPE_BYTES, MAX_EXTENT, TensorType
+from bwplan.frontend.lalr_loop import REJECTED, LalrLoop
 from bwplan.frontend.lark_errors import describe
+from bwplan.records import record
 from bwplan.resources import resource_dir
 from bwplan.source import SourceFile, Span, register
 
@@ -85,12 +86,19 @@ def _building_parser() -> tuple[Lark, _BracketNewlines, "_ToAst"]:
     return parser, postlex, to_ast
 
 
+@lru_cache(maxsize=1)
+def _loop(parser: Lark) -> LalrLoop:
+    """The building parser's tables, lexers and callbacks in one loop (lalr_loop.py): the
+    same AST, a third of Lark's time on a large file."""
+    return LalrLoop(parser)
+
+
 def _tok_span(path: str, tok: Token) -> Span:
     return Span(path, tok.line, tok.column, tok.end_line or tok.line,
                 tok.end_column or tok.column + len(tok))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Val:
     """A literal value with its span, unwrapped by the node that holds it."""
 
@@ -122,14 +130,20 @@ class _ToAst(Transformer):
 
     def _span(self, items) -> Span:
         # the first and the last item that has a position, scanned for from each end (this
-        # runs for each of a large file's tens of thousands of nodes)
+        # runs for each of a large file's tens of thousands of nodes; no Span is made for
+        # the end tokens themselves)
         first = _first_mark(items)
         last = _first_mark(reversed(items))
         if isinstance(first, Token):
-            first = _tok_span(self.path, first)
+            line, col = first.line, first.column
+        else:
+            line, col = first.line, first.col
         if isinstance(last, Token):
-            last = _tok_span(self.path, last)
-        return Span(self.path, first.line, first.col, last.end_line, last.end_col)
+            end_line, end_col = last.end_line or last.line, last.end_column or \
+                last.column + len(last)
+        else:
+            end_line, end_col = last.end_line, last.end_col
+        return Span(self.path, line, col, end_line, end_col)
 
     def start(self, items):
         return ast.Module(self.path, tuple(i for i in items if not isinstance(i, Token)
@@ -297,7 +311,10 @@ def parse_bw(text: str, path: str = "<input>") -> ast.Module:
     parser, postlex, to_ast = _building_parser()
     postlex.path = to_ast.path = path
     try:
-        return parser.parse(text)
+        module = _loop(parser).parse(text)
+        if module is not REJECTED:
+            return module
+        return parser.parse(text)   # raises Lark's error for what the loop rejected
     except UnexpectedInput as err:
         raise BwSyntaxError(_error_span(err, src), _describe(err, text, src.path)) from None
     except VisitError as err:

@@ -104,6 +104,12 @@ class _Builder:
         """The layers in topological order of their dependency graph, source order
         breaking ties, so the order is deterministic and matches the text whenever the
         text is already in order."""
+        order = self.order
+        if all(order.get(a.name, -1) < order[name] for name, stmt in self.stmts.items()
+               for a in stmt.call.args):
+            # every layer reads only inputs and earlier layers: source order is the
+            # lexicographical topological order (the smallest ready layer is always next)
+            return list(self.stmts)
         deps = nx.DiGraph()
         deps.add_nodes_from(self.stmts)
         deps.add_edges_from((a.name, name) for name, stmt in self.stmts.items()

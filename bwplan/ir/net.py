@@ -22,10 +22,11 @@ from typing import Any
 import networkx as nx
 
 from bwplan.ir.types import TensorType
+from bwplan.records import record
 from bwplan.source import Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Edge:
     """Tensor `src` feeds input `index` of layer `dst`."""
 
@@ -36,7 +37,7 @@ class Edge:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ParamUse:
     """One use of a parameter by a layer. `origin` says where the lr multiplier was set."""
 
@@ -53,7 +54,7 @@ class ParamUse:
     frozen_by: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Param:
     name: str
     type: TensorType
@@ -92,7 +93,7 @@ class Param:
         return 1.0 if not self.frozen_rows else sum(b - a for a, b in rows) / self.type.shape[0]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Input:
     name: str
     type: TensorType
@@ -100,7 +101,7 @@ class Input:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Layer:
     name: str
     op: str
@@ -136,6 +137,9 @@ class Net:
     _consumers: Mapping[str, tuple[Edge, ...]] = field(init=False, repr=False, compare=False)
     _param_uses: Mapping[str, tuple[tuple[str, ParamUse], ...]] = field(
         init=False, repr=False, compare=False)
+    # every tensor's type (inputs and layer outputs): the planner and lowering ask for
+    # tens of thousands of them per plan
+    _types: Mapping[str, TensorType] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         consumers = _consumers_of(self.graph)
@@ -150,6 +154,9 @@ class Net:
         object.__setattr__(self, "_consumers", consumers)
         object.__setattr__(self, "_param_uses",
                            MappingProxyType({k: tuple(v) for k, v in uses.items()}))
+        types = {l.name: l.out for l in self.layers}
+        types.update((i.name, i.type) for i in self.inputs)   # an input's name wins
+        object.__setattr__(self, "_types", types)
 
     # ---- lookups -------------------------------------------------------------------
     def layer(self, name: str) -> Layer:
@@ -166,8 +173,8 @@ class Net:
         return self._layer_index.get(name, -1)
 
     def tensor_type(self, name: str) -> TensorType:
-        inp = self._input_index.get(name)
-        return inp.type if inp is not None else self.layer(name).out
+        found = self._types.get(name)
+        return found if found is not None else self.layer(name).out   # KeyError: unknown
 
     def consumers(self, name: str) -> tuple[Edge, ...]:
         return self._consumers.get(name, ())

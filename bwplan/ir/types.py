@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from bwplan.records import record
 
 # The largest extent of a dimension, and magnitude of an integer attribute: kernels index
 # with 64-bit integers, and products of a few such extents must not overflow them.
@@ -12,7 +14,7 @@ DTYPE_BYTES = {"f16": 2, "bf16": 2, "f32": 4, "f64": 8, "i32": 4, "i64": 8, "u8"
 FLOAT_DTYPES = frozenset({"f16", "bf16", "f32", "f64"})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TensorType:
     dtype: str
     shape: tuple[int, ...]

@@ -26,6 +26,7 @@ from bwplan import ops as registry
 from bwplan.ir.types import TensorType
 from bwplan.ops.needs import Component
 from bwplan.plan.plan import Plan
+from bwplan.records import record
 
 
 class BufferId(NamedTuple):
@@ -64,7 +65,7 @@ def grad(tensor: str) -> BufferId:
     return BufferId("grad", tensor)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Saved:
     """One value a backward step's gradient rule reads (`Need` bound to this net)."""
 
@@ -74,7 +75,7 @@ class Saved:
     variadic: bool = False              # the kernel receives a list
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Buffer:
     id: BufferId
     type: TensorType
@@ -93,7 +94,7 @@ class Buffer:
         return self.first <= other.last and other.first <= self.last
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Step:
     phase: str                 # "fwd" | "dx" | "dw"
     layer: str

@@ -142,17 +142,22 @@ def _forward_steps(net: Net, plan: Plan, run: list, keep: frozenset[BufferId],
     for pos, layer in enumerate(run):
         for e in layer.inputs:
             last_use[e.src] = pos
+    callers = {value(i.name) for i in net.inputs}   # the batch is never freed
     steps = []
     for pos, layer in enumerate(run):
-        op = registry.OPS[layer.op]
-        produced = tuple(a.name for a in op.aux if aux(layer.name, a.name) in kept)
-        frees = [value(s) for s in dict.fromkeys(e.src for e in layer.inputs)
-                 if last_use[s] == pos and value(s) not in keep and net.input(s) is None]
-        if layer.name not in last_use and value(layer.name) not in keep:
-            frees.append(value(layer.name))
-        steps.append(Step("fwd", layer.name, FWD, target=value(layer.name), aux=produced,
-                          reads=tuple(value(e.src) for e in layer.inputs),
-                          flops=plan.layer(layer.name).fwd_flops, frees=tuple(frees)))
+        name = layer.name
+        op_aux = registry.OPS[layer.op].aux
+        produced = tuple(a.name for a in op_aux if aux(name, a.name) in kept) if op_aux else ()
+        reads = tuple(value(e.src) for e in layer.inputs)
+        # the distinct inputs this layer is the last forward reader of (positional fields:
+        # this runs once per layer of a 10,000-layer net, twice per explain)
+        frees = [b for b in dict.fromkeys(reads) if last_use[b.tensor] == pos
+                 and b not in keep and b not in callers]
+        target = value(name)
+        if name not in last_use and target not in keep:
+            frees.append(target)
+        steps.append(Step("fwd", name, FWD, -1, "", 1.0, target, False, produced, reads, (),
+                          None, None, plan.layer(name).fwd_flops, tuple(frees)))
     return steps
 
 
@@ -186,10 +191,11 @@ def _lifetimes(net: Net, forward, seeds, backward) -> tuple[tuple[Buffer, ...], 
     died: dict[BufferId, int] = {}
     for inp in net.inputs:
         born[value(inp.name)] = (0, inp.type, True)
+    callers = set(born)     # the batch: live for the whole step, never freed
 
     def free(ids, pos):
         for b in ids:
-            if b in born and b not in died and not born[b][2]:
+            if b in born and b not in died and b not in callers:
                 died[b] = pos
 
     pos = 0
@@ -206,10 +212,11 @@ def _lifetimes(net: Net, forward, seeds, backward) -> tuple[tuple[Buffer, ...], 
     pos += 1
     for seed in seeds:
         born[grad(seed.layer)] = (pos, net.layer(seed.layer).out, False)
+    tensor_type = net.tensor_type
     for step in backward:
         pos += 1
         if step.phase == "dx":
-            src_type = net.tensor_type(step.target.tensor)
+            src_type = tensor_type(step.target.tensor)
             if step.accumulate:
                 born[step.scratch] = (pos, src_type, False)
                 died[step.scratch] = pos

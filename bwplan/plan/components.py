@@ -6,15 +6,15 @@ forward values it reads; `values_read` maps those names to concrete tensors of t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from bwplan import ops as registry
 from bwplan.ir.net import Layer, Net
 from bwplan.ops.needs import bind_needs
 from bwplan.ops.opdef import GradRule, OpCtx, OpDef
+from bwplan.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Value:
     """A forward value that outlives the forward because a backward component reads it."""
 

@@ -2,19 +2,19 @@
 for JSON, a sentence for people, and the chain of names that proves it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 
+from bwplan.records import record
 from bwplan.source import Span
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Reason:
     code: str
     text: str
     via: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Decision:
     needed: bool
     reason: Reason
@@ -72,7 +72,7 @@ def why_no_backward(layer_plans) -> Reason:
     return skips[0].reason if skips else layer_plans[0].forward.reason
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Finding:
     """A setting that likely does not do what its author meant (plan/pitfalls.py)."""
 

@@ -18,14 +18,14 @@ into b is skipped ("nothing upstream of b trains").
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from bwplan import ops as registry
 from bwplan.ir.net import Edge, Net, ParamUse
+from bwplan.records import record
 
 
 # ---- witnesses: the next step of a proof ------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@record
 class TrainsHere:
     """up: the layer itself holds a trainable parameter use."""
 
@@ -33,14 +33,14 @@ class TrainsHere:
     use: ParamUse
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AsksForGrad:
     """up: a data input that asks for its gradient."""
 
     input: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AlongEdge:
     """up: the edge's source has a trainable parameter upstream; down: the edge's
     destination reaches a loss."""
@@ -48,14 +48,14 @@ class AlongEdge:
     edge: Edge
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class IsLoss:
     """down: the layer is a loss term (non-zero weight)."""
 
     layer: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Feeds:
     """used: the layer's forward is needed because it is, or feeds, this loss or metric."""
 
@@ -67,7 +67,7 @@ UpWitness = TrainsHere | AsksForGrad | AlongEdge
 DownWitness = IsLoss | AlongEdge
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Flow:
     """Witness maps: name -> what proves it (None: nothing does)."""
 

@@ -5,14 +5,15 @@ lives either in the layer (batchnorm `affine`) or in the per-channel layer that 
 reads it (Caffe's BatchNorm then Scale). The kernels read the same mode from the op."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from bwplan import ops as registry
 from bwplan.ir.net import Layer, Net
+from bwplan.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LayerMode:
     mode: Any                # the op's mode object (ops.norm.BatchNormMode)
     scale_shift: str         # "trains" | "frozen" | "none"

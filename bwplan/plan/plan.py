@@ -37,9 +37,10 @@ from bwplan.plan.memory import peak_bytes
 from bwplan.plan.modes import LayerMode, attach_modes
 from bwplan.plan.prefix import FrozenPrefix, frozen_prefix
 from bwplan.plan.updates import ParamUpdate, param_updates
+from bwplan.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LayerPlan:
     name: str
     op: str
@@ -63,7 +64,7 @@ class LayerPlan:
         return any(d.needed for d in self.dx) or any(d.needed for d in self.dw)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KeptValue:
     name: str
     kind: str                       # "activation" | "input" | "aux"
@@ -176,7 +177,7 @@ def make_plan(net: Net) -> Plan:
 
         dx, full_dx, full_dw = [], [], []
         for edge in layer.inputs:
-            decision = _dx_decision(net, flow, edge)
+            decision = _dx_decision(net, flow, edge, op)
             dx.append(decision)
             rule = dx_rule(op, edge.index)
             if decision.needed:
@@ -262,9 +263,8 @@ def _fwd_decision(flow: Flow, name: str) -> Decision:
     return Decision.yes("fwd_metric", text)
 
 
-def _dx_decision(net: Net, flow: Flow, edge) -> Decision:
-    layer = net.layer(edge.dst)
-    op = registry.OPS[layer.op]
+def _dx_decision(net: Net, flow: Flow, edge, op) -> Decision:
+    """The decision on the dX along `edge` into a layer of op `op`."""
     port = op.port_for(edge.index)
     src, dst = edge.src, edge.dst
     if not port.differentiable:

@@ -4,13 +4,13 @@ forward gives the same result every epoch for the same sample when every layer i
 deterministic, so its boundary tensors can be computed once and cached."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from bwplan import ops as registry
 from bwplan.ir.net import Net
+from bwplan.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FrozenPrefix:
     layers: tuple[str, ...]
     boundary: tuple[str, ...]      # prefix tensors read by layers outside the prefix

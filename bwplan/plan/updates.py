@@ -5,19 +5,19 @@ whose every use has lr_mult 0 does not change at all (the decay is multiplied by
 a trainable parameter that receives no gradient still decays."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from bwplan.ir.net import Net
+from bwplan.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UseTerm:
     layer: str
     lr_mult: float
     computed: bool      # whether this use's gradient is computed
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ParamUpdate:
     param: str
     kind: str                 # "sgd" | "decay_only" | "none"
