@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+import numpy as np
+
 from bwplan.diagnostics import format_error
 from bwplan.errors import BwError, InternalError
 
@@ -61,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error("unrecognized arguments: " + " ".join(rest))
         args.forwarded = rest[1:] if rest[0] == "--" else rest
     try:
-        return importlib.import_module(args.module).run(args)
+        # a diverging run's overflow is reported once, as its own error, by the step checks
+        # (runtime/checks.py), not as NumPy's floating-point warnings on the way there
+        with np.errstate(over="ignore", invalid="ignore"):
+            return importlib.import_module(args.module).run(args)
     except BwError as err:
         if args.debug:
             raise
