@@ -67,6 +67,21 @@ def _batches(net, rng):
              "y": rng.integers(0, classes, size=n).astype(np.int64)} for _ in range(STEPS)]
 
 
+def _assert_trains_alike(a, b, seed: int) -> dict[str, np.ndarray]:
+    """b starts from a's parameters, both take the same STEPS batches, and they must end
+    with the same parameters bit for bit; returns the parameters they started from."""
+    initial = {k: np.array(v) for k, v in a.params.items()}
+    b.params.update({k: np.array(v) for k, v in initial.items()})
+    for prog in (a, b):
+        prog.set_optimizer(LR, MOMENTUM, DECAY)
+    for batch in _batches(a.net, np.random.default_rng(seed)):
+        a.run_step(batch)
+        b.run_step(batch)
+    for name, value in a.params.items():
+        np.testing.assert_array_equal(b.params[name], value, err_msg=name)
+    return initial
+
+
 @pytest.mark.parametrize("target", ["reference", "cpu"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_sliced_freezing_matches_hand_masked_torch(case, target):
@@ -210,15 +225,7 @@ def test_the_bw_spelling_plans_and_trains_like_the_flag():
     a = bwplan.compile(written, target="reference")
     b = bwplan.compile(LINEAR, target="reference", freeze=CASES["linear"][1])
     assert a.net.params["fc.weight"].frozen_rows == ((0, 7),)
-    b.params.update({k: np.array(v) for k, v in a.params.items()})
-    rng = np.random.default_rng(1)
-    for prog in (a, b):
-        prog.set_optimizer(LR, MOMENTUM, DECAY)
-    for batch in _batches(a.net, rng):
-        a.run_step(batch)
-        b.run_step(batch)
-    for name in a.params:
-        assert np.array_equal(a.params[name], b.params[name]), name
+    _assert_trains_alike(a, b, seed=1)
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -254,16 +261,8 @@ def test_the_unpruned_baseline_computes_every_row_and_keeps_the_frozen_ones(case
                 assert sliced or sum(b - a for a, b in rows) == param.type.shape[0]
     assert full.plan.summary.full_bwd_flops == full.program.flops("dx") + \
         full.program.flops("dw")
-    initial = {k: np.array(v) for k, v in part.params.items()}
-    full.params.update({k: np.array(v) for k, v in initial.items()})
-    rng = np.random.default_rng(2)
-    for prog in (full, part):
-        prog.set_optimizer(LR, MOMENTUM, DECAY)
-    for batch in _batches(part.net, rng):
-        full.run_step(batch)
-        part.run_step(batch)
+    initial = _assert_trains_alike(part, full, seed=2)
     for name, value in part.params.items():
-        np.testing.assert_array_equal(full.params[name], value, err_msg=name)
         for a, b in frozen.get(name, ()):
             assert np.array_equal(full.params[name][a:b], initial[name][a:b]), name
             assert np.array_equal(value[a:b], initial[name][a:b]), name

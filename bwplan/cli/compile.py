@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from bwplan.cli.options import add_network_arguments, load_network
-from bwplan.cli.report import profile_lines, program_lines
+from bwplan.cli.report import profile_lines, program_lines, warning_lines
 from bwplan.explain.units import flops
 from bwplan.fsutil import write_atomic
 
@@ -34,6 +34,8 @@ def run(args) -> int:
     prog = bwplan.compile(load_network(args), rules=args.rules, prune=not args.no_prune,
                           target="reference" if args.target == "cuda" else args.target)
     artifact = cuda_artifact(prog, args.arch) if args.target == "cuda" else host_artifact(prog)
+    for line in warning_lines((), prog.warnings):
+        print(line, file=sys.stderr)
     for name, content in artifact.files:
         write_atomic(out / name, content)
     if args.target == "cuda":

@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 
 from bwplan.cli.options import add_network_arguments, caffe_options, load_network
+from bwplan.cli.report import with_import_warnings
 from bwplan.errors import BwError
 from bwplan.explain.dot import render_dot
 from bwplan.explain.json_report import render_json
@@ -15,7 +16,6 @@ from bwplan.explain.why import render_why
 from bwplan.fsutil import write_atomic
 from bwplan.frontend.load import read_text
 from bwplan.ir.build import build
-from bwplan.plan.decisions import Finding
 from bwplan.plan.plan import make_plan
 from bwplan.plan.policy import apply_policy
 from bwplan.source import Span
@@ -73,9 +73,7 @@ def _plan(args):
     plan = make_plan(apply_policy(build(loaded.module), args.rules))
     if not loaded.warnings:
         return plan
-    extra = tuple(Finding(w.code, w.severity, w.span, w.text, w.fix, w.subject)
-                  for w in loaded.warnings)
-    return replace(plan, findings=plan.findings + extra)
+    return replace(plan, findings=with_import_warnings(plan.findings, loaded.warnings))
 
 
 def _with_buckets(plan, text: str, args) -> str:

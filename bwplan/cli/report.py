@@ -1,9 +1,30 @@
-"""Text reports shared by `compile` and `train`: what a program emits and skips, and what
-a step launched."""
+"""Text reports shared by the commands: the plan's findings with the importer's warnings
+(`explain`, `compile`, `train`), what a program emits and skips, and what a step launched
+(`compile`, `train`)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from bwplan.explain.grouping import render_findings
 from bwplan.explain.units import flops, nbytes
-from bwplan.plan.decisions import ROUTINE
+from bwplan.frontend.import_warning import ImportWarning
+from bwplan.plan.decisions import ROUTINE, Finding
+
+
+def with_import_warnings(findings: Iterable[Finding],
+                         warnings: Iterable[ImportWarning]) -> tuple[Finding, ...]:
+    """The plan's findings, then the importer's warnings (where a Caffe net trains
+    differently in Caffe; an ONNX model's notes: the loss it assumed, batch normalisation)
+    as findings: what `explain` reports, in its table and its JSON."""
+    return tuple(findings) + tuple(Finding(w.code, w.severity, w.span, w.text, w.fix,
+                                           w.subject) for w in warnings)
+
+
+def warning_lines(findings: Iterable[Finding],
+                  warnings: Iterable[ImportWarning]) -> list[str]:
+    """The lines `compile` and `train` print to stderr for those findings and warnings,
+    a kind found many times grouped into one block as `explain` shows it."""
+    return render_findings(with_import_warnings(findings, warnings))
 
 
 def program_lines(program) -> list[str]:

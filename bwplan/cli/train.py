@@ -57,7 +57,7 @@ def run(args) -> int:
         return guarded(comm, run, args, debug=getattr(args, "debug", False))
     import bwplan
     from bwplan.cli import train_report
-    from bwplan.cli.report import profile_lines
+    from bwplan.cli.report import profile_lines, warning_lines
     from bwplan.runtime.data import load_dataset
     from bwplan.runtime.train import train
     from bwplan.cli.schedule import check_schedule, read_schedule
@@ -90,7 +90,8 @@ def run(args) -> int:
     if comm is not None:
         from bwplan.runtime.distributed import attach
         dp, data = attach(prog, comm, data, args.batch, args.bucket_kib << 10)
-    for line in (train_report.findings_lines(prog.plan, args.weight_decay)
+    for line in (warning_lines(train_report.shown_findings(prog.plan, args.weight_decay),
+                               prog.warnings)
                  + train_report.run_warnings(prog, set(loaded), args.cache_frozen)):
         print(line, file=sys.stderr)
     print(train_report.header(prog, data.size, not args.no_prune), file=sys.stderr)

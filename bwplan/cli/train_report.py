@@ -1,21 +1,16 @@
-"""What `bwplan train` says besides the epochs: the plan's warnings (as `explain` prints
-them), the warnings only a training run can give (a frozen part left at its random
-initial values, a --cache-frozen with nothing to cache), the header with the backward it
-runs, and each stage of gradual unfreezing."""
+"""What `bwplan train` says besides the epochs: which of the plan's findings hold for the
+run (cli/report.py prints them with the importer's warnings, as `explain` shows them), the
+warnings only a training run can give (a frozen part left at its random initial values, a
+--cache-frozen with nothing to cache), the header with the backward it runs, and each stage
+of gradual unfreezing."""
 from __future__ import annotations
 
 
-def findings_lines(plan, weight_decay: float) -> list[str]:
-    """The plan's findings; with no weight decay at all, a parameter without gradient
-    does not shrink, and that warning would be wrong."""
-    lines = []
-    for f in plan.findings:
-        if f.code == "decay_without_gradient" and weight_decay == 0:
-            continue
-        where = f"{f.span}: " if f.span.has_position else ""
-        lines.append(f"{where}{f.severity}: {f.text}")
-        lines.append(f"  fix: {f.fix}")
-    return lines
+def shown_findings(plan, weight_decay: float) -> list:
+    """The plan's findings that hold for this run: with no weight decay at all, a
+    parameter without gradient does not shrink, and that warning would be wrong."""
+    return [f for f in plan.findings
+            if not (f.code == "decay_without_gradient" and weight_decay == 0)]
 
 
 def _frozen_params(net) -> list[str]:

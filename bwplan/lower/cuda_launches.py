@@ -24,7 +24,7 @@ from bwplan.errors import BwError
 from bwplan.kernels import cuda as table
 from bwplan.kernels.cuda import update
 from bwplan.lower.cuda_arena import Arena
-from bwplan.kernels.cuda.limits import Env, Launch, Unsupported, check
+from bwplan.kernels.cuda.limits import Env, Launch, CudaCannotRun, check
 from bwplan.lower.program import BufferId, Program, Step, aux as aux_id, grad
 from bwplan.plan.components import op_ctx
 from bwplan.optim import SgdSettings
@@ -94,7 +94,7 @@ def scratch_needs(program: Program, sizes: Mapping[str, int], sm_count: int) -> 
             try:
                 ctx = op_ctx(net, layer)
                 workspace = max(workspace, need(ctx, rows, env) if rows else need(ctx, env))
-            except Unsupported as err:
+            except CudaCannotRun as err:
                 raise _cannot(layer, e, err) from None
     return Needs(offsets, total, max((sizes[p] for p in mixed), default=0), workspace)
 
@@ -139,7 +139,7 @@ def _cannot(layer, e, err: Exception) -> BwError:
 def _launches(layer, e, *args) -> tuple[Launch, ...]:
     try:
         return tuple(table.launches(e, *args))
-    except Unsupported as err:
+    except CudaCannotRun as err:
         raise _cannot(layer, e, err) from None
 
 
@@ -183,7 +183,7 @@ def _dw(layer, e, ctx, saved, dout, out: int, accumulate: bool, rows, program: P
     try:
         return zeroed + tuple(table.rows_launches(e, ctx, saved, dout, out, accumulate,
                                                   rows, env))
-    except Unsupported as err:
+    except CudaCannotRun as err:
         raise _cannot(layer, e, err) from None
 
 

@@ -23,7 +23,10 @@ from bwplan.plan.plan import Plan
 
 
 @cyclic_gc_paused
-def lower(plan: Plan, prune: bool = True) -> Program:
+def lower(plan: Plan, prune: bool = True, bindings: dict | None = None) -> Program:
+    """`bindings`: a memo of each backward component's buffer bindings, which the pruned
+    and the full program of one plan share (Plan.program passes the plan's own); None, a
+    fresh one."""
     net = plan.net
     outputs = [net.layer(name) for name in plan.outputs]
     losses = tuple((l.name, l.loss_weight) for l in outputs if registry.OPS[l.op].role == "loss"
@@ -41,7 +44,7 @@ def lower(plan: Plan, prune: bool = True) -> Program:
             seeds.append(Seed(name, weight))
             written.add(grad(name))
     params_written: set[str] = set()
-    memo = plan._bindings    # shared by the pruned and the full program of this plan
+    memo = {} if bindings is None else bindings
     for layer, lp in reversed(run):
         dout = grad(layer.name)
         for k, use in enumerate(layer.params):

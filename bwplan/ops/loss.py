@@ -267,6 +267,9 @@ _ACCURACY_ATTRS = (
     AttrSpec("top_k", "int", 1, at_least=1),
     AttrSpec("ignore_label", "int", None, doc="label value that is not counted; unset: "
              "every label counts"))
+# both accuracies read the scores and the labels and are never differentiated
+_ACCURACY_PORTS = (Port("logits", differentiable=False),
+                   Port("label", differentiable=False, classes_of="logits"))
 
 ACCURACY = OpDef(
     name="accuracy",
@@ -274,8 +277,7 @@ ACCURACY = OpDef(
     doc="Fraction of samples whose label is among the `top_k` highest scores (Caffe "
         "Accuracy), over the positions whose label is not `ignore_label` (0 when none "
         "is); a metric, never differentiated.",
-    ports=(Port("logits", differentiable=False),
-           Port("label", differentiable=False, classes_of="logits")),
+    ports=_ACCURACY_PORTS,
     attrs=_ACCURACY_ATTRS,
     infer=_accuracy_infer,
     flops=lambda ctx: ctx.x.numel,
@@ -587,8 +589,7 @@ ACCURACY_PER_CLASS = OpDef(
         "positions labelled c whose label is among the `top_k` highest scores (0 for a "
         "class no counted position has), a vector of the C classes; a metric, never "
         "differentiated.",
-    ports=(Port("logits", differentiable=False),
-           Port("label", differentiable=False, classes_of="logits")),
+    ports=_ACCURACY_PORTS,
     attrs=_ACCURACY_ATTRS,
     infer=_per_class_infer,
     flops=lambda ctx: ctx.x.numel,

@@ -118,7 +118,7 @@ class Plan:
     outputs: tuple[str, ...] = ()
     _programs: dict = field(init=False, default_factory=dict, repr=False, compare=False)
     # lowering's memo of each backward component's buffer bindings, which the pruned and
-    # the full program share
+    # the full program share (given to lower/schedule.py `lower`)
     _bindings: dict = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def layer(self, name: str) -> LayerPlan:
@@ -128,7 +128,7 @@ class Plan:
         """The lowered Program of this plan (lower/schedule.py), lowered once and kept."""
         if prune not in self._programs:
             from bwplan.lower.schedule import lower  # lowering reads the plan it is given
-            self._programs[prune] = lower(self, prune)
+            self._programs[prune] = lower(self, prune, self._bindings)
         return self._programs[prune]
 
     @cached_property

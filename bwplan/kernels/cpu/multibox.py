@@ -28,6 +28,19 @@ def _jaccard(a, b):
 
 
 @njit(cache=True)
+def _softmax_parts(conf, n, i):
+    """Prior i of image n: its largest class score and the sum of exp(score - largest),
+    the two parts of its softmax (shifted so that exp cannot overflow)."""
+    top = conf[n, i, 0]
+    for q in range(1, conf.shape[2]):
+        top = max(top, conf[n, i, q])
+    total = 0.0
+    for q in range(conf.shape[2]):
+        total += np.exp(conf[n, i, q] - top)
+    return top, total
+
+
+@njit(cache=True)
 def check_ground_truth(rows, num, background):
     """The first row whose image is beyond the batch or whose label is the background,
     or -1."""
@@ -43,7 +56,7 @@ def decide(conf, priors, variances, rows, background, use_difficult, per_predict
            threshold, mine, neg_pos_ratio, neg_overlap, targets, labels):
     """Fill targets [N, P, 4] (the encoded box of each positive) and labels [N, P] (the
     class each counted prior is scored against, -1 where not counted)."""
-    num, p, c = conf.shape
+    num, p, _ = conf.shape
     targets[:] = 0.0
     labels[:] = -1.0
     for n in range(num):
@@ -116,12 +129,7 @@ def decide(conf, priors, variances, rows, background, use_difficult, per_predict
         for i in range(p):
             if matched[i] != -1 or best[i] >= neg_overlap:
                 continue
-            top = conf[n, i, 0]
-            for q in range(1, c):
-                top = max(top, conf[n, i, q])
-            total = 0.0
-            for q in range(c):
-                total += np.exp(conf[n, i, q] - top)
+            top, total = _softmax_parts(conf, n, i)
             prob = np.exp(conf[n, i, background] - top) / total
             cand[m] = i
             loss[m] = -np.log(max(prob, FLT_MIN))
@@ -136,7 +144,7 @@ def decide(conf, priors, variances, rows, background, use_difficult, per_predict
 def loss_sums(loc, conf, targets, labels, background):
     """(sum of smooth L1 over the positives' offsets, sum of the clamped softmax
     cross-entropy over the counted priors, number of positives)."""
-    num, p, c = conf.shape
+    num, p, _ = conf.shape
     loc_sum, conf_sum, positives = 0.0, 0.0, 0
     for n in range(num):
         for i in range(p):
@@ -149,12 +157,7 @@ def loss_sums(loc, conf, targets, labels, background):
                     d = loc[n, i, k] - targets[n, i, k]
                     a = abs(d)
                     loc_sum += 0.5 * d * d if a < 1.0 else a - 0.5
-            top = conf[n, i, 0]
-            for q in range(1, c):
-                top = max(top, conf[n, i, q])
-            total = 0.0
-            for q in range(c):
-                total += np.exp(conf[n, i, q] - top)
+            top, total = _softmax_parts(conf, n, i)
             prob = np.exp(conf[n, i, lab] - top) / total
             conf_sum -= np.log(max(prob, FLT_MIN))
     return loc_sum, conf_sum, positives
@@ -184,11 +187,6 @@ def conf_grad(conf, labels, scale, out):
                 for q in range(c):
                     out[n, i, q] = 0.0
                 continue
-            top = conf[n, i, 0]
-            for q in range(1, c):
-                top = max(top, conf[n, i, q])
-            total = 0.0
-            for q in range(c):
-                total += np.exp(conf[n, i, q] - top)
+            top, total = _softmax_parts(conf, n, i)
             for q in range(c):
                 out[n, i, q] = (np.exp(conf[n, i, q] - top) / total - (q == lab)) * scale

@@ -127,16 +127,21 @@ def entry(op_name: str, component: str) -> KernelEntry:
     return found if found is not None else _entry(op_name, component)
 
 
+def _checked(launched: list[Launch], allowed: tuple[str, ...], who: str) -> list[Launch]:
+    """`launched`, each launch checked against the device limits and against the kernels
+    `who` (an entry, or its sliced form) may use."""
+    for launch in launched:
+        if launch.kernel not in allowed:
+            raise InternalError(f"{who} launches {launch.kernel}, which its entry does not "
+                                "list")
+        check(launch)
+    return launched
+
+
 def launches(entry_: KernelEntry, *args) -> list[Launch]:
     """The entry's launches for these arguments, each checked against the device limits
     and against the kernels the entry may use."""
-    out = entry_.launch(*args)
-    for launch in out:
-        if launch.kernel not in entry_.kernels:
-            raise InternalError(f"{entry_.op} {entry_.component} launches {launch.kernel}, "
-                                f"which its entry does not list")
-        check(launch)
-    return out
+    return _checked(entry_.launch(*args), entry_.kernels, f"{entry_.op} {entry_.component}")
 
 
 def rows_launches(entry_: KernelEntry, ctx, saved, dout, out: int, accumulate: bool,
@@ -145,13 +150,8 @@ def rows_launches(entry_: KernelEntry, ctx, saved, dout, out: int, accumulate: b
     if entry_.rows is None:
         raise InternalError(f"{entry_.op} {entry_.component} has no sliced cuda kernel "
                             "(a ROWS row in its family module), yet its rows are frozen")
-    out_ = entry_.rows(ctx, saved, dout, out, accumulate, rows, env)
-    for launch in out_:
-        if launch.kernel not in entry_.rows_kernels:
-            raise InternalError(f"{entry_.op} {entry_.component} (rows) launches "
-                                f"{launch.kernel}, which its entry does not list")
-        check(launch)
-    return out_
+    return _checked(entry_.rows(ctx, saved, dout, out, accumulate, rows, env),
+                    entry_.rows_kernels, f"{entry_.op} {entry_.component} (rows)")
 
 
 __all__ = ["COMMON", "FAMILIES", "KernelEntry", "TABLE", "entry", "launches", "rows_launches",

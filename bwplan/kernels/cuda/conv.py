@@ -44,6 +44,26 @@ def split_k(m: int, n: int, k: int, groups: int, count: int, env: Env) -> int:
     return max(1, splits)
 
 
+def split_k_bytes(splits: int, count: int) -> int:
+    """The workspace of a dW GEMM over `count` outputs split `splits` ways: one float32
+    partial sum per output and split (none unsplit)."""
+    return 4 * splits * count if splits > 1 else 0
+
+
+def split_k_reduce(kernel: str, what: str, splits: int, count: int, out: int,
+                   accumulate: bool, env: Env) -> list[Launch]:
+    """The launch that sums a split dW GEMM's partial sums from the workspace into `out`
+    (none unsplit), once the runtime is seen to have given the workspace it needs."""
+    if splits <= 1:
+        return []
+    need = split_k_bytes(splits, count)
+    if env.workspace_bytes < need:
+        raise InternalError(f"{what} needs {need} bytes of workspace, the runtime gave "
+                            f"{env.workspace_bytes}")
+    return [grid_stride(kernel, count, env, ptr(env.workspace), ptr(out), i64(count),
+                        i32(splits), flag(accumulate))]
+
+
 def _dw_dims(ctx: OpCtx):
     n, c, h, w, o, ho, wo, kh, kw, *_, g = shape(ctx)
     m, cols, k = o // g, c // g * kh * kw, n * ho * wo
@@ -70,24 +90,18 @@ def dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
 
 def dw_workspace(ctx, env) -> int:
     m, cols, k, g, count = _dw_dims(ctx)
-    splits = split_k(m, cols, k, g, count, env)
-    return 4 * splits * count if splits > 1 else 0
+    return split_k_bytes(split_k(m, cols, k, g, count, env), count)
 
 
 def dw(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
     s = shape(ctx)
     m, cols, k, g, count = _dw_dims(ctx)
     splits = split_k(m, cols, k, g, count, env)
-    if splits > 1 and env.workspace_bytes < 4 * splits * count:
-        raise InternalError(f"conv2d dW needs {4 * splits * count} bytes of workspace, "
-                            f"the runtime gave {env.workspace_bytes}")
-    launches = [Launch("conv2d_dw", gemm_grid(m, cols, g * splits), (GEMM_THREADS, 1, 1),
-                       (ptr(saved["x"]), ptr(dout), ptr(out), ptr(env.workspace),
-                        *map(i32, s), i32(splits), flag(accumulate)))]
-    if splits > 1:
-        launches.append(grid_stride("conv2d_dw_reduce", count, env, ptr(env.workspace),
-                                    ptr(out), i64(count), i32(splits), flag(accumulate)))
-    return launches
+    reduce = split_k_reduce("conv2d_dw_reduce", "conv2d dW", splits, count, out, accumulate,
+                            env)
+    return [Launch("conv2d_dw", gemm_grid(m, cols, g * splits), (GEMM_THREADS, 1, 1),
+                   (ptr(saved["x"]), ptr(dout), ptr(out), ptr(env.workspace),
+                    *map(i32, s), i32(splits), flag(accumulate))), *reduce]
 
 
 def db(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
@@ -120,7 +134,7 @@ def _row_splits(ctx, rows, env):
 
 def dw_rows_workspace(ctx, rows, env) -> int:
     ranges, cols = _row_splits(ctx, rows, env)
-    return max((4 * s * m * cols for _, m, s in ranges if s > 1), default=0)
+    return max((split_k_bytes(s, m * cols) for _, m, s in ranges), default=0)
 
 
 def dw_rows(ctx, saved, dout, out, accumulate, rows, env) -> list[Launch]:
@@ -130,19 +144,14 @@ def dw_rows(ctx, saved, dout, out, accumulate, rows, env) -> list[Launch]:
     ranges, cols = _row_splits(ctx, rows, env)
     launches = []
     for r0, m, splits in ranges:
-        count = m * cols
-        if splits > 1 and env.workspace_bytes < 4 * splits * count:
-            raise InternalError(f"conv2d dW rows {r0}:{r0 + m} need {4 * splits * count} "
-                                f"bytes of workspace, the runtime gave {env.workspace_bytes}")
+        reduce = split_k_reduce("conv2d_dw_reduce", f"conv2d dW of rows {r0}:{r0 + m}", splits,
+                                m * cols, out + 4 * r0 * cols, accumulate, env)
         launches.append(Launch("conv2d_dw_rows", gemm_grid(m, cols, splits),
                                (GEMM_THREADS, 1, 1),
                                (ptr(saved["x"]), ptr(dout), ptr(out), ptr(env.workspace),
                                 *map(i32, s), i32(r0), i32(m), i32(splits),
                                 flag(accumulate))))
-        if splits > 1:
-            launches.append(grid_stride("conv2d_dw_reduce", count, env, ptr(env.workspace),
-                                        ptr(out + 4 * r0 * cols), i64(count), i32(splits),
-                                        flag(accumulate)))
+        launches.extend(reduce)
     return launches
 
 

@@ -46,6 +46,7 @@ from functools import lru_cache
 from bwplan.errors import InternalError
 from bwplan.kernels.cuda.limits import (Launch, f32, flag, grid_stride, i32, i64,
                                         per_channel, ptr)
+from bwplan.ops.needs import Component
 from bwplan.ops.opdef import OpDef
 from bwplan.resources import resource_dir
 
@@ -143,7 +144,7 @@ def default_launch(op: OpDef, component: str, source: str,
                    kernel: str) -> Callable[..., list[Launch]]:
     """The launch function of `kernel` (in cuda/`source`) for `component` of `op`, with the
     calling convention of bwplan/kernels/cuda/__init__.py."""
-    kind = component.partition(":")[0]
+    kind = Component.from_key(component).kind
     params = signatures(source).get(kernel)
     if params is None:
         raise InternalError(f"cuda/{source} has no extern \"C\" kernel {kernel} "
@@ -168,7 +169,7 @@ def default_launch(op: OpDef, component: str, source: str,
             return [grid_stride(kernel, n, env, *args(ctx, values))]
         return dx
     if kind == "dw":
-        slot = op.slot(component.partition(":")[2])
+        slot = op.slot(Component.from_key(component).wrt)
 
         def dw(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
             count = math.prod(slot.shape(ctx))

@@ -49,7 +49,7 @@ SPLIT_K_MAX_SPLITS = 64
 SPLIT_K_MAX_WORKSPACE = 64 * 2**20
 
 
-class Unsupported(ValueError):
+class CudaCannotRun(ValueError):
     """A layer the CUDA kernels cannot run (too large for 32-bit indices, a dtype they do
     not handle). The caller turns it into a BwError at the layer's span."""
 
@@ -95,7 +95,7 @@ def ptr(address: int | None) -> np.uintp:
 
 def i32(value: int) -> np.int32:
     if not -2**31 <= value < 2**31:
-        raise Unsupported(f"{value} does not fit the kernels' 32-bit index")
+        raise CudaCannotRun(f"{value} does not fit the kernels' 32-bit index")
     return np.int32(value)
 
 
@@ -140,7 +140,7 @@ def warp_rows(kernel: str, rows: int, *args) -> Launch:
 def per_channel(kernel: str, channels: int, *args) -> Launch:
     """One block per channel (per-channel reductions)."""
     if channels > MAX_GRID_X:
-        raise Unsupported(f"{channels} channels exceed the grid")
+        raise CudaCannotRun(f"{channels} channels exceed the grid")
     return Launch(kernel, (max(1, channels), 1, 1), (THREADS, 1, 1), args)
 
 
@@ -148,7 +148,7 @@ def check_index(*sizes: int) -> None:
     """Precondition of the kernels with 32-bit indices (the GEMMs, pooling planes)."""
     for size in sizes:
         if size > INT32_INDEX_LIMIT:
-            raise Unsupported(f"an index range of {size} exceeds the kernels' 32-bit "
+            raise CudaCannotRun(f"an index range of {size} exceeds the kernels' 32-bit "
                               f"indices ({INT32_INDEX_LIMIT})")
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import math
 
-from bwplan.errors import InternalError
-from bwplan.kernels.cuda.conv import gemm_grid, split_k
-from bwplan.kernels.cuda.limits import (GEMM_THREADS, Launch, check_index, flag,
-                                        grid_stride, i32, i64, per_channel, ptr)
+from bwplan.kernels.cuda.conv import gemm_grid, split_k, split_k_bytes, split_k_reduce
+from bwplan.kernels.cuda.limits import (GEMM_THREADS, Launch, check_index, flag, i32,
+                                        per_channel, ptr)
 from bwplan.ops.opdef import OpCtx
 
 
@@ -35,24 +34,18 @@ def dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
 
 def dw_workspace(ctx, env) -> int:
     b, k, o = dims(ctx)
-    splits = split_k(o, k, b, 1, o * k, env)
-    return 4 * splits * o * k if splits > 1 else 0
+    return split_k_bytes(split_k(o, k, b, 1, o * k, env), o * k)
 
 
 def dw(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
     b, k, o = dims(ctx)
     count = o * k
     splits = split_k(o, k, b, 1, count, env)
-    if splits > 1 and env.workspace_bytes < 4 * splits * count:
-        raise InternalError(f"linear dW needs {4 * splits * count} bytes of workspace, "
-                            f"the runtime gave {env.workspace_bytes}")
-    launches = [Launch("linear_dw", gemm_grid(o, k, splits), (GEMM_THREADS, 1, 1),
-                       (ptr(saved["x"]), ptr(dout), ptr(out), ptr(env.workspace), i32(b),
-                        i32(k), i32(o), i32(splits), flag(accumulate)))]
-    if splits > 1:
-        launches.append(grid_stride("linear_dw_reduce", count, env, ptr(env.workspace),
-                                    ptr(out), i64(count), i32(splits), flag(accumulate)))
-    return launches
+    reduce = split_k_reduce("linear_dw_reduce", "linear dW", splits, count, out, accumulate,
+                            env)
+    return [Launch("linear_dw", gemm_grid(o, k, splits), (GEMM_THREADS, 1, 1),
+                   (ptr(saved["x"]), ptr(dout), ptr(out), ptr(env.workspace), i32(b),
+                    i32(k), i32(o), i32(splits), flag(accumulate))), *reduce]
 
 
 def db(ctx, saved, dout, out, accumulate, env) -> list[Launch]:
@@ -80,7 +73,8 @@ def _row_splits(ctx, rows, env):
 
 def dw_rows_workspace(ctx, rows, env) -> int:
     _, k, _ = dims(ctx)
-    return max((4 * s * n * k for _, n, s in _row_splits(ctx, rows, env) if s > 1), default=0)
+    return max((split_k_bytes(s, n * k) for _, n, s in _row_splits(ctx, rows, env)),
+               default=0)
 
 
 def dw_rows(ctx, saved, dout, out, accumulate, rows, env) -> list[Launch]:
@@ -89,18 +83,13 @@ def dw_rows(ctx, saved, dout, out, accumulate, rows, env) -> list[Launch]:
     b, k, o = dims(ctx)
     launches = []
     for r0, n, splits in _row_splits(ctx, rows, env):
-        count = n * k
-        if splits > 1 and env.workspace_bytes < 4 * splits * count:
-            raise InternalError(f"linear dW rows {r0}:{r0 + n} need {4 * splits * count} "
-                                f"bytes of workspace, the runtime gave {env.workspace_bytes}")
+        reduce = split_k_reduce("linear_dw_reduce", f"linear dW of rows {r0}:{r0 + n}", splits,
+                                n * k, out + 4 * r0 * k, accumulate, env)
         launches.append(Launch("linear_dw_rows", gemm_grid(n, k, splits), (GEMM_THREADS, 1, 1),
                                (ptr(saved["x"]), ptr(dout), ptr(out), ptr(env.workspace),
                                 i32(b), i32(k), i32(o), i32(r0), i32(n), i32(splits),
                                 flag(accumulate))))
-        if splits > 1:
-            launches.append(grid_stride("linear_dw_reduce", count, env, ptr(env.workspace),
-                                        ptr(out + 4 * r0 * k), i64(count), i32(splits),
-                                        flag(accumulate)))
+        launches.extend(reduce)
     return launches
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from bwplan.kernels.cuda.limits import (LOSS_THREADS, Launch, Unsupported, f32, flag,
+from bwplan.kernels.cuda.limits import (LOSS_THREADS, Launch, CudaCannotRun, f32, flag,
                                         grid_stride, i32, i64, ptr)
 from bwplan.ops.loss import NORMALIZATIONS, infogain_split
 
@@ -14,7 +14,7 @@ DTYPE_CODES = {"f32": 0, "f64": 1, "i32": 2, "i64": 3, "u8": 4, "bool": 4}
 
 def dtype_code(dtype: str) -> int:
     if dtype not in DTYPE_CODES:
-        raise Unsupported(f"labels of type {dtype} are not supported by the cuda target")
+        raise CudaCannotRun(f"labels of type {dtype} are not supported by the cuda target")
     return DTYPE_CODES[dtype]
 
 
@@ -37,7 +37,7 @@ def _class_weights(ctx) -> tuple:
     if not weights:
         return (i32(0),) + (f32(0.0),) * MAX_WEIGHTED_CLASSES
     if len(weights) > MAX_WEIGHTED_CLASSES:
-        raise Unsupported(f"class_weights for {len(weights)} classes; the CUDA kernels "
+        raise CudaCannotRun(f"class_weights for {len(weights)} classes; the CUDA kernels "
                           f"weight at most {MAX_WEIGHTED_CLASSES}")
     padded = tuple(weights) + (0.0,) * (MAX_WEIGHTED_CLASSES - len(weights))
     return (i32(1),) + tuple(map(f32, padded))
@@ -114,7 +114,7 @@ MAX_SEG_IGNORED = 4
 def accuracy_per_class_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
     n, c, s = _classes(ctx)
     if c > MAX_PER_CLASS:
-        raise Unsupported(f"per-class accuracy of {c} classes; the CUDA kernel counts at "
+        raise CudaCannotRun(f"per-class accuracy of {c} classes; the CUDA kernel counts at "
                           f"most {MAX_PER_CLASS}")
     return [_one_block("accuracy_per_class_fwd", ptr(inputs[0]), ptr(inputs[1]),
                        i32(dtype_code(ctx.inputs[1].dtype)), ptr(out), i32(n), i32(c), i64(s),
@@ -125,10 +125,10 @@ def seg_accuracy_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launc
     n, c, s = _classes(ctx)
     ignored = tuple(ctx.attrs["ignore_label"])
     if c > MAX_SEG_CLASSES:
-        raise Unsupported(f"seg_accuracy of {c} classes; the CUDA kernel's confusion matrix "
+        raise CudaCannotRun(f"seg_accuracy of {c} classes; the CUDA kernel's confusion matrix "
                           f"holds at most {MAX_SEG_CLASSES}")
     if len(ignored) > MAX_SEG_IGNORED:
-        raise Unsupported(f"{len(ignored)} ignore labels; the CUDA kernel takes at most "
+        raise CudaCannotRun(f"{len(ignored)} ignore labels; the CUDA kernel takes at most "
                           f"{MAX_SEG_IGNORED}")
     slots = ignored + (0,) * (MAX_SEG_IGNORED - len(ignored))
     return [_one_block("seg_accuracy_fwd", ptr(inputs[0]), ptr(inputs[1]),

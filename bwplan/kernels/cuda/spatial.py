@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bwplan.kernels.cuda.limits import (Launch, Unsupported, check_index, f32, flag,
+from bwplan.kernels.cuda.limits import (Launch, CudaCannotRun, check_index, f32, flag,
                                         grid_stride, i32, i64, per_channel, ptr)
 from bwplan.ops._shapes import pair
 from bwplan.ops.spatial import crop_offsets
@@ -19,7 +19,7 @@ def _four(values, fill) -> list[int]:
     """`values` padded in front to four entries."""
     values = list(values)
     if len(values) > RANK:
-        raise Unsupported(f"the CUDA crop takes at most {RANK} dimensions, not "
+        raise CudaCannotRun(f"the CUDA crop takes at most {RANK} dimensions, not "
                           f"{len(values)}")
     return [fill] * (RANK - len(values)) + values
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from bwplan.kernels.cuda.limits import (GRID_STRIDE_WAVES, MAX_GRID_YZ, MAX_THREADS_PER_SM,
-                                        THREADS, Env, Launch, Unsupported, cdiv, f32, flag,
+                                        THREADS, Env, Launch, CudaCannotRun, cdiv, f32, flag,
                                         grid_stride, i64, ptr)
 from bwplan.lower.program import Program
 
@@ -74,7 +74,7 @@ def sgd_update(params: int, velocity: int, grads: int, scaled: int, segments: in
     if len(table) == 0:
         return []
     if len(table) > MAX_GRID_YZ:
-        raise Unsupported(f"{len(table)} parameters exceed one update launch")
+        raise CudaCannotRun(f"{len(table)} parameters exceed one update launch")
     # x blocks per segment: enough for the largest, but about GRID_STRIDE_WAVES waves in
     # all, since a small segment's blocks past its end exit at once
     resident = env.sm_count * (MAX_THREADS_PER_SM // THREADS)
