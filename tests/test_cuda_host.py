@@ -28,7 +28,7 @@ from bwplan.kernels.cuda.default import default_launch, signatures
 from bwplan.ops.reference import make_ctx
 from bwplan.lower.program import grad, value
 from bwplan.runtime.optimizer import Sgd, SgdSettings
-from test_ops_reference import draw_case
+from op_cases import draw_case
 
 EXAMPLES = sorted(Path(__file__).parent.parent.glob("examples/*.bw"))
 ALL_OPS = sorted(registry.OPS)

@@ -1,0 +1,60 @@
+"""Training nets generated from the rows, so that every op trains in some net without a
+net written for it.
+
+A net is the stem below, then each op's `NetUse` lines in registry order; an op with a
+head feeds a linear layer of its own, and the heads and the stem's logits `g` are summed
+into one softmax cross-entropy. The ops go into a few nets by family (GROUPS; a family not
+named there joins the last), each small enough that a training step stays quick.
+"""
+from __future__ import annotations
+
+from bwplan import ops as registry
+
+from . import ROWS
+
+BATCH = 4
+# x: images; f and e: two feature maps [N, 4, 6, 6] that carry gradients to convolutions;
+# g: logits [N, 3] for the labels y; t: regression targets [N, 3]
+STEM_INPUTS = ("x : f32[N, 3, 6, 6]", "y : i64[N]", "t : f32[N, 3]")
+STEM = """\
+f    = conv2d(x, out=4, kernel=3, pad=1)
+e    = conv2d(x, out=4, kernel=1)
+g    = linear(f, out=3)
+"""
+GROUPS: dict[str, tuple[str, ...]] = {
+    "ops_dense": ("conv", "linear", "elementwise", "pool", "norm", "shape", "unpool"),
+    "ops_spatial": ("spatial", "spatial_norm", "embed"),
+    "ops_caffe": ("activation", "reduction", "broadcast", "loss"),
+}
+
+
+def group_of(family: str) -> str:
+    for name, families in GROUPS.items():
+        if family in families:
+            return name
+    return list(GROUPS)[-1]
+
+
+def net_source(op_names) -> str:
+    """The .bw text of the stem with these ops' lines, their heads and the loss."""
+    inputs = list(STEM_INPUTS)
+    lines, heads = [], []
+    for name in op_names:
+        use = ROWS[name].net
+        inputs += [i for i in use.inputs.splitlines() if i and i not in inputs]
+        lines += use.layers.splitlines()
+        if use.head:
+            heads.append(f"head_{name}")
+            lines.append(f"head_{name} = linear({name}, out=3)")
+    lines.append(f"logits = add(g, {', '.join(heads)})" if heads else "logits = add(g, g)")
+    lines.append("loss = softmax_cross_entropy(logits, y)")
+    declared = "".join(f"input {i.replace('[N', f'[{BATCH}')}\n" for i in inputs)
+    return declared + "\n" + STEM + "\n".join(lines) + "\n"
+
+
+def generated_nets() -> dict[str, str]:
+    """Net name -> .bw text, every registered op in exactly one of them."""
+    members: dict[str, list[str]] = {name: [] for name in GROUPS}
+    for name, op in registry.OPS.items():
+        members[group_of(op.family)].append(name)
+    return {net: net_source(ops) for net, ops in members.items() if ops}
