@@ -18,6 +18,13 @@ def elu_case(draw):
 
 
 @st.composite
+def selu_case(draw):
+    """ONNX's constants or others; x away from the kink at 0."""
+    attrs = draw(st.sampled_from([{}, dict(alpha=1.0, gamma=2.0), dict(alpha=0.0, gamma=0.5)]))
+    return Case(attrs, [away_from(normal(rng_from(draw), *draw_shape(draw)))])
+
+
+@st.composite
 def power_case(draw):
     """A positive base shift + scale * x, so that any power is defined; or scale 0."""
     x = rng_from(draw).uniform(0.5, 2.0, draw_shape(draw))
@@ -109,4 +116,6 @@ ROWS = {
     "threshold": OpRow(threshold_case(), NetUse("threshold = threshold(f, threshold=0.1)"),
                        threshold),
     "erf": OpRow(unary_case(), NetUse("erf = erf(f)"), lambda a, xs, p, t: torch.erf(xs[0])),
+    "selu": OpRow(selu_case(), NetUse("selu = selu(f)"),
+                  lambda a, xs, p, t: a["gamma"] * F.elu(xs[0], a["alpha"])),
 }
