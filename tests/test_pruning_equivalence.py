@@ -9,9 +9,8 @@
 
 The first part of this file holds what test_train_vs_torch.py shares: the nets (every
 example; the nets generated from the op rows, tests/op_cases/nets.py, in which every op
-trains; and two of our own, for Caffe's pooling edge cases and shared parameters, and for
-the decay-only updates), the freezing scenarios, the batches, and the check that a target
-can run a net.
+trains; and one of our own for the decay-only updates), the freezing scenarios, the
+batches, and the check that a target can run a net.
 """
 from __future__ import annotations
 
@@ -30,52 +29,6 @@ from op_cases.nets import generated_nets
 
 # ---- nets -------------------------------------------------------------------------------
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-# The ops the examples lack, with Caffe's pooling edge cases: on the 5x5 input, the max
-# pool's fourth window would start in the padding and is dropped, and the ceil-mode average
-# pool's last window overhangs the image, so its divisor is clipped to one cell. The label
-# loss ignores class 2; the auxiliary losses carry weights. pa and pb share parameters with
-# lr multipliers 0.5 and 0.25 (so their decay is scaled by 0.5); sc1's weight has lr 2.
-ZOO = """\
-input image : f32[4, 3, 9, 9]
-input label : i64[4]
-input target : f32[4, 6]
-input sim : f32[4]
-
-c1   = conv2d(image, out=8, kernel=3, stride=2, pad=1, bias=false)
-bn1  = batchnorm(c1, affine=true, momentum=0.9)
-sc1  = scale(bn1, bias=true) weight.lr=2
-r1   = relu(sc1, negative_slope=0.1)
-n1   = lrn(r1, size=3, alpha=0.5, beta=0.75, k=2)
-mp1  = maxpool(n1, kernel=2, stride=2, pad=1, ceil=true)
-c2   = conv2d(n1, out=8, kernel=3, pad=1, groups=2)
-cl   = clip(c2, min=-1, max=1)
-tp   = transpose(cl, perm=[0, 1, 3, 2])
-ap1  = avgpool(tp, kernel=2, stride=2, ceil=true)
-t    = tanh(mp1)
-s    = sigmoid(ap1)
-m    = mul(t, s)
-mx   = maximum(m, ap1, mp1)
-ad   = add(mx, m, coeffs=[1.0, -0.5])
-dr   = dropout(ad, p=0)
-gm   = global_maxpool(dr)
-pd   = pad(ad, begin=[1, 0], end=[0, 2])
-ga   = global_avgpool(pd)
-cat  = concat(gm, ga)
-fl   = flatten(cat)
-rs   = reshape(fl, shape=[0, 4, 4])
-sl   = slice(rs, axis=1, begin=1, end=3)
-fc   = linear(sl, out=6)
-bn2  = batchnorm(fc)
-sm   = softmax(bn2)
-pa   = linear(gm, out=3) lr=0.5
-pb   = linear(ga, out=3) lr=0.25 shares pa
-loss = softmax_cross_entropy(fc, label, ignore_label=2)
-eu   = euclidean_loss(sm, target) weight=0.5
-ct   = contrastive_loss(pa, pb, sim, margin=2.0) weight=0.3
-ct2  = contrastive_loss(pa, pb, sim, margin=1.0, legacy=true) weight=0.2
-acc  = accuracy(fc, label, top_k=2)
-"""
 
 # Trainable parameters that get no gradient: h (its only consumer stops the gradient) and
 # aux (its loss has weight 0) decay only; side has decay 0 as well, so it never changes.
@@ -106,15 +59,14 @@ for _name, _edits in SMALLER_IMAGES.items():
     for _full, _small in _edits:
         assert _full in NETS[_name], (_name, _full)
         NETS[_name] = NETS[_name].replace(_full, _small)
-NETS["zoo"] = ZOO
 NETS["decay_only"] = DECAY_ONLY
 # every op, in nets generated from its row (tests/op_cases)
 NETS.update(generated_nets())
 
-# Small batches, through the automatic re-planning for another batch size; one sample of
-# seed_inception_branch keeps the reference target quick.
+# Small batches, through the automatic re-planning for another batch size (an odd one for
+# ops_dense); one sample of seed_inception_branch keeps the reference target quick.
 BATCH = 2
-BATCHES = {"seed_inception_branch": 1, "zoo": 3}
+BATCHES = {"seed_inception_branch": 1, "ops_dense": 3}
 
 
 def batch_size(name: str) -> int:

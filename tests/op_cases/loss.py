@@ -217,10 +217,15 @@ ROWS = {
         peer=_softmax_cross_entropy_peer),
     "euclidean_loss": OpRow(euclidean_case(), NetUse(
         "euclidean_loss = euclidean_loss(g, t) weight=0.5", head=False), euclidean_loss),
+    # a siamese pair: one linear used twice with lr multipliers 0.5 and 0.25 (so its decay
+    # is scaled by 0.5), under both distances
     "contrastive_loss": OpRow(contrastive_case(), NetUse(
-        "contrastive_v = linear(e, out=3)\n"
-        "contrastive_loss = contrastive_loss(g, contrastive_v, sim, margin=2.0) weight=0.3",
-        "sim : f32[N]", head=False), contrastive_loss),
+        "contrastive_a = linear(f, out=3) lr=0.5\n"
+        "contrastive_b = linear(e, out=3) lr=0.25 shares contrastive_a\n"
+        "contrastive_legacy = contrastive_loss(contrastive_a, contrastive_b, sim, margin=1.0, "
+        "legacy=true) weight=0.2\n"
+        "contrastive_loss = contrastive_loss(contrastive_a, contrastive_b, sim, margin=2.0) "
+        "weight=0.3", "sim : f32[N]", head=False), contrastive_loss),
     "accuracy": OpRow(accuracy_case(), NetUse("accuracy = accuracy(g, y, top_k=2)", head=False),
                       accuracy),
     "sigmoid_cross_entropy_loss": OpRow(sigmoid_ce_case(), NetUse(

@@ -3,7 +3,8 @@ net written for it.
 
 A net is the stem below, then each op's `NetUse` lines in registry order; an op with a
 head feeds a linear layer of its own, and the heads and the stem's logits `g` are summed
-into one softmax cross-entropy. The ops go into a few nets by family (GROUPS; a family not
+into one softmax cross-entropy that ignores class 2 (the batches give the first sample
+that label). The ops go into a few nets by family (GROUPS; a family not
 named there joins the last), each small enough that a training step stays quick.
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ def net_source(op_names) -> str:
             heads.append(f"head_{name}")
             lines.append(f"head_{name} = linear({name}, out=3)")
     lines.append(f"logits = add(g, {', '.join(heads)})" if heads else "logits = add(g, g)")
-    lines.append("loss = softmax_cross_entropy(logits, y)")
+    lines.append("loss = softmax_cross_entropy(logits, y, ignore_label=2)")
     declared = "".join(f"input {i.replace('[N', f'[{BATCH}')}\n" for i in inputs)
     return declared + "\n" + STEM + "\n".join(lines) + "\n"
 

@@ -80,8 +80,11 @@ def _batch_statistics_of_several_values(case) -> bool:
 
 
 ROWS = {
+    # a 4-D batchnorm with its own momentum, then a 2-D one
     "batchnorm": OpRow(batchnorm_case(), NetUse(
-        "batchnorm = batchnorm(f, affine=true, momentum=0.9)"), batchnorm, torch_cases={
+        "batchnorm_maps = batchnorm(f, affine=true, momentum=0.9)\n"
+        "batchnorm_flat = flatten(batchnorm_maps)\n"
+        "batchnorm = batchnorm(batchnorm_flat)"), batchnorm, torch_cases={
             "training": batchnorm_case().filter(_batch_statistics_of_several_values),
             "eval": batchnorm_case().filter(lambda c: c.attrs["global_stats"])}),
     "scale": OpRow(scale_case(), NetUse("scale = scale(f, bias=true) weight.lr=2"), scale),

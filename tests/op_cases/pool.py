@@ -140,11 +140,12 @@ def _avgpool_peer(a, xs, p):
                         count_include_pad=a["count_pad"])
 
 
-# On the 6x6 map the ceil-mode average pool's last window overhangs the image (its divisor
-# clipped).
+# Caffe's edge cases on the 6x6 map: the max pool's fifth window would start in the padding
+# and is dropped (and its pad is beyond what torch's own pooling takes); the ceil-mode
+# average pool's last window overhangs the image, so its divisor is clipped.
 ROWS = {
     "maxpool": OpRow(pool_case(), NetUse(
-        "maxpool = maxpool(f, kernel=2, stride=2, pad=1, ceil=true)"), maxpool,
+        "maxpool = maxpool(f, kernel=3, stride=2, pad=2, ceil=true)"), maxpool,
         deciding=True, peer=_maxpool_peer),
     "avgpool": OpRow(pool_case(average=True),
                      NetUse("avgpool = avgpool(f, kernel=3, stride=2, ceil=true)"), avgpool,
