@@ -1,14 +1,15 @@
 """Training nets generated from the rows, so that every op trains in some net without a
 net written for it.
 
-A net is the stem below, then each op's `NetUse` lines in registry order; an op with a
-head feeds a linear layer of its own, and the heads and the stem's logits `g` are summed
-into one softmax cross-entropy that ignores class 2 (the batches give the first sample
-that label). The ops go into a few nets by family (GROUPS; a family not
+A net is the stem below, then each op's `NetUse` lines in registry order; the outputs of
+the ops with a head feed linear layers (one per output shape), and the heads and the
+stem's logits `g` are summed into one softmax cross-entropy that ignores class 2 (the
+batches give the first sample that label). The ops go into a few nets by family (GROUPS; a family not
 named there joins the last), each small enough that a training step stays quick.
 """
 from __future__ import annotations
 
+import bwplan
 from bwplan import ops as registry
 
 from . import ROWS
@@ -37,20 +38,33 @@ def group_of(family: str) -> str:
 
 
 def net_source(op_names) -> str:
-    """The .bw text of the stem with these ops' lines, their heads and the loss."""
+    """The .bw text of the stem with these ops' lines, their heads and the loss.
+
+    Outputs of one shape share a head: their sum feeds one linear layer, which gives each
+    of them the same random gradient (every element a different value) for a layer fewer
+    per op, and fewer layers are most of what a test of these nets costs."""
     inputs = list(STEM_INPUTS)
-    lines, heads = [], []
+    lines, headed = [], []
     for name in op_names:
         use = ROWS[name].net
         inputs += [i for i in use.inputs.splitlines() if i and i not in inputs]
         lines += use.layers.splitlines()
         if use.head:
-            heads.append(f"head_{name}")
-            lines.append(f"head_{name} = linear({name}, out=3)")
-    lines.append(f"logits = add(g, {', '.join(heads)})" if heads else "logits = add(g, g)")
-    lines.append("loss = softmax_cross_entropy(logits, y, ignore_label=2)")
+            headed.append(name)
     declared = "".join(f"input {i.replace('[N', f'[{BATCH}')}\n" for i in inputs)
-    return declared + "\n" + STEM + "\n".join(lines) + "\n"
+    body = declared + "\n" + STEM + "\n".join(lines) + "\n"
+    draft = bwplan.load_bw_text(body + "loss = softmax_cross_entropy(g, y)\n")
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for name in headed:
+        by_shape.setdefault(draft.layer(name).out.shape, []).append(name)
+    heads = []
+    for i, group in enumerate(by_shape.values()):
+        if len(group) > 1:
+            body += f"sum_{i} = add({', '.join(group)})\n"
+        body += f"head_{i} = linear({group[0] if len(group) == 1 else f'sum_{i}'}, out=3)\n"
+        heads.append(f"head_{i}")
+    return body + f"logits = add(g, {', '.join(heads)})\n" \
+        "loss = softmax_cross_entropy(logits, y, ignore_label=2)\n"
 
 
 def generated_nets() -> dict[str, str]:

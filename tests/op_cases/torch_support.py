@@ -1,11 +1,14 @@
-"""PyTorch for the rows' translations, when it is installed (`torch` is None otherwise, and
-only the tests that call a translation skip), and what several translations share.
+"""PyTorch for the rows' translations, and what several translations share.
 
+`torch` and `F` (torch.nn.functional) load torch on first use, not on import: a test that
+only draws cases (most of them) neither needs torch installed nor pays its seconds of
+start-up; the tests that call a translation skip without torch before they call it.
 Every translation is written from the semantics the docs give the op (Caffe's, mostly),
 without reading bwplan's NumPy references or kernels.
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 # Loading torch starts the OpenMP runtime that the cpu target's Numba kernels then share,
@@ -14,11 +17,19 @@ import os
 # target asks for a passive policy itself (bwplan/kernels/cpu/threads.py), too late here.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-try:
-    import torch
-    import torch.nn.functional as F
-except ImportError:   # the strategies still work; the translations are never called
-    torch = F = None
+
+class _OnFirstUse:
+    """A module imported when one of its attributes is first read."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+torch = _OnFirstUse("torch")
+F = _OnFirstUse("torch.nn.functional")
 
 
 def pair(value) -> tuple[int, int]:
