@@ -94,6 +94,7 @@ def prelu(a, xs, p, training):
 def threshold(a, xs, p, training):
     return (xs[0] > a["threshold"]).to(xs[0].dtype)   # a step: no gradient flows
 
+
 # power and log get positive arguments (exp of something, |x| + 1)
 ROWS = {
     "elu": OpRow(elu_case(), NetUse("elu = elu(f, alpha=0.5)"),

@@ -51,6 +51,7 @@ def tile(a, xs, p, training):
     reps[a["axis"] % x.dim()] = a["tiles"]
     return x.repeat(*reps)
 
+
 ROWS = {
     "bias": OpRow(bias_case(), NetUse("bias = bias(f, axis=2, num_axes=-1)"),
                   lambda a, xs, p, t: broadcast_bias(xs[0], p["bias"], a["axis"])),

@@ -31,6 +31,7 @@ def conv2d(a, xs, p, training):
     return F.conv2d(xs[0], p["weight"], p.get("bias"), pair(a["stride"]), pair(a["pad"]),
                     pair(a["dilation"]), a["groups"])
 
+
 ROWS = {
     "conv2d": OpRow(conv2d_case(), NetUse(
         "conv2d = conv2d(f, out=4, kernel=3, stride=2, pad=1, groups=2)"), conv2d),

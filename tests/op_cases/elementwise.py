@@ -100,6 +100,7 @@ def maximum(a, xs, p, training, hints=None):
     hint = None if hints is None else torch.stack(hints)
     return take(cells, 0, winner(cells, 0, hint, cells))
 
+
 def _relu_peer(a, xs, p):
     slope = a["negative_slope"]
     return F.relu(xs[0]) if slope == 0 else F.leaky_relu(xs[0], slope)

@@ -22,6 +22,7 @@ def embed_case(draw):
         params["bias"] = normal(rng, n)
     return Case(attrs, [x], params)
 
+
 ROWS = {
     "embed": OpRow(embed_case(), NetUse("embed = embed(tok, num_output=3, input_dim=5)",
                                         "tok : i32[N, 2]"),

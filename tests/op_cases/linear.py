@@ -23,6 +23,7 @@ def linear_case(draw):
 def linear(a, xs, p, training):
     return F.linear(xs[0].flatten(1), p["weight"], p.get("bias"))
 
+
 ROWS = {
     "linear": OpRow(linear_case(), NetUse("linear = linear(f, out=5)"), linear),
 }

@@ -197,6 +197,7 @@ def smooth_l1_loss(a, xs, p, training):
         err = err * xs[3].reshape(x.shape)
     return err.sum() / x.shape[0]
 
+
 def _softmax_cross_entropy_peer(a, xs, p):
     """torch's mean over the counted positions is Caffe's VALID normalization; with class
     weights torch would divide by their sum, Caffe-SegNet by the count."""

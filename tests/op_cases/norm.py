@@ -74,6 +74,7 @@ def lrn(a, xs, p, training):
                                 a["k"])
     return out[..., 0] if flat else out
 
+
 def _batch_statistics_of_several_values(case) -> bool:
     """torch refuses batch statistics over a single value per channel."""
     return not case.attrs["global_stats"] and case.inputs[0].size > case.inputs[0].shape[1]

@@ -113,6 +113,7 @@ def global_maxpool(a, xs, p, training, hints=None):
 def global_avgpool(a, xs, p, training):
     return xs[0].mean(dim=(2, 3), keepdim=True)
 
+
 def _native_geometry(a):
     """(kernel, stride, pad) for torch's own pooling, or None where torch refuses the pad
     (more than half the kernel). Where it accepts it, torch's ceil mode drops a window that

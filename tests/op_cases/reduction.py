@@ -62,6 +62,7 @@ def argmax(a, xs, p, training):
     out = torch.stack([index, values], 1) if a["out_max_val"] else index.unsqueeze(1)
     return out.reshape((x.shape[0], out.shape[1], k) + (1,) * max(0, x.dim() - 3))
 
+
 # argmax and silence are outside the training step: nothing that reaches a loss reads them
 ROWS = {
     "reduction": OpRow(reduction_case(), NetUse(

@@ -67,6 +67,7 @@ def reshape(a, xs, p, training):
 def slice_(a, xs, p, training):
     return xs[0].narrow(a["axis"], a["begin"], a["end"] - a["begin"])
 
+
 ROWS = {
     "flatten": OpRow(flatten_case(), NetUse("flatten = flatten(f)"),
                      lambda a, xs, p, t: torch.flatten(xs[0], a["axis"], a["end_axis"])),

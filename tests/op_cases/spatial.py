@@ -142,6 +142,7 @@ def normalize(a, xs, p, training):
     norm = torch.sqrt((x * x).sum(dim=dims, keepdim=True) + a["eps"])
     return x / norm * channel_view(p["weight"], x.dim())
 
+
 def _pad(a, xs, p, training):
     (top, left), (bottom, right) = pair(a["begin"]), pair(a["end"])
     return F.pad(xs[0], (left, right, top, bottom))

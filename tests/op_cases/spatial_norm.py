@@ -42,6 +42,7 @@ def lrn_within_channel(a, xs, p, training):
     pooled = F.avg_pool2d(x * x, size, 1, (size - 1) // 2, count_include_pad=True)
     return x * (1 + a["alpha"] * pooled) ** -a["beta"]
 
+
 ROWS = {
     "mvn": OpRow(mvn_case(), NetUse("mvn = mvn(f, eps=0.001)"), mvn),
     "lrn_within_channel": OpRow(lrn_within_case(), NetUse(

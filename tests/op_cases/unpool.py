@@ -50,6 +50,7 @@ def max_unpool(a, xs, p, training):
     return F.max_unpool2d(x, mask.detach().long(), (ho - h + 1, wo - w + 1), stride=1,
                           output_size=(ho, wo))
 
+
 # 3x3 windows, stride 3, of the 6x6 map unpool to the size written out (the scale would
 # give 4x4); the mask alone feeds a linear head, so that its forward runs in training
 ROWS = {
