@@ -29,7 +29,7 @@ from bwplan.ops.reference import make_ctx
 from bwplan.lower.program import grad, value
 from bwplan.optim import SgdSettings
 from bwplan.runtime.optimizer import Sgd
-from test_ops_reference import draw_case
+from op_cases import draw_case
 
 EXAMPLES = sorted(Path(__file__).parent.parent.glob("examples/*.bw"))
 # ops the cuda target refuses, and why (docs/caffe.md says so too)
