@@ -62,6 +62,9 @@ class OpRow:
     # after speed would write the op otherwise (torch's native kernel); checked against
     # bwplan's forward on `cases` like the torch translation
     peer: Callable[..., object] | None = None
+    # why the cuda target refuses the op (it has no CUDA kernels), when it does; the CUDA
+    # tests leave such an op out and check that it really has none
+    no_cuda: str = ""
 
     def forward_checks(self) -> Mapping[str, SearchStrategy]:
         return self.torch_cases or ({"": self.cases} if self.torch is not None else {})
