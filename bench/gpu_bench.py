@@ -9,9 +9,10 @@ declared batch, and three freezing scenarios:
     mid_frozen  the middle third of the layers with parameters is frozen
 
 it times one training step (forward, backward, SGD with momentum and weight decay) of
-bwplan pruned, bwplan --no-prune and PyTorch eager (the ops of tests/torch_oracle.py, with
-torch's own cross-entropy and ceil-mode max pooling where they agree with Caffe's, since
-the oracle's padded max-pool emulation ran 5x slower; frozen parameters with
+bwplan pruned, bwplan --no-prune and PyTorch eager (the ops as bench/torch_peer.py writes
+them from the op rows: the training oracle's translations, with torch's own ReLU,
+cross-entropy and pooling where they agree with Caffe's, since the oracle's padded max-pool
+emulation ran 5x slower; frozen parameters with
 requires_grad=False, stop_gradient as detach; float32 with TF32 off, since bwplan's
 kernels are float32 FFMA), each the median of `--steps` steps timed with CUDA events after
 `--warmup` steps. It reports the time pruning saves next to what the FLOP model predicts
@@ -100,34 +101,14 @@ def time_bwplan(text: str, rules, prune: bool, batches, args) -> dict:
 def time_torch(text: str, rules, batches, args) -> dict:
     import torch
     import bwplan
-    sys.path.insert(0, str(ROOT / "tests"))
-    from torch_oracle import LOSS_OPS, METRIC_OPS, OPS
-    import torch.nn.functional as F
-
-    def cross_entropy(a, xs, p, training):
-        """The oracle's loss without its host synchronisation (its valid-label count):
-        the mean over valid labels is the same number."""
-        logits, label = xs
-        label = label.reshape((logits.shape[0],) + tuple(logits.shape[2:])).long()
-        return F.cross_entropy(logits, label, ignore_index=a["ignore_label"])
-
-    def maxpool(a, xs, p, training):
-        """torch's own ceil mode where its geometry is Caffe's (pad <= kernel / 2: torch
-        also drops a last window that would start in the padding); the oracle's
-        padded emulation otherwise."""
-        k = a["kernel"] if isinstance(a["kernel"], (list, tuple)) else [a["kernel"]] * 2
-        pad = a["pad"] if isinstance(a["pad"], (list, tuple)) else [a["pad"]] * 2
-        stride = k if a["stride"] is None else a["stride"]
-        if all(2 * q <= kk for q, kk in zip(pad, k)):
-            return F.max_pool2d(xs[0], k, stride, pad, ceil_mode=a["ceil"])
-        return OPS["maxpool"](a, xs, p, training)
-
-    ops = {**OPS, "softmax_cross_entropy": cross_entropy, "maxpool": maxpool}
+    from bwplan import ops as registry
+    from bench.torch_peer import OPS as ops
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     prog = bwplan.compile(text, target="reference", rules=rules)
     net, dev = prog.net, torch.device("cuda")
+    roles = {layer.op: registry.OPS[layer.op].role for layer in net.layers}
     params = {}
     for name, p in net.params.items():
         t = torch.tensor(prog.params[name], device=dev)
@@ -151,13 +132,13 @@ def time_torch(text: str, rules, batches, args) -> dict:
                   for e in layer.inputs]
             ps = {u.slot: params[u.param] if u.lr_mult else params[u.param].detach()
                   for u in layer.params}
-            if layer.op in METRIC_OPS:
+            if roles[layer.op] == "metric":
                 with torch.no_grad():
-                    out = ops[layer.op](layer.attrs, xs, ps, True)
+                    out = ops[layer.op](layer.attrs, xs, ps)
             else:
-                out = ops[layer.op](layer.attrs, xs, ps, True)
+                out = ops[layer.op](layer.attrs, xs, ps)
             values[layer.name] = out
-            if layer.loss_weight != 0 and layer.op in LOSS_OPS:
+            if layer.loss_weight != 0 and roles[layer.op] == "loss":
                 term = layer.loss_weight * out
                 objective = term if objective is None else objective + term
         objective.backward()

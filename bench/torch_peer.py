@@ -10,55 +10,29 @@ and 4-D weights in NHWC memory order; its convolutions then run NHWC oneDNN kern
 it needs a C++ compiler for its generated CPU code, and compiles on the first steps, which
 the benchmark's warm-up absorbs). The benchmark times all three and takes the fastest.
 
-Only the ops the benchmark networks use are translated; anything else raises.
+Each op is written as its row in tests/op_cases says: the row's `peer` where a PyTorch user
+after speed would call torch's native kernel (ReLU, the pools, the cross-entropy), else the
+row's torch translation, the one the training oracle runs. An op without either raises.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from bwplan import ops as registry
+
+# the op rows live with the tests, which import them by plain module name
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from op_cases import ROWS  # noqa: E402
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _maxpool(a, xs, p):
-    kernel = _pair(a["kernel"])
-    stride = _pair(a["kernel"] if a["stride"] is None else a["stride"])
-    pad = _pair(a["pad"])
-    # torch's ceil mode drops a window that starts in the right padding, as Caffe does
-    return F.max_pool2d(xs[0], kernel, stride, pad, ceil_mode=bool(a["ceil"]))
-
-
-def _avgpool(a, xs, p):
-    kernel = _pair(a["kernel"])
-    stride = _pair(a["kernel"] if a["stride"] is None else a["stride"])
-    # torch clips a window to the padded image and divides by that size, as Caffe does
-    return F.avg_pool2d(xs[0], kernel, stride, _pair(a["pad"]), ceil_mode=bool(a["ceil"]),
-                        count_include_pad=True)
-
-
-OPS = {
-    "conv2d": lambda a, xs, p: F.conv2d(xs[0], p["weight"], p.get("bias"), _pair(a["stride"]),
-                                        _pair(a["pad"]), _pair(a["dilation"]), a["groups"]),
-    "linear": lambda a, xs, p: F.linear(xs[0].flatten(1), p["weight"], p.get("bias")),
-    "relu": lambda a, xs, p: F.relu(xs[0]),
-    "maxpool": _maxpool,
-    "avgpool": _avgpool,
-    "global_avgpool": lambda a, xs, p: xs[0].mean(dim=(2, 3), keepdim=True),
-    "global_maxpool": lambda a, xs, p: F.adaptive_max_pool2d(xs[0], 1),
-    "flatten": lambda a, xs, p: torch.flatten(xs[0], 1),
-    "concat": lambda a, xs, p: torch.cat(xs, dim=a["axis"]),
-    "add": lambda a, xs, p: xs[0] + xs[1] if len(xs) == 2 and not a["coeffs"] else
-    sum(c * x for c, x in zip(a["coeffs"] or (1.0,) * len(xs), xs)),
-    "lrn": lambda a, xs, p: F.local_response_norm(xs[0], a["size"], a["alpha"], a["beta"],
-                                                  a["k"]),
-    "softmax_cross_entropy": lambda a, xs, p: F.cross_entropy(xs[0], xs[1].long()),
-    "accuracy": lambda a, xs, p: (xs[0].argmax(1) == xs[1]).float().mean(),
-}
+# op -> (attrs, inputs, params by slot) -> output: each op's row (tests/op_cases), whose
+# translations test_ops_reference.py checks against bwplan's forward
+OPS = {name: fn for name, row in ROWS.items() if (fn := row.peer_translation()) is not None}
 
 
 VARIANTS = ("eager", "channels_last", "compile")
@@ -117,7 +91,7 @@ class TorchPeer:
             xs = [values[e.src].detach() if e.stop_gradient else values[e.src]
                   for e in layer.inputs]
             ps = {u.slot: self.params[u.param] for u in layer.params}
-            if layer.op == "accuracy":
+            if registry.OPS[layer.op].role == "metric":
                 with torch.no_grad():
                     values[layer.name] = OPS[layer.op](layer.attrs, xs, ps)
                 continue

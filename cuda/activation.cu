@@ -1,5 +1,5 @@
 // activation.cu: Caffe's further neuron layers of bwplan/ops/activation.py: ELU, Power,
-// AbsVal, BNLL, Exp, Log, PReLU and Threshold; and erf (ONNX's Erf).
+// AbsVal, BNLL, Exp, Log, PReLU and Threshold; erf (ONNX's Erf) and SELU (ONNX's Selu).
 //
 // No kernel here has a launch row: each takes the default launch of its component kind
 // (bwplan/kernels/cuda/default.py), its arguments bound by the names of its parameters,
@@ -174,5 +174,25 @@ extern "C" __global__ void erf_dx(const float* x, const float* dout, float* dx, 
     BW_GRID_STRIDE(i, n) {
         const float v = x[i];
         bw_put(dx, i, dout[i] * 1.12837916709551257f * expf(-v * v), accumulate);
+    }
+}
+
+// == kernel selu_fwd ==
+extern "C" __global__ void selu_fwd(const float* x, float* out, long long n, float alpha,
+                                    float gamma) {
+    BW_GRID_STRIDE(i, n) {
+        const float v = x[i];
+        out[i] = v > 0.0f ? gamma * v : gamma * alpha * expm1f(v);
+    }
+}
+
+// == kernel selu_dx ==
+// alpha >= 0 and gamma > 0: out > 0 exactly where x > 0, and below it the slope is
+// gamma * alpha * exp(x) = out + gamma * alpha, so x is not read (and not kept).
+extern "C" __global__ void selu_dx(const float* out, const float* dout, float* dx,
+                                   long long n, float alpha, float gamma, int accumulate) {
+    BW_GRID_STRIDE(i, n) {
+        const float y = out[i];
+        bw_put(dx, i, y > 0.0f ? gamma * dout[i] : dout[i] * (y + gamma * alpha), accumulate);
     }
 }

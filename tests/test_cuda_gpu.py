@@ -1,6 +1,6 @@
 """The CUDA kernels and runtime on a GPU: skipped as a whole without PyCUDA or a GPU.
 
-Per op (shapes and attributes from test_ops_reference's Hypothesis strategies): the
+Per op (shapes and attributes from the Hypothesis strategies of the op rows, op_cases): the
 forward kernel's output and aux buffers, then every dX and dW kernel fed the GPU
 forward's own saved values, each against the NumPy reference run in float64 on the same
 values; every gradient kernel again with `accumulate` (it must add, not overwrite).
@@ -49,7 +49,10 @@ from bwplan.ops.reference import grad_index, make_ctx, run_forward, saved_values
 from bwplan.runtime.cuda import CudaExecutor  # noqa: E402
 from bwplan.optim import SgdSettings  # noqa: E402
 import closeness as close  # noqa: E402
-from test_ops_reference import CASES, Case, _valid  # noqa: E402
+from op_cases import ROWS, Case  # noqa: E402
+from op_cases.draw import valid as _valid  # noqa: E402
+
+CASES = {name: row.cases for name, row in ROWS.items()}
 
 SEED = 11
 TOL = EPS = 1e-4
@@ -214,7 +217,8 @@ def draw(data, name: str, strategy=None) -> Case:
 
 
 # ---- every op ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(registry.OPS))
+# every op the cuda target runs (a row's `no_cuda` says why one has no CUDA kernels)
+@pytest.mark.parametrize("name", sorted(n for n in registry.OPS if not ROWS[n].no_cuda))
 @SETTINGS
 @given(data=st.data())
 def test_kernels_match_references(name, data):
@@ -231,7 +235,7 @@ def test_inference_mode_matches_reference(name, data):
     gpu.check_forward()
 
 
-WITH_AUX = sorted(name for name, op in registry.OPS.items() if op.aux)
+WITH_AUX = sorted(name for name, op in registry.OPS.items() if op.aux and not ROWS[name].no_cuda)
 
 
 @pytest.mark.parametrize("name", WITH_AUX)

@@ -29,11 +29,11 @@ from bwplan.ops.reference import make_ctx
 from bwplan.lower.program import grad, value
 from bwplan.optim import SgdSettings
 from bwplan.runtime.optimizer import Sgd
-from test_ops_reference import draw_case
+from op_cases import ROWS, draw_case
 
 EXAMPLES = sorted(Path(__file__).parent.parent.glob("examples/*.bw"))
-# ops the cuda target refuses, and why (docs/caffe.md says so too)
-NO_CUDA = {"multibox_loss": "SSD's matching and hard-negative mining run on the host"}
+# ops the cuda target refuses, and why (their rows say; docs/caffe.md says so too)
+NO_CUDA = {name: row.no_cuda for name, row in ROWS.items() if row.no_cuda}
 ALL_OPS = sorted(set(registry.OPS) - set(NO_CUDA))
 
 

@@ -6,7 +6,7 @@ in float32 (the dtype used in training); the reference gets the same float32 val
 widened, so only the kernels' arithmetic is measured, with a tolerance tol + |ref| * eps.
 Output buffers start as NaN, so a kernel that leaves an element unwritten fails.
 
-Shapes and attributes come from the Hypothesis strategies of test_ops_reference.py, plus
+Shapes and attributes come from the Hypothesis strategies of the op rows (op_cases), plus
 a conv strategy here with larger batches, a shrunken chunk size and a moved pixel
 threshold, so that tiny inputs cross the chunk boundaries of the im2col loop and take
 either GEMM layout. Paths the strategies rarely reach (1x1 convolutions, 2x2 max pools,
@@ -30,7 +30,10 @@ from bwplan.kernels.cpu import linear as linear_kernels  # noqa: E402
 from bwplan.kernels.cpu import scratch, threads  # noqa: E402
 from bwplan.ops.reference import grad_index, make_ctx, run_forward, saved_values  # noqa: E402
 import closeness as close  # noqa: E402
-from test_ops_reference import CASES, Case, _normal, _rng, _valid  # noqa: E402
+from op_cases import ROWS, Case  # noqa: E402
+from op_cases.draw import normal as _normal, rng_from as _rng, valid as _valid  # noqa: E402
+
+CASES = {name: row.cases for name, row in ROWS.items()}
 
 SEED = 11
 # float32 kernels against float64 references: |got - ref| <= TOL + |ref| * EPS

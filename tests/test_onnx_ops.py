@@ -3,8 +3,8 @@
 TensorFlow/Keras exports write them), which becomes a `pad` layer before the conv2d; Sub
 and Div by constants (input normalisation), Add of a constant, Gemm with transA, alpha and
 beta, MatMul with a constant on either side, Squeeze/Unsqueeze of computed tensors, Pad
-(constant mode, opsets 9, 13 and 18), ConvTranspose, HardSigmoid, HardSwish, Erf and Gelu
-(opset 20's node and the decomposition older exporters write).
+(constant mode, opsets 9, 13 and 18), ConvTranspose, HardSigmoid, HardSwish, Erf, Gelu
+(opset 20's node and the decomposition older exporters write) and Selu.
 """
 from __future__ import annotations
 
@@ -546,3 +546,12 @@ def test_one_constant_in_two_slots_is_a_copy_per_slot(tmp_path):
     by_slot = lambda layer: {u.slot: u.param for u in layer.params}  # noqa: E731
     assert by_slot(bn1)["weight"] == by_slot(bn2)["weight"] != by_slot(bn1)["var"]
     assert by_slot(bn1)["var"] == by_slot(bn2)["var"]
+
+
+def test_selu_with_its_default_and_its_own_constants_matches_onnxruntime(tmp_path):
+    nodes = [helper.make_node("Selu", ["x"], ["a"]),
+             helper.make_node("Selu", ["a"], ["y"], alpha=0.5, gamma=2.0)]
+    net = _compare(_net(tmp_path, nodes, (3, 8)), _x((3, 8), 5) * 2)
+    selus = [dict(layer.attrs) for layer in net.layers if layer.op == "selu"]
+    assert selus == [{"alpha": pytest.approx(1.6732632), "gamma": pytest.approx(1.0507010)},
+                     {"alpha": 0.5, "gamma": 2.0}]

@@ -12,6 +12,11 @@ so comments and docstrings do not count) may appear only in
 
 The Numba kernels (`kernels/cpu/<family>.py`) and the CUDA C (`cuda/<family>.cu`) are
 reached through the kernel names the OpDef holds, never by the op's name.
+
+In the tests, an op has exactly one row, in `tests/op_cases/<family>.py`: its cases, its
+PyTorch translation and its lines in a generated training net. No other module of tests/ or
+bench/ keeps a table keyed by op (a dict display with op names as keys), so a new op needs
+no row anywhere else.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bwplan import ops as registry
+from op_cases import ROWS, ROWS_BY_FAMILY
 
 ROOT = Path(__file__).parent.parent
 PACKAGE = ROOT / "bwplan"
@@ -28,6 +34,12 @@ OP_MODULE = "bwplan/ops/{family}.py"
 CUDA_ROWS = "bwplan/kernels/cuda/{family}.py"
 IMPORTER_TABLES = ("bwplan/caffe/catalogue.py", "bwplan/caffe/mapping.py",
                    "bwplan/onnx/table.py", "bwplan/onnx/loss.py")
+TEST_ROW = "tests/op_cases/{family}.py"
+# modules of tests/ and bench/ allowed a table keyed by op, and why
+OP_TABLES = {
+    "tests/netgen.py": "the plan oracle's random nets describe their five ops as plain data, "
+                       "so that the oracle never reads bwplan's registry",
+}
 
 # (module, string): why the string there is not the op of that name
 NOT_THE_OP = {
@@ -107,12 +119,52 @@ def test_every_family_has_its_kernel_sources():
         assert (ROOT / "cuda" / f"{family}.cu").is_file(), family
 
 
+def test_every_op_has_exactly_one_row_in_its_familys_module():
+    """A row for every registered op and for nothing else, in the module of the op's family;
+    each with a torch translation or the reason why there is none, and net lines that end
+    in the op's own layer."""
+    seen: dict[str, list[str]] = defaultdict(list)
+    for family, rows in ROWS_BY_FAMILY.items():
+        assert (ROOT / TEST_ROW.format(family=family)).is_file(), family
+        for name in rows:
+            seen[name].append(family)
+    assert set(seen) == set(registry.OPS)
+    for name, families in seen.items():
+        assert families == [registry.OPS[name].family], (name, families)
+    for name, row in ROWS.items():
+        assert (row.torch is None) == bool(row.no_torch), name
+        last = row.net.layers.splitlines()[-1]
+        assert last.split("=")[0].strip() == name and f"{name}(" in last, name
+
+
+def _op_tables() -> dict[str, int]:
+    """module of tests/ or bench/ -> line of a dict display keyed by two or more op names."""
+    found = {}
+    for path in sorted([*ROOT.joinpath("tests").rglob("*.py"),
+                        *ROOT.joinpath("bench").rglob("*.py")]):
+        module = path.relative_to(ROOT).as_posix()
+        if module.startswith("tests/op_cases/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), module)):
+            if isinstance(node, ast.Dict):
+                keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+                if len(keys & set(registry.OPS) - set(SHARED_NAMES)) >= 2:
+                    found.setdefault(module, node.lineno)
+    return found
+
+
+def test_no_test_or_benchmark_keeps_its_own_table_of_ops():
+    wrong = [f"{m}:{line}" for m, line in _op_tables().items() if m not in OP_TABLES]
+    assert not wrong, "a table keyed by op outside tests/op_cases: " + ", ".join(wrong)
+    assert set(_op_tables()) == set(OP_TABLES), "an exception no longer needed"
+
+
 def test_the_architecture_document_names_these_places():
     text = (ROOT / "docs" / "architecture.md").read_text()
     section = text[text.index("Adding an op touches"):]
     for place in ("bwplan/ops/<family>.py", "bwplan/kernels/cpu/<family>.py",
                   "cuda/<family>.cu", "bwplan/kernels/cuda/<family>.py",
-                  "tests/test_ops_reference.py", "tests/torch_oracle.py",
-                  "bench/torch_peer.py", "tests/test_op_places.py", *IMPORTER_TABLES):
+                  TEST_ROW.format(family="<family>"),
+                  "tests/test_op_places.py", *IMPORTER_TABLES):
         short = place.removeprefix("bwplan/") if place in IMPORTER_TABLES else place
         assert short in section, place

@@ -8,8 +8,9 @@
 (c) The measured peak of live bytes stays within 10% of the plan's static estimate.
 
 The first part of this file holds what test_train_vs_torch.py shares: the nets (every
-example, plus two small nets of our own that cover the remaining ops and the decay-only
-updates), the freezing scenarios, the batches, and the check that a target can run a net.
+example; the nets generated from the op rows, tests/op_cases/nets.py, in which every op
+trains; and one of our own for the decay-only updates), the freezing scenarios, the
+batches, and the check that a target can run a net.
 """
 from __future__ import annotations
 
@@ -24,80 +25,11 @@ from bwplan import ops as registry
 from bwplan.errors import InternalError
 from bwplan.ops.needs import Component
 from bwplan.runtime.backend import BACKENDS, numpy_dtype
+from op_cases.loss import prior_grid
+from op_cases.nets import fixed_batches, generated_nets
 
 # ---- nets -------------------------------------------------------------------------------
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-# Every op the examples lack, with Caffe's pooling edge cases: on the 5x5 input, the max
-# pool's fourth window would start in the padding and is dropped, and the ceil-mode average
-# pool's last window overhangs the image, so its divisor is clipped to one cell. The label
-# loss ignores class 2; the auxiliary losses carry weights. pa and pb share parameters with
-# lr multipliers 0.5 and 0.25 (so their decay is scaled by 0.5); sc1's weight has lr 2.
-ZOO = """\
-input image : f32[4, 3, 9, 9]
-input label : i64[4]
-input target : f32[4, 6]
-input sim : f32[4]
-
-c1   = conv2d(image, out=8, kernel=3, stride=2, pad=1, bias=false)
-bn1  = batchnorm(c1, affine=true, momentum=0.9)
-sc1  = scale(bn1, bias=true) weight.lr=2
-r1   = relu(sc1, negative_slope=0.1)
-n1   = lrn(r1, size=3, alpha=0.5, beta=0.75, k=2)
-mp1  = maxpool(n1, kernel=2, stride=2, pad=1, ceil=true)
-c2   = conv2d(n1, out=8, kernel=3, pad=1, groups=2)
-cl   = clip(c2, min=-1, max=1)
-tp   = transpose(cl, perm=[0, 1, 3, 2])
-ap1  = avgpool(tp, kernel=2, stride=2, ceil=true)
-t    = tanh(mp1)
-s    = sigmoid(ap1)
-m    = mul(t, s)
-mx   = maximum(m, ap1, mp1)
-ad   = add(mx, m, coeffs=[1.0, -0.5])
-dr   = dropout(ad, p=0)
-gm   = global_maxpool(dr)
-pd   = pad(ad, begin=[1, 0], end=[0, 2])
-ga   = global_avgpool(pd)
-cat  = concat(gm, ga)
-fl   = flatten(cat)
-rs   = reshape(fl, shape=[0, 4, 4])
-sl   = slice(rs, axis=1, begin=1, end=3)
-fc   = linear(sl, out=6)
-bn2  = batchnorm(fc)
-sm   = softmax(bn2)
-pa   = linear(gm, out=3) lr=0.5
-pb   = linear(ga, out=3) lr=0.25 shares pa
-loss = softmax_cross_entropy(fc, label, ignore_label=2)
-eu   = euclidean_loss(sm, target) weight=0.5
-ct   = contrastive_loss(pa, pb, sim, margin=2.0) weight=0.3
-ct2  = contrastive_loss(pa, pb, sim, margin=1.0, legacy=true) weight=0.2
-acc  = accuracy(fc, label, top_k=2)
-"""
-
-# SSD's loss on a 4 x 4 map with one prior per position (multibox_loss; loc and conf laid
-# out as SSD's Permute and Flatten do), and the segmentation metrics of a head beside it.
-# The priors and the boxes have 1 on dimension 0: a batch of one sample, so the ignore
-# labels are no class (make_batch would give the one sample's every label to a class one).
-DETECTION = """\
-input x : f32[1, 3, 4, 4]
-input priors : f32[1, 2, 64]
-input gt : f32[1, 1, 2, 8]
-input y : i64[1, 1, 4, 4]
-
-f    = conv2d(x, out=4, kernel=3, pad=1)
-r    = relu(f)
-lc   = conv2d(r, out=4, kernel=1)
-lt   = transpose(lc, perm=[0, 2, 3, 1])
-loc  = flatten(lt)
-cf   = conv2d(r, out=3, kernel=1)
-ct   = transpose(cf, perm=[0, 2, 3, 1])
-conf = flatten(ct)
-mb   = multibox_loss(loc, conf, priors, gt, num_classes=3)
-seg  = conv2d(r, out=3, kernel=1)
-sl   = softmax_cross_entropy(seg, y, ignore_label=5) weight=0.5
-pca  = accuracy_per_class(seg, y, ignore_label=5)
-sa   = seg_accuracy(seg, y, ignore_label=[5, 7])
-"""
 
 # Trainable parameters that get no gradient: h (its only consumer stops the gradient) and
 # aux (its loss has weight 0) decay only; side has decay 0 as well, so it never changes.
@@ -115,109 +47,6 @@ l0   = softmax_cross_entropy(aux, y) weight=0
 acc  = accuracy(side, y)
 """
 
-# Caffe's further neuron, reduction and broadcast layers, and ONNX's Clip (ReLU6). log and
-# power get positive arguments (|x| + 1, exp of something); the threshold's step cuts the
-# gradient into c1 along that path, while e, ps and the rest carry it; mn, a per-sample
-# mean, is added as a bias along the batch axis; targets in [0, 1] and weights >= 0 keep the
-# losses bounded below; hm, the infogain matrix of igh, is a 3 x 3 corner of the
-# first image, whatever the batch; argmax and silence are outside the training step (silence
-# reads only am: the plan's static peak estimate counts a tensor live until its last
-# reader, run or not, which a skipped reader of th would push past the 10% margin).
-NEURONS = """\
-input x : f32[4, 3, 5, 5]
-input y : i64[4]
-input tok : i32[4, 2]
-input tgt : f32[4, 3]
-input w_in : f32[4, 3]
-input w_out : f32[4, 3]
-
-c0   = conv2d(x, out=4, kernel=3, pad=1)
-mv   = mvn(c0, eps=0.001)
-c1   = lrn_within_channel(mv, size=3, alpha=0.5)
-e    = elu(c1, alpha=0.5)
-pr   = prelu(e)
-ps   = prelu(c1, channel_shared=true)
-ab   = absval(ps)
-lg   = log(ab, base=2.0, shift=1.0)
-bn   = bnll(pr)
-ex   = exp(bn, scale=-0.5)
-pw   = power(ex, power=1.5, scale=2.0, shift=0.5)
-th   = threshold(c1, threshold=0.1)
-cl   = clip(e, min=-0.2, max=0.6)
-m    = mul(pw, th)
-er   = erf(cl)
-s    = add(m, lg, cl, er)
-bi   = bias(s, axis=2, num_axes=-1)
-tl   = tile(bi, axis=1, tiles=2)
-mn   = reduction(lg, axis=1, operation=MEAN)
-ba   = bias_add(tl, mn, axis=0)
-sm   = scale_mul(ba, mn, axis=0)
-em   = embed(tok, num_output=3, input_dim=5)
-ef   = flatten(em)
-fe   = linear(sm, out=6)
-fs   = add(fe, ef)
-fc   = linear(fs, out=3)
-loss = softmax_cross_entropy(fc, y)
-red  = reduction(s, operation=SUMSQ, axis=1, coeff=0.1)
-rl   = reduction(red, operation=MEAN) weight=0.5
-am   = argmax(fc, top_k=2, out_max_val=true)
-sil  = silence(am)
-tg   = sigmoid(tgt)
-wi   = absval(w_in)
-wo   = absval(w_out)
-sce  = sigmoid_cross_entropy_loss(fc, tg, normalization=FULL) weight=0.1
-hl   = hinge_loss(fc, y, norm=L2) weight=0.01
-ig   = infogain_loss(fc, y) weight=0.2
-h0   = slice(x, axis=0, begin=0, end=1)
-h1   = slice(h0, axis=2, begin=0, end=1)
-h2   = slice(h1, axis=3, begin=0, end=3)
-hm   = absval(h2)
-igh  = infogain_loss_h(fc, y, hm) weight=0.1
-sl1  = smooth_l1_loss(fc, tgt, sigma=2.0) weight=0.05
-slw  = smooth_l1_loss_weighted(fc, tgt, wi, wo) weight=0.1
-"""
-
-SPATIAL = """\
-input x : f32[4, 3, 6, 6]
-input like : f32[4, 3, 4, 4]
-input rois : f32[4, 5]
-input y : i64[4]
-
-c0   = conv2d(x, out=4, kernel=3, pad=1)
-nm   = normalize(c0, across_spatial=false, channel_shared=false)
-dc   = deconv2d(nm, out=4, kernel=3, stride=2, pad=1, groups=2)
-ip   = interp(dc, height=8, width=8)
-cr   = crop(ip, like, axis=2, offset=[1, 2])
-pm   = transpose(cr, perm=[0, 2, 3, 1])
-rp   = roi_pool(c0, rois, pooled_h=2, pooled_w=3, spatial_scale=0.5)
-n2   = normalize(rp)
-f1   = linear(pm, out=5)
-f2   = linear(n2, out=5)
-s    = add(f1, f2)
-loss = softmax_cross_entropy(s, y)
-"""
-
-# SegNet's encoder-decoder step: each max pool's mask puts a decoded map back at the
-# winners' positions (one unpooling scaled, one with its size written: 3x3 windows of an
-# 8x8 image unpool to 8x8, not 9x9); the loss is per pixel, its classes weighted.
-SEGNET = """\
-input x : f32[4, 3, 8, 8]
-input y : i64[4, 8, 8]
-
-c1   = conv2d(x, out=4, kernel=3, pad=1)
-r1   = relu(c1)
-p1   = maxpool(r1, kernel=2, stride=2)
-m1   = maxpool_mask(r1, kernel=2, stride=2)
-c2   = conv2d(p1, out=4, kernel=3, pad=1)
-u1   = max_unpool(c2, m1)
-p2   = maxpool(r1, kernel=3, stride=3, pad=1)
-m2   = maxpool_mask(r1, kernel=3, stride=3, pad=1)
-u2   = max_unpool(p2, m2, size=[8, 8])
-s    = add(u1, u2)
-c3   = conv2d(s, out=3, kernel=1)
-loss = softmax_cross_entropy(c3, y, class_weights=[0.5, 1.0, 2.5])
-"""
-
 NETS: dict[str, str] = {p.stem: p.read_text() for p in sorted(EXAMPLES.glob("*.bw"))}
 # The image nets on images a quarter of the size (seed_inception_branch's last pool window
 # shrunk to match): the same layers, shapes but for H and W, and decisions; the full sizes
@@ -231,18 +60,15 @@ for _name, _edits in SMALLER_IMAGES.items():
     for _full, _small in _edits:
         assert _full in NETS[_name], (_name, _full)
         NETS[_name] = NETS[_name].replace(_full, _small)
-NETS["zoo"] = ZOO
 NETS["decay_only"] = DECAY_ONLY
-NETS["neurons"] = NEURONS
-NETS["spatial"] = SPATIAL
-NETS["segnet"] = SEGNET
-NETS["detection"] = DETECTION
+# every op, in nets generated from its row (tests/op_cases)
+NETS.update(generated_nets())
 
-# Small batches, through the automatic re-planning for another batch size; one sample of
-# seed_inception_branch keeps the reference target quick.
+# Small batches, through the automatic re-planning for another batch size (an odd one for
+# ops_dense); one sample of seed_inception_branch keeps the reference target quick.
 BATCH = 2
-# detection: the priors and boxes have 1 on dimension 0, which the runtime takes as the batch
-BATCHES = {"seed_inception_branch": 1, "zoo": 3, "detection": 1}
+# A net whose inputs fix the batch (SSD's priors and boxes) runs at that batch.
+BATCHES = {"seed_inception_branch": 1, "ops_dense": 3, **fixed_batches()}
 
 
 def batch_size(name: str) -> int:
@@ -371,11 +197,7 @@ def _multibox_input(net, readers, rng: np.random.Generator, inp) -> np.ndarray:
     of image 0, labels other than the background)."""
     layer, index = next((l, i) for l, i in readers if l.op == "multibox_loss")
     if index == 2:
-        side = int(round(np.sqrt(inp.type.shape[2] // 4)))
-        c = (np.arange(side) + 0.5) / side
-        cx, cy = (a.ravel() for a in np.meshgrid(c, c))
-        boxes = np.stack([cx - 0.2, cy - 0.2, cx + 0.2, cy + 0.2], 1)
-        out = np.stack([boxes.ravel(), np.tile([0.1, 0.1, 0.2, 0.2], side * side)])
+        out = prior_grid(int(round(np.sqrt(inp.type.shape[2] // 4))))
     else:
         g = inp.type.shape[2]
         lo = rng.uniform(0.0, 0.5, (g, 2))

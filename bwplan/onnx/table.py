@@ -944,6 +944,8 @@ ROWS: Mapping[str, Callable[[NodeView], Mapped]] = {
     "HardSigmoid": hard_sigmoid,
     "HardSwish": hard_swish,
     "Erf": unary("erf"),
+    "Selu": lambda v: one(v, "selu", [v.data(0)], {
+        k: float(v.attrs[k]) for k in ("alpha", "gamma") if k in v.attrs}),
     "Gelu": gelu,
     "Pow": pow_,
     "Concat": concat,

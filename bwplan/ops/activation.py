@@ -1,5 +1,5 @@
 """Caffe's further neuron layers: ELU, Power, AbsVal, BNLL, Exp, Log, PReLU and Threshold;
-and the error function erf (ONNX's Erf, the core of an exact GELU).
+the error function erf (ONNX's Erf, the core of an exact GELU); and ONNX's SELU.
 
 Each follows its Caffe layer's formula and parameter names (caffe.proto's ELUParameter,
 PowerParameter, ExpParameter, LogParameter, PReLUParameter, ThresholdParameter). Where the
@@ -301,4 +301,39 @@ ERF = OpDef(
     kernels=_kernels("erf", "dx:x"),
 )
 
-OPS = (ELU, POWER, ABSVAL, BNLL, EXP, LOG, PRELU, THRESHOLD, ERF)
+
+# ---- SELU ------------------------------------------------------------------------------
+# ONNX's defaults (float32 values of the self-normalising constants of Klambauer et al.)
+_SELU_ALPHA = 1.67326319217681884765625
+_SELU_GAMMA = 1.05070102214813232421875
+
+
+def _selu_fwd(ctx, inputs, params, training, rng):
+    x, a = inputs[0], ctx.attrs
+    return a["gamma"] * np.where(x > 0, x, a["alpha"] * np.expm1(np.minimum(x, 0.0))), {}
+
+
+def _selu_dx(ctx, saved, dout, index):
+    # alpha >= 0 and gamma > 0: out > 0 exactly where x > 0, so the output decides the
+    # branch, and gamma * alpha * exp(x) = out + gamma * alpha below it
+    out, a = saved["out"], ctx.attrs
+    return np.where(out > 0, a["gamma"] * dout, dout * (out + a["gamma"] * a["alpha"]))
+
+
+SELU = OpDef(
+    name="selu",
+    family="activation",
+    doc="gamma * x where x > 0, else gamma * alpha * (exp(x) - 1) (ONNX Selu); dX reads the "
+        "output, as ELU's does.",
+    ports=(Port("x"),),
+    attrs=(AttrSpec("alpha", "float", _SELU_ALPHA, at_least=0.0,
+                    doc="the value approached for x -> -inf is -gamma * alpha"),
+           AttrSpec("gamma", "float", _SELU_GAMMA, above=0.0, doc="the slope for x > 0")),
+    infer=same_as_input,
+    flops=_per_element(4),
+    grads=(GradRule("x", frozenset({"out"}), _per_element(3), _selu_dx),),
+    forward_ref=_selu_fwd,
+    kernels=_kernels("selu", "dx:x"),
+)
+
+OPS = (ELU, POWER, ABSVAL, BNLL, EXP, LOG, PRELU, THRESHOLD, ERF, SELU)

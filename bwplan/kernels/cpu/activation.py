@@ -1,5 +1,5 @@
 """Caffe's further neuron layers on the CPU (bwplan/ops/activation.py): ELU, Power, AbsVal,
-BNLL, Exp, Log, PReLU, Threshold.
+BNLL, Exp, Log, PReLU, Threshold; erf and SELU.
 
 Each forward and dX is one fused Numba pass over the flat tensor, the transcendental
 included: these ops are rare in the networks that matter for speed, so one pass that
@@ -252,3 +252,27 @@ def erf_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
 
 def erf_dx(ctx, saved, dout, index, out) -> None:
     _erf_back(flat(saved["x"]), flat(dout), flat(out))
+
+
+# ---- SELU ------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _selu(x, alpha, gamma, out):
+    for i in range(x.size):
+        v = x[i]
+        out[i] = gamma * v if v > 0 else gamma * alpha * math.expm1(v)
+
+
+@njit(cache=True, nogil=True)
+def _selu_back(y, dout, alpha, gamma, out):
+    # alpha >= 0, gamma > 0: y > 0 exactly where x > 0, and below it y' = y + gamma * alpha
+    for i in range(y.size):
+        d = dout[i]
+        out[i] = gamma * d if y[i] > 0 else d * (y[i] + gamma * alpha)
+
+
+def selu_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    _selu(flat(inputs[0]), ctx.attrs["alpha"], ctx.attrs["gamma"], flat(out))
+
+
+def selu_dx(ctx, saved, dout, index, out) -> None:
+    _selu_back(flat(saved["out"]), flat(dout), ctx.attrs["alpha"], ctx.attrs["gamma"], flat(out))
