@@ -124,11 +124,11 @@ def test_cifar10_full_label_follows_the_given_batch():
     assert net.layer("norm1").op == "lrn_within_channel"
 
 
-def _ssd_batch() -> dict[str, np.ndarray]:
-    """SSD300's blobs at the excerpt's size: an 8 x 8 map with 4 priors per cell (min 30,
-    max 60 pixels of 32, aspect ratio 2 flipped, clipped), and three boxes (one difficult)
-    for one image: the runtime takes dimension 0 of every input as the batch, and the
-    priors and boxes have 1 there."""
+def _ssd_batch(n: int = 1) -> dict[str, np.ndarray]:
+    """SSD300's blobs at the excerpt's size for n images: an 8 x 8 map with 4 priors per
+    cell (min 30, max 60 pixels of 32, aspect ratio 2 flipped, clipped), and three boxes
+    (one difficult) per image, each row naming its image: the priors and the boxes have no
+    batch axis."""
     rng = np.random.default_rng(3)
     c = (np.arange(8) + 0.5) / 8
     cx, cy = (a.ravel() for a in np.meshgrid(c, c))
@@ -140,8 +140,11 @@ def _ssd_batch() -> dict[str, np.ndarray]:
     priors = np.stack([boxes.ravel(), np.tile([0.1, 0.1, 0.2, 0.2], len(boxes))])
     gt = np.array([[0, 12, 0, 0.1, 0.2, 0.6, 0.9, 0], [0, 3, 1, 0.5, 0.5, 0.9, 0.8, 0],
                    [0, 7, 2, 0.2, 0.1, 0.5, 0.6, 1]])
-    return {"data": rng.standard_normal((1, 3, 32, 32)).astype(np.float32),
-            "label": gt.reshape(1, 1, 3, 8).astype(np.float32),
+    # image i's boxes shifted a little, so that every image matches other priors
+    gt = np.concatenate([gt + [i, 0, 0, 0.05 * i, 0.03 * i, 0.05 * i, 0, 0]
+                         for i in range(n)])
+    return {"data": rng.standard_normal((n, 3, 32, 32)).astype(np.float32),
+            "label": gt.reshape(1, 1, 3 * n, 8).astype(np.float32),
             "conv4_3_norm_mbox_priorbox": priors.reshape(1, 2, -1).astype(np.float32)}
 
 
@@ -159,6 +162,53 @@ def test_ssd300_trains_on_the_cpu_as_the_references_compute(tmp_path):
     assert set(cpu.grads) == set(ref.grads) and "conv4_3_norm_mbox_conf.weight" in cpu.grads
     for name, grad in cpu.grads.items():
         np.testing.assert_allclose(grad, ref.grads[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_ssd300_trains_with_a_batch_of_several_images(n, tmp_path):
+    # the priors and the ground truth have no batch axis: the import marks them unbatched,
+    # a batch of n images leaves them at their shapes, and the rows of the ground truth
+    # name their images
+    bw = tmp_path / "ssd.bw"
+    assert main(["convert", str(NETS / "ssd300_vgg_train.prototxt"), "--input-shape",
+                 f"data={n},3,32,32", "--input-shape", f"label=1,1,{3 * n},8",
+                 "-o", str(bw)]) == 0
+    text = bw.read_text()
+    assert f"input label: f32[1, 1, {3 * n}, 8] unbatched" in text
+    assert "input conv4_3_norm_mbox_priorbox: f32[1, 2, 1024] unbatched" in text
+    assert f"input data: f32[{n}, 3, 32, 32]\n" in text
+    batch = _ssd_batch(n)
+    cpu = bwplan.compile(str(bw), target="cpu")
+    ref = bwplan.compile(str(bw), target="reference")
+    ref.params = {k: v.copy() for k, v in cpu.params.items()}
+    got, want = cpu.run_step(batch), ref.run_step(batch)
+    assert np.isfinite(got.loss) and got.loss > 0
+    assert got.loss == pytest.approx(want.loss, rel=1e-5)
+    assert set(cpu.grads) == set(ref.grads)
+    for name, grad in cpu.grads.items():
+        np.testing.assert_allclose(grad, ref.grads[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_a_batch_change_at_run_time_leaves_the_unbatched_inputs(tmp_path):
+    # compiled for one image, run on two: only the image's batch changes; the two-image
+    # step equals the one compiled for two images
+    one, two = tmp_path / "one.bw", tmp_path / "two.bw"
+    for path, n in ((one, 1), (two, 2)):
+        assert main(["convert", str(NETS / "ssd300_vgg_train.prototxt"), "--input-shape",
+                     f"data={n},3,32,32", "--input-shape", "label=1,1,6,8",
+                     "-o", str(path)]) == 0
+    batch = _ssd_batch(2)
+    rebatched, compiled = (bwplan.compile(str(p), target="reference") for p in (one, two))
+    compiled.params = {k: v.copy() for k, v in rebatched.params.items()}
+    assert rebatched.run_step(batch).loss == pytest.approx(compiled.run_step(batch).loss,
+                                                           rel=1e-6)
+    for name, grad in rebatched.grads.items():
+        np.testing.assert_allclose(grad, compiled.grads[name], rtol=1e-6, err_msg=name)
+    wrong = dict(batch, label=np.concatenate([batch["label"]] * 2))
+    with pytest.raises(BwError) as info:
+        rebatched.run_step(wrong)
+    assert "input 'label' has shape [2, 1, 6, 8]" in info.value.message
+    assert "it has no batch axis" in info.value.message
 
 
 def test_the_cuda_target_refuses_multiboxloss_clearly(tmp_path, capsys):

@@ -63,6 +63,7 @@ class _Input:
     shape: tuple[int, ...]
     span: Span
     uses: list[tuple[str, int]] = field(default_factory=list)   # (Caffe type, bottom index)
+    batched: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,8 @@ class _Converter:
     def data(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
         for j, top in enumerate(layer.tops):
             name = self.names.take(top)     # check_data made sure the shape is known
-            self.inputs[name] = _Input(name, tuple(ls.tops[j].shape), layer.top_span(j))
+            self.inputs[name] = _Input(name, tuple(ls.tops[j].shape), layer.top_span(j),
+                                       batched=j not in caffe_type(layer.type).unbatched_tops)
             self.current[top] = name
 
     def layer(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
@@ -318,7 +320,8 @@ class _Converter:
         labels_only = bool(inp.uses) and all(j in caffe_type(t).labels for t, j in inp.uses)
         dtype = "i64" if labels_only else "f32"
         grad = self.net.force_backward and dtype == "f32"
-        return ast.InputDecl(inp.name, TensorType(dtype, inp.shape), grad, inp.span)
+        return ast.InputDecl(inp.name, TensorType(dtype, inp.shape), grad, inp.span,
+                             inp.batched)
 
 
 def to_flat_ast(net: CaffeNet, state: CaffeState,

@@ -141,7 +141,8 @@ class _Builder:
                 self.errors.append(ShapeError(decl.span, f"'{decl.name}' has dimension "
                                               f"{bad[0]}: dimensions are 1 to {MAX_EXTENT}"))
         raise_all(self.errors)
-        inputs = tuple(Input(d.name, d.type, d.grad, d.span) for d in self.inputs.values())
+        inputs = tuple(Input(d.name, d.type, d.grad, d.span, d.batched)
+                       for d in self.inputs.values())
         for d in self.inputs.values():
             if d.grad and not d.type.is_float:
                 self.errors.append(ShapeError(d.span, f"input '{d.name}' is {d.type.dtype}: "

@@ -98,6 +98,10 @@ class Input:
     type: TensorType
     requires_grad: bool
     span: Span
+    # True: dimension 0 is the batch, which --input-shape, --batch and data sharding change;
+    # False: the whole array goes with every batch at its declared shape (SSD's priors, and
+    # its ground truth, whose rows name their image)
+    batched: bool = True
 
 
 @dataclass(frozen=True, slots=True)
