@@ -31,6 +31,24 @@ CASES = {
     "densenet121_deploy": ((), "conv1*"),
     "cifar10_full_train_test": (("data=2,3,32,32",), "conv1"),
     "ssd300_vgg_train": (("label=1,1,3,8",), "conv4_3*"),
+    "resnet50_deploy": ((), "res2a_branch*"),
+    "inception_v3_deploy": ((), "conv_*"),
+    "mobilenet_v1_deploy": ((), "conv1*"),
+    "mobilenet_v2_deploy": ((), "conv2_1/*"),
+    "squeezenet_v1_1_train_val": ((), "fire2/*"),
+    "xception_deploy": ((), "xception1_*"),
+    "fcn8s_deploy": ((), "conv*"),
+    # the Python layers' tops: the documented stop-point import
+    "faster_rcnn_train": (("data=1,3,32,48", "im_info=1,3", "gt_boxes=4,5",
+                           "rpn_labels=1,1,18,3", "rpn_bbox_targets=1,36,2,3",
+                           "rpn_bbox_inside_weights=1,36,2,3",
+                           "rpn_bbox_outside_weights=1,36,2,3", "rpn_rois=8,5", "rois=8,5",
+                           "labels=8", "bbox_targets=8,12", "bbox_inside_weights=8,12",
+                           "bbox_outside_weights=8,12"), "conv*"),
+    "openpose_train": ((), "conv*"),
+    "mnist_autoencoder": (("data=2,1,28,28",), "encode*"),
+    "mnist_siamese_train_test": (("pair_data=2,2,28,28",), "ip1*"),
+    "cifar10_full_sigmoid_train_test_bn": (("data=2,3,32,32",), "conv1"),
 }
 
 
@@ -57,8 +75,11 @@ def _table(explained: str) -> str:
     (findings name where they are, a line of the file explained)."""
     body = explained[explained.index("\nlayer "):].splitlines()
     end = next((i for i, line in enumerate(body)
-                if line.startswith("warning") or re.match(r"\S+:\d+:\d+: ", line)), len(body))
-    return _words("\n".join(body[:end]))
+                if line.startswith("warning") or re.match(r"\S+:\d+:\d+:( |$)", line)),
+               len(body))
+    # a reason may cite where a setting is written (weight.lr=0 at FILE:LINE:COL): in the
+    # prototxt or in the .bw
+    return re.sub(r" at \S+:\d+:\d+\)", " at <source>)", _words("\n".join(body[:end])))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -74,8 +95,9 @@ def test_explain_and_the_caffe_view_run_with_only_input_shapes(case, capsys):
 def test_the_plan_never_computes_a_gradient_caffe_skips(case):
     result = _imported(case)
     plan = make_plan(result.net)
-    for layer in result.caffe.layers:
-        for ir_name in result.layer_map.get(layer.name, ()) if layer.source else ():
+    assert len(result.built_as) == len(result.caffe.layers)
+    for layer, built in zip(result.caffe.layers, result.built_as):
+        for ir_name in built if layer.source else ():
             if not layer.need_backward:
                 assert not plan.layer(ir_name).has_backward, f"{case}: {ir_name}"
 
@@ -245,3 +267,25 @@ def test_multibox_settings_bwplan_does_not_implement_are_errors(edit, words):
         import_caffe_text(text.replace(*edit), "ssd.prototxt",
                           input_shapes={"label": (1, 1, 3, 8)})
     assert words in info.value.message
+
+
+def test_two_layers_of_one_name_are_told_apart():
+    # BVLC's mnist_autoencoder names both its losses "loss"; the l2 one (loss_weight 0)
+    # needs no backward, and the Caffe view compares each with the layer it became
+    result = _imported("mnist_autoencoder")
+    losses = [(layer.need_backward, built) for layer, built
+              in zip(result.caffe.layers, result.built_as) if layer.name == "loss"]
+    assert losses == [(True, ("loss",)), (False, ("loss_2",))]
+    assert result.net.layer("loss").op == "sigmoid_cross_entropy_loss"
+    assert result.net.layer("loss_2").loss_weight == 0
+
+
+def test_siamese_with_conv2_frozen_in_both_towers_warns_nothing_false():
+    # issue 9: one warning said bwplan skips the shared gradient in conv2_p while the plan
+    # computed it; conv2's weight and bias (shared by name) have lr_mult 0 in both uses
+    result = _imported("mnist_siamese_train_test")
+    plan = make_plan(result.net)
+    for name in ("conv2", "conv2_p"):
+        assert not any(d.needed for d in plan.layer(name).dw), name
+        assert plan.layer(name).dx[0].needed, name     # conv1 below still trains
+    assert not [w for w in result.warnings if "conv2" in w.text]

@@ -70,6 +70,10 @@ class _Input:
 class FlatImport:
     module: ast.Module
     layer_map: Mapping[str, tuple[str, ...]]
+    # per layer of the state, in order: the bwplan layers it became. Caffe layer names need
+    # not be unique (BVLC's mnist_autoencoder has two layers named "loss"), and layer_map
+    # merges the layers of one name
+    built_as: tuple[tuple[str, ...], ...] = ()
 
 
 def _row(layer: CaffeLayer) -> Import:
@@ -121,24 +125,29 @@ class _Converter:
         self.params: dict[str, ast.ParamDecl] = {}  # Caffe param name -> its declaration
         self.layers: list[ast.LayerStmt] = []
         self.layer_map: dict[str, tuple[str, ...]] = {}
+        self.built_as: list[tuple[str, ...]] = []
 
     def run(self) -> FlatImport:
         self.check_input_shapes()
         self.check_layers()
         for (built, original), ls in zip(self.pairs, self.state.layers):
+            before = len(self.layers)
             if original is None:
                 self.layer_map[built.name] = ()
                 self.alias(built, built)
+                self.built_as.append(())
                 continue
             row = _row(original)
             self.layer_map.setdefault(original.name, ())
             kinds = {"inputs": self.data, "layer": self.layer, "per_top": self.per_top,
                      "alias": self.alias}
             kinds[row.kind](original, built, ls, row)
+            self.built_as.append(tuple(s.name for s in self.layers[before:]))
         inputs = tuple(self.input_decl(i) for i in self.inputs.values())
         module = ast.Module(self.net.path, inputs + tuple(self.params.values())
                             + tuple(self.layers))
-        return FlatImport(module, MappingProxyType(dict(self.layer_map)))
+        return FlatImport(module, MappingProxyType(dict(self.layer_map)),
+                          tuple(self.built_as))
 
     # ---- kinds ------------------------------------------------------------------------
     def alias(self, layer: CaffeLayer, built: CaffeLayer, *_) -> None:
