@@ -76,6 +76,20 @@ class FlatImport:
     built_as: tuple[tuple[str, ...], ...] = ()
 
 
+def _filler(layer: CaffeLayer) -> list[ast.Modifier]:
+    """`weight.init="bilinear"` where the weight's filler is Caffe's bilinear one: the
+    fixed upsampling kernel of FCN-style deconvolutions (lr_mult 0), which a random start
+    would silently replace. Other fillers only set where training starts; bwplan's own
+    initialisation (or loaded weights) stands in for them."""
+    for name in ("convolution_param", "inner_product_param"):
+        filler = layer.sub(name).get("weight_filler") if layer.sub(name) else None
+        filler = filler[0] if isinstance(filler, tuple) else filler
+        kind = filler.get("type") if filler is not None else None
+        if (kind[0] if isinstance(kind, tuple) else kind) == "bilinear":
+            return [ast.Modifier("weight.init", "bilinear", filler.span)]
+    return []
+
+
 def _row(layer: CaffeLayer) -> Import:
     row = caffe_type(layer.type).imports
     if row is None:
@@ -188,6 +202,8 @@ class _Converter:
             slot = row.slots[pid] if pid < len(row.slots) else None
             if slot is not None:
                 self.param_use(layer, pid, ps, slot, row.stats, kwargs, modifiers)
+        if "weight" in row.slots[:1]:
+            modifiers += _filler(layer)
         call = ast.Call(op, args, tuple(kwargs), layer.span, layer.record.where("type"))
         self.layers.append(ast.LayerStmt(name, call, tuple(modifiers), layer.span,
                                          layer.record.where("name")))

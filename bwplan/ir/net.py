@@ -53,6 +53,11 @@ class ParamUse:
     frozen_by: str = ""
 
 
+# initial values a `.bw` may choose with `SLOT.init="..."` (runtime/init.py computes them);
+# "bilinear" is Caffe's BilinearFiller, the fixed upsampling kernel of a deconvolution
+CHOSEN_INITS = ("xavier", "zeros", "ones", "bilinear")
+
+
 @dataclass(frozen=True, slots=True)
 class Param:
     name: str
