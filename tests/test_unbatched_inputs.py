@@ -85,3 +85,19 @@ def test_the_priors_do_not_follow_a_batch_change_from_one():
     shapes = {i.name: (i.type.shape, i.batched) for i in net.inputs}
     assert shapes == {"data": ((2, 3, 32, 32), True), "label": ((1, 1, 4, 8), False),
                       "conv4_3_norm_mbox_priorbox": ((1, 2, 1024), False)}
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_boxes_naming_an_image_beyond_the_batch_are_a_data_error(ssd, tmp_path, target,
+                                                                   capsys):
+    # the last batch of three images in twos holds one image; the boxes of image 1 then
+    # name no image of it: exit 2 with the row, never a traceback
+    batch = _ssd_batch(2)
+    data = tmp_path / "odd.npz"
+    save_arrays(str(data), {"data": np.concatenate([batch["data"]] * 2)[:3],
+                            "label": batch["label"],
+                            "conv4_3_norm_mbox_priorbox": batch["conv4_3_norm_mbox_priorbox"]})
+    assert main(["train", str(ssd), "--data", str(data), "--batch", "2", "--epochs", "1",
+                 "--target", target]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "its image is beyond the batch of 1" in err and "Traceback" not in err
