@@ -216,9 +216,11 @@ class CompiledNet:
         for inp in self.net.inputs:
             arr = np.asarray(batch[inp.name])
             want = inp.type.shape
-            if arr.ndim != len(want) or tuple(arr.shape[1:]) != tuple(want[1:]):
+            if arr.ndim != len(want) or tuple(arr.shape[1:]) != tuple(want[1:]) or (
+                    not inp.batched and tuple(arr.shape) != tuple(want)):
                 raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' has shape "
-                                 f"{list(arr.shape)}, the net expects {list(want)}")
+                                 f"{list(arr.shape)}, the net expects {list(want)}" +
+                                 ("" if inp.batched else " (it has no batch axis)"))
             dtype = numpy_dtype(inp.type.dtype)
             if arr.dtype.kind not in "fiu":
                 raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' must hold "
@@ -234,7 +236,7 @@ class CompiledNet:
                     raise BatchError(Span.synthetic("batch"), f"input '{inp.name}' holds "
                                      + problem[0], problem[1])
             out[inp.name] = np.ascontiguousarray(arr)
-            if arr.ndim:
+            if arr.ndim and inp.batched:
                 batch_sizes.add(arr.shape[0])
         if len(batch_sizes) > 1:
             raise BatchError(Span.synthetic("batch"), "inputs disagree on the batch size: " +
@@ -243,12 +245,14 @@ class CompiledNet:
 
     def _executor(self, batch, mode):
         """The program for this batch size and mode, prepared by the target (cached)."""
-        n = next((a.shape[0] for a in batch.values() if a.ndim), None)
+        n = next((batch[i.name].shape[0] for i in self.net.inputs
+                  if i.batched and batch[i.name].ndim), None)
         key = (mode, n)
         ex = self._executors.get(key)
         if ex is not None:
             return ex
-        declared = next((i.type.shape[0] for i in self.net.inputs if i.type.shape), None)
+        declared = next((i.type.shape[0] for i in self.net.inputs
+                         if i.batched and i.type.shape), None)
         if n is None or n == declared:
             plan = self.plan
         else:
@@ -263,9 +267,9 @@ class CompiledNet:
 
 
 def _with_batch(module: ast.Module, n: int) -> ast.Module:
-    """The same network with every input's leading dimension set to n."""
+    """The same network with every batched input's leading dimension set to n."""
     statements = tuple(
         replace(s, type=s.type.with_shape(n, *s.type.shape[1:]))
-        if isinstance(s, ast.InputDecl) and s.type.shape else s
+        if isinstance(s, ast.InputDecl) and s.type.shape and s.batched else s
         for s in module.statements)
     return ast.Module(module.path, statements)

@@ -61,6 +61,8 @@ class CaffeType:
     labels: frozenset[int] = frozenset()
     shape: Rule | None = None           # Caffe's Reshape for this type; None: unknown shapes
     imports: Import | None = None       # what it becomes in bwplan; None: not importable
+    # tops without a batch axis (imported as unbatched inputs: a batch change leaves them)
+    unbatched_tops: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         assert self.nature in NATURES, self.nature
@@ -78,8 +80,10 @@ _LOSS = dict(nature="loss", bottoms=(2, -1, -1), tops=(1, -1, -1), no_force=froz
              shape=s.scalar)
 
 
-def _data(name: str, tops: tuple[int, int, int], shape: Rule | None = None) -> CaffeType:
-    return CaffeType(name, "data", bottoms=_NONE, tops=tops, shape=shape, imports=_DATA)
+def _data(name: str, tops: tuple[int, int, int], shape: Rule | None = None,
+          unbatched_tops: frozenset[int] = frozenset()) -> CaffeType:
+    return CaffeType(name, "data", bottoms=_NONE, tops=tops, shape=shape, imports=_DATA,
+                     unbatched_tops=unbatched_tops)
 
 
 def _unary(name: str, op: str, attrs=m.no_attrs) -> CaffeType:
@@ -99,7 +103,8 @@ _ROWS = (
     _data("HDF5Data", (-1, 1, -1)),
     _data("DenseImageData", (2, -1, -1), s.dense_image_data),      # SegNet
     _data("ImageSegData", (-1, 2, 3), s.image_seg_data),           # DeepLab
-    _data("AnnotatedData", (-1, 1, 2), s.annotated_data),          # SSD
+    # SSD; its label [1, 1, boxes, 8] holds every image's boxes, each row naming its image
+    _data("AnnotatedData", (-1, 1, 2), s.annotated_data, frozenset({1})),
     # ---- layers with parameters ------------------------------------------------------
     CaffeType("Convolution", param_blobs=_bias("convolution_param"), bottoms=(-1, 1, -1),
               tops=(-1, 1, -1), equal_bottoms_tops=True, shape=s.conv,
@@ -208,10 +213,11 @@ _ROWS = (
     CaffeType("Threshold", "stop", bottoms=_ONE, tops=_ONE, shape=s.same,
               imports=Import("layer", "threshold", m.settings(
                   "threshold_param", ("threshold", "threshold", 0.0)))),
+    # the priors [1, 2, P * 4] and the detections [1, 1, D, 7] serve the whole batch
     CaffeType("PriorBox", "stop", bottoms=(2, -1, -1), tops=_ONE, shape=s.prior_box,
-              imports=_STOP),
+              imports=_STOP, unbatched_tops=frozenset({0})),
     CaffeType("DetectionOutput", "stop", bottoms=(-1, 3, 4), tops=_ONE,
-              shape=s.detection_output, imports=_STOP),
+              shape=s.detection_output, imports=_STOP, unbatched_tops=frozenset({0})),
     # ---- losses ----------------------------------------------------------------------
     CaffeType("SoftmaxWithLoss", **{**_LOSS, "tops": (-1, 1, 2)}, labels=frozenset({1}),
               imports=Import("layer", "softmax_cross_entropy", m.softmax_loss)),

@@ -17,8 +17,7 @@ def differences(imported, plan: Plan) -> list[str]:
     gradients and parameter gradients, each with bwplan's reason."""
     net = plan.net
     out = []
-    for layer in imported.caffe.layers:
-        ir_names = imported.layer_map.get(layer.name, ())
+    for layer, ir_names in zip(imported.caffe.layers, imported.built_as):
         if not ir_names or not layer.need_backward:
             continue
         plans = [plan.layer(n) for n in ir_names if net.has_layer(n)]

@@ -111,8 +111,11 @@ class _Init:
             tshapes, _ = caffe_shapes.infer(ctype.shape, layer, [], n_blobs)
             # a top the file gives no shape (an LMDB image without crop_size) has the
             # batch its layer's other tops have (the label's batch_size)
-            batches = {shape[0] for shape in tshapes if shape}
-            for top, shape in zip(layer.tops, tshapes):
+            batches = {shape[0] for j, shape in enumerate(tshapes)
+                       if shape and j not in ctype.unbatched_tops}
+            for j, (top, shape) in enumerate(zip(layer.tops, tshapes)):
+                if j in ctype.unbatched_tops:
+                    continue
                 given = self.input_shapes.get(top)
                 old = shape[0] if shape else min(batches) if len(batches) == 1 else None
                 if given and old is not None and given[0] != old:
@@ -191,7 +194,8 @@ class _Init:
         tshapes = (tshapes + [None] * n_top)[:n_top]
         if not layer.bottoms or getattr(ctype.imports, "kind", "") == "inputs":
             tshapes = [tuple(self.input_shapes[b]) if b in self.input_shapes
-                       else self.follow_batch(s) for b, s in zip(layer.tops, tshapes)
+                       else s if j in ctype.unbatched_tops else self.follow_batch(s)
+                       for j, (b, s) in enumerate(zip(layer.tops, tshapes))
                        ] + tshapes[len(layer.tops):]
         for tid, shape in zip(tids, tshapes):
             self.blob_shape[tid] = shape

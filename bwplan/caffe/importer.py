@@ -25,8 +25,11 @@ class CaffeImport:
     caffe: CaffeState                           # Caffe's own decisions (`explain --caffe`)
     module: ast.Module                          # the flat AST, spans into the prototxt
     net: Net
-    layer_map: Mapping[str, tuple[str, ...]]    # Caffe layer -> bwplan layers
+    layer_map: Mapping[str, tuple[str, ...]]    # Caffe layer name -> bwplan layers
     warnings: tuple[ImportWarning, ...]
+    # per layer of `caffe.layers`, in order: the bwplan layers it became (layer names may
+    # repeat in a prototxt; layer_map merges them)
+    built_as: tuple[tuple[str, ...], ...] = ()
 
 
 def caffe_state(text: str, path: str = "<input>", phase: str = "TRAIN",
@@ -69,4 +72,5 @@ def import_caffe_text(text: str, path: str = "<input>", phase: str = "TRAIN",
     Raises BwSyntaxError for text that does not parse and CaffeError for a net Caffe rejects
     or bwplan cannot import."""
     state, flat, warnings = caffe_module(text, path, phase, input_shapes, strict)
-    return CaffeImport(state, flat.module, build(flat.module), flat.layer_map, warnings)
+    return CaffeImport(state, flat.module, build(flat.module), flat.layer_map, warnings,
+                       flat.built_as)

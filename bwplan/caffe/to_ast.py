@@ -63,12 +63,31 @@ class _Input:
     shape: tuple[int, ...]
     span: Span
     uses: list[tuple[str, int]] = field(default_factory=list)   # (Caffe type, bottom index)
+    batched: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class FlatImport:
     module: ast.Module
     layer_map: Mapping[str, tuple[str, ...]]
+    # per layer of the state, in order: the bwplan layers it became. Caffe layer names need
+    # not be unique (BVLC's mnist_autoencoder has two layers named "loss"), and layer_map
+    # merges the layers of one name
+    built_as: tuple[tuple[str, ...], ...] = ()
+
+
+def _filler(layer: CaffeLayer) -> list[ast.Modifier]:
+    """`weight.init="bilinear"` where the weight's filler is Caffe's bilinear one: the
+    fixed upsampling kernel of FCN-style deconvolutions (lr_mult 0), which a random start
+    would silently replace. Other fillers only set where training starts; bwplan's own
+    initialisation (or loaded weights) stands in for them."""
+    for name in ("convolution_param", "inner_product_param"):
+        filler = layer.sub(name).get("weight_filler") if layer.sub(name) else None
+        filler = filler[0] if isinstance(filler, tuple) else filler
+        kind = filler.get("type") if filler is not None else None
+        if (kind[0] if isinstance(kind, tuple) else kind) == "bilinear":
+            return [ast.Modifier("weight.init", "bilinear", filler.span)]
+    return []
 
 
 def _row(layer: CaffeLayer) -> Import:
@@ -120,24 +139,29 @@ class _Converter:
         self.params: dict[str, ast.ParamDecl] = {}  # Caffe param name -> its declaration
         self.layers: list[ast.LayerStmt] = []
         self.layer_map: dict[str, tuple[str, ...]] = {}
+        self.built_as: list[tuple[str, ...]] = []
 
     def run(self) -> FlatImport:
         self.check_input_shapes()
         self.check_layers()
         for (built, original), ls in zip(self.pairs, self.state.layers):
+            before = len(self.layers)
             if original is None:
                 self.layer_map[built.name] = ()
                 self.alias(built, built)
+                self.built_as.append(())
                 continue
             row = _row(original)
             self.layer_map.setdefault(original.name, ())
             kinds = {"inputs": self.data, "layer": self.layer, "per_top": self.per_top,
                      "alias": self.alias}
             kinds[row.kind](original, built, ls, row)
+            self.built_as.append(tuple(s.name for s in self.layers[before:]))
         inputs = tuple(self.input_decl(i) for i in self.inputs.values())
         module = ast.Module(self.net.path, inputs + tuple(self.params.values())
                             + tuple(self.layers))
-        return FlatImport(module, MappingProxyType(dict(self.layer_map)))
+        return FlatImport(module, MappingProxyType(dict(self.layer_map)),
+                          tuple(self.built_as))
 
     # ---- kinds ------------------------------------------------------------------------
     def alias(self, layer: CaffeLayer, built: CaffeLayer, *_) -> None:
@@ -147,7 +171,8 @@ class _Converter:
     def data(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
         for j, top in enumerate(layer.tops):
             name = self.names.take(top)     # check_data made sure the shape is known
-            self.inputs[name] = _Input(name, tuple(ls.tops[j].shape), layer.top_span(j))
+            self.inputs[name] = _Input(name, tuple(ls.tops[j].shape), layer.top_span(j),
+                                       batched=j not in caffe_type(layer.type).unbatched_tops)
             self.current[top] = name
 
     def layer(self, layer: CaffeLayer, built: CaffeLayer, ls: LayerState, row: Import) -> None:
@@ -177,6 +202,8 @@ class _Converter:
             slot = row.slots[pid] if pid < len(row.slots) else None
             if slot is not None:
                 self.param_use(layer, pid, ps, slot, row.stats, kwargs, modifiers)
+        if "weight" in row.slots[:1]:
+            modifiers += _filler(layer)
         call = ast.Call(op, args, tuple(kwargs), layer.span, layer.record.where("type"))
         self.layers.append(ast.LayerStmt(name, call, tuple(modifiers), layer.span,
                                          layer.record.where("name")))
@@ -318,7 +345,8 @@ class _Converter:
         labels_only = bool(inp.uses) and all(j in caffe_type(t).labels for t, j in inp.uses)
         dtype = "i64" if labels_only else "f32"
         grad = self.net.force_backward and dtype == "f32"
-        return ast.InputDecl(inp.name, TensorType(dtype, inp.shape), grad, inp.span)
+        return ast.InputDecl(inp.name, TensorType(dtype, inp.shape), grad, inp.span,
+                             inp.batched)
 
 
 def to_flat_ast(net: CaffeNet, state: CaffeState,

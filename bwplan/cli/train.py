@@ -81,7 +81,8 @@ def run(args) -> int:
         loaded = prog.load_weights(args.weights, rename=rename, skip=args.skip)
         print(f"loaded {len(loaded)} parameters from {args.weights}", file=sys.stderr)
     data = load_dataset(args.data, [i.name for i in prog.net.inputs],
-                        {i.name: i.type.shape for i in prog.net.inputs})
+                        {i.name: i.type.shape for i in prog.net.inputs},
+                        frozenset(i.name for i in prog.net.inputs if not i.batched))
     check_dataset(prog.net, data.train, data.val, args.data)
     if schedule is not None:
         schedule = check_schedule(schedule, prog.net, [], args.epochs)

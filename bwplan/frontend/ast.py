@@ -65,6 +65,8 @@ class InputDecl:
     type: TensorType
     grad: bool
     span: Span
+    # False: the input has no batch axis (SSD's priors and ground truth); see Input.batched
+    batched: bool = True
 
 
 @record

@@ -163,8 +163,9 @@ class _ToAst(Transformer):
         return _Val(TensorType(str(dtype), tuple(int(d) for d in dims)), self._span(items))
 
     def input_decl(self, items):
-        _, name, _, ttype, grad = items
-        return ast.InputDecl(str(name), ttype.value, grad is not None, self._span(items))
+        _, name, _, ttype, grad, unbatched = items
+        return ast.InputDecl(str(name), ttype.value, grad is not None, self._span(items),
+                             batched=unbatched is None)
 
     def param_decl(self, items):
         _, name, _, ttype, *mods = items

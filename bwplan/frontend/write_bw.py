@@ -89,6 +89,7 @@ def _call(call: ast.Call) -> str:
 def _statement(stmt: ast.Statement) -> str:
     if isinstance(stmt, ast.InputDecl):
         grad = " grad" if stmt.grad else ""
+        grad += "" if stmt.batched else " unbatched"
         return f"input {_name(stmt.name, 'input', stmt.span)}: {_type(stmt.type)}{grad}"
     if isinstance(stmt, ast.ParamDecl):
         return (f"param {_name(stmt.name, 'param', stmt.span)}: {_type(stmt.type)}"

@@ -21,7 +21,8 @@ from bwplan.errors import (AttrError, BwError, CycleError, ParamError, Redefined
 from bwplan.frontend import ast
 from bwplan.gc_pause import cyclic_gc_paused
 from bwplan.ir import verify
-from bwplan.ir.net import Edge, Input, Layer, Net, Param, ParamUse, make_graph
+from bwplan.ir.net import (CHOSEN_INITS, Edge, Input, Layer, Net, Param, ParamUse,
+                           make_graph)
 from bwplan.ir.rows import add_rows, parse_rows, rows_problem
 from bwplan.ir.types import MAX_EXTENT, TensorType
 from bwplan.ops.opdef import REQUIRED, AttrSpec, OpCtx, OpDef
@@ -55,6 +56,7 @@ class _Builder:
         self.param_decls: dict[str, ast.ParamDecl] = {}
         self.stmts: dict[str, ast.LayerStmt] = {}
         self.order: dict[str, int] = {}
+        self.chosen_inits: dict[str, tuple[str, Span]] = {}   # param -> init=, where
 
     # ---- 1. names ------------------------------------------------------------------
     def collect(self) -> None:
@@ -147,7 +149,8 @@ class _Builder:
                 self.errors.append(ShapeError(decl.span, f"'{decl.name}' has dimension "
                                               f"{bad[0]}: dimensions are 1 to {MAX_EXTENT}"))
         raise_all(self.errors)
-        inputs = tuple(Input(d.name, d.type, d.grad, d.span) for d in self.inputs.values())
+        inputs = tuple(Input(d.name, d.type, d.grad, d.span, d.batched)
+                       for d in self.inputs.values())
         for d in self.inputs.values():
             if d.grad and not d.type.is_float:
                 self.errors.append(ShapeError(d.span, f"input '{d.name}' is {d.type.dtype}: "
@@ -285,6 +288,8 @@ class _Builder:
                 params[pname] = Param(pname, ptype, slot.learnable,
                                       decl.span if decl else stmt.span, slot.init)
                 first_use[pname] = span
+            if slot.name in settings.inits:
+                params[pname] = self.chosen_init(params[pname], *settings.inits[slot.name])
             if slot.name in settings.frozen_rows:
                 text, where = settings.frozen_rows[slot.name]
                 rows = parse_rows(where, f"{stmt.name}.{slot.name}.frozen_rows", text,
@@ -329,6 +334,18 @@ class _Builder:
                 values[spec.name] = spec.default
         return MappingProxyType(values)
 
+    def chosen_init(self, param: Param, init: str, span: Span) -> Param:
+        """`SLOT.init=` on a use: the parameter's initial value (one per parameter)."""
+        shape = param.type.shape
+        if init == "bilinear" and (len(shape) != 4 or shape[2] != shape[3]):
+            raise AttrError(span, f"init=\"bilinear\" needs a square 4-D kernel; "
+                            f"'{param.name}' is {param.type}")
+        chosen = self.chosen_inits.setdefault(param.name, (init, span))
+        if chosen[0] != init:
+            raise AttrError(span, f"'{param.name}' is shared and starts as {chosen[0]} "
+                            f"(init= at {chosen[1]}), not {init}")
+        return replace(param, init=init)
+
     def settings(self, op: OpDef, stmt: ast.LayerStmt, attrs) -> "_Settings":
         s = _Settings(lr_scale=stmt.lr_scale, decay_scale=stmt.decay_scale)
         slots = {p.name for p in op.param_slots(attrs)}
@@ -338,6 +355,15 @@ class _Builder:
                 s.frozen = m.span
                 continue
             if key == "shares":
+                continue
+            if key.endswith(".init"):
+                slot = key[:-len(".init")]
+                if slot not in slots:
+                    raise UnknownName(m.span, f"param slot of {op.name}", slot, slots)
+                if m.value not in CHOSEN_INITS:
+                    raise AttrError(m.span, f"'{key}' must be one of " +
+                                    ", ".join(f'"{v}"' for v in CHOSEN_INITS))
+                s.inits[slot] = (m.value, m.span)
                 continue
             if key.endswith(".frozen_rows"):
                 slot = key[:-len(".frozen_rows")]
@@ -385,10 +411,12 @@ class _Settings:
     decay_scale: float = 1.0
     per_slot: dict = None  # slot -> {"lr"/"decay": (value, span)}
     frozen_rows: dict = None  # slot -> (ranges as written, span)
+    inits: dict = None  # slot -> (initial value's name, span)
 
     def __post_init__(self) -> None:
         self.per_slot = {}
         self.frozen_rows = {}
+        self.inits = {}
 
     def use(self, pname: str, slot: str, learnable: bool, decl: ast.ParamDecl | None,
             span: Span) -> ParamUse:

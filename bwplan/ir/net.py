@@ -54,6 +54,11 @@ class ParamUse:
     frozen_by: str = ""
 
 
+# initial values a `.bw` may choose with `SLOT.init="..."` (runtime/init.py computes them);
+# "bilinear" is Caffe's BilinearFiller, the fixed upsampling kernel of a deconvolution
+CHOSEN_INITS = ("xavier", "zeros", "ones", "bilinear")
+
+
 @record
 class Param:
     name: str
@@ -99,6 +104,10 @@ class Input:
     type: TensorType
     requires_grad: bool
     span: Span
+    # True: dimension 0 is the batch, which --input-shape, --batch and data sharding change;
+    # False: the whole array goes with every batch at its declared shape (SSD's priors, and
+    # its ground truth, whose rows name their image)
+    batched: bool = True
 
 
 @record

@@ -52,9 +52,10 @@ def check_dataset(net: Net, train: Mapping[str, np.ndarray], val: Mapping[str, n
     """Every array fits its input's element kind, holds finite values (floats) and, where it
     feeds a label port, only classes of the consuming layer or its ignore label."""
     where = Span.whole(path)
-    if not len(next(iter(train.values()))):
+    batched = [i.name for i in net.inputs if i.batched]
+    if not len(train[batched[0]] if batched else next(iter(train.values()))):
         raise DataError(where, "the data set is empty: the training arrays have no rows")
-    if val and not len(next(iter(val.values()))):
+    if val and not len(val[batched[0]] if batched else next(iter(val.values()))):
         raise DataError(where, "the validation arrays (val/...) have no rows",
                         "leave them out to train without validation")
     for split, arrays in (("", train), ("val/", val)):

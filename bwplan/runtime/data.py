@@ -18,10 +18,16 @@ from bwplan.source import Span
 class Dataset:
     train: dict[str, np.ndarray]
     val: dict[str, np.ndarray]
+    # the arrays of unbatched inputs: each goes whole with every batch
+    whole: frozenset[str] = frozenset()
 
     @property
     def size(self) -> int:
-        return len(next(iter(self.train.values())))
+        return len(next(v for k, v in self.train.items() if k not in self.whole))
+
+    def rows(self, arrays: Mapping[str, np.ndarray], idx) -> dict[str, np.ndarray]:
+        """The samples `idx` (indices or a slice) of a split; unbatched arrays whole."""
+        return {k: v if k in self.whole else v[idx] for k, v in arrays.items()}
 
     def batches(self, batch: int, rng: np.random.Generator | None
                 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
@@ -30,14 +36,16 @@ class Dataset:
         order = rng.permutation(self.size) if rng is not None else np.arange(self.size)
         for start in range(0, self.size, batch):
             idx = np.sort(order[start:start + batch])
-            yield idx, {k: v[idx] for k, v in self.train.items()}
+            yield idx, self.rows(self.train, idx)
 
 
 def load_dataset(path: str, inputs: list[str],
-                 shapes: Mapping[str, tuple[int, ...]] | None = None) -> Dataset:
+                 shapes: Mapping[str, tuple[int, ...]] | None = None,
+                 unbatched: frozenset[str] = frozenset()) -> Dataset:
     """Reads only the arrays of the net's inputs (and their val/ twins). shapes: the net's
     declared input shapes; arrays must match them but for the batch dimension (checked
-    here, so that the error names the data file)."""
+    here, so that the error names the data file). unbatched: inputs without a batch axis,
+    whose arrays match their shapes exactly and go whole with every batch."""
     with NpzArchive(path, "data file") as archive:
         missing = [n for n in inputs if n not in archive]
         if missing:
@@ -51,20 +59,30 @@ def load_dataset(path: str, inputs: list[str],
         raise DataError(Span.whole(path), f"array '{scalar[0]}' is a single value (0-d): "
                         "a data array holds one sample per row")
     train = {n: arrays[n] for n in inputs}
-    sizes = {len(v) for v in train.values()}
+    batched = {n: v for n, v in train.items() if n not in unbatched}
+    if not batched:
+        raise DataError(Span.whole(path), "every input of the net is unbatched: the data "
+                        "file has no samples to take batches of")
+    sizes = {len(v) for v in batched.values()}
     if len(sizes) != 1:
         raise DataError(Span.whole(path), "the input arrays differ in length: " +
-                        ", ".join(f"{n}: {len(v)}" for n, v in train.items()))
+                        ", ".join(f"{n}: {len(v)}" for n, v in batched.items()))
     val = {n: arrays[f"val/{n}"] for n in inputs if f"val/{n}" in arrays}
     for name, want in (shapes or {}).items():
         for key, arr in ((name, train.get(name)), (f"val/{name}", val.get(name))):
-            if arr is not None and (arr.ndim != len(want) or arr.shape[1:] != tuple(want[1:])):
-                expected = ", ".join(["N"] + [str(d) for d in want[1:]])
+            whole = name in unbatched
+            if arr is not None and (arr.ndim != len(want) or arr.shape[1:] != tuple(want[1:])
+                                    or whole and arr.shape != tuple(want)):
+                expected = ", ".join(["N"] * (not whole) + [str(d) for d in want[not whole:]])
                 raise DataError(Span.whole(path), f"array '{key}' has shape {list(arr.shape)}; "
-                                f"the net's input '{name}' is [{expected}]")
+                                f"the net's input '{name}' is [{expected}]" +
+                                (" (unbatched: the whole array goes with every batch)"
+                                 if whole else ""))
+    if val:     # an unbatched input is the same for validation unless val/ says otherwise
+        val.update({n: train[n] for n in unbatched if n in train and n not in val})
     if val and len(val) != len(inputs):
         raise DataError(Span.whole(path), "validation arrays must cover every input")
-    return Dataset(train, val)
+    return Dataset(train, val, frozenset(unbatched) & set(inputs))
 
 
 def digits(classes: list[int], val_fraction: float = 0.2, seed: int = 0,

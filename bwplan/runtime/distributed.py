@@ -315,11 +315,13 @@ class DataParallel:
         self.comm.check_same(h.digest(), what)
 
     def local(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """This rank's contiguous shard of a global batch; its share scales the losses."""
-        n = len(next(iter(batch.values())))
+        """This rank's contiguous shard of a global batch; its share scales the losses.
+        An unbatched input (no batch axis) goes whole to every rank."""
+        whole = {i.name for i in self.prog.net.inputs if not i.batched}
+        n = len(next(v for k, v in batch.items() if k not in whole))
         lo, hi = shard_bounds(n, self.comm.rank, self.comm.size)
         self.share = (hi - lo) / n if n else 0.0
-        return {k: v[lo:hi] for k, v in batch.items()}
+        return {k: v if k in whole else v[lo:hi] for k, v in batch.items()}
 
     def shard(self, data: Dataset, batch: int) -> ShardedDataset:
         if batch % self.comm.size:
@@ -327,12 +329,14 @@ class DataParallel:
                          f"{self.comm.size} processes",
                          f"use a multiple of {self.comm.size}, e.g. "
                          f"{max(1, batch // self.comm.size) * self.comm.size}")
-        return ShardedDataset(data.train, data.val, dp=self)
+        return ShardedDataset(data.train, data.val, data.whole, dp=self)
 
     # ---- hooks called by CompiledNet.run_step --------------------------------------------
     def is_empty(self, batch: Mapping[str, np.ndarray]) -> bool:
         """A shard with no samples (the last global batch smaller than the rank count)."""
-        return any(np.asarray(v).ndim and len(v) == 0 for v in batch.values())
+        whole = {i.name for i in self.prog.net.inputs if not i.batched}
+        return any(np.asarray(v).ndim and len(v) == 0 for k, v in batch.items()
+                   if k not in whole)
 
     def begin(self, program: Program, grads: dict, scaled: dict) -> dict:
         """Point the gradients at the bucket buffers; returns the executor's hooks."""

@@ -1,6 +1,7 @@
 """Initial parameter values, seeded: "xavier" (Caffe's default filler for weights: uniform
 in +-sqrt(3 / fan_in)), "zeros", "ones", "constant:<value>" (Caffe's constant filler),
-"identity" (a square matrix, e.g. an infogain loss's H until one is loaded)."""
+"identity" (a square matrix, e.g. an infogain loss's H until one is loaded), "bilinear"
+(Caffe's BilinearFiller, chosen with `weight.init="bilinear"`)."""
 from __future__ import annotations
 
 import math
@@ -35,6 +36,8 @@ def initial_params(net: Net, seed: int = 0) -> dict[str, np.ndarray]:
                 value = np.eye(shape[0], dtype=dtype).reshape(shape)
             elif p.init.startswith("constant:"):
                 value = np.full(shape, float(p.init.partition(":")[2]), dtype)
+            elif p.init == "bilinear":
+                value = bilinear(shape, dtype)
             else:
                 fan_in = math.prod(shape[1:]) if len(shape) > 1 else max(1, shape[0])
                 bound = math.sqrt(3.0 / fan_in)
@@ -48,6 +51,17 @@ def initial_params(net: Net, seed: int = 0) -> dict[str, np.ndarray]:
                           f"{_gib(p.type.nbytes)})") from None
         params[name] = value
     return params
+
+
+def bilinear(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Caffe's BilinearFiller: every [K, K] kernel of a [.., .., K, K] weight interpolates
+    bilinearly, (1 - |x / f - c|) (1 - |y / f - c|) with f = ceil(K / 2), c = (K - 1) / 2f;
+    a deconvolution with stride f and group = channels then upsamples each channel."""
+    k = shape[-1]
+    f = math.ceil(k / 2)
+    c = (k - 1) / (2.0 * f)
+    line = 1 - np.abs(np.arange(k) / f - c)
+    return np.broadcast_to(np.outer(line, line), shape).astype(dtype)
 
 
 def _gib(n: int) -> str:

@@ -143,26 +143,27 @@ def train(prog: Trainable, data: Dataset, epochs: int, batch: int, seed: int = 0
                              rules=tuple(prog.rules), full_step=full_step,
                              compile_seconds=seconds_so_far() - compiled_before)
         if data.val:
-            record.val_loss, record.metrics = evaluate(prog, data.val, batch)
+            record.val_loss, record.metrics = evaluate(prog, data.val, batch, data.whole)
         history.append(record)
         if on_epoch:
             on_epoch(record)
     return history
 
 
-def evaluate(prog: Trainable, arrays: dict[str, np.ndarray], batch: int
-             ) -> tuple[float, dict[str, float]]:
-    """Loss and metrics over a data split, weighted by batch size, in inference mode."""
-    n = len(next(iter(arrays.values())))
+def evaluate(prog: Trainable, arrays: dict[str, np.ndarray], batch: int,
+             whole: frozenset[str] = frozenset()) -> tuple[float, dict[str, float]]:
+    """Loss and metrics over a data split, weighted by batch size, in inference mode; the
+    arrays named in `whole` (unbatched inputs) go whole with every batch."""
+    n = len(next(v for k, v in arrays.items() if k not in whole))
     losses = dict(prog.program.losses)
     metrics = list(prog.program.metrics)
     names = list(losses) + metrics
     sums = dict.fromkeys(losses, 0.0)
     metric_sums: dict[str, float] = {}
     for start in range(0, n, batch):
-        b = {k: v[start:start + batch] for k, v in arrays.items()}
+        b = {k: v if k in whole else v[start:start + batch] for k, v in arrays.items()}
         out = prog.forward(b, outputs=names)
-        size = len(next(iter(b.values())))
+        size = min(batch, n - start)
         for name in losses:
             sums[name] += float(out[name]) * size
         for key, v in metrics_of(metrics, out).items():
