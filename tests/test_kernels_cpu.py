@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bwplan import ops as registry  # noqa: E402
+from bwplan.errors import DataError  # noqa: E402
 from bwplan.kernels import cpu  # noqa: E402
 from bwplan.kernels.cpu import conv as conv_kernels  # noqa: E402
 from bwplan.kernels.cpu import elementwise as elementwise_kernels  # noqa: E402
@@ -508,7 +509,7 @@ def test_embed_takes_integer_or_float_indices_and_refuses_one_out_of_range(dtype
     run.check_grads()
     bad = np.array([0, 4]).astype(dtype)
     ctx = make_ctx(run.op, dict(num_output=5, input_dim=4), [bad])
-    with pytest.raises(ValueError, match="embed index 4 at position 1 is outside"):
+    with pytest.raises(DataError, match="embed index 4 at position 1 is outside"):
         kernel(run.op, "fwd")(ctx, [bad], run.params, np.empty((2, 5), np.float32), {}, True,
                               None)
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from bwplan.errors import DataError
+from bwplan.source import Span
+
 from bwplan.ir.types import TensorType
 from bwplan.ops.opdef import (REQUIRED, AttrSpec, GradRule, on_every_target, OpCtx, OpDef,
                               ParamSlot, Port, out_numel)
@@ -23,12 +26,12 @@ def _embed_infer(ctx: OpCtx) -> TensorType:
 
 def indices(x: np.ndarray, input_dim: int) -> np.ndarray:
     """The row of every index, truncated towards zero as Caffe casts a float to int;
-    ValueError for one outside [0, input_dim)."""
+    a DataError (the batch's fault) for one outside [0, input_dim)."""
     idx = np.asarray(x).reshape(-1).astype(np.int64)
     bad = np.flatnonzero((idx < 0) | (idx >= input_dim))
     if bad.size:
-        raise ValueError(f"embed index {idx[bad[0]]} at position {bad[0]} is outside "
-                         f"[0, {input_dim})")
+        raise DataError(Span.synthetic("batch"), f"embed index {idx[bad[0]]} at position "
+                        f"{bad[0]} is outside [0, {input_dim})")
     return idx
 
 

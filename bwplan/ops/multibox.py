@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from bwplan.errors import DataError
+from bwplan.source import Span
+
 FLT_MIN = np.float32(np.finfo(np.float32).tiny)
 NO_MATCH = -1
 
@@ -39,8 +42,9 @@ def ground_truth(gt: np.ndarray, num: int, background: int, use_difficult: bool
         out.append((mine[:, 1].astype(np.int64), mine[:, 3:7]))
     bad = rows[(rows[:, 0] >= num) | ((rows[:, 0] >= 0) & (rows[:, 1] == background))]
     if len(bad):
-        raise ValueError(f"ground-truth row {bad[0].tolist()}: its image is beyond the batch "
-                         f"of {num} or its label is the background {background}")
+        raise DataError(Span.synthetic("batch"), f"ground-truth row {bad[0].tolist()}: its "
+                        f"image is beyond the batch of {num} or its label is the background "
+                        f"{background}")
     return out
 
 

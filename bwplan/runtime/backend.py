@@ -15,9 +15,8 @@ from collections.abc import Callable
 import numpy as np
 
 from bwplan import ops as registry
-from bwplan.errors import DataError, InternalError
+from bwplan.errors import InternalError
 from bwplan.ops.needs import Component
-from bwplan.source import Span
 
 
 class ReferenceBackend:
@@ -28,14 +27,11 @@ class ReferenceBackend:
         op = registry.OPS[op_name]
         if component.kind == "fwd":
             def fwd(ctx, inputs, params, out, aux, training, rng):
-                try:
-                    value, produced = op.forward_ref(ctx, list(inputs), dict(params),
-                                                     training, rng)
-                except ValueError as err:
-                    # a reference refuses values its op cannot take (an embed index out of
-                    # range, a ground-truth box naming no image of the batch): the data's
-                    # fault, as the cpu kernels report it
-                    raise DataError(Span.synthetic("batch"), f"{op.name}: {err}") from None
+                # a reference refuses values its op cannot take (an embed index out of
+                # range, a ground-truth box naming no image of the batch) with a DataError,
+                # as the cpu kernels do
+                value, produced = op.forward_ref(ctx, list(inputs), dict(params), training,
+                                                 rng)
                 if training and op.state_update_ref is not None:
                     op.state_update_ref(ctx, list(inputs), params)
                 out[...] = value
