@@ -82,3 +82,14 @@ def test_frozen_rows_and_later_uses_are_not_paired(tmp_path):
     program = _compiled(tmp_path, 0.0, freeze=["conv2.bias[0:2]"]).program
     assert not any(s.sum_of >= 0 for s in program.backward if s.layer == "conv2")
     assert any(s.sum_of >= 0 for s in program.backward if s.layer == "conv1")
+
+
+def test_the_schedule_json_says_which_step_sums(tmp_path):
+    import json
+    prog = _compiled(tmp_path, 0.0)
+    backward = json.loads(prog.program_json())["backward"]
+    paired = {(s["layer"], s["component"]): backward[s["sum_of"]]["layer"]
+              for s in backward if s["sum_of"] >= 0}
+    assert paired[("conv1", "dw:bias")] == "relu1"
+    assert paired[("fc1", "dw:bias")] == "relu3"
+    assert all(s["sum_of"] == -1 for s in backward if s["component"] != "dw:bias")
