@@ -111,6 +111,10 @@ class Step:
     scratch: BufferId | None = None   # an accumulating dX's temporary (see Buffer.scratch)
     flops: int = 0
     frees: tuple[BufferId, ...] = ()  # buffers dead after this step
+    # dW of a bias (GradRule.channel_sum): the backward step that writes this layer's
+    # d(out) whole, which nothing adds to later; a target whose kernel for that step can
+    # sum its output per channel in the same pass computes this gradient there. -1: none
+    sum_of: int = -1
 
 
 @dataclass(frozen=True)

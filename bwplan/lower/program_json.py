@@ -15,7 +15,9 @@ def _step(s: Step) -> dict:
             "target": s.param if s.target is None else str(s.target),
             "accumulate": s.accumulate, "aux": list(s.aux),
             "reads": [str(b) for b in s.reads], "flops": s.flops,
-            "frees": [str(b) for b in s.frees]}
+            "frees": [str(b) for b in s.frees],
+            # a bias gradient: the backward step whose output it sums (Step.sum_of), or -1
+            "sum_of": s.sum_of}
 
 
 def program_to_dict(program: Program) -> dict:

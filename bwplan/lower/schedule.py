@@ -10,6 +10,8 @@ gives every buffer its lifetime (`Program.buffers`); runtimes and the peak figur
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import networkx as nx
 
 from bwplan import ops as registry
@@ -76,9 +78,9 @@ def lower(plan: Plan, prune: bool = True, bindings: dict | None = None) -> Progr
     forward = _forward_steps(net, plan, [l for l, _ in run], keep_until_end, kept)
 
     caller_owned = frozenset(value(i.name) for i in net.inputs)  # the batch is the caller's
-    backward = _backward_steps(specs, kept - caller_owned)
     mixed = frozenset(u.param for u in plan.updates
                       if len({t.lr_mult for t in u.terms if t.computed or not prune}) > 1)
+    backward = _channel_sums(net, _backward_steps(specs, kept - caller_owned), mixed)
     buffers, positions = _lifetimes(net, forward, seeds, backward)
     return _checked(Program(plan, prune, tuple(forward), tuple(backward), tuple(seeds), kept,
                             losses, metrics, mixed, buffers, positions))
@@ -186,6 +188,27 @@ def _backward_steps(specs: list[tuple], kept: frozenset[BufferId]) -> list[Step]
     return [Step(*spec, frees=tuple(b for b in spec[_READS] if last[b] == i
                                     and (b in kept or b.kind == "grad")))
             for i, spec in enumerate(specs)]
+
+
+def _channel_sums(net: Net, steps: list[Step], mixed: frozenset[str]) -> list[Step]:
+    """The steps, each bias gradient (GradRule.channel_sum) paired with the one step that
+    writes its layer's d(out) (`Step.sum_of`): only where that gradient is written whole
+    (its parameter's first use, one lr multiplier, no frozen rows) and d(out) has a single
+    writer that nothing adds to, so that summing the writer's output is the gradient."""
+    writers: dict[BufferId, list[int]] = {}
+    for i, step in enumerate(steps):
+        if step.phase == "dx":
+            writers.setdefault(step.target, []).append(i)
+    for j, step in enumerate(steps):
+        if step.phase != "dw" or step.accumulate or step.param in mixed \
+                or net.params[step.param].frozen_rows:
+            continue
+        if not registry.OPS[net.layer(step.layer).op].grad_for(step.component.wrt).channel_sum:
+            continue
+        found = writers.get(step.dout, [])
+        if len(found) == 1 and not steps[found[0]].accumulate:
+            steps[j] = replace(step, sum_of=found[0])
+    return steps
 
 
 def _lifetimes(net: Net, forward, seeds, backward) -> tuple[tuple[Buffer, ...], int]:

@@ -147,7 +147,8 @@ CONV2D = OpDef(
     grads=(
         GradRule("x", frozenset({"weight"}), lambda ctx: 2 * _macs(ctx), _dx),
         GradRule("weight", frozenset({"x"}), lambda ctx: 2 * _macs(ctx), _dw, by_rows=True),
-        GradRule("bias", frozenset(), lambda ctx: ctx.out.numel, _db, by_rows=True),
+        GradRule("bias", frozenset(), lambda ctx: ctx.out.numel, _db, by_rows=True,
+                 channel_sum=True),
     ),
     forward_ref=_forward,
     kernels=on_every_target({

@@ -159,6 +159,9 @@ class GradRule:
     # (dimension 1) of d(out), at that share of the FLOPs: a partly frozen parameter
     # computes its trainable rows only (linear and conv weight and bias)
     by_rows: bool = False
+    # the gradient is d(out) summed over every axis but 1 (a bias): lowering pairs it with
+    # the step that writes d(out), so a target can sum in that step's pass (Step.sum_of)
+    channel_sum: bool = False
 
     def needs_for(self, attrs: Attrs) -> frozenset[str]:
         return self.needs(attrs) if callable(self.needs) else self.needs

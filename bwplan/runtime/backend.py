@@ -66,6 +66,11 @@ class CpuBackend:
             raise InternalError(f"no cpu kernel for {op_name} {component}")
         return self._cpu.get(names[component.key])
 
+    def channel_sum_kernel(self, op_name: str, component: Component) -> Callable | None:
+        """The dX kernel that also sums its output per channel (Step.sum_of), or None."""
+        names = registry.OPS[op_name].kernels.get("cpu", {})
+        return self._cpu.with_channel_sum(names[component.key])
+
 
 def _configure_once(threads) -> None:
     """Thread pools are set up once per process, before the first kernel runs

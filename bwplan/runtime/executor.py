@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from bwplan import ops as registry
-from bwplan.lower.program import BufferId, Program, aux as aux_id, grad, value
+from bwplan.lower.program import BufferId, Program, Step, aux as aux_id, grad, value
 from bwplan.ops.needs import FWD
 from bwplan.plan.components import op_ctx
 from bwplan.runtime.slices import by_rows
@@ -34,6 +35,9 @@ class StepStats:
     flops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("fwd", "dx", "dw", "update"), 0))
     kernels: list[tuple[str, str, str]] = field(default_factory=list)
+    # (layer, component) of the components computed inside another step's pass (counted in
+    # `launched` and `kernels` all the same: their gradient was computed, their FLOPs done)
+    fused: list[tuple[str, str]] = field(default_factory=list)
     peak_bytes: int = 0
     fresh_allocations: int = 0
     # wall-clock seconds of the forward, the backward and the update
@@ -52,6 +56,32 @@ class StepResult:
     values: dict[str, np.ndarray] = field(default_factory=dict)   # captured outputs
 
 
+class _Forward(NamedTuple):
+    step: Step
+    layer: str
+    kernel: Callable
+    ctx: object
+    out: tuple                      # (shape, dtype) of the output
+    aux: tuple                      # (name, (shape, dtype), buffer id) per aux produced
+    deterministic: bool
+    params: tuple[tuple[str, str], ...]   # (slot, parameter)
+    pos: int
+    label: tuple[str, str, str]     # StepStats.kernels' entry
+
+
+class _Backward(NamedTuple):
+    step: Step
+    layer: str
+    kernel: Callable
+    ctx: object
+    out: tuple | None               # dX: (shape, dtype) of what it writes; dW: None
+    label: tuple[str, str, str]
+
+
+def _shape_dtype(ttype) -> tuple[tuple[int, ...], np.dtype]:
+    return tuple(ttype.shape), numpy_dtype(ttype.dtype)
+
+
 class Executor:
     def __init__(self, program: Program, backend) -> None:
         self.program = program
@@ -66,11 +96,47 @@ class Executor:
             key = (op, step.component)
             if key not in self._kernels:
                 self._kernels[key] = backend.kernel(op, step.component)
+        # the bias gradients lowering paired with the dX step writing their d(out)
+        # (Step.sum_of) that this backend computes in that step's pass: writer index ->
+        # (its summing kernel, the parameter); and the paired dW steps, which then run nothing
+        self._sums: dict[int, tuple[Callable, str]] = {}
+        summing = getattr(backend, "channel_sum_kernel", None)
+        for step in program.backward:
+            if step.sum_of < 0 or summing is None:
+                continue
+            writer = program.backward[step.sum_of]
+            kernel = summing(self.net.layer(writer.layer).op, writer.component)
+            if kernel is not None:
+                self._sums[step.sum_of] = (kernel, step.param)
+        self._summed = frozenset(i for i, s in enumerate(program.backward)
+                                 if s.sum_of in self._sums)
+        self._forward = tuple(self._prepared_forward(pos, step)
+                              for pos, step in enumerate(program.forward))
+        self._backward_steps = tuple(self._prepared_backward(step) for step in program.backward)
+
+    # ---- what every step needs, looked up once per program -------------------------------
+    def _prepared_forward(self, pos: int, step) -> _Forward:
+        layer = self.net.layer(step.layer)
+        ctx = self._ctx[layer.name]
+        op = registry.OPS[layer.op]
+        aux = tuple((a, _shape_dtype(op.aux_spec(a).type(ctx)), aux_id(layer.name, a))
+                    for a in step.aux)
+        return _Forward(step, layer.name, self._kernels[layer.op, FWD], ctx,
+                        _shape_dtype(layer.out), aux, op.is_deterministic(layer.attrs),
+                        tuple((u.slot, u.param) for u in layer.params), pos,
+                        ("fwd", layer.name, "fwd"))
+
+    def _prepared_backward(self, step) -> _Backward:
+        layer = self.net.layer(step.layer)
+        out = None
+        if step.phase == "dx":
+            out = _shape_dtype(self.program.buffer(
+                step.scratch if step.accumulate else step.target).type)
+        return _Backward(step, layer.name, self._kernels[layer.op, step.component],
+                         self._ctx[layer.name], out,
+                         (step.phase, layer.name, str(step.component)))
 
     # ---- helpers -----------------------------------------------------------------------
-    def _params_of(self, layer, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {u.slot: params[u.param] for u in layer.params}
-
     def _alloc(self, ttype) -> np.ndarray:
         return self.pool.acquire(ttype.shape, numpy_dtype(ttype.dtype))
 
@@ -109,26 +175,23 @@ class Executor:
             pool.count(array.nbytes)
         kept_out = {value(n) for n in capture}
 
-        for pos, step in enumerate(program.forward):
-            if step.layer in skip:
+        acquire = pool.acquire
+        for f in self._forward:
+            step = f.step
+            if f.layer in skip:
                 continue
-            layer = net.layer(step.layer)
-            out = self._alloc(layer.out)
-            ctx = self._ctx[layer.name]
-            op = registry.OPS[layer.op]
-            aux = {a: self._alloc(op.aux_spec(a).type(ctx)) for a in step.aux} \
-                if not forward_only else {}
-            rng = None if op.is_deterministic(layer.attrs) else np.random.default_rng(
-                [seed, pos])
-            self._kernels[layer.op, FWD](ctx, [values[s] for s in step.reads],
-                                           self._params_of(layer, params), out, aux, training,
-                                           rng)
+            out = acquire(*f.out)
+            aux = {a: acquire(*spec) for a, spec, _ in f.aux} if not forward_only else {}
+            rng = None if f.deterministic else np.random.default_rng([seed, f.pos])
+            f.kernel(f.ctx, [values[s] for s in step.reads],
+                     {slot: params[p] for slot, p in f.params}, out, aux, training, rng)
             values[step.target] = out
-            for a, buf in aux.items():
-                values[aux_id(layer.name, a)] = buf
+            if aux:
+                for a, _, buf_id in f.aux:
+                    values[buf_id] = aux[a]
             stats.launched["fwd"] += 1
             stats.flops["fwd"] += step.flops
-            stats.kernels.append(("fwd", layer.name, "fwd"))
+            stats.kernels.append(f.label)
             for b in step.frees:
                 if b in values and b not in caller and b not in kept_out:
                     pool.release(values.pop(b))
@@ -164,36 +227,41 @@ class Executor:
             buf = self._alloc(net.layer(seed.layer).out)
             buf.fill(seed.weight * seed_scale.get(seed.layer, 1.0))
             values[grad(seed.layer)] = buf
-        for i, step in enumerate(program.backward):
-            layer = net.layer(step.layer)
-            ctx = self._ctx[layer.name]
+        for i, b in enumerate(self._backward_steps):
+            step, ctx = b.step, b.ctx
             saved = {}
-            for s in step.saved:
-                if s.param:
-                    saved[s.need] = params[s.param]
-                elif s.variadic:
-                    saved[s.need] = [values[b] for b in s.buffers]
+            for sv in step.saved:
+                if sv.param:
+                    saved[sv.need] = params[sv.param]
+                elif sv.variadic:
+                    saved[sv.need] = [values[v] for v in sv.buffers]
                 else:
-                    saved[s.need] = values[s.buffers[0]]
+                    saved[sv.need] = values[sv.buffers[0]]
             dout = values[step.dout]
-            kernel = self._kernels[layer.op, step.component]
-            if step.phase == "dx":
-                out_type = program.buffer(step.scratch if step.accumulate else step.target).type
-                buf = self._alloc(out_type)
-                kernel(ctx, saved, dout, step.index, buf)
+            if i in self._summed:   # computed by the step that wrote its d(out)
+                stats.fused.append(b.label[1:])
+            elif b.out is not None:
+                buf = pool.acquire(*b.out)
+                if i in self._sums:
+                    summing, p = self._sums[i]
+                    if p not in grads:
+                        grads[p] = np.empty_like(params[p])
+                    summing(ctx, saved, dout, step.index, buf, grads[p])
+                else:
+                    b.kernel(ctx, saved, dout, step.index, buf)
                 if step.accumulate:
                     values[step.target] += buf
                     pool.release(buf)
                 else:
                     values[step.target] = buf
             else:
-                self._dw(step, kernel, ctx, saved, dout, params, grads, scaled)
+                self._dw(step, b.kernel, ctx, saved, dout, params, grads, scaled)
             stats.launched[step.phase] += 1
             stats.flops[step.phase] += step.flops
-            stats.kernels.append((step.phase, layer.name, str(step.component)))
-            for b in step.frees:
-                if b in values and b not in caller:
-                    pool.release(values.pop(b))
+            stats.kernels.append(b.label)
+            for f in step.frees:
+                if f in values and f not in caller:
+                    pool.release(values.pop(f))
             if after_step is not None:
                 after_step(i)
 

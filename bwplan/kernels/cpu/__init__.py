@@ -39,3 +39,13 @@ def get(name: str) -> Callable[..., Any]:
     if kernel is None:
         raise KeyError(f"CPU kernel module {family!r} has no kernel {function!r}")
     return kernel
+
+
+def with_channel_sum(name: str) -> Callable[..., Any] | None:
+    """The variant of dX kernel `name` that also sums its output over every axis but 1,
+    `<name>_channel_sum(ctx, saved, dout, index, out, channel_sum)`, or None where the
+    family has none (the executor then runs the bias gradient as its own kernel)."""
+    family, _, function = name.partition(".")
+    get(name)   # the plain kernel exists
+    return getattr(importlib.import_module(f"{__name__}.{family}"), f"{function}_channel_sum",
+                   None)

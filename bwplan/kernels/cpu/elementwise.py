@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from bwplan.kernels.cpu import scratch, threads
-from bwplan.kernels.cpu.views import flat
+from bwplan.kernels.cpu.views import flat, ncs
 
 PARALLEL_ELEMENTS = 1 << 20
 
@@ -66,6 +66,39 @@ def relu_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
 def relu_dx(ctx, saved, dout, index, out) -> None:
     _blocked(_relu_back, flat(saved["out"]), flat(dout), ctx.attrs["negative_slope"],
              flat(out))
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _relu_back_sum(y, dout, slope, out, sums):
+    """_relu_back on [N, C, S] views, and sums[c] = the sum of out[:, c, :] in float64, in
+    the same pass. Serial, so the sum does not depend on the thread count; `reassoc` lets
+    LLVM add in float64 SIMD lanes (as reduce.channel_sum does), never the mask itself."""
+    sums[:] = 0.0
+    if y.shape[2] == 1:   # [N, C] (after linear): along the rows, SIMD over channels
+        for n in range(y.shape[0]):
+            for c in range(y.shape[1]):
+                d = dout[n, c, 0]
+                v = d if y[n, c, 0] > 0 else d * slope
+                out[n, c, 0] = v
+                sums[c] += v
+        return
+    for n in range(y.shape[0]):
+        for c in range(y.shape[1]):
+            acc = 0.0
+            for s in range(y.shape[2]):
+                d = dout[n, c, s]
+                v = d if y[n, c, s] > 0 else d * slope
+                out[n, c, s] = v
+                acc += v
+            sums[c] += acc
+
+
+def relu_dx_channel_sum(ctx, saved, dout, index, out, channel_sum) -> None:
+    """relu_dx, and `channel_sum`[c] = the sum of the result over every axis but 1: the
+    bias gradient of the layer before, in the pass that writes its d(out) (Step.sum_of)."""
+    sums = scratch.buffer("relu.sums", (out.shape[1],), np.float64)
+    _relu_back_sum(ncs(saved["out"]), ncs(dout), ctx.attrs["negative_slope"], ncs(out), sums)
+    channel_sum[...] = sums
 
 
 # ---- clip ----------------------------------------------------------------------------------

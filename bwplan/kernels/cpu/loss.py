@@ -15,6 +15,7 @@ from numba import njit, prange
 
 from bwplan.errors import DataError
 from bwplan.kernels.cpu import multibox as mbk
+from bwplan.kernels.cpu.threads import parallel_from
 from bwplan.kernels.cpu.views import flat, ncs, scalar, view
 from bwplan.ops.loss import FLT_MIN, infogain_split, normalizer, seg_scores
 from bwplan.source import Span
@@ -41,6 +42,7 @@ def _class_weights(ctx) -> np.ndarray:
     return np.asarray(ctx.attrs.get("class_weights", ()), dtype=np.float64)
 
 
+@parallel_from()
 @njit(cache=True, parallel=True)
 def _sce_fwd(z, label, ignore, prob, keep_prob, weights):
     """Sum of -log softmax(z)[label] over the counted positions (times the label's class
@@ -69,6 +71,7 @@ def _sce_fwd(z, label, ignore, prob, keep_prob, weights):
     return loss, count
 
 
+@parallel_from()
 @njit(cache=True, parallel=True)
 def _sce_back(prob, label, ignore, scale, weights, out):
     """(prob - onehot(label)) * scale (times the label's class weight when `weights` is not

@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from bwplan.kernels.cpu.views import view
+from bwplan.kernels.cpu.threads import parallel_from
 from bwplan.ops._shapes import pair
 
 
@@ -33,6 +34,7 @@ def _window(ctx) -> tuple[int, ...]:
 
 
 # ---- max -----------------------------------------------------------------------------------
+@parallel_from()
 @njit(cache=True, parallel=True)
 def _max_fwd(x, kh, kw, sh, sw, ph, pw, out):
     """The forward without an argmax: a plain max, nothing else stored."""
@@ -51,6 +53,7 @@ def _max_fwd(x, kh, kw, sh, sw, ph, pw, out):
                 out[t, oh, ow] = best
 
 
+@parallel_from()
 @njit(cache=True, parallel=True)
 def _max_fwd_arg(x, kh, kw, sh, sw, ph, pw, out, arg):
     h, w = x.shape[1], x.shape[2]
@@ -76,6 +79,7 @@ def _max_fwd_arg(x, kh, kw, sh, sw, ph, pw, out, arg):
 # fixed loads per output instead of two loops of run-time length and their bounds. 3-6x
 # faster than the general loops on cnn_small's pools. They compare in the general loops'
 # order, so they give the same maxima and the same argmax.
+@parallel_from()
 @njit(cache=True, parallel=True)
 def _max2_fwd(x, out):
     for t in prange(x.shape[0]):
@@ -86,6 +90,7 @@ def _max2_fwd(x, out):
                                      x[t, 2 * oh + 1, 2 * ow + 1])
 
 
+@parallel_from()
 @njit(cache=True, parallel=True)
 def _max2_fwd_arg(x, out, arg):
     w = x.shape[2]
@@ -108,6 +113,7 @@ def _max2_fwd_arg(x, out, arg):
                 arg[t, oh, ow] = at
 
 
+@parallel_from()
 @njit(cache=True, parallel=True)
 def _max_back(arg, dout, dx):
     """dx[plane][arg] += dout: overlapping windows may pick the same cell."""
@@ -150,6 +156,7 @@ def _ave_extent(o, k, s, p, size, count_pad):
     return lo, hi, (end - start) if count_pad else (hi - lo)
 
 
+@parallel_from()
 @njit(cache=True, parallel=True)
 def _ave_fwd(x, kh, kw, sh, sw, ph, pw, count_pad, out):
     h, w = x.shape[1], x.shape[2]
@@ -165,6 +172,7 @@ def _ave_fwd(x, kh, kw, sh, sw, ph, pw, count_pad, out):
                 out[t, oh, ow] = acc / (dh * dw)
 
 
+@parallel_from()
 @njit(cache=True, parallel=True)
 def _ave_back(dout, kh, kw, sh, sw, ph, pw, count_pad, dx):
     h, w = dx.shape[1], dx.shape[2]
@@ -189,6 +197,7 @@ def avgpool_dx(ctx, saved, dout, index, out) -> None:
 
 
 # ---- global --------------------------------------------------------------------------------
+@parallel_from()
 @njit(cache=True, parallel=True)
 def _global_max(x, out):
     for t in prange(x.shape[0]):
@@ -198,6 +207,7 @@ def _global_max(x, out):
         out[t] = best
 
 
+@parallel_from()
 @njit(cache=True, parallel=True)
 def _global_max_arg(x, out, arg):
     for t in prange(x.shape[0]):
@@ -211,6 +221,7 @@ def _global_max_arg(x, out, arg):
         arg[t] = where
 
 
+@parallel_from()
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _global_mean(x, out):
     for t in prange(x.shape[0]):
@@ -220,6 +231,7 @@ def _global_mean(x, out):
         out[t] = acc / x.shape[1]
 
 
+@parallel_from()
 @njit(cache=True, parallel=True)
 def _global_mean_back(dout, dx):
     for t in prange(dx.shape[0]):

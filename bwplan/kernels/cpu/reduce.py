@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from numba import njit, prange
 
+from bwplan.kernels.cpu.threads import parallel_from
 
+
+@parallel_from()
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def channel_sum(a, out):
     """out[c] = sum of a[:, c, :]."""
@@ -21,6 +24,7 @@ def channel_sum(a, out):
         out[c] = acc
 
 
+@parallel_from()
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def channel_dot(a, b, out):
     """out[c] = sum of a[:, c, :] * b[:, c, :]."""

@@ -165,3 +165,38 @@ def _serve(inbox: queue.SimpleQueue) -> None:
 _workers = _Workers()
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_workers.forget_helpers)
+
+
+# Numba's parallel loops over fewer elements than this run serially. A parallel loop is a
+# fork-join: on the shared 2-vCPU machine, with the second worker asleep or descheduled,
+# softmax_cross_entropy's forward over [128, 2] took 0.6-0.9 ms at 2 threads against 0.07
+# ms at 1 (and its dX 0.1-0.2 against 0.02): the wake-up, not the work.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+def parallel_from(elements: int = PARALLEL_MIN_ELEMENTS):
+    """Decorates a `parallel=True` Numba kernel so that a call whose first argument has
+    fewer than `elements` elements runs a serial build of the same function (prange is
+    range there). The serial build is compiled under its own name, so that Numba's disk
+    cache keeps the two apart. A kernel whose prange loop reduces (+=) may round
+    differently in the two builds; which one runs depends on the shapes only."""
+    def wrap(parallel):
+        import types
+
+        from numba import njit
+
+        py = parallel.py_func
+        twin = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial",
+                                  py.__defaults__, py.__closure__)
+        twin.__qualname__ = py.__qualname__ + "_serial"
+        options = {k: v for k, v in parallel.targetoptions.items()
+                   if k not in ("parallel", "nopython")}
+        serial = njit(**options)(twin)
+
+        def call(*args):
+            return (parallel if args[0].size >= elements else serial)(*args)
+
+        call.parallel, call.serial, call.py_func = parallel, serial, py
+        call.__doc__, call.__name__ = py.__doc__, py.__name__
+        return call
+    return wrap
