@@ -72,6 +72,7 @@ class ModelExecutor(cuda_runtime.CudaExecutor):
     the real ones."""
 
     made: list = []
+    shared_log: list | None = None    # one log for every executor (and a test's comm)
 
     def __init__(self, program, state, settings=None, dev=None, seed=0, source="program"):
         self.program, self.net, self.state = program, program.plan.net, state
@@ -87,7 +88,7 @@ class ModelExecutor(cuda_runtime.CudaExecutor):
         self.segments = step_plan.segment_table(program, self.layout, self.settings)
         self._lists, self._dp_steps, self.copy_stream = {}, {}, None
         self.reference = Executor(program, BACKENDS["reference"]())
-        self.log: list[tuple] = []
+        self.log: list[tuple] = [] if self.shared_log is None else self.shared_log
         self._landing: list[list] = []
         ModelExecutor.made.append(self)
 
@@ -225,7 +226,7 @@ class ModelExecutor(cuda_runtime.CudaExecutor):
 def install(monkeypatch=None) -> None:
     """Put the model behind the cuda target (with pytest's monkeypatch, or for good in a
     subprocess)."""
-    ModelExecutor.made = []
+    ModelExecutor.made, ModelExecutor.shared_log = [], None
     for name, value in (("device", lambda: None), ("CudaParams", ModelParams),
                         ("CudaExecutor", ModelExecutor)):
         if monkeypatch is not None:
