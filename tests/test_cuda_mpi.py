@@ -245,6 +245,7 @@ def test_two_ranks_on_the_modelled_device_match_one_process(tmp_path, case):
     else:
         net, data, tmp = _net_and_data(tmp_path, "net", NET, 4, 1)
         extra = []
+    profile = ["--profile"] if case == "shared" else []
     if case == "empty-rank":     # the last global batch holds one sample: rank 1 has none
         arrays = dict(np.load(data))
         data = tmp / "d25.npz"
@@ -253,9 +254,11 @@ def test_two_ranks_on_the_modelled_device_match_one_process(tmp_path, case):
     script.write_text(SCRIPT.format(tests=str(ROOT / "tests")))
     one = _train(net, data, tmp / "one.npz", 0, *extra)
     assert one.returncode == 0, one.stderr
-    two = _train_modelled(script, net, data, tmp / "two.npz", 2, *extra)
+    two = _train_modelled(script, net, data, tmp / "two.npz", 2, *extra, *profile)
     assert two.returncode == 0, two.stderr
     assert "data-parallel: 2 processes" in two.stderr
+    if profile:
+        assert "waiting on communication" in two.stdout, two.stdout
     _close(tmp / "one.npz", tmp / "two.npz")
     plan = bwplan.compile(str(net), target="reference",
                           freeze=ROWS_FREEZE if case == "rows" else ()).plan

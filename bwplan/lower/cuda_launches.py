@@ -9,6 +9,8 @@ The dW of a partly frozen parameter runs its kernel's sliced form over the train
 (the GEMM over that slice of dY's channels) after zeroing the frozen rows of the gradient
 it overwrites, as the CPU target leaves them; the SGD segments cover only the trainable
 rows, so the frozen rows and their velocity are never written.
+Under MPI, `data_parallel_step` cuts the same list for the gradient buckets: after which
+launch each bucket is complete, and where its gradients sit on the device.
 The runtime (bwplan/runtime/cuda.py) allocates the memory and replays this list; since
 nothing here needs a GPU, the tests build it for every example on any machine and check
 every launch against the device limits.

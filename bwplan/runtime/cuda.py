@@ -16,6 +16,10 @@ What it does, in order:
 - times each step with CUDA events and counts what it ran as the CPU executor does
   (components and FLOPs per phase), plus the device launches.
 
+- under MPI, the executor is the `DeviceSide` of bwplan/runtime/cuda_exchange.py: the
+  step's launches with each gradient bucket copied out on a second stream once written,
+  summed on the host, copied back before the update launch (not yet run on a GPU).
+
 What it does not do: capture the step as a CUDA graph (PyCUDA has no stream-capture API;
 the driver's would be the way), run a cached frozen prefix (`given`/`skip`), or hold more
 than the parameters it was given: several executors (one per batch size) share one

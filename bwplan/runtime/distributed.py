@@ -23,8 +23,12 @@ What it does:
   SyncBatchNorm). Weighted layers that are not loss ops sum over their batch, so their
   seeds are not scaled.
 
-What it does not do: the CUDA target (its update runs on the device inside the step; not
-wired here), CUDA-aware MPI, a softmax loss with `ignore_label` normalised over the global
+The cuda target runs the same bucket code: its gradients are copied to the host arrays
+`begin` points at the buckets, and `finish` hands each summed bucket back to the device
+(bwplan/runtime/cuda_exchange.py); it reaches this module only through `bucket_ready`,
+`progress` and `finish`.
+
+What it does not do: CUDA-aware MPI (device buffers handed to MPI), a softmax loss with `ignore_label` normalised over the global
 count of valid labels (each shard normalises by its own count, as DDP does), or dropout
 masks equal to a one-process run's (each rank draws its shard's mask from the same seed).
 """
