@@ -28,9 +28,9 @@ The cuda target runs the same bucket code: its gradients are copied to the host 
 (bwplan/runtime/cuda_exchange.py); it reaches this module only through `bucket_ready`,
 `progress` and `finish`.
 
-What it does not do: CUDA-aware MPI (device buffers handed to MPI), a softmax loss with `ignore_label` normalised over the global
-count of valid labels (each shard normalises by its own count, as DDP does), or dropout
-masks equal to a one-process run's (each rank draws its shard's mask from the same seed).
+What it does not do: CUDA-aware MPI (device buffers handed to MPI), a softmax loss with
+`ignore_label` normalised over the global count of valid labels (each shard normalises by
+its own count, as DDP does), or dropout masks equal to a one-process run's (each rank draws its shard's mask from the same seed).
 """
 from __future__ import annotations
 
