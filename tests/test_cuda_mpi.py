@@ -267,3 +267,20 @@ def test_two_ranks_on_the_modelled_device_match_one_process(tmp_path, case):
         assert done["executors"] >= 1 and done["kinds"]["copy_out"] > 0, done
         assert done["kinds"]["copy_out"] == done["kinds"]["copy_in"] or case == "empty-rank"
         assert done["moved"] == sorted(p for p, _ in plan.allreduce)
+
+
+@needs_mpi
+def test_batchnorm_statistics_on_the_modelled_device_match_the_reference_target(tmp_path):
+    """Each rank normalises its own shard, so a one-process run differs; two ranks of the
+    modelled device against two ranks of the reference target, statistics averaged."""
+    net, data, tmp = _net_and_data(tmp_path, "bn", BN_NET, 4, 3)
+    script = tmp / "modelled.py"
+    script.write_text(SCRIPT.format(tests=str(ROOT / "tests")))
+    host = _train(net, data, tmp / "host.npz", 2)
+    assert host.returncode == 0, host.stderr
+    dev = _train_modelled(script, net, data, tmp / "dev.npz", 2)
+    assert dev.returncode == 0, dev.stderr
+    _close(tmp / "host.npz", tmp / "dev.npz")
+    done = json.loads((tmp / "dev.npz.1.json").read_text())
+    assert done["kinds"]["read_params"] == done["kinds"]["write_params"] > 0, done
+    assert not np.allclose(np.load(tmp / "dev.npz")["n.mean"], 0)
