@@ -169,12 +169,15 @@ def test_cuda_target_steps_on_the_device_and_brings_params_back(fake_device, tmp
         np.testing.assert_array_equal(again.runtime.state.device_copy[name], value)
 
 
-def test_data_parallel_needs_a_target_with_host_gradients(fake_device):
-    from bwplan.runtime.distributed import DataParallel
+def test_the_cuda_target_gives_data_parallelism_host_arrays_and_a_device_update(
+        fake_device):
+    """Its gradient buckets visit the host for MPI (tests/test_cuda_mpi.py runs it); the
+    update of a rank without samples is the device's, not the host optimizer's."""
     prog = bwplan.compile(NET, target="cuda")
-    assert prog.runtime.gradient_stores() is None
-    with pytest.raises(BwError, match="the cuda target's update stays on the device"):
-        DataParallel(prog, comm=None)
+    stores = prog.runtime.gradient_stores()
+    assert stores.grads == {} and stores.scaled == {}
+    assert stores.device_update is not None
+    assert HostTarget("reference", dict).gradient_stores().device_update is None
 
 
 def test_cuda_target_takes_row_frozen_parameters(fake_device):

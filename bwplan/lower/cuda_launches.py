@@ -9,6 +9,8 @@ The dW of a partly frozen parameter runs its kernel's sliced form over the train
 (the GEMM over that slice of dY's channels) after zeroing the frozen rows of the gradient
 it overwrites, as the CPU target leaves them; the SGD segments cover only the trainable
 rows, so the frozen rows and their velocity are never written.
+Under MPI, `data_parallel_step` cuts the same list for the gradient buckets: after which
+launch each bucket is complete, and where its gradients sit on the device.
 The runtime (bwplan/runtime/cuda.py) allocates the memory and replays this list; since
 nothing here needs a GPU, the tests build it for every example on any machine and check
 every launch against the device limits.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bwplan.errors import BwError
+from bwplan.errors import BwError, InternalError
 from bwplan.kernels import cuda as table
 from bwplan.kernels.cuda import update
 from bwplan.lower.cuda_arena import Arena
@@ -208,9 +210,12 @@ def _backward(program: Program, layout: Layout, step: Step) -> tuple[Launch, ...
 
 
 def step_launches(program: Program, layout: Layout, settings: SgdSettings,
-                  segments: np.ndarray, training: bool, backward: bool) -> list[Planned]:
+                  segments: np.ndarray, training: bool, backward: bool,
+                  seed_scale: Mapping[str, float] | None = None) -> list[Planned]:
     """The whole step, in order. Without `backward`: the forward alone (no aux buffers
-    written, no update); the step counter advances either way."""
+    written, no update); the step counter advances either way. `seed_scale` multiplies a
+    loss's seed (data parallelism: the shard's share of the global batch)."""
+    seed_scale = seed_scale or {}
     net, out = program.plan.net, []
     for pos, step in enumerate(program.forward):
         layer = net.layer(step.layer)
@@ -224,7 +229,8 @@ def step_launches(program: Program, layout: Layout, settings: SgdSettings,
         for seed in program.seeds:
             n = net.layer(seed.layer).out.numel
             out.append(Planned("seed", seed.layer, (update.fill(
-                layout.addr(grad(seed.layer)), n, seed.weight, layout.env()),)))
+                layout.addr(grad(seed.layer)), n,
+                seed.weight * seed_scale.get(seed.layer, 1.0), layout.env()),)))
         for step in program.backward:
             out.append(Planned(step.phase, step.layer, _backward(program, layout, step)))
         out.append(Planned("update", "", tuple(update.sgd_update(
@@ -236,3 +242,61 @@ def step_launches(program: Program, layout: Layout, settings: SgdSettings,
         for launch in item.launches:
             check(launch)
     return out
+
+
+# ---- the step of a data-parallel rank --------------------------------------------------------
+@dataclass(frozen=True)
+class Transfer:
+    """One gradient's copy between the device and its host array in a bucket: the whole
+    gradient (or the lr-weighted sum, `source` "scaled") at byte address `device`. A partly
+    frozen gradient travels whole over PCIe; the host packs its trainable rows for MPI."""
+
+    param: str
+    source: str      # "grads" or "scaled", as the bucket entry says
+    device: int
+    elems: int
+
+
+@dataclass(frozen=True)
+class DataParallelStep:
+    """A training step split where data parallelism needs it: `compute` (forward, seeds,
+    backward; item i of it is launched in order), `ready` (after compute item i, the buckets
+    whose last gradient it wrote: their copy-out starts there), each bucket's `transfers`
+    (device -> host before the all-reduce, host -> device after it), and `update` (the SGD
+    launch and the counter, after every bucket is back)."""
+
+    compute: tuple[Planned, ...]
+    ready: Mapping[int, tuple[int, ...]]
+    transfers: tuple[tuple[Transfer, ...], ...]
+    update: tuple[Planned, ...]
+
+
+def bucket_transfers(buckets, layout: Layout) -> tuple[tuple[Transfer, ...], ...]:
+    """Per bucket (bwplan/lower/buckets.py), where each of its gradients lives on the device."""
+    out = []
+    for b in buckets.buckets:
+        moves = []
+        for e in b.entries:
+            if e.source == "scaled":
+                addr = layout.scaled_base + 4 * layout.scaled_offsets[e.param]
+            else:
+                addr = layout.grad(e.param)
+            moves.append(Transfer(e.param, e.source, addr, layout.param_sizes[e.param]))
+        out.append(tuple(moves))
+    return tuple(out)
+
+
+def data_parallel_step(program: Program, layout: Layout, settings: SgdSettings,
+                       segments: np.ndarray, buckets, training: bool,
+                       seed_scale: Mapping[str, float]) -> DataParallelStep:
+    """`step_launches` with a training backward, cut for the all-reduce of `buckets`."""
+    planned = step_launches(program, layout, settings, segments, training, True, seed_scale)
+    first = len(program.forward) + len(program.seeds)   # one item per backward step after
+    cut = next(i for i, item in enumerate(planned) if item.phase in ("update", "counter"))
+    if cut != first + len(program.backward):
+        raise InternalError("the step's launch list does not hold one item per step")
+    ready: dict[int, list[int]] = {}
+    for b in buckets.buckets:
+        ready.setdefault(first + b.ready_after, []).append(b.index)
+    return DataParallelStep(tuple(planned[:cut]), {i: tuple(v) for i, v in ready.items()},
+                            bucket_transfers(buckets, layout), tuple(planned[cut:]))

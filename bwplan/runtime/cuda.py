@@ -16,6 +16,10 @@ What it does, in order:
 - times each step with CUDA events and counts what it ran as the CPU executor does
   (components and FLOPs per phase), plus the device launches.
 
+- under MPI, the executor is the `DeviceSide` of bwplan/runtime/cuda_exchange.py: the
+  step's launches with each gradient bucket copied out on a second stream once written,
+  summed on the host, copied back before the update launch (not yet run on a GPU).
+
 What it does not do: capture the step as a CUDA graph (PyCUDA has no stream-capture API;
 the driver's would be the way), run a cached frozen prefix (`given`/`skip`), or hold more
 than the parameters it was given: several executors (one per batch size) share one
@@ -43,6 +47,7 @@ from bwplan.runtime.backend import numpy_dtype
 from bwplan.runtime.executor import StepResult, StepStats
 from bwplan.optim import SgdSettings
 from bwplan.runtime.metrics import metrics_of
+from bwplan.runtime.target import GradientStores
 from bwplan.runtime.weights import load_into, save_weights
 from bwplan.source import Span
 
@@ -250,6 +255,8 @@ class CudaExecutor:
         self._upload_segments()
         self.stream = check(self.dev._cuda.Stream, "creating a stream")
         self._lists: dict[tuple, list[step_plan.Planned]] = {}
+        self._dp_steps: dict[tuple, step_plan.DataParallelStep] = {}
+        self.copy_stream = None     # made by the first data-parallel step
         self.timing = CudaTiming(arena_bytes=arena.size,
                                  state_bytes=self.state.nbytes + self.scratch_bytes)
 
@@ -304,6 +311,7 @@ class CudaExecutor:
         self.segments = step_plan.segment_table(self.program, self.layout, settings)
         self._upload_segments()
         self._lists.clear()
+        self._dp_steps.clear()
 
     # ---- running -----------------------------------------------------------------------
     def _planned(self, training: bool, backward: bool) -> list[step_plan.Planned]:
@@ -399,6 +407,76 @@ class CudaExecutor:
                                             if b.first <= end < b.last)
         return stats
 
+    # ---- the device side of a data-parallel step (bwplan/runtime/cuda_exchange.py) ------
+    def data_parallel_step(self, buckets, seed_scale: Mapping[str, float]):
+        key = (buckets.layout(), tuple(sorted(seed_scale.items())))
+        found = self._dp_steps.get(key)
+        if found is None:
+            found = self._dp_steps[key] = step_plan.data_parallel_step(
+                self.program, self.layout, self.settings, self.segments, buckets, True,
+                seed_scale)
+        return found
+
+    def upload_batch(self, batch: Mapping[str, np.ndarray]) -> None:
+        self._upload_batch(batch)
+
+    def launch(self, item: step_plan.Planned) -> None:
+        for launch in item.launches:
+            check(lambda: self.kernels.launch(launch, self.stream),
+                  f"launching {launch.kernel} ({item.phase} {item.layer})")
+
+    def copy_out(self, transfers, hosts):
+        """Queue a bucket's device -> host copies on the copy stream, behind everything the
+        compute stream holds now. The host arrays are pageable (the bucket buffers MPI
+        reads), so the driver stages them and a call returns once its copy is done."""
+        cuda = self.dev._cuda
+        if self.copy_stream is None:
+            self.copy_stream = check(cuda.Stream, "creating the copy stream")
+        written = cuda.Event()
+        written.record(self.stream)
+        self.copy_stream.wait_for_event(written)
+        for t, host in zip(transfers, hosts):
+            check(lambda: cuda.memcpy_dtoh_async(host.reshape(-1)[:t.elems], t.device,
+                                                 self.copy_stream),
+                  f"copying the gradient of {t.param} to the host")
+        done = cuda.Event()
+        done.record(self.copy_stream)
+        return done
+
+    def copied(self, marker) -> bool:
+        return bool(check(marker.query, "waiting for a gradient bucket"))
+
+    def finish_compute(self) -> StepResult:
+        """Wait for the backward; the losses and metrics come back."""
+        check(self.stream.synchronize, "running the step")
+        cuda = self.dev._cuda
+        losses, hosts = {}, {}
+        for name in [n for n, _ in self.program.losses] + list(self.program.metrics):
+            host = np.empty(self.net.layer(name).out.shape, np.float32)
+            check(lambda: cuda.memcpy_dtoh(host, self.layout.addr(value(name))), "reading " + name)
+            losses[name], hosts[name] = float(np.sum(host, dtype=np.float64)), host
+        loss_values = {n: losses[n] for n, _ in self.program.losses}
+        loss = sum(w * loss_values[n] for n, w in self.program.losses)
+        return StepResult(loss, loss_values, metrics_of(self.program.metrics, hosts),
+                          self._stats(True), {n: hosts[n] for n in self.program.metrics})
+
+    def copy_in(self, transfers, hosts) -> None:
+        cuda = self.dev._cuda
+        for t, host in zip(transfers, hosts):
+            check(lambda: cuda.memcpy_htod_async(t.device, host.reshape(-1)[:t.elems],
+                                                 self.stream),
+                  f"copying the summed gradient of {t.param} to the device")
+
+    def read_params(self, names) -> dict[str, np.ndarray]:
+        check(self.stream.synchronize, "running the step")
+        return self.state._download(self.state.params_base, names)
+
+    def write_params(self, values: Mapping[str, np.ndarray]) -> None:
+        self.state.upload(values)
+
+    def synchronize(self) -> None:
+        check(self.stream.synchronize, "updating the parameters")
+
     def grads(self) -> dict[str, np.ndarray]:
         """The gradients the last step computed, summed over uses, by parameter."""
         return self.state.download_grads(sorted({s.param for s in self.program.backward
@@ -422,6 +500,10 @@ class CudaTarget:
         self.settings = SgdSettings()
         self.seed = seed   # seeds each executor's dropout counter
         self._prepared: list[CudaExecutor] = []
+        # the host side of data parallelism: arrays DataParallel points at its buckets
+        self._grads: dict[str, np.ndarray] = {}
+        self._scaled: dict[str, np.ndarray] = {}
+        self._last_dp = None
 
     @classmethod
     def check_net(cls, net) -> None:
@@ -441,10 +523,42 @@ class CudaTarget:
         if given or capture:
             raise BwError(Span.synthetic("cuda"), "the cuda target keeps the frozen prefix "
                           "on the device: --cache-frozen is a cpu-target option")
+        if data_parallel is not None:
+            return self._data_parallel_step(prepared, batch, data_parallel)
         result = prepared.run(batch)
         grads = prepared.grads()
         self.params.update(self.state.download())
         return result, grads
+
+    def _data_parallel_step(self, prepared: CudaExecutor, batch, dp):
+        """The step of bwplan/runtime/cuda_exchange.py: the buckets' gradients come to the
+        host arrays `dp.begin` points at them, are summed there, and go back for the
+        device's update; the host view of the parameters is current afterwards. Returns
+        the summed gradients of the parameters that travel."""
+        from bwplan.runtime import cuda_exchange
+        hooks = dp.begin(prepared.program, self._grads, self._scaled)
+        step = prepared.data_parallel_step(dp.bucket_plan(prepared.program),
+                                           hooks["seed_scale"])
+        self._last_dp = (prepared, step)
+        result = cuda_exchange.train_step(prepared, dp, step, batch, self._grads,
+                                          self._scaled, self.params)
+        self.params.update(self.state.download())
+        return result, self._sent(dp)
+
+    def _empty_update(self, dp, result):
+        """A rank without samples this step: its zero buckets join the all-reduce, and the
+        device's update runs with the sums (the last prepared executor of this program)."""
+        from bwplan.runtime import cuda_exchange
+        prepared, step = self._last_dp
+        result = cuda_exchange.apply_update(prepared, dp, step, self._grads, self._scaled,
+                                            self.params, result)
+        self.params.update(self.state.download())
+        return result, update.updated_params(prepared.program, self.settings.weight_decay)
+
+    def _sent(self, dp) -> dict[str, np.ndarray]:
+        """Each travelling gradient's host array (the lr-weighted sum where that travels)."""
+        return {e.param: (self._grads if e.source == "grads" else self._scaled)[e.param]
+                for b in dp.bucket_plan().buckets for e in b.entries}
 
     def forward(self, prepared: CudaExecutor, batch, training: bool, seed: int, outputs):
         result = prepared.run(batch, training, forward_only=True)
@@ -471,6 +585,7 @@ class CudaTarget:
     def forget(self) -> None:
         self._prepared.clear()
 
-    def gradient_stores(self) -> None:
-        """The gradients stay on the device; a step downloads copies of them."""
-        return None
+    def gradient_stores(self) -> GradientStores:
+        """The host arrays a data-parallel step copies the gradient buckets into (the
+        device's own gradients stay on the device); the update runs on the device."""
+        return GradientStores(self._grads, self._scaled, self._empty_update)

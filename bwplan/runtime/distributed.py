@@ -23,10 +23,14 @@ What it does:
   SyncBatchNorm). Weighted layers that are not loss ops sum over their batch, so their
   seeds are not scaled.
 
-What it does not do: the CUDA target (its update runs on the device inside the step; not
-wired here), CUDA-aware MPI, a softmax loss with `ignore_label` normalised over the global
-count of valid labels (each shard normalises by its own count, as DDP does), or dropout
-masks equal to a one-process run's (each rank draws its shard's mask from the same seed).
+The cuda target runs the same bucket code: its gradients are copied to the host arrays
+`begin` points at the buckets, and `finish` hands each summed bucket back to the device
+(bwplan/runtime/cuda_exchange.py); it reaches this module only through `bucket_ready`,
+`progress` and `finish`.
+
+What it does not do: CUDA-aware MPI (device buffers handed to MPI), a softmax loss with
+`ignore_label` normalised over the global count of valid labels (each shard normalises by
+its own count, as DDP does), or dropout masks equal to a one-process run's (each rank draws its shard's mask from the same seed).
 """
 from __future__ import annotations
 
@@ -269,9 +273,8 @@ class DataParallel:
     def __init__(self, prog, comm: Communicator, cap_bytes: int = DEFAULT_CAP_BYTES,
                  overlap: bool = True, announce: Callable[[str], None] | None = None) -> None:
         if prog.runtime.gradient_stores() is None:
-            raise _error("--target", "data-parallel training runs on the cpu and reference "
-                         f"targets; the {prog.target} target's update stays on the device "
-                         "and is not wired to MPI yet", "use --target cpu under mpiexec")
+            raise _error("--target", f"the {prog.target} target keeps its gradients where "
+                         "MPI cannot reach them", "use --target cpu under mpiexec")
         self.prog = prog
         self.comm = comm
         self.cap_bytes = cap_bytes
@@ -354,8 +357,37 @@ class DataParallel:
 
     def update(self, result: StepResult, optimizer, params, grads, scaled
                ) -> tuple[StepResult, int]:
-        """Apply the update as the buckets arrive; returns the step's result with the
-        global loss, and the number of parameters updated."""
+        """Apply the host optimizer's update as the buckets arrive; returns the step's
+        result with the global loss, and the number of parameters updated."""
+        bound = self._current
+        return self.finish(
+            result, params, lambda: optimizer.step(bound.local_updates, params, grads, scaled),
+            lambda b: optimizer.step(bound.bucket_updates[b], params, grads, scaled))
+
+    @property
+    def statistics(self) -> tuple[str, ...]:
+        """The running statistics this step averages (their names)."""
+        return self._current.statistics if self._current else ()
+
+    def progress(self) -> None:
+        """Let the started all-reduces advance (while a device target copies buckets)."""
+        self.comm.progress(self._pending)
+
+    def bucket_ready(self, b: int) -> None:
+        """Bucket b's gradients are all on the host (a device target copied them out):
+        start its all-reduce, and let the others progress."""
+        if self.overlap and all(b != k for k, _ in self._started):
+            self._start(b)
+        self.comm.progress(self._pending)
+
+    def finish(self, result: StepResult, params, apply_local: Callable[[], int],
+               apply_bucket: Callable[[int], int]) -> tuple[StepResult, int]:
+        """The end of every data-parallel step, whichever target computed the gradients:
+        start what has not started (the running statistics, read from `params`, the
+        buckets, the losses), run `apply_local()` (the updates that wait for nothing), then
+        per bucket as its sum arrives unpack it and run `apply_bucket(b)`; the statistics
+        come back averaged into `params`. Returns the global result and what the applies
+        counted."""
         self.stats.last_ready = time.perf_counter()
         bound = self._current
         self._start_statistics(params)
@@ -368,12 +400,12 @@ class DataParallel:
         losses = np.array([result.losses.get(n, 0.0) * share[n] for n, _ in program.losses],
                           np.float64)
         loss_request = self.comm.iallreduce(losses)
-        launched = optimizer.step(bound.local_updates, params, grads, scaled)
+        launched = apply_local()
         waited = 0.0
         for b, request in self._started:
             waited += self.comm.wait(request, f"the all-reduce of gradient bucket {b}")
             self._unpack(b)
-            launched += optimizer.step(bound.bucket_updates[b], params, grads, scaled)
+            launched += apply_bucket(b)
         if self._stat_request is not None:
             waited += self.comm.wait(self._stat_request, "the running statistics")
             offset = 0
@@ -408,7 +440,10 @@ class DataParallel:
         grads = {p: stores.grads[p] for p in computed if p in stores.grads}
         scaled = {p: stores.scaled[p] for p in computed if p in program.mixed_scale
                   and p in stores.scaled}
-        result, launched = self.update(result, prog.optimizer, prog.params, grads, scaled)
+        if stores.device_update is not None:     # the zeros go to the device's update
+            result, launched = stores.device_update(self, result)
+        else:
+            result, launched = self.update(result, prog.optimizer, prog.params, grads, scaled)
         result.stats.launched["update"] = launched
         prog.grads = grads
         prog.last_stats = result.stats

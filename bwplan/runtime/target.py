@@ -14,8 +14,9 @@ Program); a target prepares them and runs them against the parameters it holds.
 `HostTarget` is the "cpu" (Numba kernels) and "reference" (NumPy references) targets: the
 parameters are host arrays updated in place by the host optimizer. The "cuda" target
 (`bwplan.runtime.cuda.CudaTarget`) keeps parameters, gradients and the update on the
-device and copies them back after each step; it is imported only when asked for, so the
-other targets never import PyCUDA. This module does not plan or lower anything, and it
+device and copies them back after each step (under MPI its gradient buckets visit the
+host for the all-reduce: bwplan/runtime/cuda_exchange.py); it is imported only when asked
+for, so the other targets never import PyCUDA. This module does not plan or lower anything, and it
 knows no op.
 """
 from __future__ import annotations
@@ -46,6 +47,9 @@ class GradientStores(NamedTuple):
 
     grads: dict[str, np.ndarray]
     scaled: dict[str, np.ndarray]
+    # a target whose update runs elsewhere (cuda: on the device) takes the summed buckets
+    # here, `device_update(dp, result) -> (result, launched)`; None: the host optimizer
+    device_update: Callable | None = None
 
 
 class Target(Protocol):
