@@ -96,6 +96,52 @@ def _fixed_inputs(graph, path: str, given: Mapping[str, tuple[int, ...]]
     return shapes
 
 
+# Shape inference serialises the model it is given: for a model of large weights (VGG's
+# 400 MB of fully connected layers) that costs seconds, while only small constants (shapes,
+# axes, pads) can decide a shape. It runs on a copy whose initializers above this many
+# elements are graph inputs of the same type instead.
+_INFERENCE_KEEPS = 4096
+
+
+def _for_inference(proto: Any) -> Any:
+    """A copy of `proto` for shape inference: the same graph, its large initializers
+    declared as typed inputs rather than carried."""
+    from onnx import helper
+    light = type(proto)()
+    for field_name in ("ir_version", "producer_name", "producer_version", "domain",
+                       "model_version"):
+        setattr(light, field_name, getattr(proto, field_name))
+    light.opset_import.extend(proto.opset_import)
+    light.functions.extend(proto.functions)
+    src, g = proto.graph, light.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    g.sparse_initializer.extend(src.sparse_initializer)
+    declared = {i.name for i in src.input}
+    for init in src.initializer:
+        numel = 1
+        for d in init.dims:
+            numel *= d
+        if numel <= _INFERENCE_KEEPS:
+            g.initializer.append(init)
+        elif init.name not in declared:
+            g.input.append(helper.make_tensor_value_info(init.name, init.data_type,
+                                                         list(init.dims)))
+    return light
+
+
+def _with_inferred(proto: Any, inferred: Any) -> Any:
+    """`proto` (with its weights) given the value types inference found on its light copy."""
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(inferred.graph.value_info)
+    del proto.graph.output[:]
+    proto.graph.output.extend(inferred.graph.output)
+    return proto
+
+
 def read_model(path: str, input_shapes: Mapping[str, tuple[int, ...]] | None = None
                ) -> OnnxModel:
     onnx = require_onnx(path)
@@ -114,7 +160,8 @@ def read_model(path: str, input_shapes: Mapping[str, tuple[int, ...]] | None = N
                 d.Clear()
                 d.dim_value = value
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        inferred = _with_inferred(model, onnx.shape_inference.infer_shapes(
+            _for_inference(model), strict_mode=True, data_prop=True))
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise OnnxError(Span.whole(path), f"ONNX shape inference fails: {first}") from None
@@ -141,8 +188,7 @@ def shapes_after_folding(model: OnnxModel, folded: Mapping[str, Any], nodes_fold
     then knows no shape after it (ShuffleNet's chunks). A copy of the graph without the
     folded nodes, their outputs as initializers, fills those in."""
     from onnx import numpy_helper, shape_inference
-    proto = type(model.proto)()
-    proto.CopyFrom(model.proto)
+    proto = _for_inference(model.proto)
     graph = proto.graph
     keep = [n for i, n in enumerate(model.proto.graph.node) if i not in nodes_folded]
     del graph.node[:]
