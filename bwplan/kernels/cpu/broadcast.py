@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from bwplan.kernels.cpu.reduce import channel_sum
 from bwplan.kernels.cpu.views import flat, view
 from bwplan.ops.broadcast import bias_split, tile_split
 
@@ -20,19 +21,8 @@ def _add(ctx, x, b, out) -> None:
            out=view(out, (outer, dim, inner)))
 
 
-@njit(cache=True, nogil=True)
-def _sum_outer_inner(d, out):
-    """out[j] = sum of d[:, j, :]."""
-    for j in range(d.shape[1]):
-        acc = 0.0
-        for o in range(d.shape[0]):
-            for s in range(d.shape[2]):
-                acc += d[o, j, s]
-        out[j] = acc
-
-
 def _bias_grad(ctx, dout, out) -> None:
-    _sum_outer_inner(view(dout, bias_split(ctx)), flat(out))
+    channel_sum(view(dout, bias_split(ctx)), flat(out))
 
 
 def bias_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
