@@ -35,6 +35,110 @@ struct ClassWeights {
     float w[128];
 };
 
+// ---- SSD's MultiBoxLoss: what its kernels share ------------------------------------------
+// The decisions (matching, mining) must be the cpu target's exactly (bwplan/kernels/cpu/
+// multibox.py), so they are computed in double from the float32 inputs, as there, and with
+// the same expressions in the same order: the Jaccard overlap uses __dmul_rn/__dadd_rn/
+// __dsub_rn so that nvcc cannot contract a product and a sum into one FMA (which rounds
+// once where the CPU rounds twice), and every comparison keeps the CPU's strictness and
+// scan order. What can still differ: exp and log (CUDA's double exp and log are within 1
+// ulp, glibc's within 1 ulp too, but not always the same ulp), so a mining score may differ
+// from the cpu's in its last bit; two candidates whose scores are that close (and not
+// equal) may then be ranked the other way. Equal inputs give equal scores on both.
+
+// The overlap of two normalised boxes (x0, y0, x1, y1), 0 at most 1e-6 (Caffe's
+// JaccardOverlap, as the cpu kernels keep it).
+__device__ __forceinline__ double bw_box_size(double x0, double y0, double x1, double y1) {
+    return (x1 < x0 || y1 < y0) ? 0.0 : __dmul_rn(__dsub_rn(x1, x0), __dsub_rn(y1, y0));
+}
+
+__device__ __forceinline__ double bw_kept_jaccard(const float* a, const float* b) {
+    const double a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+    const double b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
+    const double iw = __dsub_rn(fmin(a2, b2), fmax(a0, b0));
+    const double ih = __dsub_rn(fmin(a3, b3), fmax(a1, b1));
+    if (iw <= 0.0 || ih <= 0.0) return 0.0;
+    const double inter = __dmul_rn(iw, ih);
+    const double uni = __dsub_rn(__dadd_rn(bw_box_size(a0, a1, a2, a3),
+                                           bw_box_size(b0, b1, b2, b3)), inter);
+    const double v = __ddiv_rn(inter, uni);
+    return v > 1e-6 ? v : 0.0;
+}
+
+// Prior row z[0, c) of the scores: its largest score (the first of equal ones, as
+// Python's max keeps) and the sum of exp(score - largest) in class order.
+__device__ __forceinline__ void bw_softmax_parts(const float* z, int c, double* top,
+                                                 double* total) {
+    double t = z[0];
+    for (int q = 1; q < c; ++q) t = (double)z[q] > t ? (double)z[q] : t;
+    double s = 0.0;
+    for (int q = 0; q < c; ++q) s += exp((double)z[q] - t);
+    *top = t;
+    *total = s;
+}
+
+// -log(max(p, FLT_MIN)) of class q: the cross-entropy Caffe's MultiBoxLoss scores
+__device__ __forceinline__ double bw_class_loss(const float* z, int q, double top,
+                                                double total) {
+    const double prob = exp((double)z[q] - top) / total;
+    return -log((double)BW_FLT_MIN > prob ? (double)BW_FLT_MIN : prob);
+}
+
+// A double as an unsigned key with the same order (NaN lowest, -0 as +0): the mining's
+// radix select compares keys, the cpu's sort compares the doubles.
+__device__ __forceinline__ unsigned long long bw_order_key(double v) {
+    if (v != v) return 0ull;
+    if (v == 0.0) v = 0.0;
+    const unsigned long long bits = (unsigned long long)__double_as_longlong(v);
+    return (bits >> 63) ? ~bits : bits | (1ull << 63);
+}
+
+// Two sums over the block at once, returned to every thread (inlined, unlike
+// bw_block_sum_d: a call would spill the mining's live state around it); a fixed order, so
+// the same inputs give the same sums. `scratch` holds 64 doubles.
+__device__ __forceinline__ void bw_block_sum2_d(double* a, double* b, double* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warps = (blockDim.x + 31) >> 5;
+    double x = bw_warp_sum_d(*a), y = bw_warp_sum_d(*b);
+    __syncthreads();
+    if (lane == 0) {
+        scratch[warp] = x;
+        scratch[32 + warp] = y;
+    }
+    __syncthreads();
+    x = threadIdx.x < warps ? scratch[threadIdx.x] : 0.0;
+    y = threadIdx.x < warps ? scratch[32 + threadIdx.x] : 0.0;
+    if (warp == 0) {
+        x = bw_warp_sum_d(x);
+        y = bw_warp_sum_d(y);
+        if (lane == 0) {
+            scratch[0] = x;
+            scratch[32] = y;
+        }
+    }
+    __syncthreads();
+    *a = scratch[0];
+    *b = scratch[32];
+}
+
+// The rank of this thread's `take` among the takes of the block, in thread order, plus
+// *base (the takes of earlier chunks), which it then advances: an ordered compaction, one
+// chunk of blockDim.x items per call. Every thread calls it; `counts` holds 32 ints.
+__device__ int bw_ordered_rank(bool take, int* base, int* counts) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const unsigned ballot = __ballot_sync(0xffffffffu, take);
+    if (lane == 0) counts[warp] = __popc(ballot);
+    __syncthreads();
+    int before = *base;
+    for (int w = 0; w < warp; ++w) before += counts[w];
+    const int rank = before + __popc(ballot & ((1u << lane) - 1u));
+    __syncthreads();
+    if (threadIdx.x == 0)
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) *base += counts[w];
+    __syncthreads();
+    return rank;
+}
+
 // == kernel softmax_cross_entropy_fwd ==
 // Logits [N, C, S...] with classes on dimension 1, labels [N, S...]. Per row (n, s):
 // log-softmax, -log p[label] (times the label's class weight when weighted) unless the
@@ -493,5 +597,366 @@ extern "C" __global__ void smooth_l1_loss_dx(const float* diff, const float* ins
                                            : (d > 0.0f ? 1.0f : (d < 0.0f ? -1.0f : 0.0f));
         if (inside) g *= inside[i] * outside[i];
         bw_put(dx, i, g * scale, accumulate);
+    }
+}
+
+// ---- SSD's MultiBoxLoss ------------------------------------------------------------------
+// loc [N, P, 4], conf [N, P, C], priors [2, P, 4] (boxes, then variances), ground truth
+// rows [G, 8] of (image, label, instance, xmin, ymin, xmax, ymax, difficult). The forward
+// is six launches (bwplan/kernels/cuda/loss.py), their state in the workspace:
+//   multibox_gather_gt   one block per image: its boxes' row numbers, in row order
+//   multibox_overlaps    one thread per prior: its largest overlap and first best box
+//   multibox_bipartite   one block per image: the bipartite rounds, then per prediction
+//   multibox_score       one thread per prior: codes, label, smooth L1, class losses
+//   multibox_mine        one block per image: hard negatives by radix select, the sums
+//   multibox_loss_fwd    one thread: the images' sums in order, over the normalizer
+// A ground-truth row the cpu target refuses (an image beyond the batch, a box labelled
+// background) makes the loss NaN, which training reports as a non-finite loss.
+
+// == kernel multibox_gather_gt ==
+// Block n: the rows of image n (difficult ones only with use_difficult) into
+// gidx[n * rows ...], in row order (an ordered compaction), their count into gcount[n];
+// block 0 also sets gcount[num] when a row names an image beyond the batch or the
+// background label.
+extern "C" __global__ void multibox_gather_gt(const float* gt, int rows, int num,
+                                              int use_difficult, int background, int* gidx,
+                                              int* gcount) {
+    __shared__ int base, counts[32];
+    const int n = blockIdx.x;
+    if (threadIdx.x == 0) base = 0;
+    __syncthreads();
+    int bad = 0;
+    for (int r0 = 0; r0 < rows; r0 += blockDim.x) {
+        const int r = r0 + threadIdx.x;
+        bool take = false;
+        if (r < rows) {
+            const float* row = gt + 8LL * r;
+            const int item = (int)row[0];
+            take = item == n && (use_difficult || row[7] == 0.0f);
+            bad |= item >= num || (item >= 0 && (int)row[1] == background);
+        }
+        const int rank = bw_ordered_rank(take, &base, counts);
+        if (take) gidx[(long long)n * rows + rank] = r;
+    }
+    bad = __syncthreads_or(bad);
+    if (threadIdx.x == 0) {
+        gcount[n] = base;
+        if (n == 0) gcount[num] = bad;
+    }
+}
+
+// == kernel multibox_overlaps ==
+// Per prior (n, i): over image n's boxes k, the overlaps kept as above; ov its largest
+// (0 without one), argall the first box reaching it (-1), and bv / bj the same, which
+// the bipartite rounds then keep as the best box not yet used.
+extern "C" __global__ void multibox_overlaps(const float* priors, const float* gt,
+                                             const int* gidx, const int* gcount, int rows,
+                                             int num, int p, double* ov, double* bv, int* bj,
+                                             int* argall) {
+    BW_GRID_STRIDE(e, (long long)num * p) {
+        const int n = (int)(e / p), i = (int)(e % p);
+        const int* mine = gidx + (long long)n * rows;
+        double best = 0.0;
+        int arg = -1;
+        for (int k = 0; k < gcount[n]; ++k) {
+            const double v = bw_kept_jaccard(priors + 4LL * i, gt + 8LL * mine[k] + 3);
+            if (v > best) {
+                best = v;
+                arg = k;
+            }
+        }
+        ov[e] = bv[e] = best;
+        bj[e] = argall[e] = arg;
+    }
+}
+
+// (value, prior) pairs: the larger value wins, of equal ones the lower prior, so a tree
+// reduction finds the first largest of a scan in prior order, whatever its shape.
+__device__ __forceinline__ void bw_take_better(double* v, int* i, double ov, int oi) {
+    if (ov > *v || (ov == *v && oi >= 0 && (*i < 0 || oi < *i))) {
+        *v = ov;
+        *i = oi;
+    }
+}
+
+// == kernel multibox_bipartite ==
+// Block n: up to one round per box, each matching the prior and box of the largest
+// overlap left among unmatched priors and unused boxes (> 0; the lowest prior, then the
+// lowest box, on a tie: each prior's bv / bj is its first best unused box, and the block
+// takes the first best prior). Only the priors whose best box was just used look again.
+// Then, for PER_PREDICTION, every prior left takes its first best box when that overlap
+// is at least `threshold`. match[n, i]: the box (index into the image's rows) or -1.
+extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
+multibox_bipartite(const float* priors, const float* gt, const int* gidx, const int* gcount,
+                   int rows, int p, double* bv, int* bj, const int* argall, const double* ov,
+                   int* match, int* used, int per_prediction, double threshold) {
+    __shared__ double warp_v[32];
+    __shared__ int warp_i[32], chosen;
+    const int n = blockIdx.x, g = gcount[n];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const long long off = (long long)n * p;
+    const int* mine = gidx + (long long)n * rows;
+    int* taken = used + (long long)n * rows;
+    for (int i = threadIdx.x; i < p; i += blockDim.x) match[off + i] = -1;
+    for (int k = threadIdx.x; k < g; k += blockDim.x) taken[k] = 0;
+    __syncthreads();
+    for (int round = 0; round < g; ++round) {
+        double v = 0.0;
+        int at = -1;
+        for (int i = threadIdx.x; i < p; i += blockDim.x)
+            if (match[off + i] < 0 && bv[off + i] > v) {
+                v = bv[off + i];
+                at = i;
+            }
+        for (int o = 16; o > 0; o >>= 1)
+            bw_take_better(&v, &at, __shfl_xor_sync(0xffffffffu, v, o),
+                           __shfl_xor_sync(0xffffffffu, at, o));
+        if (lane == 0) {
+            warp_v[warp] = v;
+            warp_i[warp] = at;
+        }
+        __syncthreads();
+        if (warp == 0) {
+            v = lane < (int)(blockDim.x >> 5) ? warp_v[lane] : 0.0;
+            at = lane < (int)(blockDim.x >> 5) ? warp_i[lane] : -1;
+            for (int o = 16; o > 0; o >>= 1)
+                bw_take_better(&v, &at, __shfl_xor_sync(0xffffffffu, v, o),
+                               __shfl_xor_sync(0xffffffffu, at, o));
+            if (lane == 0) {
+                chosen = at;
+                if (at >= 0) {
+                    match[off + at] = bj[off + at];
+                    taken[bj[off + at]] = 1;
+                }
+            }
+        }
+        __syncthreads();
+        const int at_prior = chosen;
+        if (at_prior < 0) break;                 // no overlap left: the cpu stops too
+        const int box = match[off + at_prior];
+        for (int i = threadIdx.x; i < p; i += blockDim.x) {
+            if (match[off + i] >= 0 || bj[off + i] != box) continue;
+            double best = 0.0;
+            int arg = -1;
+            for (int k = 0; k < g; ++k) {
+                if (taken[k]) continue;
+                const double o = bw_kept_jaccard(priors + 4LL * i, gt + 8LL * mine[k] + 3);
+                if (o > best) {
+                    best = o;
+                    arg = k;
+                }
+            }
+            bv[off + i] = best;
+            bj[off + i] = arg;
+        }
+        __syncthreads();
+    }
+    if (!per_prediction) return;
+    for (int i = threadIdx.x; i < p; i += blockDim.x)
+        if (match[off + i] < 0 && ov[off + i] > 0.0 && ov[off + i] >= threshold)
+            match[off + i] = argall[off + i];
+}
+
+// == kernel multibox_score ==
+// Per prior (n, i): a positive (matched) gets its box's CENTER_SIZE code (targets, when
+// given), its box's label (labels, when given; -1 for every other prior), the smooth L1
+// of loc - code (lsum) and the class loss of its label (closs); with `mine`, a negative
+// candidate (unmatched, largest overlap below neg_overlap) gets the class loss of the
+// background (closs: its mining score). Codes and losses in double, as the cpu's.
+extern "C" __global__ void multibox_score(const float* loc, const float* conf,
+                                          const float* priors, const float* gt,
+                                          const int* gidx, int rows, int num, int p, int c,
+                                          int background, int mine, double neg_overlap,
+                                          const int* match, const double* ov, float* targets,
+                                          float* labels, double* lsum, double* closs) {
+    BW_GRID_STRIDE(e, (long long)num * p) {
+        const int n = (int)(e / p), i = (int)(e % p), m = match[e];
+        const float* z = conf + e * c;
+        double code[4] = {0.0, 0.0, 0.0, 0.0}, smooth = 0.0, score = 0.0;
+        int label = -1;
+        if (m >= 0) {
+            const float* row = gt + 8LL * gidx[(long long)n * rows + m];
+            const float* pr = priors + 4LL * i;
+            const float* var = priors + 4LL * ((long long)p + i);
+            const double pw = (double)pr[2] - pr[0], ph = (double)pr[3] - pr[1];
+            const double pcx = ((double)pr[0] + pr[2]) / 2, pcy = ((double)pr[1] + pr[3]) / 2;
+            const double bw = (double)row[5] - row[3], bh = (double)row[6] - row[4];
+            const double bcx = ((double)row[3] + row[5]) / 2, bcy = ((double)row[4] + row[6]) / 2;
+            code[0] = (bcx - pcx) / pw / var[0];
+            code[1] = (bcy - pcy) / ph / var[1];
+            code[2] = log(bw / pw) / var[2];
+            code[3] = log(bh / ph) / var[3];
+            label = (int)row[1];
+            for (int k = 0; k < 4; ++k) {
+                const double d = (double)loc[4 * e + k] - code[k], a = fabs(d);
+                smooth += a < 1.0 ? __dmul_rn(__dmul_rn(0.5, d), d) : a - 0.5;
+            }
+        }
+        const bool candidate = m < 0 && mine && ov[e] < neg_overlap;
+        if (m >= 0 || candidate) {
+            double top, total;
+            bw_softmax_parts(z, c, &top, &total);
+            score = bw_class_loss(z, m >= 0 ? label : background, top, total);
+        }
+        if (targets)
+            for (int k = 0; k < 4; ++k) targets[4 * e + k] = (float)code[k];
+        if (labels) labels[e] = (float)label;
+        lsum[e] = smooth;
+        closs[e] = score;
+    }
+}
+
+// == kernel multibox_mine ==
+// Block n: MAX_NEGATIVE (`mine`) keeps the int(positives * neg_pos_ratio) candidates of
+// the largest scores, of equal scores the lower priors (the cpu's stable sort). A radix
+// select over the scores' order keys, 8 bits a pass from the top, finds the score of the
+// last one kept and how many of that score are kept; a pass in prior order (an ordered
+// compaction) then keeps those of a larger score and the first of that score. Their
+// labels become the background. partial[3 n ...]: the image's smooth L1 sum, class loss
+// sum (positives and kept negatives) and positive count, each a fixed-order block sum.
+extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
+multibox_mine(const int* match, const double* ov, const double* lsum, const double* closs,
+              int p, int mine, double neg_pos_ratio, double neg_overlap, int background,
+              float* labels, double* partial) {
+    __shared__ double scratch[64];
+    __shared__ unsigned int hist[256];
+    __shared__ int base, counts[32], digit, left;
+    const long long off = (long long)blockIdx.x * p;
+    double pos = 0.0, cands = 0.0;
+    for (int i = threadIdx.x; i < p; i += blockDim.x) {
+        const int m = match[off + i];
+        pos += m >= 0 ? 1.0 : 0.0;
+        cands += m < 0 && ov[off + i] < neg_overlap ? 1.0 : 0.0;
+    }
+    bw_block_sum2_d(&pos, &cands, scratch);
+    const long long want = (long long)(pos * neg_pos_ratio);
+    const long long keep = !mine ? 0 : want < (long long)cands ? want : (long long)cands;
+    // the keep-th largest key and how many of it are kept, 8 bits a pass
+    unsigned long long prefix = 0ull, mask = 0ull;
+    if (threadIdx.x == 0) left = (int)keep;
+    for (int shift = 56; keep > 0 && keep < (long long)cands && shift >= 0; shift -= 8) {
+        for (int d = threadIdx.x; d < 256; d += blockDim.x) hist[d] = 0u;
+        __syncthreads();
+        for (int i = threadIdx.x; i < p; i += blockDim.x) {
+            if (match[off + i] >= 0 || !(ov[off + i] < neg_overlap)) continue;
+            const unsigned long long key = bw_order_key(closs[off + i]);
+            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int d = 255;
+            for (; d > 0 && (int)hist[d] < left; --d) left -= (int)hist[d];
+            digit = d;
+        }
+        __syncthreads();
+        prefix |= (unsigned long long)digit << shift;
+        mask |= 255ull << shift;
+    }
+    const bool all = keep >= (long long)cands;
+    if (threadIdx.x == 0) base = 0;
+    __syncthreads();
+    double loc_sum = 0.0, conf_sum = 0.0;
+    for (int i0 = 0; i0 < p; i0 += blockDim.x) {
+        const int i = i0 + threadIdx.x;
+        bool cand = false, tie = false;
+        unsigned long long key = 0ull;
+        if (i < p) {
+            const int m = match[off + i];
+            if (m >= 0) {
+                loc_sum += lsum[off + i];
+                conf_sum += closs[off + i];
+            }
+            cand = mine && m < 0 && ov[off + i] < neg_overlap;
+            key = bw_order_key(closs[off + i]);
+            tie = cand && !all && keep > 0 && key == prefix;
+        }
+        const int rank = bw_ordered_rank(tie, &base, counts);
+        const bool kept = cand && (all || (keep > 0 && (key > prefix || (tie && rank < left))));
+        if (kept) {
+            conf_sum += closs[off + i];
+            if (labels) labels[off + i] = (float)background;
+        }
+    }
+    bw_block_sum2_d(&loc_sum, &conf_sum, scratch);
+    if (threadIdx.x == 0) {
+        partial[3 * blockIdx.x] = loc_sum;
+        partial[3 * blockIdx.x + 1] = conf_sum;
+        partial[3 * blockIdx.x + 2] = pos;
+    }
+}
+
+// == kernel multibox_loss_fwd ==
+// (loc_weight * smooth L1 sum + class loss sum) / the normalizer, the images' partial
+// sums added in image order; NaN when multibox_gather_gt found a row the cpu refuses.
+extern "C" __global__ void multibox_loss_fwd(const double* partial, const int* gcount,
+                                             int num, int p, int normalization,
+                                             double loc_weight, float* loss) {
+    if (threadIdx.x != 0) return;
+    double loc_sum = 0.0, conf_sum = 0.0, pos = 0.0;
+    for (int n = 0; n < num; ++n) {
+        loc_sum += partial[3 * n];
+        conf_sum += partial[3 * n + 1];
+        pos += partial[3 * n + 2];
+    }
+    const double norm = bw_normalizer(normalization, num, (double)num * p, pos);
+    *loss = gcount[num] ? NAN : (float)(__dadd_rn(__dmul_rn(loc_weight, loc_sum), conf_sum)
+                                        / norm);
+}
+
+// == kernel multibox_grad_scale ==
+// d(loss) times `factor` (loc_weight for loc, 1 for conf) over the normalizer of the
+// saved labels' positives (>= 0 and not the background), into *scale for the dX kernel
+// launched after it. One block.
+extern "C" __global__ void __launch_bounds__(LOSS_THREADS)
+multibox_grad_scale(const float* labels, int num, int p, int background, int normalization,
+                    double factor, const float* dout, double* scale) {
+    __shared__ double scratch[32];
+    double pos = 0.0;
+    for (long long e = threadIdx.x; e < (long long)num * p; e += blockDim.x) {
+        const float lab = labels[e];
+        pos += lab >= 0.0f && lab != (float)background ? 1.0 : 0.0;
+    }
+    pos = bw_block_sum_d(pos, scratch);
+    if (threadIdx.x == 0)
+        *scale = __dmul_rn(factor, (double)*dout)
+                 / bw_normalizer(normalization, num, (double)num * p, pos);
+}
+
+// == kernel multibox_loss_dx_loc ==
+// d loc = smooth L1'(loc - targets) * scale at the positives, 0 elsewhere. Grid-stride
+// over N * P * 4.
+extern "C" __global__ void multibox_loss_dx_loc(const float* loc, const float* targets,
+                                                const float* labels, int background,
+                                                const double* scale, float* dx,
+                                                long long n, int accumulate) {
+    const double s = *scale;
+    BW_GRID_STRIDE(e, n) {
+        const int lab = (int)labels[e / 4];
+        double g = 0.0;
+        if (lab >= 0 && lab != background) {
+            const double d = (double)loc[e] - (double)targets[e];
+            g = (fabs(d) < 1.0 ? d : (d > 0.0 ? 1.0 : (d < 0.0 ? -1.0 : 0.0))) * s;
+        }
+        bw_put(dx, e, (float)g, accumulate);
+    }
+}
+
+// == kernel multibox_loss_dx_conf ==
+// d conf = (softmax - onehot(label)) * scale at the counted priors (label >= 0), 0
+// elsewhere. One thread per prior (its C classes share one softmax), grid-stride.
+extern "C" __global__ void multibox_loss_dx_conf(const float* conf, const float* labels,
+                                                 const double* scale, float* dx,
+                                                 long long priors, int c, int accumulate) {
+    const double s = *scale;
+    BW_GRID_STRIDE(e, priors) {
+        const int lab = (int)labels[e];
+        const float* z = conf + e * c;
+        double top = 0.0, total = 1.0;
+        if (lab >= 0) bw_softmax_parts(z, c, &top, &total);
+        for (int q = 0; q < c; ++q) {
+            const double g = lab < 0 ? 0.0
+                           : (exp((double)z[q] - top) / total - (q == lab ? 1.0 : 0.0)) * s;
+            bw_put(dx, e * c + q, (float)g, accumulate);
+        }
     }
 }

@@ -203,6 +203,7 @@ extern "C" __global__ void interp_dx(const float* dout, float* dx, long long pla
     }
 }
 
+// == helpers ==
 // roi_pool: Fast R-CNN's ROIPooling. Each roi row is (batch, x1, y1, x2, y2) in input
 // pixels; its corners are rounded onto the features after scaling and its bins cut as
 // Caffe cuts them, in double so that a bin edge that is an exact integer stays one (the
@@ -290,6 +291,7 @@ extern "C" __global__ void roi_pool_dx(const float* rois, const int* argmax,
     }
 }
 
+// == helpers ==
 // normalize: SSD's L2 normalisation of [N, C, S] tensors, one norm per sample
 // (across = 1) or per sample and position. A "group" is the elements one norm covers:
 // group g of sample n is position g (across = 0) or all of the sample. The forward's norm

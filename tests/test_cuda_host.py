@@ -82,6 +82,7 @@ def test_runtime_kernels_exist():
 # ---- launch arguments against the kernels' C signatures -------------------------------------
 # what each C parameter type receives from the launch code
 _C_TYPES = {"pointer": np.dtype(np.uintp), "float": np.dtype(np.float32),
+            "double": np.dtype(np.float64),
             "int": np.dtype(np.int32), "long long": np.dtype(np.int64),
             "unsigned long long": np.dtype(np.uint64)}
 

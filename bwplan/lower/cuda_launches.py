@@ -87,7 +87,9 @@ def scratch_needs(program: Program, sizes: Mapping[str, int], sm_count: int) -> 
         total += sizes[p]
     env = Env(sm_count)
     workspace = 0
-    for step in program.backward:
+    # one workspace for every step that needs one (split-K dW, SSD's matching state), each
+    # using it only during its own launches
+    for step in program.components:
         layer = net.layer(step.layer)
         e = table.entry(layer.op, step.component.key)
         rows = program.dw_rows(step)

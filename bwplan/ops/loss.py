@@ -773,10 +773,9 @@ MULTIBOX_LOSS = OpDef(
          AuxSpec("labels", _multibox_aux)),
     role="loss",
     forward_ref=_multibox_fwd,
-    # matching and mining run on the host, so there are CPU kernels only: the cuda target
-    # refuses the op (bwplan/runtime/cuda.py)
-    kernels={"cpu": {"fwd": "loss.multibox_loss_fwd", "dx:loc": "loss.multibox_loss_dx_loc",
-                     "dx:conf": "loss.multibox_loss_dx_conf"}},
+    kernels=on_every_target({"fwd": "loss.multibox_loss_fwd",
+                             "dx:loc": "loss.multibox_loss_dx_loc",
+                             "dx:conf": "loss.multibox_loss_dx_conf"}),
 )
 
 

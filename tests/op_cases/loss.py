@@ -389,8 +389,7 @@ ROWS = {
         "multibox_conf = flatten(multibox_ct)\n"
         "multibox_loss = multibox_loss(multibox_loc, multibox_conf, priors, boxes, "
         "num_classes=3)", "priors : f32[1, 2, 144]\nboxes : f32[1, 1, 2, 8]", head=False,
-        batch=1), multibox_loss, deciding=True,
-        no_cuda="SSD's matching and hard-negative mining run on the host"),
+        batch=1), multibox_loss, deciding=True),
     "sigmoid_cross_entropy_loss": OpRow(sigmoid_ce_case(), NetUse(
         "sigmoid_target = sigmoid(t)\n"
         "sigmoid_cross_entropy_loss = sigmoid_cross_entropy_loss(g, sigmoid_target, "

@@ -102,8 +102,8 @@ def _entry(op_name: str, component: str) -> KernelEntry:
 
 
 def require_kernels(net) -> None:
-    """A BwError at the first layer whose op has no cuda kernels (SSD's MultiBoxLoss: its
-    matching and hard-negative mining run on the host), before anything is lowered."""
+    """A BwError at the first layer whose op has no cuda kernels, before anything is
+    lowered."""
     for layer in net.layers:
         if "cuda" not in registry.OPS[layer.op].kernels:
             raise BwError(layer.span, f"the cuda target has no kernels for '{layer.name}' "

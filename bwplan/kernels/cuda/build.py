@@ -31,6 +31,9 @@ from bwplan.lower.program import Program
 from bwplan.resources import resource_dir
 
 _MARKER = re.compile(r"^// == kernel (\w+) ==\s*$", re.M)
+# a section of device helpers between kernels: it belongs to the file's preamble (every
+# program that uses one of the file's kernels gets it), not to the kernel above it
+_HELPERS = re.compile(r"^// == helpers ==\s*$", re.M)
 _INCLUDE = re.compile(r'^#include "common\.cuh"\s*$', re.M)
 _PRAGMA = re.compile(r"^#pragma once\s*$", re.M)
 # seconds an nvcc run may take before it counts as hung
@@ -60,10 +63,14 @@ def read_kernel_file(name: str) -> KernelFile:
     marks = list(_MARKER.finditer(text))
     if not marks:
         raise InternalError(f"cuda/{name} has no '// == kernel NAME ==' markers")
-    blocks = {}
+    blocks, helpers = {}, []
     for m, nxt in zip(marks, marks[1:] + [None]):
-        blocks[m.group(1)] = text[m.start():nxt.start() if nxt else len(text)].rstrip() + "\n"
-    return KernelFile(name, text[:marks[0].start()].rstrip() + "\n", blocks)
+        block = text[m.start():nxt.start() if nxt else len(text)]
+        kernel, *rest = _HELPERS.split(block)
+        blocks[m.group(1)] = kernel.rstrip() + "\n"
+        helpers += [h.strip("\n") for h in rest]
+    preamble = "\n\n".join([text[:marks[0].start()].rstrip()] + helpers)
+    return KernelFile(name, preamble.rstrip() + "\n", blocks)
 
 
 def kernels_in_sources() -> dict[str, set[str]]:

@@ -7,6 +7,7 @@ import math
 
 from bwplan.kernels.cuda.limits import (LOSS_THREADS, Launch, CudaCannotRun, f32, flag,
                                         grid_stride, i32, i64, ptr)
+from bwplan.kernels.cuda import multibox
 from bwplan.ops.loss import NORMALIZATIONS, infogain_split
 
 DTYPE_CODES = {"f32": 0, "f64": 1, "i32": 2, "i64": 3, "u8": 4, "bool": 4}
@@ -236,4 +237,14 @@ LAUNCH = {
     ("smooth_l1_loss_weighted", "fwd"): smooth_l1_fwd,
     ("smooth_l1_loss_weighted", "dx:a"): _smooth_l1_dx(1.0),
     ("smooth_l1_loss_weighted", "dx:b"): _smooth_l1_dx(-1.0),
+    ("multibox_loss", "fwd"): multibox.forward,
+    ("multibox_loss", "dx:loc"): multibox.dx_loc,
+    ("multibox_loss", "dx:conf"): multibox.dx_conf,
 }
+# SSD's MultiBoxLoss: the forward's other launches and each dX's scale (multibox.py)
+ALSO = {("multibox_loss", "fwd"): multibox.FORWARD_KERNELS,
+        ("multibox_loss", "dx:loc"): (multibox.SCALE_KERNEL,),
+        ("multibox_loss", "dx:conf"): (multibox.SCALE_KERNEL,)}
+WORKSPACE = {("multibox_loss", "fwd"): multibox.fwd_workspace,
+             ("multibox_loss", "dx:loc"): multibox.dx_workspace,
+             ("multibox_loss", "dx:conf"): multibox.dx_workspace}
