@@ -132,7 +132,10 @@ class GpuRun:
                                                  training, np.random.default_rng(SEED))
         kept = set(self.ref_aux) if keep is None else set(keep)
         counter = mem.up(np.array([SEED], np.uint64))
-        self.env = Env(sm_count or DEV.sm_count, 0, 0, counter, 3)
+        fwd = table.entry(name, "fwd")   # a forward with state of its own (SSD's matching)
+        ws = fwd.workspace(self.ctx, Env(sm_count or DEV.sm_count)) if fwd.workspace else 0
+        self.env = Env(sm_count or DEV.sm_count,
+                       mem.up(np.zeros(ws // 4 + 1, np.float32)) if ws else 0, ws, counter, 3)
         self.in_ptrs = [mem.up(x) for x in self.inputs]
         self.param_ptrs = {k: mem.up(v) for k, v in self.params.items()}
         out_t = self.ctx.out
@@ -530,3 +533,73 @@ def test_sliced_training_on_the_gpu_matches_the_cpu_target(source, freeze, tmp_p
         for a, b in frozen.get(name, ()):
             assert np.array_equal(got[a:b], before[name][a:b]), (name, "frozen rows moved")
         assert _rel(got - before[name], value - before[name]) < 5e-2, name
+
+
+# ---- SSD's MultiBoxLoss: the device decides as the cpu target does -----------------------
+from test_cuda_multibox_host import CASES as MULTIBOX_CASES, multibox_net  # noqa: E402
+
+
+@pytest.mark.parametrize("n,side,dup,c,match,mining,norm,conf", MULTIBOX_CASES)
+def test_multibox_kernels_decide_and_score_as_the_cpu_kernels(n, side, dup, c, match, mining,
+                                                              norm, conf):
+    """The tiny nets of test_cuda_multibox_host.py (ties made on purpose, more priors than
+    a block has threads): the device's labels and codes equal the cpu kernels', the loss
+    and both gradients within 1e-6."""
+    from bwplan.kernels.cpu import loss as cpu_loss
+    from bwplan.plan.components import op_ctx
+    from bwplan.runtime.backend import BACKENDS
+    from bwplan.runtime.executor import Executor
+    text, batch, params = multibox_net(n, side, dup, c, match, mining, norm, conf)
+    prog = bwplan.compile(text, target="cpu")
+    values = Executor(prog.program, BACKENDS["cpu"]()).run(batch, params, {}, training=True,
+                                                           capture=("loc", "conf")).values
+    layer = prog.net.layer("loss")
+    ctx = op_ctx(prog.net, layer)
+    inputs = [values["loc"], values["conf"], batch["priors"], batch["boxes"]]
+    p = batch["priors"].shape[2] // 4
+    want = np.zeros((), np.float32)
+    aux = {"targets": np.zeros((n, p, 4), np.float32), "labels": np.zeros((n, p), np.float32)}
+    cpu_loss.multibox_loss_fwd(ctx, inputs, {}, want, aux, True, None)
+    mem = Mem()
+    e = table.entry("multibox_loss", "fwd")
+    ws = e.workspace(ctx, Env(DEV.sm_count))
+    env = Env(DEV.sm_count, mem.poisoned((ws // 4 + 1,), np.float32), ws, 0, 0)
+    out = mem.poisoned((1,), np.float32)
+    got_aux = {k: mem.poisoned(v.shape, np.float32) for k, v in aux.items()}
+    run(table.launches(e, ctx, [mem.up(x) for x in inputs], {}, out, got_aux, True, env))
+    labels = Mem.down(got_aux["labels"], (n, p), np.float32)
+    assert np.array_equal(labels, aux["labels"]), "the device's decisions differ"
+    np.testing.assert_allclose(Mem.down(got_aux["targets"], (n, p, 4), np.float32),
+                               aux["targets"], rtol=1e-6)
+    np.testing.assert_allclose(Mem.down(out, (1,), np.float32)[0], float(want), rtol=1e-6)
+    saved = {"loc": inputs[0], "conf": inputs[1], **aux}
+    dsaved = {k: mem.up(v) for k, v in saved.items()}
+    seed = np.ones((1,), np.float32)
+    for component, index, kernel in (("dx:loc", 0, cpu_loss.multibox_loss_dx_loc),
+                                     ("dx:conf", 1, cpu_loss.multibox_loss_dx_conf)):
+        ref = np.empty_like(inputs[index])
+        kernel(ctx, saved, seed.reshape(()), index, ref)
+        e = table.entry("multibox_loss", component)
+        env = Env(DEV.sm_count, mem.poisoned((4,), np.float32), 8, 0, 0)
+        got = mem.poisoned(ref.shape, np.float32)
+        run(table.launches(e, ctx, dsaved, mem.up(seed), index, got, False, env))
+        np.testing.assert_allclose(Mem.down(got, ref.shape, np.float32), ref, rtol=1e-6,
+                                   atol=1e-9, err_msg=component)
+
+
+@pytest.mark.parametrize("case", [c for c in MULTIBOX_CASES if c[0] == 1])
+def test_multibox_net_trains_on_the_gpu_as_on_the_cpu(case):
+    """Three SGD steps of the tiny nets of one image (the priors' batch of 1 is the net's)
+    on target "cuda" and target "cpu": the losses within 1e-6, the parameters within
+    1e-5."""
+    text, batch, params = multibox_net(*case)
+    cpu, gpu = bwplan.compile(text, target="cpu"), bwplan.compile(text, target="cuda")
+    for prog in (cpu, gpu):
+        prog.params = params
+        prog.set_optimizer(0.05, 0.9, 1e-3)
+    for _ in range(3):
+        want, got = cpu.step(batch), gpu.step(batch)
+        assert abs(got - want) <= 1e-6 * max(1.0, abs(want)), (got, want)
+    for name, value in cpu.params.items():
+        np.testing.assert_allclose(gpu.params[name], value, rtol=1e-5, atol=1e-6,
+                                   err_msg=name)

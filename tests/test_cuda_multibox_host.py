@@ -63,27 +63,37 @@ CASES = [  # (images, grid side, duplicated priors, classes, match, mining, norm
     (2, 3, 3, 3, "BIPARTITE", "MAX_NEGATIVE", "FULL", "equal"),
     (1, 4, 0, 2, "PER_PREDICTION", "NONE", "BATCH_SIZE", "random"),
     (2, 33, 40, 3, "PER_PREDICTION", "MAX_NEGATIVE", "VALID", "equal"),   # P > 1024
+    (1, 33, 40, 4, "BIPARTITE", "MAX_NEGATIVE", "VALID", "random"),
 ]
 
 
-@pytest.mark.parametrize("n,side,dup,c,match,mining,norm,conf", CASES)
-def test_the_device_model_decides_and_scores_as_the_cpu_target(n, side, dup, c, match,
-                                                                mining, norm, conf):
+def multibox_net(n, side, dup, c, match, mining, norm, conf):
+    """(the tiny net's text, a batch, its parameters) for one row of CASES; the tests on a
+    GPU (test_cuda_gpu.py) run the same nets."""
     rng = np.random.default_rng(side + dup)
     priors = _priors(side, dup)
     p = priors.shape[2] // 4
     boxes = _boxes(n, c, rng)
     text = NET.format(n=n, p4=4 * p, pc=p * c, g=boxes.shape[2], c=c, match=match,
                       mining=mining, norm=norm)
-    prog = bwplan.compile(text, target="cpu")
-    program, net = prog.program, prog.net
-    params = {k: v.copy() for k, v in prog.params.items()}
+    params = {k: v.copy() for k, v in bwplan.compile(text, target="cpu").params.items()}
     if conf == "equal":      # every prior scores its classes alike: the mining ties
         w = params["conf.weight"].reshape(p, c, 5)
         w[:] = w[:1]
         params["conf.bias"].reshape(p, c)[:] = params["conf.bias"].reshape(p, c)[:1]
     batch = {"x": rng.standard_normal((n, 5)).astype(np.float32), "priors": priors,
              "boxes": boxes}
+    return text, batch, params
+
+
+@pytest.mark.parametrize("n,side,dup,c,match,mining,norm,conf", CASES)
+def test_the_device_model_decides_and_scores_as_the_cpu_target(n, side, dup, c, match,
+                                                                mining, norm, conf):
+    text, batch, params = multibox_net(n, side, dup, c, match, mining, norm, conf)
+    priors, boxes = batch["priors"], batch["boxes"]
+    p = priors.shape[2] // 4
+    prog = bwplan.compile(text, target="cpu")
+    program, net = prog.program, prog.net
     grads: dict = {}
     cpu = Executor(program, BACKENDS["cpu"]()).run(batch, params, grads, training=True,
                                                    capture=("loc", "conf"))
@@ -150,3 +160,18 @@ def test_the_device_model_decides_and_scores_as_the_cpu_target(n, side, dup, c, 
                                atol=1e-7)
     np.testing.assert_allclose(dconf.astype(np.float64).T @ x, grads["conf.weight"],
                                rtol=1e-5, atol=1e-7)
+
+
+def test_compile_for_cuda_writes_the_multibox_kernels(tmp_path, capsys, monkeypatch):
+    """`bwplan compile --target cuda` of the tiny net (nvcc left out: test_cuda_compile.py
+    compiles these kernels)."""
+    from bwplan.cli.main import main
+    from bwplan.kernels.cuda import build
+    monkeypatch.setattr(build, "find_nvcc", lambda: None)
+    text, _, _ = multibox_net(*CASES[0])
+    path = tmp_path / "mbox.bw"
+    path.write_text(text)
+    assert main(["compile", str(path), "--target", "cuda", "-o", str(tmp_path / "o")]) == 0
+    source = (tmp_path / "o" / "mbox.cu").read_text()
+    assert 'extern "C" __global__ void __launch_bounds__(LOSS_THREADS)\nmultibox_mine(' in source
+    assert "Traceback" not in capsys.readouterr().err
