@@ -336,6 +336,16 @@ def test_program_source_holds_only_the_kernels_the_program_launches():
     assert "#include" not in source and "#pragma once" not in source
 
 
+def test_helper_sections_between_kernels_go_to_the_preamble():
+    """A program with normalize but no roi_pool still gets normalize's helper, which sits
+    after roi_pool's kernels in spatial.cu."""
+    spatial = build.read_kernel_file("spatial.cu")
+    assert "bw_group_elem(int n" in spatial.preamble and "struct BwRoi" in spatial.preamble
+    assert not any("// == helpers ==" in block or "bw_group_elem(int n" in block
+                   for block in spatial.kernels.values())
+    assert "__global__" not in spatial.preamble
+
+
 def test_ptxas_report_is_parsed_per_kernel():
     log = """ptxas info    : 0 bytes gmem
 ptxas info    : Compiling entry function 'k1' for 'sm_90'
