@@ -28,7 +28,7 @@ def report(prog, artifact, args, out_dir: Path) -> None:
           f"{manifest['launches_per_step']} launches per step")
     print(f"device memory: {manifest['arena_bytes']:,} bytes of activations in one "
           f"allocation (plan: {manifest['plan_peak_bytes']:,}), "
-          f"{manifest['workspace_bytes']:,} of split-K workspace")
+          f"{manifest['workspace_bytes']:,} of workspace (split-K sums, SSD's matching)")
     if manifest["cubin"] is None:
         print("nvcc not found: the CUDA source was written but not compiled")
     else:

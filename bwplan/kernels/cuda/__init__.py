@@ -23,9 +23,10 @@ and leaves the others untouched; ROWS_KERNELS lists its kernels, ROWS_WORKSPACE 
 split-K workspace (ctx, rows, env) -> bytes.
 
 `accumulate` asks the kernel to add to `out` instead of overwriting it; `env`
-(limits.Env) carries the device's multiprocessor count, the split-K workspace and the
-dropout step counter. Nothing here imports PyCUDA or needs a GPU: `bwplan compile
---target cuda` and the tests use it to generate and check sources on any machine.
+(limits.Env) carries the device's multiprocessor count, the workspace (split-K partial
+sums, the state of SSD's matching; a kernel's WORKSPACE row sizes it) and the dropout step
+counter. Nothing here imports PyCUDA or needs a GPU: `bwplan compile --target cuda` and
+the tests use it to generate and check sources on any machine.
 """
 from __future__ import annotations
 
