@@ -233,10 +233,12 @@ def test_a_batch_change_at_run_time_leaves_the_unbatched_inputs(tmp_path):
     assert "it has no batch axis" in info.value.message
 
 
-def test_the_cuda_target_compiles_ssd300_with_its_multiboxloss(tmp_path, capsys):
+def test_the_cuda_target_compiles_ssd300_with_its_multiboxloss(tmp_path, capsys,
+                                                              monkeypatch):
     """The whole net's CUDA source (its Normalize, Permute, Concat and MultiBoxLoss
-    kernels) is written, and compiled where nvcc is found."""
+    kernels) is written (nvcc left out: test_cuda_compile.py compiles the kernel files)."""
     from bwplan.kernels.cuda import build
+    monkeypatch.setattr(build, "find_nvcc", lambda: None)
     path = str(NETS / "ssd300_vgg_train.prototxt")
     assert main(["compile", path, *_args("ssd300_vgg_train"), "--target", "cuda",
                  "-o", str(tmp_path / "out")]) == 0
@@ -244,9 +246,8 @@ def test_the_cuda_target_compiles_ssd300_with_its_multiboxloss(tmp_path, capsys)
     source = (tmp_path / "out" / "ssd300_vgg_train.cu").read_text()
     for kernel in ("multibox_bipartite", "multibox_mine", "multibox_loss_dx_conf",
                    "normalize_fwd"):
-        assert f"void {kernel}(" in source or f"{kernel}(" in source, kernel
-    if build.find_nvcc() is not None:
-        assert "multibox_mine" in out and "nvcc not found" not in out
+        assert f"{kernel}(" in source, kernel
+    assert "nvcc not found" in out
 
 
 def test_a_background_box_in_the_ground_truth_is_refused(tmp_path):

@@ -107,6 +107,11 @@ def f32(value: float) -> np.float32:
     return np.float32(value)
 
 
+def f64(value: float) -> np.float64:
+    """A double argument: a threshold compared with double overlaps as the cpu compares it."""
+    return np.float64(value)
+
+
 def u64(value: int) -> np.uint64:
     return np.uint64(value)
 

@@ -1,6 +1,7 @@
 """Launch geometry of cuda/loss.cu: the scalar forwards are one block of LOSS_THREADS (a
 fixed-order reduction, loss.cu's header says why); the dX kernels are grid-stride loops.
-Labels and flags are passed with their dtype code (BW_* in common.cuh)."""
+Labels and flags are passed with their dtype code (BW_* in common.cuh). SSD's
+MultiBoxLoss is several launches over a workspace: its geometry is in multibox.py."""
 from __future__ import annotations
 
 import math

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bwplan.kernels.cuda.limits import (LOSS_THREADS, MAX_GRID_X, WARP_SIZE, CudaCannotRun,
-                                        Env, Launch, flag, grid_stride, i32, i64, ptr)
 from bwplan.errors import InternalError
+from bwplan.kernels.cuda.limits import (LOSS_THREADS, MAX_GRID_X, WARP_SIZE, CudaCannotRun,
+                                        Env, Launch, f64, flag, grid_stride, i32, i64, ptr)
 from bwplan.ops.loss import NORMALIZATIONS
-
-import numpy as np
 
 FORWARD_KERNELS = ("multibox_gather_gt", "multibox_overlaps", "multibox_bipartite",
                    "multibox_score", "multibox_mine")
@@ -26,10 +24,6 @@ SCALE_KERNEL = "multibox_grad_scale"
 ALIGN = 256
 # a block for the ground-truth gather: its rows are few, one pass of 256 covers most
 GATHER_THREADS = 256
-
-
-def f64(value: float) -> np.float64:
-    return np.float64(value)
 
 
 @dataclass(frozen=True, slots=True)
