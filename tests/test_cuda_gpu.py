@@ -588,14 +588,16 @@ def test_multibox_kernels_decide_and_score_as_the_cpu_kernels(n, side, dup, c, m
 
 
 @pytest.mark.parametrize("case", [c for c in MULTIBOX_CASES if c[0] == 1])
-def test_multibox_net_trains_on_the_gpu_as_on_the_cpu(case):
+def test_multibox_net_trains_on_the_gpu_as_on_the_cpu(case, tmp_path):
     """Three SGD steps of the tiny nets of one image (the priors' batch of 1 is the net's)
     on target "cuda" and target "cpu": the losses within 1e-6, the parameters within
     1e-5."""
     text, batch, params = multibox_net(*case)
     cpu, gpu = bwplan.compile(text, target="cpu"), bwplan.compile(text, target="cuda")
+    cpu.params = params
+    cpu.save_weights(str(tmp_path / "w.npz"))
+    gpu.load_weights(str(tmp_path / "w.npz"))      # onto the device
     for prog in (cpu, gpu):
-        prog.params = params
         prog.set_optimizer(0.05, 0.9, 1e-3)
     for _ in range(3):
         want, got = cpu.step(batch), gpu.step(batch)
