@@ -509,6 +509,12 @@ def _pool(op: str) -> Callable[[NodeView], Mapped]:
             raise Unsupported(f"dilations {dilations}: bwplan's pools are dense")
         if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
             raise Unsupported(f"pads {list(pad)} not smaller than the kernel {kernel}")
+        if ceil and skip is None and _floor_is_onnx_count(view, kernel, strides, pad):
+            # ONNX drops a last window that would start in the end padding (or past the
+            # image, without padding): where that leaves the floor count, every window is
+            # a floor-mode one, and Caffe's ceil rule (which keeps a window starting past an
+            # unpadded end) is not asked
+            ceil = False
         attrs = dict(kernel=tuple(kernel), stride=tuple(strides), pad=pad, ceil=ceil)
         if op == "avgpool":
             attrs["count_pad"] = bool(view.attrs.get("count_include_pad", 0))
@@ -517,6 +523,12 @@ def _pool(op: str) -> Callable[[NodeView], Mapped]:
         return _trimmed(view, Emit(op, (view.data(0),), attrs, {}, None), kernel, strides,
                         skip)
     return row
+
+
+def _floor_is_onnx_count(view: NodeView, kernel, strides, pad) -> bool:
+    from bwplan.ops._shapes import window_out
+    return all(window_out(size, k, s, p) == want for size, k, s, p, want in zip(
+        _spatial(view, view.node.op_type), kernel, strides, pad, view.out_shape()[2:]))
 
 
 def _shifted_windows(view: NodeView, kernel, strides, dilations, op: str
@@ -620,6 +632,9 @@ def reshape(view: NodeView) -> Mapped:
 
 def squeeze_like(view: NodeView) -> Mapped:
     """Squeeze and Unsqueeze of a computed tensor: a reshape to the inferred shape."""
+    if view.input(1) and not view.is_const(1):
+        # the axes would be read at run time: the shape declared in the file is no rule
+        raise Unsupported("the axes (input 1) are computed, not constant")
     return one(view, "reshape", [view.data(0)],
                dict(shape=_batch_kept(list(view.out_shape()), view.shape(0))))
 

@@ -180,7 +180,17 @@ class _Converter:
                             "\n".join(self.problems),
                             "every op bwplan imports is listed in docs/onnx.md")
         outputs = []
+        producer = {o: n for n in self.nodes for o in n.output if o}
         for out in self.graph.output:
+            node = producer.get(out.name)
+            if out.name not in self.current and node is not None and id(node) not in folded:
+                # a second output of an imported node: a Dropout's mask, a BN's new
+                # statistics, a MaxPool's indices
+                k = list(node.output).index(out.name)
+                raise OnnxError(Span.whole(self.path), f"graph output '{out.name}' is output "
+                                f"{k} of node '{node.name or node.output[0]}' "
+                                f"({node.op_type}), which bwplan does not compute",
+                                "export the model with that node's first output only")
             if out.name not in self.current:
                 raise OnnxError(Span.whole(self.path), f"graph output '{out.name}' is a "
                                 "constant or a graph input, not computed by a layer")
@@ -222,7 +232,11 @@ class _Converter:
 
     # ---- pieces -----------------------------------------------------------------------
     def input_decls(self) -> list[ast.InputDecl]:
+        """The graph inputs. The first one's first axis is the batch; another input whose
+        first axis differs from it (a lookup table, a constant fed at run time) has no batch
+        axis, so that a batch of another size takes it whole."""
         decls = []
+        batch = None
         for inp in self.graph.input:
             if inp.name not in self.model.input_shapes:
                 continue
@@ -233,8 +247,12 @@ class _Converter:
                                 f"type {elem}; bwplan imports float and integer inputs")
             name = self.names.take(sanitize(inp.name))
             self.current[inp.name] = name
-            decls.append(ast.InputDecl(name, TensorType(dtype, self.model.input_shapes[
-                inp.name]), False, Span.whole(self.path)))
+            shape = self.model.input_shapes[inp.name]
+            if batch is None and shape:
+                batch = shape[0]
+            decls.append(ast.InputDecl(name, TensorType(dtype, shape), False,
+                                       Span.whole(self.path),
+                                       batched=not shape or shape[0] == batch))
         return decls
 
     def layer_name(self, node, e: Emit) -> str:
