@@ -498,12 +498,8 @@ def _pool(op: str) -> Callable[[NodeView], Mapped]:
             pad, end_ceil = _pads(view, kernel, strides, dilations, pool=True)
             ceil, skip = ceil or end_ceil, None
         except Unsupported:
-            if op == "avgpool" and view.attrs.get("count_include_pad", 0) and not ceil:
-                # padding an average counts is zeros: a `pad` layer can hold the extra
-                pad, pre = _split_pads(*_begin_end(view, kernel, strides, dilations))
-                return _with_pad(pre, Emit(op, (view.data(0),), dict(
-                    kernel=tuple(kernel), stride=tuple(strides), pad=pad, ceil=False,
-                    count_pad=True), {}, view.node.output[0]))
+            if op == "avgpool" and view.attrs.get("count_include_pad", 0):
+                return _counted_padding(view, op, kernel, strides, dilations, ceil)
             pad, skip = _shifted_windows(view, kernel, strides, dilations, op)
         if dilations != [1, 1]:
             raise Unsupported(f"dilations {dilations}: bwplan's pools are dense")
@@ -525,6 +521,51 @@ def _pool(op: str) -> Callable[[NodeView], Mapped]:
     return row
 
 
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _counted_padding(view: NodeView, op: str, kernel, strides, dilations, ceil: bool
+                     ) -> Mapped:
+    """An average that counts the padding (count_include_pad=1) whose sides differ. Counted
+    padding is zeros, so what one side has more is a `pad` layer (`<layer>.pad`) before a pool
+    padded alike on both sides. Its windows are ONNX's, over the same padded extent, so the
+    sums and the divisors (the window's cells inside that extent) are ONNX's; in ceil mode a
+    last window that ONNX drops (it would start in the end padding) and Caffe's rule keeps
+    (it starts in the zeros of the pad layer) is sliced off (`.crop_h`, `.crop_w`)."""
+    from bwplan.ops._shapes import window_out
+    if dilations != [1, 1]:
+        raise Unsupported(f"dilations {dilations}: bwplan's pools are dense")
+    if ceil and _text(view.attrs.get("auto_pad", "NOTSET")) != "NOTSET":
+        raise Unsupported("ceil_mode=1 with auto_pad: onnx's reference evaluator defines no "
+                          "such pool, and onnxruntime's sizes differ from shape inference's")
+    begin, end = _begin_end(view, kernel, strides, dilations)
+    pad, pre = _split_pads(begin, end)
+    if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+        raise Unsupported(f"pads {list(pad)} not smaller than the kernel {kernel}")
+    sizes = [n + b + e - 2 * p for n, b, e, p in zip(_spatial(view, view.node.op_type),
+                                                      begin, end, pad)]
+    want = view.out_shape()[2:]
+    if ceil and all(window_out(n, k, s, p) == w for n, k, s, p, w in zip(
+            sizes, kernel, strides, pad, want)):
+        ceil = False        # no window of ONNX's ceil count is partial
+    layers = [Emit(op, (PREVIOUS,) if pre else (view.data(0),), dict(
+        kernel=tuple(kernel), stride=tuple(strides), pad=pad, ceil=ceil, count_pad=True),
+        {}, None)]
+    for axis, (n, k, s, p, w) in enumerate(zip(sizes, kernel, strides, pad, want)):
+        have = window_out(n, k, s, p, ceil=ceil)
+        if have < w:
+            raise Unsupported(f"{w} windows along axis {2 + axis} where the pool after the "
+                              f"pad layer has {have}")
+        if have > w:
+            layers.append(Emit("slice", (PREVIOUS,), dict(axis=2 + axis, begin=0, end=w),
+                               {}, None, (".crop_h", ".crop_w")[axis]))
+    layers[-1] = replace(layers[-1], output=view.node.output[0])
+    if pre is not None:
+        layers.insert(0, replace(pre, args=(view.data(0),)))
+    return Mapped(tuple(layers))
+
+
 def _floor_is_onnx_count(view: NodeView, kernel, strides, pad) -> bool:
     from bwplan.ops._shapes import window_out
     return all(window_out(size, k, s, p) == want for size, k, s, p, want in zip(
@@ -540,9 +581,7 @@ def _shifted_windows(view: NodeView, kernel, strides, dilations, op: str
     begin, end = _begin_end(view, kernel, strides, dilations)
     pad = tuple(max(b, e) for b, e in zip(begin, end))
     shift = [p - b for p, b in zip(pad, begin)]
-    if any(s % st for s, st in zip(shift, strides)) or (
-            op == "avgpool" and view.attrs.get("ceil_mode", 0)
-            and view.attrs.get("count_include_pad", 0)):
+    if any(s % st for s, st in zip(shift, strides)):
         raise Unsupported(f"asymmetric padding (begin {begin}, end {end}) of a pool with "
                           f"strides {strides}: bwplan pads both sides of a pool alike, and "
                           "no run of the windows of a pool padded so is this one's")
