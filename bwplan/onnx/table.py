@@ -782,6 +782,66 @@ def dropout(view: NodeView) -> Mapped:
     return one(view, "dropout", [view.data(0)], dict(p=float(ratio)))
 
 
+def _scalar(view: NodeView, name: str) -> float | None:
+    value = view.constants.get(name)
+    return None if value is None or np.size(value) != 1 else float(np.reshape(value, -1)[0])
+
+
+def _next(view: NodeView, node, op_types: tuple[str, ...]):
+    """The one node reading `node`'s output, if it is one of `op_types`; a node folded at
+    import (the dynamo exporter's CastLike that reads only the draw's element type) is no
+    reader."""
+    users = [u for u in view.consumers(node.output[0])
+             if not all(o in view.constants for o in u.output if o)]
+    return users[0] if len(users) == 1 and users[0].op_type in op_types else None
+
+
+def drop_path(view: NodeView) -> Mapped:
+    """A random draw that starts torchvision's StochasticDepth (mode "row") as both exporters
+    write it in training mode: r = RandomUniformLike(a [N, 1, ..., 1] tensor), keep =
+    Cast(Less(r, q)) (CastLike for the dynamo exporter), then x * keep / q, or x * (keep /
+    q): bwplan's drop_path(x, p = 1 - q), its own per-sample draw, with the Less, Cast, Mul
+    and Div nodes absorbed. Any other use of a random draw is not imported."""
+    a = view.attrs
+    if float(a.get("low", 0.0)) != 0.0 or float(a.get("high", 1.0)) != 1.0:
+        raise Unsupported("a random draw other than uniform on [0, 1)")
+    less = _next(view, view.node, ("Less",))
+    keep = None if less is None else _scalar(view, less.input[1])
+    cast = None if less is None or less.input[0] != view.node.output[0] else _next(
+        view, less, ("Cast", "CastLike"))
+    if keep is None or cast is None or not 0.0 < keep <= 1.0:
+        raise Unsupported("a random draw that is not a stochastic-depth mask (RandomUniformLike "
+                          "< a constant, cast to floats, times a tensor)")
+    absorbed, mask, scale = [less, cast], cast, None
+    div = _next(view, mask, ("Div",))
+    if div is not None and div.input[0] == mask.output[0]:
+        scale, mask = _scalar(view, div.input[1]), div
+        absorbed.append(div)
+    mul = _next(view, mask, ("Mul",))
+    if mul is None:
+        raise Unsupported("the stochastic-depth mask is not multiplied into a tensor")
+    x = next((i for i in mul.input if i != mask.output[0]), None)
+    absorbed.append(mul)
+    out = mul
+    if scale is None:
+        div = _next(view, mul, ("Div",))
+        if div is not None and div.input[0] == mul.output[0]:
+            scale, out = _scalar(view, div.input[1]), div
+            absorbed.append(div)
+    if scale is None or not np.isclose(scale, keep, rtol=1e-6):
+        raise Unsupported(f"a stochastic-depth mask kept with probability {keep} but divided "
+                          f"by {scale}: bwplan's drop_path scales the kept samples by 1/{keep}")
+    if x is None or x in view.constants or x not in view.shapes:
+        raise Unsupported("the stochastic-depth mask multiplies a constant or a tensor of "
+                          "unknown shape")
+    shape, x_shape = view.out_shape(), view.shapes[x]
+    if len(shape) != len(x_shape) or shape[0] != x_shape[0] or any(d != 1 for d in shape[1:]):
+        raise Unsupported(f"a mask of shape {list(shape)} on a tensor of {list(x_shape)}: "
+                          "bwplan's drop_path draws one value per sample (mode 'row')")
+    return Mapped((Emit("drop_path", (x,), dict(p=float(1.0 - keep)), {}, out.output[0]),),
+                  tuple(absorbed))
+
+
 def lrn(view: NodeView) -> Mapped:
     a = view.attrs
     return one(view, "lrn", [view.data(0)], dict(size=int(a["size"]),
@@ -1010,6 +1070,7 @@ ROWS: Mapping[str, Callable[[NodeView], Mapped]] = {
     "Softmax": softmax,
     "LRN": lrn,
     "Identity": alias,
+    "RandomUniformLike": drop_path,
     "Transpose": lambda v: one(v, "transpose", [v.data(0)], dict(
         perm=tuple(int(p) for p in v.attrs.get("perm", range(len(v.shape(0)))[::-1])))),
 }
