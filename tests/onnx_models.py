@@ -632,9 +632,11 @@ MODELS = {
 
 
 def export(name: str, path: str, batch: int = 2, train: bool = False, dynamic: bool = False,
-           dynamo: bool = False, seed: int = 0, opset: int = 17) -> nn.Module:
+           dynamo: bool = False, seed: int = 0, opset: int = 17, drop: bool = False
+           ) -> nn.Module:
     """Export model `name` with random weights (and random BN statistics) to `path`; returns
-    the torch module (in eval mode)."""
+    the torch module (in eval mode). A training export sets the dropout and stochastic-depth
+    probabilities to 0 unless `drop` keeps them (their random draws then are in the file)."""
     make, shape = MODELS[name] if name in MODELS else MORE_MODELS[name][:2]
     torch.manual_seed(seed)
     model = make()
@@ -656,7 +658,7 @@ def export(name: str, path: str, batch: int = 2, train: bool = False, dynamic: b
         # dropout masks are random: a training-mode comparison needs p = 0 (exported as a
         # Dropout of ratio 0)
         for m in model.modules():
-            if isinstance(m, (nn.Dropout, StochasticDepth)):
+            if isinstance(m, (nn.Dropout, StochasticDepth)) and not drop:
                 m.p = 0.0
         model.train()
         if dynamo:

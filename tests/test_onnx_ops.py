@@ -283,6 +283,12 @@ CONV_TRANSPOSES = [  # attributes on a [2, 4, 4, 5] input, 3 x 3 kernel
     dict(strides=[2, 2], output_shape=[8, 9]),
     dict(strides=[2, 2], output_shape=[7, 10], auto_pad="SAME_UPPER"),
     dict(strides=[2, 2], output_shape=[10, 10]),
+    # SAME with output_padding: in * stride cells, as onnxruntime and onnx's reference
+    # compute them (onnx's shape inference says in * stride + output_padding)
+    dict(strides=[3, 2], auto_pad="SAME_LOWER", output_padding=[1, 1]),
+    dict(strides=[2, 2], auto_pad="SAME_UPPER", output_padding=[1, 0]),
+    dict(strides=[3, 3], auto_pad="SAME_UPPER", output_padding=[2, 1]),
+    dict(strides=[2, 3], auto_pad="SAME_LOWER", output_padding=[0, 2]),
 ]
 
 
@@ -303,16 +309,21 @@ def test_conv_transpose_padding_matches_onnxruntime(tmp_path, attrs, bias):
     assert ("up.shift" in ops) == (bias and "up.pad" in ops), ops
 
 
-def test_conv_transpose_whose_output_sizes_disagree_is_reported(tmp_path):
-    """SAME_LOWER with output_padding: onnxruntime writes in * stride cells, ONNX's shape
-    inference in * stride + output_padding; bwplan imports neither guess."""
-    from bwplan.errors import BwError
+def test_conv_transpose_same_with_output_padding_feeds_the_right_size_on(tmp_path):
+    """SAME_LOWER with output_padding: onnxruntime writes in * stride cells where ONNX's shape
+    inference says in * stride + output_padding; the layers after it (a Conv whose SAME
+    padding depends on its input's size) see onnxruntime's size."""
+    rng = np.random.default_rng(21)
     nodes = [helper.make_node("ConvTranspose", ["x", "up.weight"], ["u"], strides=[3, 2],
                               auto_pad="SAME_LOWER", output_padding=[1, 1]),
-             helper.make_node("Flatten", ["u"], ["y"])]
-    path = _net(tmp_path, nodes, (2, 4, 4, 5), [_init("up.weight", np.ones((4, 3, 3, 3)))])
-    with pytest.raises(BwError, match=r"ConvTranspose.*shape inference says \[13, 11\]"):
-        import_onnx(path)
+             helper.make_node("Conv", ["u", "k.weight"], ["c"], auto_pad="SAME_UPPER",
+                              strides=[2, 2], name="/k/Conv"),
+             helper.make_node("Flatten", ["c"], ["y"])]
+    path = _net(tmp_path, nodes, (2, 4, 4, 5), [
+        _init("up.weight", rng.standard_normal((4, 3, 3, 3))),
+        _init("k.weight", rng.standard_normal((2, 3, 2, 2)))])
+    net = _compare(path, _x((2, 4, 4, 5)))
+    assert {layer.name: layer.out.shape for layer in net.layers}["k"] == (2, 2, 6, 5)
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
@@ -555,3 +566,24 @@ def test_selu_with_its_default_and_its_own_constants_matches_onnxruntime(tmp_pat
     selus = [dict(layer.attrs) for layer in net.layers if layer.op == "selu"]
     assert selus == [{"alpha": pytest.approx(1.6732632), "gamma": pytest.approx(1.0507010)},
                      {"alpha": 0.5, "gamma": 2.0}]
+
+
+COUNTED_POOLS = [  # (kernel, stride, pads, ceil_mode): averages that count their padding
+    (k, s, pads, ceil) for k, s in ((2, 2), (3, 2), (3, 3), (2, 3))
+    for pads in ([1, 1, 1, 1], [0, 0, 1, 1], [1, 0, 0, 1], [1, 2, 2, 1], [0, 1, 0, 0])
+    for ceil in (0, 1) if max(pads) < k and (ceil or pads[:2] != pads[2:])]
+
+
+@pytest.mark.parametrize("kernel,stride,pads,ceil", COUNTED_POOLS)
+def test_averages_counting_uneven_padding_or_ceil_match_onnxruntime(tmp_path, kernel, stride,
+                                                                    pads, ceil):
+    """count_include_pad=1 with ceil_mode, uneven pads or both, on 6 x 7 (the sizes make
+    some last windows start in the end padding, which ONNX drops and shape inference keeps):
+    the extra padding is a pad layer before the pool, the window ONNX drops is sliced off."""
+    nodes = [helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[kernel, kernel],
+                              strides=[stride, stride], pads=pads, ceil_mode=ceil,
+                              count_include_pad=1),
+             helper.make_node("Flatten", ["p"], ["y"])]
+    net = _compare(_net(tmp_path, nodes, (2, 3, 6, 7)), _x((2, 3, 6, 7), 22) + 1, atol=1e-5)
+    ops = [layer.op for layer in net.layers]
+    assert ("pad" in ops) == (pads[:2] != pads[2:]), ops

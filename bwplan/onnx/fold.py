@@ -135,6 +135,10 @@ FOLD: Mapping[str, Callable] = {
 }
 
 
+# every op type try_fold can evaluate: the table's, and the two it reads specially
+FOLDABLE = frozenset(FOLD) | {"Shape", "CastLike"}
+
+
 def try_fold(node, constants: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]],
              dtypes: Mapping[str, int]) -> list[np.ndarray] | None:
     """The node's outputs if it can be evaluated now, else None."""

@@ -57,6 +57,7 @@ def attach_loss(conv: Converted, out_shape: tuple[int, ...] | None, loss: str | 
         target = last.call.args[0].name
         via = f" (the input of the final softmax '{last.name}', which the loss includes)"
     span = Span.synthetic("--loss")
+    inputs = [s for s in statements if isinstance(s, ast.InputDecl)]
     extra: list[ast.LayerStmt] = []
     if loss == "softmax_cross_entropy" and squeeze:
         flat = _unique(f"{target}.flat", taken)
@@ -69,14 +70,17 @@ def attach_loss(conv: Converted, out_shape: tuple[int, ...] | None, loss: str | 
         label = ast.InputDecl(_unique("label", taken), TensorType("i64", (out_shape[0],)),
                               False, span)
     else:
+        # the target has the batch axis only where the output's first axis is the inputs'
+        # batch: a graph that transposes or concatenates along axis 0 has an output whose
+        # first axis is no batch, and its target is then a whole array
+        batches = {s.type.shape[0] for s in inputs if s.batched and s.type.shape}
         label = ast.InputDecl(_unique("target", taken), TensorType("f32", tuple(out_shape)),
-                              False, span)
+                              False, span, batched=batches == {out_shape[0]})
     taken.add(label.name)
     name = _unique("loss", taken)
     call = ast.Call(loss, (ast.Arg(target, False, span), ast.Arg(label.name, False, span)),
                     (), span, span)
     layer = ast.LayerStmt(name, call, (), span, span)
-    inputs = [s for s in statements if isinstance(s, ast.InputDecl)]
     rest = [s for s in statements if not isinstance(s, ast.InputDecl)]
     module = ast.Module(conv.module.path, tuple(inputs + [label] + rest + extra + [layer]))
     text = (f"the ONNX graph has no loss: {'assumed' if assumed else 'attached'} {loss} on "

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from bwplan.onnx.errors import OnnxError
+from bwplan.onnx.window_sizes import corrected
 from bwplan.source import Span
 
 INSTALL_HINT = 'install the ONNX extra: pip install "bwplan[onnx]" (or pip install onnx)'
@@ -142,6 +143,20 @@ def _with_inferred(proto: Any, inferred: Any) -> Any:
     return proto
 
 
+def _known_shapes(g) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """The fully known shapes and the element types of a graph's typed values."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, int] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = _dims(vi)
+        dtypes[vi.name] = vi.type.tensor_type.elem_type
+        if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
+            shapes[vi.name] = tuple(dims)
+    for init in g.initializer:
+        shapes.setdefault(init.name, tuple(init.dims))
+    return shapes, dtypes
+
+
 def read_model(path: str, input_shapes: Mapping[str, tuple[int, ...]] | None = None
                ) -> OnnxModel:
     onnx = require_onnx(path)
@@ -159,20 +174,22 @@ def read_model(path: str, input_shapes: Mapping[str, tuple[int, ...]] | None = N
             for d, value in zip(dims, fixed[inp.name]):
                 d.Clear()
                 d.dim_value = value
-    try:
-        inferred = _with_inferred(model, onnx.shape_inference.infer_shapes(
-            _for_inference(model), strict_mode=True, data_prop=True))
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise OnnxError(Span.whole(path), f"ONNX shape inference fails: {first}") from None
+    light = _for_inference(model)
+    for _ in range(len(graph.node) + 1):
+        try:
+            found = onnx.shape_inference.infer_shapes(light, strict_mode=True, data_prop=True)
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise OnnxError(Span.whole(path), f"ONNX shape inference fails: {first}") from None
+        # a node whose size inference gets wrong is replaced, in the copy inference reads
+        # only, by one of the runtimes' size (window_sizes.py), and inference runs again
+        fix = corrected(light.graph, _known_shapes(found.graph)[0])
+        if fix is None:
+            break
+        light.graph.node[fix[0]].CopyFrom(fix[1])
+    inferred = _with_inferred(model, found)
     g = inferred.graph
-    shapes: dict[str, tuple[int, ...]] = {}
-    dtypes: dict[str, int] = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        dims = _dims(vi)
-        dtypes[vi.name] = vi.type.tensor_type.elem_type
-        if dims is not None and all(isinstance(d, int) and d > 0 for d in dims):
-            shapes[vi.name] = tuple(dims)
+    shapes, dtypes = _known_shapes(g)
     for init in g.initializer:
         shapes[init.name] = tuple(init.dims)
         dtypes[init.name] = init.data_type

@@ -498,17 +498,19 @@ def _pool(op: str) -> Callable[[NodeView], Mapped]:
             pad, end_ceil = _pads(view, kernel, strides, dilations, pool=True)
             ceil, skip = ceil or end_ceil, None
         except Unsupported:
-            if op == "avgpool" and view.attrs.get("count_include_pad", 0) and not ceil:
-                # padding an average counts is zeros: a `pad` layer can hold the extra
-                pad, pre = _split_pads(*_begin_end(view, kernel, strides, dilations))
-                return _with_pad(pre, Emit(op, (view.data(0),), dict(
-                    kernel=tuple(kernel), stride=tuple(strides), pad=pad, ceil=False,
-                    count_pad=True), {}, view.node.output[0]))
+            if op == "avgpool" and view.attrs.get("count_include_pad", 0):
+                return _counted_padding(view, op, kernel, strides, dilations, ceil)
             pad, skip = _shifted_windows(view, kernel, strides, dilations, op)
         if dilations != [1, 1]:
             raise Unsupported(f"dilations {dilations}: bwplan's pools are dense")
         if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
             raise Unsupported(f"pads {list(pad)} not smaller than the kernel {kernel}")
+        if ceil and skip is None and _floor_is_onnx_count(view, kernel, strides, pad):
+            # ONNX drops a last window that would start in the end padding (or past the
+            # image, without padding): where that leaves the floor count, every window is
+            # a floor-mode one, and Caffe's ceil rule (which keeps a window starting past an
+            # unpadded end) is not asked
+            ceil = False
         attrs = dict(kernel=tuple(kernel), stride=tuple(strides), pad=pad, ceil=ceil)
         if op == "avgpool":
             attrs["count_pad"] = bool(view.attrs.get("count_include_pad", 0))
@@ -517,6 +519,57 @@ def _pool(op: str) -> Callable[[NodeView], Mapped]:
         return _trimmed(view, Emit(op, (view.data(0),), attrs, {}, None), kernel, strides,
                         skip)
     return row
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _counted_padding(view: NodeView, op: str, kernel, strides, dilations, ceil: bool
+                     ) -> Mapped:
+    """An average that counts the padding (count_include_pad=1) whose sides differ. Counted
+    padding is zeros, so what one side has more is a `pad` layer (`<layer>.pad`) before a pool
+    padded alike on both sides. Its windows are ONNX's, over the same padded extent, so the
+    sums and the divisors (the window's cells inside that extent) are ONNX's; in ceil mode a
+    last window that ONNX drops (it would start in the end padding) and Caffe's rule keeps
+    (it starts in the zeros of the pad layer) is sliced off (`.crop_h`, `.crop_w`)."""
+    from bwplan.ops._shapes import window_out
+    if dilations != [1, 1]:
+        raise Unsupported(f"dilations {dilations}: bwplan's pools are dense")
+    if ceil and _text(view.attrs.get("auto_pad", "NOTSET")) != "NOTSET":
+        raise Unsupported("ceil_mode=1 with auto_pad: onnx's reference evaluator defines no "
+                          "such pool, and onnxruntime's sizes differ from shape inference's")
+    begin, end = _begin_end(view, kernel, strides, dilations)
+    pad, pre = _split_pads(begin, end)
+    if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+        raise Unsupported(f"pads {list(pad)} not smaller than the kernel {kernel}")
+    sizes = [n + b + e - 2 * p for n, b, e, p in zip(_spatial(view, view.node.op_type),
+                                                      begin, end, pad)]
+    want = view.out_shape()[2:]
+    if ceil and all(window_out(n, k, s, p) == w for n, k, s, p, w in zip(
+            sizes, kernel, strides, pad, want)):
+        ceil = False        # no window of ONNX's ceil count is partial
+    layers = [Emit(op, (PREVIOUS,) if pre else (view.data(0),), dict(
+        kernel=tuple(kernel), stride=tuple(strides), pad=pad, ceil=ceil, count_pad=True),
+        {}, None)]
+    for axis, (n, k, s, p, w) in enumerate(zip(sizes, kernel, strides, pad, want)):
+        have = window_out(n, k, s, p, ceil=ceil)
+        if have < w:
+            raise Unsupported(f"{w} windows along axis {2 + axis} where the pool after the "
+                              f"pad layer has {have}")
+        if have > w:
+            layers.append(Emit("slice", (PREVIOUS,), dict(axis=2 + axis, begin=0, end=w),
+                               {}, None, (".crop_h", ".crop_w")[axis]))
+    layers[-1] = replace(layers[-1], output=view.node.output[0])
+    if pre is not None:
+        layers.insert(0, replace(pre, args=(view.data(0),)))
+    return Mapped(tuple(layers))
+
+
+def _floor_is_onnx_count(view: NodeView, kernel, strides, pad) -> bool:
+    from bwplan.ops._shapes import window_out
+    return all(window_out(size, k, s, p) == want for size, k, s, p, want in zip(
+        _spatial(view, view.node.op_type), kernel, strides, pad, view.out_shape()[2:]))
 
 
 def _shifted_windows(view: NodeView, kernel, strides, dilations, op: str
@@ -528,9 +581,7 @@ def _shifted_windows(view: NodeView, kernel, strides, dilations, op: str
     begin, end = _begin_end(view, kernel, strides, dilations)
     pad = tuple(max(b, e) for b, e in zip(begin, end))
     shift = [p - b for p, b in zip(pad, begin)]
-    if any(s % st for s, st in zip(shift, strides)) or (
-            op == "avgpool" and view.attrs.get("ceil_mode", 0)
-            and view.attrs.get("count_include_pad", 0)):
+    if any(s % st for s, st in zip(shift, strides)):
         raise Unsupported(f"asymmetric padding (begin {begin}, end {end}) of a pool with "
                           f"strides {strides}: bwplan pads both sides of a pool alike, and "
                           "no run of the windows of a pool padded so is this one's")
@@ -620,6 +671,9 @@ def reshape(view: NodeView) -> Mapped:
 
 def squeeze_like(view: NodeView) -> Mapped:
     """Squeeze and Unsqueeze of a computed tensor: a reshape to the inferred shape."""
+    if view.input(1) and not view.is_const(1):
+        # the axes would be read at run time: the shape declared in the file is no rule
+        raise Unsupported("the axes (input 1) are computed, not constant")
     return one(view, "reshape", [view.data(0)],
                dict(shape=_batch_kept(list(view.out_shape()), view.shape(0))))
 
@@ -726,6 +780,66 @@ def dropout(view: NodeView) -> Mapped:
             raise Unsupported("the ratio is computed, not constant")
         ratio = float(view.const(1))
     return one(view, "dropout", [view.data(0)], dict(p=float(ratio)))
+
+
+def _scalar(view: NodeView, name: str) -> float | None:
+    value = view.constants.get(name)
+    return None if value is None or np.size(value) != 1 else float(np.reshape(value, -1)[0])
+
+
+def _next(view: NodeView, node, op_types: tuple[str, ...]):
+    """The one node reading `node`'s output, if it is one of `op_types`; a node folded at
+    import (the dynamo exporter's CastLike that reads only the draw's element type) is no
+    reader."""
+    users = [u for u in view.consumers(node.output[0])
+             if not all(o in view.constants for o in u.output if o)]
+    return users[0] if len(users) == 1 and users[0].op_type in op_types else None
+
+
+def drop_path(view: NodeView) -> Mapped:
+    """A random draw that starts torchvision's StochasticDepth (mode "row") as both exporters
+    write it in training mode: r = RandomUniformLike(a [N, 1, ..., 1] tensor), keep =
+    Cast(Less(r, q)) (CastLike for the dynamo exporter), then x * keep / q, or x * (keep /
+    q): bwplan's drop_path(x, p = 1 - q), its own per-sample draw, with the Less, Cast, Mul
+    and Div nodes absorbed. Any other use of a random draw is not imported."""
+    a = view.attrs
+    if float(a.get("low", 0.0)) != 0.0 or float(a.get("high", 1.0)) != 1.0:
+        raise Unsupported("a random draw other than uniform on [0, 1)")
+    less = _next(view, view.node, ("Less",))
+    keep = None if less is None else _scalar(view, less.input[1])
+    cast = None if less is None or less.input[0] != view.node.output[0] else _next(
+        view, less, ("Cast", "CastLike"))
+    if keep is None or cast is None or not 0.0 < keep <= 1.0:
+        raise Unsupported("a random draw that is not a stochastic-depth mask (RandomUniformLike "
+                          "< a constant, cast to floats, times a tensor)")
+    absorbed, mask, scale = [less, cast], cast, None
+    div = _next(view, mask, ("Div",))
+    if div is not None and div.input[0] == mask.output[0]:
+        scale, mask = _scalar(view, div.input[1]), div
+        absorbed.append(div)
+    mul = _next(view, mask, ("Mul",))
+    if mul is None:
+        raise Unsupported("the stochastic-depth mask is not multiplied into a tensor")
+    x = next((i for i in mul.input if i != mask.output[0]), None)
+    absorbed.append(mul)
+    out = mul
+    if scale is None:
+        div = _next(view, mul, ("Div",))
+        if div is not None and div.input[0] == mul.output[0]:
+            scale, out = _scalar(view, div.input[1]), div
+            absorbed.append(div)
+    if scale is None or not np.isclose(scale, keep, rtol=1e-6):
+        raise Unsupported(f"a stochastic-depth mask kept with probability {keep} but divided "
+                          f"by {scale}: bwplan's drop_path scales the kept samples by 1/{keep}")
+    if x is None or x in view.constants or x not in view.shapes:
+        raise Unsupported("the stochastic-depth mask multiplies a constant or a tensor of "
+                          "unknown shape")
+    shape, x_shape = view.out_shape(), view.shapes[x]
+    if len(shape) != len(x_shape) or shape[0] != x_shape[0] or any(d != 1 for d in shape[1:]):
+        raise Unsupported(f"a mask of shape {list(shape)} on a tensor of {list(x_shape)}: "
+                          "bwplan's drop_path draws one value per sample (mode 'row')")
+    return Mapped((Emit("drop_path", (x,), dict(p=float(1.0 - keep)), {}, out.output[0]),),
+                  tuple(absorbed))
 
 
 def lrn(view: NodeView) -> Mapped:
@@ -956,6 +1070,7 @@ ROWS: Mapping[str, Callable[[NodeView], Mapped]] = {
     "Softmax": softmax,
     "LRN": lrn,
     "Identity": alias,
+    "RandomUniformLike": drop_path,
     "Transpose": lambda v: one(v, "transpose", [v.data(0)], dict(
         perm=tuple(int(p) for p in v.attrs.get("perm", range(len(v.shape(0)))[::-1])))),
 }

@@ -139,6 +139,13 @@ class _Converter:
         # Fold first, all of it: a row that looks at a later node (MatMul's Add) must see
         # that node's constant inputs even when the file computes them after the row's node.
         folded = {id(node) for node in self.nodes if self.fold(node)}
+        # nodes left to map per module path: a row that maps all of a module's is named
+        # after the module (a stochastic depth's draw, Less, Cast, Mul and Div)
+        self.mapped_in_scope: dict[str, int] = {}
+        for node in self.nodes:
+            s = _scope(node.name)
+            if s is not None and id(node) not in folded and id(node) in live:
+                self.mapped_in_scope[s[0]] = self.mapped_in_scope.get(s[0], 0) + 1
         self.shapes = self.model.shapes
         if any(o not in self.shapes for node in self.nodes
                if id(node) in live and id(node) not in folded for o in node.output if o):
@@ -173,14 +180,24 @@ class _Converter:
                 self.failed.update(node.output)
                 continue
             absorbed.update(id(n) for n in mapped.absorbed)
-            self.emit(node, mapped.layers)
+            self.emit(node, mapped.layers, mapped.absorbed)
         if self.problems:
             raise OnnxError(Span.whole(self.path), f"{len(self.problems)} node(s) that bwplan "
                             "cannot import (opset " + str(self.model.opset) + "):\n" +
                             "\n".join(self.problems),
                             "every op bwplan imports is listed in docs/onnx.md")
         outputs = []
+        producer = {o: n for n in self.nodes for o in n.output if o}
         for out in self.graph.output:
+            node = producer.get(out.name)
+            if out.name not in self.current and node is not None and id(node) not in folded:
+                # a second output of an imported node: a Dropout's mask, a BN's new
+                # statistics, a MaxPool's indices
+                k = list(node.output).index(out.name)
+                raise OnnxError(Span.whole(self.path), f"graph output '{out.name}' is output "
+                                f"{k} of node '{node.name or node.output[0]}' "
+                                f"({node.op_type}), which bwplan does not compute",
+                                "export the model with that node's first output only")
             if out.name not in self.current:
                 raise OnnxError(Span.whole(self.path), f"graph output '{out.name}' is a "
                                 "constant or a graph input, not computed by a layer")
@@ -222,7 +239,11 @@ class _Converter:
 
     # ---- pieces -----------------------------------------------------------------------
     def input_decls(self) -> list[ast.InputDecl]:
+        """The graph inputs. The first one's first axis is the batch; another input whose
+        first axis differs from it (a lookup table, a constant fed at run time) has no batch
+        axis, so that a batch of another size takes it whole."""
         decls = []
+        batch = None
         for inp in self.graph.input:
             if inp.name not in self.model.input_shapes:
                 continue
@@ -233,11 +254,15 @@ class _Converter:
                                 f"type {elem}; bwplan imports float and integer inputs")
             name = self.names.take(sanitize(inp.name))
             self.current[inp.name] = name
-            decls.append(ast.InputDecl(name, TensorType(dtype, self.model.input_shapes[
-                inp.name]), False, Span.whole(self.path)))
+            shape = self.model.input_shapes[inp.name]
+            if batch is None and shape:
+                batch = shape[0]
+            decls.append(ast.InputDecl(name, TensorType(dtype, shape), False,
+                                       Span.whole(self.path),
+                                       batched=not shape or shape[0] == batch))
         return decls
 
-    def layer_name(self, node, e: Emit) -> str:
+    def layer_name(self, node, e: Emit, absorbed=()) -> str:
         w = e.weights.get("weight")
         if w is not None and w.name and valid_name(w.name):
             for suffix in _WEIGHT_SUFFIXES:
@@ -248,19 +273,23 @@ class _Converter:
         scope = _scope(node.name)
         if scope is not None:
             path, piece = scope
-            if path and self.scope_count.get(path) == 1 and path not in self.scope_parents:
+            whole = self.scope_count.get(path) == 1 or (
+                absorbed and self.mapped_in_scope.get(path) == 1 + len(absorbed)
+                and all((_scope(n.name) or ("",))[0] == path for n in absorbed))
+            if path and whole and path not in self.scope_parents:
                 return path
             return f"{path}.{piece.lower()}" if path else piece.lower()
         if node.name:
             return sanitize(node.name)
         return sanitize(node.output[0])
 
-    def emit(self, node, layers: tuple[Emit, ...]) -> None:
+    def emit(self, node, layers: tuple[Emit, ...], absorbed=()) -> None:
         span = node_span(self.path, node.name or node.output[0], node.op_type)
         made: list[str] = []
         # the layer that holds the weight names them all (a conv's `.pad` layer before it)
         named = [e for e in layers if e.op is not None]
-        base = self.layer_name(node, next((e for e in named if e.weights), named[0])) \
+        base = self.layer_name(node, next((e for e in named if e.weights), named[0]),
+                               absorbed) \
             if named else None
         for e in layers:
             args = tuple(made[-1] if a == PREVIOUS else self.current[a] for a in e.args)

@@ -13,10 +13,11 @@ from bwplan.ops import conv, elementwise, linear, loss, norm, pool, shape
 from bwplan.ops import activation, broadcast, embed, reduction, spatial_norm
 from bwplan.ops import spatial
 from bwplan.ops import unpool
+from bwplan.ops import stochastic
 from bwplan.ops.opdef import OpDef
 
 _FAMILIES = (conv, linear, elementwise, pool, norm, shape, loss, activation, reduction,
-             broadcast, embed, spatial_norm, spatial, unpool)
+             broadcast, embed, spatial_norm, spatial, unpool, stochastic)
 
 
 def _collect() -> Mapping[str, OpDef]:

@@ -25,7 +25,7 @@ from typing import Any
 
 FAMILIES = ("conv", "linear", "elementwise", "pool", "norm", "shape", "loss", "activation",
             "reduction", "broadcast", "embed", "spatial_norm", "spatial",
-            "unpool")
+            "unpool", "stochastic")
 
 
 def get(name: str) -> Callable[..., Any]:

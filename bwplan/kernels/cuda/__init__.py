@@ -40,6 +40,7 @@ from bwplan.kernels.cuda import conv, elementwise, linear, loss, norm, pool, sha
 from bwplan.kernels.cuda import activation, broadcast, embed, reduction, spatial_norm
 from bwplan.kernels.cuda import spatial
 from bwplan.kernels.cuda import unpool
+from bwplan.kernels.cuda import stochastic
 from bwplan.kernels.cuda.default import default_launch
 from bwplan.kernels.cuda.limits import Env, Launch, check
 
@@ -49,7 +50,7 @@ FAMILIES = MappingProxyType({"conv": conv, "linear": linear, "elementwise": elem
                              "activation": activation, "reduction": reduction,
                              "broadcast": broadcast, "embed": embed,
                              "spatial_norm": spatial_norm, "spatial": spatial,
-                             "unpool": unpool})
+                             "unpool": unpool, "stochastic": stochastic})
 COMMON = "common.cuh"
 # the runtime's own kernels (optimizer step, seeds, gradient sums), not an op's
 RUNTIME_SOURCE = "update.cu"
