@@ -45,8 +45,10 @@ LAYERS = {
                     ("s2down", 32, 64, 32, 3, 2, 1), ("s2proj", 32, 64, 32, 1, 2, 0),
                     ("s2", 64, 64, 16, 3, 1, 1), ("s3down", 64, 128, 16, 3, 2, 1),
                     ("s3proj", 64, 128, 16, 1, 2, 0), ("s3", 128, 128, 8, 3, 1, 1)),
+    "cifar10_quick": (("conv1", 3, 32, 32, 5, 1, 2), ("conv2", 32, 32, 16, 5, 1, 2),
+                      ("conv3", 32, 64, 8, 5, 1, 2)),
 }
-BATCH = {"cnn_small": 64, "resnet_mini": 32}
+BATCH = {"cnn_small": 64, "resnet_mini": 32, "cifar10_quick": 100}
 
 
 # the single-thread GEMM peak: np.matmul of square float32 matrices this large
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = bench_layer(torch, c, o, hw, k, s, p, batch, args.repeats, peak)
         ctx = make_ctx(registry.OPS["conv2d"], dict(out=o, kernel=k, stride=s, pad=p),
                        [np.empty((batch, c, hw, hw), np.float32)])
-        name = f"{name} W" if conv.geometry(ctx).winograd else name
+        name = f"{name} W" if conv.geometry(ctx).tiled is not None else name
         flops = conv_flops(c, o, hw, k, s, p, batch)
         peak_wall, peak_cpu = rows["peak"]
         for part in ("fwd", "dx", "dw", "dw+db"):
