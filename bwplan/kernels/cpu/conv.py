@@ -66,6 +66,10 @@ WINOGRAD_MIN_CHANNELS = 16
 # F(2x2, 5x5) (winograd5.py, Geometry.winograd5); cifar10_quick's 3-channel first layer
 # stays on im2col (its forward's GEMMs would have an inner dimension of 3).
 WINOGRAD5_MIN_CHANNELS = 16
+# ... and their dW only from this output width: its GEMMs, [O, T] @ [T, C], multiply the
+# tile rows' padding too (winograd5.PITCH_EXTRA), 1.5x the tiles at width 8, and on
+# cifar10_quick's conv3 (8x8) it ran 1.15x im2col's time, on conv2 (16x16) 0.54x.
+WINOGRAD5_DW_MIN_WIDTH = 16
 
 
 class Geometry(NamedTuple):
@@ -132,9 +136,19 @@ class Geometry(NamedTuple):
             min(self.c, self.o) >= WINOGRAD5_MIN_CHANNELS
 
     @property
+    def winograd5_dw(self) -> bool:
+        """Whether dW runs as Winograd F(2x2, 5x5) too (see WINOGRAD5_DW_MIN_WIDTH)."""
+        return self.winograd5 and self.wo >= WINOGRAD5_DW_MIN_WIDTH
+
+    @property
     def tiled(self):
-        """The Winograd module this layer runs as (winograd or winograd5), or None."""
+        """The Winograd module the forward and dX run as (winograd, winograd5), or None."""
         return winograd if self.winograd else winograd5 if self.winograd5 else None
+
+    @property
+    def tiled_dw(self):
+        """The Winograd module dW runs as, or None."""
+        return winograd if self.winograd else winograd5 if self.winograd5_dw else None
 
     @property
     def identity(self) -> bool:
@@ -160,7 +174,7 @@ def geometry(ctx) -> Geometry:
 
 def chunks(g: Geometry, itemsize: int, dw: bool = False) -> list[tuple[int, int]]:
     """(first sample, samples) of each chunk of the batch (for the dW kernel: `dw`)."""
-    wino = g.tiled
+    wino = g.tiled_dw if dw else g.tiled
     if wino is not None:
         return wino.chunks(g.n, g.c, g.o, g.ho, g.wo, itemsize,
                            wino.DW_CHUNK_BYTES if dw else wino.CHUNK_BYTES, dw)
@@ -180,7 +194,7 @@ _SETUPS_MAX = 4096
 def _setup(ctx, itemsize: int, dw: bool = False) -> tuple[Geometry, list[tuple[int, int]]]:
     key = (id(ctx), itemsize, dw, CHUNK_BYTES, winograd.CHUNK_BYTES, winograd.DW_CHUNK_BYTES,
            WINOGRAD_MIN_CHANNELS, winograd5.CHUNK_BYTES, winograd5.DW_CHUNK_BYTES,
-           WINOGRAD5_MIN_CHANNELS)
+           WINOGRAD5_MIN_CHANNELS, WINOGRAD5_DW_MIN_WIDTH)
     hit = _SETUPS.get(key)
     if hit is not None and hit[0] is ctx:
         return hit[1], hit[2]
@@ -410,7 +424,7 @@ def conv2d_dw(ctx, saved, dout, out) -> None:
     if g.winograd:
         _winograd_dw(g, parts, x, dout, out)
         return
-    if g.winograd5:
+    if g.winograd5_dw:
         _winograd5_dw(g, parts, x, dout, out)
         return
     # one dW^T part per chunk, in the calling thread's scratch, summed in chunk order below

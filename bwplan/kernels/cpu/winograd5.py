@@ -20,20 +20,20 @@ float64):
     A^T = [[1, 1,  1, 1,  1, 0],
            [0, 1, -1, 2, -2, 1]]
 
-The backward is the transpose, as in winograd.py: dM[k] = A dY_tile A^T, dX from
-dV[k] = U[k]^T @ dM[k] through B dV B^T, dW = G^T (sum over chunks of dM[k] @ V[k]^T) G.
+dW is the transpose, as in winograd.py: dM[k] = A dY_tile A^T, dW = G^T (the sum over
+chunks of dM[k] @ V[k]^T) G. dX is the forward of the same module on dY with the weights
+flipped and transposed (conv.py), so no transform here adds overlapping tiles.
 
-Rounding: B^T and A^T hold small integers (at most 5 in magnitude, a row summing at most
-10 in absolute value), so a transformed tile entry can be up to 10x (input) and 15x (the
-output transform's sum of up to 10 terms weighted up to 4) the size of the largest input,
-and carry that much more absolute rounding than a direct sum: worse than F(2x2, 3x3)'s
-bound (whose matrices hold only 0, +-1, +-1/2) by about that factor. Measured against a
-float64 convolution (unit-variance inputs, weights scaled by 1/sqrt(25C), 32-64 channels,
-tests/test_kernels_cpu.py), the largest error over the largest |result| was below 2e-6
-for the output, dX and dW, against below 1e-6 for the im2col path; the kernel tests hold
-both to 2e-4 absolute plus 2e-4 relative. As in winograd.py, the result differs from
-im2col's in the last bits, so the path is chosen from the layer's shapes only and pruned
-and unpruned programs agree bitwise.
+Rounding: B^T and A^T hold integers up to 5 in magnitude (F(2x2, 3x3)'s hold only 0 and
++-1), so a transformed input tile entry can be up to 10x the largest input (a row of B^T
+sums to 10 in absolute value), and the output transform weights its terms up to 2x: the
+rounding of the GEMMs' sums is carried over at that scale. Measured against a float64 convolution (unit-variance inputs, weights scaled
+by 1/sqrt(25C), 16-64 channels, 8x8 to 16x16 images, pad 0, 2 and 4), the largest error
+over the largest |result| was 1.6e-6 to 1.2e-5 (the largest for dW) against 1.1e-7 to
+8.9e-7 for the im2col path; tests/test_kernels_cpu.py holds it to WINOGRAD5_ERROR = 5e-5
+(float32), and the kernel tests to 2e-4 absolute plus 2e-4 relative, as every kernel. As in
+winograd.py, the result differs from im2col's in the last bits, so the path is chosen from
+the layer's shapes only and pruned and unpruned programs agree bitwise.
 
 Multiplying by the integer coefficients is written as additions (x + x, ...): exact, and it
 keeps float32 arithmetic in float32 (a Python integer or float constant would promote it
