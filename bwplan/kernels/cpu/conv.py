@@ -28,6 +28,11 @@ WINOGRAD_MIN_CHANNELS or more input and output channels take none of this: they 
 Winograd F(2x2, 3x3) (winograd.py), 2.25x fewer multiplies, chunked the same way; on
 cnn_small's and resnet_mini's 3x3 layers of 32-128 channels the forward ran 0.6-0.75x,
 dX 0.65-0.9x and dW 0.75-0.95x the im2col path's time (paired CPU time, one thread).
+Stride-1 5x5 layers with WINOGRAD5_MIN_CHANNELS or more channels (and padding at most 4)
+run as Winograd F(2x2, 5x5) (winograd5.py), 2.78x fewer multiplies: on cifar10_quick's
+conv2 (32 -> 32 channels, 16x16, batch 100) the forward, dX and dW ran 0.64x, 0.66x and
+0.54x the im2col path's time, on conv3 (32 -> 64, 8x8) the forward 0.78-0.82x and dX
+0.96-0.99x, while dW ran 1.15x and stays on im2col there (WINOGRAD5_DW_MIN_WIDTH).
 
 Results do not depend on the number of threads: a sample's output and dX come from its
 own GEMMs whichever thread runs them, and dW adds its per-chunk parts in chunk order

@@ -27,13 +27,14 @@ flipped and transposed (conv.py), so no transform here adds overlapping tiles.
 Rounding: B^T and A^T hold integers up to 5 in magnitude (F(2x2, 3x3)'s hold only 0 and
 +-1), so a transformed input tile entry can be up to 10x the largest input (a row of B^T
 sums to 10 in absolute value), and the output transform weights its terms up to 2x: the
-rounding of the GEMMs' sums is carried over at that scale. Measured against a float64 convolution (unit-variance inputs, weights scaled
-by 1/sqrt(25C), 16-64 channels, 8x8 to 16x16 images, pad 0, 2 and 4), the largest error
-over the largest |result| was 1.6e-6 to 1.2e-5 (the largest for dW) against 1.1e-7 to
-8.9e-7 for the im2col path; tests/test_kernels_cpu.py holds it to WINOGRAD5_ERROR = 5e-5
-(float32), and the kernel tests to 2e-4 absolute plus 2e-4 relative, as every kernel. As in
-winograd.py, the result differs from im2col's in the last bits, so the path is chosen from
-the layer's shapes only and pruned and unpruned programs agree bitwise.
+rounding of the GEMMs' sums is carried over at that scale. Measured against a float64
+convolution (unit-variance inputs, weights scaled by 1/sqrt(25C), 16-64 channels, 8x8 to
+16x16 images, pad 0, 2 and 4), the largest error over the largest |result| was 1.6e-6 to
+1.2e-5 (the largest for dW) against 1.1e-7 to 8.9e-7 for the im2col path;
+tests/test_kernels_cpu.py holds it to WINOGRAD5_ERROR = 5e-5 (float32), and the kernel
+tests to 2e-4 absolute plus 2e-4 relative, as every kernel. As in winograd.py, the result
+differs from im2col's in the last bits, so the path is chosen from the layer's shapes only
+and pruned and unpruned programs agree bitwise.
 
 Multiplying by the integer coefficients is written as additions (x + x, ...): exact, and it
 keeps float32 arithmetic in float32 (a Python integer or float constant would promote it
@@ -280,10 +281,11 @@ def output_grad_tiles(dy, n0, nb, th, tw, mf, tiles_n):
 
 
 # ---- chunks ------------------------------------------------------------------------------
-# Upper bound on one chunk's transformed tiles (36 planes of max(C, O) rows). With 36 GEMMs
-# per chunk, a chunk must hold enough tiles that each GEMM outweighs its call: measured on
-# cifar10_quick's conv2 and conv3 (batch 100, paired CPU time), see CHUNK_BYTES' note in
-# bench/RESULTS.md.
+# Upper bound on one chunk's transformed tiles (36 planes of max(C, O) rows, padding tiles
+# included). Measured on cifar10_quick's conv2 and conv3 (batch 100, one thread, median
+# CPU time): the forward and dX ran within 5% of each other at 512 KiB, 1 MiB and 2 MiB;
+# dW, whose GEMMs produce only O x C per chunk, ran 1.25x (conv2) faster at 2 MiB than
+# at 512 KiB.
 CHUNK_BYTES = 1 << 21
 DW_CHUNK_BYTES = 1 << 21
 # dW keeps one [36, O, C] part per chunk until all are summed in chunk order.
