@@ -692,3 +692,43 @@ def test_conv2d_winograd5_gives_the_same_bits_on_one_thread_or_two(two_workers):
             results.append((run.out, dx, dw, dout))
     for what, a, b in zip(("out", "dx", "dw"), results[0], results[1]):
         assert np.array_equal(a, b), f"{what} differs between one thread and two"
+
+
+CIFAR_LIKE = """\
+input image : f32[2, 3, 16, 16]
+input label : i64[2]
+
+conv1 = conv2d(image, out=16, kernel=5, pad=2)
+pool1 = maxpool(conv1, kernel=3, stride=2)
+relu1 = relu(pool1)
+conv2 = conv2d(relu1, out=16, kernel=5, pad=2)
+relu2 = relu(conv2)
+flat  = flatten(relu2)
+fc    = linear(flat, out=4)
+loss  = softmax_cross_entropy(fc, label)
+"""
+
+
+def test_5x5_layers_train_bit_identically_pruned_or_not():
+    """With conv1 frozen, the pruned run skips conv1's dW and conv2's dX (F(2x2, 5x5) at 16
+    channels, as its forward and dW are): pruning changes what runs, never how a kept
+    kernel computes, so the parameters after two steps agree bit for bit."""
+    import bwplan
+    runs = []
+    with winograd5_from(16):
+        conv2 = make_ctx(registry.OPS["conv2d"], dict(out=16, kernel=5, pad=2),
+                         [np.zeros((2, 16, 8, 8), np.float32)])
+        assert conv_kernels.geometry(conv2).winograd5_dw
+        for prune in (True, False):
+            prog = bwplan.compile(CIFAR_LIKE, target="cpu", rules=[("freeze", "conv1")],
+                                  prune=prune, seed=0)
+            prog.set_optimizer(0.01, 0.9, 5e-4)
+            rng = np.random.default_rng(4)
+            for _ in range(2):
+                prog.run_step({"image": rng.standard_normal((2, 3, 16, 16)).astype(
+                    np.float32), "label": rng.integers(0, 4, 2)})
+            runs.append(prog)
+    pruned, full = runs
+    assert pruned.last_stats.launched["dx"] < full.last_stats.launched["dx"]
+    for k, v in full.params.items():
+        assert np.array_equal(pruned.params[k], v), k
