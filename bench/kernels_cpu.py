@@ -14,15 +14,17 @@ square float32 matrices (PEAK_N), measured in the same rounds: the GFLOP/s come 
 process's CPU time, so a thread descheduled by a neighbour does not count, and "% peak" is
 the median over rounds of the kernel's rate over the peak's in that round. With more than
 one thread the CPU time adds up every thread's, so the percentage is per core busy. Layers
-that conv2d runs as Winograd F(2x2, 3x3) are marked "W": their GFLOP/s count the direct
-convolution's FLOPs (the work done for the user), so they can pass the GEMM peak.
+that conv2d runs as Winograd F(2x2, 3x3) or F(2x2, 5x5) are marked "W" ("Wf": the forward
+and dX only, dW on im2col): their GFLOP/s count the direct convolution's FLOPs (the work
+done for the user), so they can pass the GEMM peak. cifar10_quick (batch 100): its 5x5
+layers, 3->32 at 32x32, 32->32 at 16x16, 32->64 at 8x8, pad 2.
 
 PyTorch here shares the process, and so the passive OpenMP wait policy bwplan sets: that
 slows it (1.1-1.2x on cnn_small's convolutions, measured on the 2-vCPU machine); `python -m
 bench.alone` times whole steps with each side in a process of its own.
 
-    python -m bench.kernels_cpu [--net cnn_small|resnet_mini] [--threads N] [--repeats 20]
-                                [--batch N]
+    python -m bench.kernels_cpu [--net cnn_small|resnet_mini|cifar10_quick] [--threads N]
+                                [--repeats 20] [--batch N]
 """
 from __future__ import annotations
 
@@ -45,8 +47,10 @@ LAYERS = {
                     ("s2down", 32, 64, 32, 3, 2, 1), ("s2proj", 32, 64, 32, 1, 2, 0),
                     ("s2", 64, 64, 16, 3, 1, 1), ("s3down", 64, 128, 16, 3, 2, 1),
                     ("s3proj", 64, 128, 16, 1, 2, 0), ("s3", 128, 128, 8, 3, 1, 1)),
+    "cifar10_quick": (("conv1", 3, 32, 32, 5, 1, 2), ("conv2", 32, 32, 16, 5, 1, 2),
+                      ("conv3", 32, 64, 8, 5, 1, 2)),
 }
-BATCH = {"cnn_small": 64, "resnet_mini": 32}
+BATCH = {"cnn_small": 64, "resnet_mini": 32, "cifar10_quick": 100}
 
 
 # the single-thread GEMM peak: np.matmul of square float32 matrices this large
@@ -149,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = bench_layer(torch, c, o, hw, k, s, p, batch, args.repeats, peak)
         ctx = make_ctx(registry.OPS["conv2d"], dict(out=o, kernel=k, stride=s, pad=p),
                        [np.empty((batch, c, hw, hw), np.float32)])
-        name = f"{name} W" if conv.geometry(ctx).winograd else name
+        g = conv.geometry(ctx)
+        name = f"{name} W" if g.tiled_dw is not None else \
+            f"{name} Wf" if g.tiled is not None else name
         flops = conv_flops(c, o, hw, k, s, p, batch)
         peak_wall, peak_cpu = rows["peak"]
         for part in ("fwd", "dx", "dw", "dw+db"):

@@ -460,6 +460,8 @@ def test_maxpool_without_argmax_takes_its_own_path_to_the_same_output(attrs):
     ("maxpool", dict(kernel=3, stride=2, pad=1, ceil=True), 1),
     ("maxpool", dict(kernel=2, ceil=False), 1),  # 2x2 loops, an odd height left over
     ("maxpool", dict(kernel=2, ceil=True), 1),  # an overhanging window: general loops
+    ("maxpool", dict(kernel=3, stride=2, ceil=True), 1),  # 3x3 loops, a clipped column
+    ("maxpool", dict(kernel=3, stride=2, ceil=False), 1),
     ("global_maxpool", {}, 1),
     ("maximum", {}, 3),
 ])
@@ -547,3 +549,186 @@ def test_conv2d_winograd_dw_parts_stay_bounded_on_wide_layers():
     assert sum(nb for _, nb in parts) == 64
     narrow = winograd.chunks(64, 32, 64, 16, 16, 4, winograd.DW_CHUNK_BYTES, dw=True)
     assert narrow == winograd.chunks(64, 32, 64, 16, 16, 4, winograd.DW_CHUNK_BYTES)
+
+
+# ---- Winograd F(2x2, 5x5) -------------------------------------------------------------------
+# float32 error of winograd5's forward, dX and dW over the largest |result|, against a
+# float64 convolution, on layers of unit-variance inputs and weights scaled by 1/sqrt(25C)
+# (winograd5.py states the measured figures: up to 1.2e-5)
+WINOGRAD5_ERROR = 5e-5
+
+
+class winograd5_from:
+    """Within it, conv2d takes Winograd F(2x2, 5x5) from `channels` channels, its dW at
+    every width, with chunks of `samples` samples (of `case`, float32)."""
+
+    def __init__(self, channels: int, case: Case | None = None, samples: int = 1):
+        self.channels, self.case, self.samples = channels, case, samples
+
+    def __enter__(self):
+        from bwplan.kernels.cpu import winograd5
+        self.saved = (conv_kernels.WINOGRAD5_MIN_CHANNELS, conv_kernels.WINOGRAD5_DW_MIN_WIDTH,
+                      winograd5.CHUNK_BYTES, winograd5.DW_CHUNK_BYTES)
+        conv_kernels.WINOGRAD5_MIN_CHANNELS, conv_kernels.WINOGRAD5_DW_MIN_WIDTH = \
+            self.channels, 1
+        if self.case is not None:
+            ctx = make_ctx(registry.OPS["conv2d"], self.case.attrs,
+                           [x.astype(np.float32) for x in self.case.inputs])
+            g = conv_kernels.geometry(ctx)
+            th, tw = winograd5.tiles(g.ho, g.wo)
+            winograd5.CHUNK_BYTES = winograd5.DW_CHUNK_BYTES = \
+                self.samples * 36 * max(g.c, g.o) * th * winograd5.pitch(tw) * 4
+
+    def __exit__(self, *exc):
+        from bwplan.kernels.cpu import winograd5
+        (conv_kernels.WINOGRAD5_MIN_CHANNELS, conv_kernels.WINOGRAD5_DW_MIN_WIDTH,
+         winograd5.CHUNK_BYTES, winograd5.DW_CHUNK_BYTES) = self.saved
+
+
+@st.composite
+def winograd5_case(draw):
+    """Stride-1 5x5 convolutions, padding 0 to 4, odd and even output sizes."""
+    rng = _rng(draw)
+    pad = (draw(st.integers(0, 4)), draw(st.integers(0, 4)))
+    attrs = dict(out=draw(st.integers(1, 4)), kernel=5, pad=pad, bias=draw(st.booleans()))
+    c = draw(st.integers(1, 4))
+    h = max(1, 5 - 2 * pad[0]) + draw(st.integers(0, 5))
+    w = max(1, 5 - 2 * pad[1]) + draw(st.integers(0, 5))
+    n = draw(st.integers(1, 4))
+    params = {"weight": _normal(rng, attrs["out"], c, 5, 5)}
+    if attrs["bias"]:
+        params["bias"] = _normal(rng, attrs["out"])
+    return Case(attrs, [_normal(rng, n, c, h, w)], params), draw(st.integers(1, n))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_conv2d_winograd5_matches_reference_across_chunks(data):
+    """F(2x2, 5x5)'s forward, dX and dW against the float64 direct convolution."""
+    case, samples = data.draw(winograd5_case(), label="conv2d")
+    _valid("conv2d", case)
+    with winograd5_from(1, case, samples):
+        run = Run("conv2d", case)
+        g = conv_kernels._setup(run.ctx, 4)[0]
+        assert g.winograd5 and g.winograd5_dw
+        run.check_forward()
+        run.check_grads()
+
+
+def test_winograd5_transforms_compose_to_a_5_tap_correlation():
+    """The 1-D identity behind the 2-D one, in float64: A^T [(G g) . (B^T d)] gives
+    y_i = sum_k g_k d_(i+k), for i = 0, 1."""
+    from bwplan.kernels.cpu import winograd5
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        d, g = rng.standard_normal(6), rng.standard_normal(5)
+        prod = [a * b for a, b in zip(winograd5._g.py_func(*g), winograd5._bt.py_func(*d))]
+        y = winograd5._at.py_func(*prod)
+        assert np.allclose(y, [g @ d[0:5], g @ d[1:6]], rtol=1e-12, atol=1e-12)
+        # the transposes: <B^T d, v> = <d, B v>, <G g, u> = <g, G^T u>, <A^T m, p> = <m, A p>
+        v, u, p = rng.standard_normal(6), rng.standard_normal(6), rng.standard_normal(2)
+        assert np.isclose(np.dot(winograd5._bt.py_func(*d), v),
+                          np.dot(d, winograd5._b.py_func(*v)))
+        assert np.isclose(np.dot(winograd5._g.py_func(*g), u),
+                          np.dot(g, winograd5._gt.py_func(*u)))
+        assert np.isclose(np.dot(winograd5._at.py_func(*v), p),
+                          np.dot(v, winograd5._a.py_func(*p)))
+
+
+@pytest.mark.parametrize("c,o,size,pad", [(32, 32, 16, 2), (32, 64, 8, 2), (16, 16, 12, 0),
+                                          (16, 16, 12, 4)])
+def test_conv2d_winograd5_float32_error_stays_within_its_bound(c, o, size, pad):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, c, size, size))
+    w = rng.standard_normal((o, c, 5, 5)) / np.sqrt(25 * c)
+    attrs = dict(out=o, kernel=5, pad=pad, bias=False)
+    with winograd5_from(16):
+        run = Run("conv2d", Case(attrs, [x], {"weight": w}))
+        assert conv_kernels._setup(run.ctx, 4)[0].winograd5
+        dy = rng.standard_normal(run.out.shape).astype(np.float32)
+        dx, dw = np.empty_like(run.inputs[0]), np.empty_like(run.params["weight"])
+        kernel(run.op, "dx:x")(run.ctx, {"weight": run.params["weight"]}, dy, 0, dx)
+        kernel(run.op, "dw:weight")(run.ctx, {"x": run.inputs[0]}, dy, dw)
+    rule_x, rule_w = run.op.grad_for("x"), run.op.grad_for("weight")
+    ref_saved = {"x": run.ref_inputs[0], "weight": run.ref_params["weight"]}
+    refs = (run.ref_out, rule_x.reference(run.ref_ctx, ref_saved, dy.astype(np.float64), 0),
+            rule_w.reference(run.ref_ctx, ref_saved, dy.astype(np.float64), 0))
+    for what, got, ref in zip(("out", "dx", "dw"), (run.out, dx, dw), refs):
+        error = np.abs(got - ref).max() / np.abs(ref).max()
+        assert error <= WINOGRAD5_ERROR, f"{what}: {error:.2e}"
+
+
+def test_conv2d_takes_winograd5_for_wide_stride_1_5x5_layers_only():
+    def geometry(c, o, size=16, kernel=5, stride=1, pad=2, groups=1):
+        x = np.zeros((2, c, size, size), np.float32)
+        return conv_kernels.geometry(make_ctx(registry.OPS["conv2d"], dict(
+            out=o, kernel=kernel, stride=stride, pad=pad, groups=groups), [x]))
+    wide = conv_kernels.WINOGRAD5_MIN_CHANNELS
+    assert geometry(wide, wide).winograd5 and geometry(wide, wide).winograd5_dw
+    assert geometry(32, 64, size=8).winograd5                 # cifar10_quick's conv3:
+    assert not geometry(32, 64, size=8).winograd5_dw          # dW on im2col
+    assert not geometry(3, 32, size=32).winograd5             # the first layer: im2col
+    assert not geometry(wide, wide, kernel=3).winograd5
+    assert not geometry(wide, wide, stride=2).winograd5
+    assert not geometry(wide, wide, pad=5, size=8).winograd5  # dX needs pad <= 4
+    assert not geometry(2 * wide, 2 * wide, groups=2).winograd5
+
+
+def test_conv2d_winograd5_gives_the_same_bits_on_one_thread_or_two(two_workers):
+    rng = np.random.default_rng(9)
+    attrs = dict(out=3, kernel=5, pad=(2, 1))
+    case = Case(attrs, [_normal(rng, 5, 2, 7, 6)],
+                {"weight": _normal(rng, 3, 2, 5, 5), "bias": _normal(rng, 3)})
+    results = []
+    with winograd5_from(1, case, 2):
+        for width in (1, 2):
+            threads.set_width(width)
+            run = Run("conv2d", case)
+            dout = results[0][3] if results else \
+                _cast(rng.standard_normal(run.out.shape), np.float32)
+            dx, dw = np.empty_like(run.inputs[0]), np.empty_like(run.params["weight"])
+            kernel(run.op, "dx:x")(run.ctx, {"weight": run.params["weight"]}, dout, 0, dx)
+            kernel(run.op, "dw:weight")(run.ctx, {"x": run.inputs[0]}, dout, dw)
+            results.append((run.out, dx, dw, dout))
+    for what, a, b in zip(("out", "dx", "dw"), results[0], results[1]):
+        assert np.array_equal(a, b), f"{what} differs between one thread and two"
+
+
+CIFAR_LIKE = """\
+input image : f32[2, 3, 16, 16]
+input label : i64[2]
+
+conv1 = conv2d(image, out=16, kernel=5, pad=2)
+pool1 = maxpool(conv1, kernel=3, stride=2)
+relu1 = relu(pool1)
+conv2 = conv2d(relu1, out=16, kernel=5, pad=2)
+relu2 = relu(conv2)
+flat  = flatten(relu2)
+fc    = linear(flat, out=4)
+loss  = softmax_cross_entropy(fc, label)
+"""
+
+
+def test_5x5_layers_train_bit_identically_pruned_or_not():
+    """With conv1 frozen, the pruned run skips conv1's dW and conv2's dX (F(2x2, 5x5) at 16
+    channels, as its forward and dW are): pruning changes what runs, never how a kept
+    kernel computes, so the parameters after two steps agree bit for bit."""
+    import bwplan
+    runs = []
+    with winograd5_from(16):
+        conv2 = make_ctx(registry.OPS["conv2d"], dict(out=16, kernel=5, pad=2),
+                         [np.zeros((2, 16, 8, 8), np.float32)])
+        assert conv_kernels.geometry(conv2).winograd5_dw
+        for prune in (True, False):
+            prog = bwplan.compile(CIFAR_LIKE, target="cpu", rules=[("freeze", "conv1")],
+                                  prune=prune, seed=0)
+            prog.set_optimizer(0.01, 0.9, 5e-4)
+            rng = np.random.default_rng(4)
+            for _ in range(2):
+                prog.run_step({"image": rng.standard_normal((2, 3, 16, 16)).astype(
+                    np.float32), "label": rng.integers(0, 4, 2)})
+            runs.append(prog)
+    pruned, full = runs
+    assert pruned.last_stats.launched["dx"] < full.last_stats.launched["dx"]
+    for k, v in full.params.items():
+        assert np.array_equal(pruned.params[k], v), k

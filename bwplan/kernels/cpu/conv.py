@@ -28,6 +28,11 @@ WINOGRAD_MIN_CHANNELS or more input and output channels take none of this: they 
 Winograd F(2x2, 3x3) (winograd.py), 2.25x fewer multiplies, chunked the same way; on
 cnn_small's and resnet_mini's 3x3 layers of 32-128 channels the forward ran 0.6-0.75x,
 dX 0.65-0.9x and dW 0.75-0.95x the im2col path's time (paired CPU time, one thread).
+Stride-1 5x5 layers with WINOGRAD5_MIN_CHANNELS or more channels (and padding at most 4)
+run as Winograd F(2x2, 5x5) (winograd5.py), 2.78x fewer multiplies: on cifar10_quick's
+conv2 (32 -> 32 channels, 16x16, batch 100) the forward, dX and dW ran 0.64x, 0.66x and
+0.54x the im2col path's time, on conv3 (32 -> 64, 8x8) the forward 0.78-0.82x and dX
+0.96-0.99x, while dW ran 1.15x and stays on im2col there (WINOGRAD5_DW_MIN_WIDTH).
 
 Results do not depend on the number of threads: a sample's output and dX come from its
 own GEMMs whichever thread runs them, and dW adds its per-chunk parts in chunk order
@@ -42,7 +47,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from bwplan.kernels.cpu import scratch, threads, winograd
+from bwplan.kernels.cpu import scratch, threads, winograd, winograd5
 from bwplan.kernels.cpu.reduce import channel_sum
 from bwplan.kernels.cpu.views import view
 from bwplan.ops._shapes import pair
@@ -62,6 +67,14 @@ DW_WIDE_ROWS = 64
 # Stride-1 3x3 layers with at least this many input and output channels run as Winograd
 # F(2x2, 3x3) (winograd.py, Geometry.winograd). Tests lower it to reach tiny layers.
 WINOGRAD_MIN_CHANNELS = 16
+# Stride-1 5x5 layers with at least this many input and output channels run as Winograd
+# F(2x2, 5x5) (winograd5.py, Geometry.winograd5); cifar10_quick's 3-channel first layer
+# stays on im2col (its forward's GEMMs would have an inner dimension of 3).
+WINOGRAD5_MIN_CHANNELS = 16
+# ... and their dW only from this output width: its GEMMs, [O, T] @ [T, C], multiply the
+# tile rows' padding too (winograd5.PITCH_EXTRA), 1.5x the tiles at width 8, and on
+# cifar10_quick's conv3 (8x8) it ran 1.15x im2col's time, on conv2 (16x16) 0.54x.
+WINOGRAD5_DW_MIN_WIDTH = 16
 
 
 class Geometry(NamedTuple):
@@ -119,6 +132,30 @@ class Geometry(NamedTuple):
             (3, 3, 1, 1, 1, 1, 1) and min(self.c, self.o) >= WINOGRAD_MIN_CHANNELS
 
     @property
+    def winograd5(self) -> bool:
+        """Whether forward, dX and dW run as Winograd F(2x2, 5x5): 5x5, stride 1, no
+        dilation, one group, padding at most 4 (dX runs as a forward convolution padded
+        by 4 - pad), and enough channels (as `winograd`, with 36 GEMMs)."""
+        return (self.kh, self.kw, self.sh, self.sw, self.dh, self.dw, self.groups) == \
+            (5, 5, 1, 1, 1, 1, 1) and max(self.ph, self.pw) <= 4 and \
+            min(self.c, self.o) >= WINOGRAD5_MIN_CHANNELS
+
+    @property
+    def winograd5_dw(self) -> bool:
+        """Whether dW runs as Winograd F(2x2, 5x5) too (see WINOGRAD5_DW_MIN_WIDTH)."""
+        return self.winograd5 and self.wo >= WINOGRAD5_DW_MIN_WIDTH
+
+    @property
+    def tiled(self):
+        """The Winograd module the forward and dX run as (winograd, winograd5), or None."""
+        return winograd if self.winograd else winograd5 if self.winograd5 else None
+
+    @property
+    def tiled_dw(self):
+        """The Winograd module dW runs as, or None."""
+        return winograd if self.winograd else winograd5 if self.winograd5_dw else None
+
+    @property
     def identity(self) -> bool:
         """Whether the columns are the input itself: 1x1, stride 1, no padding."""
         return (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
@@ -142,9 +179,10 @@ def geometry(ctx) -> Geometry:
 
 def chunks(g: Geometry, itemsize: int, dw: bool = False) -> list[tuple[int, int]]:
     """(first sample, samples) of each chunk of the batch (for the dW kernel: `dw`)."""
-    if g.winograd:
-        return winograd.chunks(g.n, g.c, g.o, g.ho, g.wo, itemsize,
-                               winograd.DW_CHUNK_BYTES if dw else winograd.CHUNK_BYTES, dw)
+    wino = g.tiled_dw if dw else g.tiled
+    if wino is not None:
+        return wino.chunks(g.n, g.c, g.o, g.ho, g.wo, itemsize,
+                           wino.DW_CHUNK_BYTES if dw else wino.CHUNK_BYTES, dw)
     per_sample = max(g.k, g.o) * g.p * itemsize
     nb = max(1, min(g.n, CHUNK_BYTES // per_sample))
     return [(n0, min(nb, g.n - n0)) for n0 in range(0, g.n, nb)]
@@ -160,7 +198,8 @@ _SETUPS_MAX = 4096
 
 def _setup(ctx, itemsize: int, dw: bool = False) -> tuple[Geometry, list[tuple[int, int]]]:
     key = (id(ctx), itemsize, dw, CHUNK_BYTES, winograd.CHUNK_BYTES, winograd.DW_CHUNK_BYTES,
-           WINOGRAD_MIN_CHANNELS)
+           WINOGRAD_MIN_CHANNELS, winograd5.CHUNK_BYTES, winograd5.DW_CHUNK_BYTES,
+           WINOGRAD5_MIN_CHANNELS, WINOGRAD5_DW_MIN_WIDTH)
     hit = _SETUPS.get(key)
     if hit is not None and hit[0] is ctx:
         return hit[1], hit[2]
@@ -321,6 +360,9 @@ def conv2d_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
     if g.winograd:
         _winograd_fwd(g, parts, x, params["weight"], bias, out)
         return
+    if g.winograd5:
+        _winograd5_fwd(g, parts, x, params["weight"], bias, out)
+        return
     x3, out3 = view(x, (g.n, g.c, g.h * g.w)), view(out, (g.n, g.o, g.p))
 
     def chunk(t: int) -> None:
@@ -347,6 +389,9 @@ def conv2d_dx(ctx, saved, dout, index, out) -> None:
     g, parts = _setup(ctx, dout.itemsize)
     if g.winograd:
         _winograd_dx(g, parts, saved["weight"], dout, out)
+        return
+    if g.winograd5:
+        _winograd5_dx(g, parts, saved["weight"], dout, out)
         return
     wg = _weights(g, saved["weight"])
     og, kg = wg.shape[1], wg.shape[2]
@@ -384,6 +429,9 @@ def conv2d_dw(ctx, saved, dout, out) -> None:
     if g.winograd:
         _winograd_dw(g, parts, x, dout, out)
         return
+    if g.winograd5_dw:
+        _winograd5_dw(g, parts, x, dout, out)
+        return
     # one dW^T part per chunk, in the calling thread's scratch, summed in chunk order below
     sums = scratch.buffer("conv.dw", (len(parts), g.groups, kg, og), dout.dtype)
 
@@ -409,19 +457,26 @@ def conv2d_dw(ctx, saved, dout, out) -> None:
 
 
 # ---- Winograd F(2x2, 3x3) (winograd.py): 16 GEMMs per chunk over its tiles ---------------
-# The 16 planes of a transformed tensor lie PLANE_SKEW elements further apart than their
-# size: the transforms write (or read) all 16 for each tile, and planes a power of two
+# The planes of a transformed tensor lie PLANE_SKEW elements further apart than their
+# size: the transforms write (or read) all of them for each tile, and planes a power of two
 # apart map to one cache set (an 8-way L1 cannot hold 16 such lines): skewed, the
 # gradient's transform ran 9x faster on cnn_small's conv2.
 PLANE_SKEW = 16
 
 
-def _planes(role: str, leading: tuple[int, ...], rows: int, cols: int, dtype) -> np.ndarray:
-    """A scratch [*leading, 16, rows, cols] whose planes are skewed (see PLANE_SKEW); each
-    plane is C-contiguous, as a GEMM operand must be."""
+def _flat_planes(role: str, leading: tuple[int, ...], planes: int, rows: int, cols: int,
+                 dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A scratch [*leading, planes, rows, cols] whose planes are skewed (see PLANE_SKEW),
+    each plane C-contiguous, as a GEMM operand must be; and the C-contiguous buffer under
+    it, [*leading, planes, rows*cols + PLANE_SKEW]."""
     size = rows * cols
-    flat = scratch.buffer(role, leading + (16, size + PLANE_SKEW), dtype)
-    return flat[..., :size].reshape(leading + (16, rows, cols))
+    flat = scratch.buffer(role, leading + (planes, size + PLANE_SKEW), dtype)
+    return flat[..., :size].reshape(leading + (planes, rows, cols)), flat
+
+
+def _planes(role: str, leading: tuple[int, ...], rows: int, cols: int, dtype) -> np.ndarray:
+    """A scratch [*leading, 16, rows, cols] of skewed planes (_flat_planes)."""
+    return _flat_planes(role, leading, 16, rows, cols, dtype)[0]
 
 
 def _weight_tiles(g: Geometry, weight: np.ndarray) -> np.ndarray:
@@ -480,6 +535,62 @@ def _winograd_dw(g: Geometry, parts, x, dout, out) -> None:
     for t in range(1, len(parts)):  # in chunk order, whichever thread ran which chunk
         np.add(sums[0], sums[t], out=sums[0])
     winograd.weight_grad(sums[0], out)
+
+
+# ---- Winograd F(2x2, 5x5) (winograd5.py): 36 GEMMs per chunk over its tiles ---------------
+# The transforms take the planes' flat buffer (winograd5.py says why). dX is the forward
+# convolution of dY, padded by 4 - pad, with the weights flipped and transposed
+# (W'[c, o, i, j] = W[o, c, 4 - i, 4 - j]): the forward's transforms, and no overlapping
+# tile sums, which ran 0.3x the forward's transform speed.
+def _tiled_conv(x, n0, nb, pads, tiles_hw, u, bias, out) -> None:
+    """out[n0:n0 + nb] = the 5x5 convolution of x[n0:n0 + nb] (padding `pads`) as
+    F(2x2, 5x5), with u [36, out channels, in channels] the transformed weights."""
+    (th, tw), (o, c) = tiles_hw, u.shape[1:]
+    tiles_n = nb * th * winograd5.pitch(tw)
+    v, vf = _flat_planes("conv.wino_v", (), 36, c, tiles_n, x.dtype)
+    winograd5.input_tiles(x, n0, nb, pads[0], pads[1], th, tw, vf, tiles_n)
+    m, mf = _flat_planes("conv.wino_m", (), 36, o, tiles_n, x.dtype)
+    np.matmul(u, v, out=m)
+    winograd5.output_tiles(mf, n0, nb, th, tw, bias, out, tiles_n)
+
+
+def _winograd5_fwd(g: Geometry, parts, x, weight, bias, out) -> None:
+    tiles_hw = winograd5.tiles(g.ho, g.wo)
+    u = _flat_planes("conv.wino_u", (), 36, g.o, g.c, weight.dtype)[0]
+    winograd5.weight_tiles(weight, u)
+    bias = np.zeros(g.o, x.dtype) if bias is None else bias  # one branch-free loop
+    threads.for_each(len(parts), lambda t: _tiled_conv(x, *parts[t], (g.ph, g.pw),
+                                                       tiles_hw, u, bias, out))
+
+
+def _winograd5_dx(g: Geometry, parts, weight, dout, out) -> None:
+    tiles_hw = winograd5.tiles(g.h, g.w)
+    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    u = _flat_planes("conv.wino_u", (), 36, g.c, g.o, weight.dtype)[0]
+    winograd5.weight_tiles(flipped, u)
+    zeros = np.zeros(g.c, dout.dtype)
+    threads.for_each(len(parts), lambda t: _tiled_conv(dout, *parts[t], (4 - g.ph, 4 - g.pw),
+                                                       tiles_hw, u, zeros, out))
+
+
+def _winograd5_dw(g: Geometry, parts, x, dout, out) -> None:
+    th, tw = winograd5.tiles(g.ho, g.wo)
+    # one [36, O, C] part per chunk, in the calling thread's scratch, summed in chunk order
+    sums = _flat_planes("conv.wino_dw", (len(parts),), 36, g.o, g.c, dout.dtype)[0]
+
+    def chunk(t: int) -> None:
+        n0, nb = parts[t]
+        tiles_n = nb * th * winograd5.pitch(tw)
+        m, mf = _flat_planes("conv.wino_m", (), 36, g.o, tiles_n, dout.dtype)
+        winograd5.output_grad_tiles(dout, n0, nb, th, tw, mf, tiles_n)
+        v, vf = _flat_planes("conv.wino_v", (), 36, g.c, tiles_n, dout.dtype)
+        winograd5.input_tiles(x, n0, nb, g.ph, g.pw, th, tw, vf, tiles_n)
+        np.matmul(m, v.transpose(0, 2, 1), out=sums[t])
+
+    threads.for_each(len(parts), chunk)
+    for t in range(1, len(parts)):  # in chunk order, whichever thread ran which chunk
+        np.add(sums[0], sums[t], out=sums[0])
+    winograd5.weight_grad(sums[0], out)
 
 
 def conv2d_db(ctx, saved, dout, out) -> None:
