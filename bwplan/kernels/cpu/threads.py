@@ -191,7 +191,9 @@ def parallel_from(elements: int = PARALLEL_MIN_ELEMENTS):
         twin.__qualname__ = py.__qualname__ + "_serial"
         options = {k: v for k, v in parallel.targetoptions.items()
                    if k not in ("parallel", "nopython")}
-        serial = njit(**options)(twin)
+        # `cache` is the dispatcher's, not a target option: without it here the serial
+        # build compiled again in every process, a warm cache included
+        serial = njit(cache=True, **options)(twin)
 
         def call(*args):
             return (parallel if args[0].size >= elements else serial)(*args)
