@@ -143,12 +143,12 @@ def run(args) -> int:
           + "".join(f", {k} {v:.4f}" for k, v in last.metrics.items()))
     if dp is not None:   # --out only from a state every rank agrees on
         dp.check_parameters("the trained parameters")
+    if args.profile and first_step:
+        print(train_report.first_step_line(*first_step))
     if args.profile and last.full_step is not None:
         size = min(args.batch, data.size)
         print("\n".join(profile_lines(prog, last.full_step, f"one step of {size} samples:")
                         + (dp.profile_lines() if dp else [])))
-    if args.profile and first_step:
-        print(train_report.first_step_line(*first_step))
     if dp is not None and dp.comm.rank != 0:
         return 0
     if args.out:

@@ -184,6 +184,7 @@ def parallel_from(elements: int = PARALLEL_MIN_ELEMENTS):
         import types
 
         from numba import njit
+        from numba.core.caching import NullCache
 
         py = parallel.py_func
         twin = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial",
@@ -193,7 +194,7 @@ def parallel_from(elements: int = PARALLEL_MIN_ELEMENTS):
                    if k not in ("parallel", "nopython")}
         # `cache` is the dispatcher's, not a target option: without it here the serial
         # build compiled again in every process, a warm cache included
-        serial = njit(cache=True, **options)(twin)
+        serial = njit(cache=not isinstance(parallel._cache, NullCache), **options)(twin)
 
         def call(*args):
             return (parallel if args[0].size >= elements else serial)(*args)
