@@ -2,11 +2,13 @@
 
 Two kinds of work run in parallel:
 
-- BLAS calls (conv and linear GEMMs), the Numba loops around them (im2col, col2im) and the
-  largest elementwise loops run on the kernel workers here: a kernel cuts its work into
-  tasks and `for_each` runs them on the calling thread and `width - 1` helper threads,
-  each task calling single-threaded BLAS and serial `nogil` Numba loops on its own slice.
-- The other Numba kernels (pooling, batchnorm, losses) use Numba's parallel loops.
+- BLAS calls (conv and linear GEMMs), the Numba loops around them (im2col, col2im), the
+  largest elementwise loops and pooling run on the kernel workers here: a kernel cuts its
+  work into tasks and `for_each` runs them on the calling thread and `width - 1` helper
+  threads, each task calling single-threaded BLAS and serial `nogil` Numba loops on its
+  own slice.
+- The other Numba kernels (batchnorm, losses) use Numba's parallel loops, which cost
+  several times a serial loop's compile time on a cold start.
 
 BLAS itself is kept at one thread (threadpoolctl, when installed), because its own pool
 would otherwise sit beside Numba's: OpenBLAS's workers spin for a long while after each
