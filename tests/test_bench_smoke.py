@@ -146,3 +146,23 @@ def test_conv_paths_runs_both_algorithms_to_the_same_first_loss(capsys):
                if line.startswith("| cnn_small | head"))
     im2col, winograd = (float(v) for v in row.rstrip(" |").split("|")[-1].split("/"))
     assert abs(winograd - im2col) <= 1e-5 * abs(im2col)
+
+
+def test_cold_start_runs_the_command_with_an_empty_cache(tmp_path):
+    # the reference target compiles nothing, so this checks the harness, not the figures
+    import numpy as np
+    from bench.cold_start import measure, summary
+    (tmp_path / "net.bw").write_text("input x : f32[4, 6]\ninput y : i64[4]\n"
+                                     "fc = linear(x, out=3)\n"
+                                     "loss = softmax_cross_entropy(fc, y)\n")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((8, 6)).astype(np.float32),
+             y=rng.integers(0, 3, 8))
+    doc = measure(tmp_path / "net.bw", tmp_path / "d.npz", runs=1, epochs=1,
+                  target="reference")
+    assert [r["cache"] for r in doc["runs"]] == ["cold", "warm"]
+    for r in doc["runs"]:
+        assert r["kernels"] == 0 and r["cpu"] > 0
+        assert r["wall"] is None or r["wall"] > 0
+    text = "\n".join(summary(doc))
+    assert "CPU to the first step" in text and "warm cache: first step at" in text

@@ -59,6 +59,7 @@ def run(args) -> int:
     from bwplan.cli import train_report
     from bwplan.cli.report import profile_lines, warning_lines
     from bwplan.runtime.data import load_dataset
+    from bwplan.runtime.compiling import process_age, watch
     from bwplan.runtime.train import train
     from bwplan.cli.schedule import check_schedule, read_schedule
     from bwplan.fsutil import check_writable
@@ -104,8 +105,11 @@ def run(args) -> int:
                                           not args.no_prune))
         trained[0] = train_report.trained_layers(prog)
     steps = [0]
+    first_step: list = []   # (wall since start or None, CPU, compile s, kernels compiled)
 
     def on_batch(e, k, n, loss, rate):
+        if not first_step:
+            first_step.extend((*process_age(), watch().seconds, watch().count))
         bar.batch(e, args.epochs, k, n, loss, rate)
         steps[0] += 1
         if args.checkpoint_every and steps[0] % args.checkpoint_every == 0:
@@ -122,7 +126,6 @@ def run(args) -> int:
             text += "".join(f"  {k} {v:.4f}" for k, v in r.metrics.items())
         bar.epoch(text)
 
-    from bwplan.runtime.compiling import watch
     watch().on_compiled = bar.compiling
     try:
         history = train(prog, data, args.epochs, args.batch, args.seed, args.cache_frozen,
@@ -140,6 +143,8 @@ def run(args) -> int:
           + "".join(f", {k} {v:.4f}" for k, v in last.metrics.items()))
     if dp is not None:   # --out only from a state every rank agrees on
         dp.check_parameters("the trained parameters")
+    if args.profile and first_step:
+        print(train_report.first_step_line(*first_step))
     if args.profile and last.full_step is not None:
         size = min(args.batch, data.size)
         print("\n".join(profile_lines(prog, last.full_step, f"one step of {size} samples:")

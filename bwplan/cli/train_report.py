@@ -69,3 +69,11 @@ def stage_line(prog, epoch: int, new_rules, before: list[str], pruned: bool) -> 
         "froze " + ", ".join(frozen) if frozen else "") if part) or "no layer changed"
     rules = ", ".join(f"{verb} {pattern}" for verb, pattern in new_rules)
     return f"epoch {epoch}: {rules}: {what}; " + backward_counts(prog, pruned)
+
+
+def first_step_line(wall: float | None, cpu: float, compiling: float, kernels: int) -> str:
+    """When the first step ended, counted from the process's start (the cold start: on a
+    first run most of it is Numba compiling kernels into its disk cache)."""
+    since = f"{wall:.2f} s after the process started, " if wall is not None else ""
+    return (f"first step: ended {since}{cpu:.2f} s of CPU time (user + system); "
+            f"{compiling:.2f} s of it compiling {kernels} kernel specialisations")

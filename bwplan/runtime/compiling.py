@@ -2,9 +2,11 @@
 caches it on disk; a cold first run spends most of a minute there. This module counts
 those compilations (cache misses only: a kernel loaded from the disk cache is not one) and
 their time, so that `train` can say what it waits for and leave that time out of its
-throughput."""
+throughput; and the process's own age in wall and CPU time, so that `train --profile` can
+say when its first step ended (the cold start)."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -56,3 +58,19 @@ def watch() -> _Watch:
 def seconds_so_far() -> float:
     """Seconds spent compiling kernels since the watcher was installed."""
     return watch().seconds
+
+
+def process_age() -> tuple[float | None, float]:
+    """(wall seconds since this process started, CPU seconds it has used: user + system,
+    every thread). The wall figure reads the start time Linux records in /proc/self/stat
+    (to a clock tick, 10 ms), so it includes the interpreter's start and the imports; None
+    where there is no /proc."""
+    cpu = time.process_time()
+    try:
+        with open("/proc/self/stat") as f:
+            # the command name (field 2) is in parentheses and may hold spaces
+            fields = f.read().rpartition(")")[2].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")   # field 22: starttime
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started, cpu
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None, cpu

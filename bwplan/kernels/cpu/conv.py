@@ -336,12 +336,13 @@ def _weights(g: Geometry, weight: np.ndarray) -> np.ndarray:
 
 def _unfold(x: np.ndarray, g: Geometry, n0: int, nb: int, per_sample: bool) -> np.ndarray:
     """The chunk's columns, [nb, K, P] or [K, nb*P], in the calling thread's scratch."""
+    # the loops see the columns flat, whichever layout: one specialisation for both
     if per_sample:
         cols = scratch.buffer("conv.cols", (nb, g.k, g.p), x.dtype)
-        _im2col(x, n0, nb, *g.window, cols, g.k * g.p, g.p)
+        _im2col(x, n0, nb, *g.window, cols.reshape(-1), g.k * g.p, g.p)
     else:
         cols = scratch.buffer("conv.cols", (g.k, nb * g.p), x.dtype)
-        _im2col(x, n0, nb, *g.window, cols, g.p, nb * g.p)
+        _im2col(x, n0, nb, *g.window, cols.reshape(-1), g.p, nb * g.p)
     return cols
 
 
@@ -404,7 +405,7 @@ def conv2d_dx(ctx, saved, dout, index, out) -> None:
             dcols = scratch.buffer("conv.cols", (g.k, nb * g.p), dout.dtype)
             for gi in range(g.groups):
                 np.dot(wg[gi].T, dy[gi * og:(gi + 1) * og], out=dcols[gi * kg:(gi + 1) * kg])
-            _col2im(dcols, n0, nb, *g.window, out, g.p, nb * g.p)
+            _col2im(dcols.reshape(-1), n0, nb, *g.window, out, g.p, nb * g.p)
             return
         dcols = out3[n0:n0 + nb] if g.identity else \
             scratch.buffer("conv.cols", (nb, g.k, g.p), dout.dtype)
@@ -412,7 +413,7 @@ def conv2d_dx(ctx, saved, dout, index, out) -> None:
             np.matmul(wg[gi].T, dout3[n0:n0 + nb, gi * og:(gi + 1) * og],
                       out=dcols[:, gi * kg:(gi + 1) * kg])
         if not g.identity:
-            _col2im(dcols, n0, nb, *g.window, out, g.k * g.p, g.p)
+            _col2im(dcols.reshape(-1), n0, nb, *g.window, out, g.k * g.p, g.p)
 
     threads.for_each(len(parts), chunk)
 

@@ -90,13 +90,10 @@ def _sce_back(prob, label, ignore, scale, weights, out):
             out[n, lab, s] -= weight
 
 
-@njit(cache=True)
-def _counted(label, ignore):
-    count = 0
-    for i in range(label.size):
-        if int(label[i]) != ignore:
-            count += 1
-    return max(count, 1)
+def _counted(label: np.ndarray, ignore: int) -> int:
+    """The positions whose label is not `ignore` (at least 1). NumPy, not a Numba loop:
+    one pass over N labels, where compiling a loop cost 0.1 s of a cold start."""
+    return max(int(np.count_nonzero(label.astype(np.int64, copy=False) != ignore)), 1)
 
 
 def softmax_cross_entropy_fwd(ctx, inputs, params, out, aux, training, rng) -> None:

@@ -1,7 +1,15 @@
 """Pooling on the CPU: max and average windows with Caffe's geometry, and the global forms.
 
-Every loop runs in parallel over the N*C planes: a plane is independent in the forward
-and in the backward (a window never crosses planes), so no two threads write one element.
+Every loop runs over a range of the N*C planes: a plane is independent in the forward and
+in the backward (a window never crosses planes), so a large tensor's planes are cut into
+blocks that run on the kernel workers (threads.py), and no two threads write one element.
+The loops are serial `nogil` Numba code, not `parallel=True`: a parallel loop took about
+five times as long to compile (0.5-1.2 s each, most of a cold start's pooling), needed a
+serial twin for small tensors besides (two compilations per loop), and a fork-join whose
+second worker is descheduled made small pools many times slower on a shared machine.
+Blocks never change a result: each plane is computed alike in any block. The price: the
+parfors build ran the 2x2 forward up to 1.6x faster per call (it marks its arrays noalias,
+so LLVM vectorises it), 0.04 ms on [64, 64, 8, 8] (bench/RESULTS.md, cold start).
 
 Windows follow the reference: a window starts at o*stride - pad; a max window is clipped
 to the image (padding never wins), an average divides by the window clipped to the padded
@@ -12,11 +20,26 @@ h * W + w within the plane; the first maximum in row-major window order wins tie
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from bwplan.kernels.cpu import threads
 from bwplan.kernels.cpu.views import view
-from bwplan.kernels.cpu.threads import parallel_from
 from bwplan.ops._shapes import pair
+
+# A tensor is cut into one block of planes per this many elements of its largest array (at
+# most one block per kernel worker): about 0.1 ms of pooling per block, where a hand-off to
+# a worker costs about 0.07 ms.
+BLOCK_ELEMENTS = 1 << 19
+
+
+def _by_planes(planes: int, elements: int, run) -> None:
+    """run(lo, hi) over planes [0, planes), in one call or in blocks on the kernel workers."""
+    count = max(1, min(threads.width(), elements // BLOCK_ELEMENTS, planes))
+    if count == 1:
+        run(0, planes)
+        return
+    edges = [planes * i // count for i in range(count + 1)]
+    threads.for_each(count, lambda t: run(edges[t], edges[t + 1]))
 
 
 def _planes(a: np.ndarray) -> np.ndarray:
@@ -34,12 +57,11 @@ def _window(ctx) -> tuple[int, ...]:
 
 
 # ---- max -----------------------------------------------------------------------------------
-@parallel_from()
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _max_fwd(x, kh, kw, sh, sw, ph, pw, out):
     """The forward without an argmax: a plain max, nothing else stored."""
     h, w = x.shape[1], x.shape[2]
-    for t in prange(x.shape[0]):
+    for t in range(x.shape[0]):
         for oh in range(out.shape[1]):
             h0 = max(oh * sh - ph, 0)
             h1 = min(oh * sh - ph + kh, h)
@@ -53,11 +75,10 @@ def _max_fwd(x, kh, kw, sh, sw, ph, pw, out):
                 out[t, oh, ow] = best
 
 
-@parallel_from()
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _max_fwd_arg(x, kh, kw, sh, sw, ph, pw, out, arg):
     h, w = x.shape[1], x.shape[2]
-    for t in prange(x.shape[0]):
+    for t in range(x.shape[0]):
         for oh in range(out.shape[1]):
             h0 = max(oh * sh - ph, 0)
             h1 = min(oh * sh - ph + kh, h)
@@ -79,10 +100,9 @@ def _max_fwd_arg(x, kh, kw, sh, sw, ph, pw, out, arg):
 # fixed loads per output instead of two loops of run-time length and their bounds. 3-6x
 # faster than the general loops on cnn_small's pools. They compare in the general loops'
 # order, so they give the same maxima and the same argmax.
-@parallel_from()
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _max2_fwd(x, out):
-    for t in prange(x.shape[0]):
+    for t in range(x.shape[0]):
         for oh in range(out.shape[1]):
             for ow in range(out.shape[2]):
                 top = max(x[t, 2 * oh, 2 * ow], x[t, 2 * oh, 2 * ow + 1])
@@ -90,11 +110,10 @@ def _max2_fwd(x, out):
                                      x[t, 2 * oh + 1, 2 * ow + 1])
 
 
-@parallel_from()
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _max2_fwd_arg(x, out, arg):
     w = x.shape[2]
-    for t in prange(x.shape[0]):
+    for t in range(x.shape[0]):
         for oh in range(out.shape[1]):
             for ow in range(out.shape[2]):
                 where = 2 * oh * w + 2 * ow
@@ -138,13 +157,12 @@ def _max_window_arg(x, t, oh, ow, kh, kw, sh, sw, ph, pw):
     return best, where
 
 
-@parallel_from()
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _max3s2_fwd_arg(x, out, arg):
     h, w = x.shape[1], x.shape[2]
     oh_n, ow_n = out.shape[1], out.shape[2]
     whole_h, whole_w = min(oh_n, (h - 1) // 2), min(ow_n, (w - 1) // 2)  # 2*o + 2 < size
-    for t in prange(x.shape[0]):
+    for t in range(x.shape[0]):
         for oh in range(whole_h):
             r = 2 * oh
             for ow in range(whole_w):
@@ -170,35 +188,42 @@ def _max3s2_fwd_arg(x, out, arg):
                                                                  0, 0)
 
 
-@parallel_from()
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _max_back(arg, dout, dx):
     """dx[plane][arg] += dout: overlapping windows may pick the same cell."""
-    for t in prange(dx.shape[0]):
+    for t in range(dx.shape[0]):
         dx[t] = 0
         for q in range(dout.shape[1]):
             dx[t, arg[t, q]] += dout[t, q]
 
 
 def maxpool_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
-    x, window = _planes(inputs[0]), _window(ctx)
+    x, y, window = _planes(inputs[0]), _planes(out), _window(ctx)
+    arg = _planes(aux["argmax"]) if "argmax" in aux else None
     if window == (2, 2, 2, 2, 0, 0) and 2 * out.shape[2] <= x.shape[1] \
             and 2 * out.shape[3] <= x.shape[2]:  # every window whole: no ceil overhang
-        if "argmax" in aux:
-            _max2_fwd_arg(x, _planes(out), _planes(aux["argmax"]))
+        if arg is not None:
+            def run(lo, hi):
+                _max2_fwd_arg(x[lo:hi], y[lo:hi], arg[lo:hi])
         else:
-            _max2_fwd(x, _planes(out))
-    elif window == (3, 3, 2, 2, 0, 0) and "argmax" in aux:
-        _max3s2_fwd_arg(x, _planes(out), _planes(aux["argmax"]))
-    elif "argmax" in aux:
-        _max_fwd_arg(x, *window, _planes(out), _planes(aux["argmax"]))
+            def run(lo, hi):
+                _max2_fwd(x[lo:hi], y[lo:hi])
+    elif window == (3, 3, 2, 2, 0, 0) and arg is not None:
+        def run(lo, hi):
+            _max3s2_fwd_arg(x[lo:hi], y[lo:hi], arg[lo:hi])
+    elif arg is not None:
+        def run(lo, hi):
+            _max_fwd_arg(x[lo:hi], *window, y[lo:hi], arg[lo:hi])
     else:
-        _max_fwd(x, *window, _planes(out))
+        def run(lo, hi):
+            _max_fwd(x[lo:hi], *window, y[lo:hi])
+    _by_planes(x.shape[0], x.size, run)
 
 
 def _scatter_max(saved, dout, out) -> None:
     nc = out.shape[0] * out.shape[1]
-    _max_back(view(saved["argmax"], (nc, -1)), view(dout, (nc, -1)), view(out, (nc, -1)))
+    arg, dy, dx = (view(a, (nc, -1)) for a in (saved["argmax"], dout, out))
+    _by_planes(nc, dx.size, lambda lo, hi: _max_back(arg[lo:hi], dy[lo:hi], dx[lo:hi]))
 
 
 def maxpool_dx(ctx, saved, dout, index, out) -> None:
@@ -215,11 +240,10 @@ def _ave_extent(o, k, s, p, size, count_pad):
     return lo, hi, (end - start) if count_pad else (hi - lo)
 
 
-@parallel_from()
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _ave_fwd(x, kh, kw, sh, sw, ph, pw, count_pad, out):
     h, w = x.shape[1], x.shape[2]
-    for t in prange(x.shape[0]):
+    for t in range(x.shape[0]):
         for oh in range(out.shape[1]):
             h0, h1, dh = _ave_extent(oh, kh, sh, ph, h, count_pad)
             for ow in range(out.shape[2]):
@@ -231,11 +255,10 @@ def _ave_fwd(x, kh, kw, sh, sw, ph, pw, count_pad, out):
                 out[t, oh, ow] = acc / (dh * dw)
 
 
-@parallel_from()
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _ave_back(dout, kh, kw, sh, sw, ph, pw, count_pad, dx):
     h, w = dx.shape[1], dx.shape[2]
-    for t in prange(dx.shape[0]):
+    for t in range(dx.shape[0]):
         dx[t] = 0
         for oh in range(dout.shape[1]):
             h0, h1, dh = _ave_extent(oh, kh, sh, ph, h, count_pad)
@@ -248,28 +271,32 @@ def _ave_back(dout, kh, kw, sh, sw, ph, pw, count_pad, dx):
 
 
 def avgpool_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
-    _ave_fwd(_planes(inputs[0]), *_window(ctx), ctx.attrs["count_pad"], _planes(out))
+    x, y, window = _planes(inputs[0]), _planes(out), _window(ctx)
+    count_pad = ctx.attrs["count_pad"]
+    _by_planes(x.shape[0], x.size,
+               lambda lo, hi: _ave_fwd(x[lo:hi], *window, count_pad, y[lo:hi]))
 
 
 def avgpool_dx(ctx, saved, dout, index, out) -> None:
-    _ave_back(_planes(dout), *_window(ctx), ctx.attrs["count_pad"], _planes(out))
+    dy, dx, window = _planes(dout), _planes(out), _window(ctx)
+    count_pad = ctx.attrs["count_pad"]
+    _by_planes(dx.shape[0], dx.size,
+               lambda lo, hi: _ave_back(dy[lo:hi], *window, count_pad, dx[lo:hi]))
 
 
 # ---- global --------------------------------------------------------------------------------
-@parallel_from()
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _global_max(x, out):
-    for t in prange(x.shape[0]):
+    for t in range(x.shape[0]):
         best = x[t, 0]
         for q in range(1, x.shape[1]):
             best = max(best, x[t, q])
         out[t] = best
 
 
-@parallel_from()
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _global_max_arg(x, out, arg):
-    for t in prange(x.shape[0]):
+    for t in range(x.shape[0]):
         best = x[t, 0]
         where = 0
         for q in range(1, x.shape[1]):
@@ -280,20 +307,18 @@ def _global_max_arg(x, out, arg):
         arg[t] = where
 
 
-@parallel_from()
-@njit(cache=True, parallel=True, fastmath={"reassoc"})
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _global_mean(x, out):
-    for t in prange(x.shape[0]):
+    for t in range(x.shape[0]):
         acc = 0.0
         for q in range(x.shape[1]):
             acc += x[t, q]
         out[t] = acc / x.shape[1]
 
 
-@parallel_from()
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def _global_mean_back(dout, dx):
-    for t in prange(dx.shape[0]):
+    for t in range(dx.shape[0]):
         dx[t] = dout[t] / dx.shape[1]
 
 
@@ -308,11 +333,13 @@ def _per_plane(a: np.ndarray) -> np.ndarray:
 
 
 def global_maxpool_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
-    x = _flat_planes(inputs[0])
+    x, y = _flat_planes(inputs[0]), _per_plane(out)
     if "argmax" in aux:
-        _global_max_arg(x, _per_plane(out), _per_plane(aux["argmax"]))
+        arg = _per_plane(aux["argmax"])
+        _by_planes(x.shape[0], x.size,
+                   lambda lo, hi: _global_max_arg(x[lo:hi], y[lo:hi], arg[lo:hi]))
     else:
-        _global_max(x, _per_plane(out))
+        _by_planes(x.shape[0], x.size, lambda lo, hi: _global_max(x[lo:hi], y[lo:hi]))
 
 
 def global_maxpool_dx(ctx, saved, dout, index, out) -> None:
@@ -320,8 +347,10 @@ def global_maxpool_dx(ctx, saved, dout, index, out) -> None:
 
 
 def global_avgpool_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
-    _global_mean(_flat_planes(inputs[0]), _per_plane(out))
+    x, y = _flat_planes(inputs[0]), _per_plane(out)
+    _by_planes(x.shape[0], x.size, lambda lo, hi: _global_mean(x[lo:hi], y[lo:hi]))
 
 
 def global_avgpool_dx(ctx, saved, dout, index, out) -> None:
-    _global_mean_back(_per_plane(dout), _flat_planes(out))
+    dy, dx = _per_plane(dout), _flat_planes(out)
+    _by_planes(dx.shape[0], dx.size, lambda lo, hi: _global_mean_back(dy[lo:hi], dx[lo:hi]))

@@ -2,11 +2,13 @@
 
 Two kinds of work run in parallel:
 
-- BLAS calls (conv and linear GEMMs), the Numba loops around them (im2col, col2im) and the
-  largest elementwise loops run on the kernel workers here: a kernel cuts its work into
-  tasks and `for_each` runs them on the calling thread and `width - 1` helper threads,
-  each task calling single-threaded BLAS and serial `nogil` Numba loops on its own slice.
-- The other Numba kernels (pooling, batchnorm, losses) use Numba's parallel loops.
+- BLAS calls (conv and linear GEMMs), the Numba loops around them (im2col, col2im), the
+  largest elementwise loops and pooling run on the kernel workers here: a kernel cuts its
+  work into tasks and `for_each` runs them on the calling thread and `width - 1` helper
+  threads, each task calling single-threaded BLAS and serial `nogil` Numba loops on its
+  own slice.
+- The other Numba kernels (batchnorm, losses) use Numba's parallel loops, which cost
+  several times a serial loop's compile time on a cold start.
 
 BLAS itself is kept at one thread (threadpoolctl, when installed), because its own pool
 would otherwise sit beside Numba's: OpenBLAS's workers spin for a long while after each
@@ -184,6 +186,7 @@ def parallel_from(elements: int = PARALLEL_MIN_ELEMENTS):
         import types
 
         from numba import njit
+        from numba.core.caching import NullCache
 
         py = parallel.py_func
         twin = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial",
@@ -191,7 +194,9 @@ def parallel_from(elements: int = PARALLEL_MIN_ELEMENTS):
         twin.__qualname__ = py.__qualname__ + "_serial"
         options = {k: v for k, v in parallel.targetoptions.items()
                    if k not in ("parallel", "nopython")}
-        serial = njit(**options)(twin)
+        # `cache` is the dispatcher's, not a target option: without it here the serial
+        # build compiled again in every process, a warm cache included
+        serial = njit(cache=not isinstance(parallel._cache, NullCache), **options)(twin)
 
         def call(*args):
             return (parallel if args[0].size >= elements else serial)(*args)
