@@ -13,7 +13,8 @@ from bwplan.caffe.emulate import emulate
 from bwplan.caffe.log import backward_lines, init_lines, render_log
 from bwplan.caffe.model import read_net
 from bwplan.caffe.shapes import shape_string
-from bwplan.errors import CaffeError
+from bwplan.diagnostics import format_error
+from bwplan.errors import BwError, CaffeError
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "caffe"
 CASES = sorted(p.stem for p in CORPUS.glob("*.json")) if CORPUS.is_dir() else []
@@ -262,10 +263,67 @@ def test_legacy_net_inputs_become_an_input_layer():
     assert emulate(net).layers[0].tops[0].shape == (2, 5, 1, 1)
 
 
-def test_v1_layers_are_refused_with_the_upgrade_tool():
-    with pytest.raises(CaffeError) as info:
-        read_net('layers { name: "a" type: RELU }', "t.prototxt")
-    assert "upgrade_net_proto_text" in info.value.hint
+# a small V1 net (written for this test): enum types, blobs_lr / weight_decay lists, shared
+# params by name, a data layer's transformation fields in its data_param, a loss with no top
+V1_NET = """name: "v1"
+layers { name: "d" type: DATA top: "x" top: "y"
+  data_param { source: "db" batch_size: 4 scale: 0.5 mirror: true }
+  include: { phase: TRAIN } }
+layers { name: "a" type: INNER_PRODUCT bottom: "x" top: "a"
+  blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0 param: "w" param: "b"
+  inner_product_param { num_output: 3 } }
+layers { name: "b" type: INNER_PRODUCT bottom: "x" top: "b" weight_decay: 1
+  param: "w" blob_share_mode: PERMISSIVE inner_product_param { num_output: 3 } }
+layers { name: "s" type: ELTWISE bottom: "a" bottom: "b" top: "s" }
+layers { name: "loss" type: SOFTMAX_LOSS bottom: "s" bottom: "y" }
+"""
+
+
+def test_v1_layers_are_upgraded_as_caffe_does():
+    net = read_net(V1_NET, "t.prototxt")
+    assert [l.type for l in net.layers] == ["Data", "InnerProduct", "InnerProduct",
+                                             "Eltwise", "SoftmaxWithLoss"]
+    a, b = net.layers[1].params, net.layers[2].params
+    assert [(p.name, p.lr_mult, p.decay_mult) for p in a] == [("w", 1, 1), ("b", 2, 0)]
+    assert (b[0].name, b[0].lr_given, b[0].decay_given) == ("w", False, True)
+    assert b[0].share_mode == "PERMISSIVE" and len(b) == 1
+    # UpgradeNetDataTransformation: scale and mirror move to transform_param
+    data = net.layers[0]
+    assert data.sub("transform_param").get("scale") == 0.5
+    assert data.sub("transform_param").get("mirror") is True
+    assert not data.sub("data_param").has("scale")
+    # every field keeps the span of what the file wrote
+    assert a[0].span.line == 6 and net.layers[1].record.where("type").line == 5
+
+
+def test_a_v1_net_decides_like_the_same_net_written_as_layer():
+    v2 = (V1_NET.replace("layers {", "layer {").replace("type: DATA", 'type: "Data"')
+          .replace("scale: 0.5 mirror: true }", "}\n  transform_param { scale: 0.5 mirror: true }")
+          .replace("type: INNER_PRODUCT", 'type: "InnerProduct"')
+          .replace("type: ELTWISE", 'type: "Eltwise"')
+          .replace("type: SOFTMAX_LOSS", 'type: "SoftmaxWithLoss"')
+          .replace("blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0 param: \"w\" "
+                   "param: \"b\"", 'param { name: "w" lr_mult: 1 decay_mult: 1 } '
+                   'param { name: "b" lr_mult: 2 decay_mult: 0 }')
+          .replace('weight_decay: 1\n  param: "w" blob_share_mode: PERMISSIVE',
+                   'param { name: "w" decay_mult: 1 share_mode: PERMISSIVE }'))
+    assert "layers" not in v2 and "blobs_lr" not in v2
+    old, new = emulate(read_net(V1_NET, "t.prototxt")), emulate(read_net(v2, "t.prototxt"))
+    assert backward_lines(old) == backward_lines(new)
+    assert [[(p.lr_mult, p.effective_lr_mult, p.propagate) for p in l.params]
+            for l in old.layers] == [[(p.lr_mult, p.effective_lr_mult, p.propagate)
+                                      for p in l.params] for l in new.layers]
+
+
+def test_v1_errors_are_located_and_reported_together():
+    with pytest.raises(BwError) as info:
+        read_net('layers { name: "a" type: CONVOLUTON }\n'
+                 'layers { name: "b" type: "ReLU" }', "t.prototxt")
+    text = format_error(info.value)
+    assert "t.prototxt:1:26: error: V1LayerParameter.type must be a V1 layer type" in text
+    assert "did you mean CONVOLUTION?" in text and "t.prototxt:2:26:" in text
+    with pytest.raises(CaffeError, match="both 'layer' and 'layers'"):
+        read_net('layer { name: "a" type: "ReLU" } layers { name: "b" type: RELU }', "t")
 
 
 def test_unknown_phase():

@@ -13,7 +13,10 @@ since a public net must import with no other flag. Per file:
 - no stderr holds a Python traceback or an internal error.
 
 A net with a Python layer and no shapes for its tops must stop with the documented error
-(exit 2, naming the layer's module and class) and nothing else is checked for it.
+(exit 2, naming the layer's module and class) and nothing else is checked for it. A file that
+Caffe itself rejects (an old revision with fields Caffe no longer has) carries a sidecar
+`F.expect-error`: each of its lines must appear in the one-run error report of `explain F`,
+which must exit 2 with every error located at file:line:col.
 Unset, the test skips."""
 from __future__ import annotations
 
@@ -45,14 +48,17 @@ def _ids() -> list[str]:
     return [str(p.relative_to(ROOT)) for p in FILES]
 
 
+def _sidecar(path: Path, suffix: str) -> Path | None:
+    return next((p for p in (Path(f"{path}{suffix}"), path.with_suffix(suffix))
+                 if p.is_file()), None)
+
+
 def _sidecar_flags(path: Path) -> list[str]:
     """The flags of F.args: --input-shape only, each with its value."""
-    for sidecar in (Path(f"{path}.args"), path.with_suffix(".args")):
-        if sidecar.is_file():
-            words = shlex.split(sidecar.read_text(), comments=True)
-            break
-    else:
+    sidecar = _sidecar(path, ".args")
+    if sidecar is None:
         return []
+    words = shlex.split(sidecar.read_text(), comments=True)
     flags: list[str] = []
     i = 0
     while i < len(words):
@@ -122,6 +128,13 @@ def _has_python_layer(text: str) -> bool:
 def test_public_prototxt(path: Path, tmp_path, capsys):
     flags = _sidecar_flags(path)
     status, out, err = _run(capsys, ["explain", "--format", "json", str(path), *flags])
+    expected = _sidecar(path, ".expect-error")
+    if expected is not None:
+        assert status == 2, f"{path} imports, but {expected.name} expects an error"
+        for line in filter(None, map(str.strip, expected.read_text().splitlines())):
+            assert line in err, err
+        assert re.search(r"\S+:\d+:\d+: error: ", err.splitlines()[0]), err
+        return
     if status != 0 and _has_python_layer(path.read_text(errors="replace")) \
             and "Python layer" in err:
         # the documented refusal: one located error naming the layer's module and class
