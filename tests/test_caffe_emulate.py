@@ -12,8 +12,11 @@ import pytest
 from bwplan.caffe.emulate import emulate
 from bwplan.caffe.log import backward_lines, init_lines, render_log
 from bwplan.caffe.model import read_net
+from bwplan.caffe.prototxt import Message, parse_prototxt
 from bwplan.caffe.shapes import shape_string
-from bwplan.errors import CaffeError
+from bwplan.caffe.upgrade_v1 import V1_TYPES
+from bwplan.diagnostics import format_error
+from bwplan.errors import BwError, CaffeError
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "caffe"
 CASES = sorted(p.stem for p in CORPUS.glob("*.json")) if CORPUS.is_dir() else []
@@ -262,12 +265,182 @@ def test_legacy_net_inputs_become_an_input_layer():
     assert emulate(net).layers[0].tops[0].shape == (2, 5, 1, 1)
 
 
-def test_v1_layers_are_refused_with_the_upgrade_tool():
-    with pytest.raises(CaffeError) as info:
-        read_net('layers { name: "a" type: RELU }', "t.prototxt")
-    assert "upgrade_net_proto_text" in info.value.hint
+# a small V1 net (written for this test): enum types, blobs_lr / weight_decay lists, shared
+# params by name, a data layer's transformation fields in its data_param, a loss with no top
+V1_NET = """name: "v1"
+layers { name: "d" type: DATA top: "x" top: "y"
+  data_param { source: "db" batch_size: 4 scale: 0.5 mirror: true }
+  include: { phase: TRAIN } }
+layers { name: "a" type: INNER_PRODUCT bottom: "x" top: "a"
+  blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0 param: "w" param: "b"
+  inner_product_param { num_output: 3 } }
+layers { name: "b" type: INNER_PRODUCT bottom: "x" top: "b" weight_decay: 1
+  param: "w" blob_share_mode: PERMISSIVE inner_product_param { num_output: 3 } }
+layers { name: "s" type: ELTWISE bottom: "a" bottom: "b" top: "s" }
+layers { name: "loss" type: SOFTMAX_LOSS bottom: "s" bottom: "y" }
+"""
+
+
+def test_v1_layers_are_upgraded_as_caffe_does():
+    net = read_net(V1_NET, "t.prototxt")
+    assert [l.type for l in net.layers] == ["Data", "InnerProduct", "InnerProduct",
+                                             "Eltwise", "SoftmaxWithLoss"]
+    a, b = net.layers[1].params, net.layers[2].params
+    assert [(p.name, p.lr_mult, p.decay_mult) for p in a] == [("w", 1, 1), ("b", 2, 0)]
+    assert (b[0].name, b[0].lr_given, b[0].decay_given) == ("w", False, True)
+    assert b[0].share_mode == "PERMISSIVE" and len(b) == 1
+    # UpgradeNetDataTransformation: scale and mirror move to transform_param
+    data = net.layers[0]
+    assert data.sub("transform_param").get("scale") == 0.5
+    assert data.sub("transform_param").get("mirror") is True
+    assert not data.sub("data_param").has("scale")
+    # every field keeps the span of what the file wrote
+    assert a[0].span.line == 6 and net.layers[1].record.where("type").line == 5
+
+
+def test_a_v1_net_decides_like_the_same_net_written_as_layer():
+    v2 = (V1_NET.replace("layers {", "layer {").replace("type: DATA", 'type: "Data"')
+          .replace("scale: 0.5 mirror: true }", "}\n  transform_param { scale: 0.5 mirror: true }")
+          .replace("type: INNER_PRODUCT", 'type: "InnerProduct"')
+          .replace("type: ELTWISE", 'type: "Eltwise"')
+          .replace("type: SOFTMAX_LOSS", 'type: "SoftmaxWithLoss"')
+          .replace("blobs_lr: 1 blobs_lr: 2 weight_decay: 1 weight_decay: 0 param: \"w\" "
+                   "param: \"b\"", 'param { name: "w" lr_mult: 1 decay_mult: 1 } '
+                   'param { name: "b" lr_mult: 2 decay_mult: 0 }')
+          .replace('weight_decay: 1\n  param: "w" blob_share_mode: PERMISSIVE',
+                   'param { name: "w" decay_mult: 1 share_mode: PERMISSIVE }'))
+    assert "layers" not in v2 and "blobs_lr" not in v2
+    old, new = emulate(read_net(V1_NET, "t.prototxt")), emulate(read_net(v2, "t.prototxt"))
+    assert backward_lines(old) == backward_lines(new)
+    assert [[(p.lr_mult, p.effective_lr_mult, p.propagate) for p in l.params]
+            for l in old.layers] == [[(p.lr_mult, p.effective_lr_mult, p.propagate)
+                                      for p in l.params] for l in new.layers]
+
+
+def test_v1_errors_are_located_and_reported_together():
+    with pytest.raises(BwError) as info:
+        read_net('layers { name: "a" type: CONVOLUTON }\n'
+                 'layers { name: "b" type: "ReLU" }', "t.prototxt")
+    text = format_error(info.value)
+    assert "t.prototxt:1:26: error: V1LayerParameter.type must be a V1 layer type" in text
+    assert "did you mean CONVOLUTION?" in text and "t.prototxt:2:26:" in text
+    with pytest.raises(CaffeError, match="both 'layer' and 'layers'"):
+        read_net('layer { name: "a" type: "ReLU" } layers { name: "b" type: RELU }', "t")
 
 
 def test_unknown_phase():
     with pytest.raises(CaffeError):
         run(FC % ("x", ""), phase="VAL")
+
+
+# The corpus written in V1 syntax: each case Caffe decided, rewritten at test time as the
+# `layers { type: ENUM blobs_lr weight_decay param }` net it upgrades from (its Input layer
+# as the net-level `input:` / `input_shape` that Caffe's UpgradeNetInput turns into a layer
+# named "input"). Cases that V1 cannot express (BatchNorm, propagate_down, a ParamSpec field
+# given on a later blob only) are left out. The upgraded net must decide what Caffe decided.
+_V1_ENUMS = {name: enum for enum, name in V1_TYPES.items() if name}
+
+
+class _NotV1(Exception):
+    pass
+
+
+def _v1_value(value) -> str:
+    if isinstance(value, Message):
+        return "{ " + " ".join(_v1_field(f.name, f.value) for f in value.fields) + " }"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(value)
+
+
+def _v1_field(name: str, value) -> str:
+    return f"{name} {_v1_value(value)}" if isinstance(value, Message) else \
+        f"{name}: {_v1_value(value)}"
+
+
+def _v1_layer(layer: Message) -> str:
+    kind = layer.first("type").value
+    if kind not in _V1_ENUMS or layer.first("propagate_down") is not None:
+        raise _NotV1(kind)
+    body = [_v1_field(f.name, f.value) if f.name != "type" else f"type: {_V1_ENUMS[kind]}"
+            for f in layer.fields if f.name != "param"]
+    specs = [f.value for f in layer.all("param")]
+    for field, v1 in (("name", "param"), ("share_mode", "blob_share_mode"),
+                      ("lr_mult", "blobs_lr"), ("decay_mult", "weight_decay")):
+        given = [spec.first(field) for spec in specs]
+        last = max((i for i, g in enumerate(given) if g is not None), default=-1)
+        if any(g is None for g in given[:last + 1]):
+            raise _NotV1(f"{field} on a later blob only")
+        body += [_v1_field(v1, g.value) for g in given[:last + 1]]
+    return "layers { " + " ".join(body) + " }"
+
+
+def _as_v1(case: str) -> tuple[str, str]:
+    """The case as V1 text, and the name of the Input layer it replaces with `input:`."""
+    msg = parse_prototxt((CORPUS / f"{case}.prototxt").read_text(), case)
+    head, body, replaced = [], [], ""
+    for f in msg.fields:
+        if f.name != "layer":
+            head.append(_v1_field(f.name, f.value))
+            continue
+        if f.value.first("type").value != "Input":
+            body.append(_v1_layer(f.value))
+            continue
+        phases = [r.value.first("phase") for r in f.value.all("include")]
+        if any(p is not None and p.value.name == "TEST" for p in phases):
+            continue        # TRAIN is planned: the TEST copy of the data never exists
+        if replaced:
+            raise _NotV1("two Input layers")
+        replaced = f.value.first("name").value
+        shapes = f.value.first("input_param").value.all("shape")
+        head += [f"input: {_v1_value(t.value)} input_shape {_v1_value(s.value)}"
+                 for t, s in zip(f.value.all("top"), shapes)]
+    return "\n".join(head + body) + "\n", replaced
+
+
+def _v1_cases() -> list[str]:
+    cases = []
+    for case in CASES:
+        try:
+            _as_v1(case)
+        except _NotV1:
+            continue
+        cases.append(case)
+    return cases
+
+
+def _renamed(name: str, old: str) -> str:
+    """Caffe's name for a layer once the Input layer `old` is named "input"."""
+    return "input" if name == old else _renamed_blob(name, old)
+
+
+def _renamed_blob(blob: str, old: str) -> str:
+    """A split's blobs are named after the layer that produced the blob split."""
+    return blob.replace(f"_{old}_", "_input_") if "_split" in blob else blob
+
+
+@needs_corpus
+@pytest.mark.parametrize("case", _v1_cases())
+def test_the_corpus_written_as_v1_upgrades_to_caffes_decisions(case):
+    text, old = _as_v1(case)
+    assert "layers {" in text and "layer {" not in text
+    if caffe_error(case):
+        with pytest.raises(CaffeError) as info:
+            emulate(read_net(text, f"{case}.prototxt"))
+        assert caffe_error(case) in info.value.message
+        return
+    got, want = emulate(read_net(text, f"{case}.prototxt")), expected(case)
+    assert [l.name for l in got.layers] == [_renamed(l["name"], old) for l in want["layers"]]
+    for g, w in zip(got.layers, want["layers"]):
+        assert g.need_backward == w["need_backward"], g.name
+        assert [(b.blob, b.propagate) for b in g.bottoms] == \
+            [(_renamed_blob(b["blob"], old), b["propagate"]) for b in w["bottoms"]], g.name
+        keys = _param_row(g.params[0]).keys() if g.params else ()
+        want_params = [{k: p[k] for k in keys} for p in w["params"]]
+        for p in want_params:
+            if p.get("shared_from"):
+                p["shared_from"]["layer"] = _renamed(p["shared_from"]["layer"], old)
+        assert [_param_row(p) for p in g.params] == want_params, g.name
+    lines = [line.replace(line.split(" ")[0], _renamed(line.split(" ")[0], old), 1)
+             for line in logged(CORPUS / f"{case}.log")]
+    assert backward_lines(got) == lines
