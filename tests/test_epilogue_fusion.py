@@ -220,3 +220,15 @@ def test_linear_applies_relu_in_its_write(bias, slope):
     if bias:
         params["bias"] = _normal(rng, 4).astype(np.float32)
     _fused_equals_two_kernels("linear", dict(out=4, bias=bias), x, params, slope)
+
+
+def test_compile_says_what_runs_in_place(tmp_path, capsys):
+    from bwplan.cli.main import main
+    assert main(["compile", str(EXAMPLES / "frozen_backbone.bw"), "--target", "reference",
+                 "-o", str(tmp_path / "art")]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "in place: 4 layer(s) on their producer's output, which is no buffer: relu1 on " \
+           "conv1, relu2 on conv2, relu3 on conv3, relu4 on fc1" in text
+    forward = json.loads((tmp_path / "art" / "schedule.json").read_text())["forward"]
+    assert [s["target"] for s in forward[:2]] == ["relu1", "relu1"]
+    assert [s["applied_by"] for s in forward[:2]] == [-1, 0]
