@@ -8,7 +8,11 @@ thread). The paired ratios are "new / old" per round, as bench/measure.py states
 the first losses of the two trees are printed (equal where the arithmetic is).
 
     python -m bench.step_ab OLD_TREE NEW_TREE [--nets ...] [--scenarios ...]
-        [--threads N] [--old-threads N] [--repeats 15] [--warmup 2]
+        [--threads N] [--old-threads N] [--old-env KEY=VALUE ...] [--repeats 15] [--warmup 2]
+
+`--old-env` sets environment variables in the old tree's worker only: with OLD = NEW, one
+tree against itself, e.g. `--old-env BWPLAN_FUSE=0` times the unfused program against
+the fused one.
 """
 from __future__ import annotations
 
@@ -47,8 +51,9 @@ for line in sys.stdin:
 
 
 class Worker:
-    def __init__(self, tree: str, net: str, scenario: str, threads: int) -> None:
-        env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+    def __init__(self, tree: str, net: str, scenario: str, threads: int,
+                 extra: dict[str, str] | None = None) -> None:
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), **(extra or {}))
         self.proc = subprocess.Popen(
             [sys.executable, "-c", WORKER, net, scenario, str(threads)], cwd=tree, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -86,19 +91,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--old-threads", type=int, default=None,
                    help="the old tree's thread count (default --threads): with OLD = NEW, "
                         "one tree at two thread counts")
+    p.add_argument("--old-env", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="environment variables of the old tree's worker only")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args(argv)
     old_threads = args.threads if args.old_threads is None else args.old_threads
-    print(f"old {args.old} ({old_threads} threads), new {args.new} ({args.threads} threads); "
-          f"{args.repeats} rounds "
-          f"after {args.warmup} warm-up; load average {_load()}")
+    old_env = dict(item.partition("=")[::2] for item in args.old_env)
+    settings = "".join(f", {k}={v}" for k, v in old_env.items())
+    print(f"old {args.old} ({old_threads} threads{settings}), new {args.new} "
+          f"({args.threads} threads); {args.repeats} rounds after {args.warmup} warm-up; "
+          f"load average {_load()}")
     print("| net | scenario | step ms old | step ms new | new / old: wall (p10-p90) | "
           "cpu (p10-p90) | cpu ms old / new | first loss old / new | load |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for net in args.nets:
         for scenario in args.scenarios:
-            workers = {"old": Worker(args.old, net, scenario, old_threads),
+            workers = {"old": Worker(args.old, net, scenario, old_threads, old_env),
                        "new": Worker(args.new, net, scenario, args.threads)}
             wall: dict[str, list[float]] = {k: [] for k in workers}
             cpu: dict[str, list[float]] = {k: [] for k in workers}

@@ -65,11 +65,11 @@ def test_fused_bias_gradients_match_the_separate_kernels(tmp_path, monkeypatch, 
     fused = _compiled(tmp_path, slope)
     stats = fused.run_step(batch).stats
     # every bias after a relu is summed in relu's dX pass; the others run their own kernel
-    assert sorted(stats.fused) == [("conv1", "dw:bias"), ("conv2", "dw:bias"),
-                                   ("fc1", "dw:bias")]
+    summed = [f for f in stats.fused if f[1] == "dw:bias"]
+    assert sorted(summed) == [("conv1", "dw:bias"), ("conv2", "dw:bias"), ("fc1", "dw:bias")]
     monkeypatch.setattr(CpuBackend, "channel_sum_kernel", lambda self, op, component: None)
     separate = _compiled(tmp_path, slope)
-    assert separate.run_step(batch).stats.fused == []
+    assert [f for f in separate.run_step(batch).stats.fused if f[1] == "dw:bias"] == []
     # same seed, same batches: the parameters after two steps agree to float32 rounding
     fused.run_step(_batch(1))
     separate.run_step(_batch(1))

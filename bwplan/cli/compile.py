@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from bwplan.cli.options import add_network_arguments, load_network
-from bwplan.cli.report import profile_lines, program_lines, warning_lines
+from bwplan.cli.report import in_place_lines, profile_lines, program_lines, warning_lines
 from bwplan.explain.units import flops
 from bwplan.fsutil import write_atomic
 
@@ -50,6 +50,8 @@ def run(args) -> int:
           f"{sum(1 for x in program.backward if x.phase == 'dw')} dW kernels "
           f"({flops(program.flops('dx') + program.flops('dw'))} backward; the full backward "
           f"is {s.full_dx} dX + {s.full_dw} dW, {flops(s.full_bwd_flops)})")
+    for line in in_place_lines(program):
+        print(line)
     skipped = program_lines(program) if program.pruned else []
     if skipped:
         print("skipped:")

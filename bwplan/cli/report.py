@@ -42,6 +42,19 @@ def program_lines(program) -> list[str]:
     return lines
 
 
+def in_place_lines(program, shown: int = 6) -> list[str]:
+    """The epilogue layers lowering runs in place on their producer's output
+    (Step.applied_by), the first `shown` of them named: `compile` prints it."""
+    pairs = [(s.layer, program.forward[s.applied_by].layer) for s in program.forward
+             if s.applied_by >= 0]
+    if not pairs:
+        return []
+    named = ", ".join(f"{e} on {p}" for e, p in pairs[:shown])
+    more = f", and {len(pairs) - shown} more" if len(pairs) > shown else ""
+    return [f"in place: {len(pairs)} layer(s) on their producer's output, which is no "
+            f"buffer: {named}{more}"]
+
+
 def profile_lines(prog, step: tuple | None = None, title: str = "last step:") -> list[str]:
     """What one step launched: the last one, or `step` = (stats, program, cached)."""
     st, program, cached = step or (prog.last_stats, prog.last_program, prog.last_cached)
@@ -58,4 +71,8 @@ def profile_lines(prog, step: tuple | None = None, title: str = "last step:") ->
     else:
         lines.append(f"  peak live activations {nbytes(st.peak_bytes)} (plan's estimate "
                      f"{nbytes(planned)})")
+    if st.fused:   # counted above: computed, in the pass of another step's kernel
+        lines.append(f"  {len(st.fused)} of them inside another kernel's pass: " +
+                     ", ".join(f"{layer} {component}" for layer, component in st.fused[:6]) +
+                     (", ..." if len(st.fused) > 6 else ""))
     return lines

@@ -115,6 +115,12 @@ class Step:
     # d(out) whole, which nothing adds to later; a target whose kernel for that step can
     # sum its output per channel in the same pass computes this gradient there. -1: none
     sum_of: int = -1
+    # fwd of an epilogue op (OpDef.epilogue): the forward step (its index in
+    # Program.forward) that writes this layer's output buffer in place of its own, which
+    # this step then transforms in place (it reads and writes its target). A target whose
+    # kernel for that step can apply this op in its output write does so and runs nothing
+    # here; any other runs this op in place. -1: an ordinary step
+    applied_by: int = -1
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,10 @@ def _step(s: Step) -> dict:
             "reads": [str(b) for b in s.reads], "flops": s.flops,
             "frees": [str(b) for b in s.frees],
             # a bias gradient: the backward step whose output it sums (Step.sum_of), or -1
-            "sum_of": s.sum_of}
+            "sum_of": s.sum_of,
+            # an epilogue op run in place on the output of the forward step at this index,
+            # which writes this layer's buffer (Step.applied_by), or -1
+            "applied_by": s.applied_by}
 
 
 def program_to_dict(program: Program) -> dict:

@@ -7,9 +7,16 @@ saves. Updates are masked by the lr multipliers either way, so both programs tra
 
 This is the one place that binds a gradient rule's needs to buffers (`Step.saved`) and
 gives every buffer its lifetime (`Program.buffers`); runtimes and the peak figure read it.
+
+It also decides where an epilogue op (OpDef.epilogue: relu) runs in place on its
+producer's output (`Step.applied_by`): the producer writes the epilogue's buffer, and its
+own output, which nothing else reads, is never a buffer. `BWPLAN_FUSE=0` in the
+environment (or `fuse=False`) lowers without it, the baseline the fused programs are
+checked and timed against.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import networkx as nx
@@ -24,11 +31,19 @@ from bwplan.plan.components import dw_flops, dx_rule, op_ctx
 from bwplan.plan.plan import Plan
 
 
+def fusing() -> bool:
+    """Whether lowering runs epilogue ops in place (Step.applied_by) unless told: yes, but
+    where BWPLAN_FUSE=0."""
+    return os.environ.get("BWPLAN_FUSE", "1").strip() != "0"
+
+
 @cyclic_gc_paused
-def lower(plan: Plan, prune: bool = True, bindings: dict | None = None) -> Program:
+def lower(plan: Plan, prune: bool = True, bindings: dict | None = None,
+          fuse: bool | None = None) -> Program:
     """`bindings`: a memo of each backward component's buffer bindings, which the pruned
     and the full program of one plan share (Plan.program passes the plan's own); None, a
-    fresh one."""
+    fresh one. `fuse`: whether epilogue ops run in place on their producer's output (None:
+    `fusing()`)."""
     net = plan.net
     outputs = [net.layer(name) for name in plan.outputs]
     losses = tuple((l.name, l.loss_weight) for l in outputs if registry.OPS[l.op].role == "loss"
@@ -75,7 +90,8 @@ def lower(plan: Plan, prune: bool = True, bindings: dict | None = None) -> Progr
 
     # ---- forward -----------------------------------------------------------------------
     keep_until_end = kept | {value(l.name) for l in outputs}
-    forward = _forward_steps(net, plan, [l for l, _ in run], keep_until_end, kept)
+    forward = _forward_steps(net, plan, [l for l, _ in run], keep_until_end, kept,
+                             fusing() if fuse is None else fuse)
 
     caller_owned = frozenset(value(i.name) for i in net.inputs)  # the batch is the caller's
     mixed = frozenset(u.param for u in plan.updates
@@ -139,31 +155,70 @@ def _values(saved: tuple[Saved, ...]) -> tuple[BufferId, ...]:
 
 
 def _forward_steps(net: Net, plan: Plan, run: list, keep: frozenset[BufferId],
-                   kept: frozenset[BufferId]) -> list[Step]:
+                   kept: frozenset[BufferId], fuse: bool = True) -> list[Step]:
     """Forward steps for the layers in `run` (topological order). A tensor is freed after
     its last forward reader unless `keep` holds it (kept for backward, or an output); aux
-    buffers are produced only when `kept` names them."""
+    buffers are produced only when `kept` names them. With `fuse`, an epilogue op runs in
+    place on its producer's output where `_epilogues` allows it."""
     last_use: dict[str, int] = {}
     for pos, layer in enumerate(run):
         for e in layer.inputs:
             last_use[e.src] = pos
     callers = {value(i.name) for i in net.inputs}   # the batch is never freed
+    # producer -> its epilogue layer, and epilogue layer -> the producer's position
+    epilogue_of = _epilogues(net, run, keep, callers) if fuse else {}
+    applied_by = {e: p for p, e in epilogue_of.items()}
+    position = {layer.name: pos for pos, layer in enumerate(run)} if epilogue_of else {}
     steps = []
     for pos, layer in enumerate(run):
         name = layer.name
         op_aux = registry.OPS[layer.op].aux
         produced = tuple(a.name for a in op_aux if aux(name, a.name) in kept) if op_aux else ()
-        reads = tuple(value(e.src) for e in layer.inputs)
-        # the distinct inputs this layer is the last forward reader of (positional fields:
-        # this runs once per layer of a 10,000-layer net, twice per explain)
-        frees = [b for b in dict.fromkeys(reads) if last_use[b.tensor] == pos
-                 and b not in keep and b not in callers]
         target = value(name)
+        producer = -1
+        if name in applied_by:   # in place: its input is its own buffer, never one of its own
+            producer = position[applied_by[name]]
+            reads = (target,)
+            frees = []
+        else:
+            reads = tuple(value(e.src) for e in layer.inputs)
+            # the distinct inputs this layer is the last forward reader of (positional
+            # fields: this runs once per layer of a 10,000-layer net, twice per explain)
+            frees = [b for b in dict.fromkeys(reads) if last_use[b.tensor] == pos
+                     and b not in keep and b not in callers]
         if name not in last_use and target not in keep:
             frees.append(target)
+        if name in epilogue_of:   # writes its epilogue's buffer
+            target = value(epilogue_of[name])
         steps.append(Step("fwd", name, FWD, -1, "", 1.0, target, False, produced, reads, (),
-                          None, None, plan.layer(name).fwd_flops, tuple(frees)))
+                          None, None, plan.layer(name).fwd_flops, tuple(frees),
+                          applied_by=producer))
     return steps
+
+
+def _epilogues(net: Net, run: list, keep: frozenset[BufferId],
+               callers: set[BufferId]) -> dict[str, str]:
+    """producer -> epilogue layer, for each epilogue op (OpDef.epilogue) whose one input is
+    the output of a layer that runs, is no input of the net and nothing else reads (no
+    other forward reader, not kept for the backward, not an output), and of its type; a
+    producer that is itself an epilogue run in place keeps its own step."""
+    readers: dict[str, int] = {}
+    for layer in run:
+        for e in layer.inputs:
+            readers[e.src] = readers.get(e.src, 0) + 1
+    running = {layer.name: layer for layer in run}
+    found: dict[str, str] = {}
+    for layer in run:
+        if not registry.OPS[layer.op].epilogue or len(layer.inputs) != 1:
+            continue
+        src = layer.inputs[0].src
+        producer = running.get(src)
+        if producer is None or readers[src] != 1 or value(src) in keep \
+                or value(src) in callers or producer.out != layer.out \
+                or src in found.values():
+            continue
+        found[src] = layer.name
+    return found
 
 
 def _grad_at(plan: Plan, name: str, prune: bool) -> bool:
@@ -228,7 +283,8 @@ def _lifetimes(net: Net, forward, seeds, backward) -> tuple[tuple[Buffer, ...], 
     for step in forward:
         pos += 1
         layer = net.layer(step.layer)
-        born[step.target] = (pos, layer.out, False)
+        if step.applied_by < 0:   # an epilogue in place writes its producer's buffer
+            born[step.target] = (pos, layer.out, False)
         if step.aux:
             ctx = op_ctx(net, layer)
             op = registry.OPS[layer.op]
@@ -266,7 +322,8 @@ def lower_inference(plan: Plan, outputs: tuple[str, ...] | None = None) -> Progr
     wanted = set(outputs)
     needed = set(outputs).union(*(nx.ancestors(net.graph, n) for n in outputs))
     run = [l for l in net.layers if l.name in needed]
-    forward = _forward_steps(net, plan, run, frozenset(value(n) for n in wanted), frozenset())
+    forward = _forward_steps(net, plan, run, frozenset(value(n) for n in wanted), frozenset(),
+                             fusing())
     losses = tuple((l.name, l.loss_weight) for l in run if l.name in wanted and (
         registry.OPS[l.op].role == "loss" or l.loss_weight != 0))
     metrics = tuple(l.name for l in run if l.name in wanted and registry.OPS[l.op].role ==

@@ -49,6 +49,7 @@ RELU = OpDef(
     kernels=on_every_target({
         "fwd": "elementwise.relu_fwd",
         "dx:x": "elementwise.relu_dx"}),
+    epilogue=True,
 )
 
 

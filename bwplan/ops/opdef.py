@@ -196,6 +196,12 @@ class OpDef:
     state_update_ref: Callable[..., None] | None = None
     # kernel names per component ("fwd", "dx:<port>", "dw:<slot>") for each target
     kernels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # True for an elementwise op of one input whose output type is its input's and whose
+    # forward may write over its input (relu): where nothing else reads that input, lowering
+    # has the producer write straight into this op's output and runs this op there in place
+    # (Step.applied_by); a target whose kernel for the producer can apply this op in its own
+    # output write does so, and runs nothing for this op
+    epilogue: bool = False
 
     # ---- lookups -------------------------------------------------------------------
     @cached_property

@@ -71,6 +71,13 @@ class CpuBackend:
         names = registry.OPS[op_name].kernels.get("cpu", {})
         return self._cpu.with_channel_sum(names[component.key])
 
+    def epilogue_kernel(self, op_name: str, epilogue_op: str) -> Callable | None:
+        """The forward kernel of `op_name` that also applies the epilogue op `epilogue_op`
+        in its output write (Step.applied_by), or None."""
+        names = registry.OPS[op_name].kernels.get("cpu", {})
+        return self._cpu.with_epilogue(names["fwd"],
+                                       registry.OPS[epilogue_op].kernels["cpu"]["fwd"])
+
 
 def _configure_once(threads) -> None:
     """Thread pools are set up once per process, before the first kernel runs

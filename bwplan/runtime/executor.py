@@ -36,7 +36,8 @@ class StepStats:
         ("fwd", "dx", "dw", "update"), 0))
     kernels: list[tuple[str, str, str]] = field(default_factory=list)
     # (layer, component) of the components computed inside another step's pass (counted in
-    # `launched` and `kernels` all the same: their gradient was computed, their FLOPs done)
+    # `launched` and `kernels` all the same: their gradient or output was computed, their
+    # FLOPs done): bias gradients in a dX pass, epilogue ops in their producer's write
     fused: list[tuple[str, str]] = field(default_factory=list)
     peak_bytes: int = 0
     fresh_allocations: int = 0
@@ -67,6 +68,10 @@ class _Forward(NamedTuple):
     params: tuple[tuple[str, str], ...]   # (slot, parameter)
     pos: int
     label: tuple[str, str, str]     # StepStats.kernels' entry
+    # an epilogue op (Step.applied_by) that runs nothing: its producer's kernel applied it
+    applied: bool = False
+    # the producer of an epilogue it applies: the epilogue layer's context, else None
+    epilogue: object = None
 
 
 class _Backward(NamedTuple):
@@ -110,6 +115,18 @@ class Executor:
                 self._sums[step.sum_of] = (kernel, step.param)
         self._summed = frozenset(i for i, s in enumerate(program.backward)
                                  if s.sum_of in self._sums)
+        # the epilogue steps (Step.applied_by) that this backend applies in their producer's
+        # output write: producer index -> (its kernel that does, the epilogue's layer);
+        # the other epilogue steps run their own kernel in place
+        self._epilogues: dict[int, tuple[Callable, str]] = {}
+        applying = getattr(backend, "epilogue_kernel", None)
+        for step in program.forward:
+            if step.applied_by < 0 or applying is None:
+                continue
+            producer = program.forward[step.applied_by]
+            kernel = applying(self.net.layer(producer.layer).op, self.net.layer(step.layer).op)
+            if kernel is not None:
+                self._epilogues[step.applied_by] = (kernel, step.layer)
         self._forward = tuple(self._prepared_forward(pos, step)
                               for pos, step in enumerate(program.forward))
         self._backward_steps = tuple(self._prepared_backward(step) for step in program.backward)
@@ -121,10 +138,15 @@ class Executor:
         op = registry.OPS[layer.op]
         aux = tuple((a, _shape_dtype(op.aux_spec(a).type(ctx)), aux_id(layer.name, a))
                     for a in step.aux)
-        return _Forward(step, layer.name, self._kernels[layer.op, FWD], ctx,
+        kernel, epilogue = self._kernels[layer.op, FWD], None
+        if pos in self._epilogues:
+            kernel, applied = self._epilogues[pos]
+            epilogue = self._ctx[applied]
+        return _Forward(step, layer.name, kernel, ctx,
                         _shape_dtype(layer.out), aux, op.is_deterministic(layer.attrs),
                         tuple((u.slot, u.param) for u in layer.params), pos,
-                        ("fwd", layer.name, "fwd"))
+                        ("fwd", layer.name, "fwd"), step.applied_by in self._epilogues,
+                        epilogue)
 
     def _prepared_backward(self, step) -> _Backward:
         layer = self.net.layer(step.layer)
@@ -180,15 +202,23 @@ class Executor:
             step = f.step
             if f.layer in skip:
                 continue
-            out = acquire(*f.out)
-            aux = {a: acquire(*spec) for a, spec, _ in f.aux} if not forward_only else {}
-            rng = None if f.deterministic else np.random.default_rng([seed, f.pos])
-            f.kernel(f.ctx, [values[s] for s in step.reads],
-                     {slot: params[p] for slot, p in f.params}, out, aux, training, rng)
-            values[step.target] = out
-            if aux:
-                for a, _, buf_id in f.aux:
-                    values[buf_id] = aux[a]
+            if f.applied:   # its producer's kernel wrote this layer's output
+                stats.fused.append((f.layer, "fwd"))
+            else:
+                # an epilogue op in place (Step.applied_by) overwrites its own target
+                out = values[step.target] if step.applied_by >= 0 else acquire(*f.out)
+                aux = {a: acquire(*spec) for a, spec, _ in f.aux} if not forward_only else {}
+                rng = None if f.deterministic else np.random.default_rng([seed, f.pos])
+                params_of = {slot: params[p] for slot, p in f.params}
+                inputs = [values[s] for s in step.reads]
+                if f.epilogue is None:
+                    f.kernel(f.ctx, inputs, params_of, out, aux, training, rng)
+                else:
+                    f.kernel(f.ctx, inputs, params_of, out, aux, training, rng, f.epilogue)
+                values[step.target] = out
+                if aux:
+                    for a, _, buf_id in f.aux:
+                        values[buf_id] = aux[a]
             stats.launched["fwd"] += 1
             stats.flops["fwd"] += step.flops
             stats.kernels.append(f.label)

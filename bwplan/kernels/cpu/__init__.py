@@ -49,3 +49,17 @@ def with_channel_sum(name: str) -> Callable[..., Any] | None:
     get(name)   # the plain kernel exists
     return getattr(importlib.import_module(f"{__name__}.{family}"), f"{function}_channel_sum",
                    None)
+
+
+def with_epilogue(name: str, epilogue: str) -> Callable[..., Any] | None:
+    """The variant of forward kernel `name` that applies the forward of kernel `epilogue`
+    (an epilogue op's, OpDef.epilogue) to every value it writes,
+    `<name>_<epilogue's function less _fwd>(ctx, inputs, params, out, aux, training, rng,
+    epilogue_ctx)` (e.g. conv.conv2d_fwd_relu for elementwise.relu_fwd), or None where the
+    family has none (the executor then runs the epilogue's kernel in place)."""
+    family, _, function = name.partition(".")
+    get(name)
+    get(epilogue)
+    applied = epilogue.partition(".")[2].removesuffix("_fwd")
+    return getattr(importlib.import_module(f"{__name__}.{family}"), f"{function}_{applied}",
+                   None)

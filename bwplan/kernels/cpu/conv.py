@@ -39,6 +39,12 @@ own GEMMs whichever thread runs them, and dW adds its per-chunk parts in chunk o
 (chunks depend on the shapes and CHUNK_BYTES only). Groups are slices of rows of the columns
 and of W, so every GEMM is on 2-D operands with unit inner stride. The bias gradient is its
 own kernel (a per-channel sum of dY).
+
+`conv2d_fwd_relu` is the forward with a relu after it (Step.applied_by) applied where the
+chunk's output is written (the bias add, the scatter, the Winograd output transform), while
+it is in the cache: the relu's own pass over the whole output, and the buffer between the
+two, are gone. It does the float32 additions of the plain forward and then the relu's
+comparison and product, so its output is the two kernels' bit for bit.
 """
 from __future__ import annotations
 
@@ -290,6 +296,42 @@ def _add_bias(out, bias):
 
 
 @njit(cache=True, nogil=True)
+def _add_bias_leaky(out, bias, slope):
+    """_add_bias, then v if v > 0 else v * slope on each sum: a relu's forward in the same
+    pass (relu's own loop does the same float ops, elementwise.py)."""
+    for n in range(out.shape[0]):
+        for o in range(out.shape[1]):
+            b = bias[o]
+            for q in range(out.shape[2]):
+                v = out[n, o, q] + b
+                out[n, o, q] = v if v > 0 else v * slope
+
+
+@njit(cache=True, nogil=True)
+def _leaky(out, slope):
+    """v if v > 0 else v * slope, in place on a chunk [nb, O, P] just written (no bias)."""
+    for n in range(out.shape[0]):
+        for o in range(out.shape[1]):
+            for q in range(out.shape[2]):
+                v = out[n, o, q]
+                out[n, o, q] = v if v > 0 else v * slope
+
+
+@njit(cache=True, nogil=True)
+def _scatter_out_leaky(y, n0, nb, bias, slope, out):
+    """_scatter_out, then a relu's v if v > 0 else v * slope on each value it writes."""
+    o_n, p, m = out.shape[1], out.shape[2], y.shape[1]
+    yf, of = y.reshape(-1), out.reshape(-1)
+    for n in range(nb):
+        for o in range(o_n):
+            b = bias[o]
+            src, dst = o * m + n * p, ((n0 + n) * o_n + o) * p
+            for q in range(p):
+                v = yf[np.uint64(src + q)] + b
+                of[np.uint64(dst + q)] = v if v > 0 else v * slope
+
+
+@njit(cache=True, nogil=True)
 def _scatter_out(y, n0, nb, bias, out):
     """out[n0 + n, o, :] = y[o, n*P:(n+1)*P] + bias[o]."""
     o_n, p, m = out.shape[1], out.shape[2], y.shape[1]
@@ -353,13 +395,24 @@ def _gathered(a3: np.ndarray, n0: int, nb: int) -> np.ndarray:
 
 
 def conv2d_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
-    x = inputs[0]
+    _forward(ctx, inputs[0], params, out, None)
+
+
+def conv2d_fwd_relu(ctx, inputs, params, out, aux, training, rng, epilogue) -> None:
+    """conv2d_fwd with the relu of context `epilogue` (its negative_slope) applied in the
+    output write (kernels/cpu `with_epilogue`)."""
+    _forward(ctx, inputs[0], params, out, float(epilogue.attrs["negative_slope"]))
+
+
+def _forward(ctx, x, params, out, slope: float | None) -> None:
+    """The forward; where `slope` is given, each output value v is written as v if v > 0
+    else v * slope."""
     g, parts = _setup(ctx, x.itemsize)
     wg = _weights(g, params["weight"])
     og, kg = wg.shape[1], wg.shape[2]
     bias = params["bias"] if ctx.attrs["bias"] else None
     if g.winograd:
-        _winograd_fwd(g, parts, x, params["weight"], bias, out)
+        _winograd_fwd(g, parts, x, params["weight"], bias, out, slope)
         return
     if g.winograd5:
         _winograd5_fwd(g, parts, x, params["weight"], bias, out)
@@ -374,13 +427,22 @@ def conv2d_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
             for gi in range(g.groups):
                 np.dot(wg[gi], cols[gi * kg:(gi + 1) * kg], out=y[gi * og:(gi + 1) * og])
             # no bias adds zeros: one branch-free loop, and O zeros cost nothing
-            _scatter_out(y, n0, nb, np.zeros(g.o, x.dtype) if bias is None else bias, out3)
+            b = np.zeros(g.o, x.dtype) if bias is None else bias
+            if slope is None:
+                _scatter_out(y, n0, nb, b, out3)
+            else:
+                _scatter_out_leaky(y, n0, nb, b, slope, out3)
             return
         cols = x3[n0:n0 + nb] if g.identity else _unfold(x, g, n0, nb, True)
         for gi in range(g.groups):
             np.matmul(wg[gi], cols[:, gi * kg:(gi + 1) * kg],
                       out=out3[n0:n0 + nb, gi * og:(gi + 1) * og])
-        if bias is not None:
+        if slope is not None:
+            if bias is None:
+                _leaky(out3[n0:n0 + nb], slope)
+            else:
+                _add_bias_leaky(out3[n0:n0 + nb], bias, slope)
+        elif bias is not None:
             _add_bias(out3[n0:n0 + nb], bias)
 
     threads.for_each(len(parts), chunk)
@@ -488,7 +550,7 @@ def _weight_tiles(g: Geometry, weight: np.ndarray) -> np.ndarray:
     return u
 
 
-def _winograd_fwd(g: Geometry, parts, x, weight, bias, out) -> None:
+def _winograd_fwd(g: Geometry, parts, x, weight, bias, out, slope=None) -> None:
     th, tw = winograd.tiles(g.ho, g.wo)
     u = _weight_tiles(g, weight)
     bias = np.zeros(g.o, x.dtype) if bias is None else bias  # one branch-free loop
@@ -499,7 +561,10 @@ def _winograd_fwd(g: Geometry, parts, x, weight, bias, out) -> None:
         winograd.input_tiles(x, n0, nb, g.ph, g.pw, th, tw, v)
         m = _planes("conv.wino_m", (), g.o, nb * th * tw, x.dtype)
         np.matmul(u, v, out=m)
-        winograd.output_tiles(m, n0, nb, th, tw, bias, out)
+        if slope is None:
+            winograd.output_tiles(m, n0, nb, th, tw, bias, out)
+        else:
+            winograd.output_tiles(m, n0, nb, th, tw, bias, out, True, slope)
 
     threads.for_each(len(parts), chunk)
 

@@ -59,7 +59,19 @@ def _relu_back(y, dout, slope, out):
         out[i] = d if y[i] > 0 else d * slope
 
 
+@njit(cache=True, nogil=True)
+def _relu_in_place(y, slope):
+    # one array: _relu on x is out vectorises only after a run-time overlap check, which
+    # then fails, and ran 2.5x slower (0.38 ms against 0.15 ms on 1M float32 elements)
+    for i in range(y.size):
+        v = y[i]
+        y[i] = v if v > 0 else v * slope
+
+
 def relu_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
+    if inputs[0] is out:   # in place on its producer's output (Step.applied_by)
+        _blocked(_relu_in_place, flat(out), ctx.attrs["negative_slope"])
+        return
     _blocked(_relu, flat(inputs[0]), ctx.attrs["negative_slope"], flat(out))
 
 

@@ -73,10 +73,29 @@ def _sum_rows(dout, out):
         out[o] = acc[o]
 
 
+@njit(cache=True, nogil=True)
+def _bias_leaky(out, bias, has_bias, slope):
+    """out[n, o] (+ bias[o]), then v if v > 0 else v * slope: the bias add and a relu's
+    forward (the float ops of both kernels) in one pass over the GEMM's output."""
+    for n in range(out.shape[0]):
+        for o in range(out.shape[1]):
+            v = out[n, o] + bias[o] if has_bias else out[n, o]
+            out[n, o] = v if v > 0 else v * slope
+
+
 def linear_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
     _gemm(_rows(inputs[0]), params["weight"].T, out)
     if ctx.attrs["bias"]:
         out += params["bias"]  # a broadcast add in place: a ufunc is as fast as a loop
+
+
+def linear_fwd_relu(ctx, inputs, params, out, aux, training, rng, epilogue) -> None:
+    """linear_fwd with the relu of context `epilogue` (its negative_slope) applied in the
+    pass that adds the bias (kernels/cpu `with_epilogue`)."""
+    _gemm(_rows(inputs[0]), params["weight"].T, out)
+    has_bias = bool(ctx.attrs["bias"])
+    bias = params["bias"] if has_bias else np.zeros(out.shape[1], out.dtype)  # not read
+    _bias_leaky(out, bias, has_bias, float(epilogue.attrs["negative_slope"]))
 
 
 def linear_dx(ctx, saved, dout, index, out) -> None:

@@ -203,10 +203,17 @@ def input_grad(dv, n0, nb, ph, pw, th, tw, dx):
 
 
 # ---- output tiles -----------------------------------------------------------------------------
+@njit(cache=True, nogil=True, inline="always")
+def _leaky(v, leaky, slope):
+    """v, or with `leaky` a relu's v if v > 0 else v * slope (the float ops of its loop)."""
+    return v if not leaky or v > 0 else v * slope
+
+
 @njit(cache=True, nogil=True)
-def output_tiles(m, n0, nb, th, tw, bias, out):
+def output_tiles(m, n0, nb, th, tw, bias, out, leaky=False, slope=0.0):
     """out[n0 + n, o, 2a + i, 2b + j] = (A^T m A)[i, j] + bias[o], for the pixels inside
-    the output; m[k, o, t] as input_tiles lays out v."""
+    the output; m[k, o, t] as input_tiles lays out v. With `leaky`, each value v is
+    written as v if v > 0 else v * slope: a relu after the convolution, in its write."""
     o_n, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     for n in range(nb):
         for o in range(o_n):
@@ -223,16 +230,16 @@ def output_tiles(m, n0, nb, th, tw, bias, out):
                     y10, y11 = _at(s10, s11, s12, s13)
                     oh, ow = 2 * a, 2 * b
                     if oh + 1 < ho and ow + 1 < wo:
-                        out[n0 + n, o, oh, ow] = y00 + bo
-                        out[n0 + n, o, oh, ow + 1] = y01 + bo
-                        out[n0 + n, o, oh + 1, ow] = y10 + bo
-                        out[n0 + n, o, oh + 1, ow + 1] = y11 + bo
+                        out[n0 + n, o, oh, ow] = _leaky(y00 + bo, leaky, slope)
+                        out[n0 + n, o, oh, ow + 1] = _leaky(y01 + bo, leaky, slope)
+                        out[n0 + n, o, oh + 1, ow] = _leaky(y10 + bo, leaky, slope)
+                        out[n0 + n, o, oh + 1, ow + 1] = _leaky(y11 + bo, leaky, slope)
                     else:  # an odd edge: store what lies inside
-                        out[n0 + n, o, oh, ow] = y00 + bo
+                        out[n0 + n, o, oh, ow] = _leaky(y00 + bo, leaky, slope)
                         if ow + 1 < wo:
-                            out[n0 + n, o, oh, ow + 1] = y01 + bo
+                            out[n0 + n, o, oh, ow + 1] = _leaky(y01 + bo, leaky, slope)
                         if oh + 1 < ho:
-                            out[n0 + n, o, oh + 1, ow] = y10 + bo
+                            out[n0 + n, o, oh + 1, ow] = _leaky(y10 + bo, leaky, slope)
 
 
 @njit(cache=True, nogil=True)
