@@ -262,12 +262,6 @@ def test_legacy_net_inputs_become_an_input_layer():
     assert emulate(net).layers[0].tops[0].shape == (2, 5, 1, 1)
 
 
-def test_v1_layers_are_refused_with_the_upgrade_tool():
-    with pytest.raises(CaffeError) as info:
-        read_net('layers { name: "a" type: RELU }', "t.prototxt")
-    assert "upgrade_net_proto_text" in info.value.hint
-
-
 def test_unknown_phase():
     with pytest.raises(CaffeError):
         run(FC % ("x", ""), phase="VAL")

@@ -6,8 +6,8 @@ It also performs the rewrites Caffe applies while reading a file (UpgradeNetAsNe
 the legacy net-level `input:` / `input_shape` / `input_dim` fields become an Input layer
 named "input" placed first (UpgradeNetInput), and a BatchNorm layer with exactly three
 `param { }` blocks gets lr_mult 0 and decay_mult 0 in all three (UpgradeNetBatchNorm, for
-nets written before BatchNorm masked its statistics itself). V1 `layers { }` nets are not
-upgraded: Caffe's own tool does that.
+nets written before BatchNorm masked its statistics itself). V1 `layers { }` nets are
+upgraded first, as Caffe's UpgradeV1Net does (`upgrade_v1`).
 
 This module does not decide anything about backward computation; see `emulate`.
 """
@@ -19,6 +19,7 @@ from types import MappingProxyType
 
 from bwplan.caffe.prototxt import Message, parse_prototxt
 from bwplan.caffe.schema import Record, decode
+from bwplan.caffe.upgrade_v1 import is_v1, upgrade_v1
 from bwplan.errors import CaffeError, raise_all
 from bwplan.source import Span
 
@@ -95,11 +96,8 @@ def read_net(text: str, path: str = "<input>", collect: bool = False) -> CaffeNe
 
 
 def net_from_message(msg: Message, path: str, collect: bool = False) -> CaffeNet:
-    v1 = msg.first("layers")
-    if v1 is not None:
-        raise CaffeError(v1.name_span, "this net uses the V1 'layers { }' syntax, which "
-                         "bwplan does not read",
-                         "upgrade it with Caffe's tool: upgrade_net_proto_text OLD NEW")
+    if is_v1(msg):
+        msg = upgrade_v1(msg)
     problems: list[CaffeError] = []
     net = decode(msg, "NetParameter", problems)
     if problems and not collect:
