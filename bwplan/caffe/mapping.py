@@ -294,10 +294,14 @@ def infogain(layer, ctx):
 
 
 def smooth_l1_op(layer: CaffeLayer) -> str:
-    if len(layer.bottoms) not in (2, 4):
-        raise CaffeError(layer.span, f"SmoothL1Loss layer '{layer.name}' takes 2 bottoms, or "
-                         f"4 with inside and outside weights, not {len(layer.bottoms)}")
-    return "smooth_l1_loss" if len(layer.bottoms) == 2 else "smooth_l1_loss_weighted"
+    # 3 bottoms: the original Fast R-CNN's loss weights; 4: py-faster-rcnn's inside and
+    # outside weights
+    ops = {2: "smooth_l1_loss", 3: "smooth_l1_loss_inside", 4: "smooth_l1_loss_weighted"}
+    if len(layer.bottoms) not in ops:
+        raise CaffeError(layer.span, f"SmoothL1Loss layer '{layer.name}' takes 2 bottoms, 3 "
+                         "with loss weights, or 4 with inside and outside weights, not "
+                         f"{len(layer.bottoms)}")
+    return ops[len(layer.bottoms)]
 
 
 def smooth_l1(layer, ctx):
