@@ -8,6 +8,7 @@ import pytest
 
 import bwplan
 from bwplan.caffe.importer import import_caffe_text
+from bwplan.errors import BwError
 
 SEGNET_DATA = """layer { name: "data" type: "DenseImageData" top: "data" top: "label"
   dense_image_data_param { source: "train.txt" batch_size: 4 shuffle: true } }
@@ -58,3 +59,20 @@ def test_the_original_fast_rcnn_loss_weights_its_differences(tmp_path):
     # d loss / d pred = w f'(d) / N: a zero weight removes that element's gradient
     grad = batch["w"] * np.where(np.abs(d) < 1, d, np.sign(d)) / 4
     np.testing.assert_allclose(net.grads["bbox_pred.bias"], grad.sum(0), rtol=1e-4, atol=1e-6)
+
+
+def test_the_forks_hole_convolution_is_a_dilated_convolution():
+    # PSPNet's and DeepLab's forks write the dilation as `hole`, in Convolution or in their
+    # own HoleConvolution type
+    text = """input: "data" input_dim: 1 input_dim: 2 input_dim: 9 input_dim: 9
+    layer { name: "a" type: "HoleConvolution" bottom: "data" top: "a"
+      convolution_param { num_output: 3 pad: 2 hole: 2 kernel_size: 3 bias_term: false } }
+    layer { name: "b" type: "Convolution" bottom: "a" top: "b"
+      convolution_param { num_output: 3 pad: 0 hole: 4 kernel_size: 3 } }"""
+    net = import_caffe_text(text, "h.prototxt").net
+    a, b = net.layer("a"), net.layer("b")
+    assert (a.op, a.attrs["dilation"], a.out.shape) == ("conv2d", 2, (1, 3, 9, 9))
+    assert (b.attrs["dilation"], b.out.shape) == (4, (1, 3, 1, 1))
+    both = text.replace("hole: 4", "hole: 4 dilation: 4")
+    with pytest.raises(BwError, match="dilation or hole"):
+        import_caffe_text(both, "h.prototxt")

@@ -115,6 +115,10 @@ _ROWS = (
     CaffeType("Convolution", param_blobs=_bias("convolution_param"), bottoms=(-1, 1, -1),
               tops=(-1, 1, -1), equal_bottoms_tops=True, shape=s.conv,
               imports=Import("layer", "conv2d", m.conv, ("weight", "bias"))),
+    # the DeepLab / PSPNet forks' convolution whose `hole` is the dilation
+    CaffeType("HoleConvolution", param_blobs=_bias("convolution_param"), bottoms=(-1, 1, -1),
+              tops=(-1, 1, -1), equal_bottoms_tops=True, shape=s.conv,
+              imports=Import("layer", "conv2d", m.conv, ("weight", "bias"))),
     CaffeType("Deconvolution", param_blobs=_bias("convolution_param"), bottoms=(-1, 1, -1),
               tops=(-1, 1, -1), equal_bottoms_tops=True, shape=s.deconv,
               imports=Import("layer", "deconv2d", m.deconv, ("weight", "bias"))),

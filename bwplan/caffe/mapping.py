@@ -114,7 +114,12 @@ def conv(layer, ctx):
            ("kernel", _kernel(layer, p, "kernel_size"), p.where("kernel_size"))]
     out += _opt(p, "stride", "stride", 1, _size(p, "stride", "stride", 1))
     out += _opt(p, "pad", "pad", 0, _size(p, "pad", "pad", 0))
-    out += _opt(p, "dilation", "dilation", 1, _size(p, "dilation", "dilation", 1))
+    if p.has("hole"):   # the DeepLab / PSPNet forks' name of the dilation
+        if p.has("dilation"):
+            raise unsupported(layer, p, "hole", "give the dilation once: dilation or hole")
+        out += _opt(p, "hole", "dilation", 1)
+    else:
+        out += _opt(p, "dilation", "dilation", 1, _size(p, "dilation", "dilation", 1))
     out += _opt(p, "group", "groups", 1)
     return out + _opt(p, "bias_term", "bias", True)
 
