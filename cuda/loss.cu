@@ -585,7 +585,8 @@ smooth_l1_loss_fwd(const float* a, const float* b, const float* inside, const fl
 }
 
 // == kernel smooth_l1_loss_dx ==
-// sign * f'(d) * inside * outside * dout / batch; sign -1 for the second input.
+// sign * f'(d) * inside * outside * dout / batch (inside, outside null: 1); sign -1 for
+// the second input.
 extern "C" __global__ void smooth_l1_loss_dx(const float* diff, const float* inside,
                                              const float* outside, const float* dout,
                                              float* dx, int batch, long long n, float sigma2,
@@ -595,7 +596,8 @@ extern "C" __global__ void smooth_l1_loss_dx(const float* diff, const float* ins
         const float d = diff[i];
         float g = fabsf(d) < 1.0f / sigma2 ? sigma2 * d
                                            : (d > 0.0f ? 1.0f : (d < 0.0f ? -1.0f : 0.0f));
-        if (inside) g *= inside[i] * outside[i];
+        if (inside) g *= inside[i];
+        if (outside) g *= outside[i];
         bw_put(dx, i, g * scale, accumulate);
     }
 }

@@ -337,6 +337,7 @@ def test_needs_match_the_documented_contract():
         ("infogain_loss_h", "logits"): {"prob", "label", "infogain"},
         ("smooth_l1_loss", "a"): {"diff"}, ("smooth_l1_loss", "b"): {"diff"},
         ("smooth_l1_loss_weighted", "a"): {"diff", "inside", "outside"},
+        ("smooth_l1_loss_inside", "a"): {"diff", "inside"},
         ("lrn_within_channel", "x"): {"x", "out", "scale"},
     }
     for (name, wrt), needs in expected.items():

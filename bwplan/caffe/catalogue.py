@@ -63,6 +63,9 @@ class CaffeType:
     imports: Import | None = None       # what it becomes in bwplan; None: not importable
     # tops without a batch axis (imported as unbatched inputs: a batch change leaves them)
     unbatched_tops: frozenset[int] = frozenset()
+    # a data layer's label-map tops: [N, 1, H, W] of its image (top 0), which a shape
+    # given for the image alone therefore also gives (SegNet's and DeepLab's label maps)
+    label_map_tops: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         assert self.nature in NATURES, self.nature
@@ -81,9 +84,10 @@ _LOSS = dict(nature="loss", bottoms=(2, -1, -1), tops=(1, -1, -1), no_force=froz
 
 
 def _data(name: str, tops: tuple[int, int, int], shape: Rule | None = None,
-          unbatched_tops: frozenset[int] = frozenset()) -> CaffeType:
+          unbatched_tops: frozenset[int] = frozenset(),
+          label_map_tops: frozenset[int] = frozenset()) -> CaffeType:
     return CaffeType(name, "data", bottoms=_NONE, tops=tops, shape=shape, imports=_DATA,
-                     unbatched_tops=unbatched_tops)
+                     unbatched_tops=unbatched_tops, label_map_tops=label_map_tops)
 
 
 def _unary(name: str, op: str, attrs=m.no_attrs) -> CaffeType:
@@ -101,12 +105,18 @@ _ROWS = (
     _data("WindowData", (2, -1, -1)),
     _data("DummyData", (-1, 1, -1), s.dummy_data),
     _data("HDF5Data", (-1, 1, -1)),
-    _data("DenseImageData", (2, -1, -1), s.dense_image_data),      # SegNet
-    _data("ImageSegData", (-1, 2, 3), s.image_seg_data),           # DeepLab
+    _data("DenseImageData", (2, -1, -1), s.dense_image_data,       # SegNet
+          label_map_tops=frozenset({1})),
+    _data("ImageSegData", (-1, 2, 3), s.image_seg_data,            # DeepLab
+          label_map_tops=frozenset({1})),
     # SSD; its label [1, 1, boxes, 8] holds every image's boxes, each row naming its image
     _data("AnnotatedData", (-1, 1, 2), s.annotated_data, frozenset({1})),
     # ---- layers with parameters ------------------------------------------------------
     CaffeType("Convolution", param_blobs=_bias("convolution_param"), bottoms=(-1, 1, -1),
+              tops=(-1, 1, -1), equal_bottoms_tops=True, shape=s.conv,
+              imports=Import("layer", "conv2d", m.conv, ("weight", "bias"))),
+    # the DeepLab / PSPNet forks' convolution whose `hole` is the dilation
+    CaffeType("HoleConvolution", param_blobs=_bias("convolution_param"), bottoms=(-1, 1, -1),
               tops=(-1, 1, -1), equal_bottoms_tops=True, shape=s.conv,
               imports=Import("layer", "conv2d", m.conv, ("weight", "bias"))),
     CaffeType("Deconvolution", param_blobs=_bias("convolution_param"), bottoms=(-1, 1, -1),

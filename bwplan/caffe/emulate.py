@@ -197,6 +197,11 @@ class _Init:
                        else s if j in ctype.unbatched_tops else self.follow_batch(s)
                        for j, (b, s) in enumerate(zip(layer.tops, tshapes))
                        ] + tshapes[len(layer.tops):]
+            image = tshapes[0] if tshapes else None
+            if image is not None and len(image) == 4:
+                tshapes = [(image[0], 1) + tuple(image[2:])
+                           if s is None and j in ctype.label_map_tops else s
+                           for j, s in enumerate(tshapes)]
         for tid, shape in zip(tids, tshapes):
             self.blob_shape[tid] = shape
         self.top_shapes.append(tshapes)

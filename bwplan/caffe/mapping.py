@@ -114,7 +114,12 @@ def conv(layer, ctx):
            ("kernel", _kernel(layer, p, "kernel_size"), p.where("kernel_size"))]
     out += _opt(p, "stride", "stride", 1, _size(p, "stride", "stride", 1))
     out += _opt(p, "pad", "pad", 0, _size(p, "pad", "pad", 0))
-    out += _opt(p, "dilation", "dilation", 1, _size(p, "dilation", "dilation", 1))
+    if p.has("hole"):   # the DeepLab / PSPNet forks' name of the dilation
+        if p.has("dilation"):
+            raise unsupported(layer, p, "hole", "give the dilation once: dilation or hole")
+        out += _opt(p, "hole", "dilation", 1)
+    else:
+        out += _opt(p, "dilation", "dilation", 1, _size(p, "dilation", "dilation", 1))
     out += _opt(p, "group", "groups", 1)
     return out + _opt(p, "bias_term", "bias", True)
 
@@ -294,10 +299,14 @@ def infogain(layer, ctx):
 
 
 def smooth_l1_op(layer: CaffeLayer) -> str:
-    if len(layer.bottoms) not in (2, 4):
-        raise CaffeError(layer.span, f"SmoothL1Loss layer '{layer.name}' takes 2 bottoms, or "
-                         f"4 with inside and outside weights, not {len(layer.bottoms)}")
-    return "smooth_l1_loss" if len(layer.bottoms) == 2 else "smooth_l1_loss_weighted"
+    # 3 bottoms: the original Fast R-CNN's loss weights; 4: py-faster-rcnn's inside and
+    # outside weights
+    ops = {2: "smooth_l1_loss", 3: "smooth_l1_loss_inside", 4: "smooth_l1_loss_weighted"}
+    if len(layer.bottoms) not in ops:
+        raise CaffeError(layer.span, f"SmoothL1Loss layer '{layer.name}' takes 2 bottoms, 3 "
+                         "with loss weights, or 4 with inside and outside weights, not "
+                         f"{len(layer.bottoms)}")
+    return ops[len(layer.bottoms)]
 
 
 def smooth_l1(layer, ctx):

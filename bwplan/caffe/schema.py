@@ -144,6 +144,7 @@ SCHEMAS: Mapping[str, Mapping[str, FieldSpec]] = {
         "group": _f("uint", 1), "weight_filler": _OPEN, "bias_filler": _OPEN,
         "engine": _f("enum", "DEFAULT", choices=_ENGINE), "axis": _f("int", 1),
         "force_nd_im2col": _f("bool", False),
+        "hole": _f("uint", 1),      # DeepLab's and PSPNet's forks: the dilation
     },
     "DataParameter": {
         "source": _f("string", ""), "batch_size": _f("uint"), "rand_skip": _f("uint", 0),

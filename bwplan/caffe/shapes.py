@@ -106,8 +106,9 @@ def dummy_data(layer, bottoms):
 def _conv_geometry(p):
     """kernel, stride, pad, dilation (each (h, w)), num_output and group of a
     convolution_param: Convolution's and Deconvolution's."""
+    dilation = (p.get("hole"),) * 2 if p.has("hole") else _hw(p, "dilation", 1)
     return (_hw(p, "kernel", None, "kernel_size"), _hw(p, "stride", 1), _hw(p, "pad", 0),
-            _hw(p, "dilation", 1), p.get("num_output"), p.get("group"))
+            dilation, p.get("num_output"), p.get("group"))
 
 
 def conv(layer, bottoms):

@@ -39,6 +39,9 @@ V1_TYPES = {
     "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
     "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split",
     "SLICE": "Slice", "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+    # the enums of the forks whose V1 files are still read: Fast R-CNN's, DeepLab's
+    "ROI_POOLING": "ROIPooling", "SMOOTH_L1_LOSS": "SmoothL1Loss",
+    "IMAGE_SEG_DATA": "ImageSegData", "INTERP": "Interp", "SEG_ACCURACY": "SegAccuracy",
 }
 # the enum's numbers, for a type written as an integer
 _V1_NUMBERS = {
@@ -98,11 +101,21 @@ def _v1_type(f: Field) -> str | None:
     return None
 
 
+def _unknown_enum(value) -> bool:
+    """An enum name that is no V1 type and is not a misspelling of one."""
+    return isinstance(value, Ident) and value.name not in V1_TYPES \
+        and not difflib.get_close_matches(value.name, list(V1_TYPES), n=1)
+
+
 def _upgrade_layer(v1: Message, problems: list[CaffeError]) -> Message | None:
     type_field = v1.first("type")
     enum = "NONE"
     if type_field is not None:
         found = _v1_type(type_field)
+        if found is None and _unknown_enum(type_field.value):
+            # another fork's enum (DeepLab's MAT_WRITE): kept as written, so the importer
+            # reports an unsupported type, unless the phase rules leave the layer out
+            found = type_field.value.name
         if found is None:
             shown = type_field.value if not isinstance(type_field.value, Message) else "{ }"
             close = difflib.get_close_matches(str(shown), list(V1_TYPES), n=1)
@@ -131,7 +144,8 @@ def _upgrade_layer(v1: Message, problems: list[CaffeError]) -> Message | None:
             per_blob.setdefault(i, []).append(
                 Field(_PER_BLOB[f.name], f.value, f.span, f.name_span, f.value_span))
         elif f is type_field:
-            fields.append(Field("type", V1_TYPES[enum], f.span, f.name_span, f.value_span))
+            fields.append(Field("type", V1_TYPES.get(enum, enum), f.span, f.name_span,
+                                f.value_span))
         elif f.name == _DATA_PARAMS.get(enum) and isinstance(f.value, Message):
             kept = tuple(g for g in f.value.fields if g.name not in _TRANSFORM_FIELDS)
             fields.append(Field(f.name, Message(kept, f.value.span), f.span, f.name_span,

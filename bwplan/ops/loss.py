@@ -520,7 +520,7 @@ def _smooth_l1_fwd(ctx, inputs, params, training, rng):
     if len(inputs) > 2:
         diff = diff * inputs[2].reshape(a.shape)
     err, _ = _huber(diff, ctx.attrs["sigma"] ** 2)
-    if len(inputs) > 2:
+    if len(inputs) > 3:
         err = err * inputs[3].reshape(a.shape)
     return np.asarray(err.sum() / a.shape[0], dtype=a.dtype), {"diff": diff}
 
@@ -529,8 +529,9 @@ def _smooth_l1_grad(sign: float, port: int):
     def grad(ctx, saved, dout, index):
         diff = saved["diff"]
         _, g = _huber(diff, ctx.attrs["sigma"] ** 2)
-        if "inside" in saved:
-            g = g * saved["inside"].reshape(diff.shape) * saved["outside"].reshape(diff.shape)
+        for weights in ("inside", "outside"):
+            if weights in saved:
+                g = g * saved[weights].reshape(diff.shape)
         return (sign * dout / diff.shape[0] * g).reshape(ctx.inputs[port].shape)
     return grad
 
@@ -564,6 +565,14 @@ SMOOTH_L1_LOSS_WEIGHTED = _smooth_l1_op(
     "gradient.",
     (Port("a"), Port("b"), Port("inside", differentiable=False),
      Port("outside", differentiable=False)), frozenset({"diff", "inside", "outside"}))
+
+SMOOTH_L1_LOSS_INSIDE = _smooth_l1_op(
+    "smooth_l1_loss_inside",
+    "smooth_l1_loss with the loss weights of the original Fast R-CNN (its three-bottom "
+    "form, before the outside weights): sum of f(inside * (a - b)), divided by the batch; "
+    "the weights take no gradient.",
+    (Port("a"), Port("b"), Port("inside", differentiable=False)),
+    frozenset({"diff", "inside"}))
 
 
 # ---- per-class accuracy and segmentation scores: metrics of a vector -------------------
@@ -781,4 +790,5 @@ MULTIBOX_LOSS = OpDef(
 
 OPS = (SOFTMAX_CROSS_ENTROPY, EUCLIDEAN_LOSS, CONTRASTIVE_LOSS, ACCURACY,
        SIGMOID_CROSS_ENTROPY_LOSS, HINGE_LOSS, INFOGAIN_LOSS, INFOGAIN_LOSS_H, SMOOTH_L1_LOSS,
-       SMOOTH_L1_LOSS_WEIGHTED, ACCURACY_PER_CLASS, SEG_ACCURACY, MULTIBOX_LOSS)
+       SMOOTH_L1_LOSS_WEIGHTED, ACCURACY_PER_CLASS, SEG_ACCURACY, MULTIBOX_LOSS,
+       SMOOTH_L1_LOSS_INSIDE)

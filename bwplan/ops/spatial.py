@@ -327,9 +327,10 @@ def roi_bins(ctx: OpCtx, roi) -> tuple[int, list[tuple[int, int]], list[tuple[in
 
 def _roi_infer(ctx: OpCtx) -> TensorType:
     x, rois = ctx.inputs
-    if len(x.shape) != 4 or len(rois.shape) != 2 or rois.shape[1] != 5:
-        raise ValueError(f"roi_pool takes NCHW features and rois [R, 5] (batch, x1, y1, x2, "
-                         f"y2), got {x} and {rois}")
+    # the older Fast R-CNN files give the rois as a 4-D blob [R, 5, 1, 1]: the same rows
+    if len(x.shape) != 4 or rois.shape[1:] not in ((5,), (5, 1, 1)):
+        raise ValueError(f"roi_pool takes NCHW features and rois [R, 5] or [R, 5, 1, 1] "
+                         f"(batch, x1, y1, x2, y2), got {x} and {rois}")
     if ctx.attrs["pooled_h"] <= 0 or ctx.attrs["pooled_w"] <= 0:
         raise ValueError("roi_pool: pooled_h and pooled_w must be positive")
     return x.with_shape(rois.shape[0], x.shape[1], ctx.attrs["pooled_h"],
@@ -337,7 +338,7 @@ def _roi_infer(ctx: OpCtx) -> TensorType:
 
 
 def _roi_fwd(ctx, inputs, params, training, rng):
-    x, rois = inputs
+    x, rois = inputs[0], inputs[1].reshape(-1, 5)
     r_n, c_n = rois.shape[0], x.shape[1]
     ph_n, pw_n = ctx.attrs["pooled_h"], ctx.attrs["pooled_w"]
     w = x.shape[3]
@@ -357,7 +358,7 @@ def _roi_fwd(ctx, inputs, params, training, rng):
 
 
 def _roi_dx(ctx, saved, dout, index):
-    rois, argmax = saved["rois"], saved["argmax"]
+    rois, argmax = saved["rois"].reshape(-1, 5), saved["argmax"]
     dx = np.zeros(ctx.x.shape, dtype=dout.dtype)
     planes = dx.reshape(dx.shape[0], dx.shape[1], -1)
     for r in range(argmax.shape[0]):
@@ -373,7 +374,8 @@ ROI_POOL = OpDef(
     name="roi_pool",
     family="spatial",
     doc="Max pooling of each region of interest into pooled_h x pooled_w bins (Fast R-CNN "
-        "ROIPooling): rois are [R, 5] rows (batch index, x1, y1, x2, y2) in input pixels, "
+        "ROIPooling): rois are [R, 5] rows (batch index, x1, y1, x2, y2; [R, 5, 1, 1] "
+        "also) in input pixels, "
         "scaled by spatial_scale onto the features; an empty bin is 0. Differentiable with "
         "respect to the features, not the rois.",
     ports=(Port("x"), Port("rois", differentiable=False)),

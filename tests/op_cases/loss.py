@@ -168,12 +168,11 @@ def infogain_case(draw, as_input=False):
 
 
 @st.composite
-def smooth_l1_case(draw, weighted=False):
+def smooth_l1_case(draw, weights=0):
     rng = rng_from(draw)
     shape = draw_shape(draw, 1, 3)
     inputs = [normal(rng, *shape), normal(rng, *shape)]
-    if weighted:
-        inputs += [rng.uniform(0, 2, shape), rng.uniform(0, 2, shape)]
+    inputs += [rng.uniform(0, 2, shape) for _ in range(weights)]
     return Case(dict(sigma=draw(st.sampled_from([1.0, 3.0, 0.5]))), inputs)
 
 
@@ -333,7 +332,7 @@ def smooth_l1_loss(a, xs, p, training):
     if len(xs) > 2:
         d = d * xs[2].reshape(x.shape)
     err = F.smooth_l1_loss(d, torch.zeros_like(d), reduction="none", beta=1 / a["sigma"] ** 2)
-    if len(xs) > 2:
+    if len(xs) > 3:
         err = err * xs[3].reshape(x.shape)
     return err.sum() / x.shape[0]
 
@@ -409,8 +408,12 @@ ROWS = {
     "smooth_l1_loss": OpRow(smooth_l1_case(), NetUse(
         "smooth_l1_loss = smooth_l1_loss(g, t, sigma=2.0) weight=0.05", head=False),
         smooth_l1_loss),
-    "smooth_l1_loss_weighted": OpRow(smooth_l1_case(True), NetUse(
+    "smooth_l1_loss_weighted": OpRow(smooth_l1_case(2), NetUse(
         "smooth_l1_in = absval(w_in)\nsmooth_l1_out = absval(w_out)\n"
         "smooth_l1_loss_weighted = smooth_l1_loss_weighted(g, t, smooth_l1_in, smooth_l1_out) "
         "weight=0.1", "w_in : f32[N, 3]\nw_out : f32[N, 3]", head=False), smooth_l1_loss),
+    "smooth_l1_loss_inside": OpRow(smooth_l1_case(1), NetUse(
+        "smooth_l1_w = absval(w_in)\n"
+        "smooth_l1_loss_inside = smooth_l1_loss_inside(g, t, smooth_l1_w) weight=0.1",
+        "w_in : f32[N, 3]", head=False), smooth_l1_loss),
 }

@@ -460,48 +460,52 @@ def infogain_loss_dx(ctx, saved, dout, index, out) -> None:
 
 # ---- smooth L1 ---------------------------------------------------------------------------
 @njit(cache=True)
-def _smooth_l1(a, b, inside, outside, weighted, sigma2, diff, keep_diff):
+def _smooth_l1(a, b, inside, outside, has_in, has_out, sigma2, diff, keep_diff):
     loss = 0.0
     for i in range(a.size):
         d = a[i] - b[i]
-        if weighted:
+        if has_in:
             d *= inside[i]
         if keep_diff:
             diff[i] = d
         err = 0.5 * sigma2 * d * d if abs(d) < 1.0 / sigma2 else abs(d) - 0.5 / sigma2
-        loss += err * outside[i] if weighted else err
+        loss += err * outside[i] if has_out else err
     return loss
 
 
 @njit(cache=True)
-def _smooth_l1_back(diff, inside, outside, weighted, sigma2, coef, out):
+def _smooth_l1_back(diff, inside, outside, has_in, has_out, sigma2, coef, out):
     for i in range(diff.size):
         d = diff[i]
         g = sigma2 * d if abs(d) < 1.0 / sigma2 else (1.0 if d > 0 else (-1.0 if d < 0 else 0.0))
-        if weighted:
-            g *= inside[i] * outside[i]
+        if has_in:
+            g *= inside[i]
+        if has_out:
+            g *= outside[i]
         out[i] = g * coef
 
 
 def smooth_l1_loss_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
-    weighted = len(inputs) > 2
+    # inputs: a, b, and the inside and outside weights when the op has them (the
+    # three-input form has inside weights only); a stands in for a missing one
     a = flat(inputs[0])
-    w_in, w_out = (flat(inputs[2]), flat(inputs[3])) if weighted else (a, a)
+    w_in, w_out = (flat(w) if w is not None else a
+                   for w in (inputs[2] if len(inputs) > 2 else None,
+                             inputs[3] if len(inputs) > 3 else None))
     keep = "diff" in aux
     diff = flat(aux["diff"]) if keep else np.empty(1, a.dtype)
-    loss = _smooth_l1(a, flat(inputs[1]), w_in, w_out, weighted, ctx.attrs["sigma"] ** 2,
-                      diff, keep)
+    loss = _smooth_l1(a, flat(inputs[1]), w_in, w_out, len(inputs) > 2, len(inputs) > 3,
+                      ctx.attrs["sigma"] ** 2, diff, keep)
     out[...] = loss / ctx.x.shape[0]
 
 
 def _smooth_l1_dx(sign: float):
     def dx(ctx, saved, dout, index, out) -> None:
         diff = flat(saved["diff"])
-        weighted = "inside" in saved
-        w_in, w_out = (flat(saved["inside"]), flat(saved["outside"])) if weighted \
-            else (diff, diff)
-        _smooth_l1_back(diff, w_in, w_out, weighted, ctx.attrs["sigma"] ** 2,
-                        sign * scalar(dout) / ctx.x.shape[0], flat(out))
+        w_in, w_out = (flat(saved[k]) if k in saved else diff for k in ("inside", "outside"))
+        _smooth_l1_back(diff, w_in, w_out, "inside" in saved, "outside" in saved,
+                        ctx.attrs["sigma"] ** 2, sign * scalar(dout) / ctx.x.shape[0],
+                        flat(out))
     return dx
 
 

@@ -152,12 +152,12 @@ def roi_pool_fwd(ctx, inputs, params, out, aux, training, rng) -> None:
     x, rois = inputs
     argmax = aux.get("argmax")
     keep = argmax is not None
-    _roi_max(x, _roi_table(ctx, rois), out,
+    _roi_max(x, _roi_table(ctx, rois.reshape(-1, 5)), out,
              argmax if keep else np.empty((0, 0, 0, 0), np.int32), keep)
 
 
 def roi_pool_dx(ctx, saved, dout, index, out) -> None:
-    batch = saved["rois"][:, 0].astype(np.int64)
+    batch = saved["rois"].reshape(-1, 5)[:, 0].astype(np.int64)
     _roi_scatter(dout, saved["argmax"], batch, out.reshape(out.shape[0], out.shape[1], -1))
 
 

@@ -199,7 +199,7 @@ def infogain_dx(ctx, saved, dout, index, out, accumulate, env) -> list[Launch]:
 
 
 def smooth_l1_fwd(ctx, inputs, params, out, aux, training, env) -> list[Launch]:
-    w_in, w_out = (inputs[2], inputs[3]) if len(inputs) > 2 else (None, None)
+    w_in, w_out = (inputs[k] if len(inputs) > k else None for k in (2, 3))
     return [_one_block("smooth_l1_loss_fwd", ptr(inputs[0]), ptr(inputs[1]), ptr(w_in),
                        ptr(w_out), ptr(out), ptr(aux.get("diff")), i32(ctx.x.shape[0]),
                        i64(ctx.x.numel), f32(ctx.attrs["sigma"] ** 2))]
@@ -238,6 +238,9 @@ LAUNCH = {
     ("smooth_l1_loss_weighted", "fwd"): smooth_l1_fwd,
     ("smooth_l1_loss_weighted", "dx:a"): _smooth_l1_dx(1.0),
     ("smooth_l1_loss_weighted", "dx:b"): _smooth_l1_dx(-1.0),
+    ("smooth_l1_loss_inside", "fwd"): smooth_l1_fwd,
+    ("smooth_l1_loss_inside", "dx:a"): _smooth_l1_dx(1.0),
+    ("smooth_l1_loss_inside", "dx:b"): _smooth_l1_dx(-1.0),
     ("multibox_loss", "fwd"): multibox.forward,
     ("multibox_loss", "dx:loc"): multibox.dx_loc,
     ("multibox_loss", "dx:conf"): multibox.dx_conf,
