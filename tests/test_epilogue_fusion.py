@@ -24,7 +24,8 @@ from bwplan.kernels import cpu
 from bwplan.lower.program import value
 from bwplan.ops.reference import make_ctx
 from bwplan.runtime.backend import CpuBackend
-from test_kernels_cpu import conv_case, conv_limits, winograd_case, winograd_from
+from test_kernels_cpu import (conv_case, conv_limits, winograd5_case, winograd5_from,
+                              winograd_case, winograd_from)
 from op_cases.draw import normal as _normal, valid as _valid
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -208,6 +209,16 @@ def test_conv2d_applies_relu_in_its_write_on_the_winograd_path(data):
     _valid("conv2d", case)
     slope = data.draw(st.sampled_from([0.0, 0.1]), label="slope")
     with winograd_from(1, case, samples):
+        _fused_equals_two_kernels("conv2d", case.attrs, *_f32(case), slope)
+
+
+@FEW
+@given(data=st.data())
+def test_conv2d_applies_relu_after_its_5x5_winograd_output(data):
+    case, samples = data.draw(winograd5_case(), label="conv2d")
+    _valid("conv2d", case)
+    slope = data.draw(st.sampled_from([0.0, 0.1]), label="slope")
+    with winograd5_from(1, case, samples):
         _fused_equals_two_kernels("conv2d", case.attrs, *_f32(case), slope)
 
 

@@ -416,6 +416,8 @@ def _forward(ctx, x, params, out, slope: float | None) -> None:
         return
     if g.winograd5:
         _winograd5_fwd(g, parts, x, params["weight"], bias, out)
+        if slope is not None:   # the 5x5 output transform has no relu: one pass after it
+            _leaky(out.reshape(out.shape[0], out.shape[1], -1), slope)
         return
     x3, out3 = view(x, (g.n, g.c, g.h * g.w)), view(out, (g.n, g.o, g.p))
 
