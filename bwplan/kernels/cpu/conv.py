@@ -415,9 +415,7 @@ def _forward(ctx, x, params, out, slope: float | None) -> None:
         _winograd_fwd(g, parts, x, params["weight"], bias, out, slope)
         return
     if g.winograd5:
-        _winograd5_fwd(g, parts, x, params["weight"], bias, out)
-        if slope is not None:   # the 5x5 output transform has no relu: one pass after it
-            _leaky(out.reshape(out.shape[0], out.shape[1], -1), slope)
+        _winograd5_fwd(g, parts, x, params["weight"], bias, out, slope)
         return
     x3, out3 = view(x, (g.n, g.c, g.h * g.w)), view(out, (g.n, g.o, g.p))
 
@@ -610,25 +608,29 @@ def _winograd_dw(g: Geometry, parts, x, dout, out) -> None:
 # convolution of dY, padded by 4 - pad, with the weights flipped and transposed
 # (W'[c, o, i, j] = W[o, c, 4 - i, 4 - j]): the forward's transforms, and no overlapping
 # tile sums, which ran 0.3x the forward's transform speed.
-def _tiled_conv(x, n0, nb, pads, tiles_hw, u, bias, out) -> None:
+def _tiled_conv(x, n0, nb, pads, tiles_hw, u, bias, out, slope=None) -> None:
     """out[n0:n0 + nb] = the 5x5 convolution of x[n0:n0 + nb] (padding `pads`) as
-    F(2x2, 5x5), with u [36, out channels, in channels] the transformed weights."""
+    F(2x2, 5x5), with u [36, out channels, in channels] the transformed weights; with
+    `slope`, a relu of that slope in the output write."""
     (th, tw), (o, c) = tiles_hw, u.shape[1:]
     tiles_n = nb * th * winograd5.pitch(tw)
     v, vf = _flat_planes("conv.wino_v", (), 36, c, tiles_n, x.dtype)
     winograd5.input_tiles(x, n0, nb, pads[0], pads[1], th, tw, vf, tiles_n)
     m, mf = _flat_planes("conv.wino_m", (), 36, o, tiles_n, x.dtype)
     np.matmul(u, v, out=m)
-    winograd5.output_tiles(mf, n0, nb, th, tw, bias, out, tiles_n)
+    if slope is None:
+        winograd5.output_tiles(mf, n0, nb, th, tw, bias, out, tiles_n)
+    else:
+        winograd5.output_tiles(mf, n0, nb, th, tw, bias, out, tiles_n, True, slope)
 
 
-def _winograd5_fwd(g: Geometry, parts, x, weight, bias, out) -> None:
+def _winograd5_fwd(g: Geometry, parts, x, weight, bias, out, slope=None) -> None:
     tiles_hw = winograd5.tiles(g.ho, g.wo)
     u = _flat_planes("conv.wino_u", (), 36, g.o, g.c, weight.dtype)[0]
     winograd5.weight_tiles(weight, u)
     bias = np.zeros(g.o, x.dtype) if bias is None else bias  # one branch-free loop
     threads.for_each(len(parts), lambda t: _tiled_conv(x, *parts[t], (g.ph, g.pw),
-                                                       tiles_hw, u, bias, out))
+                                                       tiles_hw, u, bias, out, slope))
 
 
 def _winograd5_dx(g: Geometry, parts, weight, dout, out) -> None:

@@ -45,6 +45,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from bwplan.kernels.cpu.winograd import _leaky  # the relu in the write, as F(2x2, 3x3) has it
+
 # transformed planes of a tile: 6 x 6
 PLANES = 36
 
@@ -211,9 +213,10 @@ def input_tiles(x, n0, nb, ph, pw, th, tw, vf, tiles_n):
 
 # ---- output tiles ------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
-def output_tiles(mf, n0, nb, th, tw, bias, out, tiles_n):
+def output_tiles(mf, n0, nb, th, tw, bias, out, tiles_n, leaky=False, slope=0.0):
     """out[n0 + n, o, 2a + i, 2b + j] = (A^T m A)[i, j] + bias[o], for the pixels inside
-    the output; mf[k, o*tiles_n + t] as input_tiles lays out vf."""
+    the output; mf[k, o*tiles_n + t] as input_tiles lays out vf. With `leaky`, each value v
+    is written as v if v > 0 else v * slope: a relu after the convolution, in its write."""
     o_n, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     wh = tw + 2
     st = th * wh
@@ -234,8 +237,8 @@ def output_tiles(mf, n0, nb, th, tw, bias, out, tiles_n):
                 for f in range(st):
                     y0, y1 = _at(s[k, f], s[k + 1, f], s[k + 2, f], s[k + 3, f],
                                  s[k + 4, f], s[k + 5, f])
-                    y[2 * i, f] = y0 + bo
-                    y[2 * i + 1, f] = y1 + bo
+                    y[2 * i, f] = _leaky(y0 + bo, leaky, slope)
+                    y[2 * i + 1, f] = _leaky(y1 + bo, leaky, slope)
             plane = ((n0 + n) * o_n + o) * ho * wo
             for oh in range(ho):
                 r, q, d = 2 * (oh % 2), (oh // 2) * wh, plane + oh * wo
